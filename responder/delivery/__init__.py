@@ -1,0 +1,1 @@
+"""Sending: the outbox, delivery workers, transports and MIME building."""

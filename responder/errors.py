@@ -1,0 +1,63 @@
+"""Every error type responder raises on purpose; HTTP maps them to status codes in one middleware."""
+
+from __future__ import annotations
+
+
+class ResponderError(Exception):
+    """Base class: carries a machine-readable code and, for input errors, the field at fault."""
+
+    code = "error"
+    status = 500
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class ConfigError(ResponderError):
+    """A setting has a value responder cannot use."""
+
+    code = "bad_config"
+
+
+class ValidationError(ResponderError):
+    """Input from a form, the API or a file is malformed."""
+
+    code = "invalid"
+    status = 400
+
+
+class NotFound(ResponderError):
+    code = "not_found"
+    status = 404
+
+
+class InvalidToken(ResponderError):
+    """A signed token is forged, altered, expired or names something that no longer exists."""
+
+    code = "invalid_token"
+    status = 404
+
+
+class TemplateError(ResponderError):
+    """A template does not compile or does not render."""
+
+    code = "template_error"
+    status = 422
+
+
+class DeliveryError(ResponderError):
+    """Sending one message failed; subclasses say whether a retry can help."""
+
+    def __init__(self, message: str, *, smtp_code: int | None = None) -> None:
+        super().__init__(message)
+        self.smtp_code = smtp_code
+
+
+class TemporaryDeliveryError(DeliveryError):
+    """4xx reply, timeout or dropped connection: retry later."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """5xx reply for the recipient: the address bounces."""

@@ -1,0 +1,231 @@
+"""The schema: SQLAlchemy 2 typed models for every table responder keeps."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes in and out, on SQLite (which stores naive text) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class AppSecret(Base):
+    """Secrets generated on first start (signing key, admin token) when none were configured."""
+
+    __tablename__ = "app_secrets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+
+class Layer(Base):
+    __tablename__ = "layers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, unique=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    label: Mapped[str] = mapped_column(String(60))
+    description: Mapped[str] = mapped_column(Text, default="")
+    rule: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime]
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    # pending | active | unsubscribed | bounced | complained
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    layer_id: Mapped[int | None] = mapped_column(ForeignKey("layers.id"), index=True)
+    layer_entered_at: Mapped[dt.datetime | None]
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[dt.datetime]
+    confirmed_at: Mapped[dt.datetime | None]
+    unsubscribed_at: Mapped[dt.datetime | None]
+
+
+class ConsentRecord(Base):
+    """What a subscriber agreed to, when, from where: kept for as long as the subscriber is."""
+
+    __tablename__ = "consent_records"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # subscribe | confirm
+    form: Mapped[str] = mapped_column(String(64))
+    wording_sha256: Mapped[str | None] = mapped_column(String(64))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    created_at: Mapped[dt.datetime]
+
+
+class Sequence(Base):
+    __tablename__ = "sequences"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    layer_id: Mapped[int | None] = mapped_column(ForeignKey("layers.id"), index=True)
+    trigger: Mapped[str] = mapped_column(String(32), default="layer")  # layer | purchase | …
+    created_at: Mapped[dt.datetime]
+
+
+class Step(Base):
+    __tablename__ = "steps"
+    __table_args__ = (UniqueConstraint("sequence_id", "position"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sequence_id: Mapped[int] = mapped_column(ForeignKey("sequences.id"))
+    position: Mapped[int] = mapped_column(Integer)
+    delay_s: Mapped[int] = mapped_column(Integer)
+    template_name: Mapped[str] = mapped_column(String(120))
+    purpose: Mapped[str] = mapped_column(String(32))
+
+
+class Enrollment(Base):
+    __tablename__ = "enrollments"
+    __table_args__ = (Index("ix_enrollments_due", "state", "due_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    sequence_id: Mapped[int] = mapped_column(ForeignKey("sequences.id"))
+    # active | completed | handed_off | stopped
+    state: Mapped[str] = mapped_column(String(16))
+    next_position: Mapped[int] = mapped_column(Integer, default=1)
+    due_at: Mapped[dt.datetime | None]
+    started_at: Mapped[dt.datetime]
+    ended_at: Mapped[dt.datetime | None]
+
+
+class Template(Base):
+    """One version of an uploaded template; the newest version of a name is used at send time."""
+
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    subject: Mapped[str] = mapped_column(String(998))
+    source_format: Mapped[str] = mapped_column(String(8))  # mjml | html
+    source: Mapped[str] = mapped_column(Text)
+    html: Mapped[str] = mapped_column(Text)  # compiled once at upload; still Jinja
+    text: Mapped[str | None] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(String(32), default="")
+    created_at: Mapped[dt.datetime]
+
+
+class Newsletter(Base):
+    __tablename__ = "newsletters"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    template_name: Mapped[str] = mapped_column(String(120))
+    layer_ids: Mapped[list[Any]] = mapped_column(default=list)
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    # draft | scheduled | sending | paused | sent | cancelled
+    state: Mapped[str] = mapped_column(String(16))
+    scheduled_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime]
+
+
+class Message(Base):
+    """The outbox: one row per message; a (subscriber, step) or (subscriber, newsletter) pair once."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "step_id"),
+        UniqueConstraint("subscriber_id", "newsletter_id"),
+        Index("ix_messages_due", "state", "next_attempt_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # confirm | step | newsletter
+    step_id: Mapped[int | None] = mapped_column(ForeignKey("steps.id"))
+    newsletter_id: Mapped[int | None] = mapped_column(ForeignKey("newsletters.id"))
+    template_name: Mapped[str] = mapped_column(String(120))
+    template_id: Mapped[int | None] = mapped_column(ForeignKey("templates.id"))
+    # queued | sending | sent | deferred | failed | bounced
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime]
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[dt.datetime | None]
+    message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime]
+    sent_at: Mapped[dt.datetime | None]
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_subscriber_time", "subscriber_id", "created_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"))
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), index=True)
+    # sent, open, click, reply, enquiry, purchase, referral, unsubscribe, bounce, complaint,
+    # confirm, promoted
+    type: Mapped[str] = mapped_column(String(16), index=True)
+    url: Mapped[str | None] = mapped_column(Text)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    machine: Mapped[bool] = mapped_column(Boolean, default=False)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime]
+
+
+class Enquiry(Base):
+    __tablename__ = "enquiries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    email: Mapped[str] = mapped_column(String(254))
+    subject: Mapped[str] = mapped_column(String(998), default="")
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="open")  # open | closed
+    created_at: Mapped[dt.datetime]
+    acknowledged_at: Mapped[dt.datetime | None]
+    closed_at: Mapped[dt.datetime | None]
+
+
+class LayerHistory(Base):
+    """Every layer move: from where to where, why, and which events triggered it."""
+
+    __tablename__ = "layer_history"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    from_layer_id: Mapped[int | None] = mapped_column(ForeignKey("layers.id"))
+    to_layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id"))
+    reason: Mapped[str] = mapped_column(String(255))
+    event_ids: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[dt.datetime]

@@ -1,0 +1,1 @@
+"""The trust funnel's pure core: layers, drip scheduling and promotion rules."""

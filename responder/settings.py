@@ -1,0 +1,294 @@
+"""All configuration, declared once with its default and help text, read from the environment.
+
+Nothing else in responder reads ``os.environ``: the CLI builds a ``Settings`` with
+``Settings.from_env()`` (plus its flags as overrides) and passes it down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.utils import formataddr, parseaddr
+from pathlib import Path
+from typing import Any
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import ConfigError
+
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    """Where mail goes: an SMTP server or a folder of ``.eml`` files."""
+
+    scheme: str  # "smtp" | "smtps" | "file"
+    host: str = ""
+    port: int = 0
+    username: str | None = None
+    password: str | None = None
+    path: Path | None = None
+
+    @property
+    def is_file(self) -> bool:
+        return self.scheme == "file"
+
+
+def parse_database_url(value: str) -> str:
+    try:
+        url = make_url(value)
+    except ArgumentError as exc:
+        raise ConfigError(f"not a database URL: {value!r}") from exc
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        url = url.set(drivername="sqlite+aiosqlite")
+    elif backend == "postgresql":
+        url = url.set(drivername="postgresql+asyncpg")
+    else:
+        raise ConfigError(
+            f"unsupported database {backend!r}: use sqlite+aiosqlite:///file.db "
+            "or postgresql+asyncpg://user@host/db"
+        )
+    return url.render_as_string(hide_password=False)
+
+
+def parse_smtp_url(value: str) -> SmtpTarget:
+    parts = urlsplit(value)
+    if parts.scheme == "file":
+        path = parts.path if not parts.netloc else f"/{parts.netloc}{parts.path}"
+        if not path:
+            raise ConfigError(f"file outbox URL needs a folder: {value!r} (e.g. file:///var/mail/out)")
+        return SmtpTarget(scheme="file", path=Path(path))
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ConfigError(
+            f"unknown mail URL scheme {parts.scheme!r} in {value!r}: use smtp://, smtps:// or file://"
+        )
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"bad port in mail URL {value!r}") from exc
+    if not parts.hostname:
+        raise ConfigError(f"mail URL has no host: {value!r}")
+    default_port = 465 if parts.scheme == "smtps" else 587
+    return SmtpTarget(
+        scheme=parts.scheme,
+        host=parts.hostname,
+        port=port or default_port,
+        username=parts.username,
+        password=parts.password,
+    )
+
+
+def parse_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or CONTROL_CHARS.search(value):
+        raise ConfigError(f"not an http(s) URL: {value!r}")
+    return value.rstrip("/")
+
+
+def parse_sender(value: str) -> tuple[str, str]:
+    if CONTROL_CHARS.search(value):
+        raise ConfigError("sender contains control characters")
+    name, addr = parseaddr(value)
+    try:
+        email = validate_email(addr, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ConfigError(f"sender address {value!r} is not valid: {exc}") from exc
+    return name, email
+
+
+def parse_int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ConfigError(f"not a whole number: {value!r}") from exc
+
+
+def parse_float(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ConfigError(f"not a number: {value!r}") from exc
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One setting: field name, environment variable, default, help, parser, secret or not."""
+
+    field: str
+    default: str | None
+    help: str
+    parse: Callable[[str], Any] = str
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return "RESPONDER_" + self.field.upper()
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec("database_url", "sqlite+aiosqlite:///responder.db",
+         "SQLAlchemy URL: sqlite+aiosqlite:///file.db or postgresql+asyncpg://user@host/db",
+         parse_database_url),
+    Spec("smtp_url", "file:outbox",
+         "smtp://user:pass@host:587 (STARTTLS when offered), smtps://…:465, or file:DIR for .eml files",
+         parse_smtp_url),
+    Spec("base_url", None, "public URL used in every link (default http://HOST:PORT)", parse_http_url),
+    Spec("secret_key", None, "signs tokens; generated and stored in the database if absent",
+         secret=True),
+    Spec("admin_token", None, "bearer token for /api/v1/; generated and stored if absent",
+         secret=True),
+    Spec("from", "Responder <newsletter@example.com>", "sender: 'Name <address>'", parse_sender),
+    Spec("website", None, "the business's website, offered to templates (default: base URL)",
+         parse_http_url),
+    Spec("postal_address", "", "postal address printed in every mail's footer"),
+    Spec("host", "127.0.0.1", "address the HTTP server listens on"),
+    Spec("port", "8080", "port the HTTP server listens on", parse_int),
+    Spec("templates_dir", None, "folder of starter templates seeded on first start"),
+    Spec("worker_lanes", "4", "messages a worker sends concurrently", parse_int),
+    Spec("worker_poll_s", "1.0", "seconds a worker waits between polls when idle", parse_float),
+    Spec("scheduler_poll_s", "1.0", "seconds between scheduler runs when idle", parse_float),
+    Spec("lease_s", "120", "seconds a claimed message stays leased to one worker", parse_int),
+    Spec("smtp_timeout_s", "30", "seconds before an SMTP command times out", parse_float),
+    Spec("max_body_bytes", "65536", "largest request body accepted by public endpoints", parse_int),
+    Spec("confirm_max_age_s", "604800", "seconds a confirmation link stays valid", parse_int),
+)
+
+_FIELD_NAMES = {spec.field: spec for spec in SPECS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    smtp: SmtpTarget
+    smtp_url: str
+    base_url: str
+    secret_key: str | None
+    admin_token: str | None
+    from_name: str
+    from_email: str
+    website: str
+    postal_address: str
+    host: str
+    port: int
+    templates_dir: Path
+    worker_lanes: int
+    worker_poll_s: float
+    scheduler_poll_s: float
+    lease_s: int
+    smtp_timeout_s: float
+    max_body_bytes: int
+    confirm_max_age_s: int
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> "Settings":
+        """Read every setting from ``environ`` (default ``os.environ``); ``overrides`` win.
+
+        Overrides are raw strings keyed by field name (``from`` as ``from_``); ``None`` means unset.
+        """
+        env = os.environ if environ is None else environ
+        raw: dict[str, str | None] = {}
+        for spec in SPECS:
+            value = overrides.get(spec.field if spec.field != "from" else "from_")
+            if value is None:
+                value = env.get(spec.env) or spec.default
+            raw[spec.field] = None if value is None else str(value)
+        parsed: dict[str, Any] = {}
+        for spec in SPECS:
+            value = raw[spec.field]
+            if value is None:
+                parsed[spec.field] = None
+                continue
+            try:
+                parsed[spec.field] = spec.parse(value)
+            except ConfigError as exc:
+                raise ConfigError(f"{spec.env}: {exc.message}", field=spec.env) from exc
+        host, port = parsed["host"], parsed["port"]
+        base_url = parsed["base_url"] or f"http://{host}:{port}"
+        from_name, from_email = parsed["from"]
+        templates_dir = Path(raw["templates_dir"] or default_templates_dir())
+        return cls(
+            database_url=parsed["database_url"],
+            smtp=parsed["smtp_url"],
+            smtp_url=raw["smtp_url"] or "",
+            base_url=base_url,
+            secret_key=parsed["secret_key"],
+            admin_token=parsed["admin_token"],
+            from_name=from_name,
+            from_email=from_email,
+            website=parsed["website"] or base_url,
+            postal_address=parsed["postal_address"],
+            host=host,
+            port=port,
+            templates_dir=templates_dir,
+            worker_lanes=parsed["worker_lanes"],
+            worker_poll_s=parsed["worker_poll_s"],
+            scheduler_poll_s=parsed["scheduler_poll_s"],
+            lease_s=parsed["lease_s"],
+            smtp_timeout_s=parsed["smtp_timeout_s"],
+            max_body_bytes=parsed["max_body_bytes"],
+            confirm_max_age_s=parsed["confirm_max_age_s"],
+        )
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def sender(self) -> str:
+        return formataddr((self.from_name, self.from_email))
+
+    @property
+    def sender_domain(self) -> str:
+        return self.from_email.rpartition("@")[2]
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(environment variable, effective value with secrets masked, help) for ``responder config``."""
+        values = {
+            "database_url": mask_url_password(self.database_url),
+            "smtp_url": mask_url_password(self.smtp_url),
+            "base_url": self.base_url,
+            "secret_key": mask(self.secret_key),
+            "admin_token": mask(self.admin_token),
+            "from": self.sender,
+            "website": self.website,
+            "postal_address": self.postal_address,
+            "host": self.host,
+            "port": str(self.port),
+            "templates_dir": str(self.templates_dir),
+            "worker_lanes": str(self.worker_lanes),
+            "worker_poll_s": str(self.worker_poll_s),
+            "scheduler_poll_s": str(self.scheduler_poll_s),
+            "lease_s": str(self.lease_s),
+            "smtp_timeout_s": str(self.smtp_timeout_s),
+            "max_body_bytes": str(self.max_body_bytes),
+            "confirm_max_age_s": str(self.confirm_max_age_s),
+        }
+        return [(spec.env, values[spec.field], spec.help) for spec in SPECS]
+
+
+def mask(secret: str | None) -> str:
+    if not secret:
+        return "(not set: generated and stored on first start)"
+    return secret[:2] + "…" + "*" * 6
+
+
+def mask_url_password(url: str) -> str:
+    parts: SplitResult = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":******@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def default_templates_dir() -> Path:
+    """The starter templates shipped beside the package in a source checkout."""
+    return Path(__file__).resolve().parent.parent / "templates" / "email"

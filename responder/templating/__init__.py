@@ -1,0 +1,1 @@
+"""Templates: compiled once at upload (MJML → HTML), rendered per recipient in a sandbox."""

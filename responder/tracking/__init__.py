@@ -1,0 +1,1 @@
+"""Public HTTP: subscribe, confirm, open, click, unsubscribe."""

@@ -1,0 +1,81 @@
+"""Signed tokens in public URLs: confirm, open, click and unsubscribe links.
+
+Each kind has its own salt, so a token made for one purpose never passes for another. Tokens
+are signed with the instance secret (itsdangerous, HMAC-SHA1 over a JSON payload); confirm
+tokens also carry their issue time and expire.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from itsdangerous import BadData, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
+
+from ..clock import Clock
+from ..errors import InvalidToken
+
+
+class Tokens:
+    def __init__(self, secret_key: str, clock: Clock, confirm_max_age_s: int) -> None:
+        class _ClockSigner(TimestampSigner):
+            def get_timestamp(self) -> int:
+                return int(clock.now().timestamp())
+
+        self._confirm = URLSafeTimedSerializer(secret_key, salt="confirm", signer=_ClockSigner)
+        self._open = URLSafeSerializer(secret_key, salt="open")
+        self._click = URLSafeSerializer(secret_key, salt="click")
+        self._unsubscribe = URLSafeSerializer(secret_key, salt="unsubscribe")
+        self._confirm_max_age_s = confirm_max_age_s
+
+    def confirm(self, subscriber_id: int) -> str:
+        return self._confirm.dumps(subscriber_id)
+
+    def read_confirm(self, token: str) -> int:
+        """The subscriber id; raises ``InvalidToken`` (with ``expired=True`` if only too old)."""
+        try:
+            value = self._confirm.loads(token, max_age=self._confirm_max_age_s)
+        except BadData as exc:
+            expired = exc.__class__.__name__ == "SignatureExpired"
+            raise TokenRejected("this confirmation link has expired" if expired
+                                else "this confirmation link is not valid", expired=expired) from exc
+        return _as_int(value)
+
+    def open(self, message_id: int) -> str:
+        return self._open.dumps(message_id)
+
+    def read_open(self, token: str) -> int:
+        return _as_int(_loads(self._open, token))
+
+    def click(self, message_id: int, url: str) -> str:
+        return self._click.dumps([message_id, url])
+
+    def read_click(self, token: str) -> tuple[int, str]:
+        value = _loads(self._click, token)
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], str)):
+            raise InvalidToken("malformed link")
+        return _as_int(value[0]), value[1]
+
+    def unsubscribe(self, subscriber_id: int) -> str:
+        return self._unsubscribe.dumps(subscriber_id)
+
+    def read_unsubscribe(self, token: str) -> int:
+        return _as_int(_loads(self._unsubscribe, token))
+
+
+class TokenRejected(InvalidToken):
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        super().__init__(message)
+        self.expired = expired
+
+
+def _loads(serializer: URLSafeSerializer, token: str) -> Any:
+    try:
+        return serializer.loads(token)
+    except BadData as exc:
+        raise InvalidToken("this link is not valid") from exc
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidToken("malformed link")
+    return value
