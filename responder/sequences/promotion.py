@@ -74,7 +74,7 @@ def evaluate(
     if position >= top_position:
         return STAY
     promote = rule.get("promote", {})
-    human = [e for e in events if not e.machine and e.created_at >= entered_at]
+    human = [e for e in events if not e.machine and e.created_at > entered_at]
     on_any = set(promote.get("on_any", []))
     for event in human:
         if event.type in on_any:

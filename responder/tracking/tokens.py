@@ -25,6 +25,7 @@ class Tokens:
         self._open = URLSafeSerializer(secret_key, salt="open")
         self._click = URLSafeSerializer(secret_key, salt="click")
         self._unsubscribe = URLSafeSerializer(secret_key, salt="unsubscribe")
+        self._view = URLSafeSerializer(secret_key, salt="view")
         self._confirm_max_age_s = confirm_max_age_s
 
     def confirm(self, subscriber_id: int) -> str:
@@ -60,6 +61,13 @@ class Tokens:
 
     def read_unsubscribe(self, token: str) -> int:
         return _as_int(_loads(self._unsubscribe, token))
+
+
+    def view(self, message_id: int) -> str:
+        return self._view.dumps(message_id)
+
+    def read_view(self, token: str) -> int:
+        return _as_int(_loads(self._view, token))
 
 
 class TokenRejected(InvalidToken):

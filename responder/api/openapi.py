@@ -1,0 +1,83 @@
+"""The OpenAPI 3.1 document of the admin API, kept beside the routes it describes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+        "code": {"type": "string"}, "message": {"type": "string"},
+        "field": {"type": ["string", "null"]}}}},
+}
+LAYER = {
+    "type": "object",
+    "required": ["id", "position", "name", "label", "subscribers"],
+    "properties": {"id": {"type": "integer"}, "position": {"type": "integer"},
+                   "name": {"type": "string"}, "label": {"type": "string"},
+                   "description": {"type": "string"}, "rule": {"type": "object"},
+                   "subscribers": {"type": "integer"}},
+}
+SUBSCRIBER = {
+    "type": "object",
+    "required": ["id", "email", "status"],
+    "properties": {
+        "id": {"type": "integer"}, "email": {"type": "string"}, "name": {"type": "string"},
+        "status": {"enum": ["pending", "active", "unsubscribed", "bounced", "complained"]},
+        "layer": {"type": ["object", "null"]}, "attributes": {"type": "object"},
+        "tags": {"type": "array"}, "created_at": {"type": "string"},
+        "confirmed_at": {"type": ["string", "null"]},
+        "unsubscribed_at": {"type": ["string", "null"]},
+        "layer_history": {"type": "array"}, "enrollments": {"type": "array"},
+    },
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def document(base_url: str) -> dict[str, Any]:
+    auth_errors = {"401": _error("missing or wrong bearer token")}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "responder admin API", "version": "1"},
+        "servers": [{"url": base_url}],
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": ERROR, "Layer": LAYER, "Subscriber": SUBSCRIBER},
+        },
+        "paths": {
+            "/api/v1/layers": {"get": {
+                "summary": "The trust layers in order, with their active subscriber counts",
+                "responses": {"200": {"description": "layers", "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["layers"], "properties": {
+                        "layers": {"type": "array",
+                                   "items": {"$ref": "#/components/schemas/Layer"}}}}}}},
+                              **auth_errors}}},
+            "/api/v1/subscribers/{id}": {"get": {
+                "summary": "One subscriber with layer history and enrollments",
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "integer", "minimum": 1}}],
+                "responses": {"200": {"description": "the subscriber", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Subscriber"}}}},
+                              "404": _error("no such subscriber"), **auth_errors}}},
+            "/api/v1/events": {"post": {
+                "summary": "Record a purchase, referral, reply or enquiry for an address; "
+                           "promotion rules run at once",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["email", "type"], "properties": {
+                        "email": {"type": "string", "maxLength": 254},
+                        "type": {"enum": ["purchase", "referral", "reply", "enquiry"]},
+                        "data": {"type": "object"}}}}}},
+                "responses": {"201": {"description": "recorded", "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["event", "promoted_to"], "properties": {
+                        "event": {"type": "object"},
+                        "promoted_to": {"type": ["integer", "null"]}}}}}},
+                              "400": _error("invalid input"), "404": _error("unknown address"),
+                              **auth_errors}}},
+        },
+    }

@@ -1,0 +1,123 @@
+"""The ``responder`` command: serve, worker, config, db upgrade."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from .app import init_app, start_runtime
+from .errors import ConfigError
+from .settings import Settings
+
+log = logging.getLogger("responder")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        field: getattr(args, field, None)
+        for field in ("host", "port", "database_url", "smtp_url", "base_url")
+    }
+    return Settings.from_env(**overrides)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="overrides RESPONDER_DATABASE_URL")
+    parser.add_argument("--smtp-url", help="overrides RESPONDER_SMTP_URL")
+    parser.add_argument("--base-url", help="overrides RESPONDER_BASE_URL")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="responder", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="HTTP server, scheduler and delivery workers in one process")
+    serve.add_argument("--host", help="overrides RESPONDER_HOST (default 127.0.0.1)")
+    serve.add_argument("--port", help="overrides RESPONDER_PORT (default 8080)")
+    _add_common(serve)
+    worker = sub.add_parser("worker", help="scheduler and delivery workers only, no HTTP")
+    _add_common(worker)
+    config = sub.add_parser("config", help="print the effective configuration, secrets masked")
+    _add_common(config)
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="apply schema migrations")
+    _add_common(upgrade)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        if args.command == "config":
+            for env, value, help_text in settings.describe():
+                print(f"{env}={value}    # {help_text}")
+            return 0
+        if args.command == "db":
+            return asyncio.run(_db_upgrade(settings))
+        return asyncio.run(_run(settings, http=args.command == "serve"))
+    except ConfigError as exc:
+        print(f"responder: error: {exc.message}", file=sys.stderr)
+        return 2
+
+
+async def _db_upgrade(settings: Settings) -> int:
+    from .db import Database
+
+    db = Database(settings.database_url)
+    try:
+        await db.migrate()
+    finally:
+        await db.dispose()
+    print(f"database at {settings.describe()[0][1]} is up to date")
+    return 0
+
+
+async def _run(settings: Settings, *, http: bool) -> int:
+    started = await start_runtime(settings)
+    rt = started.runtime
+    app = init_app(rt, http=http)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if http:
+            site = web.TCPSite(runner, rt.settings.host, rt.settings.port)
+            await site.start()
+        _banner(started, http=http)
+        await stop.wait()
+        log.info("stopping: no new requests; letting in-flight sends finish")
+    finally:
+        await runner.cleanup()
+        await rt.db.dispose()
+    return 0
+
+
+def _banner(started, *, http: bool) -> None:  # type: ignore[no-untyped-def]
+    s = started.runtime.settings
+    lines = []
+    if http:
+        lines.append(f"responder listening on http://{s.host}:{s.port} (public URL {s.base_url})")
+    else:
+        lines.append("responder worker running (scheduler and delivery)")
+    lines.append(f"database: {s.describe()[0][1]}")
+    mail = f"files in {s.smtp.path}/" if s.smtp.is_file else f"{s.smtp.scheme}://{s.smtp.host}:{s.smtp.port}"
+    lines.append(f"mail goes to: {mail}")
+    if started.seeded:
+        lines.append("first start: seeded the five default trust layers and starter templates")
+    if "secret_key" in started.generated:
+        lines.append("WARNING: no RESPONDER_SECRET_KEY set; generated one and stored it in the database")
+    if http:
+        token_note = " (generated and stored on first start)" if "admin_token" in started.generated else ""
+        lines.append(f"admin token: {s.admin_token}{token_note}")
+        lines.append(f"subscribe form: {s.base_url}/subscribe/default")
+    print("\n".join(lines), flush=True)

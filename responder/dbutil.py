@@ -1,0 +1,19 @@
+"""Small SQL helpers that differ between SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .models import Base
+
+
+async def insert_ignore(session: AsyncSession, model: type[Base], values: dict[str, Any]) -> int | None:
+    """INSERT … ON CONFLICT DO NOTHING; the new row's id, or None when a unique key existed."""
+    dialect = session.bind.dialect.name
+    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    stmt = insert(model).values(**values).on_conflict_do_nothing().returning(model.id)  # type: ignore[attr-defined]
+    result = await session.execute(stmt)
+    return result.scalar_one_or_none()

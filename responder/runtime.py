@@ -1,0 +1,31 @@
+"""The objects every part of a running responder shares, built once and passed down."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from .clock import Clock
+from .db import Database
+from .settings import Settings
+from .tracking.tokens import Tokens
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    clock: Clock
+    tokens: Tokens
+    # Set when new work may be due, so the loops act now instead of at their next poll.
+    scheduler_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    outbox_wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake_scheduler(self) -> None:
+        self.scheduler_wake.set()
+
+    def wake_outbox(self) -> None:
+        self.outbox_wake.set()
+
+    def url(self, path: str) -> str:
+        return self.settings.base_url + path

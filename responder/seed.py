@@ -1,0 +1,79 @@
+"""First start: generate missing secrets, and seed the default trust layers with their starter
+sequences and templates (``templates/email/starter.toml``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .db import Database
+from .errors import ConfigError
+from .models import AppSecret, Layer, Sequence, Step
+from .sequences.promotion import DEFAULT_RULE
+from .sequences.schedule import parse_duration
+from .settings import Settings
+from .templating.compile import compile_template
+from .templating.store import add_version
+
+
+@dataclass(frozen=True)
+class Secrets:
+    settings: Settings
+    generated: tuple[str, ...]  # names of the secrets created just now
+
+
+async def ensure_secrets(db: Database, settings: Settings) -> Secrets:
+    """Fill in a missing secret key or admin token from the database, creating them once."""
+    generated: list[str] = []
+    values: dict[str, str] = {}
+    async with db.transaction() as session:
+        for name in ("secret_key", "admin_token"):
+            if getattr(settings, name):
+                continue
+            stored = await session.get(AppSecret, name)
+            if stored is None:
+                stored = AppSecret(name=name, value=secrets.token_urlsafe(32))
+                session.add(stored)
+                generated.append(name)
+            values[name] = stored.value
+    return Secrets(settings.replace(**values), tuple(generated))
+
+
+async def seed_defaults(db: Database, templates_dir: Path, now: dt.datetime) -> bool:
+    """Seed layers, sequences and templates into an empty database; False if already seeded."""
+    async with db.transaction() as session:
+        if (await session.execute(select(func.count()).select_from(Layer))).scalar_one():
+            return False
+        await load_starter(session, templates_dir, now)
+    return True
+
+
+async def load_starter(session: AsyncSession, templates_dir: Path, now: dt.datetime) -> None:
+    manifest_path = templates_dir / "starter.toml"
+    try:
+        manifest = tomllib.loads(manifest_path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read starter templates {manifest_path}: {exc}") from exc
+    for entry in manifest["templates"]:
+        source = (templates_dir / entry["file"]).read_text()
+        compiled = compile_template(source, entry["subject"])
+        await add_version(session, entry["name"], compiled, entry.get("purpose", ""), now)
+    for spec in manifest["layers"]:
+        layer = Layer(position=spec["position"], name=spec["name"], label=spec["label"],
+                      description=spec.get("description", ""), rule=DEFAULT_RULE, created_at=now)
+        session.add(layer)
+        await session.flush()
+        sequence = Sequence(name=f"{spec['name']}: main", layer_id=layer.id, trigger="layer",
+                            created_at=now)
+        session.add(sequence)
+        await session.flush()
+        for position, step in enumerate(spec["steps"], start=1):
+            session.add(Step(sequence_id=sequence.id, position=position,
+                             delay_s=parse_duration(step["delay"]),
+                             template_name=step["template"], purpose=step["purpose"]))

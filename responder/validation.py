@@ -1,0 +1,57 @@
+"""Checks for input from the outside world; each failure is a ``ValidationError`` naming the field."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+
+from .errors import ValidationError
+
+MAX_EMAIL_LEN = 254
+MAX_NAME_LEN = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+_FORM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def clean_email(value: Any, field: str = "email") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError("an email address is required", field=field)
+    value = value.strip()
+    if len(value) > MAX_EMAIL_LEN:
+        raise ValidationError(f"email address is longer than {MAX_EMAIL_LEN} characters", field=field)
+    if _CONTROL.search(value):
+        raise ValidationError("email address contains control characters", field=field)
+    try:
+        normalized = validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValidationError(f"not a valid email address: {exc}", field=field) from exc
+    return normalized.lower()
+
+
+def clean_text(value: Any, field: str, *, max_len: int, required: bool = False) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be text", field=field)
+    value = value.strip()
+    if required and not value:
+        raise ValidationError(f"{field} is required", field=field)
+    if len(value) > max_len:
+        raise ValidationError(f"{field} is longer than {max_len} characters", field=field)
+    if _CONTROL.search(value):
+        raise ValidationError(f"{field} contains line breaks or control characters", field=field)
+    return value
+
+
+def clean_name(value: Any) -> str:
+    return clean_text(value, "name", max_len=MAX_NAME_LEN)
+
+
+def clean_form_id(value: Any) -> str:
+    if value in (None, ""):
+        return "default"
+    if not isinstance(value, str) or not _FORM_ID.match(value):
+        raise ValidationError("form must be 1-64 letters, digits, '-' or '_'", field="form")
+    return value

@@ -1,0 +1,100 @@
+"""HTTP plumbing shared by every route: typed app state, and errors mapped to status codes in
+one middleware (JSON for the API and JSON callers, a page a person can act on otherwise)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from .errors import ResponderError
+from .pages import render_page
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+RUNTIME = web.AppKey("runtime", Runtime)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def runtime(request: web.Request) -> Runtime:
+    return request.app[RUNTIME]
+
+
+def wants_json(request: web.Request) -> bool:
+    return (
+        request.path.startswith("/api/")
+        or request.content_type == "application/json"
+        or "application/json" in request.headers.get("Accept", "")
+    )
+
+
+def error_response(request: web.Request, status: int, code: str, message: str,
+                   field: str | None = None) -> web.Response:
+    if wants_json(request):
+        body = {"error": {"code": code, "message": message, "field": field}}
+        return web.json_response(body, status=status)
+    rt = request.app[RUNTIME]
+    title = {400: "Something is wrong with that", 401: "Sign in needed", 404: "Link not valid",
+             413: "Too much data", 429: "Too many requests"}.get(status, "Something went wrong")
+    return render_page("message.html", status=status, title=title, message=message,
+                       sender_name=rt.settings.from_name)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ResponderError as exc:
+        return error_response(request, exc.status, exc.code, exc.message, exc.field)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(request, 413, "too_large",
+                              f"request body is larger than {request.app[RUNTIME].settings.max_body_bytes} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(request, exc.status, exc.reason.lower().replace(" ", "_"),
+                              exc.text or exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(request, 500, "internal", "internal error; it has been logged")
+
+
+@web.middleware
+async def headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if response.content_type == "text/html":
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        )
+    return response
+
+
+async def read_input(request: web.Request) -> dict[str, Any]:
+    """A form or JSON body as a flat dict; the size is capped by the app's ``client_max_size``."""
+    if request.content_type == "application/json":
+        try:
+            data = json.loads(await request.read() or b"{}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValidationFailed("body is not valid JSON") from exc
+        if not isinstance(data, dict):
+            raise ValidationFailed("body must be a JSON object")
+        return data
+    form = await request.post()
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+def client_ip(request: web.Request) -> str | None:
+    return request.remote
+
+
+class ValidationFailed(ResponderError):
+    code = "invalid"
+    status = 400
