@@ -76,7 +76,7 @@ async def confirm_get(request: web.Request) -> web.Response:
                          "we will send you a fresh one.", status=410)
         raise
     messages = {
-        "confirmed": ("You're in", "Thank you for confirming. Your first email is on its way."),
+        "confirmed": ("Welcome aboard", "Thank you for confirming. Your first email is on its way."),
         "already": ("Already confirmed", "Your subscription was already confirmed."),
         "unsubscribed": ("Not subscribed", "This address has left the list. Subscribe again "
                          "from our form if you want our emails."),
