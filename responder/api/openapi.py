@@ -34,13 +34,26 @@ SUBSCRIBER = {
 }
 
 
-def _error(description: str) -> dict[str, Any]:
+PATHS: dict[str, dict[str, Any]] = {}
+SCHEMAS: dict[str, Any] = {"Error": ERROR, "Layer": LAYER, "Subscriber": SUBSCRIBER}
+
+
+def describe(path: str, method: str, operation: dict[str, Any]) -> None:
+    """Register one operation; each API module describes its routes beside their handlers."""
+    operation.setdefault("responses", {}).setdefault("401", error("missing or wrong bearer token"))
+    PATHS.setdefault(path, {})[method.lower()] = operation
+
+
+def error(description: str) -> dict[str, Any]:
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
+def json_body(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 def document(base_url: str) -> dict[str, Any]:
-    auth_errors = {"401": _error("missing or wrong bearer token")}
     return {
         "openapi": "3.1.0",
         "info": {"title": "responder admin API", "version": "1"},
@@ -48,36 +61,35 @@ def document(base_url: str) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": ERROR, "Layer": LAYER, "Subscriber": SUBSCRIBER},
+            "schemas": SCHEMAS,
         },
-        "paths": {
-            "/api/v1/layers": {"get": {
-                "summary": "The trust layers in order, with their active subscriber counts",
-                "responses": {"200": {"description": "layers", "content": {"application/json": {
-                    "schema": {"type": "object", "required": ["layers"], "properties": {
-                        "layers": {"type": "array",
-                                   "items": {"$ref": "#/components/schemas/Layer"}}}}}}},
-                              **auth_errors}}},
-            "/api/v1/subscribers/{id}": {"get": {
-                "summary": "One subscriber with layer history and enrollments",
-                "parameters": [{"name": "id", "in": "path", "required": True,
-                                "schema": {"type": "integer", "minimum": 1}}],
-                "responses": {"200": {"description": "the subscriber", "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/Subscriber"}}}},
-                              "404": _error("no such subscriber"), **auth_errors}}},
-            "/api/v1/events": {"post": {
-                "summary": "Record a purchase, referral, reply or enquiry for an address; "
-                           "promotion rules run at once",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["email", "type"], "properties": {
-                        "email": {"type": "string", "maxLength": 254},
-                        "type": {"enum": ["purchase", "referral", "reply", "enquiry"]},
-                        "data": {"type": "object"}}}}}},
-                "responses": {"201": {"description": "recorded", "content": {"application/json": {
-                    "schema": {"type": "object", "required": ["event", "promoted_to"], "properties": {
-                        "event": {"type": "object"},
-                        "promoted_to": {"type": ["integer", "null"]}}}}}},
-                              "400": _error("invalid input"), "404": _error("unknown address"),
-                              **auth_errors}}},
-        },
+        "paths": PATHS,
     }
+
+
+describe("/api/v1/layers", "get", {
+    "summary": "The trust layers in order, with their active subscriber counts",
+    "responses": {"200": json_body({"type": "object", "required": ["layers"], "properties": {
+        "layers": {"type": "array", "items": {"$ref": "#/components/schemas/Layer"}}}})},
+})
+describe("/api/v1/subscribers/{id}", "get", {
+    "summary": "One subscriber with layer history and enrollments",
+    "parameters": [{"name": "id", "in": "path", "required": True,
+                    "schema": {"type": "integer", "minimum": 1}}],
+    "responses": {"200": json_body({"$ref": "#/components/schemas/Subscriber"}),
+                  "404": error("no such subscriber")},
+})
+describe("/api/v1/events", "post", {
+    "summary": "Record a purchase, referral, reply or enquiry for an address; promotion rules "
+               "run at once",
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["email", "type"], "properties": {
+            "email": {"type": "string", "maxLength": 254},
+            "type": {"enum": ["purchase", "referral", "reply", "enquiry"]},
+            "data": {"type": "object"}}}}}},
+    "responses": {"201": json_body({"type": "object", "required": ["event", "promoted_to"],
+                                    "properties": {"event": {"type": "object"},
+                                                   "promoted_to": {"type": ["integer", "null"]}}},
+                                   "recorded"),
+                  "400": error("invalid input"), "404": error("unknown address")},
+})

@@ -1,0 +1,24 @@
+# Two entry points: `make serve` (install and run on the embedded defaults) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: serve test deps lint
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+serve: $(BIN)/.installed
+	$(BIN)/responder serve
+
+deps:
+	scripts/test-deps
+
+test: $(BIN)/.installed deps
+	$(BIN)/pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check responder tests
