@@ -15,12 +15,12 @@ from .clock import Clock, SystemClock
 from .db import Database
 from .delivery.transport import Transport, make_transport
 from .delivery.worker import DeliveryWorker
+from .runtime import Runtime
 from .seed import Secrets, ensure_secrets, seed_defaults
 from .sequences.funnel import Scheduler
 from .settings import Settings
 from .tracking import handlers as tracking
 from .tracking.tokens import Tokens
-from .runtime import Runtime
 from .web import RUNTIME, error_middleware, headers_middleware
 
 log = logging.getLogger(__name__)
