@@ -114,3 +114,29 @@ def test_db_upgrade_on_a_fresh_file(tmp_path: Path) -> None:
             "consent_records", "enrollments", "templates", "newsletters"} <= tables
     mode = sqlite3.connect(tmp_path / "ops.db").execute("pragma journal_mode").fetchone()[0]
     assert mode == "wal"
+
+
+async def test_worker_process_sends_without_http(tmp_path: Path) -> None:
+    from responder.app import start_runtime
+    from responder.settings import Settings
+    from responder.subscribers import SubscribeRequest, subscribe
+
+    env = {"RESPONDER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'w.db'}",
+           "RESPONDER_SMTP_URL": f"file://{tmp_path / 'out'}", "RESPONDER_WORKER_POLL_S": "0.05"}
+    started = await start_runtime(Settings.from_env(env))
+    await subscribe(started.runtime, SubscribeRequest(email="ada@example.com"))
+    await started.runtime.db.dispose()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "responder", "worker", cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], **env}, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    try:
+        for _ in range(300):
+            if list((tmp_path / "out").glob("*.eml")):
+                break
+            await asyncio.sleep(0.05)
+        assert len(list((tmp_path / "out").glob("*.eml"))) == 1
+    finally:
+        assert await stop(proc) == 0
+    output = (await proc.stdout.read()).decode()  # type: ignore[union-attr]
+    assert "worker running" in output and "listening" not in output
