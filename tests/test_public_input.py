@@ -149,3 +149,15 @@ async def test_expired_confirmation_link_offers_a_new_one(app: App) -> None:
     assert "expired" in (await resp.text()).lower()
     async with app.rt.db.read() as session:
         assert (await session.execute(select(Subscriber.status))).scalar_one() == "pending"
+
+
+async def test_preferences_page_shows_status_and_level(app: App) -> None:
+    await app.client.post("/subscribe", json={"email": "ada@example.com"})
+    [confirmation] = await app.smtp.wait_for(1)
+    await app.client.get(confirm_path(confirmation))
+    async with app.rt.db.read() as session:
+        sid = (await session.execute(select(Subscriber.id))).scalar_one()
+    resp = await app.client.get(f"/preferences/{app.rt.tokens.unsubscribe(sid)}")
+    assert resp.status == 200
+    page = await resp.text()
+    assert "ada@example.com" in page and "active" in page and "Welcome" in page
