@@ -138,7 +138,8 @@ def html_to_text(body: str) -> str:
 class _Balance(HTMLParser):
     """Finds the first unbalanced or malformed tag in MJML/HTML markup, with its line."""
 
-    VOID = {"br", "hr", "img", "meta", "link", "input", "col", "area", "base", "source", "wbr"}
+    VOID = frozenset({"br", "hr", "img", "meta", "link", "input", "col", "area", "base", "source",
+                      "wbr"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)

@@ -21,6 +21,8 @@ from .sandbox import html_env, render_string, text_env
 _HREF = re.compile(r"""href=(["'])(https?://[^"']+)\1""", re.IGNORECASE)
 # Our own links that must reach the subscriber untouched (unsubscribe, preferences, …).
 UNTRACKED_PATHS = ("/unsubscribe/", "/preferences/", "/confirm/", "/v/", "/c/", "/o/")
+# Mails to people who are not (or no longer) on the list carry no unsubscribe link.
+NO_UNSUBSCRIBE_PURPOSES = ("confirm", "unsubscribe")
 
 
 @dataclass(frozen=True)

@@ -117,13 +117,13 @@ class MailEnvironment(ImmutableSandboxedEnvironment):
             raise SecurityError("concatenation would produce too large a value")
         return super().call_binop(context, op, left, right)
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         for arg in (*args, *kwargs.values()):
             if isinstance(arg, int) and not isinstance(arg, bool) and _too_big(abs(arg)):
                 raise SecurityError("argument too large")
             if _too_big(_sized(arg)):
                 raise SecurityError("argument too large")
-        return super().call(__context, __obj, *args, **kwargs)
+        return super().call(context, obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         wrapped = super().wrap_str_format(value)
