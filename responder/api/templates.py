@@ -48,10 +48,14 @@ NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type":
 
 
 async def _read_limited(stream: Any) -> bytes:
-    data = await stream.read(MAX_UPLOAD_BYTES + 1)
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise ValidationError(f"upload is larger than {MAX_UPLOAD_BYTES // 1024} KB")
-    return bytes(data)
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await stream.read(64 * 1024):
+        size += len(chunk)
+        if size > MAX_UPLOAD_BYTES:
+            raise ValidationError(f"upload is larger than {MAX_UPLOAD_BYTES // 1024} KB")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _upload_fields(request: web.Request) -> dict[str, str]:

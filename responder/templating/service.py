@@ -152,7 +152,7 @@ async def list_templates(rt: Runtime) -> list[dict[str, Any]]:
             select(Template, newest.c.versions)
             .join(newest, (Template.name == newest.c.name) & (Template.version == newest.c.version))
             .order_by(Template.name)
-        )).tuples().all()
+        )).all()
         return [template_json(template, versions=count) for template, count in rows]
 
 
