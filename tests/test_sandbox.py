@@ -35,10 +35,10 @@ PAYLOADS = {
     "replace blow-up": ("{{ ('a' * 100000)|replace('a', 'a' * 100000) }}", "too large"),
     "deep recursion": ("{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}", "RecursionError"),
     "doubling recursion": ("{% macro d(s) %}{{ d(s ~ s) }}{% endmacro %}{{ d('ab') }}", "too large"),
-    "output flood": ("{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxx"
-                     "{% endfor %}{% endfor %}", "renders larger than"),
-    "busy loop": ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
-                  "{% endfor %}", "longer than"),
+    "output flood": (("{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxx"
+                      "{% endfor %}{% endfor %}"), "renders larger than"),
+    "busy loop": (("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                   "{% endfor %}"), "longer than"),
     "mutate data": ("{{ subscriber.tags.append(1) }}", "unsafe"),
     "namespace state": ("{% set ns = namespace(s='a') %}{{ ns.s }}", "undefined"),
     "lipsum": ("{{ lipsum(100000) }}", "undefined"),

@@ -73,17 +73,16 @@ def chromium() -> Iterator[object]:
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        with tempfile.TemporaryDirectory() as profile:
-            context = playwright.chromium.launch_persistent_context(
-                profile, executable_path="/usr/bin/chromium",
-                args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                      "--disable-background-networking", "--disable-component-update",
-                      "--disable-sync"],
-                viewport={"width": 375, "height": 800})
-            context.route("**/*", lambda route: route.abort())  # the network stays closed
-            yield context
-            context.close()
+    with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
+        context = playwright.chromium.launch_persistent_context(
+            profile, executable_path="/usr/bin/chromium",
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"],
+            viewport={"width": 375, "height": 800})
+        context.route("**/*", lambda route: route.abort())  # the network stays closed
+        yield context
+        context.close()
 
 
 @pytest.mark.parametrize("name", ["newsletter", "layer3-case-study", "confirm"])

@@ -107,6 +107,15 @@ async def test_refused_upload_names_the_line_and_stores_nothing(app: App) -> Non
     assert resp.status == 401
 
 
+async def test_openapi_describes_the_template_routes(app: App) -> None:
+    paths = (await (await app.client.get("/api/v1/openapi.json")).json())["paths"]
+    assert set(paths["/api/v1/templates"]) == {"get", "post"}
+    assert "422" in paths["/api/v1/templates"]["post"]["responses"]
+    for path in ("/api/v1/templates/{name}", "/api/v1/templates/{name}/preview"):
+        assert "get" in paths[path]
+    assert "post" in paths["/api/v1/templates/{name}/test"]
+
+
 async def test_preview_sample_and_subscriber(app: App) -> None:
     resp = await app.client.get("/api/v1/templates/newsletter/preview", headers=app.auth)
     assert resp.status == 200

@@ -85,8 +85,7 @@ async def _upload_fields(request: web.Request) -> dict[str, str]:
             raise ValidationError(f"{part.name} is not UTF-8 text", field=part.name) from exc
         if part.name == "file":
             fields["body"] = value
-            if part.filename and "name" not in fields:
-                fields.setdefault("_filename", part.filename)
+            fields["_filename"] = part.filename or ""
         else:
             fields[part.name] = value
     return fields
