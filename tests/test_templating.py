@@ -30,6 +30,7 @@ MJML = """<mjml>
         <a href="{{ sender.website }}/guide?who={{ subscriber.email|urlencode }}&amp;x=1">Guide</a>
       </mj-text>
       <mj-text css-class="big">Big news</mj-text>
+      <mj-text><a href="{% if subscriber.layer.position > 1 %}https://a.example/x{% else %}https://a.example/y{% endif %}">Pick</a></mj-text>
       <mj-button href="{% if subscriber.layer.position >= 3 %}{{ sender.website }}/pro{% else %}{{ sender.website }}/start{% endif %}">Go</mj-button>
     </mj-column></mj-section>
     {% for n in [1, 2] %}
@@ -69,6 +70,7 @@ def test_jinja_survives_mjml_in_text_attributes_and_hrefs() -> None:
     assert "who=sam.sample%40example.com&amp;x=1" in low
     assert low.count("Section ") == 2 and "Section 2" in low
     assert "<title>For Sam</title>" in low
+    assert 'href="https://a.example/y"' in low and 'href="https://a.example/x"' in high
 
 
 def test_css_is_inlined_once_at_upload_and_media_queries_kept() -> None:

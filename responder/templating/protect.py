@@ -46,13 +46,16 @@ def protect(source: str, *, comments: bool = True) -> Protected:
     tags: list[Tag] = []
     out: list[str] = []
     last = 0
+    in_tag = False  # inside "<...>", judged on the markup only: a ">" in "{% if a > b %}" is not one
     for index, match in enumerate(_JINJA.finditer(source)):
         start = match.start()
         word = f"jx{nonce}n{index}x"
         before = source[last:start]
+        lt, gt = before.rfind("<"), before.rfind(">")
+        if lt >= 0 or gt >= 0:
+            in_tag = lt > gt
         out.append(before)
-        as_comment = (comments and not match.group().startswith("{{")
-                      and not _inside_tag(source, start)
+        as_comment = (comments and not match.group().startswith("{{") and not in_tag
                       and not any(a <= start < b for a, b in raw_spans))
         placeholder = f"<!--{word}-->" if as_comment else word
         out.append(placeholder)
@@ -60,10 +63,6 @@ def protect(source: str, *, comments: bool = True) -> Protected:
         last = match.end()
     out.append(source[last:])
     return Protected("".join(out), tuple(tags))
-
-
-def _inside_tag(source: str, position: int) -> bool:
-    return source.rfind("<", 0, position) > source.rfind(">", 0, position)
 
 
 def restore(text: str, tags: tuple[Tag, ...]) -> tuple[str, list[Tag]]:
