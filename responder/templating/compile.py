@@ -77,8 +77,11 @@ def compile_template(
     return Compiled(subject, source_format, source, html, text)
 
 
+@lru_cache(maxsize=64)
 def compile_html(source: str, source_format: str) -> str:
-    """MJML → HTML (if MJML), CSS inlined; Jinja tags come through untouched."""
+    """MJML → HTML (if MJML), CSS inlined; Jinja tags come through untouched.
+
+    Pure, so cached: a restart or a sync of unchanged files does not compile again."""
     protected = protect(source)
     html = protected.text
     if source_format == "mjml":
@@ -181,6 +184,6 @@ def locate_markup_problem(source: str) -> str | None:
     if checker.problem:
         return checker.problem
     if checker.stack:
-        tag, line = checker.stack[-1]
-        return f"line {line}: <{tag}> is never closed"
+        tag, opened = checker.stack[-1]
+        return f"line {opened}: <{tag}> is never closed"
     return None

@@ -73,12 +73,15 @@ def render_mail(
 
 def rewrite_links(body: str, track_link: Callable[[str], str], base_url: str) -> str:
     own = tuple(base_url + path for path in UNTRACKED_PATHS)
+    signed: dict[str, str] = {}  # a target linked twice is signed once
 
     def replace(match: re.Match[str]) -> str:
         target = htmllib.unescape(match.group(2))
         if target.startswith(own):
             return match.group(0)
-        return f'href="{htmllib.escape(track_link(target))}"'
+        if target not in signed:
+            signed[target] = f'href="{htmllib.escape(track_link(target))}"'
+        return signed[target]
 
     return _HREF.sub(replace, body)
 

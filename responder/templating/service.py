@@ -211,7 +211,7 @@ async def preview(rt: Runtime, name: str, *, subscriber_id: int | None = None,
             "html": rendered.html, "text": rendered.text}
 
 
-async def test_send(rt: Runtime, name: str, to_email: str, *, subscriber_id: int | None = None,
+async def test_send(rt: Runtime, name: str, to_email: object, *, subscriber_id: int | None = None,
                     transport: Transport | None = None) -> dict[str, Any]:
     """Send one rendering of ``name`` to ``to_email``, subject marked ``[Test]``; nothing is
     recorded against any subscriber."""
