@@ -9,7 +9,7 @@ import pytest
 
 from responder.errors import TemplateError
 from responder.settings import Settings
-from responder.templating.compile import compile_template
+from responder.templating.compile import compile_template, generated_text
 from responder.templating.context import sample_context
 from responder.templating.render import Footer, render_mail
 
@@ -145,3 +145,17 @@ def test_text_part_follows_blocks_per_recipient() -> None:
     low, high = render(compiled, context(1)).text, render(compiled, context(3, ["vip"])).text
     assert "Hello Sam & welcome." in low and "tagged" not in low and "tagged" in high
     assert "[Go](https://acme.example/start)" in low and "[Go](https://acme.example/pro)" in high
+
+
+def test_text_part_falls_back_when_conversion_moves_jinja() -> None:
+    # inscriptis lays tables out cell by cell: the loop's tags would leave the row they wrap, so
+    # the text part is converted from each recipient's rendered HTML instead.
+    source = '<table>{% for t in ["a", "b"] %}<tr><td>row {{ t }}</td></tr>{% endfor %}</table>'
+    compiled = compile_template(source, "Hi", sample=SAMPLE)
+    assert generated_text(compiled.html) is None
+    mail = render(compiled, SAMPLE, tracked=False)
+    assert "row a" in mail.text and "row b" in mail.text
+
+
+def test_text_part_is_precompiled_for_starter_like_markup() -> None:
+    assert generated_text(compile_template(MJML, "Hi").html) is not None

@@ -23,7 +23,7 @@ from jinja2 import TemplateSyntaxError
 from mjml import mjml2html
 
 from ..errors import TemplateError
-from .protect import protect, restore
+from .protect import Tag, protect, restore
 from .sandbox import MAX_SOURCE_BYTES, MailEnvironment, html_env, render_string, text_env
 
 FORMATS = ("mjml", "html")
@@ -117,18 +117,43 @@ def generated_text(html: str) -> str | None:
     """
     protected = protect(html, comments=False)
     text = html_to_text(protected.text)
-    # Expressions may vanish (the <title>) or repeat; block tags must all come through in order.
-    blocks = [t.word for t in protected.tags if not t.source.startswith("{{")]
-    if blocks:
-        found = re.findall("|".join(map(re.escape, blocks)), text)
-        if found != blocks:
-            return None
+    if protected.tags and not _same_structure(protected.tags, text):
+        return None
     restored, _ = restore(text, protected.tags)
     try:
         text_env().parse(restored)
     except TemplateSyntaxError:
         return None
     return restored
+
+
+def _same_structure(tags: tuple[Tag, ...], text: str) -> bool:
+    """True if every block tag of the content came through once and in order (those inside
+    attributes may vanish, like the attribute itself), and every expression still sits between
+    the same two block tags (it may vanish, like the <title>, or repeat)."""
+    found = re.findall("|".join(re.escape(tag.word) for tag in tags), text)
+    present = set(found)
+    blocks = [tag for tag in tags if not tag.source.startswith("{{")]
+    if any(not tag.in_markup and tag.word not in present for tag in blocks):
+        return False
+    block_words = [tag.word for tag in blocks if tag.word in present]
+    gap: dict[str, int] = {}  # expression word → how many kept block tags precede it
+    kept = 0
+    for tag in tags:
+        if tag.source.startswith("{{"):
+            gap[tag.word] = kept
+        elif tag.word in present:
+            kept += 1
+    seen = 0
+    for word in found:
+        if word in gap:
+            if gap[word] != seen:
+                return False
+        elif seen >= len(block_words) or block_words[seen] != word:
+            return False
+        else:
+            seen += 1
+    return seen == len(block_words)
 
 
 def html_to_text(body: str) -> str:

@@ -31,6 +31,7 @@ class Tag:
     word: str  # the bare word inside the placeholder
     source: str  # the original Jinja tag
     line: int  # its line in the original source
+    in_markup: bool  # inside a tag's attributes or a <title>/<style>, not in element content
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,12 @@ def protect(source: str, *, comments: bool = True) -> Protected:
         if lt >= 0 or gt >= 0:
             in_tag = lt > gt
         out.append(before)
-        as_comment = (comments and not match.group().startswith("{{") and not in_tag
-                      and not any(a <= start < b for a, b in raw_spans))
+        in_markup = in_tag or any(a <= start < b for a, b in raw_spans)
+        as_comment = comments and not match.group().startswith("{{") and not in_markup
         placeholder = f"<!--{word}-->" if as_comment else word
         out.append(placeholder)
-        tags.append(Tag(placeholder, word, match.group(), source.count("\n", 0, start) + 1))
+        tags.append(Tag(placeholder, word, match.group(), source.count("\n", 0, start) + 1,
+                        in_markup))
         last = match.end()
     out.append(source[last:])
     return Protected("".join(out), tuple(tags))

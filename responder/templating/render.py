@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import TemplateError
 from .compile import generated_text, html_to_text
 from .sandbox import html_env, render_string, text_env
 
@@ -59,9 +60,8 @@ def render_mail(
     """
     subject_out = " ".join(render_string(text_env(), subject, context, "subject").split())
     body = render_string(html_env(), html, context, "body")
-    text_source = text if text is not None else generated_text(html)
-    text_out = (render_string(text_env(), text_source, context, "text")
-                if text_source is not None else html_to_text(body))
+    text_out = (render_string(text_env(), text, context, "text") if text is not None
+                else generated_part(html, body, context))
     if footer is not None:
         body, text_out = add_footer(body, text_out, footer)
     if track_link is not None:
@@ -69,6 +69,18 @@ def render_mail(
     if open_pixel_url:
         body = add_pixel(body, open_pixel_url)
     return Rendered(subject_out, body, text_out)
+
+
+def generated_part(html: str, body: str, context: Mapping[str, Any]) -> str:
+    """The text part derived from the HTML: the precompiled text template when there is one and
+    it renders, else a conversion of this recipient's rendered HTML."""
+    text_template = generated_text(html)
+    if text_template is not None:
+        try:
+            return render_string(text_env(), text_template, context, "text")
+        except TemplateError:
+            pass  # the conversion moved a tag in a way the structure check missed
+    return html_to_text(body)
 
 
 def rewrite_links(body: str, track_link: Callable[[str], str], base_url: str) -> str:
