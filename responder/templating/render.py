@@ -104,7 +104,9 @@ def add_pixel(body: str, url: str) -> str:
 
 
 def _before_body_end(body: str, snippet: str) -> str:
-    index = body.lower().rfind("</body>")
+    index = body.rfind("</body>")
+    if index < 0:
+        index = body.lower().rfind("</body>")
     return body + snippet if index < 0 else body[:index] + snippet + body[index:]
 
 
