@@ -149,6 +149,25 @@ async def test_test_send_reaches_the_address(app: App, smtp: SmtpSink) -> None:
     resp = await app.client.post("/api/v1/templates/layer2-how-to/test", headers=app.auth,
                                  json={"email": "not an address"})
     assert resp.status == 400
+    smtp.handler.replies["gone@example.com"] = "550 5.1.1 no such user"
+    resp = await app.client.post("/api/v1/templates/layer2-how-to/test", headers=app.auth,
+                                 json={"email": "gone@example.com"})
+    assert resp.status == 503 and "no such user" in (await resp.json())["error"]["message"]
+
+
+async def test_render_failure_for_one_subscriber_is_a_clear_error(app: App) -> None:
+    # Renders for the sample subscriber (no tags), so the upload is accepted ...
+    body = "<p>Hi</p>\n{% if subscriber.tags %}<p>{{ subscriber.attributes.missing }}</p>{% endif %}"
+    resp = await app.client.post("/api/v1/templates", headers=app.auth, json={
+        "name": "tagged", "subject": "Hi", "body": body})
+    assert resp.status == 201
+    # ... and a subscriber it cannot render for gets a 422 naming the line, not a broken mail.
+    subscriber_id = await make_subscriber(app)
+    resp = await app.client.get(f"/api/v1/templates/tagged/preview?subscriber_id={subscriber_id}",
+                                headers=app.auth)
+    assert resp.status == 422
+    assert (await resp.json())["error"]["message"] == \
+        "body, line 2: 'dict object' has no attribute 'missing'"
 
 
 async def test_sent_message_records_newest_version_and_views_online(app: App, smtp: SmtpSink) -> None:
