@@ -65,7 +65,7 @@ def main() -> None:
     assert text_template is not None
     bare = jinja2.Template(compiled.html)
     footer = Footer(settings.from_name, settings.postal_address, context["links"]["unsubscribe"])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
 
     def track(url: str) -> str:
         return f"{BASE}/c/{tokens.click(42, url)}"
