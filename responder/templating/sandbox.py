@@ -27,6 +27,7 @@ from typing import Any
 
 from jinja2 import StrictUndefined, Template, pass_eval_context
 from jinja2 import TemplateError as JinjaTemplateError
+from jinja2.filters import do_center, do_format, do_indent, do_replace
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from ..errors import TemplateError
@@ -64,25 +65,22 @@ def _safe_replace(env: Any, value: Any, old: str, new: str, count: int | None = 
         hits = min(hits, max(count, 0))
     if _too_big(len(text) + hits * max(0, len(str(new)) - len(str(old)))):
         raise SecurityError("replace would produce too large a value")
-    return _ORIGINAL_FILTERS["replace"](env, value, old, new, count)
+    return do_replace(env, value, old, new, count)
 
 
-def _width_checked(name: str) -> Callable[..., Any]:
+def _width_checked(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     def filter_(value: Any, width: Any = 80, *args: Any, **kwargs: Any) -> Any:
         size = len(width) if isinstance(width, str) else int(width)
         if _too_big(size * (str(value).count("\n") + 1) + len(str(value))):
             raise SecurityError(f"{name} width too large")
-        return _ORIGINAL_FILTERS[name](value, width, *args, **kwargs)
+        return original(value, width, *args, **kwargs)
 
     return filter_
 
 
 def _safe_format(value: Any, *args: Any, **kwargs: Any) -> Any:
     _check_format_string(str(value))
-    return _ORIGINAL_FILTERS["format"](value, *args, **kwargs)
-
-
-_ORIGINAL_FILTERS: dict[str, Any] = {}
+    return do_format(value, *args, **kwargs)
 
 
 class MailEnvironment(ImmutableSandboxedEnvironment):
@@ -94,11 +92,9 @@ class MailEnvironment(ImmutableSandboxedEnvironment):
         super().__init__(autoescape=autoescape, undefined=StrictUndefined)
         for name in ("namespace", "lipsum"):
             self.globals.pop(name, None)
-        _ORIGINAL_FILTERS.update({k: self.filters[k] for k in ("replace", "center", "indent",
-                                                                "format")})
         self.filters["replace"] = _safe_replace
-        self.filters["center"] = _width_checked("center")
-        self.filters["indent"] = _width_checked("indent")
+        self.filters["center"] = _width_checked("center", do_center)
+        self.filters["indent"] = _width_checked("indent", do_indent)
         self.filters["format"] = _safe_format
 
     def call_binop(self, context: Any, op: str, left: Any, right: Any) -> Any:
