@@ -159,3 +159,15 @@ def test_text_part_falls_back_when_conversion_moves_jinja() -> None:
 
 def test_text_part_is_precompiled_for_starter_like_markup() -> None:
     assert generated_text(compile_template(MJML, "Hi").html) is not None
+
+
+def test_blocks_between_mjml_components_survive() -> None:
+    source = ('<mjml><mj-body><mj-section><mj-column>'
+              '{% for i in [1, 2, 3] %}<mj-text>item {{ i }}</mj-text>{% endfor %}'
+              '{% if subscriber.tags %}<mj-button href="https://x.example">Tagged</mj-button>'
+              '{% endif %}</mj-column></mj-section></mj-body></mjml>')
+    compiled = compile_template(source, "Hi", sample=SAMPLE)
+    plain, tagged = render(compiled, context(1), tracked=False), render(compiled, context(1, ["t"]), tracked=False)
+    assert re.findall(r"item \d", plain.html) == ["item 1", "item 2", "item 3"]
+    assert "Tagged" not in plain.html and "Tagged" in tagged.html
+    assert "item 3" in plain.text and "[Tagged](https://x.example)" in tagged.text
