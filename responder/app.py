@@ -11,6 +11,7 @@ from aiohttp import web
 
 from . import ops
 from .api import handlers as api
+from .api import templates as api_templates
 from .clock import Clock, SystemClock
 from .db import Database
 from .delivery.transport import Transport, make_transport
@@ -60,6 +61,7 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
     if http:
         app.add_routes(tracking.routes)
         app.add_routes(api.routes)
+        app.add_routes(api_templates.routes)
         app.add_routes(ops.routes)
     if background:
         app.cleanup_ctx.append(_loops(rt, transport or make_transport(rt.settings)))
