@@ -19,12 +19,19 @@ from email.utils import format_datetime
 from ..errors import ValidationError
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FIELD_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # printable ASCII except ':' (RFC 5322 2.2)
 
 
 def check_header_value(name: str, value: str) -> str:
     if _CONTROL.search(value):
         raise ValidationError(f"control character in {name} header", field=name)
     return value
+
+
+def check_header_name(name: str) -> str:
+    if not _FIELD_NAME.match(name):
+        raise ValidationError(f"not a valid header name: {name!r}", field="header")
+    return name
 
 
 def new_message_id(domain: str) -> str:
@@ -52,10 +59,13 @@ class Mail:
     unsubscribe_mailto: str | None = None
     list_id: str | None = None
     extra_headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    envelope_from: str | None = None  # the VERP bounce address; From when unset
+    reply_to: str | None = None
+    feedback_id: str | None = None
 
     @property
     def envelope(self) -> Envelope:
-        return Envelope(self.from_email, (self.to_email,))
+        return Envelope(self.envelope_from or self.from_email, (self.to_email,))
 
 
 def _address(display_name: str, email: str, header: str) -> Address:
@@ -72,6 +82,10 @@ def compose(mail: Mail) -> bytes:
     msg["Subject"] = check_header_value("Subject", mail.subject)
     msg["Date"] = format_datetime(mail.date)
     msg["Message-ID"] = check_header_value("Message-ID", mail.message_id)
+    if mail.reply_to:
+        msg["Reply-To"] = _address("", mail.reply_to, "Reply-To")
+    if mail.feedback_id:
+        msg["Feedback-ID"] = check_header_value("Feedback-ID", mail.feedback_id)
     if mail.list_id:
         msg["List-Id"] = check_header_value("List-Id", mail.list_id)
     if mail.unsubscribe_url:
@@ -81,7 +95,7 @@ def compose(mail: Mail) -> bytes:
         msg["List-Unsubscribe"] = ", ".join(targets)
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     for name, value in mail.extra_headers:
-        msg[check_header_value("header name", name)] = check_header_value(name, value)
+        msg[check_header_name(name)] = check_header_value(name, value)
     msg.set_content(mail.text, subtype="plain", charset="utf-8")
     msg.add_alternative(mail.html, subtype="html", charset="utf-8")
     return msg.as_bytes()

@@ -1,113 +1,204 @@
 """The delivery worker: one loop that claims due messages, sends them, and records the outcome.
 
-    poll for due work → claim a batch with a lease → send each in a lane → sent | deferred |
-    failed | bounced
+    poll for due work → claim a batch with a lease → build, sign → send each in a lane under
+    the rate limits → record every outcome of the batch in one transaction:
+    sent | deferred | failed | bounced
 
-Stopping lets the messages already claimed finish; nothing new is claimed.
+Two batches are in flight at once, so lanes keep sending while the other batch is claimed,
+built or recorded. A batch is the most a crash can send twice: its outcomes are written after
+its sends. Pausing stops new claims; stopping lets the claimed batches finish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import random
 import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import update
 
-from ..loop import PollingLoop
 from ..errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
+from ..loop import PollingLoop
 from ..models import Event, Message, Subscriber
 from ..runtime import Runtime
+from ..sequences.funnel import end_enrollments
 from . import outbox
 from .build import build_mail
-from .mime import compose
+from .controls import pause_state
+from .dkim import DkimSigner, signer_from_settings
+from .mime import Envelope, compose
+from .ratelimit import SendLimits
 from .retry import next_attempt
 from .transport import Transport
 
 log = logging.getLogger(__name__)
 
 SENDABLE_STATUS = {"confirm": ("pending",), "step": ("active",), "newsletter": ("active",)}
+PIPELINES = 2
+
+
+@dataclass
+class Outcome:
+    message_pk: int
+    subscriber_id: int
+    values: dict[str, Any]
+    bounce: bool = False
+
+    @property
+    def state(self) -> str:
+        return str(self.values["state"])
+
+
+@dataclass
+class Ready:
+    message: Message
+    envelope: Envelope
+    data: bytes
+    template_id: int
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class DeliveryWorker(PollingLoop):
     name = "delivery"
 
-    def __init__(self, rt: Runtime, transport: Transport, *, batch_size: int = 50) -> None:
+    def __init__(self, rt: Runtime, transport: Transport, *, batch_size: int | None = None,
+                 signer: DkimSigner | None = None) -> None:
         super().__init__(rt.outbox_wake, rt.settings.worker_poll_s)
+        settings = rt.settings
         self.rt = rt
         self.transport = transport
-        self.batch_size = batch_size
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self._lanes = asyncio.Semaphore(rt.settings.worker_lanes)
+        self.batch_size = batch_size or settings.worker_batch
+        self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{id(self) & 0xffffff:x}"
+        self.signer = signer or signer_from_settings(settings)
+        self.limits = SendLimits(rate_per_s=settings.send_rate_per_s,
+                                 domain_concurrency=settings.domain_concurrency,
+                                 domain_rate_per_min=settings.domain_rate_per_min)
+        self.metrics = rt.delivery_metrics
+        self._lanes = asyncio.Semaphore(settings.worker_lanes)
+
+    async def run(self) -> None:
+        await asyncio.gather(*(super(DeliveryWorker, self).run() for _ in range(PIPELINES)))
 
     async def run_once(self) -> int:
         """Claim one batch and deliver it; the number of messages claimed."""
+        if (await pause_state(self.rt.db)).paused:
+            return 0
         ids = await outbox.claim(
             self.rt.db, owner=self.owner, now=self.rt.clock.now(),
             limit=self.batch_size, lease_s=self.rt.settings.lease_s,
         )
-        await asyncio.gather(*(self._deliver_in_lane(message_id) for message_id in ids))
+        if not ids:
+            return 0
+        outcomes, ready = await self._prepare(ids)
+        outcomes += await asyncio.gather(*(self._send(item) for item in ready))
+        await self._record([o for o in outcomes if o is not None])
         return len(ids)
 
-    async def _deliver_in_lane(self, message_id: int) -> None:
-        async with self._lanes:
-            try:
-                await self.deliver(message_id)
-            except Exception:
-                log.exception("message %s: unexpected error; it stays leased and will be retried",
-                              message_id)
-
     async def deliver(self, message_id: int) -> None:
-        rt = self.rt
-        async with rt.db.read() as session:
-            message = await session.get(Message, message_id)
-            assert message is not None
-            subscriber = await session.get(Subscriber, message.subscriber_id)
-            assert subscriber is not None
-            if subscriber.status not in SENDABLE_STATUS.get(message.kind, ("active",)):
-                await self._record(message, state="failed",
-                                   last_error=f"not sent: subscriber is {subscriber.status}")
-                return
-            try:
-                built = await build_mail(rt, session, message)
-                data = compose(built.mail)
-            except (TemplateError, ValidationError) as exc:
-                await self._record(message, state="failed", last_error=exc.message)
-                return
-        try:
-            await self.transport.send(built.mail.envelope, data)
-        except PermanentDeliveryError as exc:
-            await self._record(message, state="bounced", last_error=exc.message,
-                               template_id=built.template_id, bounce=True)
-        except TemporaryDeliveryError as exc:
-            retry_at = next_attempt(message.attempts, rt.clock.now(), message.created_at,
-                                    jitter=random.random())
-            if retry_at is None:
-                await self._record(message, state="failed", last_error=f"gave up: {exc.message}",
-                                   template_id=built.template_id)
-            else:
-                await self._record(message, state="deferred", last_error=exc.message,
-                                   next_attempt_at=retry_at, template_id=built.template_id)
-        else:
-            await self._record(message, state="sent", sent_at=rt.clock.now(),
-                               template_id=built.template_id, last_error=None)
+        """Build, send and record one message this worker has already claimed."""
+        outcomes, ready = await self._prepare([message_id])
+        outcomes += [await self._send(item) for item in ready]
+        await self._record([o for o in outcomes if o is not None])
 
-    async def _record(self, message: Message, *, bounce: bool = False, **values: object) -> None:
+    async def _prepare(self, ids: list[int]) -> tuple[list[Outcome | None], list[Ready]]:
+        rt = self.rt
+        outcomes: list[Outcome | None] = []
+        ready: list[Ready] = []
+        async with rt.db.read() as session:
+            for message_id in ids:
+                message = await session.get(Message, message_id)
+                assert message is not None
+                subscriber = await session.get(Subscriber, message.subscriber_id)
+                assert subscriber is not None
+                if subscriber.status not in SENDABLE_STATUS.get(message.kind, ("active",)):
+                    outcomes.append(Outcome(message.id, message.subscriber_id, dict(
+                        state="failed", last_error=f"not sent: subscriber is {subscriber.status}")))
+                    continue
+                try:
+                    built = await build_mail(rt, session, message)
+                    data = compose(built.mail)
+                except (TemplateError, ValidationError) as exc:
+                    outcomes.append(Outcome(message.id, message.subscriber_id,
+                                            dict(state="failed", last_error=exc.message)))
+                    continue
+                except Exception:
+                    log.exception("message %s: cannot be built; it stays leased and is retried "
+                                  "when the lease expires", message_id)
+                    continue
+                if self.signer is not None:
+                    data = self.signer.sign(data, int(built.mail.date.timestamp()))
+                ready.append(Ready(message, built.mail.envelope, data, built.template_id))
+        return outcomes, ready
+
+    async def _send(self, item: Ready) -> Outcome:
+        message = item.message
+        domain = item.envelope.recipients[0].rpartition("@")[2].lower()
+        base = dict(template_id=item.template_id)
+        async with self.limits.slot(domain), self._lanes:
+            started = time.perf_counter()
+            try:
+                await self.transport.send(item.envelope, item.data)
+            except PermanentDeliveryError as exc:
+                return Outcome(message.id, message.subscriber_id,
+                               dict(base, state="bounced", last_error=exc.message), bounce=True)
+            except TemporaryDeliveryError as exc:
+                return self._deferred(message, exc.message, base)
+            except Exception as exc:  # unknown transport trouble: retrying is the safe side
+                log.exception("message %s: unexpected error while sending", message.id)
+                return self._deferred(message, f"unexpected error: {exc!r}"[:500], base)
+            finally:
+                self.metrics.send_seconds.observe(time.perf_counter() - started)
+        return Outcome(message.id, message.subscriber_id,
+                       dict(base, state="sent", sent_at=self.rt.clock.now(), last_error=None))
+
+    def _deferred(self, message: Message, error: str, base: dict[str, Any]) -> Outcome:
         now = self.rt.clock.now()
+        retry_at = next_attempt(message.attempts, now, message.created_at, jitter=random.random(),
+                                lifetime_s=self.rt.settings.message_lifetime_s)
+        if retry_at is None:
+            return Outcome(message.id, message.subscriber_id,
+                           dict(base, state="failed", last_error=f"gave up: {error}"))
+        return Outcome(message.id, message.subscriber_id,
+                       dict(base, state="deferred", last_error=error, next_attempt_at=retry_at))
+
+    async def _record(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
+        now = self.rt.clock.now()
+        recorded: list[Outcome] = []
         async with self.rt.db.transaction() as session:
-            if not await outbox.finish(session, message.id, self.owner, **values):
-                log.warning("message %s: lease lost before its outcome was recorded", message.id)
-                return
-            if values.get("state") == "sent":
-                session.add(Event(subscriber_id=message.subscriber_id, message_id=message.id,
-                                  type="sent", created_at=now, data={}))
-            if bounce:
-                session.add(Event(subscriber_id=message.subscriber_id, message_id=message.id,
-                                  type="bounce", created_at=now,
-                                  data={"reply": str(values.get("last_error", ""))}))
-                await session.execute(
-                    update(Subscriber).where(Subscriber.id == message.subscriber_id)
-                    .values(status="bounced")
-                )
+            for outcome in outcomes:
+                if not await outbox.finish(session, outcome.message_pk, self.owner,
+                                           **outcome.values):
+                    log.warning("message %s: lease lost before its outcome was recorded",
+                                outcome.message_pk)
+                    continue
+                recorded.append(outcome)
+                if outcome.state == "sent":
+                    session.add(Event(subscriber_id=outcome.subscriber_id,
+                                      message_id=outcome.message_pk, type="sent", created_at=now,
+                                      data={}))
+                if outcome.bounce:
+                    await suppress_bounced(session, outcome.subscriber_id, outcome.message_pk,
+                                           str(outcome.values.get("last_error", "")), now)
+        for outcome in recorded:
+            self.metrics.outcomes.labels(outcome.state).inc()
+
+
+async def suppress_bounced(session: Any, subscriber_id: int, message_pk: int | None, reply: str,
+                           now: dt.datetime, *, source: str = "smtp") -> None:
+    """A hard bounce: record it, mark the address bounced, stop its sequences at once."""
+    session.add(Event(subscriber_id=subscriber_id, message_id=message_pk, type="bounce",
+                      created_at=now, data={"reply": reply[:500], "hard": True, "source": source}))
+    await session.execute(
+        update(Subscriber).where(Subscriber.id == subscriber_id,
+                                 Subscriber.status.in_(("active", "pending")))
+        .values(status="bounced")
+    )
+    await end_enrollments(session, subscriber_id, "stopped", now)
