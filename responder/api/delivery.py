@@ -5,10 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import func, select
-
-from ..delivery.controls import PauseState, pause_state, set_paused
-from ..models import Message
+from ..delivery.controls import PauseState, pause_state, queue_depth, set_paused
 from ..validation import clean_text
 from ..web import read_input, runtime
 from .openapi import describe, error, json_body
@@ -29,9 +26,7 @@ DELIVERY = {
 
 
 async def _body(request: web.Request, state: PauseState) -> dict[str, Any]:
-    async with runtime(request).db.read() as session:
-        queue = dict((await session.execute(
-            select(Message.state, func.count()).group_by(Message.state))).tuples().all())
+    queue = await queue_depth(runtime(request).db)
     return {"paused": state.paused, "reason": state.reason,
             "since": state.since.isoformat() if state.since else None, "queue": queue}
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy import func, select
-
 from ..clock import utcnow
 from ..db import Database
 from ..errors import ConfigError
-from ..models import Message
 from ..settings import Settings
-from .controls import pause_state, set_paused
+from .controls import pause_state, queue_depth, set_paused
 from .dkim import dns_record, generate_key, private_pem
 
 
@@ -24,9 +21,7 @@ async def delivery_command(settings: Settings, action: str, reason: str = "") ->
             state = await pause_state(db)
         else:
             state = await set_paused(db, action == "pause", utcnow(), reason)
-        async with db.read() as session:
-            queue = dict((await session.execute(
-                select(Message.state, func.count()).group_by(Message.state))).tuples().all())
+        queue = await queue_depth(db)
     finally:
         await db.dispose()
     since = f" since {state.since.isoformat(timespec='seconds')}" if state.since else ""

@@ -8,8 +8,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from sqlalchemy import func, select
+
 from ..db import Database
-from ..models import DeliveryControl
+from ..models import DeliveryControl, Message
 
 PAUSED = "paused"
 
@@ -40,3 +42,10 @@ async def set_paused(db: Database, paused: bool, now: dt.datetime, reason: str =
         row.value = "1" if paused else "0"
         row.reason = reason[:255]
     return PauseState(paused, row.reason, row.updated_at)
+
+
+async def queue_depth(db: Database) -> dict[str, int]:
+    """Messages in the outbox by state."""
+    async with db.read() as session:
+        rows = await session.execute(select(Message.state, func.count()).group_by(Message.state))
+        return {state: count for state, count in rows}
