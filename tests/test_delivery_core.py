@@ -141,3 +141,19 @@ def test_signature_verifies_with_dkimpy(algorithm: str) -> None:
     # A second From added after signing breaks the signature (From is over-signed).
     tampered = signed.replace(b"\r\nTo:", b"\r\nFrom: evil@example.org\r\nTo:", 1)
     assert not dkim.verify(tampered, dnsfunc=lambda name, timeout=5: record)
+
+
+def test_bodies_round_trip_through_a_standard_parser() -> None:
+    from email import message_from_bytes, policy
+
+    text = "Grüße, Zoë!\nA = B; 100% sure  \n.leading dot\n" + "long line " * 40 + "\n"
+    html = "<p>Grüße — <a href=\"https://x.example/?a=1&b=2\">link</a></p>\n" * 30
+    data = compose(mail(text=text, html=html))
+    assert max(len(line) for line in data.split(b"\r\n")) <= 78
+    assert b"\n" not in data.replace(b"\r\n", b"")
+    parsed = message_from_bytes(data, policy=policy.default)
+    assert parsed["Subject"] == mail().subject
+    assert parsed["To"].addresses[0].display_name == "Zoë Ünal"
+    for subtype, original in (("plain", text), ("html", html)):
+        part = parsed.get_body((subtype,))
+        assert part.get_content().replace("\r\n", "\n") == original  # type: ignore[union-attr]

@@ -92,3 +92,19 @@ async def finish(
         .values(lease_owner=None, lease_expires_at=None, **values)
     )
     return bool(result.rowcount)
+
+
+async def finish_many(session: object, message_ids: list[int], owner: str,
+                      **values: object) -> list[int]:
+    """``finish`` for many messages with the same outcome values in one statement; the ids
+    whose lease ``owner`` still held."""
+    if not message_ids:
+        return []
+    result = await session.execute(  # type: ignore[attr-defined]
+        update(Message)
+        .where(Message.id.in_(message_ids), Message.lease_owner == owner,
+               Message.state == "sending")
+        .values(lease_owner=None, lease_expires_at=None, **values)
+        .returning(Message.id)
+    )
+    return list(result.scalars())

@@ -21,11 +21,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ..errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
 from ..loop import PollingLoop
-from ..models import Event, Message, Subscriber
+from ..models import Event, Layer, Message, Subscriber, Template
 from ..runtime import Runtime
 from ..sequences.funnel import end_enrollments
 from . import outbox
@@ -111,9 +113,9 @@ class DeliveryWorker(PollingLoop):
         outcomes: list[Outcome | None] = []
         ready: list[Ready] = []
         async with rt.db.read() as session:
+            messages, _held = await _load_batch(session, ids)
             for message_id in ids:
-                message = await session.get(Message, message_id)
-                assert message is not None
+                message = messages[message_id]
                 subscriber = await session.get(Subscriber, message.subscriber_id)
                 assert subscriber is not None
                 if subscriber.status not in SENDABLE_STATUS.get(message.kind, ("active",)):
@@ -155,7 +157,7 @@ class DeliveryWorker(PollingLoop):
             finally:
                 self.metrics.send_seconds.observe(time.perf_counter() - started)
         return Outcome(message.id, message.subscriber_id,
-                       dict(base, state="sent", sent_at=self.rt.clock.now(), last_error=None))
+                       dict(base, state="sent", last_error=None))
 
     def _deferred(self, message: Message, error: str, base: dict[str, Any]) -> Outcome:
         now = self.rt.clock.now()
@@ -171,24 +173,62 @@ class DeliveryWorker(PollingLoop):
         if not outcomes:
             return
         now = self.rt.clock.now()
+        # Outcomes with equal values (a batch's sends, mostly) are written in one statement.
+        groups: dict[tuple[Any, ...], list[Outcome]] = {}
+        for outcome in outcomes:
+            groups.setdefault(tuple(sorted(outcome.values.items())), []).append(outcome)
         recorded: list[Outcome] = []
         async with self.rt.db.transaction() as session:
-            for outcome in outcomes:
-                if not await outbox.finish(session, outcome.message_pk, self.owner,
-                                           **outcome.values):
-                    log.warning("message %s: lease lost before its outcome was recorded",
-                                outcome.message_pk)
-                    continue
-                recorded.append(outcome)
-                if outcome.state == "sent":
-                    session.add(Event(subscriber_id=outcome.subscriber_id,
-                                      message_id=outcome.message_pk, type="sent", created_at=now,
-                                      data={}))
-                if outcome.bounce:
-                    await suppress_bounced(session, outcome.subscriber_id, outcome.message_pk,
-                                           str(outcome.values.get("last_error", "")), now)
+            for group in groups.values():
+                values = dict(group[0].values)
+                if values["state"] == "sent":  # when recorded: within a batch's time of the send
+                    values["sent_at"] = now
+                done = set(await outbox.finish_many(
+                    session, [o.message_pk for o in group], self.owner, **values))
+                for outcome in group:
+                    if outcome.message_pk not in done:
+                        log.warning("message %s: lease lost before its outcome was recorded",
+                                    outcome.message_pk)
+                        continue
+                    recorded.append(outcome)
+                    if outcome.state == "sent":
+                        session.add(Event(subscriber_id=outcome.subscriber_id,
+                                          message_id=outcome.message_pk, type="sent",
+                                          created_at=now, data={}))
+                    if outcome.bounce:
+                        await suppress_bounced(session, outcome.subscriber_id, outcome.message_pk,
+                                               str(outcome.values.get("last_error", "")), now)
         for outcome in recorded:
             self.metrics.outcomes.labels(outcome.state).inc()
+
+
+async def _load_batch(session: AsyncSession, ids: list[int]) -> tuple[dict[int, Message], list[Any]]:
+    """A batch's messages, subscribers, layers and templates in a few queries, so building each
+    mail finds them in the session instead of asking the database one by one. The second value
+    holds them: the session's identity map keeps only weak references."""
+    messages = {m.id: m for m in (await session.execute(
+        select(Message).where(Message.id.in_(ids)))).scalars()}
+    subscriber_ids = {m.subscriber_id for m in messages.values()}
+    layer_ids = set((await session.execute(
+        select(Subscriber.layer_id).where(Subscriber.id.in_(subscriber_ids)))).scalars())
+    held: list[Any] = list((await session.execute(
+        select(Subscriber).where(Subscriber.id.in_(subscriber_ids)))).scalars())
+    held += (await session.execute(select(Layer).where(Layer.id.in_(layer_ids - {None})))).scalars()
+    names = {m.template_name for m in messages.values() if m.template_id is None}
+    newest: dict[str, Template] = {}
+    for template in (await session.execute(
+            select(Template).where(Template.name.in_(names)))).scalars() if names else ():
+        if template.name not in newest or template.version > newest[template.name].version:
+            newest[template.name] = template
+    kept = {m.template_id for m in messages.values()} - {None}
+    held += (await session.execute(select(Template).where(Template.id.in_(kept)))).scalars()
+    held += newest.values()
+    for message in messages.values():
+        if message.template_id is None and message.template_name in newest:
+            # The version this attempt will use (recorded with its outcome); not a change to
+            # write back, so it is set as the loaded value.
+            set_committed_value(message, "template_id", newest[message.template_name].id)
+    return messages, held
 
 
 async def suppress_bounced(session: Any, subscriber_id: int, message_pk: int | None, reply: str,
