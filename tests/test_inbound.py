@@ -4,6 +4,8 @@ anyone else refused at RCPT."""
 
 from __future__ import annotations
 
+import asyncio
+
 import aiosmtplib
 import pytest
 from sqlalchemy import select
@@ -97,6 +99,10 @@ async def deliver(app: App, sender: str, rcpt: str, text: str) -> None:
 async def sent_to(app: App, address: str):  # type: ignore[no-untyped-def]
     [pk] = await queue_newsletter(app.rt, [address])
     [got] = await app.smtp.wait_for(1, address)
+    for _ in range(500):  # and its outcome recorded
+        if (await message(app.rt, pk)).state == "sent":
+            break
+        await asyncio.sleep(0.01)
     return pk, got
 
 

@@ -110,7 +110,7 @@ async def _bounce(session: AsyncSession, subscriber: Subscriber, message: Messag
     if failed is not None:
         reply = f"{failed.status} {failed.diagnostic}".strip()
         await suppress_bounced(session, subscriber.id, message.id, reply, now, source="dsn")
-        if message.state == "sent":
+        if message.state in ("sent", "sending"):  # a DSN can beat the record of the send
             message.state = "bounced"
             message.last_error = reply
         return "hard bounce"
