@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import resource
 import shutil
 import socket
@@ -30,16 +29,16 @@ from sqlalchemy import func, insert, select
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from responder.app import start_runtime  # noqa: E402
-from responder.delivery.build import build_mail  # noqa: E402
-from responder.delivery.dkim import generate_key, private_pem  # noqa: E402
-from responder.delivery.mime import compose  # noqa: E402
-from responder.delivery.transport import make_transport  # noqa: E402
-from responder.delivery.worker import DeliveryWorker  # noqa: E402
-from responder.models import Layer, Message, Newsletter, Subscriber  # noqa: E402
-from responder.settings import Settings  # noqa: E402
-from responder.templating.compile import compile_template  # noqa: E402
-from responder.templating.store import add_version  # noqa: E402
+from responder.app import start_runtime
+from responder.delivery.build import build_mail
+from responder.delivery.dkim import generate_key, private_pem
+from responder.delivery.mime import compose
+from responder.delivery.transport import make_transport
+from responder.delivery.worker import DeliveryWorker
+from responder.models import Layer, Message, Newsletter, Subscriber
+from responder.settings import Settings
+from responder.templating.compile import compile_template
+from responder.templating.store import add_version
 
 
 def free_port() -> int:
@@ -95,14 +94,14 @@ async def queue(rt, count: int, template: str) -> None:  # type: ignore[no-untyp
         session.add(newsletter)
         await session.flush()
         await session.execute(insert(Subscriber), [
-            dict(email=f"reader{i}@example.org", name=f"Reader {i}", status="active",
-                 layer_id=layer.id, layer_entered_at=now, attributes={}, tags=[], created_at=now)
+            {"email": f"reader{i}@example.org", "name": f"Reader {i}", "status": "active",
+                 "layer_id": layer.id, "layer_entered_at": now, "attributes": {}, "tags": [], "created_at": now}
             for i in range(count)])
         ids = (await session.execute(select(Subscriber.id).order_by(Subscriber.id))).scalars()
         await session.execute(insert(Message), [
-            dict(subscriber_id=sid, kind="newsletter", newsletter_id=newsletter.id,
-                 template_name="layer1-welcome", state="queued", attempts=0, next_attempt_at=now,
-                 message_id=f"<bench{sid}@acme.example.com>", created_at=now)
+            {"subscriber_id": sid, "kind": "newsletter", "newsletter_id": newsletter.id,
+                 "template_name": "layer1-welcome", "state": "queued", "attempts": 0, "next_attempt_at": now,
+                 "message_id": f"<bench{sid}@acme.example.com>", "created_at": now}
             for sid in ids])
 
 

@@ -70,7 +70,8 @@ async def test_sigkill_mid_send_loses_nothing(sqlite_url: str, smtp: SmtpSink,
         before = received()
         process = spawn(env, log)
         try:  # kill while it is sending: once a few mails of this run have arrived
-            await wait_until(lambda: received() >= before + 5 or process.poll() is not None)
+            await wait_until(lambda before=before, process=process:
+                             received() >= before + 5 or process.poll() is not None)
         finally:
             process.send_signal(signal.SIGKILL)
             process.wait()
@@ -108,8 +109,7 @@ async def test_sigkill_mid_send_loses_nothing(sqlite_url: str, smtp: SmtpSink,
           f"duplicates {duplicates}, lost {len(expected - set(ids))}")
     assert set(ids) == expected  # none lost, nothing foreign
     assert duplicates <= KILLS * PIPELINES * BATCH
-    async with runtime_for(sqlite_url, smtp.url, SystemClock()) as rt:
-        async with rt.db.read() as session:
-            states = dict((await session.execute(
-                select(Message.state, func.count()).group_by(Message.state))).all())
+    async with runtime_for(sqlite_url, smtp.url, SystemClock()) as rt, rt.db.read() as session:
+        states = dict((await session.execute(
+            select(Message.state, func.count()).group_by(Message.state))).all())
     assert states == {"sent": MESSAGES}

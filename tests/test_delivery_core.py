@@ -76,14 +76,14 @@ def test_verp_addresses_round_trip_and_refuse_forgeries() -> None:
 
 
 def mail(**changes: object) -> Mail:
-    values: dict[str, object] = dict(
-        from_name="Acme", from_email="news@acme.example.com", to_name="Zoë Ünal",
-        to_email="zoe@example.org", subject="Grüße — a long subject " * 5, html="<p>hi</p>",
-        text="hi", message_id="<1@acme.example.com>", date=T0,
-        unsubscribe_url="https://news.example.com/unsubscribe/t",
-        unsubscribe_mailto="mailto:unsubscribe+1-ab@acme.example.com",
-        list_id="<layer1.acme.example.com>", envelope_from="bounces+1-ab@acme.example.com",
-        reply_to="reply+1-ab@acme.example.com", feedback_id="1:layer1:step:acme.example.com")
+    values: dict[str, object] = {
+        "from_name": "Acme", "from_email": "news@acme.example.com", "to_name": "Zoë Ünal",
+        "to_email": "zoe@example.org", "subject": "Grüße — a long subject " * 5, "html": "<p>hi</p>",
+        "text": "hi", "message_id": "<1@acme.example.com>", "date": T0,
+        "unsubscribe_url": "https://news.example.com/unsubscribe/t",
+        "unsubscribe_mailto": "mailto:unsubscribe+1-ab@acme.example.com",
+        "list_id": "<layer1.acme.example.com>", "envelope_from": "bounces+1-ab@acme.example.com",
+        "reply_to": "reply+1-ab@acme.example.com", "feedback_id": "1:layer1:step:acme.example.com"}
     values.update(changes)
     return Mail(**values)  # type: ignore[arg-type]
 

@@ -10,8 +10,8 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select
 
-from responder.models import Event, Message
 from responder.inbound.reports import classify
+from responder.models import Event, Message
 
 from .conftest import App, free_port, running_app
 from .delivery_fixtures import message, queue_newsletter, subscriber
@@ -124,7 +124,7 @@ async def test_hard_dsn_bounces_and_suppresses(inbound_app: App) -> None:
 
 
 async def test_soft_dsn_is_counted_only(inbound_app: App) -> None:
-    pk, got = await sent_to(inbound_app, "bea@example.org")
+    _, got = await sent_to(inbound_app, "bea@example.org")
     await deliver(inbound_app, "", got.mail_from, DSN.format(
         to=got.mail_from, rcpt="bea@example.org", action="delayed", status="4.4.1",
         diagnostic="451 4.4.1 no answer", message_id="<x@y>"))
@@ -134,7 +134,7 @@ async def test_soft_dsn_is_counted_only(inbound_app: App) -> None:
 
 
 async def test_arf_complaint_stops_all_mail(inbound_app: App) -> None:
-    pk, got = await sent_to(inbound_app, "cat@example.org")
+    _, got = await sent_to(inbound_app, "cat@example.org")
     await deliver(inbound_app, "fbl@isp.example.net", got.mail_from,
                   ARF.format(to=got.mail_from, message_id=got.message["Message-ID"]))
     cat = await subscriber(inbound_app.rt, "cat@example.org")
@@ -144,7 +144,7 @@ async def test_arf_complaint_stops_all_mail(inbound_app: App) -> None:
 
 
 async def test_mailto_unsubscribe(inbound_app: App) -> None:
-    pk, got = await sent_to(inbound_app, "dee@example.org")
+    _, got = await sent_to(inbound_app, "dee@example.org")
     header = got.message["List-Unsubscribe"]
     mailto = header.split("<mailto:")[1].split(">")[0]
     address = mailto.split("?")[0]
@@ -174,7 +174,7 @@ async def test_human_reply_is_a_reply_event_and_auto_replies_are_not(inbound_app
 
 
 async def test_mail_for_other_or_forged_addresses_is_refused(inbound_app: App) -> None:
-    pk, got = await sent_to(inbound_app, "fox@example.org")
+    _, got = await sent_to(inbound_app, "fox@example.org")
     forged = got.mail_from.replace("bounces+", "reply+")
     for rcpt in ("news@acme.example.com", forged, "postmaster@elsewhere.example"):
         with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:

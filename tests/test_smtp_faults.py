@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from responder.errors import TemporaryDeliveryError
 from responder.delivery.mime import Envelope
 from responder.delivery.transport import SmtpTransport
+from responder.errors import TemporaryDeliveryError
 from responder.settings import parse_smtp_url
 
 from .conftest import SmtpSink

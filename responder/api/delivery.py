@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+
 from ..delivery.controls import PauseState, pause_state, queue_depth, set_paused
 from ..validation import clean_text
 from ..web import read_input, runtime

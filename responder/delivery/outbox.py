@@ -35,18 +35,18 @@ async def enqueue(
     return await insert_ignore(
         session,  # type: ignore[arg-type]
         Message,
-        dict(
-            subscriber_id=subscriber_id,
-            kind=kind,
-            step_id=step_id,
-            newsletter_id=newsletter_id,
-            template_name=template_name,
-            state="queued",
-            attempts=0,
-            next_attempt_at=now,
-            message_id=new_message_id(domain),
-            created_at=now,
-        ),
+        {
+            "subscriber_id": subscriber_id,
+            "kind": kind,
+            "step_id": step_id,
+            "newsletter_id": newsletter_id,
+            "template_name": template_name,
+            "state": "queued",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "message_id": new_message_id(domain),
+            "created_at": now,
+        },
     )
 
 

@@ -25,7 +25,7 @@ class SlidingWindow:
         self._times: deque[float] = deque()
 
     @classmethod
-    def per_second(cls, rate_per_s: float) -> "SlidingWindow":
+    def per_second(cls, rate_per_s: float) -> SlidingWindow:
         """A window for a (possibly fractional) rate: 0.5/s is 1 event per 2 s."""
         limit = max(1, math.floor(rate_per_s))
         return cls(limit, limit / rate_per_s)

@@ -87,7 +87,7 @@ class SmtpTransport:
                 else:
                     await self._checkin(client)
                 raise _classify(exc.code, exc.message) from exc
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 # Dropped, timed out, or a reply we could not read: whether the server kept the
                 # message is unknown, so it is retried (at least once beats at most once).
                 client.close()
@@ -105,7 +105,7 @@ class SmtpTransport:
         client = self._client()
         try:
             await client.connect()
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             raise TemporaryDeliveryError(f"cannot connect to {self.target.host}: {exc}") from exc
         return client
 
@@ -114,7 +114,7 @@ class SmtpTransport:
             return
         try:
             await client.rset()
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
             client.close()
             return
         self._idle.put_nowait(client)
@@ -124,7 +124,7 @@ class SmtpTransport:
             client = self._idle.get_nowait()
             try:
                 await client.quit()
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
                 client.close()
 
 

@@ -119,15 +119,15 @@ class DeliveryWorker(PollingLoop):
                 subscriber = await session.get(Subscriber, message.subscriber_id)
                 assert subscriber is not None
                 if subscriber.status not in SENDABLE_STATUS.get(message.kind, ("active",)):
-                    outcomes.append(Outcome(message.id, message.subscriber_id, dict(
-                        state="failed", last_error=f"not sent: subscriber is {subscriber.status}")))
+                    outcomes.append(Outcome(message.id, message.subscriber_id, {
+                        "state": "failed", "last_error": f"not sent: subscriber is {subscriber.status}"}))
                     continue
                 try:
                     built = await build_mail(rt, session, message)
                     data = compose(built.mail)
                 except (TemplateError, ValidationError) as exc:
                     outcomes.append(Outcome(message.id, message.subscriber_id,
-                                            dict(state="failed", last_error=exc.message)))
+                                            {"state": "failed", "last_error": exc.message}))
                     continue
                 except Exception:
                     log.exception("message %s: cannot be built; it stays leased and is retried "
@@ -141,7 +141,7 @@ class DeliveryWorker(PollingLoop):
     async def _send(self, item: Ready) -> Outcome:
         message = item.message
         domain = item.envelope.recipients[0].rpartition("@")[2].lower()
-        base = dict(template_id=item.template_id)
+        base = {"template_id": item.template_id}
         async with self.limits.slot(domain), self._lanes:
             started = time.perf_counter()
             try:
