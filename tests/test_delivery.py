@@ -179,3 +179,14 @@ async def test_dkim_signature_verifies_at_the_receiving_server(
 
         assert dkim.verify(got.data, dnsfunc=dns)
         assert not dkim.verify(got.data.replace(b"Subject: ", b"Subject: X"), dnsfunc=dns)
+
+
+async def test_concurrent_claims_never_share_a_message(database_url, smtp, clock) -> None:
+    async with runtime_for(database_url, smtp.url, clock) as rt:
+        queued = await queue_newsletter(rt, [f"p{i}@example.org" for i in range(30)])
+        claims = await asyncio.gather(*(
+            outbox.claim(rt.db, owner=f"w{n}", now=clock.now(), limit=10, lease_s=60)
+            for n in range(5)))
+        claimed = [pk for batch in claims for pk in batch]
+        assert sorted(claimed) == sorted(queued)  # each once, none twice
+        assert all(len(batch) <= 10 for batch in claims)
