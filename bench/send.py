@@ -66,6 +66,11 @@ def start_sink(kind: str, port: int) -> subprocess.Popen[bytes]:
     raise SystemExit(f"sink {kind} did not start")
 
 
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -160,6 +165,7 @@ async def main(args: argparse.Namespace) -> None:
             "RESPONDER_FROM": "Acme <news@acme.example.com>",
             "RESPONDER_SECRET_KEY": "bench", "RESPONDER_ADMIN_TOKEN": "bench",
             "RESPONDER_WORKER_LANES": str(args.lanes), "RESPONDER_WORKER_POLL_S": "0.05",
+            "RESPONDER_WORKER_BATCH": str(args.batch),
             "RESPONDER_INBOUND": "127.0.0.1:1",  # Reply-To and mailto headers, as in production
         }
         if args.dkim != "none":
@@ -173,13 +179,20 @@ async def main(args: argparse.Namespace) -> None:
         print(f"queued {args.messages} messages in {time.perf_counter() - t0:.1f} s "
               f"({rt.db.dialect}); sink {args.sink} in its own process; {args.lanes} lanes; "
               f"DKIM {args.dkim}; template {args.template}")
+        cpu0 = cpu_s()
         ours, data = await run_responder(rt, args.messages)
+        cpu1 = cpu_s()
         ours_rss = peak_rss_mb()
         await rt.db.dispose()
+        cpu2 = cpu_s()
         bare = await run_bare(port, args.lanes, args.messages, data)
+        cpu3 = cpu_s()
+        ours_cpu_ms = (cpu1 - cpu0) * 1000 / args.messages
+        bare_cpu_ms = (cpu3 - cpu2) * 1000 / args.messages
         print(f"message size           {len(data):>8} bytes")
-        print(f"responder end to end   {ours:>8.0f} msg/s   (peak RSS {ours_rss:.0f} MB)")
-        print(f"bare aiosmtplib loop   {bare:>8.0f} msg/s")
+        print(f"responder end to end   {ours:>8.0f} msg/s   {ours_cpu_ms:.2f} ms CPU/msg   "
+              f"(peak RSS {ours_rss:.0f} MB)")
+        print(f"bare aiosmtplib loop   {bare:>8.0f} msg/s   {bare_cpu_ms:.2f} ms CPU/msg")
         print(f"ratio                  {ours / bare:>8.2f}x  (target ≥ 0.8x)")
     finally:
         sink.terminate()
@@ -191,6 +204,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--lanes", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=50, help="messages claimed per lease")
     parser.add_argument("--dkim", choices=("rsa", "ed25519", "none"), default="rsa")
     parser.add_argument("--sink", choices=("aiosmtpd", "smtp-sink"), default="aiosmtpd")
     parser.add_argument("--template", choices=("starter", "minimal"), default="starter",
