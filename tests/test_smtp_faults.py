@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from responder.delivery import outbox
 from responder.delivery.mime import Envelope
 from responder.delivery.transport import SmtpTransport
 from responder.errors import TemporaryDeliveryError
@@ -96,7 +97,7 @@ def tarpit(smtp: SmtpSink):  # type: ignore[no-untyped-def]
     from .conftest import free_port
 
     port = free_port()
-    controller = Controller(Tarpit(smtp.handler, "slow@example.org", 3.0), hostname="127.0.0.1",
+    controller = Controller(Tarpit(smtp.handler, "slow@example.org", 1.5), hostname="127.0.0.1",
                             port=port)
     controller.start()
     yield SmtpSink(smtp.handler, port)
@@ -132,3 +133,20 @@ async def test_transport_reconnects_after_the_server_drops(clock) -> None:
         await transport.close()
         assert server.accepted == [b"<1@x>", b"<3@x>"]
         assert server.connections == 2  # one reused lane (RSET between mails), one reconnect
+
+
+async def test_lease_is_renewed_while_a_slow_send_is_in_flight(database_url: str, tarpit: SmtpSink,
+                                                               clock) -> None:
+    async with runtime_for(database_url, tarpit.url, clock, RESPONDER_LEASE_S="1",
+                           RESPONDER_SMTP_TIMEOUT_S="10") as rt, worker_for(rt) as worker:
+        [pk] = await queue_newsletter(rt, ["slow@example.org"])
+        sending = asyncio.create_task(worker.run_once())
+        await asyncio.sleep(0.1)  # claimed, lease until T0+1, stuck in the tarpit
+        clock.advance(0.9)
+        await asyncio.sleep(0.5)  # a renewal ran: lease until T0+1.9
+        clock.advance(0.6)
+        assert await outbox.claim(rt.db, owner="other", now=clock.now(), limit=10,
+                                  lease_s=1) == []
+        await sending
+        assert (await message(rt, pk)).state == "sent"
+        assert len(tarpit.to("slow@example.org")) == 1

@@ -108,3 +108,16 @@ async def finish_many(session: object, message_ids: list[int], owner: str,
         .returning(Message.id)
     )
     return list(result.scalars())
+
+
+async def renew(db: Database, message_ids: list[int], owner: str, *, now: dt.datetime,
+                lease_s: int) -> int:
+    """Extend ``owner``'s lease on those of ``message_ids`` it still holds; how many."""
+    async with db.transaction() as session:
+        result = await session.execute(
+            update(Message)
+            .where(Message.id.in_(message_ids), Message.lease_owner == owner,
+                   Message.state == "sending")
+            .values(lease_expires_at=now + dt.timedelta(seconds=lease_s))
+        )
+    return int(result.rowcount)

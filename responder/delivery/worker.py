@@ -18,7 +18,7 @@ import os
 import random
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -63,7 +63,6 @@ class Ready:
     envelope: Envelope
     data: bytes
     template_id: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class DeliveryWorker(PollingLoop):
@@ -97,16 +96,26 @@ class DeliveryWorker(PollingLoop):
         )
         if not ids:
             return 0
-        outcomes, ready = await self._prepare(ids)
-        outcomes += await asyncio.gather(*(self._send(item) for item in ready))
+        renewing = asyncio.create_task(self._renew(ids))
+        try:
+            outcomes, ready = await self._prepare(ids)
+            outcomes += await asyncio.gather(*(self._send(item) for item in ready))
+        finally:
+            renewing.cancel()
         await self._record([o for o in outcomes if o is not None])
         return len(ids)
 
-    async def deliver(self, message_id: int) -> None:
-        """Build, send and record one message this worker has already claimed."""
-        outcomes, ready = await self._prepare([message_id])
-        outcomes += [await self._send(item) for item in ready]
-        await self._record([o for o in outcomes if o is not None])
+    async def _renew(self, ids: list[int]) -> None:
+        """Keep extending the batch's lease while it is in flight (a slow server or a rate
+        limit can outlast one lease), so no other worker takes it and sends it twice."""
+        lease_s = self.rt.settings.lease_s
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            try:
+                await outbox.renew(self.rt.db, ids, self.owner, now=self.rt.clock.now(),
+                                   lease_s=lease_s)
+            except Exception:  # the next renewal (or the lease's slack) covers a blip
+                log.exception("could not renew the lease of %d messages", len(ids))
 
     async def _prepare(self, ids: list[int]) -> tuple[list[Outcome | None], list[Ready]]:
         rt = self.rt
