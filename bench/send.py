@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import shutil
 import socket
@@ -50,7 +51,8 @@ def free_port() -> int:
 def start_sink(kind: str, port: int) -> subprocess.Popen[bytes]:
     if kind == "smtp-sink":
         binary = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-        command = [binary, "-c", f"127.0.0.1:{port}", "1000"]
+        command = [binary, "-u", "nobody", "-c", f"127.0.0.1:{port}", "1000"] \
+            if os.geteuid() == 0 else [binary, "-c", f"127.0.0.1:{port}", "1000"]
     else:
         command = [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink",
                    "-l", f"127.0.0.1:{port}"]
