@@ -1,4 +1,4 @@
-"""``python -m responder`` is the ``responder`` command."""
+"""``python -m responder``: the same as the ``responder`` command."""
 
 import sys
 

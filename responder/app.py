@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import ops
+from .api import delivery as delivery_api
 from .api import handlers as api
 from .api import templates as api_templates
 from .clock import Clock, SystemClock
@@ -63,8 +64,11 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
         app.add_routes(api.routes)
         app.add_routes(api_templates.routes)
         app.add_routes(ops.routes)
+        app.add_routes(delivery_api.routes)
     if background:
         app.cleanup_ctx.append(_loops(rt, transport or make_transport(rt.settings)))
+        if rt.settings.inbound is not None:
+            app.cleanup_ctx.append(_inbound(rt))
     return app
 
 
@@ -82,5 +86,17 @@ def _loops(rt: Runtime, transport: Transport):  # type: ignore[no-untyped-def]
         for task in pending:
             task.cancel()
         await transport.close()
+
+    return ctx
+
+
+def _inbound(rt: Runtime):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        from .inbound.server import start_inbound
+
+        server = await start_inbound(rt)
+        yield
+        server.close()
+        await server.wait_closed()
 
     return ctx

@@ -49,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = db_sub.add_parser("upgrade", help="apply schema migrations")
     _add_common(upgrade)
     templates_commands.add_parser(sub, _add_common)
+    delivery = sub.add_parser("delivery", help="pause, resume or show the state of all sending")
+    delivery.add_argument("action", choices=("pause", "resume", "status"))
+    delivery.add_argument("--reason", default="", help="why sending is paused (shown in status)")
+    _add_common(delivery)
+    dkim = sub.add_parser("dkim", help="DKIM keys")
+    dkim_sub = dkim.add_subparsers(dest="dkim_command", required=True)
+    keygen = dkim_sub.add_parser("keygen", help="write a new private key; print its DNS TXT record")
+    keygen.add_argument("--out", required=True, help="file for the PEM private key (not overwritten)")
+    keygen.add_argument("--selector", default="responder", help="DKIM selector (default responder)")
+    keygen.add_argument("--domain", help="signing domain (default: the sender's domain)")
+    keygen.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa",
+                        help="rsa (2048 bits, understood everywhere) or ed25519 (RFC 8463)")
     return parser
 
 
@@ -65,6 +77,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_db_upgrade(settings))
         if args.command == "templates":
             return asyncio.run(templates_commands.run(args, settings))
+        if args.command == "delivery":
+            from .delivery.cli import delivery_command
+
+            return asyncio.run(delivery_command(settings, args.action, args.reason))
+        if args.command == "dkim":
+            from .delivery.cli import dkim_keygen
+
+            return dkim_keygen(settings, out=args.out, selector=args.selector,
+                               domain=args.domain, algorithm=args.algorithm)
         return asyncio.run(_run(settings, http=args.command == "serve"))
     except ConfigError as exc:
         print(f"responder: error: {exc.message}", file=sys.stderr)

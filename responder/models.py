@@ -229,3 +229,13 @@ class LayerHistory(Base):
     reason: Mapped[str] = mapped_column(String(255))
     event_ids: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[dt.datetime]
+
+
+class DeliveryControl(Base):
+    """Switches every worker reads before claiming work, e.g. ``paused`` (value "1" or "0")."""
+
+    __tablename__ = "delivery_controls"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(String(255), default="")
+    updated_at: Mapped[dt.datetime]

@@ -44,6 +44,7 @@ async def metrics(request: web.Request) -> web.Response:
             select(Subscriber.status, func.count()).group_by(Subscriber.status)
         ):
             subscribers.labels(status).set(count)
-    response = web.Response(body=generate_latest(registry))
+    response = web.Response(
+        body=generate_latest(registry) + runtime(request).delivery_metrics.exposition())
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return response

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .clock import Clock
 from .db import Database
+from .delivery.metrics import DeliveryMetrics
 from .settings import Settings
 from .tracking.tokens import Tokens
 
@@ -20,6 +21,7 @@ class Runtime:
     # Set when new work may be due, so the loops act now instead of at their next poll.
     scheduler_wake: asyncio.Event = field(default_factory=asyncio.Event)
     outbox_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    delivery_metrics: DeliveryMetrics = field(default_factory=DeliveryMetrics)
 
     def wake_scheduler(self) -> None:
         self.scheduler_wake.set()

@@ -118,6 +118,13 @@ def parse_float(value: str) -> float:
         raise ConfigError(f"not a number: {value!r}") from exc
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"expected HOST:PORT, e.g. 127.0.0.1:2525, not {value!r}")
+    return host.strip("[]"), int(port)
+
+
 @dataclass(frozen=True)
 class Spec:
     """One setting: field name, environment variable, default, help, parser, secret or not."""
@@ -159,6 +166,22 @@ SPECS: tuple[Spec, ...] = (
     Spec("smtp_timeout_s", "30", "seconds before an SMTP command times out", parse_float),
     Spec("max_body_bytes", "65536", "largest request body accepted by public endpoints", parse_int),
     Spec("confirm_max_age_s", "604800", "seconds a confirmation link stays valid", parse_int),
+    Spec("worker_batch", "50", "messages a worker claims per lease", parse_int),
+    Spec("send_rate_per_s", "0", "messages per second over all lanes (0: no limit)", parse_float),
+    Spec("domain_concurrency", "0",
+         "messages sent at once to one recipient domain (0: no limit)", parse_int),
+    Spec("domain_rate_per_min", "0",
+         "messages per minute to one recipient domain, sliding window (0: no limit)", parse_int),
+    Spec("message_lifetime_s", "432000",
+         "seconds a deferred message keeps being retried before it fails (Postfix: 5 days)",
+         parse_int),
+    Spec("bounce_domain", None,
+         "domain of the VERP bounce, reply and unsubscribe addresses (default: the sender's)"),
+    Spec("dkim_selector", None, "DKIM selector; signing is on when it and the key file are set"),
+    Spec("dkim_domain", None, "DKIM signing domain (default: the sender's domain)"),
+    Spec("dkim_key_file", None, "PEM private key (RSA or Ed25519) for DKIM signing"),
+    Spec("inbound", None,
+         "HOST:PORT for the inbound SMTP server (bounces, complaints, replies); off when unset"),
 )
 
 _FIELD_NAMES = {spec.field: spec for spec in SPECS}
@@ -186,6 +209,16 @@ class Settings:
     smtp_timeout_s: float
     max_body_bytes: int
     confirm_max_age_s: int
+    worker_batch: int = 50
+    send_rate_per_s: float = 0.0
+    domain_concurrency: int = 0
+    domain_rate_per_min: int = 0
+    message_lifetime_s: int = 432000
+    bounce_domain: str | None = None
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None
+    dkim_key_file: Path | None = None
+    inbound: tuple[str, int] | None = None
 
     @classmethod
     def from_env(
@@ -237,6 +270,16 @@ class Settings:
             smtp_timeout_s=parsed["smtp_timeout_s"],
             max_body_bytes=parsed["max_body_bytes"],
             confirm_max_age_s=parsed["confirm_max_age_s"],
+            worker_batch=parsed["worker_batch"],
+            send_rate_per_s=parsed["send_rate_per_s"],
+            domain_concurrency=parsed["domain_concurrency"],
+            domain_rate_per_min=parsed["domain_rate_per_min"],
+            message_lifetime_s=parsed["message_lifetime_s"],
+            bounce_domain=parsed["bounce_domain"],
+            dkim_selector=parsed["dkim_selector"],
+            dkim_domain=parsed["dkim_domain"],
+            dkim_key_file=Path(parsed["dkim_key_file"]) if parsed["dkim_key_file"] else None,
+            inbound=parse_listen(parsed["inbound"]) if parsed["inbound"] else None,
         )
 
     def replace(self, **changes: Any) -> Settings:
@@ -249,6 +292,11 @@ class Settings:
     @property
     def sender_domain(self) -> str:
         return self.from_email.rpartition("@")[2]
+
+    @property
+    def verp_domain(self) -> str:
+        """Where bounces, replies and mailto unsubscribes are addressed."""
+        return self.bounce_domain or self.sender_domain
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(environment variable, effective value with secrets masked, help) for ``responder config``."""
@@ -271,6 +319,16 @@ class Settings:
             "smtp_timeout_s": str(self.smtp_timeout_s),
             "max_body_bytes": str(self.max_body_bytes),
             "confirm_max_age_s": str(self.confirm_max_age_s),
+            "worker_batch": str(self.worker_batch),
+            "send_rate_per_s": str(self.send_rate_per_s),
+            "domain_concurrency": str(self.domain_concurrency),
+            "domain_rate_per_min": str(self.domain_rate_per_min),
+            "message_lifetime_s": str(self.message_lifetime_s),
+            "bounce_domain": self.verp_domain,
+            "dkim_selector": self.dkim_selector or "(not set: mail is not signed)",
+            "dkim_domain": self.dkim_domain or self.sender_domain,
+            "dkim_key_file": str(self.dkim_key_file or ""),
+            "inbound": f"{self.inbound[0]}:{self.inbound[1]}" if self.inbound else "(off)",
         }
         return [(spec.env, values[spec.field], spec.help) for spec in SPECS]
 

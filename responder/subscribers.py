@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from .delivery import outbox
 from .errors import InvalidToken
@@ -109,13 +111,22 @@ async def unsubscribe(rt: Runtime, token: str, ip: str | None, user_agent: str |
         subscriber = await session.get(Subscriber, subscriber_id)
         if subscriber is None:
             raise InvalidToken("this link is not valid")
-        if subscriber.status in ("active", "pending"):
-            subscriber.status = "unsubscribed"
-            subscriber.unsubscribed_at = now
-            await end_enrollments(session, subscriber.id, "stopped", now)
-            await record_event(session, subscriber, "unsubscribe", now, ip=ip,
-                               user_agent=user_agent)
+        await opt_out(session, subscriber, now, ip=ip, user_agent=user_agent)
     return subscriber
+
+
+async def opt_out(session: AsyncSession, subscriber: Subscriber, now: dt.datetime, *,
+                  status: str = "unsubscribed", event: str = "unsubscribe", ip: str | None = None,
+                  user_agent: str | None = None, data: dict[str, Any] | None = None) -> bool:
+    """Stop all mail to an active or pending subscriber (an unsubscribe, or a complaint);
+    False, changing nothing, if they were already out."""
+    if subscriber.status not in ("active", "pending"):
+        return False
+    subscriber.status = status
+    subscriber.unsubscribed_at = now
+    await end_enrollments(session, subscriber.id, "stopped", now)
+    await record_event(session, subscriber, event, now, ip=ip, user_agent=user_agent, data=data)
+    return True
 
 
 async def subscriber_for_token(rt: Runtime, token: str) -> Subscriber:

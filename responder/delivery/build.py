@@ -13,6 +13,7 @@ from ..runtime import Runtime
 from ..templating.context import recipient_context
 from ..templating.render import Footer, Rendered, render_mail
 from .mime import Mail
+from .verp import addresses_for
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,11 @@ async def build_mail(rt: Runtime, session: AsyncSession, message: Message) -> Bu
     rendered, template, subscriber = await render_message(rt, session, message, tracked=tracked)
     settings = rt.settings
     layer_part = f"layer{subscriber.layer_id}" if subscriber.layer_id else message.kind
+    list_part = f"newsletter{message.newsletter_id}" if message.newsletter_id else layer_part
+    assert settings.secret_key is not None
+    addresses = addresses_for(settings.secret_key, settings.verp_domain)
+    # Reply and mailto addresses only when the inbound server is there to hear them.
+    inbound = settings.inbound is not None
     mail = Mail(
         from_name=settings.from_name,
         from_email=settings.from_email,
@@ -84,6 +90,15 @@ async def build_mail(rt: Runtime, session: AsyncSession, message: Message) -> Bu
         unsubscribe_url=(
             rt.url(f"/unsubscribe/{rt.tokens.unsubscribe(subscriber.id)}") if tracked else None
         ),
-        list_id=f"<{layer_part}.{settings.sender_domain}>",
+        list_id=f"<{list_part}.{settings.sender_domain}>",
+        unsubscribe_mailto=(
+            f"mailto:{addresses.unsubscribe(subscriber.id)}?subject=unsubscribe"
+            if tracked and inbound else None
+        ),
+        envelope_from=addresses.bounce(message.id),
+        reply_to=addresses.reply(message.id) if inbound else None,
+        # Gmail's Feedback-ID: campaign:layer-or-list:kind:sender, most specific first.
+        feedback_id=f"{message.newsletter_id or message.step_id or 0}:{list_part}:"
+                    f"{message.kind}:{settings.sender_domain}",
     )
     return Built(mail, template.id)

@@ -35,18 +35,18 @@ async def enqueue(
     return await insert_ignore(
         session,  # type: ignore[arg-type]
         Message,
-        dict(
-            subscriber_id=subscriber_id,
-            kind=kind,
-            step_id=step_id,
-            newsletter_id=newsletter_id,
-            template_name=template_name,
-            state="queued",
-            attempts=0,
-            next_attempt_at=now,
-            message_id=new_message_id(domain),
-            created_at=now,
-        ),
+        {
+            "subscriber_id": subscriber_id,
+            "kind": kind,
+            "step_id": step_id,
+            "newsletter_id": newsletter_id,
+            "template_name": template_name,
+            "state": "queued",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "message_id": new_message_id(domain),
+            "created_at": now,
+        },
     )
 
 
@@ -92,3 +92,32 @@ async def finish(
         .values(lease_owner=None, lease_expires_at=None, **values)
     )
     return bool(result.rowcount)
+
+
+async def finish_many(session: object, message_ids: list[int], owner: str,
+                      **values: object) -> list[int]:
+    """``finish`` for many messages with the same outcome values in one statement; the ids
+    whose lease ``owner`` still held."""
+    if not message_ids:
+        return []
+    result = await session.execute(  # type: ignore[attr-defined]
+        update(Message)
+        .where(Message.id.in_(message_ids), Message.lease_owner == owner,
+               Message.state == "sending")
+        .values(lease_owner=None, lease_expires_at=None, **values)
+        .returning(Message.id)
+    )
+    return list(result.scalars())
+
+
+async def renew(db: Database, message_ids: list[int], owner: str, *, now: dt.datetime,
+                lease_s: int) -> int:
+    """Extend ``owner``'s lease on those of ``message_ids`` it still holds; how many."""
+    async with db.transaction() as session:
+        result = await session.execute(
+            update(Message)
+            .where(Message.id.in_(message_ids), Message.lease_owner == owner,
+                   Message.state == "sending")
+            .values(lease_expires_at=now + dt.timedelta(seconds=lease_s))
+        )
+    return int(result.rowcount)

@@ -76,10 +76,20 @@ class SmtpTransport:
                 await self._checkin(client)
                 refusal = exc.recipients[0]
                 raise _classify(refusal.code, refusal.message) from exc
-            except aiosmtplib.SMTPResponseException as exc:
+            except aiosmtplib.SMTPSenderRefused as exc:
+                # Our envelope sender refused: a configuration matter, never the recipient's.
                 await self._checkin(client)
+                raise TemporaryDeliveryError(f"sender refused: {exc.code} {exc.message}",
+                                             smtp_code=exc.code) from exc
+            except aiosmtplib.SMTPResponseException as exc:
+                if exc.code == 421:  # the server is closing this connection
+                    client.close()
+                else:
+                    await self._checkin(client)
                 raise _classify(exc.code, exc.message) from exc
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+                # Dropped, timed out, or a reply we could not read: whether the server kept the
+                # message is unknown, so it is retried (at least once beats at most once).
                 client.close()
                 raise TemporaryDeliveryError(f"connection failed: {exc}") from exc
             await self._checkin(client)

@@ -174,7 +174,7 @@ async def view_online(request: web.Request) -> web.Response:
     message_pk = rt.tokens.read_view(request.match_info["token"])
     async with rt.db.read() as session:
         message = (await session.execute(
-            select(Message).where(Message.id == message_pk, Message.state == "sent")
+            select(Message).where(Message.id == message_pk, Message.state.in_(("sending", "sent")))
         )).scalar_one_or_none()
         if message is None:
             raise InvalidToken("this mail cannot be shown")

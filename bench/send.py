@@ -1,0 +1,216 @@
+"""Sending throughput, end to end, against a bare aiosmtplib loop in the same run.
+
+    .venv/bin/python bench/send.py [--messages 20000] [--lanes 8] [--dkim rsa|ed25519|none]
+                                   [--sink aiosmtpd|smtp-sink] [--database-url URL]
+
+A discarding SMTP sink runs in its own process (aiosmtpd's ``Sink`` handler, or Postfix's
+``smtp-sink`` when asked for and installed). responder's real delivery worker sends N queued
+newsletter mails to N subscribers — claim, render, MIME, DKIM, SMTP over the lanes, outbox
+states — and a bare aiosmtplib loop sends N copies of one pre-built, pre-signed message over the
+same number of connections to the same sink. Prints both rates, the ratio and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiosmtplib
+from sqlalchemy import func, insert, select
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from responder.app import start_runtime
+from responder.delivery.build import build_mail
+from responder.delivery.dkim import generate_key, private_pem
+from responder.delivery.mime import compose
+from responder.delivery.transport import make_transport
+from responder.delivery.worker import DeliveryWorker
+from responder.models import Layer, Message, Newsletter, Subscriber
+from responder.settings import Settings
+from responder.templating.compile import compile_template
+from responder.templating.store import add_version
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_sink(kind: str, port: int) -> subprocess.Popen[bytes]:
+    if kind == "smtp-sink":
+        binary = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        command = [binary, "-u", "nobody", "-c", f"127.0.0.1:{port}", "1000"] \
+            if os.geteuid() == 0 else [binary, "-c", f"127.0.0.1:{port}", "1000"]
+    else:
+        command = [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink",
+                   "-l", f"127.0.0.1:{port}"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise SystemExit(f"sink {kind} did not start")
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+MINIMAL_HTML = """<html><body><p>Hello {{ subscriber.first_name }},</p>
+<p>This week: <a href="{{ sender.website }}/news">what is new</a>.</p>
+<p><a href="{{ links.unsubscribe }}">Unsubscribe</a> · {{ sender.postal_address }}</p>
+</body></html>"""
+MINIMAL_TEXT = """Hello {{ subscriber.first_name }},
+This week: {{ sender.website }}/news
+Unsubscribe: {{ links.unsubscribe }}
+"""
+
+
+async def queue(rt, count: int, template: str) -> None:  # type: ignore[no-untyped-def]
+    now = rt.clock.now()
+    async with rt.db.transaction() as session:
+        if template == "minimal":
+            compiled = compile_template(MINIMAL_HTML, "News for {{ subscriber.first_name }}",
+                                        "html", MINIMAL_TEXT)
+            await add_version(session, "layer1-welcome", compiled, "educate", now)
+        layer = (await session.execute(select(Layer).order_by(Layer.position).limit(1))).scalar_one()
+        newsletter = Newsletter(name="bench", template_name="layer1-welcome",
+                                layer_ids=[layer.id], tags=[], state="sending",
+                                scheduled_at=None, created_at=now)
+        session.add(newsletter)
+        await session.flush()
+        await session.execute(insert(Subscriber), [
+            {"email": f"reader{i}@example.org", "name": f"Reader {i}", "status": "active",
+                 "layer_id": layer.id, "layer_entered_at": now, "attributes": {}, "tags": [], "created_at": now}
+            for i in range(count)])
+        ids = (await session.execute(select(Subscriber.id).order_by(Subscriber.id))).scalars()
+        await session.execute(insert(Message), [
+            {"subscriber_id": sid, "kind": "newsletter", "newsletter_id": newsletter.id,
+                 "template_name": "layer1-welcome", "state": "queued", "attempts": 0, "next_attempt_at": now,
+                 "message_id": f"<bench{sid}@acme.example.com>", "created_at": now}
+            for sid in ids])
+
+
+async def sent_count(rt) -> int:  # type: ignore[no-untyped-def]
+    async with rt.db.read() as session:
+        return (await session.execute(select(func.count()).select_from(Message)
+                                      .where(Message.state == "sent"))).scalar_one()
+
+
+async def run_responder(rt, count: int) -> tuple[float, bytes]:  # type: ignore[no-untyped-def]
+    async with rt.db.read() as session:  # one message as the bare loop will send it
+        sample = (await session.execute(select(Message).limit(1))).scalar_one()
+        built = await build_mail(rt, session, sample)
+    transport = make_transport(rt.settings)
+    worker = DeliveryWorker(rt, transport)
+    data = compose(built.mail)
+    if worker.signer is not None:
+        data = worker.signer.sign(data, int(time.time()))
+    started = time.perf_counter()
+    task = asyncio.create_task(worker.run())
+    while await sent_count(rt) < count:
+        await asyncio.sleep(0.05)
+        if task.done():
+            task.result()
+    elapsed = time.perf_counter() - started
+    worker.stop()
+    await task
+    await transport.close()
+    return count / elapsed, data
+
+
+async def run_bare(port: int, lanes: int, count: int, data: bytes) -> float:
+    remaining = iter(range(count))
+
+    async def lane() -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await client.connect()
+        for i in remaining:
+            await client.sendmail("bounces@acme.example.com", [f"reader{i}@example.org"], data)
+        await client.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(lanes)))
+    return count / (time.perf_counter() - started)
+
+
+async def main(args: argparse.Namespace) -> None:
+    port = free_port()
+    sink = start_sink(args.sink, port)
+    workdir = Path(tempfile.mkdtemp(prefix="responder-bench-"))
+    try:
+        env = {
+            "RESPONDER_DATABASE_URL": args.database_url or f"sqlite+aiosqlite:///{workdir}/b.db",
+            "RESPONDER_SMTP_URL": f"smtp://127.0.0.1:{port}",
+            "RESPONDER_BASE_URL": "https://news.example.com",
+            "RESPONDER_FROM": "Acme <news@acme.example.com>",
+            "RESPONDER_SECRET_KEY": "bench", "RESPONDER_ADMIN_TOKEN": "bench",
+            "RESPONDER_WORKER_LANES": str(args.lanes), "RESPONDER_WORKER_POLL_S": "0.05",
+            "RESPONDER_WORKER_BATCH": str(args.batch),
+            "RESPONDER_INBOUND": "127.0.0.1:1",  # Reply-To and mailto headers, as in production
+        }
+        if args.dkim != "none":
+            key_file = workdir / "dkim.pem"
+            key_file.write_bytes(private_pem(generate_key(args.dkim)))
+            env |= {"RESPONDER_DKIM_SELECTOR": "bench", "RESPONDER_DKIM_KEY_FILE": str(key_file)}
+        started = await start_runtime(Settings.from_env(env))
+        rt = started.runtime
+        t0 = time.perf_counter()
+        await queue(rt, args.messages, args.template)
+        print(f"queued {args.messages} messages in {time.perf_counter() - t0:.1f} s "
+              f"({rt.db.dialect}); sink {args.sink} in its own process; {args.lanes} lanes; "
+              f"DKIM {args.dkim}; template {args.template}")
+        cpu0 = cpu_s()
+        ours, data = await run_responder(rt, args.messages)
+        cpu1 = cpu_s()
+        ours_rss = peak_rss_mb()
+        await rt.db.dispose()
+        cpu2 = cpu_s()
+        bare = await run_bare(port, args.lanes, args.messages, data)
+        cpu3 = cpu_s()
+        ours_cpu_ms = (cpu1 - cpu0) * 1000 / args.messages
+        bare_cpu_ms = (cpu3 - cpu2) * 1000 / args.messages
+        print(f"message size           {len(data):>8} bytes")
+        print(f"responder end to end   {ours:>8.0f} msg/s   {ours_cpu_ms:.2f} ms CPU/msg   "
+              f"(peak RSS {ours_rss:.0f} MB)")
+        print(f"bare aiosmtplib loop   {bare:>8.0f} msg/s   {bare_cpu_ms:.2f} ms CPU/msg")
+        print(f"ratio                  {ours / bare:>8.2f}x  (target ≥ 0.8x)")
+    finally:
+        sink.terminate()
+        sink.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--lanes", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=50, help="messages claimed per lease")
+    parser.add_argument("--dkim", choices=("rsa", "ed25519", "none"), default="rsa")
+    parser.add_argument("--sink", choices=("aiosmtpd", "smtp-sink"), default="aiosmtpd")
+    parser.add_argument("--template", choices=("starter", "minimal"), default="starter",
+                        help="starter: the layer-1 welcome (MJML, text part derived from HTML); "
+                             "minimal: a short HTML template with its own text part")
+    parser.add_argument("--database-url", help="default: a fresh SQLite file")
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,77 @@
+"""Per-message return addresses: ``bounces+{token}@domain`` (the VERP envelope sender),
+``reply+{token}@domain`` (Reply-To) and ``unsubscribe+{token}@domain`` (mailto opt-out).
+
+A token is the row id in base 36 and a short HMAC, lowercase only: some servers fold the case
+of local parts, and every character is legal in an unquoted local part.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+KINDS = ("bounces", "reply", "unsubscribe")
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+_MAC_CHARS = 12
+
+
+def _base36(number: int) -> str:
+    text = ""
+    while True:
+        number, rest = divmod(number, 36)
+        text = _DIGITS[rest] + text
+        if not number:
+            return text
+
+
+@dataclass(frozen=True)
+class Tagged:
+    kind: str  # bounces | reply | unsubscribe
+    id: int  # a message's row id (bounces, reply) or a subscriber's (unsubscribe)
+
+
+class Addresses:
+    def __init__(self, secret_key: str, domain: str) -> None:
+        self._key = hashlib.sha256(b"verp:" + secret_key.encode()).digest()
+        self.domain = domain.lower()
+
+    def _mac(self, kind: str, number: int) -> str:
+        digest = hmac.new(self._key, f"{kind}:{number}".encode(), hashlib.sha256).hexdigest()
+        return digest[:_MAC_CHARS]
+
+    def address(self, kind: str, number: int) -> str:
+        assert kind in KINDS and number >= 0
+        return f"{kind}+{_base36(number)}-{self._mac(kind, number)}@{self.domain}"
+
+    def bounce(self, message_pk: int) -> str:
+        return self.address("bounces", message_pk)
+
+    def reply(self, message_pk: int) -> str:
+        return self.address("reply", message_pk)
+
+    def unsubscribe(self, subscriber_id: int) -> str:
+        return self.address("unsubscribe", subscriber_id)
+
+    def parse(self, address: str) -> Tagged | None:
+        """The kind and id an address of ours carries; None for any other or forged address."""
+        local, _, domain = address.strip().strip("<>").lower().rpartition("@")
+        if domain != self.domain:
+            return None
+        kind, plus, token = local.partition("+")
+        number_text, dash, mac = token.partition("-")
+        if kind not in KINDS or not plus or not dash or not number_text or len(number_text) > 12:
+            return None
+        try:
+            number = int(number_text, 36)
+        except ValueError:
+            return None
+        if not hmac.compare_digest(mac, self._mac(kind, number)):
+            return None
+        return Tagged(kind, number)
+
+
+@functools.lru_cache(maxsize=8)
+def addresses_for(secret_key: str, domain: str) -> Addresses:
+    return Addresses(secret_key, domain)

@@ -1,0 +1,1 @@
+"""Inbound mail: bounces (DSN), complaints (ARF), mailto unsubscribes and replies."""

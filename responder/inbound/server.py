@@ -1,0 +1,131 @@
+"""The inbound SMTP server inside ``responder serve`` (``RESPONDER_INBOUND=host:port``).
+
+It accepts mail only for our tagged addresses (``bounces+…``, ``reply+…``, ``unsubscribe+…``;
+see ``delivery.verp``) and turns each mail into what it means:
+
+- a DSN: hard → bounce event, address suppressed, message marked bounced; soft → counted;
+- an ARF abuse report → complaint, the address stops receiving mail;
+- a person writing to an ``unsubscribe+`` address → unsubscribed;
+- a person replying → ``reply`` event (``replies.handle_reply``);
+- an automatic reply (RFC 3834) → nothing counted.
+
+A mail that cannot be recorded gets a 451, so the sending server tries again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..delivery.verp import Addresses, Tagged, addresses_for
+from ..delivery.worker import suppress_bounced
+from ..events import record_event
+from ..models import Event, Message, Subscriber
+from ..runtime import Runtime
+from ..subscribers import opt_out
+from .replies import Reply, handle_reply
+from .reports import Report, classify
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+
+
+class InboundHandler:
+    def __init__(self, rt: Runtime) -> None:
+        assert rt.settings.secret_key is not None
+        self.rt = rt
+        self.addresses: Addresses = addresses_for(rt.settings.secret_key, rt.settings.verp_domain)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if self.addresses.parse(address) is None:
+            return "550 5.1.1 no such mailbox here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        data = bytes(envelope.original_content or envelope.content)
+        try:
+            for address in envelope.rcpt_tos:
+                tagged = self.addresses.parse(address)
+                assert tagged is not None
+                outcome = await process(self.rt, tagged, envelope.mail_from or "", data)
+                log.info("inbound mail to %s: %s", address, outcome)
+        except Exception:
+            log.exception("inbound mail could not be recorded")
+            return "451 4.3.0 could not record this message; try again later"
+        return "250 OK"
+
+
+async def process(rt: Runtime, tagged: Tagged, mail_from: str, data: bytes) -> str:
+    """Record what one inbound mail to one of our addresses means; a word on what was done."""
+    report = classify(data, null_sender=mail_from in ("", "<>"))
+    now = rt.clock.now()
+    promoted = False
+    async with rt.db.transaction() as session:
+        if tagged.kind == "unsubscribe":
+            subscriber = await session.get(Subscriber, tagged.id)
+            if subscriber is None or report.kind != "human":
+                return f"ignored ({report.kind})"
+            done = await opt_out(session, subscriber, now, data={"via": "mailto"})
+            return "unsubscribed" if done else "already unsubscribed"
+        message = await session.get(Message, tagged.id)
+        if message is None:
+            return "ignored (no such message)"
+        subscriber = await session.get(Subscriber, message.subscriber_id)
+        assert subscriber is not None
+        if report.kind == "arf":
+            await _complaint(session, subscriber, message, report, now)
+            return "complaint"
+        if report.kind == "dsn":
+            return await _bounce(session, subscriber, message, report, now)
+        if report.kind == "auto":
+            return "automatic reply, not counted"
+        recorded = await handle_reply(session, Reply(subscriber, message, mail_from, report), now)
+        promoted = recorded.history is not None
+    if promoted:
+        rt.wake_scheduler()
+    return "reply"
+
+
+async def _complaint(session: AsyncSession, subscriber: Subscriber, message: Message,
+                     report: Report, now: Any) -> None:
+    data = {"feedback_type": report.feedback_type or "abuse", "via": "arf"}
+    if not await opt_out(session, subscriber, now, status="complained", event="complaint",
+                         data=data):
+        # Already out (e.g. unsubscribed): still on record, and never mailed again.
+        if subscriber.status == "unsubscribed":
+            subscriber.status = "complained"
+        await record_event(session, subscriber, "complaint", now, message_id=message.id,
+                           data=data)
+
+
+async def _bounce(session: AsyncSession, subscriber: Subscriber, message: Message,
+                  report: Report, now: Any) -> str:
+    failed = next((r for r in report.recipients if r.hard), None)
+    if failed is not None:
+        reply = f"{failed.status} {failed.diagnostic}".strip()
+        await suppress_bounced(session, subscriber.id, message.id, reply, now, source="dsn")
+        if message.state in ("sent", "sending"):  # a DSN can beat the record of the send
+            message.state = "bounced"
+            message.last_error = reply
+        return "hard bounce"
+    status = report.recipients[0].status if report.recipients else ""
+    session.add(Event(subscriber_id=subscriber.id, message_id=message.id, type="bounce",
+                      created_at=now, data={"hard": False, "status": status, "source": "dsn"}))
+    return "soft bounce"
+
+
+async def start_inbound(rt: Runtime) -> asyncio.Server:
+    assert rt.settings.inbound is not None
+    host, port = rt.settings.inbound
+    handler = InboundHandler(rt)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: SMTP(handler, hostname=rt.settings.verp_domain, ident="responder",
+                     data_size_limit=MAX_MESSAGE_BYTES, enable_SMTPUTF8=True),
+        host, port)

@@ -1,0 +1,201 @@
+"""The inbound SMTP server inside the app: DSN bounces (hard and soft), ARF complaints, mailto
+unsubscribes, human replies as ``reply`` events, automatic replies never counted, and mail for
+anyone else refused at RCPT."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiosmtplib
+import pytest
+from sqlalchemy import select
+
+from responder.inbound.reports import classify
+from responder.models import Event, Message
+
+from .conftest import App, free_port, running_app
+from .delivery_fixtures import message, queue_newsletter, subscriber
+
+DSN = """\
+From: MAILER-DAEMON@mx.example.org
+To: {to}
+Subject: Undelivered Mail Returned to Sender
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+Your message could not be delivered.
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.org
+
+Final-Recipient: rfc822; {rcpt}
+Action: {action}
+Status: {status}
+Diagnostic-Code: smtp; {diagnostic}
+
+--B
+Content-Type: text/rfc822-headers
+
+Message-ID: {message_id}
+Subject: hello
+
+--B--
+"""
+
+ARF = """\
+From: fbl@isp.example.net
+To: {to}
+Subject: Abuse report
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="A"
+
+--A
+Content-Type: text/plain
+
+This is an abuse report.
+--A
+Content-Type: message/feedback-report
+
+Feedback-Type: abuse
+User-Agent: isp-fbl/1.0
+Version: 1
+
+--A
+Content-Type: message/rfc822
+
+From: news@acme.example.com
+Message-ID: {message_id}
+Subject: hello
+
+body
+--A--
+"""
+
+
+def plain(to: str, subject: str, body: str, **headers: str) -> str:
+    extra = "".join(f"{k.replace('_', '-')}: {v}\n" for k, v in headers.items())
+    return f"From: Ann <ann@example.org>\nTo: {to}\nSubject: {subject}\n{extra}\n{body}\n"
+
+
+@pytest.fixture
+async def inbound_app(database_url, smtp, clock):  # type: ignore[no-untyped-def]
+    port = free_port()
+    async with running_app(database_url, smtp, clock,
+                           RESPONDER_INBOUND=f"127.0.0.1:{port}") as running:
+        running.inbound_port = port  # type: ignore[attr-defined]
+        yield running
+
+
+async def deliver(app: App, sender: str, rcpt: str, text: str) -> None:
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=app.inbound_port)  # type: ignore[attr-defined]
+    async with client:
+        await client.sendmail(sender, [rcpt], text.replace("\n", "\r\n").encode())
+
+
+async def sent_to(app: App, address: str):  # type: ignore[no-untyped-def]
+    [pk] = await queue_newsletter(app.rt, [address])
+    [got] = await app.smtp.wait_for(1, address)
+    for _ in range(500):  # and its outcome recorded
+        if (await message(app.rt, pk)).state == "sent":
+            break
+        await asyncio.sleep(0.01)
+    return pk, got
+
+
+async def events(app: App, type_: str) -> list[Event]:
+    async with app.rt.db.read() as session:
+        return list((await session.execute(select(Event).where(Event.type == type_))).scalars())
+
+
+async def test_hard_dsn_bounces_and_suppresses(inbound_app: App) -> None:
+    pk, got = await sent_to(inbound_app, "ann@example.org")
+    row: Message = await message(inbound_app.rt, pk)
+    await deliver(inbound_app, "", got.mail_from, DSN.format(
+        to=got.mail_from, rcpt="ann@example.org", action="failed", status="5.1.1",
+        diagnostic="550 5.1.1 user unknown", message_id=row.message_id))
+    assert (await subscriber(inbound_app.rt, "ann@example.org")).status == "bounced"
+    assert (await message(inbound_app.rt, pk)).state == "bounced"
+    [bounce] = await events(inbound_app, "bounce")
+    assert bounce.message_id == pk and bounce.data["hard"] is True and bounce.data["source"] == "dsn"
+
+
+async def test_soft_dsn_is_counted_only(inbound_app: App) -> None:
+    _, got = await sent_to(inbound_app, "bea@example.org")
+    await deliver(inbound_app, "", got.mail_from, DSN.format(
+        to=got.mail_from, rcpt="bea@example.org", action="delayed", status="4.4.1",
+        diagnostic="451 4.4.1 no answer", message_id="<x@y>"))
+    assert (await subscriber(inbound_app.rt, "bea@example.org")).status == "active"
+    [bounce] = await events(inbound_app, "bounce")
+    assert bounce.data == {"hard": False, "status": "4.4.1", "source": "dsn"}
+
+
+async def test_arf_complaint_stops_all_mail(inbound_app: App) -> None:
+    _, got = await sent_to(inbound_app, "cat@example.org")
+    await deliver(inbound_app, "fbl@isp.example.net", got.mail_from,
+                  ARF.format(to=got.mail_from, message_id=got.message["Message-ID"]))
+    cat = await subscriber(inbound_app.rt, "cat@example.org")
+    assert cat.status == "complained" and cat.unsubscribed_at is not None
+    [complaint] = await events(inbound_app, "complaint")
+    assert complaint.data["feedback_type"] == "abuse"
+
+
+async def test_mailto_unsubscribe(inbound_app: App) -> None:
+    _, got = await sent_to(inbound_app, "dee@example.org")
+    header = got.message["List-Unsubscribe"]
+    mailto = header.split("<mailto:")[1].split(">")[0]
+    address = mailto.split("?")[0]
+    await deliver(inbound_app, "dee@example.org", address, plain(address, "unsubscribe", ""))
+    assert (await subscriber(inbound_app.rt, "dee@example.org")).status == "unsubscribed"
+    [event] = await events(inbound_app, "unsubscribe")
+    assert event.data == {"via": "mailto"}
+
+
+async def test_human_reply_is_a_reply_event_and_auto_replies_are_not(inbound_app: App) -> None:
+    pk, got = await sent_to(inbound_app, "eli@example.org")
+    reply_to = got.message["Reply-To"].addresses[0].addr_spec
+    assert reply_to.startswith("reply+")
+    await deliver(inbound_app, "eli@example.org", reply_to, plain(
+        reply_to, "Out of office", "I am away until Monday.", Auto_Submitted="auto-replied"))
+    await deliver(inbound_app, "eli@example.org", got.mail_from, plain(
+        got.mail_from, "Away", "Away.", X_Autoreply="yes"))
+    await deliver(inbound_app, "", reply_to, plain(reply_to, "Vacation", "gone"))
+    assert await events(inbound_app, "reply") == []
+    await deliver(inbound_app, "eli@example.org", reply_to, plain(
+        reply_to, "Re: hello", "Thanks, this helped. How do I start?",
+        In_Reply_To=got.message["Message-ID"]))
+    [reply] = await events(inbound_app, "reply")
+    eli = await subscriber(inbound_app.rt, "eli@example.org")
+    assert (reply.subscriber_id, reply.message_id, reply.machine) == (eli.id, pk, False)
+    assert reply.data["subject"] == "Re: hello" and "How do I start?" in reply.data["snippet"]
+
+
+async def test_mail_for_other_or_forged_addresses_is_refused(inbound_app: App) -> None:
+    _, got = await sent_to(inbound_app, "fox@example.org")
+    forged = got.mail_from.replace("bounces+", "reply+")
+    for rcpt in ("news@acme.example.com", forged, "postmaster@elsewhere.example"):
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+            await deliver(inbound_app, "x@example.org", rcpt, plain(rcpt, "hi", "hi"))
+        assert refused.value.recipients[0].code == 550
+
+
+@pytest.mark.parametrize(("headers", "kind"), [
+    ("Auto-Submitted: auto-replied\n", "auto"), ("Auto-Submitted: auto-generated\n", "auto"),
+    ("Auto-Submitted: no\n", "human"), ("Precedence: bulk\n", "auto"),
+    ("X-Autorespond: yes\n", "auto"), ("", "human"),
+])
+def test_rfc3834_auto_submitted(headers: str, kind: str) -> None:
+    data = f"From: a@b.example\nSubject: s\n{headers}\nbody\n".encode()
+    assert classify(data).kind == kind
+
+
+def test_dsn_and_arf_parsing() -> None:
+    report = classify(DSN.format(to="t", rcpt="a@b.example", action="failed", status="5.2.2",
+                                 diagnostic="552 full", message_id="<m@x>").encode())
+    assert report.kind == "dsn" and report.hard and report.original_message_id == "<m@x>"
+    assert report.recipients[0].address == "a@b.example"
+    arf = classify(ARF.format(to="t", message_id="<n@x>").encode())
+    assert (arf.kind, arf.feedback_type, arf.original_message_id) == ("arf", "abuse", "<n@x>")
