@@ -19,6 +19,9 @@ from .seed import Secrets, ensure_secrets, seed_defaults
 from .sequences.funnel import Scheduler
 from .settings import Settings
 from .tracking import handlers as tracking
+from .tracking import choices as tracking_choices
+from .tracking import track as tracking_track
+from .tracking.public import setup_public
 from .tracking.tokens import Tokens
 from .runtime import Runtime
 from .web import RUNTIME, error_middleware, headers_middleware
@@ -59,6 +62,9 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
     app[RUNTIME] = rt
     if http:
         app.add_routes(tracking.routes)
+        app.add_routes(tracking_track.routes)
+        app.add_routes(tracking_choices.routes)
+        setup_public(app, rt)
         app.add_routes(api.routes)
         app.add_routes(ops.routes)
     if background:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,6 +12,7 @@ from ..models import Layer, Message, Subscriber, Template
 from ..runtime import Runtime
 from ..templating.context import recipient_context
 from ..templating.render import Rendered, render_mail
+from ..tracking.track import TRAP, add_trap
 from .mime import Mail
 
 
@@ -61,6 +62,9 @@ async def render_message(
         open_pixel_url=rt.url(f"/o/{rt.tokens.open(message.id)}") if tracked else None,
         base_url=rt.settings.base_url,
     )
+    if tracked:  # a hidden link only scanners follow (see tracking/machine.py)
+        trap_url = rt.url(f"/c/{rt.tokens.click(message.id, TRAP)}")
+        rendered = replace(rendered, html=add_trap(rendered.html, trap_url))
     return rendered, template, subscriber
 
 

@@ -41,6 +41,14 @@ class Tokens:
                                 else "this confirmation link is not valid", expired=expired) from exc
         return _as_int(value)
 
+    def read_confirm_expired(self, token: str) -> int:
+        """The subscriber id of a genuine confirm token, however old (to offer a new link)."""
+        try:
+            value = self._confirm.loads(token)
+        except BadData as exc:
+            raise InvalidToken("this confirmation link is not valid") from exc
+        return _as_int(value)
+
     def open(self, message_id: int) -> str:
         return self._open.dumps(message_id)
 
@@ -61,7 +69,6 @@ class Tokens:
 
     def read_unsubscribe(self, token: str) -> int:
         return _as_int(_loads(self._unsubscribe, token))
-
 
     def view(self, message_id: int) -> str:
         return self._view.dumps(message_id)
