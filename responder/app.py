@@ -11,6 +11,9 @@ from aiohttp import web
 
 from . import ops
 from .api import handlers as api
+from .api import enquiries as api_enquiries
+from .api import forms as api_forms
+from .enquiries import EnquiryLoop
 from .clock import Clock, SystemClock
 from .db import Database
 from .delivery.transport import Transport, make_transport
@@ -20,6 +23,7 @@ from .sequences.funnel import Scheduler
 from .settings import Settings
 from .tracking import handlers as tracking
 from .tracking import choices as tracking_choices
+from .tracking import enquiry_form as tracking_enquiry
 from .tracking import track as tracking_track
 from .tracking.public import setup_public
 from .tracking.tokens import Tokens
@@ -64,6 +68,9 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
         app.add_routes(tracking.routes)
         app.add_routes(tracking_track.routes)
         app.add_routes(tracking_choices.routes)
+        app.add_routes(tracking_enquiry.routes)
+        app.add_routes(api_enquiries.routes)
+        app.add_routes(api_forms.routes)
         setup_public(app, rt)
         app.add_routes(api.routes)
         app.add_routes(ops.routes)
@@ -74,7 +81,7 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
 
 def _loops(rt: Runtime, transport: Transport):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        loops = [Scheduler(rt), DeliveryWorker(rt, transport)]
+        loops = [Scheduler(rt), DeliveryWorker(rt, transport), EnquiryLoop(rt, transport)]
         tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in loops]
         app[BACKGROUND] = loops
         yield

@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser("upgrade", help="apply schema migrations")
     _add_common(upgrade)
+    forms = sub.add_parser("forms", help="opt-in forms for landing pages")
+    forms_sub = forms.add_subparsers(dest="forms_command", required=True)
+    snippet = forms_sub.add_parser("snippet", help="print the HTML snippet of a form to paste")
+    snippet.add_argument("form", help="form name (see RESPONDER_FORMS_FILE), e.g. default")
+    _add_common(snippet)
     return parser
 
 
@@ -61,10 +66,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "db":
             return asyncio.run(_db_upgrade(settings))
+        if args.command == "forms":
+            return _forms_snippet(settings, args.form)
         return asyncio.run(_run(settings, http=args.command == "serve"))
     except ConfigError as exc:
         print(f"responder: error: {exc.message}", file=sys.stderr)
         return 2
+
+
+def _forms_snippet(settings: Settings, form_id: str) -> int:
+    from .errors import ResponderError
+    from .tracking.forms import load_forms, snippet
+
+    try:
+        form = load_forms(settings).get(form_id)
+    except ResponderError as exc:
+        print(f"responder: error: {exc.message}", file=sys.stderr)
+        return 2
+    print(snippet(form, settings.base_url))
+    return 0
 
 
 async def _db_upgrade(settings: Settings) -> int:

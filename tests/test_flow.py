@@ -4,6 +4,7 @@ unsubscribe → silence. The clock moves; nothing sleeps for the drip delays."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from sqlalchemy import func, select
@@ -22,6 +23,20 @@ def html_part(received) -> str:  # type: ignore[no-untyped-def]
 
 def text_part(received) -> str:  # type: ignore[no-untyped-def]
     return received.message.get_body(("plain",)).get_content()
+
+
+async def recorded_sent(app: App, count: int) -> None:
+    """Wait until ``count`` messages are recorded as sent: the worker writes ``sent_at`` just after
+    the SMTP server has the mail, and a click timed from a clock moved before that write would
+    look like a scanner's click right after delivery."""
+    for _ in range(500):
+        async with app.rt.db.read() as session:
+            sent = (await session.execute(select(func.count()).select_from(Message).where(
+                Message.state == "sent"))).scalar_one()
+        if sent >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"expected {count} sent messages")
 
 
 async def test_whole_loop(app: App) -> None:
@@ -58,6 +73,7 @@ async def test_whole_loop(app: App) -> None:
 
     clicks = [u for u in LINK.findall(html) if "/c/" in u]
     assert clicks, "links are rewritten to tracked /c/ URLs"
+    await recorded_sent(app, 2)
     app.clock.advance(60)
     resp = await client.get(app.path(clicks[0].replace("&amp;", "&")), allow_redirects=False,
                             headers={"User-Agent": "Mozilla/5.0"})
@@ -70,6 +86,7 @@ async def test_whole_loop(app: App) -> None:
     second = (await smtp.wait_for(3, "ada@example.com"))[2]
     assert second.message["Subject"] == "The one thing to try first"
     second_click = next(u for u in LINK.findall(html_part(second)) if "/c/" in u)
+    await recorded_sent(app, 3)
     app.clock.advance(60)
     resp = await client.get(app.path(second_click.replace("&amp;", "&")), allow_redirects=False,
                             headers={"User-Agent": "Mozilla/5.0"})
