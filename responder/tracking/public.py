@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+import logging
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -21,6 +22,8 @@ from .batch import Tracker
 from .forms import Forms, load_forms
 from .pow import ProofOfWork
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 HOUR_S = 3600.0
 CORS_PATHS = ("/subscribe", "/enquiry")
 MAX_FIELDS = 64
@@ -164,11 +167,32 @@ def database_guard() -> Iterator[None]:
         raise Busy("we are busy right now; please try again in a moment") from exc
 
 
-async def with_deadline(request: web.Request, work: Any) -> Any:
-    """Run a form's database work, answering 503 if it does not finish in time."""
+MAX_PENDING_WRITES = 100
+_pending_writes: set[asyncio.Task[Any]] = set()
+
+
+async def with_deadline(request: web.Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run a form's database work, answering 503 if it does not finish in time.
+
+    The work is not cancelled mid-statement (that would leave the connection stuck behind the
+    lock): it goes on in the background and its effect is idempotent, so a retry is harmless.
+    At most ``MAX_PENDING_WRITES`` run on like that; beyond, forms answer 503 at once.
+    """
+    if len(_pending_writes) >= MAX_PENDING_WRITES:
+        work.close()
+        raise Busy("we are busy right now; please try again in a moment")
+    task = asyncio.ensure_future(work)
+    _pending_writes.add(task)
+    task.add_done_callback(_finished)
     with database_guard():
         try:
-            async with asyncio.timeout(runtime(request).settings.form_write_timeout_s):
-                return await work
+            return await asyncio.wait_for(asyncio.shield(task),
+                                          runtime(request).settings.form_write_timeout_s)
         except TimeoutError as exc:
             raise Busy("we are busy right now; please try again in a moment") from exc
+
+
+def _finished(task: asyncio.Task[Any]) -> None:
+    _pending_writes.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("a form write finished after its answer and failed: %r", task.exception())
