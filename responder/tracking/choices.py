@@ -67,7 +67,7 @@ async def _preferences_page(request: web.Request, notice: str = "") -> web.Respo
         layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
     return render_page(
         "preferences.html", title="Your preferences", notice=notice, email=subscriber.email,
-        name=subscriber.name, frequency=subscriber.frequency, sub_status=subscriber.status,
+        sub_name=subscriber.name, frequency=subscriber.frequency, sub_status=subscriber.status,
         layer=layer.label if layer else None,
         paused_until=subscriber.paused_until.date().isoformat() if subscriber.paused_until else None,
         action=f"/preferences/{token}", export=f"/preferences/{token}/export",
