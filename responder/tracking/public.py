@@ -194,5 +194,6 @@ async def with_deadline(request: web.Request, work: Coroutine[Any, Any, T]) -> T
 
 def _finished(task: asyncio.Task[Any]) -> None:
     _pending_writes.discard(task)
-    if not task.cancelled() and task.exception() is not None:
+    if not task.cancelled() and task.exception() is not None and not isinstance(
+            task.exception(), ResponderError):  # those reached the caller as a clear answer
         log.warning("a form write finished after its answer and failed: %r", task.exception())
