@@ -35,12 +35,13 @@ BAD_FIELDS = [
 
 async def test_subscribe_rejects_bad_fields(papp: App) -> None:
     for body in BAD_FIELDS:
+        papp.clock.advance(3600)  # a fresh hour: the per-IP limit is not what is tested here
         resp = await papp.client.post("/subscribe", json=body)
         assert resp.status == 400, body
         error = (await resp.json())["error"]
         assert error["code"] == "invalid" and error["message"]
         resp = await papp.client.post("/subscribe", data={k: str(v) for k, v in body.items()})
-        assert resp.status in (400, 429), body
+        assert resp.status == 400, body
     assert await subscribers(papp) == 0
 
 
