@@ -10,24 +10,24 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import ops
-from .api import handlers as api
 from .api import enquiries as api_enquiries
 from .api import forms as api_forms
-from .enquiries import EnquiryLoop
+from .api import handlers as api
 from .clock import Clock, SystemClock
 from .db import Database
 from .delivery.transport import Transport, make_transport
 from .delivery.worker import DeliveryWorker
+from .enquiries import EnquiryLoop
+from .runtime import Runtime
 from .seed import Secrets, ensure_secrets, seed_defaults
 from .sequences.funnel import Scheduler
 from .settings import Settings
-from .tracking import handlers as tracking
 from .tracking import choices as tracking_choices
 from .tracking import enquiry_form as tracking_enquiry
+from .tracking import handlers as tracking
 from .tracking import track as tracking_track
 from .tracking.public import setup_public
 from .tracking.tokens import Tokens
-from .runtime import Runtime
 from .web import RUNTIME, error_middleware, headers_middleware
 
 log = logging.getLogger(__name__)

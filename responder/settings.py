@@ -311,7 +311,7 @@ class Settings:
             enquiry_digest_every_s=parsed["enquiry_digest_every_s"],
         )
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @property

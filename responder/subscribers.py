@@ -37,7 +37,7 @@ class SubscribeRequest:
     @classmethod
     def from_input(cls, data: dict[str, object], ip: str | None, user_agent: str | None, *,
                    allowed_attributes: tuple[str, ...] = (), default_consent: str = "",
-                   default_version: str | None = None) -> "SubscribeRequest":
+                   default_version: str | None = None) -> SubscribeRequest:
         """Validate a subscribe body; consent falls back to the form's configured wording."""
         return cls(
             email=clean_email(data.get("email")),

@@ -12,8 +12,8 @@ import os
 import socket
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -229,3 +229,34 @@ class running_app:
     async def __aexit__(self, *exc: object) -> None:
         await self.client.close()
         await self.rt.db.dispose()
+
+
+# Public endpoints: an app with an opt-in forms file and a fast tracking flush.
+FORMS_TOML = """
+[forms.landing]
+title = "Spring guide"
+consent = "Yes, send me the spring guide & related emails."
+consent_version = "2026-03"
+redirects = ["https://landing.example.org/thanks"]
+origins = ["https://landing.example.org"]
+attributes = ["company", "plan"]
+
+[forms.guarded]
+consent = "Guarded form consent."
+pow_bits = 8
+"""
+
+
+def forms_file(tmp_path: Path) -> str:
+    path = tmp_path / "forms.toml"
+    path.write_text(FORMS_TOML)
+    return str(path)
+
+
+@pytest.fixture
+async def papp(database_url: str, smtp: SmtpSink, clock: FakeClock,
+               tmp_path: Path) -> AsyncIterator[App]:
+    """The whole server with a forms file and a fast tracking flush."""
+    async with running_app(database_url, smtp, clock, RESPONDER_FORMS_FILE=forms_file(tmp_path),
+                           RESPONDER_TRACK_FLUSH_MS="20") as running:
+        yield running

@@ -4,47 +4,14 @@ sent mail, and waiting for the tracking queue to reach the database."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
-from responder.clock import FakeClock
 from responder.models import Event, Layer, Message, Subscriber
 from responder.tracking.public import PUBLIC, Public
 
-from .conftest import App, SmtpSink, running_app
-
-FORMS_TOML = """
-[forms.landing]
-title = "Spring guide"
-consent = "Yes, send me the spring guide & related emails."
-consent_version = "2026-03"
-redirects = ["https://landing.example.org/thanks"]
-origins = ["https://landing.example.org"]
-attributes = ["company", "plan"]
-
-[forms.guarded]
-consent = "Guarded form consent."
-pow_bits = 8
-"""
-
-
-def forms_file(tmp_path: Path) -> str:
-    path = tmp_path / "forms.toml"
-    path.write_text(FORMS_TOML)
-    return str(path)
-
-
-@pytest.fixture
-async def papp(database_url: str, smtp: SmtpSink, clock: FakeClock,
-               tmp_path: Path) -> AsyncIterator[App]:
-    """The whole server with a forms file and a fast tracking flush."""
-    async with running_app(database_url, smtp, clock, RESPONDER_FORMS_FILE=forms_file(tmp_path),
-                           RESPONDER_TRACK_FLUSH_MS="20") as running:
-        yield running
+from .conftest import App
 
 
 def state(app: App) -> Public:

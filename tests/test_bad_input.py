@@ -13,7 +13,6 @@ from responder.clock import FakeClock
 from responder.models import Message, Subscriber
 
 from .conftest import App, SmtpSink, running_app
-from .public_fixtures import papp  # noqa: F401
 
 
 async def subscribers(app: App) -> int:

@@ -12,7 +12,7 @@ from responder.enquiries import EnquiryIn, EnquiryLoop, is_automatic, open_enqui
 from responder.models import Enquiry, Event, LayerHistory
 
 from .conftest import App
-from .public_fixtures import make_subscriber, papp  # noqa: F401
+from .public_fixtures import make_subscriber
 
 
 async def acknowledged(app: App, count: int) -> None:

@@ -12,7 +12,7 @@ from responder.tracking.machine import Request, classify
 from responder.tracking.pow import leading_zero_bits, solve, solves
 from responder.tracking.track import safe_target
 
-T0 = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)
 BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 Safari/605.1.15"
 
 

@@ -6,10 +6,18 @@ import json
 
 from sqlalchemy import func, select
 
-from responder.models import ConsentRecord, Enrollment, Event, Layer, Message, Subscriber, Suppression
+from responder.models import (
+    ConsentRecord,
+    Enrollment,
+    Event,
+    Layer,
+    Message,
+    Subscriber,
+    Suppression,
+)
 
 from .conftest import App
-from .public_fixtures import make_subscriber, papp  # noqa: F401
+from .public_fixtures import make_subscriber
 
 
 async def subscriber(app: App, pk: int) -> Subscriber:

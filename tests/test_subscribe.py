@@ -12,8 +12,8 @@ from responder.clock import FakeClock
 from responder.models import ConsentRecord, Message, Subscriber
 from responder.tracking.pow import solve
 
-from .conftest import App, SmtpSink, running_app
-from .public_fixtures import forms_file, make_subscriber, papp  # noqa: F401
+from .conftest import App, SmtpSink, forms_file, running_app
+from .public_fixtures import make_subscriber
 
 LANDING = "https://landing.example.org"
 

@@ -14,12 +14,11 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from responder.db import Database
-
-from responder.models import LayerHistory, Subscriber
+from responder.models import LayerHistory
 from responder.tracking.track import GIF, TRAP
 
 from .conftest import App
-from .public_fixtures import events, flushed, make_subscriber, papp, state  # noqa: F401
+from .public_fixtures import events, flushed, make_subscriber, state
 
 BROWSER = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0"}
 

@@ -99,7 +99,9 @@ async def _run_tracker(app: web.Application) -> AsyncIterator[None]:
 
 def allowed_origin(request: web.Request) -> str | None:
     origin = request.headers.get("Origin")
-    if origin and request.path in CORS_PATHS and request.app[PUBLIC].forms.allows_origin(origin):
+    cors_path = request.path in CORS_PATHS or (
+        request.path.startswith("/subscribe/") and request.path.endswith("/challenge"))
+    if origin and cors_path and request.app[PUBLIC].forms.allows_origin(origin):
         return origin
     return None
 

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from ..errors import InvalidToken
 from ..models import Message
 from ..web import client_ip, runtime
-from .machine import Request
 from .batch import Hit
+from .machine import Request
 from .public import public
 
 GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
@@ -35,7 +35,7 @@ def safe_target(url: str) -> bool:
         return False
     parts = urlsplit(url)
     return parts.scheme in ("http", "https") and bool(parts.hostname) and url.lower().startswith(
-        (parts.scheme + "://"))
+        parts.scheme + "://")
 
 
 def trap_link(url: str) -> str:
