@@ -246,7 +246,7 @@ class Settings:
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> "Settings":
+    ) -> Settings:
         """Read every setting from ``environ`` (default ``os.environ``); ``overrides`` win.
 
         Overrides are raw strings keyed by field name (``from`` as ``from_``); ``None`` means unset.

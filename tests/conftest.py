@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import threading
 import uuid
@@ -60,6 +61,7 @@ class RecordingHandler:
     received: list[Received] = field(default_factory=list)
     replies: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    data_delay_s: float = 0.0  # a slow server: wait this long before accepting DATA
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
@@ -70,6 +72,8 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_delay_s:
+            await asyncio.sleep(self.data_delay_s)
         with self.lock:
             self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
                                           bytes(envelope.original_content or envelope.content)))
@@ -260,3 +264,9 @@ async def papp(database_url: str, smtp: SmtpSink, clock: FakeClock,
     async with running_app(database_url, smtp, clock, RESPONDER_FORMS_FILE=forms_file(tmp_path),
                            RESPONDER_TRACK_FLUSH_MS="20") as running:
         yield running
+def confirm_path(received: Received) -> str:
+    """The /confirm/… path from a confirmation mail's text part."""
+    text = received.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    match = re.search(r"/confirm/[\w.\-]+", text)
+    assert match, text
+    return match.group(0)

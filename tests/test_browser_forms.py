@@ -4,6 +4,7 @@ form with proof of work solves its challenge in the browser (cross-origin fetch 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -31,7 +32,7 @@ async def test_snippet_on_another_origin_subscribes_in_chromium(
     port, landing_port = free_port(), free_port()
     landing_origin = f"http://127.0.0.1:{landing_port}"
     forms = tmp_path / "forms.json"
-    forms.write_text('{"forms": {"guarded": {"pow_bits": 6, "origins": ["%s"]}}}' % landing_origin)
+    forms.write_text(json.dumps({"forms": {"guarded": {"pow_bits": 6, "origins": [landing_origin]}}}))
     settings = make_settings(sqlite_url, smtp.url, RESPONDER_BASE_URL=f"http://127.0.0.1:{port}",
                              RESPONDER_FORMS_FILE=str(forms))
     rt = (await start_runtime(settings, clock)).runtime

@@ -57,6 +57,7 @@ async def test_whole_loop(app: App) -> None:
 
     # Layer 1's first step is due at once: it arrives without moving the clock.
     welcome = (await smtp.wait_for(2, "ada@example.com"))[1]
+    await recorded_sent(app, 2)
     msg = welcome.message
     assert msg["Subject"] == "Welcome to Acme & Sons, Ada"
     assert msg["Message-ID"] and msg["Date"]
@@ -66,6 +67,13 @@ async def test_whole_loop(app: App) -> None:
     html, text = html_part(welcome), text_part(welcome)
     assert "Ada" in html and "{{" not in html and "{%" not in html and "{{" not in text
 
+    view = re.search(r'href="(https://news\.example\.com/v/[^"]+)"', html)
+    assert view, "the mail links to its online copy untracked"
+    online = await client.get(app.path(view.group(1)))
+    assert online.status == 200
+    online_html = await online.text()
+    assert "Ada" in online_html and "/o/" not in online_html
+
     pixel = re.search(r'src="(https://news\.example\.com/o/[^"]+)"', html)
     assert pixel
     resp = await client.get(app.path(pixel.group(1)), headers={"User-Agent": "Mozilla/5.0"})
@@ -73,7 +81,6 @@ async def test_whole_loop(app: App) -> None:
 
     clicks = [u for u in LINK.findall(html) if "/c/" in u]
     assert clicks, "links are rewritten to tracked /c/ URLs"
-    await recorded_sent(app, 2)
     app.clock.advance(60)
     resp = await client.get(app.path(clicks[0].replace("&amp;", "&")), allow_redirects=False,
                             headers={"User-Agent": "Mozilla/5.0"})

@@ -47,7 +47,13 @@ async def unsubscribe_page(request: web.Request) -> web.Response:
 @routes.post("/unsubscribe/{token}")
 async def unsubscribe_post(request: web.Request) -> web.Response:
     rt = runtime(request)
-    data = await read_body(request)
+    rt.tokens.read_unsubscribe(request.match_info["token"])  # a forged link is 404 before all else
+    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data",
+                                "application/json"):
+        data = await read_body(request)
+    else:  # some mail clients post the one-click body with another type: the URL decides
+        await request.read()
+        data = {"List-Unsubscribe": "One-Click"}
     one_click = data.get("List-Unsubscribe") == "One-Click"
     choice = "all" if one_click or not data.get("choice") else str(data["choice"])
     subscriber = await with_deadline(request, preferences.choose(

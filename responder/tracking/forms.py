@@ -128,13 +128,15 @@ def snippet(form: Form, base_url: str, *, nonce: str | None = None) -> str:
         for a in form.attributes)
     redirect = (f'\n  <input type="hidden" name="redirect" value="{e(form.redirects[0])}">'
                 if form.redirects else "")
-    out = f"""<form class="responder-subscribe" method="post" action="{e(base_url)}/subscribe" accept-charset="utf-8">
+    out = f"""<form class="responder-subscribe" method="post" action="{e(base_url)}/subscribe" \
+accept-charset="utf-8">
   <input type="hidden" name="form" value="{e(form.id)}">
   <input type="hidden" name="consent" value="{e(form.consent)}">
   <input type="hidden" name="consent_version" value="{e(form.consent_version)}">{redirect}
   <label>Your name <input type="text" name="name" maxlength="200" autocomplete="name"></label>
   <label>Email address <input type="email" name="email" required maxlength="254" autocomplete="email"></label>{fields}
-  <div style="position:absolute;left:-10000px" aria-hidden="true"><input type="text" name="{HONEYPOT}" tabindex="-1" autocomplete="off"></div>
+  <div style="position:absolute;left:-10000px" aria-hidden="true">\
+<input type="text" name="{HONEYPOT}" tabindex="-1" autocomplete="off"></div>
   <p>{e(form.consent)}</p>
   <button type="submit">Subscribe</button>
 </form>"""
