@@ -14,6 +14,7 @@ from aiohttp import web
 from .app import init_app, start_runtime
 from .errors import ConfigError
 from .settings import Settings
+from .tracking.track import QuietTrackingLog
 
 log = logging.getLogger("responder")
 
@@ -103,7 +104,7 @@ async def _run(settings: Settings, *, http: bool) -> int:
     started = await start_runtime(settings)
     rt = started.runtime
     app = init_app(rt, http=http)
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False, access_log_class=QuietTrackingLog)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

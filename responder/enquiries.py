@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import html
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ from .validation import clean_email, clean_name, clean_text
 
 MAX_BODY_LEN = 10_000
 MAX_ACK_ATTEMPTS = 5
+DIGEST_CHECK_S = 60.0
 SOURCES = ("form", "reply")
 AUTO_LOCALPARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "do-not-reply",
                    "donotreply", "bounce", "bounces", "auto-reply", "autoreply")
@@ -137,9 +139,15 @@ class EnquiryLoop(PollingLoop):
         super().__init__(rt.outbox_wake, rt.settings.worker_poll_s)
         self.rt = rt
         self.transport = transport
+        self._next_digest_check_s = 0.0
 
     async def run_once(self) -> int:
-        return await self.send_acks() + await self.send_answers() + await self.send_digest()
+        done = await self.send_acks() + await self.send_answers()
+        now_s = time.monotonic()
+        if now_s >= self._next_digest_check_s:  # the digest's own schedule is in days
+            self._next_digest_check_s = now_s + DIGEST_CHECK_S
+            done += await self.send_digest()
+        return done
 
     async def _claim(self, column: str, enquiry_id: int) -> bool:
         """Move one enquiry from 'due' to 'sending'; False if another worker took it."""

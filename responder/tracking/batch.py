@@ -4,32 +4,37 @@ flushes in a single transaction every ``track_flush_ms`` or ``track_batch`` even
 The endpoints never wait for the database: when it is locked or down the queue keeps what it
 holds (retrying the same batch) and, once full, drops new events and counts them, so memory
 stays bounded and the pixel keeps answering. Each flush judges, once per subscriber, whether
-the batch's human events promote them, so promotion happens within a flush of the event.
+the batch's human events promote them (``judge_many``), so promotion happens within a flush of
+the event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..events import judge
-from ..models import Event, Message, Subscriber
+from ..events import judge_many
+from ..models import Event, Message
 from ..runtime import Runtime
 from ..sequences.promotion import PROMOTING_TYPES
 from .machine import BURST_WINDOW_S, Request, classify
 
 log = logging.getLogger(__name__)
 RETRY_PAUSE_S = 0.25
+BACKLOG_FACTOR = 10
 RECENT_MESSAGES = 10_000
 TRAP_REACH_S = 5.0  # a trap hit marks the message's other clicks this close to it as machine
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Hit:
     message_pk: int
     request: Request
@@ -106,7 +111,10 @@ class Tracker:
                     await asyncio.wait_for(self._full(), timeout=self.flush_s)
                 except TimeoutError:
                     pass
-            batch = [self._items[i] for i in range(min(self.batch, len(self._items)))]
+            # A flush starts at `batch` events; under load it takes what has piled up meanwhile
+            # (up to BACKLOG_FACTOR batches), so the writer keeps pace with the requests.
+            batch = [self._items[i]
+                     for i in range(min(self.batch * BACKLOG_FACTOR, len(self._items)))]
             try:
                 await self.flush(batch)
             except Exception:  # database locked, down or full: keep the batch, try again
@@ -131,39 +139,37 @@ class Tracker:
 
     async def flush(self, batch: list[Hit]) -> None:
         rt = self.rt
-        moved = False
         async with rt.db.transaction() as session:
             pks = {hit.message_pk for hit in batch}
             messages = {row.id: row for row in (await session.execute(
                 select(Message.id, Message.subscriber_id, Message.sent_at)
                 .where(Message.id.in_(pks)))).all()}
-            events: list[Event] = []
+            rows: list[dict[str, object]] = []
+            sweeps: list[tuple[int, dt.datetime, str]] = []
             for hit in batch:
                 message = messages.get(hit.message_pk)
                 if message is None:  # a validly signed token for a message since deleted
                     continue
                 verdict = classify(hit.request, message.sent_at,
                                    after_send_s=rt.settings.machine_after_send_s)
-                event = Event(
+                rows.append(dict(
                     subscriber_id=message.subscriber_id, message_id=message.id,
                     type=hit.request.kind, url=hit.url, ip=hit.request.ip,
                     user_agent=hit.request.user_agent[:512] or None, machine=verdict.machine,
                     data={"machine_reason": verdict.reason} if verdict.machine else {},
-                    created_at=hit.request.at)
-                events.append(event)
-                session.add(event)
+                    created_at=hit.request.at))
                 if verdict.reason in ("burst", "trap"):
-                    await self._mark_neighbours(session, message.id, hit.request.at,
-                                                verdict.reason)
-            await session.flush()
-            human = {e.subscriber_id for e in events if not e.machine and e.type in PROMOTING_TYPES}
-            now = rt.clock.now()
-            for subscriber_id in sorted(human):
-                subscriber = await session.get(Subscriber, subscriber_id)
-                assert subscriber is not None
-                _, history = await judge(session, subscriber, now)
-                moved = moved or history is not None
-        if moved:
+                    sweeps.append((message.id, hit.request.at, verdict.reason))
+            if rows:
+                await insert_events(session, rows)
+            for message_pk, at, reason in sweeps:
+                await self._mark_neighbours(session, message_pk, at, reason)
+            human: dict[int, set[str]] = {}
+            for r in rows:
+                if not r["machine"] and r["type"] in PROMOTING_TYPES:
+                    human.setdefault(r["subscriber_id"], set()).add(r["type"])  # type: ignore[arg-type]
+            moves = await judge_many(session, set(human), rt.clock.now(), human)
+        if moves:
             rt.wake_scheduler()
 
     async def _mark_neighbours(self, session: object, message_pk: int, at: dt.datetime,
@@ -177,3 +183,25 @@ class Tracker:
                    Event.created_at <= at + reach)
             .values(machine=True, data={"machine_reason": reason})
         )
+
+
+EVENT_COLUMNS = ("subscriber_id", "message_id", "type", "url", "ip", "user_agent", "machine", "data",
+                 "created_at")
+
+
+async def insert_events(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """One driver-level executemany for a batch of events. SQLAlchemy's per-row parameter
+    processing cost more than the database did, so values are converted here once: JSON as text,
+    timestamps as the UTCDateTime column stores them (naive UTC text on SQLite)."""
+    conn = await session.connection()
+    sqlite = conn.dialect.name == "sqlite"
+    marks = ", ".join("?" if sqlite else f"${i}" for i in range(1, len(EVENT_COLUMNS) + 1))
+    sql = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({marks})"
+
+    def when(value: dt.datetime) -> object:
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite else value
+
+    await conn.exec_driver_sql(sql, [
+        (r["subscriber_id"], r["message_id"], r["type"], r["url"], r["ip"], r["user_agent"],
+         r["machine"], json.dumps(r["data"]), when(r["created_at"])) for r in rows])
