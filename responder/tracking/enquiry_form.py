@@ -7,10 +7,9 @@ from aiohttp import web
 from ..enquiries import EnquiryIn, open_enquiry
 from ..errors import ValidationError
 from ..pages import render_page
-from ..validation import clean_form_id
 from ..web import runtime, wants_json
 from .forms import HONEYPOT
-from .public import preflight, public, read_body, with_deadline
+from .public import preflight, public, with_deadline
 
 routes = web.RouteTableDef()
 routes.options("/enquiry")(preflight)
@@ -18,13 +17,7 @@ routes.options("/enquiry")(preflight)
 
 @routes.post("/enquiry")
 async def enquiry_post(request: web.Request) -> web.StreamResponse:
-    state = public(request)
-    state.limit_ip(request)
-    data = await read_body(request)
-    form = state.forms.get(clean_form_id(data.get("form")))
-    redirect = data.get("redirect")
-    if redirect not in (None, "") and redirect not in form.redirects:
-        raise ValidationError("this form may not redirect there", field="redirect")
+    data, _, redirect = await public(request).form_post(request)
     if not data.get(HONEYPOT):
         question = data.get("question", data.get("body"))
         if not isinstance(question, str):

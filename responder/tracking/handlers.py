@@ -9,7 +9,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from ..delivery.build import render_message
-from ..errors import InvalidToken, ValidationError
+from ..errors import InvalidToken
 from ..models import Message
 from ..pages import render_page
 from ..subscribers import SubscribeRequest, confirm, renew_confirmation, subscribe
@@ -17,7 +17,7 @@ from ..tracking.tokens import TokenRejected
 from ..validation import clean_form_id
 from ..web import client_ip, runtime, wants_json
 from .forms import HONEYPOT, snippet
-from .public import preflight, public, read_body, with_deadline
+from .public import preflight, public, with_deadline
 
 routes = web.RouteTableDef()
 routes.options("/subscribe")(preflight)
@@ -55,12 +55,7 @@ async def pow_challenge(request: web.Request) -> web.Response:
 @routes.post("/subscribe")
 async def subscribe_post(request: web.Request) -> web.StreamResponse:
     rt, state = runtime(request), public(request)
-    state.limit_ip(request)
-    data = await read_body(request)
-    form = state.forms.get(clean_form_id(data.get("form")))
-    redirect = data.get("redirect")
-    if redirect not in (None, "") and redirect not in form.redirects:
-        raise ValidationError("this form may not redirect there", field="redirect")
+    data, form, redirect = await state.form_post(request)
     if form.pow_bits:
         state.pow.verify(form.id, form.pow_bits, data.get("pow_challenge"), data.get("pow_nonce"))
     if not data.get(HONEYPOT):  # a bot filled the hidden field: same answer, nothing stored

@@ -17,9 +17,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from ..errors import ResponderError, ValidationError
 from ..ratelimit import SlidingWindow, check
 from ..runtime import Runtime
+from ..validation import clean_form_id
 from ..web import client_ip, runtime
 from .batch import Tracker
-from .forms import Forms, load_forms
+from .forms import Form, Forms, load_forms
 from .pow import ProofOfWork
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,19 @@ class Public:
     def limit_ip(self, request: web.Request) -> None:
         ip = client_ip(request) or "unknown"
         check(self.per_ip, ip, runtime(request).clock.now().timestamp(), "IP address")
+
+    async def form_post(self, request: web.Request) -> tuple[dict[str, Any], Form, str | None]:
+        """The shared start of every public form POST: per-IP limit, body, form, and the
+        redirect target, which must be one the form allows (exactly)."""
+        self.limit_ip(request)
+        data = await read_body(request)
+        form = self.forms.get(clean_form_id(data.get("form")))
+        redirect = data.get("redirect")
+        if redirect in (None, ""):
+            return data, form, None
+        if redirect not in form.redirects:
+            raise ValidationError("this form may not redirect there", field="redirect")
+        return data, form, str(redirect)
 
     def limit_address(self, request: web.Request, email: str) -> None:
         check(self.per_address, email, runtime(request).clock.now().timestamp(), "address")
