@@ -141,6 +141,7 @@ def main() -> int:
     env = {**os.environ, "RESPONDER_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
            "RESPONDER_SECRET_KEY": SECRET, "RESPONDER_ADMIN_TOKEN": "bench",
            "RESPONDER_SMTP_URL": f"file:{work / 'outbox'}", "RESPONDER_PORT": str(port)}
+    env.update(dict(item.split("=", 1) for item in os.environ.get("BENCH_ENV", "").split() if item))
     responder_bin = Path(sys.executable).with_name("responder")
     server = subprocess.Popen([str(responder_bin), "serve"], env=env, cwd=work,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
