@@ -156,7 +156,7 @@ class EnquiryLoop(PollingLoop):
                 update(Enquiry).where(Enquiry.id == enquiry_id,
                                       getattr(Enquiry, column) == "due")
                 .values({column: "sending"}))
-            return bool(result.rowcount)
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def _send(self, mail: Mail) -> str:
         try:

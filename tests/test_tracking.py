@@ -153,6 +153,9 @@ async def test_queue_is_bounded(papp: App) -> None:
         resp = await papp.client.get(open_path(papp, message), headers=BROWSER)
         assert resp.status == 200
     assert tracker.pending == 3 and tracker.stats.dropped == 2
+    metrics = await (await papp.client.get("/metrics")).text()
+    assert 'responder_tracking_events{outcome="dropped"} 2.0' in metrics
+    assert "responder_tracking_pending 3.0" in metrics
 
 
 @asynccontextmanager

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..errors import ResponderError, ValidationError
@@ -109,6 +110,21 @@ async def _run_tracker(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait_for(asyncio.shield(task), timeout=5)
     except TimeoutError:
         task.cancel()
+
+
+def add_tracking_metrics(request: web.Request, registry: CollectorRegistry) -> None:
+    """The tracking queue's counters on /metrics: queued, written, dropped, failed flushes."""
+    if PUBLIC not in request.app:
+        return
+    stats = request.app[PUBLIC].tracker.stats
+    gauge = Gauge("responder_tracking_events", "Opens and clicks through the write queue, "
+                  "by outcome", ["outcome"], registry=registry)
+    for outcome in ("queued", "written", "dropped"):
+        gauge.labels(outcome).set(getattr(stats, outcome))
+    Gauge("responder_tracking_pending", "Opens and clicks waiting to be written",
+          registry=registry).set(request.app[PUBLIC].tracker.pending)
+    Gauge("responder_tracking_failed_flushes", "Batches the database refused (retried)",
+          registry=registry).set(stats.failed_flushes)
 
 
 def allowed_origin(request: web.Request) -> str | None:
