@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import delete, or_, select, update
 
-from .errors import InvalidToken, ValidationError
+from .errors import ValidationError
 from .models import (
     ConsentRecord,
     Enquiry,
@@ -25,7 +25,7 @@ from .models import (
 )
 from .runtime import Runtime
 from .sequences.funnel import end_enrollments, move_layer
-from .subscribers import unsubscribe
+from .subscribers import get_subscriber, unsubscribe
 from .suppression import suppress
 from .validation import clean_name
 
@@ -44,9 +44,7 @@ async def choose(rt: Runtime, token: str, choice: str, ip: str | None,
     subscriber_id = rt.tokens.read_unsubscribe(token)
     now = rt.clock.now()
     async with rt.db.transaction() as session:
-        subscriber = await session.get(Subscriber, subscriber_id)
-        if subscriber is None:
-            raise InvalidToken("this link is not valid")
+        subscriber = await get_subscriber(session, subscriber_id)
         if subscriber.status != "active":
             return subscriber
         if choice == "pause":
@@ -77,9 +75,7 @@ async def update_preferences(rt: Runtime, token: str, *, name: Any, frequency: A
                               field="frequency")
     clean = clean_name(name)
     async with rt.db.transaction() as session:
-        subscriber = await session.get(Subscriber, subscriber_id)
-        if subscriber is None:
-            raise InvalidToken("this link is not valid")
+        subscriber = await get_subscriber(session, subscriber_id)
         subscriber.name = clean
         subscriber.frequency = frequency
     return subscriber
@@ -93,9 +89,7 @@ async def export(rt: Runtime, token: str) -> dict[str, Any]:
     """Everything kept about the subscriber, as plain JSON data."""
     subscriber_id = rt.tokens.read_unsubscribe(token)
     async with rt.db.read() as session:
-        s = await session.get(Subscriber, subscriber_id)
-        if s is None:
-            raise InvalidToken("this link is not valid")
+        s = await get_subscriber(session, subscriber_id)
         layer = await session.get(Layer, s.layer_id) if s.layer_id else None
         consents = (await session.execute(select(ConsentRecord).where(
             ConsentRecord.subscriber_id == s.id).order_by(ConsentRecord.id))).scalars()
@@ -130,9 +124,7 @@ async def erase(rt: Runtime, token: str) -> None:
     assert rt.settings.secret_key is not None
     now = rt.clock.now()
     async with rt.db.transaction() as session:
-        s = await session.get(Subscriber, subscriber_id)
-        if s is None:
-            raise InvalidToken("this link is not valid")
+        s = await get_subscriber(session, subscriber_id)
         if s.email.endswith("@erased.invalid"):
             return
         await suppress(session, rt.settings.secret_key, s.email, "erased", now)

@@ -138,9 +138,8 @@ async def confirm(rt: Runtime, token: str, ip: str | None, user_agent: str | Non
     subscriber_id = rt.tokens.read_confirm(token)
     now = rt.clock.now()
     async with rt.db.transaction() as session:
-        subscriber = await session.get(Subscriber, subscriber_id)
-        if subscriber is None:
-            raise InvalidToken("this confirmation link is not valid")
+        subscriber = await get_subscriber(session, subscriber_id,
+                                          "this confirmation link is not valid")
         if subscriber.status != "pending":
             return "already" if subscriber.status == "active" else "unsubscribed"
         first = (await session.execute(select(Layer).order_by(Layer.position).limit(1))).scalar_one()
@@ -162,15 +161,22 @@ async def unsubscribe(rt: Runtime, token: str, ip: str | None, user_agent: str |
     subscriber_id = rt.tokens.read_unsubscribe(token)
     now = rt.clock.now()
     async with rt.db.transaction() as session:
-        subscriber = await session.get(Subscriber, subscriber_id)
-        if subscriber is None:
-            raise InvalidToken("this link is not valid")
+        subscriber = await get_subscriber(session, subscriber_id)
         if subscriber.status in ("active", "pending"):
             subscriber.status = "unsubscribed"
             subscriber.unsubscribed_at = now
             await end_enrollments(session, subscriber.id, "stopped", now)
             await record_event(session, subscriber, "unsubscribe", now, ip=ip,
                                user_agent=user_agent)
+    return subscriber
+
+
+async def get_subscriber(session: AsyncSession, subscriber_id: int,
+                         message: str = "this link is not valid") -> Subscriber:
+    """The subscriber a verified token names; ``InvalidToken`` if it is gone."""
+    subscriber = await session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        raise InvalidToken(message)
     return subscriber
 
 
