@@ -146,7 +146,9 @@ class Tracker:
                 .where(Message.id.in_(pks)))).all()}
             rows: list[dict[str, object]] = []
             sweeps: list[tuple[int, dt.datetime, str]] = []
-            for hit in batch:
+            for n, hit in enumerate(batch, start=1):
+                if n % self.batch == 0:  # a backlog-sized flush must not stall the pixel
+                    await asyncio.sleep(0)
                 message = messages.get(hit.message_pk)
                 if message is None:  # a validly signed token for a message since deleted
                     continue
