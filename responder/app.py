@@ -11,17 +11,24 @@ from aiohttp import web
 
 from . import ops
 from .api import delivery as delivery_api
+from .api import enquiries as api_enquiries
+from .api import forms as api_forms
 from .api import handlers as api
 from .api import templates as api_templates
 from .clock import Clock, SystemClock
 from .db import Database
 from .delivery.transport import Transport, make_transport
 from .delivery.worker import DeliveryWorker
+from .enquiries import EnquiryLoop
 from .runtime import Runtime
 from .seed import Secrets, ensure_secrets, seed_defaults
 from .sequences.funnel import Scheduler
 from .settings import Settings
+from .tracking import choices as tracking_choices
+from .tracking import enquiry_form as tracking_enquiry
 from .tracking import handlers as tracking
+from .tracking import track as tracking_track
+from .tracking.public import setup_public
 from .tracking.tokens import Tokens
 from .web import RUNTIME, error_middleware, headers_middleware
 
@@ -61,6 +68,12 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
     app[RUNTIME] = rt
     if http:
         app.add_routes(tracking.routes)
+        app.add_routes(tracking_track.routes)
+        app.add_routes(tracking_choices.routes)
+        app.add_routes(tracking_enquiry.routes)
+        app.add_routes(api_enquiries.routes)
+        app.add_routes(api_forms.routes)
+        setup_public(app, rt)
         app.add_routes(api.routes)
         app.add_routes(api_templates.routes)
         app.add_routes(ops.routes)
@@ -74,7 +87,7 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
 
 def _loops(rt: Runtime, transport: Transport):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        loops = [Scheduler(rt), DeliveryWorker(rt, transport)]
+        loops = [Scheduler(rt), DeliveryWorker(rt, transport), EnquiryLoop(rt, transport)]
         tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in loops]
         app[BACKGROUND] = loops
         yield

@@ -15,6 +15,7 @@ from .app import init_app, start_runtime
 from .errors import ConfigError
 from .settings import Settings
 from .templating import commands as templates_commands
+from .tracking.track import QuietTrackingLog
 
 log = logging.getLogger("responder")
 
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--domain", help="signing domain (default: the sender's domain)")
     keygen.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa",
                         help="rsa (2048 bits, understood everywhere) or ed25519 (RFC 8463)")
+    forms = sub.add_parser("forms", help="opt-in forms for landing pages")
+    forms_sub = forms.add_subparsers(dest="forms_command", required=True)
+    snippet = forms_sub.add_parser("snippet", help="print the HTML snippet of a form to paste")
+    snippet.add_argument("form", help="form name (see RESPONDER_FORMS_FILE), e.g. default")
+    _add_common(snippet)
     return parser
 
 
@@ -86,10 +92,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return dkim_keygen(settings, out=args.out, selector=args.selector,
                                domain=args.domain, algorithm=args.algorithm)
+        if args.command == "forms":
+            return _forms_snippet(settings, args.form)
         return asyncio.run(_run(settings, http=args.command == "serve"))
     except ConfigError as exc:
         print(f"responder: error: {exc.message}", file=sys.stderr)
         return 2
+
+
+def _forms_snippet(settings: Settings, form_id: str) -> int:
+    from .errors import ResponderError
+    from .tracking.forms import load_forms, snippet
+
+    try:
+        form = load_forms(settings).get(form_id)
+    except ResponderError as exc:
+        print(f"responder: error: {exc.message}", file=sys.stderr)
+        return 2
+    print(snippet(form, settings.base_url))
+    return 0
 
 
 async def _db_upgrade(settings: Settings) -> int:
@@ -108,7 +129,7 @@ async def _run(settings: Settings, *, http: bool) -> int:
     started = await start_runtime(settings)
     rt = started.runtime
     app = init_app(rt, http=http)
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False, access_log_class=QuietTrackingLog)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -80,6 +80,9 @@ class Subscriber(Base):
     created_at: Mapped[dt.datetime]
     confirmed_at: Mapped[dt.datetime | None]
     unsubscribed_at: Mapped[dt.datetime | None]
+    # Subscriber choices from the unsubscribe page and preference center.
+    paused_until: Mapped[dt.datetime | None]
+    frequency: Mapped[str] = mapped_column(String(16), default="normal", server_default="normal")
 
 
 class ConsentRecord(Base):
@@ -91,6 +94,7 @@ class ConsentRecord(Base):
     action: Mapped[str] = mapped_column(String(16))  # subscribe | confirm
     form: Mapped[str] = mapped_column(String(64))
     wording_sha256: Mapped[str | None] = mapped_column(String(64))
+    consent_version: Mapped[str | None] = mapped_column(String(64))
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(512))
     created_at: Mapped[dt.datetime]
@@ -207,6 +211,7 @@ class Event(Base):
 
 class Enquiry(Base):
     __tablename__ = "enquiries"
+    __table_args__ = (Index("ix_enquiries_state_created", "state", "created_at"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id"), index=True)
     email: Mapped[str] = mapped_column(String(254))
@@ -216,6 +221,26 @@ class Enquiry(Base):
     created_at: Mapped[dt.datetime]
     acknowledged_at: Mapped[dt.datetime | None]
     closed_at: Mapped[dt.datetime | None]
+    name: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    source: Mapped[str] = mapped_column(String(16), default="form", server_default="form")
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    # due | sent | skipped (auto-reply, bounce, list: never answered automatically) | failed
+    ack_state: Mapped[str] = mapped_column(String(16), default="due", server_default="due")
+    ack_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    answer: Mapped[str | None] = mapped_column(Text)
+    answer_state: Mapped[str | None] = mapped_column(String(16))  # due | sent | failed
+    answered_at: Mapped[dt.datetime | None]
+    digested_at: Mapped[dt.datetime | None]
+
+
+class Suppression(Base):
+    """An erased address, kept only as a keyed hash so it is never mailed again."""
+
+    __tablename__ = "suppressions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email_hmac: Mapped[str] = mapped_column(String(64), unique=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime]
 
 
 class LayerHistory(Base):

@@ -8,6 +8,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select
 
 from .models import Event, Message, Subscriber
+from .tracking.public import add_tracking_metrics
 from .web import runtime
 
 routes = web.RouteTableDef()
@@ -44,6 +45,7 @@ async def metrics(request: web.Request) -> web.Response:
             select(Subscriber.status, func.count()).group_by(Subscriber.status)
         ):
             subscribers.labels(status).set(count)
+    add_tracking_metrics(request, registry)
     response = web.Response(
         body=generate_latest(registry) + runtime(request).delivery_metrics.exposition())
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]

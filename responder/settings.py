@@ -104,6 +104,19 @@ def parse_sender(value: str) -> tuple[str, str]:
     return name, email
 
 
+def parse_origins(value: str) -> tuple[str, ...]:
+    origins = []
+    for item in value.split(","):
+        item = item.strip().rstrip("/")
+        if not item:
+            continue
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or CONTROL_CHARS.search(item):
+            raise ConfigError(f"not an origin (scheme://host[:port]): {item!r}")
+        origins.append(item.lower())
+    return tuple(origins)
+
+
 def parse_int(value: str) -> int:
     try:
         return int(value)
@@ -182,6 +195,33 @@ SPECS: tuple[Spec, ...] = (
     Spec("dkim_key_file", None, "PEM private key (RSA or Ed25519) for DKIM signing"),
     Spec("inbound", None,
          "HOST:PORT for the inbound SMTP server (bounces, complaints, replies); off when unset"),
+    Spec("cors_origins", "", "comma-separated origins (https://landing.example.com) allowed to "
+         "POST /subscribe and /enquiry from a script; forms may add their own", parse_origins),
+    Spec("forms_file", None, "TOML or JSON file describing the opt-in forms (consent wording, "
+         "redirects, origins, attributes, proof of work)"),
+    Spec("subscribe_per_ip_per_hour", "20", "subscribe and enquiry requests one IP may make per "
+         "hour before 429", parse_int),
+    Spec("subscribe_per_address_per_hour", "5", "subscribe requests for one address per hour "
+         "before 429", parse_int),
+    Spec("confirm_resend_s", "600", "seconds before a pending address may get another "
+         "confirmation mail", parse_int),
+    Spec("confirm_per_day", "3", "confirmation mails one address may get per day", parse_int),
+    Spec("body_timeout_s", "10", "seconds a client may take to send a request body", parse_float),
+    Spec("form_write_timeout_s", "5", "seconds a form waits for the database before answering "
+         "503", parse_float),
+    Spec("track_flush_ms", "250", "tracking events are written at least this often", parse_int),
+    Spec("track_batch", "500", "tracking events written per transaction at most", parse_int),
+    Spec("track_queue_max", "20000", "tracking events held in memory at most; beyond, new ones "
+         "are dropped and counted", parse_int),
+    Spec("machine_after_send_s", "10", "opens and clicks sooner than this after delivery count "
+         "as machine", parse_int),
+    Spec("enquiry_answer_h", "48", "hours within which the acknowledgement promises an answer",
+         parse_int),
+    Spec("enquiry_digest_to", None, "address of the open-enquiries digest (default: the sender)",
+         lambda value: parse_sender(value)[1]),
+    Spec("enquiry_digest_after_s", "86400", "an enquiry open this long goes into the digest",
+         parse_int),
+    Spec("enquiry_digest_every_s", "86400", "seconds between two digests", parse_int),
 )
 
 _FIELD_NAMES = {spec.field: spec for spec in SPECS}
@@ -219,6 +259,22 @@ class Settings:
     dkim_domain: str | None = None
     dkim_key_file: Path | None = None
     inbound: tuple[str, int] | None = None
+    cors_origins: tuple[str, ...] = ()
+    forms_file: Path | None = None
+    subscribe_per_ip_per_hour: int = 20
+    subscribe_per_address_per_hour: int = 5
+    confirm_resend_s: int = 600
+    confirm_per_day: int = 3
+    body_timeout_s: float = 10.0
+    form_write_timeout_s: float = 5.0
+    track_flush_ms: int = 250
+    track_batch: int = 500
+    track_queue_max: int = 20000
+    machine_after_send_s: int = 10
+    enquiry_answer_h: int = 48
+    enquiry_digest_to: str = ""
+    enquiry_digest_after_s: int = 86400
+    enquiry_digest_every_s: int = 86400
 
     @classmethod
     def from_env(
@@ -280,6 +336,22 @@ class Settings:
             dkim_domain=parsed["dkim_domain"],
             dkim_key_file=Path(parsed["dkim_key_file"]) if parsed["dkim_key_file"] else None,
             inbound=parse_listen(parsed["inbound"]) if parsed["inbound"] else None,
+            cors_origins=parsed["cors_origins"],
+            forms_file=Path(raw["forms_file"]) if raw["forms_file"] else None,
+            subscribe_per_ip_per_hour=parsed["subscribe_per_ip_per_hour"],
+            subscribe_per_address_per_hour=parsed["subscribe_per_address_per_hour"],
+            confirm_resend_s=parsed["confirm_resend_s"],
+            confirm_per_day=parsed["confirm_per_day"],
+            body_timeout_s=parsed["body_timeout_s"],
+            form_write_timeout_s=parsed["form_write_timeout_s"],
+            track_flush_ms=parsed["track_flush_ms"],
+            track_batch=parsed["track_batch"],
+            track_queue_max=parsed["track_queue_max"],
+            machine_after_send_s=parsed["machine_after_send_s"],
+            enquiry_answer_h=parsed["enquiry_answer_h"],
+            enquiry_digest_to=parsed["enquiry_digest_to"] or from_email,
+            enquiry_digest_after_s=parsed["enquiry_digest_after_s"],
+            enquiry_digest_every_s=parsed["enquiry_digest_every_s"],
         )
 
     def replace(self, **changes: Any) -> Settings:
@@ -329,6 +401,22 @@ class Settings:
             "dkim_domain": self.dkim_domain or self.sender_domain,
             "dkim_key_file": str(self.dkim_key_file or ""),
             "inbound": f"{self.inbound[0]}:{self.inbound[1]}" if self.inbound else "(off)",
+            "cors_origins": ",".join(self.cors_origins),
+            "forms_file": str(self.forms_file or ""),
+            "subscribe_per_ip_per_hour": str(self.subscribe_per_ip_per_hour),
+            "subscribe_per_address_per_hour": str(self.subscribe_per_address_per_hour),
+            "confirm_resend_s": str(self.confirm_resend_s),
+            "confirm_per_day": str(self.confirm_per_day),
+            "body_timeout_s": str(self.body_timeout_s),
+            "form_write_timeout_s": str(self.form_write_timeout_s),
+            "track_flush_ms": str(self.track_flush_ms),
+            "track_batch": str(self.track_batch),
+            "track_queue_max": str(self.track_queue_max),
+            "machine_after_send_s": str(self.machine_after_send_s),
+            "enquiry_answer_h": str(self.enquiry_answer_h),
+            "enquiry_digest_to": self.enquiry_digest_to,
+            "enquiry_digest_after_s": str(self.enquiry_digest_after_s),
+            "enquiry_digest_every_s": str(self.enquiry_digest_every_s),
         }
         return [(spec.env, values[spec.field], spec.help) for spec in SPECS]
 

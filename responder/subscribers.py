@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .delivery import outbox
-from .errors import InvalidToken
+from .errors import InvalidToken, ValidationError
 from .events import record_event
 from .models import ConsentRecord, Layer, Message, Subscriber
 from .runtime import Runtime
 from .sequences.funnel import end_enrollments, enroll
+from .suppression import is_suppressed
 from .validation import clean_email, clean_form_id, clean_name, clean_text
 
-CONFIRM_RESEND_S = 600
+DAY = dt.timedelta(days=1)
+MAX_ATTRIBUTE_LEN = 200
 
 
 @dataclass(frozen=True)
@@ -29,23 +31,52 @@ class SubscribeRequest:
     consent_text: str = ""
     ip: str | None = None
     user_agent: str | None = None
+    consent_version: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_input(cls, data: dict[str, object], ip: str | None, user_agent: str | None) -> SubscribeRequest:
+    def from_input(cls, data: dict[str, object], ip: str | None, user_agent: str | None, *,
+                   allowed_attributes: tuple[str, ...] = (), default_consent: str = "",
+                   default_version: str | None = None) -> SubscribeRequest:
+        """Validate a subscribe body; consent falls back to the form's configured wording."""
         return cls(
             email=clean_email(data.get("email")),
             name=clean_name(data.get("name")),
             form=clean_form_id(data.get("form")),
-            consent_text=clean_text(data.get("consent"), "consent", max_len=2000),
+            consent_text=clean_text(data.get("consent"), "consent", max_len=2000) or default_consent,
             ip=ip,
             user_agent=(user_agent or "")[:512] or None,
+            consent_version=clean_text(data.get("consent_version"), "consent_version",
+                                       max_len=64) or default_version,
+            attributes=clean_attributes(data, allowed_attributes),
         )
+
+
+def clean_attributes(data: dict[str, object], allowed: tuple[str, ...]) -> dict[str, str]:
+    """Custom fields: ``attr_<name>`` form fields or an ``attributes`` JSON object; only the
+    form's allow-listed names, short single-line text."""
+    given: dict[str, Any] = {}
+    nested = data.get("attributes")
+    if nested is not None:
+        if not isinstance(nested, dict):
+            raise ValidationError("attributes must be an object", field="attributes")
+        given.update(nested)
+    given.update({key[5:]: value for key, value in data.items() if key.startswith("attr_")})
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ValidationError(f"this form does not accept the attribute {unknown[0]!r}",
+                              field="attributes")
+    return {name: clean_text(value, name, max_len=MAX_ATTRIBUTE_LEN)
+            for name, value in given.items()}
 
 
 async def subscribe(rt: Runtime, req: SubscribeRequest) -> None:
     """Record the opt-in and send a confirmation; the outcome is never revealed to the caller."""
     now = rt.clock.now()
+    assert rt.settings.secret_key is not None
     async with rt.db.transaction() as session:
+        if await is_suppressed(session, rt.settings.secret_key, req.email):
+            return  # erased on request: never stored or mailed again
         subscriber = (await session.execute(
             select(Subscriber).where(Subscriber.email == req.email)
         )).scalar_one_or_none()
@@ -60,22 +91,45 @@ async def subscribe(rt: Runtime, req: SubscribeRequest) -> None:
             subscriber.status = "pending"
         if req.name:
             subscriber.name = req.name
+        if req.attributes:
+            subscriber.attributes = {**(subscriber.attributes or {}), **req.attributes}
         session.add(ConsentRecord(
             subscriber_id=subscriber.id, action="subscribe", form=req.form,
             wording_sha256=hashlib.sha256(req.consent_text.encode()).hexdigest()
-            if req.consent_text else None,
+            if req.consent_text else None, consent_version=req.consent_version,
             ip=req.ip, user_agent=req.user_agent, created_at=now,
         ))
-        recent = (await session.execute(
-            select(func.count()).select_from(Message).where(
-                Message.subscriber_id == subscriber.id, Message.kind == "confirm",
-                Message.created_at > now - dt.timedelta(seconds=CONFIRM_RESEND_S),
-            )
-        )).scalar_one()
-        if not recent:
-            await outbox.enqueue(session, subscriber_id=subscriber.id, kind="confirm",
-                                 template_name="confirm", now=now,
-                                 domain=rt.settings.sender_domain)
+        await send_confirmation(rt, session, subscriber.id, now)
+    rt.wake_outbox()
+
+
+async def send_confirmation(rt: Runtime, session: AsyncSession, subscriber_id: int,
+                            now: dt.datetime) -> bool:
+    """Queue a confirmation mail unless the address had one within ``confirm_resend_s`` or
+    ``confirm_per_day`` of them in the last day (a subscription bomb gets little mail)."""
+    settings = rt.settings
+    times = list((await session.execute(
+        select(Message.created_at).where(
+            Message.subscriber_id == subscriber_id, Message.kind == "confirm",
+            Message.created_at > now - DAY)
+    )).scalars())
+    if len(times) >= settings.confirm_per_day or any(
+            t > now - dt.timedelta(seconds=settings.confirm_resend_s) for t in times):
+        return False
+    await outbox.enqueue(session, subscriber_id=subscriber_id, kind="confirm",
+                         template_name="confirm", now=now, domain=settings.sender_domain)
+    return True
+
+
+async def renew_confirmation(rt: Runtime, token: str) -> None:
+    """A fresh confirmation link for an expired one; throttled like any other."""
+    subscriber_id = rt.tokens.read_confirm_expired(token)
+    now = rt.clock.now()
+    async with rt.db.transaction() as session:
+        subscriber = await session.get(Subscriber, subscriber_id)
+        if subscriber is None or subscriber.status != "pending":
+            return
+        await send_confirmation(rt, session, subscriber.id, now)
     rt.wake_outbox()
 
 
@@ -84,9 +138,8 @@ async def confirm(rt: Runtime, token: str, ip: str | None, user_agent: str | Non
     subscriber_id = rt.tokens.read_confirm(token)
     now = rt.clock.now()
     async with rt.db.transaction() as session:
-        subscriber = await session.get(Subscriber, subscriber_id)
-        if subscriber is None:
-            raise InvalidToken("this confirmation link is not valid")
+        subscriber = await get_subscriber(session, subscriber_id,
+                                          "this confirmation link is not valid")
         if subscriber.status != "pending":
             return "already" if subscriber.status == "active" else "unsubscribed"
         first = (await session.execute(select(Layer).order_by(Layer.position).limit(1))).scalar_one()
@@ -108,10 +161,17 @@ async def unsubscribe(rt: Runtime, token: str, ip: str | None, user_agent: str |
     subscriber_id = rt.tokens.read_unsubscribe(token)
     now = rt.clock.now()
     async with rt.db.transaction() as session:
-        subscriber = await session.get(Subscriber, subscriber_id)
-        if subscriber is None:
-            raise InvalidToken("this link is not valid")
+        subscriber = await get_subscriber(session, subscriber_id)
         await opt_out(session, subscriber, now, ip=ip, user_agent=user_agent)
+    return subscriber
+
+
+async def get_subscriber(session: AsyncSession, subscriber_id: int,
+                         message: str = "this link is not valid") -> Subscriber:
+    """The subscriber a verified token names; ``InvalidToken`` if it is gone."""
+    subscriber = await session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        raise InvalidToken(message)
     return subscriber
 
 

@@ -39,7 +39,8 @@ def error_response(request: web.Request, status: int, code: str, message: str,
         return web.json_response(body, status=status)
     rt = request.app[RUNTIME]
     title = {400: "Something is wrong with that", 401: "Sign in needed", 404: "Link not valid",
-             413: "Too much data", 429: "Too many requests"}.get(status, "Something went wrong")
+             413: "Too much data", 429: "Too many requests", 408: "That took too long",
+             503: "Busy right now"}.get(status, "Something went wrong")
     return render_page("message.html", status=status, title=title, message=message,
                        sender_name=rt.settings.from_name)
 
@@ -49,7 +50,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ResponderError as exc:
-        return error_response(request, exc.status, exc.code, exc.message, exc.field)
+        response = error_response(request, exc.status, exc.code, exc.message, exc.field)
+        retry_after_s = getattr(exc, "retry_after_s", None)  # 429 and 503 say when to come back
+        if retry_after_s is not None:
+            response.headers["Retry-After"] = str(retry_after_s)
+        return response
     except web.HTTPRequestEntityTooLarge:
         return error_response(request, 413, "too_large",
                               f"request body is larger than {request.app[RUNTIME].settings.max_body_bytes} bytes")

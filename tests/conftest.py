@@ -235,6 +235,35 @@ class running_app:
         await self.rt.db.dispose()
 
 
+# Public endpoints: an app with an opt-in forms file and a fast tracking flush.
+FORMS_TOML = """
+[forms.landing]
+title = "Spring guide"
+consent = "Yes, send me the spring guide & related emails."
+consent_version = "2026-03"
+redirects = ["https://landing.example.org/thanks"]
+origins = ["https://landing.example.org"]
+attributes = ["company", "plan"]
+
+[forms.guarded]
+consent = "Guarded form consent."
+pow_bits = 8
+"""
+
+
+def forms_file(tmp_path: Path) -> str:
+    path = tmp_path / "forms.toml"
+    path.write_text(FORMS_TOML)
+    return str(path)
+
+
+@pytest.fixture
+async def papp(database_url: str, smtp: SmtpSink, clock: FakeClock,
+               tmp_path: Path) -> AsyncIterator[App]:
+    """The whole server with a forms file and a fast tracking flush."""
+    async with running_app(database_url, smtp, clock, RESPONDER_FORMS_FILE=forms_file(tmp_path),
+                           RESPONDER_TRACK_FLUSH_MS="20") as running:
+        yield running
 def confirm_path(received: Received) -> str:
     """The /confirm/… path from a confirmation mail's text part."""
     text = received.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]

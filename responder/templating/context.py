@@ -83,4 +83,11 @@ def sample_context(settings: Settings, subscriber: dict[str, Any] | None = None)
             "view": f"{base}/v/sample",
             "confirm": f"{base}/confirm/sample",
         },
+        # What the enquiry acknowledgement sees (see enquiries.py); harmless for other templates.
+        "enquiry": {
+            "name": "Ada Lovelace", "first_name": "Ada", "email": "ada@example.com",
+            "subject": "A question about my order",
+            "body": "Could you tell me when the next workshop is?",
+            "answer_by": "Wednesday 4 March", "answer_within_h": 48,
+        },
     }

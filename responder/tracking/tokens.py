@@ -7,12 +7,39 @@ tokens also carry their issue time and expire.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 
-from itsdangerous import BadData, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import (
+    BadData,
+    BadSignature,
+    TimestampSigner,
+    URLSafeSerializer,
+    URLSafeTimedSerializer,
+)
+from itsdangerous.encoding import base64_encode
 
 from ..clock import Clock
 from ..errors import InvalidToken
+
+
+class _Serializer(URLSafeSerializer):
+    """itsdangerous's URL-safe tokens, checked with one HMAC and no per-token signer objects:
+    the open pixel reads a token on every request. Same format and key derivation; the
+    signature is compared as issued (``hmac.compare_digest``), so only canonical tokens pass."""
+
+    def __init__(self, secret_key: str, salt: str) -> None:
+        super().__init__(secret_key, salt=salt)
+        self._key = self.make_signer().derive_key()
+
+    def loads(self, s: str | bytes, salt: str | bytes | None = None, **kwargs: Any) -> Any:
+        token = s.encode("ascii", "replace") if isinstance(s, str) else s
+        value, sep, signature = token.rpartition(b".")
+        expected = base64_encode(hmac.new(self._key, value, hashlib.sha1).digest())
+        if not sep or not hmac.compare_digest(signature, expected):
+            raise BadSignature("signature does not match")
+        return self.load_payload(value)
 
 
 class Tokens:
@@ -22,10 +49,10 @@ class Tokens:
                 return int(clock.now().timestamp())
 
         self._confirm = URLSafeTimedSerializer(secret_key, salt="confirm", signer=_ClockSigner)
-        self._open = URLSafeSerializer(secret_key, salt="open")
-        self._click = URLSafeSerializer(secret_key, salt="click")
-        self._unsubscribe = URLSafeSerializer(secret_key, salt="unsubscribe")
-        self._view = URLSafeSerializer(secret_key, salt="view")
+        self._open = _Serializer(secret_key, salt="open")
+        self._click = _Serializer(secret_key, salt="click")
+        self._unsubscribe = _Serializer(secret_key, salt="unsubscribe")
+        self._view = _Serializer(secret_key, salt="view")
         self._confirm_max_age_s = confirm_max_age_s
 
     def confirm(self, subscriber_id: int) -> str:
@@ -39,6 +66,14 @@ class Tokens:
             expired = exc.__class__.__name__ == "SignatureExpired"
             raise TokenRejected("this confirmation link has expired" if expired
                                 else "this confirmation link is not valid", expired=expired) from exc
+        return _as_int(value)
+
+    def read_confirm_expired(self, token: str) -> int:
+        """The subscriber id of a genuine confirm token, however old (to offer a new link)."""
+        try:
+            value = self._confirm.loads(token)
+        except BadData as exc:
+            raise InvalidToken("this confirmation link is not valid") from exc
         return _as_int(value)
 
     def open(self, message_id: int) -> str:
@@ -62,12 +97,14 @@ class Tokens:
     def read_unsubscribe(self, token: str) -> int:
         return _as_int(_loads(self._unsubscribe, token))
 
-
     def view(self, message_id: int) -> str:
         return self._view.dumps(message_id)
 
     def read_view(self, token: str) -> int:
         return _as_int(_loads(self._view, token))
+
+
+MAX_TOKEN_LEN = 4096 + 512  # a click token carries its target URL (at most 4096 characters)
 
 
 class TokenRejected(InvalidToken):
@@ -77,6 +114,8 @@ class TokenRejected(InvalidToken):
 
 
 def _loads(serializer: URLSafeSerializer, token: str) -> Any:
+    if len(token) > MAX_TOKEN_LEN:
+        raise InvalidToken("this link is not valid")
     try:
         return serializer.loads(token)
     except BadData as exc:

@@ -1,0 +1,293 @@
+"""Enquiries: questions from the enquiry form and replies to any mail, each acknowledged at once
+and kept in a follow-up queue until answered or closed.
+
+``open_enquiry`` is the one way in (the form handler and the inbound reply handler both call it).
+The ``EnquiryLoop`` sends what is due: acknowledgements (``Auto-Submitted: auto-replied``, never
+to auto-replies, bounces or list mail, so two robots never talk to each other), answers written
+by an admin, and a digest of enquiries left open too long.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import html
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from sqlalchemy import or_, select, update
+
+from .delivery.build import newest_template
+from .delivery.mime import Mail, compose, new_message_id
+from .delivery.transport import Transport
+from .errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
+from .events import record_event
+from .loop import PollingLoop
+from .models import Enquiry, Subscriber
+from .runtime import Runtime
+from .templating.context import first_name
+from .templating.render import render_mail
+from .validation import clean_email, clean_name, clean_text
+
+MAX_BODY_LEN = 10_000
+MAX_ACK_ATTEMPTS = 5
+DIGEST_CHECK_S = 60.0
+SOURCES = ("form", "reply")
+AUTO_LOCALPARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "do-not-reply",
+                   "donotreply", "bounce", "bounces", "auto-reply", "autoreply")
+AUTO_HEADERS = ("x-autoreply", "x-autorespond", "x-auto-response-suppress", "list-id",
+                "list-unsubscribe", "list-post", "x-loop", "feedback-id")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EnquiryIn:
+    email: str
+    body: str
+    name: str = ""
+    subject: str = ""
+    source: str = "form"
+    subscriber_id: int | None = None
+    message_id: int | None = None  # the outbox row a reply answers
+    headers: Mapping[str, str] = field(default_factory=dict)  # of an inbound reply
+
+
+def is_automatic(email: str, headers: Mapping[str, str]) -> str:
+    """Why a mail must not be answered automatically ('' if it may): RFC 3834 and common habits."""
+    lowered = {k.lower(): v.strip().lower() for k, v in headers.items()}
+    if lowered.get("auto-submitted", "no") != "no":
+        return "auto-submitted"
+    if lowered.get("precedence") in ("bulk", "list", "junk", "auto_reply"):
+        return "precedence"
+    if lowered.get("return-path") == "<>":
+        return "null sender"
+    if lowered.get("content-type", "").startswith("multipart/report"):
+        return "delivery report"
+    for name in AUTO_HEADERS:
+        if name in lowered:
+            return name
+    local = email.rpartition("@")[0].lower()
+    if local in AUTO_LOCALPARTS or local.startswith(("bounce+", "bounces+", "bounce-")):
+        return "robot address"
+    return ""
+
+
+def clean_enquiry(data: EnquiryIn) -> EnquiryIn:
+    if data.source not in SOURCES:
+        raise ValidationError(f"source must be one of {', '.join(SOURCES)}", field="source")
+    body = data.body if isinstance(data.body, str) else ""
+    body = body.replace("\r\n", "\n").strip()
+    if not body:
+        raise ValidationError("a question is required", field="question")
+    if len(body) > MAX_BODY_LEN:
+        raise ValidationError(f"question is longer than {MAX_BODY_LEN} characters",
+                              field="question")
+    if any(ord(c) < 32 and c not in "\n\t" for c in body):
+        raise ValidationError("question contains control characters", field="question")
+    return EnquiryIn(
+        email=clean_email(data.email), body=body, name=clean_name(data.name),
+        subject=clean_text(data.subject, "subject", max_len=200), source=data.source,
+        subscriber_id=data.subscriber_id, message_id=data.message_id, headers=data.headers)
+
+
+async def open_enquiry(rt: Runtime, data: EnquiryIn) -> int:
+    """Record an enquiry and queue its acknowledgement; the enquiry's id.
+
+    A subscriber who asks is showing interest: the enquiry is a human ``enquiry`` event and
+    their promotion rule is judged at once.
+    """
+    data = clean_enquiry(data)
+    now = rt.clock.now()
+    automatic = is_automatic(data.email, data.headers)
+    moved = False
+    async with rt.db.transaction() as session:
+        subscriber = (await session.get(Subscriber, data.subscriber_id) if data.subscriber_id
+                      else (await session.execute(select(Subscriber).where(
+                          Subscriber.email == data.email))).scalar_one_or_none())
+        enquiry = Enquiry(
+            subscriber_id=subscriber.id if subscriber else None, email=data.email,
+            name=data.name, subject=data.subject, body=data.body, state="open",
+            source=data.source, message_id=data.message_id,
+            ack_state="skipped" if automatic else "due", ack_attempts=0, created_at=now)
+        session.add(enquiry)
+        await session.flush()
+        if subscriber is not None and not automatic:
+            recorded = await record_event(
+                session, subscriber, "enquiry", now, message_id=data.message_id,
+                data={"enquiry_id": enquiry.id, "source": data.source})
+            moved = recorded.history is not None
+        enquiry_id = enquiry.id
+    if moved:
+        rt.wake_scheduler()
+    rt.wake_outbox()
+    return enquiry_id
+
+
+def answer_by(now: dt.datetime, hours: int) -> str:
+    due = now + dt.timedelta(hours=hours)
+    return f"{due:%A} {due.day} {due:%B} {due:%Y}"
+
+
+class EnquiryLoop(PollingLoop):
+    """Sends acknowledgements, answers and the digest; one unit is one pass over what is due."""
+
+    name = "enquiries"
+
+    def __init__(self, rt: Runtime, transport: Transport) -> None:
+        super().__init__(rt.outbox_wake, rt.settings.worker_poll_s)
+        self.rt = rt
+        self.transport = transport
+        self._next_digest_check_s = 0.0
+
+    async def run_once(self) -> int:
+        done = await self.send_acks() + await self.send_answers()
+        now_s = time.monotonic()
+        if now_s >= self._next_digest_check_s:  # the digest's own schedule is in days
+            self._next_digest_check_s = now_s + DIGEST_CHECK_S
+            done += await self.send_digest()
+        return done
+
+    async def _claim(self, column: str, enquiry_id: int) -> bool:
+        """Move one enquiry from 'due' to 'sending'; False if another worker took it."""
+        async with self.rt.db.transaction() as session:
+            result = await session.execute(
+                update(Enquiry).where(Enquiry.id == enquiry_id,
+                                      getattr(Enquiry, column) == "due")
+                .values({column: "sending"}))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def _send(self, mail: Mail) -> str:
+        try:
+            await self.transport.send(mail.envelope, compose(mail))
+        except TemporaryDeliveryError as exc:
+            log.warning("enquiry mail to %s deferred: %s", mail.to_email, exc.message)
+            return "due"
+        except (PermanentDeliveryError, ValidationError) as exc:
+            log.warning("enquiry mail to %s failed: %s", mail.to_email, exc.message)
+            return "failed"
+        return "sent"
+
+    async def send_acks(self) -> int:
+        rt = self.rt
+        async with rt.db.read() as session:
+            due = list((await session.execute(
+                select(Enquiry).where(Enquiry.ack_state == "due").order_by(Enquiry.id).limit(20)
+            )).scalars())
+            template = await newest_template(session, "enquiry-ack")
+        for enquiry in due:
+            if not await self._claim("ack_state", enquiry.id):
+                continue
+            try:
+                if template is None:
+                    raise TemplateError("no template named 'enquiry-ack'")
+                mail = self.ack_mail(enquiry, template.subject, template.html, template.text)
+                outcome = await self._send(mail)
+            except TemplateError as exc:
+                log.error("enquiry %s: acknowledgement not rendered: %s", enquiry.id, exc.message)
+                outcome = "failed"
+            attempts = enquiry.ack_attempts + 1
+            if outcome == "due" and attempts >= MAX_ACK_ATTEMPTS:
+                outcome = "failed"
+            async with rt.db.transaction() as session:
+                await session.execute(update(Enquiry).where(Enquiry.id == enquiry.id).values(
+                    ack_state=outcome, ack_attempts=attempts,
+                    acknowledged_at=rt.clock.now() if outcome == "sent" else None))
+        return len(due)
+
+    def ack_mail(self, enquiry: Enquiry, subject: str, body: str, text: str | None) -> Mail:
+        rt = self.rt
+        s = rt.settings
+        context = {
+            "enquiry": {"name": enquiry.name, "first_name": first_name(enquiry.name),
+                        "email": enquiry.email, "subject": enquiry.subject, "body": enquiry.body,
+                        "answer_by": answer_by(enquiry.created_at, s.enquiry_answer_h),
+                        "answer_within_h": s.enquiry_answer_h},
+            "sender": {"name": s.from_name, "email": s.from_email, "website": s.website,
+                       "postal_address": s.postal_address},
+        }
+        rendered = render_mail(subject=subject, html=body, text=text, context=context,
+                               track_link=None, open_pixel_url=None, base_url=s.base_url)
+        return self._mail(enquiry, rendered.subject, rendered.html, rendered.text)
+
+    def _mail(self, enquiry: Enquiry, subject: str, body: str, text: str) -> Mail:
+        s = self.rt.settings
+        return Mail(from_name=s.from_name, from_email=s.from_email, to_name=enquiry.name,
+                    to_email=enquiry.email, subject=subject, html=body, text=text,
+                    message_id=new_message_id(s.sender_domain), date=self.rt.clock.now(),
+                    extra_headers=(("Auto-Submitted", "auto-replied"),
+                                   ("X-Auto-Response-Suppress", "All")))
+
+    async def send_answers(self) -> int:
+        rt = self.rt
+        async with rt.db.read() as session:
+            due = list((await session.execute(
+                select(Enquiry).where(Enquiry.answer_state == "due").order_by(Enquiry.id)
+                .limit(20))).scalars())
+        for enquiry in due:
+            if not await self._claim("answer_state", enquiry.id):
+                continue
+            answer = enquiry.answer or ""
+            quoted = "\n".join("> " + line for line in enquiry.body.splitlines())
+            text = f"{answer}\n\nYou asked:\n{quoted}\n\n-- \n{rt.settings.from_name}\n"
+            body = (f"<p style=\"white-space:pre-wrap\">{html.escape(answer)}</p>"
+                    f"<p>You asked:</p><blockquote style=\"white-space:pre-wrap\">"
+                    f"{html.escape(enquiry.body)}</blockquote><p>{html.escape(rt.settings.from_name)}</p>")
+            subject = "Re: " + (enquiry.subject or "your question")
+            mail = self._mail(enquiry, subject, body, text)
+            # An answer is written by a person, not a robot: no Auto-Submitted header.
+            mail = dataclasses.replace(mail, extra_headers=())
+            outcome = await self._send(mail)
+            async with rt.db.transaction() as session:
+                await session.execute(update(Enquiry).where(Enquiry.id == enquiry.id)
+                                      .values(answer_state=outcome))
+        return len(due)
+
+    async def send_digest(self) -> int:
+        """Mail the admin the enquiries open longer than ``enquiry_digest_after_s``, at most once
+        per ``enquiry_digest_every_s``."""
+        rt = self.rt
+        s = rt.settings
+        now = rt.clock.now()
+        old = now - dt.timedelta(seconds=s.enquiry_digest_after_s)
+        recent = now - dt.timedelta(seconds=s.enquiry_digest_every_s)
+        async with rt.db.read() as session:
+            waiting = list((await session.execute(
+                select(Enquiry).where(Enquiry.state == "open", Enquiry.created_at <= old)
+                .order_by(Enquiry.created_at, Enquiry.id).limit(200))).scalars())
+        if not waiting or not any(e.digested_at is None or e.digested_at <= recent
+                                  for e in waiting):
+            return 0
+        mail = digest_mail(waiting, now, s.from_name, s.from_email, s.enquiry_digest_to,
+                           s.base_url, new_message_id(s.sender_domain))
+        if await self._send(mail) != "sent":
+            return 0
+        async with rt.db.transaction() as session:
+            await session.execute(update(Enquiry).where(
+                Enquiry.id.in_([e.id for e in waiting]),
+                or_(Enquiry.digested_at.is_(None), Enquiry.digested_at <= now))
+                .values(digested_at=now))
+        return 1
+
+
+def digest_mail(waiting: list[Enquiry], now: dt.datetime, from_name: str, from_email: str,
+                to_email: str, base_url: str, message_id: str) -> Mail:
+    def age(e: Enquiry) -> str:
+        hours = int((now - e.created_at).total_seconds() // 3600)
+        return f"{hours // 24} d {hours % 24} h" if hours >= 24 else f"{hours} h"
+
+    lines = [f"{len(waiting)} enquiries are waiting for an answer, oldest first:", ""]
+    rows = []
+    for e in waiting:
+        first = e.body.splitlines()[0][:120] if e.body else ""
+        lines.append(f"#{e.id}  {age(e)}  {e.email}  {e.subject or first}")
+        rows.append(f"<tr><td>#{e.id}</td><td>{age(e)}</td><td>{html.escape(e.email)}</td>"
+                    f"<td>{html.escape(e.subject or first)}</td></tr>")
+    lines += ["", f"Answer or close them: {base_url}/api/v1/enquiries"]
+    body = (f"<p>{len(waiting)} enquiries are waiting for an answer, oldest first:</p>"
+            f"<table>{''.join(rows)}</table>")
+    return Mail(from_name=from_name, from_email=from_email, to_name="", to_email=to_email,
+                subject=f"{len(waiting)} enquiries waiting for an answer", html=body,
+                text="\n".join(lines) + "\n", message_id=message_id, date=now,
+                extra_headers=(("Auto-Submitted", "auto-generated"),))

@@ -1,0 +1,83 @@
+"""Human or machine: a pure verdict on one open or click from facts about the request.
+
+Only human events feed promotion and the funnel figures; machine events are kept with their
+reason and counted apart. The signals, strongest first:
+
+- ``head``: a HEAD request (link checkers probe, people's browsers GET).
+- ``trap``: the hidden trap link every tracked mail carries; no person can see or click it.
+- ``apple_mpp``: Apple Mail Privacy Protection prefetches images from Apple's 17.0.0.0/8
+  network with a bare ``Mozilla/5.0`` agent.
+- ``gmail_proxy`` / ``yahoo_proxy``: the webmail image proxies fetch on the reader's behalf
+  (an open still happened, but its timing is the proxy's, not a person's).
+- ``scanner_agent``: agents of security scanners, crawlers and HTTP libraries.
+- ``burst``: several different links of one mail clicked within a second.
+- ``too_soon``: an open or click within seconds of delivery.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+from dataclasses import dataclass
+
+APPLE_NETWORK = ipaddress.ip_network("17.0.0.0/8")
+SCANNER_AGENTS = (
+    "bot", "crawler", "spider", "scanner", "python-requests", "python-urllib", "aiohttp",
+    "curl/", "wget/", "go-http-client", "java/", "okhttp", "libwww-perl", "headlesschrome",
+    "barracuda", "mimecast", "proofpoint", "symantec", "forcepoint", "trendmicro", "sophos",
+    "microsoft office existence discovery", "ms-office", "safelinks", "zgrab", "masscan",
+)
+SCANNER = re.compile("|".join(re.escape(marker) for marker in SCANNER_AGENTS))
+BURST_WINDOW_S = 1.0
+
+
+@dataclass(slots=True)  # not frozen: built on every pixel request, and frozen init is slower
+class Request:
+    kind: str  # open | click
+    method: str
+    user_agent: str
+    ip: str | None
+    at: dt.datetime
+    trap: bool = False
+    burst: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    machine: bool
+    reason: str = ""
+
+
+HUMAN = Verdict(False, "")
+
+
+def _in_apple(ip: str | None) -> bool:
+    if ip is None or not ip.startswith(("17.", "::ffff:17.")):  # cheap test first: hot path
+        return False
+    try:
+        return ipaddress.ip_address(ip.removeprefix("::ffff:")) in APPLE_NETWORK
+    except ValueError:
+        return False
+
+
+def classify(req: Request, sent_at: dt.datetime | None, *, after_send_s: int) -> Verdict:
+    agent = req.user_agent.strip()
+    lowered = agent.lower()
+    if req.method == "HEAD":
+        return Verdict(True, "head")
+    if req.trap:
+        return Verdict(True, "trap")
+    if _in_apple(req.ip) and (agent in ("", "Mozilla/5.0") or "safari" not in lowered):
+        return Verdict(True, "apple_mpp")
+    if "googleimageproxy" in lowered:
+        return Verdict(True, "gmail_proxy")
+    if "yahoomailproxy" in lowered:
+        return Verdict(True, "yahoo_proxy")
+    if not agent or SCANNER.search(lowered):
+        return Verdict(True, "scanner_agent")
+    if req.burst:
+        return Verdict(True, "burst")
+    if sent_at is not None and (req.at - sent_at).total_seconds() < after_send_s:
+        return Verdict(True, "too_soon")
+    return HUMAN

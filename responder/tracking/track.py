@@ -1,0 +1,104 @@
+"""Opens and clicks: the pixel always answers, a click redirects only to the target its token
+signs, and both are queued for a batched write with the facts the human-or-machine verdict needs.
+
+A tracked mail also carries a hidden trap link (a click token whose target is ``TRAP``): no
+person sees it, so whoever follows it is a scanner.
+"""
+
+from __future__ import annotations
+
+import html
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from aiohttp.abc import BaseRequest
+from aiohttp.web_log import AccessLogger
+from sqlalchemy import select
+
+from ..errors import InvalidToken
+from ..models import Message
+from ..web import client_ip, runtime
+from .batch import Hit
+from .machine import Request
+from .public import public
+
+GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
+       b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+NO_CACHE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0", "Pragma": "no-cache",
+            "Expires": "0"}
+TRAP = "responder:trap"
+
+routes = web.RouteTableDef()
+
+
+class QuietTrackingLog(AccessLogger):
+    """The access log without opens and clicks: each is already an event in the database, and
+    formatting a log line costs about as much as answering the pixel."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if request.path.startswith(("/o/", "/c/")) and response.status < 500:
+            return
+        super().log(request, response, time)
+
+
+def safe_target(url: str) -> bool:
+    """Only absolute http(s) URLs with a host: no scheme tricks, no protocol-relative paths."""
+    if any(ch in url for ch in "\\\r\n\t\x00 ") or len(url) > 4096:
+        return False
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and url.lower().startswith(
+        parts.scheme + "://")
+
+
+def trap_link(url: str) -> str:
+    return (f'<a href="{html.escape(url)}" style="display:none!important;font-size:0;'
+            f'color:transparent" aria-hidden="true" tabindex="-1">&#8203;</a>')
+
+
+def add_trap(body: str, url: str) -> str:
+    index = body.lower().rfind("</body>")
+    return body + trap_link(url) if index < 0 else body[:index] + trap_link(url) + body[index:]
+
+
+def _request_facts(request: web.Request, kind: str, *, trap: bool = False,
+                   burst: bool = False) -> Request:
+    return Request(kind=kind, method=request.method,
+                   user_agent=(request.headers.get("User-Agent") or "")[:512],
+                   ip=client_ip(request), at=runtime(request).clock.now(), trap=trap, burst=burst)
+
+
+@routes.get("/o/{token}")
+async def open_pixel(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    try:
+        message_pk = rt.tokens.read_open(request.match_info["token"])
+    except InvalidToken:
+        pass
+    else:
+        public(request).tracker.offer(Hit(message_pk, _request_facts(request, "open")))
+    return web.Response(body=GIF, content_type="image/gif", headers=NO_CACHE)
+
+
+@routes.get("/c/{token}")
+async def click(request: web.Request) -> web.Response:
+    rt, state = runtime(request), public(request)
+    message_pk, target = rt.tokens.read_click(request.match_info["token"])
+    is_trap = target == TRAP
+    if not is_trap and not safe_target(target):
+        raise InvalidToken("this link is not valid")
+    try:
+        async with rt.db.read() as session:
+            exists = (await session.execute(
+                select(Message.id).where(Message.id == message_pk))).first() is not None
+    except Exception:  # the token is ours and signed: a database blip must not strand a reader
+        exists = True
+    if not exists:
+        raise InvalidToken("this link is not valid")
+    facts = _request_facts(request, "click", trap=is_trap)
+    if not is_trap and request.method == "GET":
+        facts = _request_facts(request, "click",
+                               burst=state.tracker.is_burst(message_pk, target, facts.at))
+    state.tracker.offer(Hit(message_pk, facts, url=None if is_trap else target))
+    if is_trap:
+        raise InvalidToken("this link is not valid")
+    raise web.HTTPFound(target)

@@ -1,0 +1,166 @@
+"""Enquiries: the form, the service the inbound reply handler calls, acknowledgements that never
+answer robots, the follow-up queue API, the digest, and the human signal for promotion."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import select
+
+from responder.enquiries import EnquiryIn, EnquiryLoop, is_automatic, open_enquiry
+from responder.models import Enquiry, Event, LayerHistory
+
+from .conftest import App
+from .public_fixtures import make_subscriber
+
+
+async def acknowledged(app: App, count: int) -> None:
+    """Wait until ``count`` acknowledgements are recorded (just after the SMTP server has them)."""
+    for _ in range(500):
+        async with app.rt.db.read() as session:
+            sent = (await session.execute(select(Enquiry).where(Enquiry.ack_state == "sent"))).all()
+        if len(sent) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"expected {count} acknowledgements recorded")
+
+
+@pytest.mark.parametrize("email, headers, reason", [
+    ("ann@example.com", {}, ""),
+    ("ann@example.com", {"Auto-Submitted": "no"}, ""),
+    ("ann@example.com", {"Auto-Submitted": "auto-replied"}, "auto-submitted"),
+    ("ann@example.com", {"auto-submitted": "Auto-Generated"}, "auto-submitted"),
+    ("ann@example.com", {"Precedence": "bulk"}, "precedence"),
+    ("ann@example.com", {"Precedence": "list"}, "precedence"),
+    ("ann@example.com", {"Return-Path": "<>"}, "null sender"),
+    ("ann@example.com", {"Content-Type": "multipart/report; report-type=delivery-status"},
+     "delivery report"),
+    ("ann@example.com", {"List-Id": "<news.example.com>"}, "list-id"),
+    ("ann@example.com", {"X-Autoreply": "yes"}, "x-autoreply"),
+    ("MAILER-DAEMON@example.com", {}, "robot address"),
+    ("noreply@example.com", {}, "robot address"),
+    ("bounces+123@example.com", {}, "robot address"),
+])
+def test_is_automatic(email: str, headers: dict[str, str], reason: str) -> None:
+    assert is_automatic(email, headers) == reason
+
+
+async def test_form_enquiry_is_acknowledged_with_the_question_quoted(papp: App) -> None:
+    resp = await papp.client.post("/enquiry", allow_redirects=False, data={
+        "email": "ann@example.com", "name": "Ann Smith", "subject": "Pricing",
+        "question": "Do you ship <script>alert(1)</script> to Norway?\nAnd Iceland?"})
+    assert resp.status == 303 and resp.headers["Location"] == "/enquiry/thanks"
+    [ack] = await papp.smtp.wait_for(1, "ann@example.com")
+    msg = ack.message
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert msg["Subject"] == "We have your question: Pricing"
+    assert "List-Unsubscribe" not in msg
+    html = msg.get_body(("html",)).get_content()
+    text = msg.get_body(("plain",)).get_content()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html
+    assert "Iceland?" in text and "Wednesday 7 January 2026" in text  # 48 h after Mon 5 Jan
+    await acknowledged(papp, 1)
+    async with papp.rt.db.read() as session:
+        enquiry = (await session.execute(select(Enquiry))).scalar_one()
+    assert enquiry.ack_state == "sent" and enquiry.source == "form"
+    assert enquiry.acknowledged_at is not None
+
+
+async def test_json_enquiry_and_bad_input(papp: App) -> None:
+    resp = await papp.client.post("/enquiry", json={"email": "bo@example.com", "question": "Hi?"})
+    assert resp.status == 202
+    for body in ({"email": "bo@example.com"}, {"email": "bo@example.com", "question": " "},
+                 {"email": "not an address", "question": "x"},
+                 {"email": "bo@example.com", "question": "x" * 10_001},
+                 {"email": "bo@example.com", "question": "a\x00b"},
+                 {"email": "bo@example.com", "question": "x", "subject": "a\r\nBcc: c@d"},
+                 {"email": ["bo@example.com"], "question": "x"},
+                 {"email": "bo@example.com", "question": {"a": 1}}):
+        resp = await papp.client.post("/enquiry", json=body)
+        assert resp.status == 400, body
+    resp = await papp.client.post("/enquiry", data={"email": "x@example.com", "question": "q",
+                                                    "hp_website": "spam"}, allow_redirects=False)
+    assert resp.status == 303
+    async with papp.rt.db.read() as session:
+        assert len((await session.execute(select(Enquiry))).scalars().all()) == 1
+
+
+async def test_reply_from_a_subscriber_is_a_human_signal_and_never_answers_robots(papp: App) -> None:
+    subscriber, message = await make_subscriber(papp, "cy@example.com")
+    async with papp.rt.db.transaction() as session:
+        from responder.models import Layer, Subscriber
+        layer = (await session.execute(select(Layer).where(Layer.position == 1))).scalar_one()
+        layer.rule = {"promote": {"on_any": ["enquiry"]}}
+        assert (await session.get(Subscriber, subscriber)) is not None
+    auto = await open_enquiry(papp.rt, EnquiryIn(
+        email="cy@example.com", body="I am out of office.", source="reply",
+        subscriber_id=subscriber, message_id=message,
+        headers={"Auto-Submitted": "auto-replied", "Subject": "Out of office"}))
+    real = await open_enquiry(papp.rt, EnquiryIn(
+        email="cy@example.com", name="Cy", subject="Re: Welcome", body="How do I start?",
+        source="reply", subscriber_id=subscriber, message_id=message))
+    await acknowledged(papp, 1)  # recorded once the SMTP server has it
+    [ack] = [r for r in papp.smtp.to("cy@example.com") if r.message["Auto-Submitted"]]
+    assert "How do I start?" in ack.message.get_body(("plain",)).get_content()
+    async with papp.rt.db.read() as session:
+        rows = {e.id: e for e in (await session.execute(select(Enquiry))).scalars()}
+        [event] = (await session.execute(select(Event).where(Event.type == "enquiry"))).scalars().all()
+        [move] = (await session.execute(select(LayerHistory))).scalars().all()
+    assert rows[auto].ack_state == "skipped" and rows[real].ack_state == "sent"
+    assert rows[real].message_id == message and rows[real].subscriber_id == subscriber
+    assert not event.machine and event.data["enquiry_id"] == real
+    assert move.reason == "enquiry in layer 1"
+    acks = [r for r in papp.smtp.to("cy@example.com") if r.message["Auto-Submitted"]]
+    assert len(acks) == 1  # the out-of-office reply got no acknowledgement
+
+
+async def test_follow_up_queue_answer_close_and_digest(papp: App) -> None:
+    ids = []
+    for n in range(3):
+        ids.append(await open_enquiry(papp.rt, EnquiryIn(email=f"q{n}@example.com",
+                                                         body=f"Question {n}")))
+        papp.clock.advance(60)
+    await papp.smtp.wait_for(3)
+    resp = await papp.client.get("/api/v1/enquiries", headers=papp.auth)
+    assert [e["id"] for e in (await resp.json())["enquiries"]] == ids  # oldest first
+    resp = await papp.client.post(f"/api/v1/enquiries/{ids[0]}/answer", headers=papp.auth,
+                                  json={"answer": "Yes, we do. <b>Really</b>."})
+    assert resp.status == 200 and (await resp.json())["state"] == "answered"
+    [_, answer] = await papp.smtp.wait_for(2, "q0@example.com")
+    assert answer.message["Auto-Submitted"] is None
+    assert "Yes, we do." in answer.message.get_body(("plain",)).get_content()
+    assert "&lt;b&gt;Really" in answer.message.get_body(("html",)).get_content()
+    resp = await papp.client.post(f"/api/v1/enquiries/{ids[0]}/answer", headers=papp.auth,
+                                  json={"answer": "again"})
+    assert resp.status == 400
+    for _ in range(2):
+        resp = await papp.client.post(f"/api/v1/enquiries/{ids[1]}/close", headers=papp.auth)
+        assert resp.status == 200 and (await resp.json())["state"] == "closed"
+    assert (await papp.client.post("/api/v1/enquiries/999/close", headers=papp.auth)).status == 404
+    assert (await papp.client.get("/api/v1/enquiries?state=bogus", headers=papp.auth)).status == 400
+    assert (await papp.client.get("/api/v1/enquiries")).status == 401
+    resp = await papp.client.get("/api/v1/enquiries", headers=papp.auth)
+    assert [e["id"] for e in (await resp.json())["enquiries"]] == [ids[2]]
+
+    # A day later the one still open goes into the admin digest, once per day.
+    loop = EnquiryLoop(papp.rt, _Capture())
+    assert await loop.send_digest() == 0
+    papp.clock.advance(days=1)
+    assert await loop.send_digest() == 1
+    [digest] = loop.transport.sent
+    assert b"1 enquiries waiting" in digest and b"q2@example.com" in digest
+    assert await loop.send_digest() == 0
+    papp.clock.advance(days=1, seconds=1)
+    assert await loop.send_digest() == 1
+
+
+class _Capture:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send(self, envelope: object, data: bytes) -> None:
+        self.sent.append(data)
+
+    async def close(self) -> None:
+        pass

@@ -1,0 +1,205 @@
+"""Opens and clicks through the real app: the pixel always answers, clicks never redirect on a
+bad token, every event gets a human-or-machine verdict with its reason, writes are batched, and
+a locked database costs neither the pixel nor a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from responder.db import Database
+from responder.models import LayerHistory
+from responder.tracking.track import GIF, TRAP
+
+from .conftest import App
+from .public_fixtures import events, flushed, make_subscriber, state
+
+BROWSER = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0"}
+
+
+def open_path(app: App, message_pk: int) -> str:
+    return f"/o/{app.rt.tokens.open(message_pk)}"
+
+
+def click_path(app: App, message_pk: int, url: str) -> str:
+    return f"/c/{app.rt.tokens.click(message_pk, url)}"
+
+
+async def test_pixel_always_answers_the_gif(papp: App) -> None:
+    _, message = await make_subscriber(papp)
+    for path in (open_path(papp, message), open_path(papp, 999_999), "/o/forged",
+                 "/o/" + "A" * 3000, open_path(papp, message)[:-2] + "xx"):
+        resp = await papp.client.get(path, headers=BROWSER)
+        assert resp.status == 200, path
+        assert resp.content_type == "image/gif"
+        assert await resp.read() == GIF and len(GIF) == 43
+        assert "no-store" in resp.headers["Cache-Control"]
+    await flushed(papp)
+    [opened] = await events(papp, type="open")
+    assert opened.message_id == message and not opened.machine
+
+
+async def test_click_redirects_and_bad_tokens_never_redirect(papp: App) -> None:
+    _, message = await make_subscriber(papp)
+    target = "https://acme.example.com/guide?x=1&y=2"
+    resp = await papp.client.get(click_path(papp, message, target), headers=BROWSER,
+                                 allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"] == target
+    good = click_path(papp, message, target)
+    bad_paths = [
+        "/c/forged", good[:-3] + "abc", good + "x",
+        click_path(papp, 999_999, target),  # signed, but no such message
+        f"/c/{papp.rt.tokens.open(message)}",  # a token for another purpose
+    ]
+    bad_paths += [click_path(papp, message, url) for url in (
+        "//evil.example", "\\\\evil.example", "/\\evil.example", "javascript:alert(1)",
+        "JAVASCRIPT:alert(1)", "%6A%61vascript:alert(1)", "data:text/html,x", "https:evil.example",
+        "https://evil.example\r\nX-Injected: 1", " https://evil.example")]
+    for path in bad_paths:
+        resp = await papp.client.get(path, headers=BROWSER, allow_redirects=False)
+        assert resp.status == 404, path
+        assert "Location" not in resp.headers
+        assert "text/html" in resp.headers["Content-Type"]
+    await flushed(papp)
+    assert [e.url for e in await events(papp, type="click")] == [target]
+
+
+async def test_machine_signals_are_recorded_with_their_reason(papp: App) -> None:
+    _, message = await make_subscriber(papp)
+    _, fresh = await make_subscriber(papp, "fresh@example.com", sent_ago_s=2)
+    client = papp.client
+    await client.head(click_path(papp, message, "https://a.example/"), allow_redirects=False)
+    await client.get(click_path(papp, message, TRAP), headers=BROWSER)
+    await client.get(open_path(papp, message), headers={"User-Agent": "Mozilla/5.0 (Windows NT 5.1; "
+                     "rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"})
+    await client.get(open_path(papp, message), headers={"User-Agent": "python-requests/2.32"})
+    await client.get(open_path(papp, fresh), headers=BROWSER)
+    await flushed(papp)
+    reasons = [(e.type, e.data.get("machine_reason")) for e in await events(papp) if e.machine]
+    assert reasons == [("click", "head"), ("click", "trap"), ("open", "gmail_proxy"),
+                       ("open", "scanner_agent"), ("open", "too_soon")]
+
+
+async def test_many_links_of_one_mail_within_a_second_is_a_scanner(papp: App) -> None:
+    _, message = await make_subscriber(papp)
+    papp.clock.advance(30)
+    await papp.client.get(click_path(papp, message, "https://a.example/1"), headers=BROWSER,
+                          allow_redirects=False)
+    await flushed(papp)  # the first click is already on disk when the sweep is noticed
+    for n in (2, 3):
+        await papp.client.get(click_path(papp, message, f"https://a.example/{n}"),
+                              headers=BROWSER, allow_redirects=False)
+    await flushed(papp)
+    clicks = await events(papp, type="click")
+    assert [(c.machine, c.data.get("machine_reason")) for c in clicks] == [(True, "burst")] * 3
+    papp.clock.advance(5)  # a person clicking again later is a person
+    await papp.client.get(click_path(papp, message, "https://a.example/4"), headers=BROWSER,
+                          allow_redirects=False)
+    await flushed(papp)
+    assert not (await events(papp, type="click"))[-1].machine
+
+
+async def test_human_clicks_promote_when_the_batch_is_flushed(papp: App) -> None:
+    subscriber, first = await make_subscriber(papp)
+    async with papp.rt.db.transaction() as session:
+        from responder.models import Message
+        second = Message(subscriber_id=subscriber, kind="newsletter", template_name="x",
+                         state="sent", attempts=1, next_attempt_at=papp.clock.now(),
+                         message_id="<second@t>", created_at=papp.clock.now(),
+                         sent_at=papp.clock.now() - dt.timedelta(hours=1))
+        session.add(second)
+        await session.flush()
+        second_pk = second.id
+    machine = {"User-Agent": "curl/8.0"}
+    for pk in (first, second_pk):  # machine clicks in two mails promote nobody
+        await papp.client.get(click_path(papp, pk, "https://a.example/"), headers=machine,
+                              allow_redirects=False)
+    await flushed(papp)
+    async with papp.rt.db.read() as session:
+        assert (await session.execute(select(LayerHistory))).first() is None
+    for pk in (first, second_pk):
+        papp.clock.advance(5)
+        await papp.client.get(click_path(papp, pk, "https://a.example/"), headers=BROWSER,
+                              allow_redirects=False)
+    await flushed(papp)
+    async with papp.rt.db.read() as session:
+        [move] = (await session.execute(select(LayerHistory))).scalars().all()
+    assert "clicked in 2 mails" in move.reason
+
+
+async def test_default_flush_is_within_250_ms(app: App) -> None:
+    _, message = await make_subscriber(app)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await app.client.get(open_path(app, message), headers=BROWSER)
+    await state(app).tracker.drained()
+    assert loop.time() - started < 0.25 + 0.2
+    assert len(await events(app, type="open")) == 1
+
+
+async def test_queue_is_bounded(papp: App) -> None:
+    _, message = await make_subscriber(papp)
+    tracker = state(papp).tracker
+    tracker.max_items = 3
+    tracker.stop()  # hold the flusher so the queue fills
+    await asyncio.sleep(0.05)
+    for _ in range(5):
+        resp = await papp.client.get(open_path(papp, message), headers=BROWSER)
+        assert resp.status == 200
+    assert tracker.pending == 3 and tracker.stats.dropped == 2
+    metrics = await (await papp.client.get("/metrics")).text()
+    assert 'responder_tracking_events{outcome="dropped"} 2.0' in metrics
+    assert "responder_tracking_pending 3.0" in metrics
+
+
+@asynccontextmanager
+async def write_lock(db: Database) -> AsyncIterator[None]:
+    """Hold a write lock on the database from another connection for the block."""
+    if db.is_sqlite:
+        conn = sqlite3.connect(db.url.split("///", 1)[1], timeout=10, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        return
+    other = create_async_engine(db.url)
+    try:
+        async with other.connect() as conn_pg:
+            await conn_pg.begin()
+            await conn_pg.execute(text("LOCK TABLE events, subscribers IN ACCESS EXCLUSIVE MODE"))
+            yield
+            await conn_pg.rollback()
+    finally:
+        await other.dispose()
+
+
+async def test_locked_database_pixel_answers_forms_503_events_land_after(papp: App) -> None:
+    papp.rt.settings = papp.rt.settings.replace(form_write_timeout_s=0.5)
+    _, message = await make_subscriber(papp)
+    loop = asyncio.get_running_loop()
+    async with write_lock(papp.rt.db):
+        started = loop.time()
+        for _ in range(3):
+            resp = await papp.client.get(open_path(papp, message), headers=BROWSER)
+            assert resp.status == 200 and await resp.read() == GIF
+        assert loop.time() - started < 1.0
+        resp = await papp.client.post("/subscribe", json={"email": "late@example.com"})
+        assert resp.status == 503
+        assert int(resp.headers["Retry-After"]) > 0
+        assert (await resp.json())["error"]["code"] == "busy"
+        resp = await papp.client.post("/subscribe", data={"email": "late@example.com"})
+        assert resp.status == 503 and "Busy right now" in await resp.text()
+        assert state(papp).tracker.pending == 3
+        released = loop.time()
+    await flushed(papp)
+    assert loop.time() - released < 1.0
+    assert len(await events(papp, type="open")) == 3
