@@ -11,6 +11,7 @@ from aiohttp import web
 
 from . import ops
 from .api import handlers as api
+from .api import funnel as funnel_api
 from .clock import Clock, SystemClock
 from .db import Database
 from .delivery.transport import Transport, make_transport
@@ -21,6 +22,8 @@ from .settings import Settings
 from .tracking import handlers as tracking
 from .tracking.tokens import Tokens
 from .runtime import Runtime
+from . import referrals
+from .webhooks import WebhookSender
 from .web import RUNTIME, error_middleware, headers_middleware
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
         app.add_routes(tracking.routes)
         app.add_routes(api.routes)
         app.add_routes(ops.routes)
+        app.add_routes(funnel_api.routes)
+        app.add_routes(referrals.routes)
     if background:
         app.cleanup_ctx.append(_loops(rt, transport or make_transport(rt.settings)))
     return app
@@ -68,7 +73,7 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
 
 def _loops(rt: Runtime, transport: Transport):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        loops = [Scheduler(rt), DeliveryWorker(rt, transport)]
+        loops = [Scheduler(rt), DeliveryWorker(rt, transport), WebhookSender(rt)]
         tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in loops]
         app[BACKGROUND] = loops
         yield

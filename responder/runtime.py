@@ -20,12 +20,16 @@ class Runtime:
     # Set when new work may be due, so the loops act now instead of at their next poll.
     scheduler_wake: asyncio.Event = field(default_factory=asyncio.Event)
     outbox_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    webhook_wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wake_scheduler(self) -> None:
         self.scheduler_wake.set()
 
     def wake_outbox(self) -> None:
         self.outbox_wake.set()
+
+    def wake_webhooks(self) -> None:
+        self.webhook_wake.set()
 
     def url(self, path: str) -> str:
         return self.settings.base_url + path

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from .delivery import outbox
 from .errors import InvalidToken
 from .events import record_event
+from .referrals import credit_referral, referrer_id
 from .models import ConsentRecord, Layer, Message, Subscriber
 from .runtime import Runtime
 from .sequences.funnel import end_enrollments, enroll
@@ -27,6 +28,7 @@ class SubscribeRequest:
     consent_text: str = ""
     ip: str | None = None
     user_agent: str | None = None
+    ref: str | None = None  # a referral token (see ``referrals``)
 
     @classmethod
     def from_input(cls, data: dict[str, object], ip: str | None, user_agent: str | None) -> "SubscribeRequest":
@@ -37,6 +39,7 @@ class SubscribeRequest:
             consent_text=clean_text(data.get("consent"), "consent", max_len=2000),
             ip=ip,
             user_agent=(user_agent or "")[:512] or None,
+            ref=data.get("ref") if isinstance(data.get("ref"), str) else None,  # type: ignore[arg-type]
         )
 
 
@@ -49,7 +52,8 @@ async def subscribe(rt: Runtime, req: SubscribeRequest) -> None:
         )).scalar_one_or_none()
         if subscriber is None:
             subscriber = Subscriber(email=req.email, name=req.name, status="pending",
-                                    attributes={}, tags=[], created_at=now)
+                                    attributes={}, tags=[], created_at=now,
+                                    referred_by_id=referrer_id(rt, req.ref))
             session.add(subscriber)
             await session.flush()
         elif subscriber.status in ("active", "bounced", "complained"):
@@ -87,7 +91,8 @@ async def confirm(rt: Runtime, token: str, ip: str | None, user_agent: str | Non
             raise InvalidToken("this confirmation link is not valid")
         if subscriber.status != "pending":
             return "already" if subscriber.status == "active" else "unsubscribed"
-        first = (await session.execute(select(Layer).order_by(Layer.position).limit(1))).scalar_one()
+        first = (await session.execute(select(Layer).where(Layer.removed_at.is_(None))
+                                       .order_by(Layer.position).limit(1))).scalar_one()
         subscriber.status = "active"
         subscriber.confirmed_at = now
         subscriber.layer_id = first.id
@@ -97,6 +102,7 @@ async def confirm(rt: Runtime, token: str, ip: str | None, user_agent: str | Non
                                   user_agent=(user_agent or "")[:512] or None, created_at=now))
         await record_event(session, subscriber, "confirm", now, ip=ip, user_agent=user_agent)
         await enroll(session, subscriber, first.id, now)
+        await credit_referral(session, subscriber, now)
     rt.wake_scheduler()
     return "confirmed"
 

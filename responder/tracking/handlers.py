@@ -10,6 +10,7 @@ from ..errors import InvalidToken
 from ..events import record_event
 from ..models import Layer, Message, Subscriber
 from ..pages import render_page
+from ..referrals import REF_COOKIE
 from ..subscribers import SubscribeRequest, confirm, subscribe, subscriber_for_token, unsubscribe
 from ..tracking.tokens import TokenRejected
 from ..validation import clean_form_id
@@ -46,6 +47,7 @@ async def subscribe_post(request: web.Request) -> web.StreamResponse:
     rt = runtime(request)
     data = await read_input(request)
     is_json = request.content_type == "application/json"
+    data.setdefault("ref", request.cookies.get(REF_COOKIE, ""))
     if not data.get(HONEYPOT):
         req = SubscribeRequest.from_input(data, client_ip(request), request.headers.get("User-Agent"))
         await subscribe(rt, req)

@@ -1,0 +1,122 @@
+"""Running due enrollments: one batch of due rows read with a handful of queries, each one
+checked against its step's condition, send window and the layer's frequency caps, then either
+queued, skipped, or postponed (never dropped).
+
+No step is sent twice: the outbox keeps a (subscriber, step) pair once, so an enrollment that
+reaches a step its subscriber already got (after a demotion and a promotion, or an edit) just
+moves on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..delivery import outbox
+from ..models import Enrollment, Event, Layer, Message, Step, Subscriber
+from .pacing import Sent, condition_holds, in_window, next_allowed, zone
+from .schedule import StepPlan, advance, parse_duration
+
+COUNTED_KINDS = ("step", "newsletter")  # transactional mail is exempt from caps
+MAIL_TIME = func.coalesce(Message.sent_at, Message.next_attempt_at)
+
+
+@dataclass(frozen=True)
+class Done:
+    processed: int
+    queued: int
+
+
+async def recent_mail(session: AsyncSession, subscriber_ids: set[int], since: dt.datetime
+                      ) -> dict[int, list[Sent]]:
+    rows = await session.execute(
+        select(Message.subscriber_id, Message.kind, MAIL_TIME)
+        .where(Message.subscriber_id.in_(subscriber_ids), Message.kind.in_(COUNTED_KINDS),
+               MAIL_TIME > since)
+    )
+    sent: dict[int, list[Sent]] = defaultdict(list)
+    for subscriber_id, kind, at in rows:
+        sent[subscriber_id].append(Sent(_aware(at), kind))
+    return sent
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    # coalesce() loses the column type, so SQLite hands back naive UTC datetimes (or text).
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def lookback(layers: dict[int, Layer]) -> dt.timedelta:
+    gaps = [parse_duration(l.rule["caps"]["min_gap"]) for l in layers.values()
+            if (l.rule or {}).get("caps", {}).get("min_gap")]
+    return max([dt.timedelta(days=7), *(dt.timedelta(seconds=g) for g in gaps)])
+
+
+async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, domain: str) -> Done:
+    enrollments = list((await session.execute(
+        select(Enrollment)
+        .where(Enrollment.state == "active", Enrollment.due_at <= now)
+        .order_by(Enrollment.due_at).limit(limit)
+        .with_for_update(skip_locked=True)
+    )).scalars())
+    if not enrollments:
+        return Done(0, 0)
+    subscriber_ids = {e.subscriber_id for e in enrollments}
+    subscribers = {s.id: s for s in (await session.execute(
+        select(Subscriber).where(Subscriber.id.in_(subscriber_ids)))).scalars()}
+    steps: dict[int, list[Step]] = defaultdict(list)
+    for step in (await session.execute(
+        select(Step).where(Step.sequence_id.in_({e.sequence_id for e in enrollments}))
+        .order_by(Step.position)
+    )).scalars():
+        steps[step.sequence_id].append(step)
+    layers = {l.id: l for l in (await session.execute(select(Layer))).scalars()}
+    sent = await recent_mail(session, subscriber_ids, now - lookback(layers))
+    purchased: set[int] = set()
+    if any((s.condition or {}).get("skip_if_purchased") for group in steps.values() for s in group):
+        purchased = set((await session.execute(
+            select(Event.subscriber_id).where(Event.subscriber_id.in_(subscriber_ids),
+                                              Event.type == "purchase").distinct()
+        )).scalars())
+    queued = 0
+    for enrollment in enrollments:
+        subscriber = subscribers[enrollment.subscriber_id]
+        if subscriber.status != "active":
+            enrollment.state, enrollment.ended_at, enrollment.due_at = "stopped", now, None
+            continue
+        sequence_steps = steps[enrollment.sequence_id]
+        plan = advance([StepPlan(s.position, s.delay_s) for s in sequence_steps],
+                       enrollment.next_position, now)
+        if plan is None:
+            enrollment.state, enrollment.ended_at, enrollment.due_at = "completed", now, None
+            continue
+        step = next(s for s in sequence_steps if s.position == plan.send_position)
+        send = condition_holds(step.condition, purchased=subscriber.id in purchased,
+                               tags=subscriber.tags or [])
+        if send:
+            tz = zone((subscriber.attributes or {}).get("timezone"))
+            layer = layers.get(subscriber.layer_id) if subscriber.layer_id else None
+            caps = (layer.rule or {}).get("caps") if layer else None
+            at = max(in_window(step.send_window, now, tz),
+                     next_allowed(sent[subscriber.id], now, caps, "step"))
+            if at > now:
+                # Postponed, not dropped; a window re-check at that time may move it again.
+                enrollment.due_at = at
+                continue
+            created = await outbox.enqueue(
+                session, subscriber_id=subscriber.id, kind="step",
+                template_name=step.template_name, step_id=step.id, now=now, domain=domain,
+            )
+            if created:
+                queued += 1
+                sent[subscriber.id].append(Sent(now, "step"))
+        enrollment.next_position = plan.next_position
+        enrollment.due_at = plan.next_due_at
+        if plan.next_due_at is None:
+            enrollment.state, enrollment.ended_at = "completed", now
+    return Done(len(enrollments), queued)

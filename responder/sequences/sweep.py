@@ -1,0 +1,65 @@
+"""The daily sweep: silence is not an event, so inactivity (demotion, sunset) and promotions
+held back by a layer's minimum stay are judged once a day for the subscribers they may concern.
+
+Only candidates are read: per layer, active subscribers whose last human event (or layer entry)
+is older than the layer's shortest inactivity threshold, plus, for layers with a minimum stay,
+those with a human event since entering whose stay is now over.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..models import Layer, Subscriber
+from .schedule import parse_duration
+
+SWEEP_EVERY = dt.timedelta(days=1)
+CHUNK = 500
+
+
+def _seconds(rule: dict, *path: str) -> int | None:  # type: ignore[type-arg]
+    value = rule
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return parse_duration(value) if isinstance(value, str) else None
+
+
+async def sweep(session: AsyncSession, now: dt.datetime) -> int:
+    """Judge every candidate at ``now``; the number of subscribers moved or sunset."""
+    from ..events import judge  # events → funnel → (lazily) this module
+
+    moved = 0
+    layers = (await session.execute(select(Layer).where(Layer.removed_at.is_(None)))).scalars()
+    for layer in list(layers):
+        rule = layer.rule or {}
+        thresholds = [s for s in (_seconds(rule, "demote", "inactive_for") if layer.position > 1
+                                  else None,
+                                  _seconds(rule, "sunset", "inactive_for")) if s]
+        stay_s = _seconds(rule, "min_stay")
+        since = func.coalesce(Subscriber.last_human_at, Subscriber.layer_entered_at)
+        wanted = []
+        if thresholds:
+            wanted.append(since <= now - dt.timedelta(seconds=min(thresholds)))
+        if stay_s:
+            wanted.append(and_(Subscriber.last_human_at > Subscriber.layer_entered_at,
+                               Subscriber.layer_entered_at <= now - dt.timedelta(seconds=stay_s)))
+        if not wanted:
+            continue
+        last_id = 0
+        while True:
+            batch = list((await session.execute(
+                select(Subscriber)
+                .where(Subscriber.layer_id == layer.id, Subscriber.status == "active",
+                       Subscriber.id > last_id, or_(*wanted))
+                .order_by(Subscriber.id).limit(CHUNK)
+            )).scalars())
+            for subscriber in batch:
+                decision, _history = await judge(session, subscriber, now)
+                moved += decision.moves
+            if len(batch) < CHUNK:
+                break
+            last_id = batch[-1].id
+    return moved
