@@ -12,6 +12,7 @@ from aiohttp import web
 from . import ops
 from .api import handlers as api
 from .api import funnel as funnel_api
+from .api import campaigns as campaigns_api
 from .clock import Clock, SystemClock
 from .db import Database
 from .delivery.transport import Transport, make_transport
@@ -65,6 +66,7 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
         app.add_routes(api.routes)
         app.add_routes(ops.routes)
         app.add_routes(funnel_api.routes)
+        app.add_routes(campaigns_api.routes)
         app.add_routes(referrals.routes)
     if background:
         app.cleanup_ctx.append(_loops(rt, transport or make_transport(rt.settings)))

@@ -110,7 +110,8 @@ async def judge(
                   if rule.get("promote", {}).get("clicks", {}).get("after_step") else {})
     decision = evaluate(rule, position=layer.position, top_position=await top_position(session),
                         entered_at=entered_at, events=facts, now=now, step_sent_at=sent_steps,
-                        last_human_at=subscriber.last_human_at)
+                        last_human_at=subscriber.last_human_at or subscriber.confirmed_at
+                        or subscriber.created_at)
     if decision.sunset:
         await sunset(session, subscriber, decision.reason, now)
         return decision, None

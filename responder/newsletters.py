@@ -38,7 +38,7 @@ def _parse_time(value: Any) -> dt.datetime | None:
         raise ValidationError("send_at must be an ISO 8601 time with a zone", field="send_at") from exc
     if parsed.tzinfo is None:
         raise ValidationError("send_at must carry a time zone (e.g. Z or +02:00)", field="send_at")
-    return parsed.astimezone(dt.timezone.utc)
+    return parsed.astimezone(dt.UTC)
 
 
 async def _layer_ids(session: AsyncSession, positions: Any) -> list[int]:

@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from .delivery import outbox
 from .errors import InvalidToken
 from .events import record_event
-from .referrals import credit_referral, referrer_id
 from .models import ConsentRecord, Layer, Message, Subscriber
+from .referrals import credit_referral, referrer_id
 from .runtime import Runtime
 from .sequences.funnel import end_enrollments, enroll
 from .validation import clean_email, clean_form_id, clean_name, clean_text

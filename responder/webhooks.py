@@ -173,7 +173,7 @@ class WebhookSender(PollingLoop):
                 if 200 <= resp.status < 300:
                     return resp.status, None
                 return resp.status, f"HTTP {resp.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return None, f"{type(exc).__name__}: {exc}"[:500]
 
     async def close(self) -> None:

@@ -113,7 +113,7 @@ def zone(name: Any) -> dt.tzinfo:
             return ZoneInfo(name)
         except (ZoneInfoNotFoundError, ValueError):
             pass
-    return dt.timezone.utc
+    return dt.UTC
 
 
 def in_window(window: Mapping[str, Any] | None, now: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
@@ -133,7 +133,7 @@ def in_window(window: Mapping[str, Any] | None, now: dt.datetime, tz: dt.tzinfo)
         if offset == 0 and opens <= local < closes:
             return now
         if opens > local:
-            return opens.astimezone(dt.timezone.utc)
+            return opens.astimezone(dt.UTC)
     raise AssertionError("a window with at least one day always opens within a week")
 
 

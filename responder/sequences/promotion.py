@@ -109,7 +109,7 @@ def validate_rule(rule: Any) -> dict[str, Any]:
         raise ValidationError("rule must be a JSON object", field="rule")
     unknown = set(rule) - RULE_KEYS
     if unknown:
-        raise _fail(f"{sorted(unknown)[0]} is not a rule key (known: {sorted(RULE_KEYS)})")
+        raise _fail(f"{min(unknown)} is not a rule key (known: {sorted(RULE_KEYS)})")
     promote = _object(rule, "promote")
     on_any = promote.get("on_any", [])
     if not isinstance(on_any, list) or not all(t in PROMOTING_TYPES for t in on_any):
@@ -186,17 +186,20 @@ def evaluate(
 
     ``events`` are the subscriber's events since ``entered_at`` (machine ones are ignored here),
     ``step_sent_at`` maps positions of the layer's sequence to when they were sent, and
-    ``last_human_at`` is the subscriber's last human event in any layer.
+    ``last_human_at`` is the subscriber's last human event in any layer (or, if none, when
+    they confirmed).
     """
     now = now or entered_at
     stay_s = _seconds(rule, "min_stay")
     if stay_s and now < entered_at + dt.timedelta(seconds=stay_s):
         return STAY  # hysteresis: no move of any kind before the minimum stay is over
-    active_since = max(entered_at, last_human_at) if last_human_at else entered_at
-    silent = now - active_since
+    # Sunset counts silence across layers; demotion counts it within the layer.
+    silent_overall = now - (last_human_at or entered_at)
+    silent = now - max(entered_at, last_human_at or entered_at)
     sunset_s = _seconds(rule, "sunset", "inactive_for")
-    if sunset_s and silent >= dt.timedelta(seconds=sunset_s):
-        return Decision(None, f"sunset: no human event for {silent.days} days", sunset=True)
+    if sunset_s and silent_overall >= dt.timedelta(seconds=sunset_s):
+        return Decision(None, f"sunset: no human event for {silent_overall.days} days",
+                        sunset=True)
     human = sorted((e for e in events if not e.machine and e.created_at > entered_at),
                    key=lambda e: e.created_at)
     if position < top_position:

@@ -48,7 +48,7 @@ def _aware(value: dt.datetime) -> dt.datetime:
     # coalesce() loses the column type, so SQLite hands back naive UTC datetimes (or text).
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def lookback(layers: dict[int, Layer]) -> dt.timedelta:

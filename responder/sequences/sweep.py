@@ -35,14 +35,17 @@ async def sweep(session: AsyncSession, now: dt.datetime) -> int:
     layers = (await session.execute(select(Layer).where(Layer.removed_at.is_(None)))).scalars()
     for layer in list(layers):
         rule = layer.rule or {}
-        thresholds = [s for s in (_seconds(rule, "demote", "inactive_for") if layer.position > 1
-                                  else None,
-                                  _seconds(rule, "sunset", "inactive_for")) if s]
+        demote_s = _seconds(rule, "demote", "inactive_for") if layer.position > 1 else None
+        sunset_s = _seconds(rule, "sunset", "inactive_for")
         stay_s = _seconds(rule, "min_stay")
-        since = func.coalesce(Subscriber.last_human_at, Subscriber.layer_entered_at)
         wanted = []
-        if thresholds:
-            wanted.append(since <= now - dt.timedelta(seconds=min(thresholds)))
+        if demote_s:
+            since_entry = func.coalesce(Subscriber.last_human_at, Subscriber.layer_entered_at)
+            wanted.append(since_entry <= now - dt.timedelta(seconds=demote_s))
+        if sunset_s:
+            since_any = func.coalesce(Subscriber.last_human_at, Subscriber.confirmed_at,
+                                      Subscriber.created_at)
+            wanted.append(since_any <= now - dt.timedelta(seconds=sunset_s))
         if stay_s:
             wanted.append(and_(Subscriber.last_human_at > Subscriber.layer_entered_at,
                                Subscriber.layer_entered_at <= now - dt.timedelta(seconds=stay_s)))
