@@ -32,7 +32,7 @@ async def _rates(session: AsyncSession, key: Any) -> dict[int, dict[str, Any]]:
     Message.newsletter_id)."""
     sent = dict((await session.execute(
         select(key, func.count()).where(key.is_not(None), Message.state == "sent").group_by(key)
-    )).tuples().all())
+    )).all())
     out: dict[int, dict[str, Any]] = {}
     for type_ in ("open", "click"):
         rows = dict((await session.execute(
@@ -40,7 +40,7 @@ async def _rates(session: AsyncSession, key: Any) -> dict[int, dict[str, Any]]:
             .join(Message, Message.id == Event.message_id)
             .where(key.is_not(None), Event.type == type_, Event.machine.is_(False))
             .group_by(key)
-        )).tuples().all())
+        )).all())
         for k, total in sent.items():
             out.setdefault(k, {"sent": total})[f"{type_}_rate"] = _ratio(rows.get(k, 0), total)
     return out
@@ -52,7 +52,7 @@ async def funnel_stats(session: AsyncSession) -> dict[str, Any]:
     position = {l.id: l.position for l in layers}
     active = dict((await session.execute(
         select(Subscriber.layer_id, func.count()).where(Subscriber.status == "active")
-        .group_by(Subscriber.layer_id))).tuples().all())
+        .group_by(Subscriber.layer_id))).all())
 
     moves: dict[str, dict[str, int]] = defaultdict(lambda: {"up": 0, "down": 0})
     entered: dict[int, set[int]] = defaultdict(set)
@@ -102,7 +102,7 @@ async def funnel_stats(session: AsyncSession) -> dict[str, Any]:
     steps = (await session.execute(select(Step.id, Step.sequence_id, Step.position,
                                           Step.template_name))).all()
     newsletter_rates = await _rates(session, Message.newsletter_id)
-    names = dict((await session.execute(select(Newsletter.id, Newsletter.name))).tuples().all())
+    names = dict((await session.execute(select(Newsletter.id, Newsletter.name))).all())
     return {
         "layers": per_layer,
         "moves_per_week": [{"week": w, **m} for w, m in sorted(moves.items())],

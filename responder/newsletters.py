@@ -49,7 +49,7 @@ async def _layer_ids(session: AsyncSession, positions: Any) -> list[int]:
     rows = dict((await session.execute(
         select(Layer.position, Layer.id).where(Layer.position.in_(positions),
                                                Layer.removed_at.is_(None))
-    )).tuples().all())
+    )).all())
     missing = sorted(set(positions) - set(rows))
     if missing:
         raise ValidationError(f"no layer at position {missing[0]}", field="layers")
@@ -133,7 +133,7 @@ async def progress(session: AsyncSession, newsletter: Newsletter) -> dict[str, A
     counts = dict((await session.execute(
         select(Message.state, func.count()).where(Message.newsletter_id == newsletter.id)
         .group_by(Message.state)
-    )).tuples().all())
+    )).all())
     queued = sum(counts.values())
     return {"id": newsletter.id, "name": newsletter.name, "template": newsletter.template_name,
             "state": newsletter.state, "layer_ids": newsletter.layer_ids, "tags": newsletter.tags,

@@ -132,7 +132,7 @@ class WebhookSender(PollingLoop):
                 .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
                 .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
                 .limit(self.batch_size)
-            )).tuples())
+            )).all())
         if not due:
             return 0
         if self._http is None:

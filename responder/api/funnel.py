@@ -126,7 +126,7 @@ async def layer_history(request: web.Request) -> web.Response:
     raw = request.query.get("after_id", "0")
     after = int(raw) if raw.isdigit() and len(raw) < 18 else 0
     async with rt.db.read() as session:
-        positions = dict((await session.execute(select(Layer.id, Layer.position))).tuples().all())
+        positions = dict((await session.execute(select(Layer.id, Layer.position))).all())
         rows = (await session.execute(
             select(LayerHistory).where(LayerHistory.id > after).order_by(LayerHistory.id)
             .limit(500))).scalars().all()

@@ -56,7 +56,7 @@ async def list_layers(request: web.Request) -> web.Response:
         counts = dict((await session.execute(
             select(Subscriber.layer_id, func.count()).where(Subscriber.status == "active")
             .group_by(Subscriber.layer_id)
-        )).tuples().all())
+        )).all())
         layers = (await session.execute(
             select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position))).scalars()
         return web.json_response({"layers": [layer_json(l, counts.get(l.id, 0)) for l in layers]})

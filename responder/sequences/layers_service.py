@@ -45,7 +45,7 @@ async def counts(session: AsyncSession) -> dict[int, int]:
     return dict((await session.execute(
         select(Subscriber.layer_id, func.count()).where(Subscriber.status == "active")
         .group_by(Subscriber.layer_id)
-    )).tuples().all())
+    )).all())
 
 
 def _fields(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
