@@ -66,7 +66,7 @@ async def referral_link(request: web.Request) -> web.StreamResponse:
     read_referral(rt, token)
     response = web.HTTPSeeOther("/subscribe/default")
     response.set_cookie(REF_COOKIE, token, max_age=REF_COOKIE_MAX_AGE_S, httponly=True,
-                        samesite="Lax", secure=rt.settings.base_url.startswith("https://"))
+                        samesite="Lax", secure=request.secure)
     raise response
 
 
