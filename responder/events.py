@@ -72,10 +72,23 @@ async def record_event(
         product = (data or {}).get("product")
         await start_triggered(session, subscriber, type, now,
                               product=product if isinstance(product, str) else None)
-    decision, history = await judge(session, subscriber, now)
+    decision, history = (await judge(session, subscriber, now)
+                         if await may_promote(session, subscriber, type) else (Decision(None), None))
     if history is None and type in ("purchase", "click"):
         await grant_preferred(session, subscriber)
     return Recorded(event, decision, history)
+
+
+async def may_promote(session: AsyncSession, subscriber: Subscriber, type: str) -> bool:
+    """Whether an event of this type can promote under the layer's rule (demotion and sunset
+    come with time, in the daily sweep, never with an event)."""
+    if subscriber.status != "active" or subscriber.layer_id is None:
+        return False
+    layer = await session.get(Layer, subscriber.layer_id)
+    promote = ((layer.rule if layer else None) or {}).get("promote", {})
+    if type in promote.get("on_any", []):
+        return True
+    return type == "click" and bool(promote.get("clicked_messages") or promote.get("clicks"))
 
 
 async def step_sent_at(session: AsyncSession, subscriber: Subscriber, layer_id: int
@@ -91,7 +104,7 @@ async def step_sent_at(session: AsyncSession, subscriber: Subscriber, layer_id: 
 
 
 async def judge(
-    session: AsyncSession, subscriber: Subscriber, now: dt.datetime
+    session: AsyncSession, subscriber: Subscriber, now: dt.datetime, *, top: int | None = None
 ) -> tuple[Decision, LayerHistory | None]:
     """Evaluate the subscriber's layer rule at ``now``; move (or sunset) them if it says so."""
     if subscriber.status != "active" or subscriber.layer_id is None:
@@ -108,7 +121,7 @@ async def judge(
     facts = [EventFact(r.id, r.type, r.created_at, r.message_id, r.machine) for r in rows]
     sent_steps = (await step_sent_at(session, subscriber, layer.id)
                   if rule.get("promote", {}).get("clicks", {}).get("after_step") else {})
-    decision = evaluate(rule, position=layer.position, top_position=await top_position(session),
+    decision = evaluate(rule, position=layer.position, top_position=top or await top_position(session),
                         entered_at=entered_at, events=facts, now=now, step_sent_at=sent_steps,
                         last_human_at=subscriber.last_human_at or subscriber.confirmed_at
                         or subscriber.created_at)

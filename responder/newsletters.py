@@ -17,11 +17,10 @@ from typing import Any
 from sqlalchemy import Integer, String, cast, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .delivery import outbox
 from .errors import Conflict, NotFound, ValidationError
 from .models import Layer, Message, Newsletter, NewsletterRecipient, Subscriber
 from .sequences.pacing import next_allowed
-from .sequences.stepper import recent_mail
+from .sequences.stepper import enqueue_many, outbox_row, recent_mail
 from .validation import clean_text
 
 BATCH = 500
@@ -194,22 +193,15 @@ async def send_batch(session: AsyncSession, newsletter: Newsletter, now: dt.date
     holding = {i for i, c in caps.items() if (c or {}).get("collision") == "newsletter_waits"}
     held = {r.id for r in rows if r.layer_id in holding}
     sent = await recent_mail(session, held, now - dt.timedelta(days=7)) if held else {}
-    queued = 0
+    queue = []
     for subscriber_id, status, layer_id in rows:
         if status != "active":  # left since the audience was fixed
             continue
-        message_pk = await outbox.enqueue(
-            session, subscriber_id=subscriber_id, kind="newsletter",
-            template_name=newsletter.template_name, newsletter_id=newsletter.id, now=now,
-            domain=domain)
-        if message_pk is None:
-            continue
-        queued += 1
-        if subscriber_id in held:
-            at = next_allowed(sent.get(subscriber_id, []), now, caps.get(layer_id), "newsletter")
-            if at > now:
-                await session.execute(update(Message).where(Message.id == message_pk)
-                                      .values(next_attempt_at=at))
+        send_at = (next_allowed(sent.get(subscriber_id, []), now, caps.get(layer_id), "newsletter")
+                   if subscriber_id in held else now)
+        queue.append(outbox_row(subscriber_id, "newsletter", newsletter.template_name, now,
+                                domain, newsletter_id=newsletter.id, send_at=send_at))
+    queued = await enqueue_many(session, queue)
     newsletter.cursor = rows[-1].id
     if len(rows) < batch:
         newsletter.state, newsletter.finished_at = "sent", now

@@ -89,4 +89,4 @@ async def active_enrollments(rt: Runtime, subscriber_id: int) -> int:
 
 
 def at(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)

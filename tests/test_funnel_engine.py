@@ -13,7 +13,13 @@ from responder.sequences.sweep import sweep
 from responder.sequences.triggers import start_triggered
 
 from .funnel_fixtures import (  # noqa: F401
-    active_enrollments, layer_of, make_subscriber, mark_sent, rt, templates_sent, tick,
+    active_enrollments,
+    layer_of,
+    make_subscriber,
+    mark_sent,
+    rt,
+    templates_sent,
+    tick,
 )
 
 

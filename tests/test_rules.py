@@ -8,14 +8,24 @@ import pytest
 
 from responder.errors import ValidationError
 from responder.sequences.pacing import (
-    Sent, condition_holds, in_window, next_allowed, validate_condition, validate_window, zone,
+    Sent,
+    condition_holds,
+    in_window,
+    next_allowed,
+    validate_condition,
+    validate_window,
+    zone,
 )
 from responder.sequences.promotion import (
-    DEFAULT_RULE, EventFact, earns_preferred, evaluate, validate_rule,
+    DEFAULT_RULE,
+    EventFact,
+    earns_preferred,
+    evaluate,
+    validate_rule,
 )
 from responder.webhooks import retry_at, sign, verify
 
-T0 = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc)  # a Monday
+T0 = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)  # a Monday
 
 
 def day(n: float) -> dt.datetime:
@@ -163,16 +173,16 @@ WINDOW = {"days": "mon-fri", "start": "09:00", "end": "17:00"}
 
 
 @pytest.mark.parametrize("now, tz, expect", [
-    (dt.datetime(2026, 1, 5, 10, 0, tzinfo=dt.timezone.utc), "UTC",
-     dt.datetime(2026, 1, 5, 10, 0, tzinfo=dt.timezone.utc)),
-    (dt.datetime(2026, 1, 5, 18, 0, tzinfo=dt.timezone.utc), "UTC",
-     dt.datetime(2026, 1, 6, 9, 0, tzinfo=dt.timezone.utc)),
-    (dt.datetime(2026, 1, 9, 17, 30, tzinfo=dt.timezone.utc), "UTC",  # Friday evening → Monday
-     dt.datetime(2026, 1, 12, 9, 0, tzinfo=dt.timezone.utc)),
-    (dt.datetime(2026, 1, 5, 10, 0, tzinfo=dt.timezone.utc), "America/New_York",  # 05:00 there
-     dt.datetime(2026, 1, 5, 14, 0, tzinfo=dt.timezone.utc)),
-    (dt.datetime(2026, 1, 5, 10, 0, tzinfo=dt.timezone.utc), "Not/AZone",  # unknown → UTC
-     dt.datetime(2026, 1, 5, 10, 0, tzinfo=dt.timezone.utc)),
+    (dt.datetime(2026, 1, 5, 10, 0, tzinfo=dt.UTC), "UTC",
+     dt.datetime(2026, 1, 5, 10, 0, tzinfo=dt.UTC)),
+    (dt.datetime(2026, 1, 5, 18, 0, tzinfo=dt.UTC), "UTC",
+     dt.datetime(2026, 1, 6, 9, 0, tzinfo=dt.UTC)),
+    (dt.datetime(2026, 1, 9, 17, 30, tzinfo=dt.UTC), "UTC",  # Friday evening → Monday
+     dt.datetime(2026, 1, 12, 9, 0, tzinfo=dt.UTC)),
+    (dt.datetime(2026, 1, 5, 10, 0, tzinfo=dt.UTC), "America/New_York",  # 05:00 there
+     dt.datetime(2026, 1, 5, 14, 0, tzinfo=dt.UTC)),
+    (dt.datetime(2026, 1, 5, 10, 0, tzinfo=dt.UTC), "Not/AZone",  # unknown → UTC
+     dt.datetime(2026, 1, 5, 10, 0, tzinfo=dt.UTC)),
 ])
 def test_send_window(now, tz, expect) -> None:  # type: ignore[no-untyped-def]
     assert in_window(WINDOW, now, zone(tz)) == expect

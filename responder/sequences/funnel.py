@@ -135,11 +135,12 @@ class Scheduler(PollingLoop):
     async def run_once(self) -> int:
         rt = self.rt
         now = rt.clock.now()
+        # Newsletters first: a drip step due in the same tick then sees them and waits.
+        async with rt.db.transaction() as session:
+            batches = await newsletters.advance(session, now, domain=rt.settings.sender_domain)
         async with rt.db.transaction() as session:
             done = await run_due_steps(session, now, limit=self.batch_size,
                                        domain=rt.settings.sender_domain)
-        async with rt.db.transaction() as session:
-            batches = await newsletters.advance(session, now, domain=rt.settings.sender_domain)
         if self.next_sweep_at is None or now >= self.next_sweep_at:
             from .sweep import SWEEP_EVERY, sweep  # the sweep judges through events → funnel
 

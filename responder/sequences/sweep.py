@@ -1,9 +1,9 @@
 """The daily sweep: silence is not an event, so inactivity (demotion, sunset) and promotions
 held back by a layer's minimum stay are judged once a day for the subscribers they may concern.
 
-Only candidates are read: per layer, active subscribers whose last human event (or layer entry)
-is older than the layer's shortest inactivity threshold, plus, for layers with a minimum stay,
-those with a human event since entering whose stay is now over.
+Only candidates are read: per layer, active subscribers silent for longer than the layer's
+demotion or sunset threshold, plus, for layers with a minimum stay, those with a human event
+since entering whose stay ended since the previous sweep.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..models import Layer, Subscriber
+from .funnel import top_position
 from .schedule import parse_duration
 
 SWEEP_EVERY = dt.timedelta(days=1)
@@ -32,6 +33,7 @@ async def sweep(session: AsyncSession, now: dt.datetime) -> int:
     from ..events import judge  # events → funnel → (lazily) this module
 
     moved = 0
+    top = await top_position(session)
     layers = (await session.execute(select(Layer).where(Layer.removed_at.is_(None)))).scalars()
     for layer in list(layers):
         rule = layer.rule or {}
@@ -47,8 +49,11 @@ async def sweep(session: AsyncSession, now: dt.datetime) -> int:
                                       Subscriber.created_at)
             wanted.append(since_any <= now - dt.timedelta(seconds=sunset_s))
         if stay_s:
+            # Only stays that ended since the last sweep: later events are judged as they come.
+            ended = now - dt.timedelta(seconds=stay_s)
             wanted.append(and_(Subscriber.last_human_at > Subscriber.layer_entered_at,
-                               Subscriber.layer_entered_at <= now - dt.timedelta(seconds=stay_s)))
+                               Subscriber.layer_entered_at <= ended,
+                               Subscriber.layer_entered_at > ended - SWEEP_EVERY))
         if not wanted:
             continue
         last_id = 0
@@ -60,7 +65,7 @@ async def sweep(session: AsyncSession, now: dt.datetime) -> int:
                 .order_by(Subscriber.id).limit(CHUNK)
             )).scalars())
             for subscriber in batch:
-                decision, _history = await judge(session, subscriber, now)
+                decision, _history = await judge(session, subscriber, now, top=top)
                 moved += decision.moves
             if len(batch) < CHUNK:
                 break
