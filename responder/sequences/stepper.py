@@ -13,7 +13,7 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -82,8 +82,11 @@ async def enqueue_many(session: AsyncSession, rows: list[dict[str, object]]) -> 
     if not rows:
         return 0
     insert = sqlite.insert if session.bind.dialect.name == "sqlite" else postgresql.insert
+    # One compiled statement, executed for many parameter sets (batched by SQLAlchemy's
+    # "insertmanyvalues"): far cheaper than compiling one huge VALUES list per batch.
+    table = Message.__table__
     result = await session.execute(
-        insert(Message).values(rows).on_conflict_do_nothing().returning(Message.id))
+        insert(table).on_conflict_do_nothing().returning(table.c.id), rows)
     return len(result.all())
 
 
@@ -100,18 +103,36 @@ def lookback(layers: dict[int, Layer]) -> dt.timedelta:
     return max([dt.timedelta(days=7), *(dt.timedelta(seconds=g) for g in gaps)])
 
 
+@dataclass
+class Due:
+    """One due enrollment and what becomes of it (written back in one executemany)."""
+
+    id: int
+    subscriber_id: int
+    sequence_id: int
+    next_position: int
+    state: str = "active"
+    due_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+
+    def end(self, state: str, now: dt.datetime) -> None:
+        self.state, self.ended_at, self.due_at = state, now, None
+
+
 async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, domain: str) -> Done:
-    enrollments = list((await session.execute(
-        select(Enrollment)
+    enrollments = [Due(*row) for row in (await session.execute(
+        select(Enrollment.id, Enrollment.subscriber_id, Enrollment.sequence_id,
+               Enrollment.next_position)
         .where(Enrollment.state == "active", Enrollment.due_at <= now)
         .order_by(Enrollment.due_at).limit(limit)
         .with_for_update(skip_locked=True)
-    )).scalars())
+    )).all()]
     if not enrollments:
         return Done(0, 0)
     subscriber_ids = {e.subscriber_id for e in enrollments}
-    subscribers = {s.id: s for s in (await session.execute(
-        select(Subscriber).where(Subscriber.id.in_(subscriber_ids)))).scalars()}
+    subscribers = {row.id: row for row in (await session.execute(
+        select(Subscriber.id, Subscriber.status, Subscriber.layer_id, Subscriber.attributes,
+               Subscriber.tags).where(Subscriber.id.in_(subscriber_ids)))).all()}
     steps: dict[int, list[Step]] = defaultdict(list)
     for step in (await session.execute(
         select(Step).where(Step.sequence_id.in_({e.sequence_id for e in enrollments}))
@@ -132,13 +153,13 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
     for enrollment in enrollments:
         subscriber = subscribers[enrollment.subscriber_id]
         if subscriber.status != "active":
-            enrollment.state, enrollment.ended_at, enrollment.due_at = "stopped", now, None
+            enrollment.end("stopped", now)
             continue
         sequence_steps = steps[enrollment.sequence_id]
         plan = advance([StepPlan(s.position, s.delay_s) for s in sequence_steps],
                        enrollment.next_position, now)
         if plan is None:
-            enrollment.state, enrollment.ended_at, enrollment.due_at = "completed", now, None
+            enrollment.end("completed", now)
             continue
         step = next(s for s in sequence_steps if s.position == plan.send_position)
         send = condition_holds(step.condition, purchased=subscriber.id in purchased,
@@ -159,5 +180,13 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
         enrollment.next_position = plan.next_position
         enrollment.due_at = plan.next_due_at
         if plan.next_due_at is None:
-            enrollment.state, enrollment.ended_at = "completed", now
-    return Done(len(enrollments), await enqueue_many(session, rows))
+            enrollment.end("completed", now)
+    queued = await enqueue_many(session, rows)
+    table = Enrollment.__table__
+    await session.execute(
+        update(table).where(table.c.id == bindparam("eid")).values(
+            state=bindparam("state"), next_position=bindparam("next_position"),
+            due_at=bindparam("due_at"), ended_at=bindparam("ended_at")),
+        [{"eid": e.id, "state": e.state, "next_position": e.next_position, "due_at": e.due_at,
+          "ended_at": e.ended_at} for e in enrollments])
+    return Done(len(enrollments), queued)
