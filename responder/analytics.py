@@ -30,12 +30,12 @@ def _ratio(part: int, whole: int) -> float | None:
 async def _rates(session: AsyncSession, key: Any) -> dict[int, dict[str, Any]]:
     """Sent count and human open/click rates per value of ``key`` (Message.step_id or
     Message.newsletter_id)."""
-    sent = dict((await session.execute(
+    sent: dict[int, int] = dict((await session.execute(
         select(key, func.count()).where(key.is_not(None), Message.state == "sent").group_by(key)
     )).all())
     out: dict[int, dict[str, Any]] = {}
     for type_ in ("open", "click"):
-        rows = dict((await session.execute(
+        rows: dict[int, int] = dict((await session.execute(
             select(key, func.count(distinct(Event.message_id)))
             .join(Message, Message.id == Event.message_id)
             .where(key.is_not(None), Event.type == type_, Event.machine.is_(False))
@@ -63,20 +63,21 @@ async def funnel_stats(session: AsyncSession) -> dict[str, Any]:
     since: dict[int, dt.datetime] = {}
     first = layers[0].id if layers else None
     async for subscriber_id, at in confirmed:
-        since[subscriber_id] = at
+        since[subscriber_id] = at  # type: ignore[assignment]  # confirmed_at IS NOT NULL
         if first is not None:
             entered[first].add(subscriber_id)
     history = await session.stream(
         select(LayerHistory.subscriber_id, LayerHistory.from_layer_id, LayerHistory.to_layer_id,
                LayerHistory.created_at).order_by(LayerHistory.id))
     async for subscriber_id, from_id, to_id, at in history:
-        src, dst = position.get(from_id), position.get(to_id)
-        if src is not None and dst is not None:
-            moves[_week(at)]["up" if dst > src else "down"] += 1
-            if dst == src + 1:
-                promoted[from_id].add(subscriber_id)
-        if from_id is not None and subscriber_id in since:
-            durations[from_id].append((at - since[subscriber_id]).total_seconds())
+        if from_id is not None:
+            src, dst = position.get(from_id), position.get(to_id)
+            if src is not None and dst is not None:
+                moves[_week(at)]["up" if dst > src else "down"] += 1
+                if dst == src + 1:
+                    promoted[from_id].add(subscriber_id)
+            if subscriber_id in since:
+                durations[from_id].append((at - since[subscriber_id]).total_seconds())
         since[subscriber_id] = at
         entered[to_id].add(subscriber_id)
 

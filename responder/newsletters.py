@@ -197,7 +197,7 @@ async def send_batch(session: AsyncSession, newsletter: Newsletter, now: dt.date
     for subscriber_id, status, layer_id in rows:
         if status != "active":  # left since the audience was fixed
             continue
-        send_at = (next_allowed(sent.get(subscriber_id, []), now, caps.get(layer_id), "newsletter")
+        send_at = (next_allowed(sent.get(subscriber_id, []), now, caps.get(layer_id or 0), "newsletter")
                    if subscriber_id in held else now)
         queue.append(outbox_row(subscriber_id, "newsletter", newsletter.template_name, now,
                                 domain, newsletter_id=newsletter.id, send_at=send_at))

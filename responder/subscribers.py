@@ -58,7 +58,7 @@ async def subscribe(rt: Runtime, req: SubscribeRequest) -> None:
             await session.flush()
         elif subscriber.status in ("active", "bounced", "complained"):
             return
-        elif subscriber.status == "unsubscribed":
+        elif subscriber.status in ("unsubscribed", "sunset"):
             subscriber.status = "pending"
         if req.name:
             subscriber.name = req.name

@@ -132,7 +132,8 @@ async def layer_history(request: web.Request) -> web.Response:
             .limit(500))).scalars().all()
         return web.json_response({"moves": [
             {"id": h.id, "subscriber_id": h.subscriber_id,
-             "from_layer": positions.get(h.from_layer_id), "to_layer": positions.get(h.to_layer_id),
+             "from_layer": positions.get(h.from_layer_id or 0),
+             "to_layer": positions.get(h.to_layer_id),
              "reason": h.reason, "event_ids": h.event_ids, "at": h.created_at.isoformat()}
             for h in rows]})
 

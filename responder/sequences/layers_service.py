@@ -42,10 +42,11 @@ async def layer_at(session: AsyncSession, position: Any) -> Layer:
 
 
 async def counts(session: AsyncSession) -> dict[int, int]:
-    return dict((await session.execute(
+    rows = (await session.execute(
         select(Subscriber.layer_id, func.count()).where(Subscriber.status == "active")
         .group_by(Subscriber.layer_id)
-    )).all())
+    )).all()
+    return {layer_id: count for layer_id, count in rows if layer_id is not None}
 
 
 def _fields(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:

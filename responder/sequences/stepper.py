@@ -13,7 +13,7 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -81,10 +81,10 @@ async def enqueue_many(session: AsyncSession, rows: list[dict[str, object]]) -> 
     unique keys). The number of rows queued."""
     if not rows:
         return 0
-    insert = sqlite.insert if session.bind.dialect.name == "sqlite" else postgresql.insert
+    insert = sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
     # One compiled statement, executed for many parameter sets (batched by SQLAlchemy's
     # "insertmanyvalues"): far cheaper than compiling one huge VALUES list per batch.
-    table = Message.__table__
+    table: Table = Message.__table__  # type: ignore[assignment]
     result = await session.execute(
         insert(table).on_conflict_do_nothing().returning(table.c.id), rows)
     return len(result.all())
@@ -182,7 +182,7 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
         if plan.next_due_at is None:
             enrollment.end("completed", now)
     queued = await enqueue_many(session, rows)
-    table = Enrollment.__table__
+    table: Table = Enrollment.__table__  # type: ignore[assignment]
     await session.execute(
         update(table).where(table.c.id == bindparam("eid")).values(
             state=bindparam("state"), next_position=bindparam("next_position"),

@@ -9,6 +9,7 @@ since entering whose stay ended since the previous sweep.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,8 +22,8 @@ SWEEP_EVERY = dt.timedelta(days=1)
 CHUNK = 500
 
 
-def _seconds(rule: dict, *path: str) -> int | None:  # type: ignore[type-arg]
-    value = rule
+def _seconds(rule: dict[str, Any], *path: str) -> int | None:
+    value: Any = rule
     for key in path:
         value = value.get(key) if isinstance(value, dict) else None
     return parse_duration(value) if isinstance(value, str) else None

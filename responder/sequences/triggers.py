@@ -13,6 +13,7 @@ import datetime as dt
 
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from ..models import Enrollment, Sequence, Subscriber
 from .funnel import enroll_in
@@ -34,7 +35,7 @@ async def start_triggered(
         raise ValueError(f"unknown trigger {trigger!r}")
     if subscriber.status != "active":
         return []
-    matches = [Sequence.product.is_(None)]
+    matches: list[ColumnElement[bool]] = [Sequence.product.is_(None)]
     if product:
         matches.append(Sequence.product == product)
     sequences = (await session.execute(
