@@ -121,6 +121,22 @@ async def sunset(session: AsyncSession, subscriber: Subscriber, reason: str, now
     await session.flush()
 
 
+async def sunset_many(session: AsyncSession, subscriber_ids: list[int], reason: str,
+                      now: dt.datetime) -> None:
+    """``sunset`` for many subscribers in three statements (the daily sweep)."""
+    await session.execute(
+        update(Subscriber).where(Subscriber.id.in_(subscriber_ids)).values(status="sunset")
+        .execution_options(synchronize_session="fetch"))
+    await session.execute(
+        update(Enrollment).where(Enrollment.subscriber_id.in_(subscriber_ids),
+                                 Enrollment.state == "active")
+        .values(state="stopped", ended_at=now, due_at=None)
+        .execution_options(synchronize_session=False))
+    session.add_all([Event(subscriber_id=i, type="sunset", created_at=now, data={"reason": reason})
+                     for i in subscriber_ids])
+    await session.flush()
+
+
 class Scheduler(PollingLoop):
     """Moves due sequence steps and newsletter batches into the outbox; sweeps once a day."""
 

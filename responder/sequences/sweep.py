@@ -15,7 +15,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..models import Layer, Subscriber
-from .funnel import top_position
+from .funnel import sunset_many, top_position
 from .schedule import parse_duration
 
 SWEEP_EVERY = dt.timedelta(days=1)
@@ -46,9 +46,7 @@ async def sweep(session: AsyncSession, now: dt.datetime) -> int:
             since_entry = func.coalesce(Subscriber.last_human_at, Subscriber.layer_entered_at)
             wanted.append(since_entry <= now - dt.timedelta(seconds=demote_s))
         if sunset_s:
-            since_any = func.coalesce(Subscriber.last_human_at, Subscriber.confirmed_at,
-                                      Subscriber.created_at)
-            wanted.append(since_any <= now - dt.timedelta(seconds=sunset_s))
+            moved += await _sunset_silent(session, layer, sunset_s, stay_s, now)
         if stay_s:
             # Only stays that ended since the last sweep: later events are judged as they come.
             ended = now - dt.timedelta(seconds=stay_s)
@@ -72,3 +70,26 @@ async def sweep(session: AsyncSession, now: dt.datetime) -> int:
                 break
             last_id = batch[-1].id
     return moved
+
+
+async def _sunset_silent(session: AsyncSession, layer: Layer, sunset_s: int, stay_s: int | None,
+                         now: dt.datetime) -> int:
+    """Sunset the layer's long-silent subscribers in bulk (the rule's first test after the
+    minimum stay, so no per-subscriber judging is needed); how many."""
+    since_any = func.coalesce(Subscriber.last_human_at, Subscriber.confirmed_at,
+                              Subscriber.created_at)
+    conditions = [Subscriber.layer_id == layer.id, Subscriber.status == "active",
+                  since_any <= now - dt.timedelta(seconds=sunset_s)]
+    if stay_s:
+        conditions.append(Subscriber.layer_entered_at <= now - dt.timedelta(seconds=stay_s))
+    total = 0
+    while True:
+        ids = list((await session.execute(
+            select(Subscriber.id).where(*conditions).order_by(Subscriber.id).limit(CHUNK)
+        )).scalars())
+        if ids:
+            await sunset_many(session, ids, f"sunset: no human event for "
+                              f"{layer.rule['sunset']['inactive_for']}", now)
+        total += len(ids)
+        if len(ids) < CHUNK:
+            return total
