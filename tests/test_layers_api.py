@@ -110,3 +110,43 @@ async def test_every_funnel_route_is_described(app: App) -> None:
         assert method in paths[path], (path, method)
     resp = await app.client.post("/api/v1/layers", json={"name": "x", "label": "x"})
     assert resp.status == 401
+
+
+async def test_sequences_over_http(app: App) -> None:
+    client, auth = app.client, app.auth
+    resp = await client.post("/api/v1/sequences", headers=auth, json={
+        "name": "After the course", "trigger": "purchase", "product": "course",
+        "steps": [{"delay": "1d", "template": "layer3-sample", "purpose": "offer",
+                   "send_window": {"days": "mon-fri", "start": "09:00", "end": "17:00"},
+                   "condition": {"require_tags": ["preferred"]}}]})
+    assert resp.status == 201, await resp.text()
+    created = await resp.json()
+    assert created["steps"][0]["delay"] == "1d" and created["product"] == "course"
+    for bad, field in [({"trigger": "birthday"}, "trigger"),
+                       ({"trigger": "enquiry", "product": "x"}, "product"),
+                       ({"trigger": "enquiry", "steps": [{"template": "t", "purpose": "hype"}]},
+                        "purpose"),
+                       ({"trigger": "enquiry", "steps": [{"template": "t", "purpose": "offer",
+                                                          "delay": "soon"}]}, None),
+                       ({"trigger": "enquiry", "steps": [{"template": "t", "purpose": "offer",
+                                                          "send_window": {"start": "9"}}]},
+                        "send_window")]:
+        resp = await client.post("/api/v1/sequences", headers=auth,
+                                 json={"name": f"bad {field}", **bad})
+        assert resp.status == 400, bad
+        if field:
+            assert (await resp.json())["error"]["field"] == field
+    resp = await client.get("/api/v1/sequences", headers=auth)
+    names = [s["name"] for s in (await resp.json())["sequences"]]
+    assert "After the course" in names and not any(n.startswith("bad") for n in names)
+    resp = await client.post(f"/api/v1/sequences/{created['id']}/steps", headers=auth,
+                             json={"delay": "3d", "template": "layer5-referral",
+                                   "purpose": "referral"})
+    assert resp.status == 201 and (await resp.json())["position"] == 2
+    step_id = (await resp.json())["id"]
+    resp = await client.patch(f"/api/v1/sequences/{created['id']}/steps/{step_id}",
+                              headers=auth, json={"delay": "2d"})
+    assert (await resp.json())["delay"] == "2d"
+    resp = await client.delete(f"/api/v1/sequences/{created['id']}/steps/{step_id}",
+                               headers=auth)
+    assert resp.status == 200

@@ -135,3 +135,18 @@ async def test_newsletter_over_http_with_delivery_and_cli_progress(app: App, cap
     assert "(draft)" in capsys.readouterr().out
     async with app.rt.db.read() as session:
         assert (await session.execute(select(func.count()).select_from(Newsletter))).scalar_one() == 2
+
+
+async def test_newsletter_waits_when_the_layer_says_so(rt: Runtime) -> None:
+    async with rt.db.transaction() as session:
+        await layers_service.update_layer(session, 2, {"rule": {
+            "promote": {"on_any": ["reply"]}, "caps": {"collision": "newsletter_waits"}}})
+    ida = await make_subscriber(rt, "ida@example.com", layer=2)
+    from .funnel_fixtures import tick
+    await tick(rt)  # the layer-2 welcome step goes now
+    news = await create(rt, layers=[2], send_now=True)
+    await advance(rt)
+    async with rt.db.read() as session:
+        held = (await session.execute(select(Message.next_attempt_at).where(
+            Message.newsletter_id == news.id, Message.subscriber_id == ida.id))).scalar_one()
+    assert held == rt.clock.now() + dt.timedelta(days=1)

@@ -148,3 +148,30 @@ async def test_referral_link_credits_the_referrer_on_confirm(app: App) -> None:
         new = (await session.execute(select(Subscriber).where(
             Subscriber.email == "new@example.com"))).scalar_one()
         assert credit.data["referred_id"] == new.id and new.referred_by_id == ref.id
+
+
+async def test_every_funnel_event_reaches_the_log(app: App) -> None:
+    from responder.events import record_event
+    from responder.models import Webhook
+
+    async with app.rt.db.transaction() as session:
+        session.add(Webhook(url="http://127.0.0.1:9/unreachable", secret="s",
+                            events=["enquiry", "referral", "unsubscribed", "purchase"],
+                            active=True, created_at=app.clock.now()))
+    kim = await make_subscriber(app.rt, "kim@example.com")
+    for type_ in ("enquiry", "referral", "purchase", "unsubscribe", "open"):
+        app.clock.advance(60)
+        async with app.rt.db.transaction() as session:
+            subscriber = await session.get(Subscriber, kim.id)
+            await record_event(session, subscriber, type_, app.clock.now())  # type: ignore[arg-type]
+    async with app.rt.db.read() as session:
+        events = sorted((await session.execute(select(WebhookDelivery.event))).scalars())
+    assert events == ["enquiry", "purchase", "referral", "unsubscribed"]
+
+    async def retried() -> bool:  # the unreachable URL: failed attempts logged, retry planned
+        async with app.rt.db.read() as session:
+            rows = (await session.execute(select(WebhookDelivery))).scalars().all()
+        return all(r.attempts >= 1 and r.state == "pending" and r.last_error for r in rows)
+
+    app.rt.wake_webhooks()
+    await wait_until(retried)
