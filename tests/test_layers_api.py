@@ -65,6 +65,11 @@ async def test_layer_crud_with_validation(app: App) -> None:
         resp = await client.delete(f"/api/v1/layers/{position}?move_to=1", headers=auth)
         assert resp.status == 200
     assert [l["position"] for l in await layers(app)] == [1, 2, 3, 4]
+    resp = await client.post("/api/v1/layers", headers=auth, json={  # a removed name is free
+        "name": "Curious", "label": "Curious"})
+    assert resp.status == 201
+    resp = await client.delete("/api/v1/layers/5?move_to=1", headers=auth)
+    assert resp.status == 200
     resp = await client.delete("/api/v1/layers/4?move_to=1", headers=auth)
     assert resp.status == 400 and "at least 4" in (await resp.json())["error"]["message"]
     async with app.rt.db.read() as session:

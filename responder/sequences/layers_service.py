@@ -99,8 +99,10 @@ async def create_layer(session: AsyncSession, data: dict[str, Any], now: dt.date
     await session.flush()
     layers.insert(position - 1, layer)
     await _renumber(session, layers)
-    session.add(Sequence(name=f"{layer.name}: main", layer_id=layer.id, trigger="layer",
-                         created_at=now))
+    name = f"{layer.name}: main"
+    if (await session.execute(select(Sequence.id).where(Sequence.name == name))).scalar():
+        name = f"{name} #{layer.id}"  # a renamed or removed layer's sequence kept the name
+    session.add(Sequence(name=name, layer_id=layer.id, trigger="layer", created_at=now))
     await session.flush()
     return layer
 
@@ -155,9 +157,11 @@ async def remove_layer(session: AsyncSession, position: int, move_to: Any, now: 
         if len(batch) < 500:
             break
         last_id = batch[-1].id
-    layer.removed_at = now
+    # Its name is freed for a new layer; history keeps pointing at this row.
+    removed_name = f"{layer.name} (removed #{layer.id})"[-120:]
     await session.execute(update(Layer).where(Layer.id == layer.id)
-                          .values(position=PARKED + layer.id, removed_at=now))
+                          .values(position=PARKED + layer.id, removed_at=now, name=removed_name))
+    layer.removed_at, layer.name = now, removed_name
     await _renumber(session, [l for l in layers if l.id != layer.id])
     return moved
 
