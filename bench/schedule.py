@@ -4,10 +4,11 @@
 
 For each size: a fresh SQLite file with that many active enrollments (and subscribers), of which
 ``--due`` are due now; a scheduler tick (``Scheduler.run_once`` with a batch as large as the due
-set) is timed five times (the same rows made due again in between, untimed), then an idle tick. The cost of a tick should follow the due rows, not all rows,
-so the ratio against the smallest size (the reference, measured in the same run) should stay
-near 1. Then the p50/p99 time to record one human click and evaluate the layer rules on it, as
-the tracking endpoint does (one transaction per event), against the pure rule function alone.
+set) is timed five times (the same rows made due again in between, untimed), then an idle
+tick. The cost of a tick should follow the due rows, not all rows, so the ratio against the
+smallest size (the reference, measured in the same run) should stay near 1. Then the p50/p99
+time to record one human click and evaluate the layer rules on it, as the tracking endpoint
+does (one transaction per event), against the pure rule function alone.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ async def _rates(session: AsyncSession, key: Any) -> dict[int, dict[str, Any]]:
 async def funnel_stats(session: AsyncSession) -> dict[str, Any]:
     layers = list((await session.execute(
         select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position))).scalars())
-    position = {l.id: l.position for l in layers}
+    position = {layer.id: layer.position for layer in layers}
     active = dict((await session.execute(
         select(Subscriber.layer_id, func.count()).where(Subscriber.status == "active")
         .group_by(Subscriber.layer_id))).all())
@@ -126,10 +126,10 @@ def format_stats(stats: dict[str, Any]) -> str:
         return "-" if value is None else f"{value * 100:.1f}%"
 
     lines = [f"{'layer':<44} {'active':>7} {'to next':>8} {'median days':>12}"]
-    for l in stats["layers"]:
-        days = "-" if l["median_days_in_layer"] is None else f"{l['median_days_in_layer']:.1f}"
-        lines.append(f"{l['position']}. {l['name'][:41]:<41} {l['subscribers']:>7} "
-                     f"{pct(l['conversion_to_next']):>8} {days:>12}")
+    for row in stats["layers"]:
+        days = "-" if row["median_days_in_layer"] is None else f"{row['median_days_in_layer']:.1f}"
+        lines.append(f"{row['position']}. {row['name'][:41]:<41} {row['subscribers']:>7} "
+                     f"{pct(row['conversion_to_next']):>8} {days:>12}")
     if stats["moves_per_week"]:
         lines += ["", "moves per week (up / down)"]
         lines += [f"  {m['week']}  {m['up']:>6} / {m['down']}" for m in stats["moves_per_week"]]

@@ -9,23 +9,23 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import ops
-from .api import handlers as api
-from .api import funnel as funnel_api
+from . import ops, referrals
 from .api import campaigns as campaigns_api
+from .api import funnel as funnel_api
+from .api import handlers as api
+from .api import templates as api_templates
 from .clock import Clock, SystemClock
 from .db import Database
 from .delivery.transport import Transport, make_transport
 from .delivery.worker import DeliveryWorker
+from .runtime import Runtime
 from .seed import Secrets, ensure_secrets, seed_defaults
 from .sequences.funnel import Scheduler
 from .settings import Settings
 from .tracking import handlers as tracking
 from .tracking.tokens import Tokens
-from .runtime import Runtime
-from . import referrals
-from .webhooks import WebhookSender
 from .web import RUNTIME, error_middleware, headers_middleware
+from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
@@ -64,6 +64,7 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
     if http:
         app.add_routes(tracking.routes)
         app.add_routes(api.routes)
+        app.add_routes(api_templates.routes)
         app.add_routes(ops.routes)
         app.add_routes(funnel_api.routes)
         app.add_routes(campaigns_api.routes)

@@ -15,6 +15,7 @@ from . import cli_funnel
 from .app import init_app, start_runtime
 from .errors import ConfigError
 from .settings import Settings
+from .templating import commands as templates_commands
 
 log = logging.getLogger("responder")
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser("upgrade", help="apply schema migrations")
     _add_common(upgrade)
+    templates_commands.add_parser(sub, _add_common)
     cli_funnel.add_commands(sub, _add_common)
     return parser
 
@@ -65,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(cli_funnel.run(args, settings))
         if args.command == "db":
             return asyncio.run(_db_upgrade(settings))
+        if args.command == "templates":
+            return asyncio.run(templates_commands.run(args, settings))
         return asyncio.run(_run(settings, http=args.command == "serve"))
     except ConfigError as exc:
         print(f"responder: error: {exc.message}", file=sys.stderr)

@@ -189,7 +189,8 @@ async def send_batch(session: AsyncSession, newsletter: Newsletter, now: dt.date
     if not rows:
         newsletter.state, newsletter.finished_at = "sent", now
         return 0
-    caps = {l.id: (l.rule or {}).get("caps") for l in (await session.execute(select(Layer))).scalars()}
+    caps = {layer.id: (layer.rule or {}).get("caps")
+            for layer in (await session.execute(select(Layer))).scalars()}
     holding = {i for i, c in caps.items() if (c or {}).get("collision") == "newsletter_waits"}
     held = {r.id for r in rows if r.layer_id in holding}
     sent = await recent_mail(session, held, now - dt.timedelta(days=7)) if held else {}

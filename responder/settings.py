@@ -190,7 +190,7 @@ class Settings:
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> "Settings":
+    ) -> Settings:
         """Read every setting from ``environ`` (default ``os.environ``); ``overrides`` win.
 
         Overrides are raw strings keyed by field name (``from`` as ``from_``); ``None`` means unset.
@@ -239,7 +239,7 @@ class Settings:
             confirm_max_age_s=parsed["confirm_max_age_s"],
         )
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @property

@@ -31,7 +31,7 @@ class SubscribeRequest:
     ref: str | None = None  # a referral token (see ``referrals``)
 
     @classmethod
-    def from_input(cls, data: dict[str, object], ip: str | None, user_agent: str | None) -> "SubscribeRequest":
+    def from_input(cls, data: dict[str, object], ip: str | None, user_agent: str | None) -> SubscribeRequest:
         return cls(
             email=clean_email(data.get("email")),
             name=clean_name(data.get("name")),

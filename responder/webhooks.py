@@ -140,7 +140,7 @@ class WebhookSender(PollingLoop):
         outcomes = await asyncio.gather(*(self._post(d, h) for d, h in due))
         now = self.rt.clock.now()
         async with self.rt.db.transaction() as session:
-            for (delivery, _hook), (status, error) in zip(due, outcomes):
+            for (delivery, _hook), (status, error) in zip(due, outcomes, strict=True):
                 row = await session.get(WebhookDelivery, delivery.id)
                 assert row is not None
                 row.attempts += 1

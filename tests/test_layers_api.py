@@ -19,7 +19,7 @@ async def layers(app: App) -> list[dict]:  # type: ignore[type-arg]
 
 async def test_layer_crud_with_validation(app: App) -> None:
     client, auth = app.client, app.auth
-    assert [l["label"] for l in await layers(app)] == ["Welcome", "Member", "Expert", "Partner",
+    assert [layer["label"] for layer in await layers(app)] == ["Welcome", "Member", "Expert", "Partner",
                                                        "Premier"]
     resp = await client.post("/api/v1/layers", headers=auth, json={
         "name": "Ambassador", "label": "Ambassador", "position": 6,
@@ -28,7 +28,7 @@ async def test_layer_crud_with_validation(app: App) -> None:
     resp = await client.post("/api/v1/layers", headers=auth, json={
         "name": "Curious", "label": "Curious", "position": 1})
     assert resp.status == 201
-    names = [l["name"] for l in await layers(app)]
+    names = [layer["name"] for layer in await layers(app)]
     assert names[0] == "Curious" and names[-1] == "Ambassador" and len(names) == 7
     resp = await client.post("/api/v1/layers", headers=auth, json={"name": "X", "label": "X"})
     assert resp.status == 400
@@ -64,7 +64,7 @@ async def test_layer_crud_with_validation(app: App) -> None:
     for position in (6, 5):
         resp = await client.delete(f"/api/v1/layers/{position}?move_to=1", headers=auth)
         assert resp.status == 200
-    assert [l["position"] for l in await layers(app)] == [1, 2, 3, 4]
+    assert [layer["position"] for layer in await layers(app)] == [1, 2, 3, 4]
     resp = await client.post("/api/v1/layers", headers=auth, json={  # a removed name is free
         "name": "Curious", "label": "Curious"})
     assert resp.status == 201

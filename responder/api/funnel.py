@@ -41,8 +41,8 @@ def body(schema: dict[str, Any]) -> dict[str, Any]:
 
 async def _layers_body(session: Any) -> dict[str, Any]:
     counts = await layers.counts(session)
-    return {"layers": [layer_json(l, counts.get(l.id, 0))
-                       for l in await layers.active_layers(session)]}
+    return {"layers": [layer_json(layer, counts.get(layer.id, 0))
+                       for layer in await layers.active_layers(session)]}
 
 
 LAYERS_OUT = {"200": json_body({"type": "object", "properties": {"layers": {"type": "array"}}}),

@@ -162,7 +162,7 @@ async def remove_layer(session: AsyncSession, position: int, move_to: Any, now: 
     await session.execute(update(Layer).where(Layer.id == layer.id)
                           .values(position=PARKED + layer.id, removed_at=now, name=removed_name))
     layer.removed_at, layer.name = now, removed_name
-    await _renumber(session, [l for l in layers if l.id != layer.id])
+    await _renumber(session, [other for other in layers if other.id != layer.id])
     return moved
 
 

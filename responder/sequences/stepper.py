@@ -98,8 +98,8 @@ def _aware(value: dt.datetime) -> dt.datetime:
 
 
 def lookback(layers: dict[int, Layer]) -> dt.timedelta:
-    gaps = [parse_duration(l.rule["caps"]["min_gap"]) for l in layers.values()
-            if (l.rule or {}).get("caps", {}).get("min_gap")]
+    gaps = [parse_duration(layer.rule["caps"]["min_gap"]) for layer in layers.values()
+            if (layer.rule or {}).get("caps", {}).get("min_gap")]
     return max([dt.timedelta(days=7), *(dt.timedelta(seconds=g) for g in gaps)])
 
 
@@ -139,7 +139,7 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
         .order_by(Step.position)
     )).scalars():
         steps[step.sequence_id].append(step)
-    layers = {l.id: l for l in (await session.execute(select(Layer))).scalars()}
+    layers = {layer.id: layer for layer in (await session.execute(select(Layer))).scalars()}
     sent = await recent_mail(session, subscriber_ids, now - lookback(layers))
     for subscriber_id, coming in (await newsletters_under_way(session, subscriber_ids, now)).items():
         sent[subscriber_id].extend(coming)
