@@ -9,10 +9,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import ops
+from . import ops, referrals
+from .api import campaigns as campaigns_api
 from .api import delivery as delivery_api
 from .api import enquiries as api_enquiries
 from .api import forms as api_forms
+from .api import funnel as funnel_api
 from .api import handlers as api
 from .api import templates as api_templates
 from .clock import Clock, SystemClock
@@ -31,6 +33,7 @@ from .tracking import track as tracking_track
 from .tracking.public import setup_public
 from .tracking.tokens import Tokens
 from .web import RUNTIME, error_middleware, headers_middleware
+from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
@@ -78,6 +81,9 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
         app.add_routes(api_templates.routes)
         app.add_routes(ops.routes)
         app.add_routes(delivery_api.routes)
+        app.add_routes(funnel_api.routes)
+        app.add_routes(campaigns_api.routes)
+        app.add_routes(referrals.routes)
     if background:
         app.cleanup_ctx.append(_loops(rt, transport or make_transport(rt.settings)))
         if rt.settings.inbound is not None:
@@ -87,7 +93,8 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
 
 def _loops(rt: Runtime, transport: Transport):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        loops = [Scheduler(rt), DeliveryWorker(rt, transport), EnquiryLoop(rt, transport)]
+        loops = [Scheduler(rt), DeliveryWorker(rt, transport), EnquiryLoop(rt, transport),
+                 WebhookSender(rt)]
         tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in loops]
         app[BACKGROUND] = loops
         yield

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from . import cli_funnel
 from .app import init_app, start_runtime
 from .errors import ConfigError
 from .settings import Settings
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     snippet = forms_sub.add_parser("snippet", help="print the HTML snippet of a form to paste")
     snippet.add_argument("form", help="form name (see RESPONDER_FORMS_FILE), e.g. default")
     _add_common(snippet)
+    cli_funnel.add_commands(sub, _add_common)
     return parser
 
 
@@ -79,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for env, value, help_text in settings.describe():
                 print(f"{env}={value}    # {help_text}")
             return 0
+        if args.command in cli_funnel.COMMANDS:
+            return asyncio.run(cli_funnel.run(args, settings))
         if args.command == "db":
             return asyncio.run(_db_upgrade(settings))
         if args.command == "templates":

@@ -61,3 +61,10 @@ class TemporaryDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """5xx reply for the recipient: the address bounces."""
+
+
+class Conflict(ResponderError):
+    """The request is valid but the thing is in a state that does not allow it."""
+
+    code = "conflict"
+    status = 409

@@ -1,4 +1,9 @@
-"""Recording what subscribers do, and letting each human event re-judge their layer at once."""
+"""Recording what subscribers do, and letting each human event re-judge their layer at once.
+
+Recording an event also starts the sequence it triggers (a purchase its back-end sequence, an
+enquiry its follow-up, a referral its thank-you), gives the ``preferred`` tag when the layer's
+rule says so, and queues the outgoing webhooks that want it.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,21 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import Event, Layer, LayerHistory, Subscriber
-from .sequences.funnel import move_layer, top_position
-from .sequences.promotion import PROMOTING_TYPES, Decision, EventFact, evaluate
+from . import webhooks
+from .models import Event, Layer, LayerHistory, Message, Step, Subscriber
+from .sequences.funnel import enroll, layer_sequence, move_layer, sunset, top_position
+from .sequences.promotion import PROMOTING_TYPES, Decision, EventFact, earns_preferred, evaluate
+from .sequences.triggers import TRIGGERS, start_triggered
 
 EVENT_TYPES = frozenset({
     "sent", "open", "click", "reply", "enquiry", "purchase", "referral", "unsubscribe", "bounce",
-    "complaint", "confirm", "promoted",
+    "complaint", "confirm", "promoted", "sunset",
 })
 # Types the admin API may record for an address (the rest come from tracking and delivery).
 API_EVENT_TYPES = ("purchase", "referral", "reply", "enquiry")
+WEBHOOK_NAMES = {"purchase": "purchase", "referral": "referral", "enquiry": "enquiry",
+                 "unsubscribe": "unsubscribed"}
+PREFERRED = "preferred"
 
 
 @dataclass(frozen=True)
@@ -45,34 +55,83 @@ async def record_event(
                   user_agent=user_agent, machine=machine, data=data or {}, created_at=now)
     session.add(event)
     await session.flush()
-    decision, history = await judge(session, subscriber, now) if (
-        not machine and type in PROMOTING_TYPES
-    ) else (Decision(None), None)
+    if type in WEBHOOK_NAMES:
+        await webhooks.emit(session, WEBHOOK_NAMES[type], {
+            "subscriber": {"id": subscriber.id, "email": subscriber.email},
+            "event_id": event.id, "data": data or {},
+        }, now)
+    if machine or type not in PROMOTING_TYPES:
+        return Recorded(event, Decision(None), None)
+    subscriber.last_human_at = now
+    if subscriber.status == "sunset" and subscriber.layer_id is not None:
+        # A sunset subscriber who comes back is mailed again, from their layer's first step.
+        subscriber.status = "active"
+        subscriber.layer_entered_at = now
+        await enroll(session, subscriber, subscriber.layer_id, now)
+    if type in TRIGGERS:
+        product = (data or {}).get("product")
+        await start_triggered(session, subscriber, type, now,
+                              product=product if isinstance(product, str) else None)
+    decision, history = (await judge(session, subscriber, now)
+                         if await may_promote(session, subscriber, type) else (Decision(None), None))
+    if history is None and type in ("purchase", "click"):
+        await grant_preferred(session, subscriber)
     return Recorded(event, decision, history)
 
 
+async def may_promote(session: AsyncSession, subscriber: Subscriber, type: str) -> bool:
+    """Whether an event of this type can promote under the layer's rule (demotion and sunset
+    come with time, in the daily sweep, never with an event)."""
+    if subscriber.status != "active" or subscriber.layer_id is None:
+        return False
+    layer = await session.get(Layer, subscriber.layer_id)
+    promote = ((layer.rule if layer else None) or {}).get("promote", {})
+    if type in promote.get("on_any", []):
+        return True
+    return type == "click" and bool(promote.get("clicked_messages") or promote.get("clicks"))
+
+
+async def step_sent_at(session: AsyncSession, subscriber: Subscriber, layer_id: int
+                       ) -> dict[int, dt.datetime]:
+    sequence = await layer_sequence(session, layer_id)
+    if sequence is None:
+        return {}
+    rows = await session.execute(
+        select(Step.position, Message.created_at).join(Message, Message.step_id == Step.id)
+        .where(Message.subscriber_id == subscriber.id, Step.sequence_id == sequence.id)
+    )
+    return {position: at for position, at in rows}
+
+
 async def judge(
-    session: AsyncSession, subscriber: Subscriber, now: dt.datetime
+    session: AsyncSession, subscriber: Subscriber, now: dt.datetime, *, top: int | None = None
 ) -> tuple[Decision, LayerHistory | None]:
-    """Evaluate the subscriber's layer rule on their events in the layer; move them if it says so."""
+    """Evaluate the subscriber's layer rule at ``now``; move (or sunset) them if it says so."""
     if subscriber.status != "active" or subscriber.layer_id is None:
         return Decision(None), None
     layer = await session.get(Layer, subscriber.layer_id)
     assert layer is not None
+    rule = layer.rule or {}
     entered_at = subscriber.layer_entered_at or subscriber.created_at
     rows = (await session.execute(
         select(Event.id, Event.type, Event.created_at, Event.message_id, Event.machine)
         .where(Event.subscriber_id == subscriber.id, Event.created_at > entered_at,
-               Event.type.in_(PROMOTING_TYPES))
+               Event.type.in_(PROMOTING_TYPES), Event.machine.is_(False))
     )).all()
     facts = [EventFact(r.id, r.type, r.created_at, r.message_id, r.machine) for r in rows]
-    decision = evaluate(layer.rule or {}, position=layer.position,
-                        top_position=await top_position(session), entered_at=entered_at,
-                        events=facts)
+    sent_steps = (await step_sent_at(session, subscriber, layer.id)
+                  if rule.get("promote", {}).get("clicks", {}).get("after_step") else {})
+    decision = evaluate(rule, position=layer.position, top_position=top or await top_position(session),
+                        entered_at=entered_at, events=facts, now=now, step_sent_at=sent_steps,
+                        last_human_at=subscriber.last_human_at or subscriber.confirmed_at
+                        or subscriber.created_at)
+    if decision.sunset:
+        await sunset(session, subscriber, decision.reason, now)
+        return decision, None
     if not decision.moves:
         return decision, None
     target = (await session.execute(
-        select(Layer).where(Layer.position == decision.target_position)
+        select(Layer).where(Layer.position == decision.target_position, Layer.removed_at.is_(None))
     )).scalar_one()
     history = await move_layer(session, subscriber, target, reason=decision.reason,
                                event_ids=decision.event_ids, now=now)
@@ -146,3 +205,28 @@ async def judge_many(
                 session, subscriber, by_position[decision.target_position],  # type: ignore[index]
                 reason=decision.reason, event_ids=decision.event_ids, now=now))
     return moves
+async def grant_preferred(session: AsyncSession, subscriber: Subscriber) -> bool:
+    """Tag the subscriber ``preferred`` when their layer's rule says they earned it."""
+    tags = list(subscriber.tags or [])
+    if PREFERRED in tags or subscriber.layer_id is None:
+        return False
+    layer = await session.get(Layer, subscriber.layer_id)
+    if layer is None or not (layer.rule or {}).get("preferred"):
+        return False
+    entered_at = subscriber.layer_entered_at or subscriber.created_at
+    rows = (await session.execute(
+        select(Event.type, Event.data, Event.created_at)
+        .where(Event.subscriber_id == subscriber.id, Event.type.in_(("purchase", "click")),
+               Event.machine.is_(False))
+    )).all()
+    total = sum(_value(data) for type_, data, _ in rows if type_ == "purchase")
+    clicks = sum(1 for type_, _, at in rows if type_ == "click" and at > entered_at)
+    if not earns_preferred(layer.rule, purchase_total=total, human_clicks=clicks):
+        return False
+    subscriber.tags = [*tags, PREFERRED]
+    return True
+
+
+def _value(data: Any) -> float:
+    value = (data or {}).get("value") if isinstance(data, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0

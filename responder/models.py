@@ -64,6 +64,8 @@ class Layer(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     rule: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime]
+    # A removed layer keeps its row (layer history points at it) with position 1000 + id.
+    removed_at: Mapped[dt.datetime | None]
 
 
 class Subscriber(Base):
@@ -83,6 +85,8 @@ class Subscriber(Base):
     # Subscriber choices from the unsubscribe page and preference center.
     paused_until: Mapped[dt.datetime | None]
     frequency: Mapped[str] = mapped_column(String(16), default="normal", server_default="normal")
+    referred_by_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id"))
+    last_human_at: Mapped[dt.datetime | None]  # last human open/click/reply/…: for the sweep
 
 
 class ConsentRecord(Base):
@@ -106,6 +110,7 @@ class Sequence(Base):
     name: Mapped[str] = mapped_column(String(120), unique=True)
     layer_id: Mapped[int | None] = mapped_column(ForeignKey("layers.id"), index=True)
     trigger: Mapped[str] = mapped_column(String(32), default="layer")  # layer | purchase | …
+    product: Mapped[str | None] = mapped_column(String(120))  # purchase trigger: only this product
     created_at: Mapped[dt.datetime]
 
 
@@ -118,6 +123,8 @@ class Step(Base):
     delay_s: Mapped[int] = mapped_column(Integer)
     template_name: Mapped[str] = mapped_column(String(120))
     purpose: Mapped[str] = mapped_column(String(32))
+    send_window: Mapped[dict[str, Any] | None]
+    condition: Mapped[dict[str, Any] | None]
 
 
 class Enrollment(Base):
@@ -162,6 +169,10 @@ class Newsletter(Base):
     state: Mapped[str] = mapped_column(String(16))
     scheduled_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime]
+    total: Mapped[int] = mapped_column(Integer, default=0)  # audience size, fixed at start
+    cursor: Mapped[int] = mapped_column(Integer, default=0)  # last subscriber id enqueued
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
 
 
 class Message(Base):
@@ -264,3 +275,38 @@ class DeliveryControl(Base):
     value: Mapped[str] = mapped_column(String(255))
     reason: Mapped[str] = mapped_column(String(255), default="")
     updated_at: Mapped[dt.datetime]
+class NewsletterRecipient(Base):
+    """A newsletter's audience, fixed when sending starts; walked in subscriber id order."""
+
+    __tablename__ = "newsletter_recipients"
+    newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletters.id"), primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), primary_key=True)
+
+
+class Webhook(Base):
+    __tablename__ = "webhooks"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    secret: Mapped[str] = mapped_column(String(255))
+    events: Mapped[list[Any]] = mapped_column(default=list)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime]
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: the delivery log and the retry queue in one table."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id"), index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # pending | delivered | failed
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime]
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime]
+    delivered_at: Mapped[dt.datetime | None]

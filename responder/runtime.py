@@ -22,12 +22,16 @@ class Runtime:
     scheduler_wake: asyncio.Event = field(default_factory=asyncio.Event)
     outbox_wake: asyncio.Event = field(default_factory=asyncio.Event)
     delivery_metrics: DeliveryMetrics = field(default_factory=DeliveryMetrics)
+    webhook_wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wake_scheduler(self) -> None:
         self.scheduler_wake.set()
 
     def wake_outbox(self) -> None:
         self.outbox_wake.set()
+
+    def wake_webhooks(self) -> None:
+        self.webhook_wake.set()
 
     def url(self, path: str) -> str:
         return self.settings.base_url + path

@@ -14,6 +14,7 @@ from .delivery import outbox
 from .errors import InvalidToken, ValidationError
 from .events import record_event
 from .models import ConsentRecord, Layer, Message, Subscriber
+from .referrals import credit_referral, referrer_id
 from .runtime import Runtime
 from .sequences.funnel import end_enrollments, enroll
 from .suppression import is_suppressed
@@ -33,6 +34,7 @@ class SubscribeRequest:
     user_agent: str | None = None
     consent_version: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+    ref: str | None = None  # a referral token (see ``referrals``)
 
     @classmethod
     def from_input(cls, data: dict[str, object], ip: str | None, user_agent: str | None, *,
@@ -49,6 +51,7 @@ class SubscribeRequest:
             consent_version=clean_text(data.get("consent_version"), "consent_version",
                                        max_len=64) or default_version,
             attributes=clean_attributes(data, allowed_attributes),
+            ref=data.get("ref") if isinstance(data.get("ref"), str) else None,  # type: ignore[arg-type]
         )
 
 
@@ -82,12 +85,13 @@ async def subscribe(rt: Runtime, req: SubscribeRequest) -> None:
         )).scalar_one_or_none()
         if subscriber is None:
             subscriber = Subscriber(email=req.email, name=req.name, status="pending",
-                                    attributes={}, tags=[], created_at=now)
+                                    attributes={}, tags=[], created_at=now,
+                                    referred_by_id=referrer_id(rt, req.ref))
             session.add(subscriber)
             await session.flush()
         elif subscriber.status in ("active", "bounced", "complained"):
             return
-        elif subscriber.status == "unsubscribed":
+        elif subscriber.status in ("unsubscribed", "sunset"):
             subscriber.status = "pending"
         if req.name:
             subscriber.name = req.name
@@ -142,7 +146,8 @@ async def confirm(rt: Runtime, token: str, ip: str | None, user_agent: str | Non
                                           "this confirmation link is not valid")
         if subscriber.status != "pending":
             return "already" if subscriber.status == "active" else "unsubscribed"
-        first = (await session.execute(select(Layer).order_by(Layer.position).limit(1))).scalar_one()
+        first = (await session.execute(select(Layer).where(Layer.removed_at.is_(None))
+                                       .order_by(Layer.position).limit(1))).scalar_one()
         subscriber.status = "active"
         subscriber.confirmed_at = now
         subscriber.layer_id = first.id
@@ -152,6 +157,7 @@ async def confirm(rt: Runtime, token: str, ip: str | None, user_agent: str | Non
                                   user_agent=(user_agent or "")[:512] or None, created_at=now))
         await record_event(session, subscriber, "confirm", now, ip=ip, user_agent=user_agent)
         await enroll(session, subscriber, first.id, now)
+        await credit_referral(session, subscriber, now)
     rt.wake_scheduler()
     return "confirmed"
 

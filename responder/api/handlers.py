@@ -57,7 +57,8 @@ async def list_layers(request: web.Request) -> web.Response:
             select(Subscriber.layer_id, func.count()).where(Subscriber.status == "active")
             .group_by(Subscriber.layer_id)
         )).all())
-        layers = (await session.execute(select(Layer).order_by(Layer.position))).scalars()
+        layers = (await session.execute(
+            select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position))).scalars()
         return web.json_response({"layers": [layer_json(layer, counts.get(layer.id, 0)) for layer in layers]})
 
 

@@ -11,11 +11,12 @@ import datetime as dt
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..delivery import outbox
+from .. import newsletters, webhooks
 from ..loop import PollingLoop
 from ..models import Enrollment, Event, Layer, LayerHistory, Sequence, Step, Subscriber
 from ..runtime import Runtime
-from .schedule import StepPlan, advance, first_due
+from .schedule import StepPlan, first_due
+from .stepper import run_due_steps
 
 
 async def layer_sequence(session: AsyncSession, layer_id: int) -> Sequence | None:
@@ -40,6 +41,11 @@ async def enroll(session: AsyncSession, subscriber: Subscriber, layer_id: int, n
     sequence = await layer_sequence(session, layer_id)
     if sequence is None:
         return None
+    return await enroll_in(session, subscriber, sequence, now)
+
+
+async def enroll_in(session: AsyncSession, subscriber: Subscriber, sequence: Sequence,
+                    now: dt.datetime) -> Enrollment:
     steps = await step_plans(session, sequence.id)
     due = first_due([StepPlan(s.position, s.delay_s) for s in steps], now)
     enrollment = Enrollment(
@@ -52,16 +58,23 @@ async def enroll(session: AsyncSession, subscriber: Subscriber, layer_id: int, n
     return enrollment
 
 
-async def end_enrollments(session: AsyncSession, subscriber_id: int, state: str, now: dt.datetime) -> None:
+async def end_enrollments(session: AsyncSession, subscriber_id: int, state: str, now: dt.datetime,
+                          *, layer_only: bool = False) -> None:
+    """End the subscriber's active enrollments (only the layer's main one with ``layer_only``)."""
+    condition = [Enrollment.subscriber_id == subscriber_id, Enrollment.state == "active"]
+    if layer_only:
+        condition.append(Enrollment.sequence_id.in_(
+            select(Sequence.id).where(Sequence.trigger == "layer")))
     await session.execute(
-        update(Enrollment)
-        .where(Enrollment.subscriber_id == subscriber_id, Enrollment.state == "active")
-        .values(state=state, ended_at=now, due_at=None)
+        update(Enrollment).where(*condition).values(state=state, ended_at=now, due_at=None)
+        .execution_options(synchronize_session=False)
     )
 
 
 async def top_position(session: AsyncSession) -> int:
-    return int((await session.execute(select(func.max(Layer.position)))).scalar_one() or 0)
+    return int((await session.execute(
+        select(func.max(Layer.position)).where(Layer.removed_at.is_(None))
+    )).scalar_one() or 0)
 
 
 async def move_layer(
@@ -73,24 +86,59 @@ async def move_layer(
     event_ids: tuple[int, ...] | list[int],
     now: dt.datetime,
 ) -> LayerHistory:
-    """Hand the subscriber off to ``to_layer``: history row, old sequence ended, new one started."""
+    """Hand the subscriber off to ``to_layer``: history row, old sequence ended, new one started.
+
+    Triggered sequences (back-end, follow-up, thank-you) keep running across the move.
+    """
+    from_layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
     history = LayerHistory(
         subscriber_id=subscriber.id, from_layer_id=subscriber.layer_id, to_layer_id=to_layer.id,
         reason=reason, event_ids=list(event_ids), created_at=now,
     )
     session.add(history)
-    await end_enrollments(session, subscriber.id, "handed_off", now)
+    await end_enrollments(session, subscriber.id, "handed_off", now, layer_only=True)
     subscriber.layer_id = to_layer.id
     subscriber.layer_entered_at = now
     session.add(Event(subscriber_id=subscriber.id, type="promoted", created_at=now,
                       data={"to_layer": to_layer.position, "reason": reason}))
-    await enroll(session, subscriber, to_layer.id, now)
+    if subscriber.status == "active":
+        await enroll(session, subscriber, to_layer.id, now)
+    await webhooks.emit(session, "layer_changed", {
+        "subscriber": {"id": subscriber.id, "email": subscriber.email},
+        "from_layer": from_layer.position if from_layer else None,
+        "to_layer": to_layer.position, "reason": reason, "event_ids": list(event_ids),
+    }, now)
     await session.flush()
     return history
 
 
+async def sunset(session: AsyncSession, subscriber: Subscriber, reason: str, now: dt.datetime) -> None:
+    """Stop mailing a long-silent subscriber; the record, layer and history stay."""
+    subscriber.status = "sunset"
+    await end_enrollments(session, subscriber.id, "stopped", now)
+    session.add(Event(subscriber_id=subscriber.id, type="sunset", created_at=now,
+                      data={"reason": reason}))
+    await session.flush()
+
+
+async def sunset_many(session: AsyncSession, subscriber_ids: list[int], reason: str,
+                      now: dt.datetime) -> None:
+    """``sunset`` for many subscribers in three statements (the daily sweep)."""
+    await session.execute(
+        update(Subscriber).where(Subscriber.id.in_(subscriber_ids)).values(status="sunset")
+        .execution_options(synchronize_session="fetch"))
+    await session.execute(
+        update(Enrollment).where(Enrollment.subscriber_id.in_(subscriber_ids),
+                                 Enrollment.state == "active")
+        .values(state="stopped", ended_at=now, due_at=None)
+        .execution_options(synchronize_session=False))
+    session.add_all([Event(subscriber_id=i, type="sunset", created_at=now, data={"reason": reason})
+                     for i in subscriber_ids])
+    await session.flush()
+
+
 class Scheduler(PollingLoop):
-    """Moves due sequence steps into the outbox."""
+    """Moves due sequence steps and newsletter batches into the outbox; sweeps once a day."""
 
     name = "scheduler"
 
@@ -98,42 +146,24 @@ class Scheduler(PollingLoop):
         super().__init__(rt.scheduler_wake, rt.settings.scheduler_poll_s)
         self.rt = rt
         self.batch_size = batch_size
+        self.next_sweep_at: dt.datetime | None = None
 
     async def run_once(self) -> int:
         rt = self.rt
         now = rt.clock.now()
-        queued = 0
+        # Newsletters first: a drip step due in the same tick then sees them and waits.
         async with rt.db.transaction() as session:
-            enrollments = list((await session.execute(
-                select(Enrollment)
-                .where(Enrollment.state == "active", Enrollment.due_at <= now)
-                .order_by(Enrollment.due_at).limit(self.batch_size)
-                .with_for_update(skip_locked=True)
-            )).scalars())
-            for enrollment in enrollments:
-                queued += await self._run_enrollment(session, enrollment, now)
-        if queued:
-            rt.wake_outbox()
-        return len(enrollments)
+            batches = await newsletters.advance(session, now, domain=rt.settings.sender_domain)
+        async with rt.db.transaction() as session:
+            done = await run_due_steps(session, now, limit=self.batch_size,
+                                       domain=rt.settings.sender_domain)
+        if self.next_sweep_at is None or now >= self.next_sweep_at:
+            from .sweep import SWEEP_EVERY, sweep  # the sweep judges through events → funnel
 
-    async def _run_enrollment(self, session: AsyncSession, enrollment: Enrollment, now: dt.datetime) -> int:
-        subscriber = await session.get(Subscriber, enrollment.subscriber_id)
-        assert subscriber is not None
-        if subscriber.status != "active":
-            enrollment.state, enrollment.ended_at, enrollment.due_at = "stopped", now, None
-            return 0
-        steps = await step_plans(session, enrollment.sequence_id)
-        plan = advance([StepPlan(s.position, s.delay_s) for s in steps], enrollment.next_position, now)
-        if plan is None:
-            enrollment.state, enrollment.ended_at, enrollment.due_at = "completed", now, None
-            return 0
-        step = next(s for s in steps if s.position == plan.send_position)
-        created = await outbox.enqueue(
-            session, subscriber_id=subscriber.id, kind="step", template_name=step.template_name,
-            step_id=step.id, now=now, domain=self.rt.settings.sender_domain,
-        )
-        enrollment.next_position = plan.next_position
-        enrollment.due_at = plan.next_due_at
-        if plan.next_due_at is None:
-            enrollment.state, enrollment.ended_at = "completed", now
-        return 1 if created else 0
+            async with rt.db.transaction() as session:
+                await sweep(session, now)
+            self.next_sweep_at = now + SWEEP_EVERY
+        if done.queued or batches:
+            rt.wake_outbox()
+        rt.wake_webhooks()
+        return done.processed + batches

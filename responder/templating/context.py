@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..models import Layer, Subscriber
+from ..referrals import referral_url
 from ..runtime import Runtime
 from ..settings import Settings
 
@@ -27,6 +28,7 @@ def recipient_context(
         "unsubscribe": rt.url(f"/unsubscribe/{unsubscribe_token}"),
         "preferences": rt.url(f"/preferences/{unsubscribe_token}"),
         "view": rt.url(f"/v/{rt.tokens.view(message_pk)}") if message_pk is not None else "",
+        "referral": referral_url(rt, subscriber.id),
     }
     if confirm_url is not None:
         links["confirm"] = confirm_url

@@ -12,6 +12,7 @@ from ..delivery.build import render_message
 from ..errors import InvalidToken
 from ..models import Message
 from ..pages import render_page
+from ..referrals import REF_COOKIE
 from ..subscribers import SubscribeRequest, confirm, renew_confirmation, subscribe
 from ..tracking.tokens import TokenRejected
 from ..validation import clean_form_id
@@ -56,6 +57,7 @@ async def pow_challenge(request: web.Request) -> web.Response:
 async def subscribe_post(request: web.Request) -> web.StreamResponse:
     rt, state = runtime(request), public(request)
     data, form, redirect = await state.form_post(request)
+    data.setdefault("ref", request.cookies.get(REF_COOKIE, ""))
     if form.pow_bits:
         state.pow.verify(form.id, form.pow_bits, data.get("pow_challenge"), data.get("pow_nonce"))
     if not data.get(HONEYPOT):  # a bot filled the hidden field: same answer, nothing stored

@@ -1,0 +1,187 @@
+"""Scheduler and rule-evaluation benchmark (SQLite).
+
+    .venv/bin/python bench/schedule.py [--sizes 10000,1000000] [--due 1000] [--events 1000]
+
+For each size: a fresh SQLite file with that many active enrollments (and subscribers), of which
+``--due`` are due now; a scheduler tick (``Scheduler.run_once`` with a batch as large as the due
+set) is timed five times (the same rows made due again in between, untimed), then an idle
+tick. The cost of a tick should follow the due rows, not all rows, so the ratio against the
+smallest size (the reference, measured in the same run) should stay near 1. Then the p50/p99
+time to record one human click and evaluate the layer rules on it, as the tracking endpoint
+does (one transaction per event), against the pure rule function alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select, text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from responder.app import start_runtime
+from responder.clock import FakeClock
+from responder.events import record_event
+from responder.models import Message, Subscriber
+from responder.sequences.funnel import Scheduler
+from responder.sequences.promotion import DEFAULT_RULE, EventFact, evaluate
+from responder.settings import Settings
+
+ROUNDS = 5
+START = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)
+
+
+def stamp(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
+
+
+def fill(path: Path, size: int, due: int) -> None:
+    """Bulk-insert ``size`` subscribers and enrollments straight through sqlite3 (fast)."""
+    conn = sqlite3.connect(path)
+    layer_id, sequence_id = conn.execute(
+        "SELECT l.id, s.id FROM layers l JOIN sequences s ON s.layer_id = l.id "
+        "WHERE l.position = 1").fetchone()
+    now = stamp(START)
+    due_at = stamp(START + dt.timedelta(seconds=1))
+    rng = random.Random(12)
+    with conn:
+        conn.executemany(
+            "INSERT INTO subscribers (id, email, name, status, layer_id, layer_entered_at, "
+            "attributes, tags, created_at, confirmed_at) VALUES (?, ?, '', 'active', ?, ?, '{}', "
+            "'[]', ?, ?)",
+            ((i, f"s{i}@example.com", layer_id, now, now, now) for i in range(1, size + 1)))
+        due_ids = set(rng.sample(range(1, size + 1), due))
+        conn.executemany(
+            "INSERT INTO enrollments (subscriber_id, sequence_id, state, next_position, due_at, "
+            "started_at) VALUES (?, ?, 'active', 1, ?, ?)",
+            ((i, sequence_id,
+              due_at if i in due_ids else stamp(START + dt.timedelta(minutes=1 + rng.randrange(86400))),
+              now) for i in range(1, size + 1)))
+    conn.execute("ANALYZE")
+    conn.close()
+
+
+def settings_for(path: Path) -> Settings:
+    return Settings.from_env({
+        "RESPONDER_DATABASE_URL": f"sqlite+aiosqlite:///{path}",
+        "RESPONDER_SMTP_URL": f"file://{path.parent}/outbox",
+        "RESPONDER_SECRET_KEY": "bench", "RESPONDER_ADMIN_TOKEN": "bench",
+        "RESPONDER_FROM": "Bench <bench@example.com>",
+    })
+
+
+async def tick_for(size: int, due: int, workdir: Path) -> tuple[float, float, int]:
+    path = workdir / f"bench-{size}.db"
+    started = await start_runtime(settings_for(path), FakeClock(START))
+    await started.runtime.db.dispose()
+    fill(path, size, due)
+    clock = FakeClock(START)
+    started = await start_runtime(settings_for(path), clock)
+    rt = started.runtime
+    try:
+        scheduler = Scheduler(rt, batch_size=due)
+        scheduler.next_sweep_at = START + dt.timedelta(days=1)  # time the tick, not the sweep
+        await scheduler.run_once()  # warm up connections and statement caches: nothing due yet
+        clock.advance(seconds=1)
+        ticks = []
+        for _ in range(ROUNDS):
+            t0 = time.perf_counter()
+            processed = await scheduler.run_once()
+            ticks.append(time.perf_counter() - t0)
+            async with rt.db.read() as session:
+                queued = (await session.execute(select(func.count()).select_from(Message))
+                          ).scalar_one()
+            assert processed == queued == due, (processed, queued)
+            async with rt.db.transaction() as session:  # the same rows due again, untimed
+                await session.execute(text(
+                    "UPDATE enrollments SET due_at = :due, next_position = 1 WHERE id IN "
+                    "(SELECT e.id FROM enrollments e JOIN messages m "
+                    "ON m.subscriber_id = e.subscriber_id)"), {"due": stamp(clock.now())})
+                await session.execute(text("DELETE FROM messages"))
+        clock.advance(seconds=1)
+        async with rt.db.transaction() as session:
+            await session.execute(text("UPDATE enrollments SET due_at = :later WHERE due_at <= "
+                                       ":now"), {"later": stamp(clock.now() + dt.timedelta(
+                                           days=90)), "now": stamp(clock.now())})
+        t0 = time.perf_counter()
+        await scheduler.run_once()
+        idle_s = time.perf_counter() - t0
+        return statistics.median(ticks), idle_s, due
+    finally:
+        await rt.db.dispose()
+
+
+async def events_p99(count: int, workdir: Path) -> tuple[list[float], list[float]]:
+    path = workdir / "bench-events.db"
+    clock = FakeClock(START)
+    started = await start_runtime(settings_for(path), clock)
+    await started.runtime.db.dispose()
+    fill(path, 1000, 0)
+    started = await start_runtime(settings_for(path), clock)
+    rt = started.runtime
+    rng = random.Random(7)
+    timings = []
+    try:
+        for _ in range(count):
+            clock.advance(seconds=30)
+            t0 = time.perf_counter()
+            async with rt.db.transaction() as session:
+                subscriber = await session.get(Subscriber, rng.randrange(1, 1001))
+                assert subscriber is not None
+                await record_event(session, subscriber, "click", clock.now(),
+                                   message_id=None, machine=False)
+            timings.append(time.perf_counter() - t0)
+    finally:
+        await rt.db.dispose()
+    facts = [EventFact(i, "click", START + dt.timedelta(hours=i), i % 3) for i in range(20)]
+    pure = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        evaluate(DEFAULT_RULE, position=1, top_position=5, entered_at=START, events=facts,
+                 now=START + dt.timedelta(days=1))
+        pure.append(time.perf_counter() - t0)
+    return timings, pure
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,1000000")
+    parser.add_argument("--due", type=int, default=1000)
+    parser.add_argument("--events", type=int, default=1000)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        reference = None
+        print(f"scheduler tick, SQLite, {args.due} due enrollments (median of {ROUNDS} ticks)")
+        for size in sizes:
+            t0 = time.perf_counter()
+            tick_s, idle_s, processed = await tick_for(size, args.due, workdir)
+            setup_s = time.perf_counter() - t0 - tick_s - idle_s
+            reference = reference or tick_s
+            print(f"  {size:>9,} enrollments: tick {tick_s * 1000:7.1f} ms for {processed} due "
+                  f"(x{tick_s / reference:.2f} vs {sizes[0]:,}), idle tick "
+                  f"{idle_s * 1000:5.1f} ms, setup {setup_s:.0f} s")
+        timings, pure = await events_p99(args.events, workdir)
+        print(f"record one human click + evaluate the rules ({args.events} events, one "
+              f"transaction each): p50 {pct(timings, 50) * 1000:.2f} ms, "
+              f"p99 {pct(timings, 99) * 1000:.2f} ms")
+        print(f"  reference, the pure rule alone: p50 {pct(pure, 50) * 1e6:.1f} µs, "
+              f"p99 {pct(pure, 99) * 1e6:.1f} µs (x{pct(timings, 99) / pct(pure, 99):.0f})")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
