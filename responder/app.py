@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import ops
+from .admin import setup_admin
 from .api import handlers as api
 from .clock import Clock, SystemClock
 from .db import Database
@@ -61,6 +62,7 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
         app.add_routes(tracking.routes)
         app.add_routes(api.routes)
         app.add_routes(ops.routes)
+        setup_admin(app)
     if background:
         app.cleanup_ctx.append(_loops(rt, transport or make_transport(rt.settings)))
     return app

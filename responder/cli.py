@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from . import cli_admin
 from .app import init_app, start_runtime
 from .errors import ConfigError
 from .settings import Settings
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser("upgrade", help="apply schema migrations")
     _add_common(upgrade)
+    cli_admin.add_parsers(sub, _add_common)
     return parser
 
 
@@ -59,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for env, value, help_text in settings.describe():
                 print(f"{env}={value}    # {help_text}")
             return 0
+        if args.command in cli_admin.COMMANDS:
+            return asyncio.run(cli_admin.run(args, settings))
         if args.command == "db":
             return asyncio.run(_db_upgrade(settings))
         return asyncio.run(_run(settings, http=args.command == "serve"))

@@ -159,6 +159,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("smtp_timeout_s", "30", "seconds before an SMTP command times out", parse_float),
     Spec("max_body_bytes", "65536", "largest request body accepted by public endpoints", parse_int),
     Spec("confirm_max_age_s", "604800", "seconds a confirmation link stays valid", parse_int),
+    Spec("admin_session_s", "43200", "seconds an admin web UI sign-in lasts", parse_int),
+    Spec("import_max_bytes", "104857600", "largest CSV file accepted by a subscriber import",
+         parse_int),
 )
 
 _FIELD_NAMES = {spec.field: spec for spec in SPECS}
@@ -186,6 +189,8 @@ class Settings:
     smtp_timeout_s: float
     max_body_bytes: int
     confirm_max_age_s: int
+    admin_session_s: int = 43200
+    import_max_bytes: int = 104857600
 
     @classmethod
     def from_env(
@@ -237,6 +242,8 @@ class Settings:
             smtp_timeout_s=parsed["smtp_timeout_s"],
             max_body_bytes=parsed["max_body_bytes"],
             confirm_max_age_s=parsed["confirm_max_age_s"],
+            admin_session_s=parsed["admin_session_s"],
+            import_max_bytes=parsed["import_max_bytes"],
         )
 
     def replace(self, **changes: Any) -> "Settings":
@@ -271,6 +278,8 @@ class Settings:
             "smtp_timeout_s": str(self.smtp_timeout_s),
             "max_body_bytes": str(self.max_body_bytes),
             "confirm_max_age_s": str(self.confirm_max_age_s),
+            "admin_session_s": str(self.admin_session_s),
+            "import_max_bytes": str(self.import_max_bytes),
         }
         return [(spec.env, values[spec.field], spec.help) for spec in SPECS]
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy import func, select
 
-from ..errors import NotFound, ResponderError, ValidationError
+from ..api_tokens import scope_of
+from ..errors import Forbidden, NotFound, ResponderError, ValidationError
 from ..events import API_EVENT_TYPES, record_event
 from ..models import Enrollment, Event, Layer, LayerHistory, Subscriber
 from ..validation import clean_email
@@ -24,15 +24,22 @@ class Unauthorized(ResponderError):
     status = 401
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer tokens for /api/v1/: the bootstrap admin token or a named token; read scope may
+    only read."""
     if request.path.startswith(PREFIX + "/") and request.path != PREFIX + "/openapi.json":
-        expected = runtime(request).settings.admin_token or ""
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not expected or not hmac.compare_digest(
-            given.strip().encode(), expected.encode()
-        ):
+        scope = await scope_of(runtime(request), given.strip()) if (
+            scheme.lower() == "bearer" and given.strip()
+        ) else None
+        if scope is None:
             raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+        if request.method not in SAFE_METHODS and scope != "write":
+            raise Forbidden("this token has read scope; a write-scope token is needed")
     return await handler(request)
 
 
@@ -56,7 +63,7 @@ async def list_layers(request: web.Request) -> web.Response:
         counts = dict((await session.execute(
             select(Subscriber.layer_id, func.count()).where(Subscriber.status == "active")
             .group_by(Subscriber.layer_id)
-        )).tuples().all())
+        )).all())
         layers = (await session.execute(select(Layer).order_by(Layer.position))).scalars()
         return web.json_response({"layers": [layer_json(l, counts.get(l.id, 0)) for l in layers]})
 

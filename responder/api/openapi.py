@@ -41,6 +41,8 @@ SCHEMAS: dict[str, Any] = {"Error": ERROR, "Layer": LAYER, "Subscriber": SUBSCRI
 def describe(path: str, method: str, operation: dict[str, Any]) -> None:
     """Register one operation; each API module describes its routes beside their handlers."""
     operation.setdefault("responses", {}).setdefault("401", error("missing or wrong bearer token"))
+    if method.lower() not in ("get", "head"):
+        operation["responses"].setdefault("403", error("the token has read scope"))
     PATHS.setdefault(path, {})[method.lower()] = operation
 
 

@@ -1,0 +1,122 @@
+"""The admin web UI over HTTP: sign-in, cookie flags, CSRF and cross-origin refusal, escaping,
+the Content-Security-Policy, and the pages' content."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from responder.models import AdminSession, Subscriber
+
+from .admin_fixtures import CSRF_FIELD, PASSWORD, make_subscriber, signed_in
+from .conftest import App
+
+
+async def test_pages_need_a_session(app: App) -> None:
+    resp = await app.client.get("/admin/subscribers", allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/admin/login"
+    resp = await app.client.post("/admin/subscribers/1/layer", data={"position": "2"},
+                                 allow_redirects=False)
+    assert resp.status == 403
+
+
+async def test_login_sets_a_strict_http_only_cookie_and_logout_ends_it(app: App) -> None:
+    browser = await signed_in(app.rt, app.client)
+    form = await app.client.get("/admin/login")
+    token = CSRF_FIELD.search(await form.text()).group(1)  # type: ignore[union-attr]
+    resp = await app.client.post("/admin/login", allow_redirects=False, data={
+        "username": "ada", "password": PASSWORD, "csrf": token},
+        headers={"Cookie": f"responder_login_csrf={token}"})
+    cookie = resp.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/admin" in cookie
+    assert "Secure" in cookie  # the base URL is https
+    resp = await browser.get("/admin/")
+    assert resp.status == 200 and "Subscribers per layer" in await resp.text()
+    resp = await browser.post("/admin/logout", {})
+    assert resp.status == 303
+    assert (await browser.get("/admin/")).status == 303
+    async with app.rt.db.read() as session:
+        assert len((await session.execute(select(AdminSession))).scalars().all()) == 1
+
+
+async def test_wrong_password_and_login_without_its_token_are_refused(app: App) -> None:
+    await signed_in(app.rt, app.client)
+    form = await app.client.get("/admin/login")
+    token = CSRF_FIELD.search(await form.text()).group(1)  # type: ignore[union-attr]
+    resp = await app.client.post("/admin/login", data={
+        "username": "ada", "password": "wrong password!", "csrf": token},
+        headers={"Cookie": f"responder_login_csrf={token}"})
+    assert resp.status == 401 and "Wrong username or password" in await resp.text()
+    resp = await app.client.post("/admin/login", data={
+        "username": "ada", "password": PASSWORD, "csrf": "forged"},
+        headers={"Cookie": f"responder_login_csrf={token}"})
+    assert resp.status == 403
+
+
+async def test_state_changes_need_the_token_and_the_same_origin(app: App) -> None:
+    browser = await signed_in(app.rt, app.client)
+    subscriber_id = await make_subscriber(app.rt, "grace@example.com")
+    path = f"/admin/subscribers/{subscriber_id}/layer"
+    refused = [
+        await browser.post(path, {"position": "3"}, csrf=False),
+        await browser.post(path, {"position": "3", "csrf": "not-the-token"}, csrf=False),
+        await browser.post(path, {"position": "3"}, headers={"Origin": "https://evil.example"}),
+        await browser.post(path, {"position": "3"}, headers={"Sec-Fetch-Site": "cross-site"}),
+        await browser.post(path, {"position": "3"}, headers={"Origin": "null"}),
+    ]
+    assert [r.status for r in refused] == [403] * 5
+    assert "cross-origin request refused" in await refused[2].text()
+    async with app.rt.db.read() as session:
+        assert (await session.get(Subscriber, subscriber_id)).layer_id == 1  # type: ignore[union-attr]
+    resp = await browser.post(path, {"position": "3"},
+                              headers={"Origin": "https://news.example.com",
+                                       "Sec-Fetch-Site": "same-origin"})
+    assert resp.status == 303
+    async with app.rt.db.read() as session:
+        subscriber = await session.get(Subscriber, subscriber_id)
+        assert subscriber is not None and subscriber.layer_id == 3
+
+
+async def test_hostile_names_are_escaped_and_scripts_only_from_self(app: App) -> None:
+    browser = await signed_in(app.rt, app.client)
+    hostile = "<script>alert(1)</script>"
+    subscriber_id = await make_subscriber(app.rt, "mallory@example.com", name=hostile)
+    for path in ("/admin/subscribers", f"/admin/subscribers/{subscriber_id}",
+                 "/admin/subscribers?q=%3Cscript%3E"):
+        resp = await browser.get(path)
+        html = await resp.text()
+        assert resp.status == 200
+        assert hostile not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+        csp = resp.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert "frame-ancestors 'none'" in csp
+
+
+async def test_every_page_renders(app: App) -> None:
+    browser = await signed_in(app.rt, app.client)
+    await make_subscriber(app.rt, "lin@example.com", name="Lin", layer=2, tags=["preferred"])
+    expected = {"/admin/": "Moves per week", "/admin/subscribers": "lin@example.com",
+                "/admin/layers": "Promotion rule", "/admin/settings": "_domainkey.acme.example.com",
+                "/admin/imports/new": "consent_source"}
+    for path, text in expected.items():
+        resp = await browser.get(path)
+        assert resp.status == 200, path
+        assert text in await resp.text(), path
+    js = await app.client.get("/admin/static/admin.js")
+    assert js.status == 200 and "followImport" in await js.text()
+
+
+async def test_tag_preferred_and_move_from_the_detail_page(app: App) -> None:
+    browser = await signed_in(app.rt, app.client)
+    subscriber_id = await make_subscriber(app.rt, "ken@example.com", name="Ken")
+    resp = await browser.post(f"/admin/subscribers/{subscriber_id}/preferred", {"on": "1"})
+    assert resp.status == 303
+    page = await (await browser.get(f"/admin/subscribers/{subscriber_id}")).text()
+    assert "Remove preferred" in page
+    resp = await browser.post(f"/admin/subscribers/{subscriber_id}/layer",
+                              {"position": "2", "reason": "bought the starter kit"})
+    assert resp.headers["Location"].endswith("notice=moved-2")
+    page = await (await browser.get(resp.headers["Location"])).text()
+    assert "Moved to layer 2" in page and "admin: bought the starter kit" in page
+    async with app.rt.db.read() as session:
+        subscriber = await session.get(Subscriber, subscriber_id)
+        assert subscriber is not None and subscriber.tags == ["preferred"]
