@@ -248,13 +248,13 @@ async def _insert(rt: Runtime, batch: list[tuple[int, ImportRow]], layers: dict[
 
 async def run_job(rt: Runtime, job_id: int, path: Path, consent_source: str | None) -> None:
     """Import a spooled upload, writing progress to its job row; the file is removed after."""
-    async def save(state: ImportProgress, **extra: Any) -> None:
+    async def save(progress: ImportProgress, **extra: Any) -> None:
         async with rt.db.transaction() as session:
             job = await session.get(ImportJob, job_id)
             assert job is not None
-            job.bytes_read, job.rows_read = state.bytes_read, state.rows_read
-            job.imported, job.rejected = state.imported, state.rejected
-            job.rejected_rows = list(state.rejected_rows)
+            job.bytes_read, job.rows_read = progress.bytes_read, progress.rows_read
+            job.imported, job.rejected = progress.imported, progress.rejected
+            job.rejected_rows = list(progress.rejected_rows)
             for key, value in extra.items():
                 setattr(job, key, value)
 

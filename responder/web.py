@@ -87,7 +87,10 @@ async def read_input(request: web.Request) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise ValidationFailed("body must be a JSON object")
         return data
-    form = await request.post()
+    try:
+        form = await request.post()
+    except ValueError as exc:  # e.g. multipart/form-data without a boundary
+        raise ValidationFailed(f"body is not a valid form: {exc}") from exc
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 

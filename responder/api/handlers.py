@@ -82,7 +82,7 @@ def subscriber_json(subscriber: Subscriber, layer: Layer | None) -> dict[str, An
 
 def _path_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not raw.isdigit() or len(raw) > 10 or int(raw) > 2**31 - 1:  # PostgreSQL's integer
         raise NotFound("no such subscriber")
     return int(raw)
 
