@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-WIDTH = 640
+WIDTH = 520
 ROW_H = 34
 UP, DOWN, HUMAN, MACHINE, BAR = "#2d7a4f", "#b8453a", "#2d5b8a", "#a9b4c2", "#2d5b8a"
 
@@ -26,7 +26,7 @@ def _svg(height: int, body: str, label: str) -> Markup:
 
 def _text(x: float, y: float, text: object, anchor: str = "start", fill: str = "#222") -> str:
     return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" fill="{fill}" '
-            f'font-size="13" font-family="sans-serif">{escape(str(text))}</text>')
+            f'font-size="15" font-family="sans-serif">{escape(str(text))}</text>')
 
 
 @dataclass(frozen=True)

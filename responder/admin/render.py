@@ -8,10 +8,11 @@ from typing import Any
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from ..admin_users import SignedIn
 from .nav import NavItem
 
 NAV = web.AppKey("admin_nav", list)
-SIGNED_IN = "admin_signed_in"
+SIGNED_IN = web.RequestKey("admin_signed_in", SignedIn)
 ADMIN_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
              "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
@@ -30,4 +31,7 @@ def render(request: web.Request, name: str, *, status: int = 200, **context: Any
     html = admin_env().get_template(name).render(
         nav=nav, here=request.path, user=request.get(SIGNED_IN), **context)
     return web.Response(text=html, status=status, content_type="text/html", charset="utf-8",
-                        headers={"Content-Security-Policy": ADMIN_CSP, "Cache-Control": "no-store"})
+                        headers={"Content-Security-Policy": ADMIN_CSP, "Cache-Control": "no-store",
+                                 # With "no-referrer" browsers send "Origin: null" on form posts,
+                                 # which the cross-origin check must refuse.
+                                 "Referrer-Policy": "same-origin"})
