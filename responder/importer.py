@@ -13,6 +13,7 @@ import asyncio
 import csv
 import datetime as dt
 import logging
+import os
 import re
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from sqlalchemy import insert as insert_rows
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -100,7 +102,7 @@ def parse_row(raw: dict[str, Any], *, positions: set[int], default_position: int
             raise ValidationError("consented_at is not an ISO 8601 date",
                                   field="consented_at") from exc
         if consented_at.tzinfo is None:
-            consented_at = consented_at.replace(tzinfo=dt.timezone.utc)
+            consented_at = consented_at.replace(tzinfo=dt.UTC)
         if consented_at > now:
             raise ValidationError("consented_at is in the future", field="consented_at")
     return ImportRow(
@@ -238,9 +240,9 @@ async def _insert(rt: Runtime, batch: list[tuple[int, ImportRow]], layers: dict[
                     "next_position": plan.first_position, "due_at": due, "started_at": now,
                     "ended_at": None if due else now})
         if consents:
-            await session.execute(ConsentRecord.__table__.insert(), consents)
+            await session.execute(insert_rows(ConsentRecord), consents)
         if enrollments:
-            await session.execute(Enrollment.__table__.insert(), enrollments)
+            await session.execute(insert_rows(Enrollment), enrollments)
         state.imported += len(consents)
     if enrollments:
         rt.wake_scheduler()
@@ -325,11 +327,11 @@ class ImportJobs:
 
 async def spool(chunks: AsyncIterator[bytes], max_bytes: int) -> Path:
     """Write an upload to a temporary file without holding it in memory."""
-    handle = tempfile.NamedTemporaryFile(prefix="responder-import-", suffix=".csv", delete=False)
-    path = Path(handle.name)
+    fd, name = tempfile.mkstemp(prefix="responder-import-", suffix=".csv")
+    path = Path(name)
     size = 0
     try:
-        with handle:
+        with os.fdopen(fd, "wb") as handle:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:

@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import String, cast, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +22,7 @@ from .runtime import Runtime
 from .sequences.funnel import move_layer
 from .validation import clean_text
 
+_S = TypeVar("_S", bound=Select)  # type: ignore[type-arg]
 STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
 TAG = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 MAX_PAGE = 200
@@ -69,7 +70,7 @@ class SubscriberFilter:
     text: str | None = None
 
     @classmethod
-    def from_query(cls, query: Mapping[str, str]) -> "SubscriberFilter":
+    def from_query(cls, query: Mapping[str, str]) -> SubscriberFilter:
         status = query.get("status") or None
         if status is not None and status not in STATUSES:
             raise ValidationError(f"status must be one of {', '.join(STATUSES)}", field="status")
@@ -81,7 +82,7 @@ class SubscriberFilter:
             text=clean_text(query.get("q"), "q", max_len=200) or None,
         )
 
-    def apply(self, stmt: Select[Any]) -> Select[Any]:
+    def apply(self, stmt: _S) -> _S:
         if self.layer is not None:
             stmt = stmt.where(Subscriber.layer_id == select(Layer.id).where(
                 Layer.position == self.layer).scalar_subquery())
@@ -112,7 +113,7 @@ async def list_subscribers(session: AsyncSession, flt: SubscriberFilter, *,
     if after is not None:
         stmt = stmt.where(Subscriber.id < after)
     rows = (await session.execute(stmt.order_by(Subscriber.id.desc()).limit(limit + 1))).all()
-    items = [(s, l) for s, l in rows[:limit]]
+    items: list[tuple[Subscriber, Layer | None]] = [(s, l) for s, l in rows[:limit]]
     return Page(items, encode_cursor(items[-1][0].id) if len(rows) > limit else None)
 
 

@@ -4,8 +4,6 @@ go to test-artifacts/screenshots/."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from sqlalchemy import select
 
@@ -18,7 +20,7 @@ from .subscribers import PAGING, page_limit
 
 routes = web.RouteTableDef()
 
-TOKEN = {"type": "object", "required": ["name", "scope"], "properties": {
+TOKEN: dict[str, Any] = {"type": "object", "required": ["name", "scope"], "properties": {
     "name": {"type": "string"}, "scope": {"enum": ["read", "write"]},
     "created_at": {"type": ["string", "null"]}}}
 
