@@ -120,3 +120,26 @@ async def test_tag_preferred_and_move_from_the_detail_page(app: App) -> None:
     async with app.rt.db.read() as session:
         subscriber = await session.get(Subscriber, subscriber_id)
         assert subscriber is not None and subscriber.tags == ["preferred"]
+
+
+async def test_sessions_expire(app: App) -> None:
+    browser = await signed_in(app.rt, app.client)
+    app.clock.advance(app.rt.settings.admin_session_s - 1)
+    assert (await browser.get("/admin/settings")).status == 200
+    app.clock.advance(2)
+    resp = await browser.get("/admin/settings")
+    assert resp.status == 303 and resp.headers["Location"] == "/admin/login"
+
+
+async def test_tokens_are_created_and_revoked_from_settings(app: App) -> None:
+    browser = await signed_in(app.rt, app.client)
+    resp = await browser.post("/admin/settings/tokens", {"name": "shop", "scope": "read"})
+    page = await resp.text()
+    assert resp.status == 200 and "shown again" in page
+    secret = page.split('<code class="secret">')[1].split("</code>")[0]
+    assert (await app.client.get("/api/v1/layers",
+                                 headers={"Authorization": f"Bearer {secret}"})).status == 200
+    resp = await browser.post("/admin/settings/tokens/shop/revoke", {})
+    assert resp.status == 303
+    assert (await app.client.get("/api/v1/layers",
+                                 headers={"Authorization": f"Bearer {secret}"})).status == 401
