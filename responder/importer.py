@@ -337,6 +337,8 @@ async def spool(chunks: AsyncIterator[bytes], max_bytes: int) -> Path:
                 if size > max_bytes:
                     raise TooLarge(f"the file is larger than {max_bytes} bytes")
                 handle.write(chunk)
+        if size == 0:
+            raise ValidationError("the CSV file is empty", field="file")
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -38,7 +38,8 @@ def error_response(request: web.Request, status: int, code: str, message: str,
         body = {"error": {"code": code, "message": message, "field": field}}
         return web.json_response(body, status=status)
     rt = request.app[RUNTIME]
-    title = {400: "Something is wrong with that", 401: "Sign in needed", 404: "Link not valid",
+    title = {400: "Something is wrong with that", 401: "Sign in needed", 403: "Not allowed",
+             404: "Link not valid",
              413: "Too much data", 429: "Too many requests"}.get(status, "Something went wrong")
     return render_page("message.html", status=status, title=title, message=message,
                        sender_name=rt.settings.from_name)

@@ -82,6 +82,9 @@ async def test_import_needs_a_consent_source_and_an_email_header(app: App) -> No
     job = await wait_for_job(app, (await resp.json())["id"])
     assert job["state"] == "failed" and "email" in job["error"]
 
+    resp = await app.client.post("/api/v1/imports?consent_source=x", data="",
+                                 headers={**app.auth, "Content-Type": "text/csv"})
+    assert resp.status == 400 and (await resp.json())["error"]["field"] == "file"
     resp = await app.client.post("/api/v1/imports?consent_source=%0A", data="email\n",
                                  headers={**app.auth, "Content-Type": "text/csv"})
     assert resp.status == 400 and (await resp.json())["error"]["field"] == "consent_source"

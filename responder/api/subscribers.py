@@ -179,7 +179,8 @@ describe(PREFIX + "/imports", "post", {
                                    "has a consent_source column",
                     "schema": {"type": "string", "maxLength": 64}}],
     "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}},
-    "responses": {"202": json_body(JOB, "started"), "400": error("invalid consent source"),
+    "responses": {"202": json_body(JOB, "started"),
+                  "400": error("empty file or invalid consent source"),
                   "413": error("the file is too large")},
 })
 
