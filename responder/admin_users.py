@@ -3,6 +3,7 @@ stored as SHA-256, a per-session CSRF token, expiry from the injected clock."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import re
@@ -51,10 +52,11 @@ def session_key(cookie_value: str) -> str:
 
 async def create_user(rt: Runtime, username: object, password: object) -> None:
     username, password = clean_username(username), check_password(password)
+    password_hash = await asyncio.to_thread(_hasher.hash, password)
     async with rt.db.transaction() as session:
         if (await session.execute(select(AdminUser.id).where(AdminUser.username == username))).first():
             raise Conflict(f"user {username!r} exists", field="username")
-        session.add(AdminUser(username=username, password_hash=_hasher.hash(password),
+        session.add(AdminUser(username=username, password_hash=password_hash,
                               created_at=rt.clock.now()))
 
 
@@ -66,13 +68,15 @@ async def sign_in(rt: Runtime, username: str, password: str) -> str | None:
             select(AdminUser).where(AdminUser.username == username)
         )).scalar_one_or_none()
         try:
-            _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+            # Argon2 takes a good fraction of a second on purpose: off the event loop.
+            await asyncio.to_thread(_hasher.verify, user.password_hash if user else _DUMMY_HASH,
+                                    password)
         except (VerificationError, InvalidHashError):
             return None
         if user is None:
             return None
         if _hasher.check_needs_rehash(user.password_hash):
-            user.password_hash = _hasher.hash(password)
+            user.password_hash = await asyncio.to_thread(_hasher.hash, password)
         user.last_login_at = now
         cookie_value = secrets.token_urlsafe(32)
         await session.execute(delete(AdminSession).where(AdminSession.expires_at <= now))

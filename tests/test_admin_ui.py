@@ -3,8 +3,13 @@ the Content-Security-Policy, and the pages' content."""
 
 from __future__ import annotations
 
+import datetime as dt
+
+import pytest
 from sqlalchemy import select
 
+from responder.admin.auth import THROTTLE
+from responder.admin.throttle import MAX_FAILURES, WINDOW_S, SignInThrottle
 from responder.models import AdminSession, Subscriber
 
 from .admin_fixtures import CSRF_FIELD, PASSWORD, make_subscriber, signed_in
@@ -143,3 +148,36 @@ async def test_tokens_are_created_and_revoked_from_settings(app: App) -> None:
     assert resp.status == 303
     assert (await app.client.get("/api/v1/layers",
                                  headers={"Authorization": f"Bearer {secret}"})).status == 401
+
+
+async def test_repeated_wrong_passwords_lock_the_username_for_a_while(app: App) -> None:
+    await signed_in(app.rt, app.client)
+    form = await app.client.get("/admin/login")
+    token = CSRF_FIELD.search(await form.text()).group(1)  # type: ignore[union-attr]
+
+    async def attempt(password: str) -> int:
+        resp = await app.client.post("/admin/login", allow_redirects=False, data={
+            "username": "ada", "password": password, "csrf": token},
+            headers={"Cookie": f"responder_login_csrf={token}"})
+        return resp.status
+
+    throttle = app.client.app[THROTTLE]
+    for _ in range(MAX_FAILURES - 1):  # as if guessed before
+        throttle.failed("ADA", app.clock.now())
+    assert await attempt("one guess too many") == 401
+    assert await attempt(PASSWORD) == 429
+    app.clock.advance(WINDOW_S + 1)
+    assert await attempt(PASSWORD) == 303
+
+
+@pytest.mark.parametrize(("failures", "ago_s", "wait_s"), [
+    (9, 0, 0), (10, 0, 900), (10, 300, 600), (10, 900, 0), (25, 100, 800),
+])
+def test_throttle_window(failures: int, ago_s: int, wait_s: int) -> None:
+    throttle = SignInThrottle()
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    for _ in range(failures):
+        throttle.failed("ada", start)
+    assert throttle.wait_s("Ada", start + dt.timedelta(seconds=ago_s)) == wait_s
+    throttle.succeeded("ada")
+    assert throttle.wait_s("ada", start) == 0

@@ -33,6 +33,7 @@ def setup_admin(app: web.Application) -> None:
     ui = web.Application(middlewares=[auth.guard_middleware])
     ui[RUNTIME] = app[RUNTIME]
     ui[subscribers_api.IMPORTS] = jobs
+    ui[auth.THROTTLE] = app[auth.THROTTLE] = auth.SignInThrottle()
     ui[NAV] = sorted((page.NAV for page in PAGES), key=lambda item: item.order)
     ui.add_routes(auth.routes)
     for page in PAGES:

@@ -21,6 +21,7 @@ from ..admin_users import current, sign_in, sign_out
 from ..errors import Forbidden
 from ..web import Handler, runtime
 from .render import SIGNED_IN, render
+from .throttle import SignInThrottle
 
 COOKIE = "responder_admin"
 LOGIN_COOKIE = "responder_login_csrf"
@@ -28,6 +29,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_PATHS = ("/admin/login", "/admin/static/")
 
 routes = web.RouteTableDef()
+THROTTLE = web.AppKey("sign_in_throttle", SignInThrottle)
 
 
 def see_other(location: str) -> web.Response:
@@ -105,13 +107,21 @@ async def login(request: web.Request) -> web.Response:
     if not isinstance(given, str) or not tokens_match(given, request.cookies.get(LOGIN_COOKIE, "")):
         raise Forbidden("the login form expired; reload it and try again")
     username, password = form.get("username"), form.get("password")
-    cookie = None
-    if isinstance(username, str) and isinstance(password, str) and len(password) <= 1024:
-        cookie = await sign_in(runtime(request), username, password)
+    if not isinstance(username, str) or not isinstance(password, str) or len(username) > 64:
+        username, password = "", ""
+    rt = runtime(request)
+    throttle = request.app[THROTTLE]
+    wait_s = throttle.wait_s(username, rt.clock.now())
+    if wait_s:
+        return render(request, "login.html", status=429, csrf=given,
+                      error=f"Too many failed sign-ins; try again in {wait_s // 60 + 1} minutes.")
+    cookie = await sign_in(rt, username, password) if password and len(password) <= 1024 else None
     if cookie is None:
+        throttle.failed(username, rt.clock.now())
         response = render(request, "login.html", status=401, csrf=given,
                           error="Wrong username or password.")
         return response
+    throttle.succeeded(username)
     response = see_other("/admin/")
     options = _cookie_options(request)
     response.set_cookie(COOKIE, cookie, max_age=runtime(request).settings.admin_session_s,
