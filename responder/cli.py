@@ -124,4 +124,5 @@ def _banner(started, *, http: bool) -> None:  # type: ignore[no-untyped-def]
         token_note = " (generated and stored on first start)" if "admin_token" in started.generated else ""
         lines.append(f"admin token: {s.admin_token}{token_note}")
         lines.append(f"subscribe form: {s.base_url}/subscribe/default")
+        lines.append(f"admin UI: {s.base_url}/admin/ (accounts: responder admin create-user NAME)")
     print("\n".join(lines), flush=True)
