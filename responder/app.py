@@ -12,16 +12,17 @@ from aiohttp import web
 from . import ops
 from .admin import setup_admin
 from .api import handlers as api
+from .api import templates as api_templates
 from .clock import Clock, SystemClock
 from .db import Database
 from .delivery.transport import Transport, make_transport
 from .delivery.worker import DeliveryWorker
+from .runtime import Runtime
 from .seed import Secrets, ensure_secrets, seed_defaults
 from .sequences.funnel import Scheduler
 from .settings import Settings
 from .tracking import handlers as tracking
 from .tracking.tokens import Tokens
-from .runtime import Runtime
 from .web import RUNTIME, error_middleware, headers_middleware
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
     if http:
         app.add_routes(tracking.routes)
         app.add_routes(api.routes)
+        app.add_routes(api_templates.routes)
         app.add_routes(ops.routes)
         setup_admin(app)
     if background:

@@ -15,6 +15,7 @@ from . import cli_admin
 from .app import init_app, start_runtime
 from .errors import ConfigError
 from .settings import Settings
+from .templating import commands as templates_commands
 
 log = logging.getLogger("responder")
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = db_sub.add_parser("upgrade", help="apply schema migrations")
     _add_common(upgrade)
     cli_admin.add_parsers(sub, _add_common)
+    templates_commands.add_parser(sub, _add_common)
     return parser
 
 
@@ -65,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(cli_admin.run(args, settings))
         if args.command == "db":
             return asyncio.run(_db_upgrade(settings))
+        if args.command == "templates":
+            return asyncio.run(templates_commands.run(args, settings))
         return asyncio.run(_run(settings, http=args.command == "serve"))
     except ConfigError as exc:
         print(f"responder: error: {exc.message}", file=sys.stderr)

@@ -7,7 +7,7 @@ from typing import Protocol
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class Clock(Protocol):
@@ -23,7 +23,7 @@ class FakeClock:
     """A clock that only moves when told to."""
 
     def __init__(self, start: dt.datetime | None = None) -> None:
-        self._now = start or dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc)
+        self._now = start or dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)
 
     def now(self) -> dt.datetime:
         return self._now

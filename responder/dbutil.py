@@ -12,7 +12,7 @@ from .models import Base
 
 async def insert_ignore(session: AsyncSession, model: type[Base], values: dict[str, Any]) -> int | None:
     """INSERT … ON CONFLICT DO NOTHING; the new row's id, or None when a unique key existed."""
-    dialect = session.bind.dialect.name
+    dialect = session.get_bind().dialect.name
     insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
     stmt = insert(model).values(**values).on_conflict_do_nothing().returning(model.id)  # type: ignore[attr-defined]
     result = await session.execute(stmt)

@@ -195,7 +195,7 @@ class Settings:
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> "Settings":
+    ) -> Settings:
         """Read every setting from ``environ`` (default ``os.environ``); ``overrides`` win.
 
         Overrides are raw strings keyed by field name (``from`` as ``from_``); ``None`` means unset.
@@ -246,7 +246,7 @@ class Settings:
             import_max_bytes=parsed["import_max_bytes"],
         )
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @property

@@ -29,7 +29,7 @@ class SubscribeRequest:
     user_agent: str | None = None
 
     @classmethod
-    def from_input(cls, data: dict[str, object], ip: str | None, user_agent: str | None) -> "SubscribeRequest":
+    def from_input(cls, data: dict[str, object], ip: str | None, user_agent: str | None) -> SubscribeRequest:
         return cls(
             email=clean_email(data.get("email")),
             name=clean_name(data.get("name")),

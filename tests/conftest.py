@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -60,6 +61,7 @@ class RecordingHandler:
     received: list[Received] = field(default_factory=list)
     replies: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    data_delay_s: float = 0.0  # a slow server: wait this long before accepting DATA
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
@@ -70,6 +72,8 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_delay_s:
+            await asyncio.sleep(self.data_delay_s)
         with self.lock:
             self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
                                           bytes(envelope.original_content or envelope.content)))
@@ -229,3 +233,11 @@ class running_app:
     async def __aexit__(self, *exc: object) -> None:
         await self.client.close()
         await self.rt.db.dispose()
+
+
+def confirm_path(received: Received) -> str:
+    """The /confirm/… path from a confirmation mail's text part."""
+    text = received.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    match = re.search(r"/confirm/[\w.\-]+", text)
+    assert match, text
+    return match.group(0)

@@ -51,6 +51,13 @@ async def test_whole_loop(app: App) -> None:
     html, text = html_part(welcome), text_part(welcome)
     assert "Ada" in html and "{{" not in html and "{%" not in html and "{{" not in text
 
+    view = re.search(r'href="(https://news\.example\.com/v/[^"]+)"', html)
+    assert view, "the mail links to its online copy untracked"
+    online = await client.get(app.path(view.group(1)))
+    assert online.status == 200
+    online_html = await online.text()
+    assert "Ada" in online_html and "/o/" not in online_html
+
     pixel = re.search(r'src="(https://news\.example\.com/o/[^"]+)"', html)
     assert pixel
     resp = await client.get(app.path(pixel.group(1)), headers={"User-Agent": "Mozilla/5.0"})

@@ -65,7 +65,7 @@ async def list_layers(request: web.Request) -> web.Response:
             .group_by(Subscriber.layer_id)
         )).all())
         layers = (await session.execute(select(Layer).order_by(Layer.position))).scalars()
-        return web.json_response({"layers": [layer_json(l, counts.get(l.id, 0)) for l in layers]})
+        return web.json_response({"layers": [layer_json(layer, counts.get(layer.id, 0)) for layer in layers]})
 
 
 def subscriber_json(subscriber: Subscriber, layer: Layer | None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from ..errors import TemplateError
 from ..models import Layer, Message, Subscriber, Template
 from ..runtime import Runtime
 from ..templating.context import recipient_context
-from ..templating.render import Rendered, render_mail
+from ..templating.render import Footer, Rendered, render_mail
 from .mime import Mail
 
 
@@ -60,6 +60,8 @@ async def render_message(
         track_link=(lambda url: rt.url(f"/c/{rt.tokens.click(message.id, url)}")) if tracked else None,
         open_pixel_url=rt.url(f"/o/{rt.tokens.open(message.id)}") if tracked else None,
         base_url=rt.settings.base_url,
+        footer=Footer(rt.settings.from_name, rt.settings.postal_address,
+                      context["links"]["unsubscribe"] if message.kind != "confirm" else None),
     )
     return rendered, template, subscriber
 

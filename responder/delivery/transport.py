@@ -79,7 +79,7 @@ class SmtpTransport:
             except aiosmtplib.SMTPResponseException as exc:
                 await self._checkin(client)
                 raise _classify(exc.code, exc.message) from exc
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 client.close()
                 raise TemporaryDeliveryError(f"connection failed: {exc}") from exc
             await self._checkin(client)
@@ -95,7 +95,7 @@ class SmtpTransport:
         client = self._client()
         try:
             await client.connect()
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             raise TemporaryDeliveryError(f"cannot connect to {self.target.host}: {exc}") from exc
         return client
 
@@ -104,7 +104,7 @@ class SmtpTransport:
             return
         try:
             await client.rset()
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
             client.close()
             return
         self._idle.put_nowait(client)
@@ -114,7 +114,7 @@ class SmtpTransport:
             client = self._idle.get_nowait()
             try:
                 await client.quit()
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
                 client.close()
 
 

@@ -16,8 +16,8 @@ import socket
 
 from sqlalchemy import update
 
-from ..loop import PollingLoop
 from ..errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
+from ..loop import PollingLoop
 from ..models import Event, Message, Subscriber
 from ..runtime import Runtime
 from . import outbox

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..models import Layer, Subscriber
 from ..runtime import Runtime
+from ..settings import Settings
 
 
 def first_name(name: str) -> str:
@@ -30,23 +31,56 @@ def recipient_context(
     if confirm_url is not None:
         links["confirm"] = confirm_url
     return {
-        "subscriber": {
-            "email": subscriber.email,
-            "name": subscriber.name,
-            "first_name": first_name(subscriber.name),
-            "layer": {
-                "position": layer.position if layer else 0,
-                "name": layer.name if layer else "",
-                "label": layer.label if layer else "",
-            },
-            "attributes": dict(subscriber.attributes or {}),
-            "tags": list(subscriber.tags or []),
-        },
-        "sender": {
-            "name": settings.from_name,
-            "email": settings.from_email,
-            "website": settings.website,
-            "postal_address": settings.postal_address,
-        },
+        "subscriber": subscriber_context(subscriber, layer),
+        "sender": sender_context(settings),
         "links": links,
+    }
+
+
+def subscriber_context(subscriber: Subscriber, layer: Layer | None) -> dict[str, Any]:
+    return {
+        "email": subscriber.email,
+        "name": subscriber.name,
+        "first_name": first_name(subscriber.name),
+        "layer": {
+            "position": layer.position if layer else 0,
+            "name": layer.name if layer else "",
+            "label": layer.label if layer else "",
+        },
+        "attributes": dict(subscriber.attributes or {}),
+        "tags": list(subscriber.tags or []),
+    }
+
+
+def sender_context(settings: Settings) -> dict[str, str]:
+    return {
+        "name": settings.from_name,
+        "email": settings.from_email,
+        "website": settings.website,
+        "postal_address": settings.postal_address,
+    }
+
+
+SAMPLE_SUBSCRIBER = {
+    "email": "sam.sample@example.com",
+    "name": "Sam Sample",
+    "first_name": "Sam",
+    "layer": {"position": 1, "name": "New customer", "label": "Welcome"},
+    "attributes": {},
+    "tags": [],
+}
+
+
+def sample_context(settings: Settings, subscriber: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A recipient context for checks, previews and test sends: links lead to harmless pages."""
+    base = settings.base_url
+    return {
+        "subscriber": subscriber or SAMPLE_SUBSCRIBER,
+        "sender": sender_context(settings),
+        "links": {
+            "unsubscribe": f"{base}/unsubscribe/sample",
+            "preferences": f"{base}/preferences/sample",
+            "view": f"{base}/v/sample",
+            "confirm": f"{base}/confirm/sample",
+        },
     }

@@ -1,6 +1,9 @@
-"""Per-recipient rendering in a Jinja sandbox, then what every mail gets: tracked links, an open
-pixel, a footer when missing, and a plain-text part.
+"""Per-recipient rendering in the sandbox, then what every mail gets: a footer when the template
+lacks one, tracked links, an open pixel, and a plain-text part.
 
+CSS is already inlined at upload (``compile``), and the text part is a Jinja text template
+derived from the compiled HTML once per process (``compile.generated_text``), so a recipient
+costs two sandboxed renders and a few string passes, not an HTML parse.
 Only plain data goes into a template (dicts of strings and numbers), never model objects.
 """
 
@@ -10,31 +13,17 @@ import html as htmllib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from inscriptis import get_text
-from inscriptis.model.config import ParserConfig
-from jinja2 import StrictUndefined, TemplateError as JinjaTemplateError
-from jinja2.sandbox import SandboxedEnvironment
-
 from ..errors import TemplateError
+from .compile import generated_text, html_to_text
+from .sandbox import html_env, render_string, text_env
 
-MAX_RENDERED_BYTES = 2 * 1024 * 1024
 _HREF = re.compile(r"""href=(["'])(https?://[^"']+)\1""", re.IGNORECASE)
 # Our own links that must reach the subscriber untouched (unsubscribe, preferences, …).
 UNTRACKED_PATHS = ("/unsubscribe/", "/preferences/", "/confirm/", "/v/", "/c/", "/o/")
-
-
-@lru_cache(maxsize=1)
-def html_env() -> SandboxedEnvironment:
-    return SandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
-
-
-@lru_cache(maxsize=1)
-def subject_env() -> SandboxedEnvironment:
-    # Subjects and text bodies are not HTML: escaping would turn "&" into "&amp;".
-    return SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+# Mails to people who are not (or no longer) on the list carry no unsubscribe link.
+NO_UNSUBSCRIBE_PURPOSES = ("confirm", "unsubscribe")
 
 
 @dataclass(frozen=True)
@@ -44,16 +33,14 @@ class Rendered:
     text: str
 
 
-def render_string(env: SandboxedEnvironment, source: str, context: Mapping[str, Any], part: str) -> str:
-    try:
-        out = env.from_string(source).render(context)
-    except JinjaTemplateError as exc:
-        raise TemplateError(f"{part} does not render: {exc}", field=part) from exc
-    except (RecursionError, MemoryError, OverflowError) as exc:
-        raise TemplateError(f"{part} does not render: {exc.__class__.__name__}", field=part) from exc
-    if len(out) > MAX_RENDERED_BYTES:
-        raise TemplateError(f"{part} renders larger than {MAX_RENDERED_BYTES // 1024} KB", field=part)
-    return out
+@dataclass(frozen=True)
+class Footer:
+    """What the law and good manners want at the bottom of a mail: who sends it, from where,
+    and (for list mail) how to leave."""
+
+    sender_name: str
+    postal_address: str
+    unsubscribe_url: str | None
 
 
 def render_mail(
@@ -65,13 +52,18 @@ def render_mail(
     track_link: Callable[[str], str] | None,
     open_pixel_url: str | None,
     base_url: str,
+    footer: Footer | None = None,
 ) -> Rendered:
-    """Render one mail for one recipient; ``track_link`` maps a target URL to its click URL."""
-    subject_out = " ".join(render_string(subject_env(), subject, context, "subject").split())
+    """Render one mail for one recipient; ``track_link`` maps a target URL to its click URL.
+
+    ``text`` is an explicit text body; without one the text part is generated from the HTML.
+    """
+    subject_out = " ".join(render_string(text_env(), subject, context, "subject").split())
     body = render_string(html_env(), html, context, "body")
-    text_out = (
-        render_string(subject_env(), text, context, "text") if text is not None else html_to_text(body)
-    )
+    text_out = (render_string(text_env(), text, context, "text") if text is not None
+                else generated_part(html, body, context))
+    if footer is not None:
+        body, text_out = add_footer(body, text_out, footer)
     if track_link is not None:
         body = rewrite_links(body, track_link, base_url)
     if open_pixel_url:
@@ -79,25 +71,66 @@ def render_mail(
     return Rendered(subject_out, body, text_out)
 
 
+def generated_part(html: str, body: str, context: Mapping[str, Any]) -> str:
+    """The text part derived from the HTML: the precompiled text template when there is one and
+    it renders, else a conversion of this recipient's rendered HTML."""
+    text_template = generated_text(html)
+    if text_template is not None:
+        try:
+            return render_string(text_env(), text_template, context, "text")
+        except TemplateError:
+            pass  # the conversion moved a tag in a way the structure check missed
+    return html_to_text(body)
+
+
 def rewrite_links(body: str, track_link: Callable[[str], str], base_url: str) -> str:
     own = tuple(base_url + path for path in UNTRACKED_PATHS)
+    signed: dict[str, str] = {}  # a target linked twice is signed once
 
     def replace(match: re.Match[str]) -> str:
         target = htmllib.unescape(match.group(2))
         if target.startswith(own):
             return match.group(0)
-        return f'href="{htmllib.escape(track_link(target))}"'
+        if target not in signed:
+            signed[target] = f'href="{htmllib.escape(track_link(target))}"'
+        return signed[target]
 
     return _HREF.sub(replace, body)
 
 
 def add_pixel(body: str, url: str) -> str:
     pixel = f'<img src="{htmllib.escape(url)}" width="1" height="1" alt="" style="display:block;border:0">'
-    index = body.lower().rfind("</body>")
-    return body + pixel if index < 0 else body[:index] + pixel + body[index:]
+    return _before_body_end(body, pixel)
 
 
-def html_to_text(body: str) -> str:
-    text = get_text(body, ParserConfig(display_links=True))
-    lines = [line.rstrip() for line in text.splitlines()]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+def _before_body_end(body: str, snippet: str) -> str:
+    index = body.rfind("</body>")
+    if index < 0:
+        index = body.lower().rfind("</body>")
+    return body + snippet if index < 0 else body[:index] + snippet + body[index:]
+
+
+def add_footer(body: str, text: str, footer: Footer) -> tuple[str, str]:
+    """Add the sender's address and the unsubscribe link to whichever part lacks them."""
+    address = footer.postal_address.strip()
+    unsubscribe = footer.unsubscribe_url
+
+    def lacks(part: str, escape: Callable[[str], str]) -> bool:
+        return bool(unsubscribe and escape(unsubscribe) not in part) or bool(
+            address and escape(address) not in part)
+
+    if lacks(body, htmllib.escape):
+        e = htmllib.escape
+        lines = [e(footer.sender_name) + (f" &middot; {e(address)}" if address else "")]
+        if unsubscribe:
+            lines.append(f'<a href="{e(unsubscribe)}" style="color:#6b7280;">Unsubscribe</a>')
+        body = _before_body_end(body, (
+            '<div style="margin:0 auto;max-width:600px;padding:16px 24px;text-align:center;'
+            'font-family:Helvetica,Arial,sans-serif;font-size:12px;line-height:1.5;'
+            'color:#6b7280;">' + "<br>".join(lines) + "</div>"))
+    if lacks(text, str):
+        lines = ["--", footer.sender_name + (f", {address}" if address else "")]
+        if unsubscribe:
+            lines.append(f"Unsubscribe: {unsubscribe}")
+        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
+    return body, text

@@ -163,7 +163,7 @@ async def preferences(request: web.Request) -> web.Response:
     async with rt.db.read() as session:
         layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
     return render_page("preferences.html", title="Your preferences", email=subscriber.email,
-                       status=subscriber.status, layer=layer.label if layer else None,
+                       subscriber_status=subscriber.status, layer=layer.label if layer else None,
                        unsubscribe_action=f"/unsubscribe/{token}",
                        sender_name=rt.settings.from_name)
 

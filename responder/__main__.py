@@ -1,0 +1,7 @@
+"""``python -m responder`` is the ``responder`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

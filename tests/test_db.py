@@ -1,0 +1,62 @@
+"""The database layer on SQLite and PostgreSQL: pragmas, foreign keys, UTC timestamps."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from responder.db import Database, alembic_config
+from responder.models import ConsentRecord, Subscriber
+
+
+@pytest.fixture
+async def db(database_url: str):  # type: ignore[no-untyped-def]
+    database = Database(database_url)
+    await database.migrate()
+    yield database
+    await database.dispose()
+
+
+async def test_sqlite_runs_with_wal_busy_timeout_and_foreign_keys(sqlite_url: str) -> None:
+    database = Database(sqlite_url)
+    await database.migrate()
+    try:
+        for session_factory in (database.read, database.transaction):
+            async with session_factory() as session:
+                assert (await session.execute(text("pragma journal_mode"))).scalar() == "wal"
+                assert (await session.execute(text("pragma foreign_keys"))).scalar() == 1
+                assert (await session.execute(text("pragma busy_timeout"))).scalar() == 30000
+    finally:
+        await database.dispose()
+
+
+async def test_foreign_keys_are_enforced(db: Database) -> None:
+    now = dt.datetime.now(dt.UTC)
+    with pytest.raises(IntegrityError):
+        async with db.transaction() as session:
+            session.add(ConsentRecord(subscriber_id=12345, action="subscribe", form="default",
+                                      wording_sha256=None, ip=None, user_agent=None, created_at=now))
+
+
+async def test_timestamps_come_back_as_aware_utc(db: Database) -> None:
+    local = dt.datetime(2026, 3, 2, 10, 30, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    async with db.transaction() as session:
+        session.add(Subscriber(email="a@example.com", name="", status="pending", attributes={},
+                               tags=[], created_at=local))
+    async with db.read() as session:
+        stored = (await session.execute(text("select 1"))).scalar()
+        subscriber = await session.get(Subscriber, 1)
+    assert stored == 1 and subscriber is not None
+    assert subscriber.created_at == local
+    assert subscriber.created_at.tzinfo is not None and subscriber.created_at.utcoffset() == dt.timedelta(0)
+
+
+async def test_migrating_twice_is_harmless(db: Database) -> None:
+    await db.migrate()
+    async with db.read() as session:
+        version = (await session.execute(text("select version_num from alembic_version"))).scalar()
+    assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -1,0 +1,91 @@
+"""Signed tokens and MIME composition: forged tokens refused, headers never injectable."""
+
+from __future__ import annotations
+
+import datetime as dt
+from email import message_from_bytes, policy
+
+import pytest
+
+from responder.clock import FakeClock
+from responder.delivery.mime import Mail, compose
+from responder.errors import InvalidToken, ValidationError
+from responder.tracking.tokens import TokenRejected, Tokens
+
+
+@pytest.fixture
+def tokens(clock: FakeClock) -> Tokens:
+    return Tokens("k" * 32, clock, confirm_max_age_s=7 * 86400)
+
+
+def test_tokens_round_trip(tokens: Tokens) -> None:
+    assert tokens.read_open(tokens.open(42)) == 42
+    assert tokens.read_click(tokens.click(7, "https://acme.example.com/a?b=1")) == (7, "https://acme.example.com/a?b=1")
+    assert tokens.read_unsubscribe(tokens.unsubscribe(3)) == 3
+    assert tokens.read_confirm(tokens.confirm(9)) == 9
+
+
+def test_a_token_for_one_purpose_never_passes_for_another(tokens: Tokens) -> None:
+    with pytest.raises(InvalidToken):
+        tokens.read_unsubscribe(tokens.open(3))
+    with pytest.raises(InvalidToken):
+        tokens.read_open(tokens.view(3))
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),
+    lambda t: "x" + t,
+    lambda t: "",
+    lambda t: "not-a-token",
+])
+def test_altered_tokens_are_refused(tokens: Tokens, mutate) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidToken):
+        tokens.read_click(mutate(tokens.click(1, "https://a.example.com")))
+
+
+def test_tokens_from_another_secret_are_refused(tokens: Tokens, clock: FakeClock) -> None:
+    other = Tokens("z" * 32, clock, confirm_max_age_s=60)
+    with pytest.raises(InvalidToken):
+        tokens.read_unsubscribe(other.unsubscribe(1))
+
+
+def test_confirm_token_expires(tokens: Tokens, clock: FakeClock) -> None:
+    token = tokens.confirm(5)
+    clock.advance(days=6)
+    assert tokens.read_confirm(token) == 5
+    clock.advance(days=2)
+    with pytest.raises(TokenRejected) as caught:
+        tokens.read_confirm(token)
+    assert caught.value.expired
+
+
+def mail(**changes: str) -> Mail:
+    values = dict(
+        from_name="Acme & Sons", from_email="news@acme.example.com", to_name="Zoë Ångström",
+        to_email="zoe@example.com", subject="Grüße: your first step", html="<p>Hi</p>",
+        text="Hi\n", message_id="<abc@acme.example.com>",
+        date=dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC),
+        unsubscribe_url="https://news.example.com/unsubscribe/t", list_id="<layer1.acme.example.com>",
+    )
+    values.update(changes)
+    return Mail(**values)  # type: ignore[arg-type]
+
+
+def test_compose_headers_and_parts() -> None:
+    raw = compose(mail())
+    assert all(ord(c) < 128 for c in raw.decode("ascii"))  # non-ASCII is encoded-words
+    msg = message_from_bytes(raw, policy=policy.default)
+    assert msg["Subject"] == "Grüße: your first step"
+    assert msg["To"].addresses[0].display_name == "Zoë Ångström"
+    assert msg["List-Unsubscribe"].strip() == "<https://news.example.com/unsubscribe/t>"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["Message-ID"] == "<abc@acme.example.com>"
+    assert msg.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+
+
+@pytest.mark.parametrize("field", ["to_name", "subject", "from_name", "to_email"])
+@pytest.mark.parametrize("evil", ["x\r\nBcc: victim@example.org", "x\nBcc: v@e.org", "x\rY", "x\x00"])
+def test_control_characters_never_reach_a_header(field: str, evil: str) -> None:
+    with pytest.raises(ValidationError):
+        compose(mail(**{field: evil}))
