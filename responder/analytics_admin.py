@@ -109,9 +109,10 @@ async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
                Subscriber.status != "active")
         .group_by(Subscriber.layer_id))).all())
     figures = [
-        LayerFigures(l.position, l.name, l.label, active.get(l.id, 0), churned.get(l.id, 0),
-                     rate(churned.get(l.id, 0), active.get(l.id, 0) + churned.get(l.id, 0)))
-        for l in layers
+        LayerFigures(layer.position, layer.name, layer.label, active.get(layer.id, 0),
+                     churned.get(layer.id, 0),
+                     rate(churned.get(layer.id, 0), active.get(layer.id, 0) + churned.get(layer.id, 0)))
+        for layer in layers
     ]
     start_layer, end_layer = aliased(Layer), aliased(Layer)
     week_from = now - dt.timedelta(weeks=WEEKS)

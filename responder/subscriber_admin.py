@@ -113,7 +113,7 @@ async def list_subscribers(session: AsyncSession, flt: SubscriberFilter, *,
     if after is not None:
         stmt = stmt.where(Subscriber.id < after)
     rows = (await session.execute(stmt.order_by(Subscriber.id.desc()).limit(limit + 1))).all()
-    items: list[tuple[Subscriber, Layer | None]] = [(s, l) for s, l in rows[:limit]]
+    items: list[tuple[Subscriber, Layer | None]] = [(s, layer) for s, layer in rows[:limit]]
     return Page(items, encode_cursor(items[-1][0].id) if len(rows) > limit else None)
 
 

@@ -159,7 +159,7 @@ async def test_events_list_and_stats(app: App) -> None:
 
     app.clock.advance(days=1)
     stats = await (await app.client.get("/api/v1/stats", headers=app.auth)).json()
-    assert [l["subscribers"] for l in stats["layers"]] == [2, 1, 0, 0, 0]
+    assert [layer["subscribers"] for layer in stats["layers"]] == [2, 1, 0, 0, 0]
     assert stats["layers"][1]["churned"] == 1 and stats["layers"][1]["churn_rate"] == 0.5
     assert stats["opens"] == {"human": 3, "machine": 1}
     assert stats["sent"] == 4 and stats["complaints"] == 1

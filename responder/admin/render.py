@@ -14,7 +14,7 @@ from .nav import NavItem
 NAV = web.AppKey("admin_nav", list)
 SIGNED_IN = web.RequestKey("admin_signed_in", SignedIn)
 ADMIN_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-             "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+             "connect-src 'self'; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
 @lru_cache(maxsize=1)

@@ -72,7 +72,7 @@ async def search(request: web.Request) -> web.Response:
     async with runtime(request).db.read() as session:
         page = await list_subscribers(session, flt, cursor=request.query.get("cursor"),
                                       limit=page_limit(request))
-        return web.json_response({"subscribers": [subscriber_json(s, l) for s, l in page.items],
+        return web.json_response({"subscribers": [subscriber_json(s, layer) for s, layer in page.items],
                                   "next_cursor": page.next_cursor})
 
 

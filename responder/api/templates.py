@@ -72,12 +72,12 @@ async def _upload_fields(request: web.Request) -> dict[str, str]:
         raise ValidationError("send JSON or multipart/form-data (a 'file' part plus fields)")
     try:
         reader = await request.multipart()
-        return await _multipart_fields(reader)
+        return await read_multipart_fields(reader)
     except (ValueError, HttpProcessingError) as exc:  # no boundary, malformed part headers
         raise ValidationError(f"malformed multipart body: {exc}") from exc
 
 
-async def _multipart_fields(reader: MultipartReader) -> dict[str, str]:
+async def read_multipart_fields(reader: MultipartReader) -> dict[str, str]:
     fields: dict[str, str] = {}
     total = 0
     while (part := await reader.next()) is not None:

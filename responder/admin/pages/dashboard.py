@@ -22,13 +22,13 @@ async def dashboard(request: web.Request) -> web.Response:
     layers = stats.layers
     return render(
         request, "dashboard.html", stats=stats,
-        funnel=funnel([Bar(f"{l.position} {l.label}", l.subscribers, f"{l.subscribers:,}")
-                       for l in layers]),
+        funnel=funnel([Bar(f"{layer.position} {layer.label}", layer.subscribers,
+                           f"{layer.subscribers:,}") for layer in layers]),
         moves=up_down_columns([(m.week_start.strftime("%d %b"), m.up, m.down)
                                for m in stats.moves]),
-        churn=hbars([Bar(f"{l.position} {l.label}", l.churn_rate,
-                         f"{l.churn_rate * 100:.1f}% ({l.churned})") for l in layers],
-                    "churn per layer", peak=max([0.05, *(l.churn_rate for l in layers)])),
+        churn=hbars([Bar(f"{layer.position} {layer.label}", layer.churn_rate,
+                         f"{layer.churn_rate * 100:.1f}% ({layer.churned})") for layer in layers],
+                    "churn per layer", peak=max([0.05, *(layer.churn_rate for layer in layers)])),
         engagement=stacked([("opens", stats.opens.human, stats.opens.machine),
                             ("clicks", stats.clicks.human, stats.clicks.machine)]),
     )

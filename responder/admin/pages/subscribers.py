@@ -53,7 +53,7 @@ async def detail(request: web.Request) -> web.Response:
         subscriber = await get_subscriber(session, _id(request))
         items = await timeline(session, subscriber.id)
     layers = await _layers(request)
-    current = next((l for l in layers if l.id == subscriber.layer_id), None)
+    current = next((layer for layer in layers if layer.id == subscriber.layer_id), None)
     return render(request, "subscriber.html", subscriber=subscriber, layer=current,
                   layers=layers, items=items, preferred=PREFERRED in subscriber.tags,
                   notice=request.query.get("notice"))
