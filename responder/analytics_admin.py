@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from .models import Event, Layer, LayerHistory, Subscriber
+from .models import Event, Layer, LayerHistory, Message, Subscriber
 
 WEEKS = 8
 WINDOW_DAYS = 30
@@ -138,3 +138,37 @@ async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
         sent=sent, complaints=complaints, complaint_rate=rate(complaints, sent),
         complaint_alarm=complaint_alarm(complaints, sent),
     )
+
+
+@dataclass(frozen=True)
+class StepFigures:
+    sent: int = 0
+    opened: int = 0  # messages with at least one human open
+    clicked: int = 0  # messages with at least one human click
+
+    @property
+    def open_rate(self) -> float:
+        return rate(self.opened, self.sent)
+
+    @property
+    def click_rate(self) -> float:
+        return rate(self.clicked, self.sent)
+
+
+async def step_figures(session: AsyncSession) -> dict[int, StepFigures]:
+    """Per sequence step: messages sent, and how many of them a person opened or clicked."""
+    sent = dict((await session.execute(
+        select(Message.step_id, func.count()).where(Message.step_id.is_not(None),
+                                                    Message.state == "sent")
+        .group_by(Message.step_id))).all())
+    engaged: dict[tuple[int | None, str], int] = {
+        (step_id, type_): count for step_id, type_, count in (await session.execute(
+            select(Message.step_id, Event.type, func.count(func.distinct(Event.message_id)))
+            .join(Message, Message.id == Event.message_id)
+            .where(Message.step_id.is_not(None), Event.type.in_(("open", "click")),
+                   Event.machine.is_(False))
+            .group_by(Message.step_id, Event.type))).all()
+    }
+    return {step_id: StepFigures(count, engaged.get((step_id, "open"), 0),
+                                 engaged.get((step_id, "click"), 0))
+            for step_id, count in sent.items() if step_id is not None}

@@ -10,7 +10,8 @@ from sqlalchemy import select
 
 from responder.admin.auth import THROTTLE
 from responder.admin.throttle import MAX_FAILURES, WINDOW_S, SignInThrottle
-from responder.models import AdminSession, Subscriber
+from responder.events import record_event
+from responder.models import AdminSession, Message, Step, Subscriber
 
 from .admin_fixtures import CSRF_FIELD, PASSWORD, make_subscriber, signed_in
 from .conftest import App
@@ -181,3 +182,31 @@ def test_throttle_window(failures: int, ago_s: int, wait_s: int) -> None:
     assert throttle.wait_s("Ada", start + dt.timedelta(seconds=ago_s)) == wait_s
     throttle.succeeded("ada")
     assert throttle.wait_s("ada", start) == 0
+
+
+async def test_layers_page_shows_each_steps_figures(app: App) -> None:
+    browser = await signed_in(app.rt, app.client)
+    now = app.clock.now()
+    ids = [await make_subscriber(app.rt, f"s{i}@example.com") for i in range(4)]
+    async with app.rt.db.transaction() as session:
+        step = (await session.execute(select(Step).order_by(Step.id).limit(1))).scalar_one()
+        for i, subscriber_id in enumerate(ids):
+            subscriber = await session.get(Subscriber, subscriber_id)
+            assert subscriber is not None
+            message = Message(subscriber_id=subscriber.id, kind="step", step_id=step.id,
+                              template_name=step.template_name, state="sent", attempts=1,
+                              next_attempt_at=now, message_id=f"<m{i}@example.com>",
+                              created_at=now, sent_at=now)
+            session.add(message)
+            await session.flush()
+            if i < 2:  # two people open, one of them twice and clicks
+                await record_event(session, subscriber, "open", now, message_id=message.id)
+            if i == 0:
+                await record_event(session, subscriber, "open", now, message_id=message.id)
+                await record_event(session, subscriber, "click", now, message_id=message.id)
+            if i == 3:  # a scanner's fetch is not a person
+                await record_event(session, subscriber, "click", now, message_id=message.id,
+                                   machine=True)
+    page = await (await browser.get("/admin/layers")).text()
+    row = page.split(f'<tr id="step-{step.id}">')[1].split("</tr>")[0]
+    assert "<td>4</td><td>2 (50%)</td><td>1 (25%)</td>" in row
