@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import ops, referrals
+from .admin import setup_admin
 from .api import campaigns as campaigns_api
 from .api import delivery as delivery_api
 from .api import enquiries as api_enquiries
@@ -84,6 +85,7 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
         app.add_routes(funnel_api.routes)
         app.add_routes(campaigns_api.routes)
         app.add_routes(referrals.routes)
+        setup_admin(app)
     if background:
         app.cleanup_ctx.append(_loops(rt, transport or make_transport(rt.settings)))
         if rt.settings.inbound is not None:

@@ -1,4 +1,4 @@
-"""The ``responder`` command: serve, worker, config, db upgrade."""
+"""The ``responder`` command: run the server and workers, and administer a responder instance."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from . import cli_funnel
+from . import cli_admin, cli_funnel
 from .app import init_app, start_runtime
 from .errors import ConfigError
 from .settings import Settings
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser("upgrade", help="apply schema migrations")
     _add_common(upgrade)
+    cli_admin.add_parsers(sub, _add_common)
     templates_commands.add_parser(sub, _add_common)
     delivery = sub.add_parser("delivery", help="pause, resume or show the state of all sending")
     delivery.add_argument("action", choices=("pause", "resume", "status"))
@@ -83,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command in cli_funnel.COMMANDS:
             return asyncio.run(cli_funnel.run(args, settings))
+        if args.command in cli_admin.COMMANDS:
+            return asyncio.run(cli_admin.run(args, settings))
         if args.command == "db":
             return asyncio.run(_db_upgrade(settings))
         if args.command == "templates":
@@ -170,4 +173,5 @@ def _banner(started, *, http: bool) -> None:  # type: ignore[no-untyped-def]
         token_note = " (generated and stored on first start)" if "admin_token" in started.generated else ""
         lines.append(f"admin token: {s.admin_token}{token_note}")
         lines.append(f"subscribe form: {s.base_url}/subscribe/default")
+        lines.append(f"admin UI: {s.base_url}/admin/ (accounts: responder admin create-user NAME)")
     print("\n".join(lines), flush=True)

@@ -63,8 +63,15 @@ class PermanentDeliveryError(DeliveryError):
     """5xx reply for the recipient: the address bounces."""
 
 
+class Forbidden(ResponderError):
+    """The caller is known but may not do this (read-scope token, cross-origin or CSRF failure)."""
+
+    code = "forbidden"
+    status = 403
+
+
 class Conflict(ResponderError):
-    """The request is valid but the thing is in a state that does not allow it."""
+    """The request is valid but clashes with the current state (a name taken, a wrong status)."""
 
     code = "conflict"
     status = 409

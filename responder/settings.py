@@ -222,6 +222,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("enquiry_digest_after_s", "86400", "an enquiry open this long goes into the digest",
          parse_int),
     Spec("enquiry_digest_every_s", "86400", "seconds between two digests", parse_int),
+    Spec("admin_session_s", "43200", "seconds an admin web UI sign-in lasts", parse_int),
+    Spec("import_max_bytes", "104857600", "largest CSV file accepted by a subscriber import",
+         parse_int),
 )
 
 _FIELD_NAMES = {spec.field: spec for spec in SPECS}
@@ -275,6 +278,8 @@ class Settings:
     enquiry_digest_to: str = ""
     enquiry_digest_after_s: int = 86400
     enquiry_digest_every_s: int = 86400
+    admin_session_s: int = 43200
+    import_max_bytes: int = 104857600
 
     @classmethod
     def from_env(
@@ -352,6 +357,8 @@ class Settings:
             enquiry_digest_to=parsed["enquiry_digest_to"] or from_email,
             enquiry_digest_after_s=parsed["enquiry_digest_after_s"],
             enquiry_digest_every_s=parsed["enquiry_digest_every_s"],
+            admin_session_s=parsed["admin_session_s"],
+            import_max_bytes=parsed["import_max_bytes"],
         )
 
     def replace(self, **changes: Any) -> Settings:
@@ -417,6 +424,8 @@ class Settings:
             "enquiry_digest_to": self.enquiry_digest_to,
             "enquiry_digest_after_s": str(self.enquiry_digest_after_s),
             "enquiry_digest_every_s": str(self.enquiry_digest_every_s),
+            "admin_session_s": str(self.admin_session_s),
+            "import_max_bytes": str(self.import_max_bytes),
         }
         return [(spec.env, values[spec.field], spec.help) for spec in SPECS]
 

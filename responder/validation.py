@@ -55,3 +55,14 @@ def clean_form_id(value: Any) -> str:
     if not isinstance(value, str) or not _FORM_ID.match(value):
         raise ValidationError("form must be 1-64 letters, digits, '-' or '_'", field="form")
     return value
+
+
+# Row ids are PostgreSQL ``integer``: anything larger names nothing (and must not reach the driver).
+MAX_ID = 2**31 - 1
+
+
+def parse_id(raw: str) -> int | None:
+    """A row id from a URL, or None when it cannot name a row."""
+    if not raw.isdigit() or len(raw) > 10 or int(raw) > MAX_ID:
+        return None
+    return int(raw)

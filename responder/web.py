@@ -38,9 +38,9 @@ def error_response(request: web.Request, status: int, code: str, message: str,
         body = {"error": {"code": code, "message": message, "field": field}}
         return web.json_response(body, status=status)
     rt = request.app[RUNTIME]
-    title = {400: "Something is wrong with that", 401: "Sign in needed", 404: "Link not valid",
-             413: "Too much data", 429: "Too many requests", 408: "That took too long",
-             503: "Busy right now"}.get(status, "Something went wrong")
+    title = {400: "Something is wrong with that", 401: "Sign in needed", 403: "Not allowed",
+             404: "Link not valid", 408: "That took too long", 413: "Too much data",
+             429: "Too many requests", 503: "Busy right now"}.get(status, "Something went wrong")
     return render_page("message.html", status=status, title=title, message=message,
                        sender_name=rt.settings.from_name)
 
@@ -92,7 +92,10 @@ async def read_input(request: web.Request) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise ValidationFailed("body must be a JSON object")
         return data
-    form = await request.post()
+    try:
+        form = await request.post()
+    except ValueError as exc:  # e.g. multipart/form-data without a boundary
+        raise ValidationFailed(f"body is not a valid form: {exc}") from exc
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 

@@ -89,16 +89,16 @@ async def test_manual_move_hands_off_and_is_recorded(app: App) -> None:
     await app.smtp.wait_for(1, "bob@example.com")
     resp = await app.client.post(f"/api/v1/subscribers/{bob.id}/layer", headers=app.auth,
                                  json={"position": 4, "reason": "met at the conference"})
-    assert resp.status == 200 and (await resp.json())["layer"] == 4
+    assert resp.status == 200 and (await resp.json())["layer"]["position"] == 4
     [_, layer4] = await app.smtp.wait_for(2, "bob@example.com")
     assert layer4.message["Subject"]
     resp = await app.client.get(f"/api/v1/subscribers/{bob.id}", headers=app.auth)
     body = await resp.json()
     assert [e["state"] for e in body["enrollments"]] == ["handed_off", "active"]
-    assert body["layer_history"][0]["reason"] == "manual: met at the conference"
+    assert body["layer_history"][0]["reason"] == "admin: met at the conference"
     resp = await app.client.post(f"/api/v1/subscribers/{bob.id}/layer", headers=app.auth,
                                  json={"position": 9})
-    assert resp.status == 404
+    assert resp.status == 400
     resp = await app.client.put(f"/api/v1/subscribers/{bob.id}/preferred", headers=app.auth,
                                 json={"preferred": True})
     assert (await resp.json())["tags"] == ["preferred"]

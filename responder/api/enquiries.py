@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from ..errors import NotFound, ValidationError
 from ..models import Enquiry
+from ..validation import parse_id
 from ..web import read_input, runtime
 from .handlers import PREFIX, iso
 from .openapi import describe, error, json_body
@@ -38,10 +39,10 @@ def enquiry_json(e: Enquiry) -> dict[str, Any]:
 
 
 def _id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    value = parse_id(request.match_info["id"])
+    if value is None:
         raise NotFound("no such enquiry")
-    return int(raw)
+    return value
 
 
 @routes.get(PREFIX + "/enquiries")

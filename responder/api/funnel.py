@@ -15,6 +15,7 @@ from ..errors import NotFound
 from ..models import Layer, LayerHistory
 from ..sequences import layers_service as layers
 from ..sequences import sequences_service as sequences
+from ..validation import MAX_ID, parse_id
 from ..web import read_input, runtime
 from .handlers import PREFIX, layer_json
 from .openapi import describe, error, json_body
@@ -25,10 +26,10 @@ OBJECT = {"type": "object"}
 
 
 def path_int(request: web.Request, name: str) -> int:
-    raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 18:
+    value = parse_id(request.match_info[name])
+    if value is None:
         raise NotFound(f"no such {name}")
-    return int(raw)
+    return value
 
 
 def params(*names: str) -> list[dict[str, Any]]:
@@ -124,7 +125,7 @@ describe(PREFIX + "/layers/order", "post", {
 async def layer_history(request: web.Request) -> web.Response:
     rt = runtime(request)
     raw = request.query.get("after_id", "0")
-    after = int(raw) if raw.isdigit() and len(raw) < 18 else 0
+    after = min(int(raw), MAX_ID) if raw.isdigit() and len(raw) < 18 else 0
     async with rt.db.read() as session:
         positions = dict((await session.execute(select(Layer.id, Layer.position))).all())
         rows = (await session.execute(
@@ -143,30 +144,6 @@ describe(PREFIX + "/layer-history", "get", {
     "parameters": [{"name": "after_id", "in": "query", "schema": {"type": "integer"}}],
     "responses": {"200": json_body({"type": "object", "properties": {
         "moves": {"type": "array"}}})}})
-
-
-@routes.post(PREFIX + "/subscribers/{id}/layer")
-async def move_subscriber(request: web.Request) -> web.Response:
-    rt = runtime(request)
-    data = await read_input(request)
-    async with rt.db.transaction() as session:
-        subscriber = await layers.move_subscriber(session, path_int(request, "id"),
-                                                  data.get("position"), data.get("reason"),
-                                                  rt.clock.now())
-        body_ = {"id": subscriber.id, "layer": (await session.get(Layer, subscriber.layer_id)
-                                               ).position}  # type: ignore[union-attr]
-    rt.wake_scheduler()
-    return web.json_response(body_)
-
-
-describe(PREFIX + "/subscribers/{id}/layer", "post", {
-    "summary": "Move a subscriber by hand: the old sequence is handed off, the new layer's "
-               "starts, the move is recorded",
-    "parameters": params("id"),
-    "requestBody": body({"type": "object", "required": ["position"], "properties": {
-        "position": {"type": "integer"}, "reason": {"type": "string", "maxLength": 200}}}),
-    "responses": {"200": json_body(OBJECT), "400": error("invalid input"),
-                  "404": error("no such subscriber or layer")}})
 
 
 @routes.put(PREFIX + "/subscribers/{id}/preferred")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy import func, select
 
-from ..errors import NotFound, ResponderError, ValidationError
+from ..api_tokens import scope_of
+from ..errors import Forbidden, NotFound, ResponderError, ValidationError
 from ..events import API_EVENT_TYPES, record_event
 from ..models import Enrollment, Event, Layer, LayerHistory, Subscriber
 from ..validation import clean_email
@@ -24,15 +24,22 @@ class Unauthorized(ResponderError):
     status = 401
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer tokens for /api/v1/: the bootstrap admin token or a named token; read scope may
+    only read."""
     if request.path.startswith(PREFIX + "/") and request.path != PREFIX + "/openapi.json":
-        expected = runtime(request).settings.admin_token or ""
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not expected or not hmac.compare_digest(
-            given.strip().encode(), expected.encode()
-        ):
+        scope = await scope_of(runtime(request), given.strip()) if (
+            scheme.lower() == "bearer" and given.strip()
+        ) else None
+        if scope is None:
             raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+        if request.method not in SAFE_METHODS and scope != "write":
+            raise Forbidden("this token has read scope; a write-scope token is needed")
     return await handler(request)
 
 
@@ -76,7 +83,7 @@ def subscriber_json(subscriber: Subscriber, layer: Layer | None) -> dict[str, An
 
 def _path_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not raw.isdigit() or len(raw) > 10 or int(raw) > 2**31 - 1:  # PostgreSQL's integer
         raise NotFound("no such subscriber")
     return int(raw)
 

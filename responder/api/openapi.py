@@ -41,6 +41,14 @@ SCHEMAS: dict[str, Any] = {"Error": ERROR, "Layer": LAYER, "Subscriber": SUBSCRI
 def describe(path: str, method: str, operation: dict[str, Any]) -> None:
     """Register one operation; each API module describes its routes beside their handlers."""
     operation.setdefault("responses", {}).setdefault("401", error("missing or wrong bearer token"))
+    if method.lower() not in ("get", "head"):
+        operation["responses"].setdefault("403", error("the token has read scope"))
+    # Every operation that takes input can refuse it, and every one naming a thing in its path
+    # can find it missing: the middleware answers these uniformly, so the document says so.
+    if "requestBody" in operation or operation.get("parameters") or "{" in path:
+        operation["responses"].setdefault("400", error("invalid input"))
+    if "{" in path:
+        operation["responses"].setdefault("404", error("not found"))
     PATHS.setdefault(path, {})[method.lower()] = operation
 
 

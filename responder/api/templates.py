@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import DeliveryError, ResponderError, ValidationError
 from ..templating import service
@@ -69,9 +70,16 @@ async def _upload_fields(request: web.Request) -> dict[str, str]:
         return {k: v for k, v in data.items() if isinstance(v, str)}
     if request.content_type != "multipart/form-data":
         raise ValidationError("send JSON or multipart/form-data (a 'file' part plus fields)")
+    try:
+        reader = await request.multipart()
+        return await read_multipart_fields(reader)
+    except (ValueError, HttpProcessingError) as exc:  # no boundary, malformed part headers
+        raise ValidationError(f"malformed multipart body: {exc}") from exc
+
+
+async def read_multipart_fields(reader: MultipartReader) -> dict[str, str]:
     fields: dict[str, str] = {}
     total = 0
-    reader = await request.multipart()
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader) or not part.name:
             continue
@@ -152,7 +160,7 @@ def _optional_int(request: web.Request, key: str) -> int | None:
     raw = request.query.get(key)
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    if not raw.isdigit() or len(raw) > 10 or int(raw) > 2**31 - 1:  # PostgreSQL's integer
         raise ValidationError(f"{key} must be a positive whole number", field=key)
     return int(raw)
 
@@ -178,6 +186,7 @@ describe(PREFIX + "/{name}/preview", "get", {
                                                    "subject": {"type": "string"},
                                                    "html": {"type": "string"},
                                                    "text": {"type": "string"}}}),
+                  "400": error("subscriber_id or version is not a whole number"),
                   "404": error("no such template or subscriber"),
                   "422": error("does not render for this subscriber")},
 })
