@@ -181,7 +181,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("dkim_domain", None, "DKIM signing domain (default: the sender's domain)"),
     Spec("dkim_key_file", None, "PEM private key (RSA or Ed25519) for DKIM signing"),
     Spec("inbound", None,
-         "HOST:PORT for the inbound SMTP server (bounces, complaints, replies); off when unset"),
+         "HOST:PORT for the inbound SMTP server (bounces, complaints, replies); off when unset",
+         parse_listen),
 )
 
 _FIELD_NAMES = {spec.field: spec for spec in SPECS}
@@ -279,7 +280,7 @@ class Settings:
             dkim_selector=parsed["dkim_selector"],
             dkim_domain=parsed["dkim_domain"],
             dkim_key_file=Path(parsed["dkim_key_file"]) if parsed["dkim_key_file"] else None,
-            inbound=parse_listen(parsed["inbound"]) if parsed["inbound"] else None,
+            inbound=parsed["inbound"],
         )
 
     def replace(self, **changes: Any) -> "Settings":
