@@ -180,7 +180,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("max_body_bytes", "65536", "largest request body accepted by public endpoints", parse_int),
     Spec("confirm_max_age_s", "604800", "seconds a confirmation link stays valid", parse_int),
     Spec("worker_batch", "50", "messages a worker claims per lease", parse_int),
-    Spec("send_rate_per_s", "0", "messages per second over all lanes (0: no limit)", parse_float),
+    Spec("send_rate_per_s", "0",
+         "messages per second over all lanes of one worker process (0: no limit)", parse_float),
     Spec("domain_concurrency", "0",
          "messages sent at once to one recipient domain (0: no limit)", parse_int),
     Spec("domain_rate_per_min", "0",
@@ -194,7 +195,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("dkim_domain", None, "DKIM signing domain (default: the sender's domain)"),
     Spec("dkim_key_file", None, "PEM private key (RSA or Ed25519) for DKIM signing"),
     Spec("inbound", None,
-         "HOST:PORT for the inbound SMTP server (bounces, complaints, replies); off when unset"),
+         "HOST:PORT for the inbound SMTP server (bounces, complaints, replies); off when unset",
+         parse_listen),
     Spec("cors_origins", "", "comma-separated origins (https://landing.example.com) allowed to "
          "POST /subscribe and /enquiry from a script; forms may add their own", parse_origins),
     Spec("forms_file", None, "TOML or JSON file describing the opt-in forms (consent wording, "
@@ -340,7 +342,7 @@ class Settings:
             dkim_selector=parsed["dkim_selector"],
             dkim_domain=parsed["dkim_domain"],
             dkim_key_file=Path(parsed["dkim_key_file"]) if parsed["dkim_key_file"] else None,
-            inbound=parse_listen(parsed["inbound"]) if parsed["inbound"] else None,
+            inbound=parsed["inbound"],
             cors_origins=parsed["cors_origins"],
             forms_file=Path(raw["forms_file"]) if raw["forms_file"] else None,
             subscribe_per_ip_per_hour=parsed["subscribe_per_ip_per_hour"],

@@ -135,6 +135,9 @@ async def test_pause_and_resume_from_the_api(app: App) -> None:
     assert body["paused"] is False
     assert (await app.client.post("/api/v1/delivery/pause", json={"reason": "a\nb"},
                                   headers=app.auth)).status == 400
+    assert (await app.client.post("/api/v1/delivery/pause")).status == 401
+    paths = (await (await app.client.get("/api/v1/openapi.json")).json())["paths"]
+    assert {"/api/v1/delivery", "/api/v1/delivery/pause", "/api/v1/delivery/resume"} <= set(paths)
 
 
 async def test_metrics_count_outcomes_and_latency(app: App) -> None:

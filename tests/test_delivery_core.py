@@ -20,7 +20,8 @@ from responder.delivery.mime import Mail, compose
 from responder.delivery.ratelimit import SlidingWindow
 from responder.delivery.retry import next_attempt
 from responder.delivery.verp import Addresses
-from responder.errors import ValidationError
+from responder.errors import ConfigError, ValidationError
+from responder.settings import parse_listen
 
 T0 = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)
 
@@ -157,3 +158,16 @@ def test_bodies_round_trip_through_a_standard_parser() -> None:
     for subtype, original in (("plain", text), ("html", html)):
         part = parsed.get_body((subtype,))
         assert part.get_content().replace("\r\n", "\n") == original  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("value", "parsed"), [("127.0.0.1:2525", ("127.0.0.1", 2525)),
+                                               ("[::1]:25", ("::1", 25)),
+                                               ("mx.example.com:2525", ("mx.example.com", 2525))])
+def test_inbound_listen_address(value: str, parsed: tuple[str, int]) -> None:
+    assert parse_listen(value) == parsed
+
+
+@pytest.mark.parametrize("value", ["2525", ":2525", "host:", "host:0", "host:70000", "host:x"])
+def test_bad_inbound_listen_address(value: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_listen(value)

@@ -81,18 +81,18 @@ class DkimSigner:
         body_hash = base64.b64encode(hashlib.sha256(canonical_body(body)).digest()).decode()
         # Each signed name is taken from the bottom up, as a verifier does (RFC 6376 5.4.2).
         present: dict[bytes, list[bytes]] = {}
-        for name, value in fields:
-            present.setdefault(name.strip().lower(), []).append(value)
+        for raw_name, raw_value in fields:
+            present.setdefault(raw_name.strip().lower(), []).append(raw_value)
         names = [n for n in SIGNED_HEADERS if n.encode() in present] + ["from"]
         tags = (f"v=1; a={self.key.algorithm}; c=relaxed/relaxed; d={self.key.domain};\r\n"
                 f" s={self.key.selector}; t={timestamp};\r\n h={':'.join(names)};\r\n"
                 f" bh={body_hash};\r\n b=")
         hashed = bytearray()
-        remaining = {name: list(values) for name, values in present.items()}
+        remaining = {field: list(found) for field, found in present.items()}
         for name in names:
-            values = remaining.get(name.encode())
-            if values:  # an absent (or exhausted) name adds nothing: it signs its absence
-                hashed += canonical_header(name.encode(), values.pop()) + b"\r\n"
+            left = remaining.get(name.encode())
+            if left:  # an absent (or exhausted) name adds nothing: it signs its absence
+                hashed += canonical_header(name.encode(), left.pop()) + b"\r\n"
         hashed += canonical_header(b"dkim-signature", tags.encode())
         signature = base64.b64encode(self._sign(bytes(hashed))).decode()
         folded = "\r\n ".join(signature[i:i + 72] for i in range(0, len(signature), 72))

@@ -120,4 +120,4 @@ async def renew(db: Database, message_ids: list[int], owner: str, *, now: dt.dat
                    Message.state == "sending")
             .values(lease_expires_at=now + dt.timedelta(seconds=lease_s))
         )
-    return int(result.rowcount)
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -187,6 +187,7 @@ class DeliveryWorker(PollingLoop):
         for outcome in outcomes:
             groups.setdefault(tuple(sorted(outcome.values.items())), []).append(outcome)
         recorded: list[Outcome] = []
+        sent_events: list[dict[str, Any]] = []
         async with self.rt.db.transaction() as session:
             for group in groups.values():
                 values = dict(group[0].values)
@@ -201,12 +202,15 @@ class DeliveryWorker(PollingLoop):
                         continue
                     recorded.append(outcome)
                     if outcome.state == "sent":
-                        session.add(Event(subscriber_id=outcome.subscriber_id,
-                                          message_id=outcome.message_pk, type="sent",
-                                          created_at=now, data={}))
+                        sent_events.append({
+                            "subscriber_id": outcome.subscriber_id,
+                            "message_id": outcome.message_pk, "type": "sent", "machine": False,
+                            "data": {}, "created_at": now})
                     if outcome.bounce:
                         await suppress_bounced(session, outcome.subscriber_id, outcome.message_pk,
                                                str(outcome.values.get("last_error", "")), now)
+            if sent_events:
+                await session.execute(insert(Event), sent_events)
         for outcome in recorded:
             self.metrics.outcomes.labels(outcome.state).inc()
 

@@ -122,7 +122,8 @@ def _original_message_id(msg: EmailMessage) -> str | None:
             if isinstance(inner, Message) and inner.get("Message-ID"):
                 return str(inner["Message-ID"]).strip()
         elif content_type == "text/rfc822-headers":
-            found = parse(part.get_payload(decode=True) or b"").get("Message-ID")
+            raw = part.get_payload(decode=True)
+            found = parse(raw if isinstance(raw, bytes) else b"").get("Message-ID")
             if found:
                 return str(found).strip()
     return None
