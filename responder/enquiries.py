@@ -113,7 +113,8 @@ async def open_enquiry(rt: Runtime, data: EnquiryIn) -> int:
             ack_state="skipped" if automatic else "due", ack_attempts=0, created_at=now)
         session.add(enquiry)
         await session.flush()
-        if subscriber is not None and not automatic:
+        # A reply was already recorded as a ``reply`` event when it arrived: one signal, not two.
+        if subscriber is not None and not automatic and data.source != "reply":
             recorded = await record_event(
                 session, subscriber, "enquiry", now, message_id=data.message_id,
                 data={"enquiry_id": enquiry.id, "source": data.source})

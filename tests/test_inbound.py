@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from responder.inbound.reports import classify
-from responder.models import Event, Message
+from responder.models import Enquiry, Event, Message
 
 from .conftest import App, free_port, running_app
 from .delivery_fixtures import message, queue_newsletter, subscriber
@@ -171,6 +171,22 @@ async def test_human_reply_is_a_reply_event_and_auto_replies_are_not(inbound_app
     eli = await subscriber(inbound_app.rt, "eli@example.org")
     assert (reply.subscriber_id, reply.message_id, reply.machine) == (eli.id, pk, False)
     assert reply.data["subject"] == "Re: hello" and "How do I start?" in reply.data["snippet"]
+
+    # The reply is followed up: an open enquiry linked to subscriber and message, no second
+    # promoting event, and an automatic acknowledgement that never loops.
+    async with inbound_app.rt.db.read() as session:
+        [enquiry] = (await session.execute(select(Enquiry))).scalars().all()
+    assert (enquiry.subscriber_id, enquiry.message_id, enquiry.source) == (eli.id, pk, "reply")
+    assert enquiry.state == "open" and "How do I start?" in enquiry.body
+    assert await events(inbound_app, "enquiry") == []
+    for _ in range(250):
+        acks = [r for r in inbound_app.smtp.to("eli@example.org")
+                if r.message["Auto-Submitted"] == "auto-replied"]
+        if acks:
+            break
+        await asyncio.sleep(0.02)
+    [ack] = acks
+    assert "How do I start?" in ack.message.get_body(("plain",)).get_content()
 
 
 async def test_mail_for_other_or_forged_addresses_is_refused(inbound_app: App) -> None:

@@ -15,7 +15,9 @@ A mail that cannot be recorded gets a 451, so the sending server tries again lat
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import logging
+from email.parser import BytesHeaderParser
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
@@ -23,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..delivery.verp import Addresses, Tagged, addresses_for
 from ..delivery.worker import suppress_bounced
+from ..enquiries import EnquiryIn, open_enquiry
 from ..events import record_event
 from ..models import Event, Message, Subscriber
 from ..runtime import Runtime
@@ -87,9 +90,21 @@ async def process(rt: Runtime, tagged: Tagged, mail_from: str, data: bytes) -> s
             return "automatic reply, not counted"
         recorded = await handle_reply(session, Reply(subscriber, message, mail_from, report), now)
         promoted = recorded.history is not None
+        enquiry = EnquiryIn(
+            email=subscriber.email, name=subscriber.name, subject=report.subject[:300],
+            body=report.text.strip() or "(no text)", source="reply",
+            subscriber_id=subscriber.id, message_id=message.id, headers=_headers(data))
     if promoted:
         rt.wake_scheduler()
+    # Every reply is followed up: it waits in the enquiry queue and is acknowledged (the
+    # acknowledgement itself is never sent to lists or automatic mail, see enquiries.py).
+    await open_enquiry(rt, enquiry)
     return "reply"
+
+
+def _headers(data: bytes) -> dict[str, str]:
+    parsed = BytesHeaderParser(policy=email.policy.compat32).parsebytes(data)
+    return {name: str(value) for name, value in parsed.items()}
 
 
 async def _complaint(session: AsyncSession, subscriber: Subscriber, message: Message,
