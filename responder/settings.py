@@ -7,6 +7,7 @@ Nothing else in responder reads ``os.environ``: the CLI builds a ``Settings`` wi
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -104,6 +105,19 @@ def parse_sender(value: str) -> tuple[str, str]:
     return name, email
 
 
+def parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"not an IP address or network: {item!r}") from exc
+    return tuple(networks)
+
+
 def parse_origins(value: str) -> tuple[str, ...]:
     origins = []
     for item in value.split(","):
@@ -197,6 +211,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("inbound", None,
          "HOST:PORT for the inbound SMTP server (bounces, complaints, replies); off when unset",
          parse_listen),
+    Spec("trusted_proxies", "", "comma-separated addresses or networks of reverse proxies whose "
+         "X-Forwarded-For names the client (e.g. 127.0.0.1,10.0.0.0/8); empty: none",
+         parse_networks),
     Spec("cors_origins", "", "comma-separated origins (https://landing.example.com) allowed to "
          "POST /subscribe and /enquiry from a script; forms may add their own", parse_origins),
     Spec("forms_file", None, "TOML or JSON file describing the opt-in forms (consent wording, "
@@ -264,6 +281,7 @@ class Settings:
     dkim_domain: str | None = None
     dkim_key_file: Path | None = None
     inbound: tuple[str, int] | None = None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     cors_origins: tuple[str, ...] = ()
     forms_file: Path | None = None
     subscribe_per_ip_per_hour: int = 20
@@ -343,6 +361,7 @@ class Settings:
             dkim_domain=parsed["dkim_domain"],
             dkim_key_file=Path(parsed["dkim_key_file"]) if parsed["dkim_key_file"] else None,
             inbound=parsed["inbound"],
+            trusted_proxies=parsed["trusted_proxies"],
             cors_origins=parsed["cors_origins"],
             forms_file=Path(raw["forms_file"]) if raw["forms_file"] else None,
             subscribe_per_ip_per_hour=parsed["subscribe_per_ip_per_hour"],
@@ -410,6 +429,7 @@ class Settings:
             "dkim_domain": self.dkim_domain or self.sender_domain,
             "dkim_key_file": str(self.dkim_key_file or ""),
             "inbound": f"{self.inbound[0]}:{self.inbound[1]}" if self.inbound else "(off)",
+            "trusted_proxies": ",".join(str(n) for n in self.trusted_proxies),
             "cors_origins": ",".join(self.cors_origins),
             "forms_file": str(self.forms_file or ""),
             "subscribe_per_ip_per_hour": str(self.subscribe_per_ip_per_hour),

@@ -3,6 +3,7 @@ one middleware (JSON for the API and JSON callers, a page a person can act on ot
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -100,7 +101,27 @@ async def read_input(request: web.Request) -> dict[str, Any]:
 
 
 def client_ip(request: web.Request) -> str | None:
-    return request.remote
+    """The client's address: the peer, or, when the peer is a trusted reverse proxy, the
+    right-most address in X-Forwarded-For that is not itself a trusted proxy (the left part
+    of that header is whatever the client chose to send)."""
+    trusted = request.app[RUNTIME].settings.trusted_proxies
+    peer = request.remote
+    if not trusted or not _within(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
+    for hop in reversed([hop for hop in hops if hop]):
+        if not _within(hop, trusted):
+            return hop if _within(hop, ()) is not None else peer
+    return peer
+
+
+def _within(address: str | None, networks: tuple[Any, ...]) -> bool | None:
+    """Whether ``address`` is in one of ``networks``; None if it is not an IP address."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return None
+    return any(ip in network for network in networks)
 
 
 class ValidationFailed(ResponderError):
