@@ -127,3 +127,22 @@ async def test_pause_and_fewer_through_the_unsubscribe_page(app: App) -> None:
     assert arrivals["bob@example.com"] == [0, 7, 14, 21, 28, 35]
     # Eve keeps the layer's own pace: drip steps and newsletters, some a day apart.
     assert arrivals["eve@example.com"] == [0, 1, 2, 6, 10, 31]
+
+
+async def test_pause_holds_mail_already_queued_but_not_transactional(app: App) -> None:
+    ida = await make_subscriber(app.rt, "ida@example.com")
+    now = app.clock.now()
+    async with app.rt.db.transaction() as session:
+        for kind, at in (("newsletter", now + dt.timedelta(days=3)), ("step", now + dt.timedelta(hours=1)),
+                         ("confirm", now + dt.timedelta(days=1))):
+            session.add(Message(subscriber_id=ida.id, kind=kind, template_name="layer1-welcome",
+                                state="queued", attempts=0, next_attempt_at=at,
+                                message_id=f"<{kind}@t>", created_at=now))
+    resp = await app.client.post(f"/unsubscribe/{app.rt.tokens.unsubscribe(ida.id)}",
+                                 data={"choice": "pause"})
+    assert resp.status == 200
+    async with app.rt.db.read() as session:
+        held = dict((await session.execute(select(Message.kind, Message.next_attempt_at).where(
+            Message.message_id.like("<%@t>")))).all())
+    assert held == {"newsletter": now + dt.timedelta(days=30), "step": now + dt.timedelta(days=30),
+                    "confirm": now + dt.timedelta(days=1)}
