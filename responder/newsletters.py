@@ -6,6 +6,8 @@ process never holds the list), then the scheduler walks it in subscriber-id orde
 per tick, queueing outbox rows and moving a cursor in the same transaction. The outbox keeps a
 (subscriber, newsletter) pair once, so a resume, a crash or a second scheduler never sends
 twice. Pausing stops new batches; rows already queued (at most one batch) still go.
+A subscriber who paused their mail is skipped by a newsletter sent during the pause; one who
+chose fewer mails gets it only when their weekly limit allows (``sequences.pacing.mail_at``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .errors import Conflict, NotFound, ValidationError
 from .models import Layer, Message, Newsletter, NewsletterRecipient, Subscriber
-from .sequences.pacing import next_allowed
+from .sequences.pacing import caps_for, mail_at
 from .sequences.stepper import enqueue_many, outbox_row, recent_mail
 from .validation import clean_text
 
@@ -180,7 +182,8 @@ async def advance(session: AsyncSession, now: dt.datetime, *, domain: str,
 async def send_batch(session: AsyncSession, newsletter: Newsletter, now: dt.datetime, *,
                      domain: str, batch: int = BATCH) -> int:
     rows = (await session.execute(
-        select(Subscriber.id, Subscriber.status, Subscriber.layer_id)
+        select(Subscriber.id, Subscriber.status, Subscriber.layer_id, Subscriber.frequency,
+               Subscriber.paused_until)
         .join(NewsletterRecipient, NewsletterRecipient.subscriber_id == Subscriber.id)
         .where(NewsletterRecipient.newsletter_id == newsletter.id,
                Subscriber.id > newsletter.cursor)
@@ -191,16 +194,23 @@ async def send_batch(session: AsyncSession, newsletter: Newsletter, now: dt.date
         return 0
     caps = {layer.id: (layer.rule or {}).get("caps")
             for layer in (await session.execute(select(Layer))).scalars()}
-    holding = {i for i, c in caps.items() if (c or {}).get("collision") == "newsletter_waits"}
-    held = {r.id for r in rows if r.layer_id in holding}
+
+    def waits(row: Any) -> bool:  # this subscriber's newsletter may be held by the caps
+        own = caps_for(caps.get(row.layer_id or 0), row.frequency)
+        return (own or {}).get("collision") == "newsletter_waits"
+
+    held = {r.id for r in rows if waits(r)}
     sent = await recent_mail(session, held, now - dt.timedelta(days=7)) if held else {}
     queue = []
-    for subscriber_id, status, layer_id in rows:
-        if status != "active":  # left since the audience was fixed
+    for row in rows:
+        if row.status != "active":  # left since the audience was fixed
             continue
-        send_at = (next_allowed(sent.get(subscriber_id, []), now, caps.get(layer_id or 0), "newsletter")
-                   if subscriber_id in held else now)
-        queue.append(outbox_row(subscriber_id, "newsletter", newsletter.template_name, now,
+        # Not held by the caps: now, unless paused (then skipped; see sequences.pacing).
+        send_at = mail_at(sent.get(row.id, []), now, caps.get(row.layer_id or 0), "newsletter",
+                          frequency=row.frequency, paused_until=row.paused_until)
+        if send_at is None:
+            continue
+        queue.append(outbox_row(row.id, "newsletter", newsletter.template_name, now,
                                 domain, newsletter_id=newsletter.id, send_at=send_at))
     queued = await enqueue_many(session, queue)
     newsletter.cursor = rows[-1].id

@@ -25,6 +25,7 @@ from .models import (
 )
 from .runtime import Runtime
 from .sequences.funnel import end_enrollments, move_layer
+from .sequences.stepper import COUNTED_KINDS
 from .subscribers import get_subscriber, unsubscribe
 from .suppression import suppress
 from .validation import clean_name
@@ -56,6 +57,13 @@ async def choose(rt: Runtime, token: str, choice: str, ip: str | None,
                 .where(Enrollment.subscriber_id == subscriber.id, Enrollment.state == "active",
                        or_(Enrollment.due_at.is_(None), Enrollment.due_at < until))
                 .values(due_at=until))
+            # Drip and newsletter mail already queued for them (held by caps, or not yet sent)
+            # waits too; transactional mail does not.
+            await session.execute(
+                update(Message)
+                .where(Message.subscriber_id == subscriber.id, Message.kind.in_(COUNTED_KINDS),
+                       Message.state.in_(("queued", "deferred")), Message.next_attempt_at < until)
+                .values(next_attempt_at=until).execution_options(synchronize_session=False))
         elif choice == "fewer":
             subscriber.frequency = "fewer"
         elif choice == "down":

@@ -9,6 +9,10 @@
   subscriber's time zone (``attributes.timezone``) when known, else UTC.
 * Condition (per step): ``{"skip_if_purchased": true, "require_tags": [..],
   "skip_if_tags": [..]}``; a step whose condition fails is skipped, not postponed.
+* The subscriber's own choices (unsubscribe page, preference center), through the same caps:
+  ``frequency == "fewer"`` tightens the layer's caps to at most one drip or newsletter mail a
+  week (newsletters included: they wait like steps); ``paused_until`` postpones drip steps to
+  the end of the pause and skips newsletters sent during it (a stale newsletter is not held).
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ COLLISION_GAP = dt.timedelta(days=1)
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 CONDITION_KEYS = frozenset({"skip_if_purchased", "require_tags", "skip_if_tags"})
+
+
+FEWER_PER_WEEK = 1
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,33 @@ def next_allowed(
                 break
             at = in_week[len(in_week) - limit] + WEEK
     return at
+
+
+def caps_for(caps: Mapping[str, Any] | None, frequency: str | None) -> Mapping[str, Any] | None:
+    """The layer's caps as they apply to a subscriber who chose ``frequency``."""
+    if frequency != "fewer":
+        return caps
+    limit = (caps or {}).get("max_per_week")
+    # Newsletters wait too, so the weekly limit holds for every counted mail.
+    return {**(caps or {}), "collision": "newsletter_waits",
+            "max_per_week": min(limit, FEWER_PER_WEEK) if limit else FEWER_PER_WEEK}
+
+
+def mail_at(
+    sent: Iterable[Sent],
+    now: dt.datetime,
+    caps: Mapping[str, Any] | None,
+    kind: str,
+    *,
+    frequency: str | None = "normal",
+    paused_until: dt.datetime | None = None,
+) -> dt.datetime | None:
+    """When a mail of ``kind`` may go to this subscriber; None: a newsletter skipped (paused)."""
+    if paused_until is not None and now < paused_until:
+        if kind == "newsletter":
+            return None
+        now = paused_until
+    return next_allowed(sent, now, caps_for(caps, frequency), kind)
 
 
 def _days(value: Any) -> frozenset[int]:

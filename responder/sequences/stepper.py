@@ -28,7 +28,7 @@ from ..models import (
     Step,
     Subscriber,
 )
-from .pacing import Sent, condition_holds, in_window, next_allowed, zone
+from .pacing import Sent, condition_holds, in_window, mail_at, zone
 from .schedule import StepPlan, advance, parse_duration
 
 COUNTED_KINDS = ("step", "newsletter")  # transactional mail is exempt from caps
@@ -132,7 +132,8 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
     subscriber_ids = {e.subscriber_id for e in enrollments}
     subscribers = {row.id: row for row in (await session.execute(
         select(Subscriber.id, Subscriber.status, Subscriber.layer_id, Subscriber.attributes,
-               Subscriber.tags).where(Subscriber.id.in_(subscriber_ids)))).all()}
+               Subscriber.tags, Subscriber.frequency, Subscriber.paused_until)
+        .where(Subscriber.id.in_(subscriber_ids)))).all()}
     steps: dict[int, list[Step]] = defaultdict(list)
     for step in (await session.execute(
         select(Step).where(Step.sequence_id.in_({e.sequence_id for e in enrollments}))
@@ -168,8 +169,10 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
             tz = zone((subscriber.attributes or {}).get("timezone"))
             layer = layers.get(subscriber.layer_id) if subscriber.layer_id else None
             caps = (layer.rule or {}).get("caps") if layer else None
-            at = max(in_window(step.send_window, now, tz),
-                     next_allowed(sent[subscriber.id], now, caps, "step"))
+            allowed = mail_at(sent[subscriber.id], now, caps, "step", frequency=subscriber.frequency,
+                              paused_until=subscriber.paused_until)
+            assert allowed is not None  # only newsletters are ever skipped
+            at = max(in_window(step.send_window, now, tz), allowed)
             if at > now:
                 # Postponed, not dropped; a window re-check at that time may move it again.
                 enrollment.due_at = at
