@@ -7,6 +7,7 @@ their own pool and, thanks to WAL, never wait for the writer. On PostgreSQL one 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -62,6 +63,7 @@ class Database:
         else:
             self.writer = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
             self.reader = self.writer
+        self._local_lock = asyncio.Lock()
         self._write_sessions = async_sessionmaker(self.writer, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self.reader, expire_on_commit=False)
 
@@ -79,6 +81,26 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncSession]:
         async with self._read_sessions() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def exclusive(self, key: int) -> AsyncIterator[None]:
+        """Run a block alone across every process on this database.
+
+        PostgreSQL: a session advisory lock on a connection of its own, waited for, released
+        when the block ends (or when the process dies with its connection). SQLite: one
+        process writes, so an in-process lock suffices.
+        """
+        if self.is_sqlite:
+            async with self._local_lock:
+                yield
+            return
+        async with self.writer.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
 
     async def ping(self) -> None:
         async with self.reader.connect() as conn:

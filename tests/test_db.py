@@ -60,3 +60,30 @@ async def test_migrating_twice_is_harmless(db: Database) -> None:
     async with db.read() as session:
         version = (await session.execute(text("select version_num from alembic_version"))).scalar()
     assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def test_exclusive_blocks_run_one_at_a_time(database_url: str) -> None:
+    import asyncio
+
+    first, second = Database(database_url), Database(database_url)  # as two processes would
+    inside: list[str] = []
+    overlaps = 0
+
+    async def work(db: Database, name: str) -> None:
+        nonlocal overlaps
+        for _ in range(3):
+            async with db.exclusive(12345):
+                inside.append(name)
+                overlaps += len(inside) > 1
+                await asyncio.sleep(0.02)
+                inside.remove(name)
+
+    try:
+        if first.is_sqlite:  # one process on SQLite: the lock is the process's own
+            await asyncio.gather(work(first, "a"), work(first, "b"))
+        else:
+            await asyncio.gather(work(first, "a"), work(second, "b"))
+    finally:
+        await first.dispose()
+        await second.dispose()
+    assert overlaps == 0

@@ -137,6 +137,9 @@ async def sunset_many(session: AsyncSession, subscriber_ids: list[int], reason: 
     await session.flush()
 
 
+SCHEDULER_LOCK = 0x72657370  # advisory lock key shared by every scheduler of one database
+
+
 class Scheduler(PollingLoop):
     """Moves due sequence steps and newsletter batches into the outbox; sweeps once a day."""
 
@@ -149,6 +152,12 @@ class Scheduler(PollingLoop):
         self.next_sweep_at: dt.datetime | None = None
 
     async def run_once(self) -> int:
+        # Many `responder worker` processes may share one PostgreSQL: their ticks take turns,
+        # so a newsletter's audience is copied once and a step is queued by one tick.
+        async with self.rt.db.exclusive(SCHEDULER_LOCK):
+            return await self._tick()
+
+    async def _tick(self) -> int:
         rt = self.rt
         now = rt.clock.now()
         # Newsletters first: a drip step due in the same tick then sees them and waits.
