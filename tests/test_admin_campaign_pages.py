@@ -102,5 +102,5 @@ async def test_enquiries_oldest_first_answer_close_and_the_token(app: App) -> No
     text = await (await browser.get("/admin/enquiries?state=answered")).text()
     assert f'id="enquiry-{ids[0]}"' in text and "Yes, we do." in text
     [_, answer] = await app.smtp.wait_for(2, "q0@example.com")
-    assert "Yes, we do." in answer.message.get_body(("plain",)).get_content()
+    assert "Yes, we do." in answer.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert (await browser.post("/admin/enquiries/999/answer", {"answer": "x"})).status == 404

@@ -80,7 +80,7 @@ async def test_answer_an_enquiry_it_is_mailed_and_leaves_the_queue(
     await expect(page.locator(f"#enquiry-{second}")).to_be_visible()
     [_, answer] = await smtp.wait_for(2, "ann@example.com")
     assert answer.message["Subject"] == "Re: Annual plan?"
-    assert "10 months for the price of 12" in answer.message.get_body(("plain",)).get_content()
+    assert "10 months for the price of 12" in answer.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
 
     await page.locator(f"#enquiry-{second} .close-form button").click()
     await expect(page.locator("#enquiries-empty")).to_be_visible()
