@@ -145,6 +145,30 @@ async def progress(session: AsyncSession, newsletter: Newsletter) -> dict[str, A
             "failed": counts.get("failed", 0) + counts.get("bounced", 0)}
 
 
+async def recent(session: AsyncSession, limit: int = 200) -> list[dict[str, Any]]:
+    """The newest newsletters with their progress (the API's list and the admin page)."""
+    rows = (await session.execute(select(Newsletter).order_by(Newsletter.id.desc())
+                                  .limit(limit))).scalars().all()
+    return [await progress(session, n) for n in rows]
+
+
+ACTIONS = ("schedule", "pause", "resume", "cancel")
+
+
+async def act(session: AsyncSession, newsletter_id: int, action: str, now: dt.datetime,
+              send_at: Any = None) -> Newsletter:
+    """One of ``ACTIONS`` on a newsletter (the API's and the admin page's buttons)."""
+    if action == "schedule":
+        return await schedule(session, newsletter_id, send_at, now)
+    if action == "pause":
+        return await pause(session, newsletter_id)
+    if action == "resume":
+        return await resume(session, newsletter_id)
+    if action == "cancel":
+        return await cancel(session, newsletter_id, now)
+    raise NotFound(f"no newsletter action {action!r}")
+
+
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
 

@@ -16,10 +16,19 @@ from ..api import subscribers as subscribers_api
 from ..importer import ImportJobs
 from ..web import RUNTIME
 from . import auth
-from .pages import dashboard, layers, settings_page, subscribers, templates_page
+from .pages import (
+    dashboard,
+    enquiries_page,
+    layers,
+    newsletters_page,
+    settings_page,
+    subscribers,
+    templates_page,
+)
 from .render import NAV
 
-PAGES = (dashboard, subscribers, layers, templates_page, settings_page)
+PAGES = (dashboard, subscribers, layers, templates_page, settings_page, newsletters_page,
+         enquiries_page)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from .. import newsletters
 from ..analytics import funnel_stats
-from ..models import Newsletter, Webhook, WebhookDelivery
+from ..models import Webhook, WebhookDelivery
 from ..web import read_input, runtime
 from ..webhooks import WEBHOOK_EVENTS, create_webhook, delete_webhook, delivery_json
 from .funnel import OBJECT, body, params, path_int
@@ -48,10 +48,7 @@ describe(PREFIX + "/newsletters", "post", {
 @routes.get(PREFIX + "/newsletters")
 async def list_newsletters(request: web.Request) -> web.Response:
     async with runtime(request).db.read() as session:
-        rows = (await session.execute(select(Newsletter).order_by(Newsletter.id.desc())
-                                      .limit(200))).scalars().all()
-        return web.json_response({"newsletters": [await newsletters.progress(session, n)
-                                                  for n in rows]})
+        return web.json_response({"newsletters": await newsletters.recent(session)})
 
 
 describe(PREFIX + "/newsletters", "get", {
@@ -79,14 +76,7 @@ async def newsletter_action(request: web.Request) -> web.Response:
     data = await read_input(request) if action == "schedule" else {}
     newsletter_id, now = path_int(request, "id"), rt.clock.now()
     async with rt.db.transaction() as session:
-        if action == "schedule":
-            newsletter = await newsletters.schedule(session, newsletter_id, data.get("send_at"), now)
-        elif action == "pause":
-            newsletter = await newsletters.pause(session, newsletter_id)
-        elif action == "resume":
-            newsletter = await newsletters.resume(session, newsletter_id)
-        else:
-            newsletter = await newsletters.cancel(session, newsletter_id, now)
+        newsletter = await newsletters.act(session, newsletter_id, action, now, data.get("send_at"))
         result = await newsletters.progress(session, newsletter)
     rt.wake_scheduler()
     return web.json_response(result)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import select
 
+from .. import enquiry_admin
+from ..enquiry_admin import MAX_ANSWER_LEN, STATES
 from ..errors import NotFound, ValidationError
 from ..models import Enquiry
 from ..validation import parse_id
@@ -15,8 +16,6 @@ from .handlers import PREFIX, iso
 from .openapi import describe, error, json_body
 
 routes = web.RouteTableDef()
-STATES = ("open", "answered", "closed")
-MAX_ANSWER_LEN = 20_000
 
 ENQUIRY = {"type": "object", "required": ["id", "email", "body", "state"], "properties": {
     "id": {"type": "integer"}, "email": {"type": "string"}, "name": {"type": "string"},
@@ -53,11 +52,8 @@ async def list_enquiries(request: web.Request) -> web.Response:
     raw_limit = request.query.get("limit", "100")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:
         raise ValidationError("limit must be 1..500", field="limit")
-    async with runtime(request).db.read() as session:
-        rows = (await session.execute(
-            select(Enquiry).where(Enquiry.state == state)
-            .order_by(Enquiry.created_at, Enquiry.id).limit(int(raw_limit)))).scalars()
-        return web.json_response({"enquiries": [enquiry_json(e) for e in rows]})
+    rows = await enquiry_admin.queue(runtime(request), state, int(raw_limit))
+    return web.json_response({"enquiries": [enquiry_json(e) for e in rows]})
 
 
 describe(PREFIX + "/enquiries", "get", {
@@ -73,27 +69,9 @@ describe(PREFIX + "/enquiries", "get", {
 
 @routes.post(PREFIX + "/enquiries/{id}/answer")
 async def answer_enquiry(request: web.Request) -> web.Response:
-    rt = runtime(request)
     data = await read_input(request)
-    answer = data.get("answer")
-    if not isinstance(answer, str) or not answer.strip() or len(answer) > MAX_ANSWER_LEN:
-        raise ValidationError(f"answer must be 1..{MAX_ANSWER_LEN} characters of text",
-                              field="answer")
-    async with rt.db.transaction() as session:
-        enquiry = await session.get(Enquiry, _id(request))
-        if enquiry is None:
-            raise NotFound("no such enquiry")
-        if enquiry.state != "open":
-            raise ValidationError(f"this enquiry is already {enquiry.state}", field="state")
-        now = rt.clock.now()
-        enquiry.answer = answer.replace("\r\n", "\n").strip()
-        enquiry.answer_state = "due"
-        enquiry.state = "answered"
-        enquiry.answered_at = now
-        enquiry.closed_at = now
-        body = enquiry_json(enquiry)
-    rt.wake_outbox()
-    return web.json_response(body)
+    enquiry = await enquiry_admin.answer(runtime(request), _id(request), data.get("answer"))
+    return web.json_response(enquiry_json(enquiry))
 
 
 describe(PREFIX + "/enquiries/{id}/answer", "post", {
@@ -110,16 +88,8 @@ describe(PREFIX + "/enquiries/{id}/answer", "post", {
 
 @routes.post(PREFIX + "/enquiries/{id}/close")
 async def close_enquiry(request: web.Request) -> web.Response:
-    rt = runtime(request)
-    async with rt.db.transaction() as session:
-        enquiry = await session.get(Enquiry, _id(request))
-        if enquiry is None:
-            raise NotFound("no such enquiry")
-        if enquiry.state == "open":
-            enquiry.state = "closed"
-            enquiry.closed_at = rt.clock.now()
-        body = enquiry_json(enquiry)
-    return web.json_response(body)
+    enquiry = await enquiry_admin.close(runtime(request), _id(request))
+    return web.json_response(enquiry_json(enquiry))
 
 
 describe(PREFIX + "/enquiries/{id}/close", "post", {

@@ -1,0 +1,106 @@
+"""The admin newsletters and enquiries pages over HTTP: their content, input errors shown beside
+the form, state conflicts, and every state-changing route refused without the CSRF token."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from responder.enquiries import EnquiryIn, open_enquiry
+from responder.models import Enquiry, Newsletter
+
+from .admin_fixtures import make_subscriber, signed_in
+from .conftest import App
+
+
+async def newsletter_count(app: App) -> int:
+    async with app.rt.db.read() as session:
+        return (await session.execute(select(func.count()).select_from(Newsletter))).scalar_one()
+
+
+async def test_compose_a_draft_then_send_pause_and_cancel(app: App) -> None:
+    browser = await signed_in(app.rt, app.client)
+    resp = await browser.get("/admin/newsletters")
+    text = await resp.text()
+    assert resp.status == 200 and "No newsletters yet." in text and "layer2-quick-wins" in text
+    resp = await browser.post("/admin/newsletters", {"name": "Spring", "template": "layer2-quick-wins",
+                                                     "when": "draft"})
+    assert resp.status == 400 and "layers is required" in await resp.text()
+    assert await newsletter_count(app) == 0
+    resp = await browser.post("/admin/newsletters", {"name": "Spring", "template": "layer2-quick-wins",
+                                                     "when": "at", "send_at": "soon",
+                                                     "layers": "2"})
+    assert resp.status == 400 and "send_at must be" in await resp.text()
+
+    resp = await browser.client.post("/admin/newsletters", allow_redirects=False, headers=browser.headers,
+                                     data=[("csrf", browser.csrf), ("name", "Spring"),
+                                           ("template", "layer2-quick-wins"), ("layers", "2"),
+                                           ("layers", "3"), ("tags", "preferred, vip"),
+                                           ("when", "draft")])
+    assert resp.status == 303
+    path = resp.headers["Location"]
+    async with app.rt.db.read() as session:
+        news = (await session.execute(select(Newsletter))).scalar_one()
+    assert news.state == "draft" and news.tags == ["preferred", "vip"] and len(news.layer_ids) == 2
+    text = await (await browser.get(path)).text()
+    assert 'id="nl-schedule"' in text and 'id="nl-pause"' not in text and "preferred, vip" in text
+    progress = await (await browser.get(path + ".json")).json()
+    assert progress["state"] == "draft" and progress["total"] == 0
+
+    assert (await browser.post(f"{path}/resume", {})).status == 409
+    resp = await browser.post(f"{path}/pause", {})
+    assert resp.status == 409 and "cannot be paused" in await resp.text()
+    resp = await browser.post(f"{path}/cancel", {})
+    assert resp.status == 303 and resp.headers["Location"] == f"{path}?notice=cancel"
+    text = await (await browser.get(f"{path}?notice=cancel")).text()
+    assert "Cancelled." in text and 'id="nl-cancel"' not in text
+
+
+async def test_newsletter_routes_refuse_a_post_without_the_token(app: App) -> None:
+    browser = await signed_in(app.rt, app.client)
+    await make_subscriber(app.rt, "two@example.com", layer=2)
+    form = {"name": "Forged", "template": "layer2-quick-wins", "layers": "2", "when": "now"}
+    for token in (None, "not-the-token"):
+        data = form if token is None else {**form, "csrf": token}
+        assert (await browser.post("/admin/newsletters", data, csrf=False)).status == 403
+    assert await newsletter_count(app) == 0
+    resp = await browser.post("/admin/newsletters", {**form, "when": "draft"})
+    news_path = resp.headers["Location"]
+    for action in ("schedule", "pause", "resume", "cancel"):
+        resp = await browser.post(f"{news_path}/{action}", {}, csrf=False)
+        assert resp.status == 403, action
+    async with app.rt.db.read() as session:
+        assert (await session.execute(select(Newsletter.state))).scalar_one() == "draft"
+
+
+async def test_enquiries_oldest_first_answer_close_and_the_token(app: App) -> None:
+    browser = await signed_in(app.rt, app.client)
+    ids = []
+    for n in range(3):
+        ids.append(await open_enquiry(app.rt, EnquiryIn(
+            email=f"q{n}@example.com", body=f"Question <b>{n}</b>\nsecond line", subject=f"S{n}")))
+        app.clock.advance(60)
+    text = await (await browser.get("/admin/enquiries")).text()
+    assert [text.index(f'id="enquiry-{i}"') for i in ids] == sorted(
+        text.index(f'id="enquiry-{i}"') for i in ids)
+    assert "Question &lt;b&gt;0&lt;/b&gt;" in text
+
+    for route in ("answer", "close"):
+        resp = await browser.post(f"/admin/enquiries/{ids[0]}/{route}", {"answer": "forged"},
+                                  csrf=False)
+        assert resp.status == 403
+    resp = await browser.post(f"/admin/enquiries/{ids[0]}/answer", {"answer": "  "})
+    assert resp.status == 400 and "answer must be" in await resp.text()
+    async with app.rt.db.read() as session:
+        assert {e.state for e in (await session.execute(select(Enquiry))).scalars()} == {"open"}
+
+    resp = await browser.post(f"/admin/enquiries/{ids[0]}/answer", {"answer": "Yes, we do."})
+    assert resp.status == 303
+    resp = await browser.post(f"/admin/enquiries/{ids[1]}/close", {})
+    assert resp.status == 303
+    text = await (await browser.get("/admin/enquiries")).text()
+    assert f'id="enquiry-{ids[2]}"' in text and f'id="enquiry-{ids[0]}"' not in text
+    text = await (await browser.get("/admin/enquiries?state=answered")).text()
+    assert f'id="enquiry-{ids[0]}"' in text and "Yes, we do." in text
+    [_, answer] = await app.smtp.wait_for(2, "q0@example.com")
+    assert "Yes, we do." in answer.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert (await browser.post("/admin/enquiries/999/answer", {"answer": "x"})).status == 404
