@@ -191,7 +191,9 @@ async def test_locked_database_pixel_answers_forms_503_events_land_after(papp: A
         for _ in range(3):
             resp = await papp.client.get(open_path(papp, message), headers=BROWSER)
             assert resp.status == 200 and await resp.read() == GIF
-        assert loop.time() - started < 1.0
+        # A pixel waiting for the lock would wait for the 30 s busy timeout; the bound is loose
+        # so a busy CI machine does not fail it, and still far below that.
+        assert loop.time() - started < 5.0
         resp = await papp.client.post("/subscribe", json={"email": "late@example.com"})
         assert resp.status == 503
         assert int(resp.headers["Retry-After"]) > 0
@@ -201,5 +203,5 @@ async def test_locked_database_pixel_answers_forms_503_events_land_after(papp: A
         assert state(papp).tracker.pending == 3
         released = loop.time()
     await flushed(papp)
-    assert loop.time() - released < 1.0
+    assert loop.time() - released < 5.0  # flushed every 250 ms; durability is bench/track.py's
     assert len(await events(papp, type="open")) == 3
