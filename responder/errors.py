@@ -75,3 +75,52 @@ class Conflict(ResponderError):
 
     code = "conflict"
     status = 409
+
+
+class Unauthorized(ResponderError):
+    code = "unauthorized"
+    status = 401
+
+
+class TooLarge(ResponderError):
+    """A request body or an uploaded file is over its limit."""
+
+    code = "too_large"
+    status = 413
+
+
+class SlowBody(ResponderError):
+    code = "timeout"
+    status = 408
+
+
+class RateLimited(ResponderError):
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Busy(ResponderError):
+    """The database did not answer in time; the caller may retry."""
+
+    code = "busy"
+    status = 503
+    retry_after_s = 5
+
+
+class MailUnavailable(ResponderError):
+    """The mail server refused or could not be reached for a mail sent at once (a test send)."""
+
+    code = "mail_unavailable"
+    status = 503
+
+
+class TokenRejected(InvalidToken):
+    """A confirmation token that failed; ``expired`` when only its age is wrong."""
+
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        super().__init__(message)
+        self.expired = expired

@@ -25,7 +25,7 @@ from sqlalchemy import insert as insert_rows
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .errors import NotFound, ResponderError, ValidationError
+from .errors import NotFound, TooLarge, ValidationError
 from .models import ConsentRecord, Enrollment, ImportJob, Layer, Subscriber
 from .runtime import Runtime
 from .sequences.funnel import layer_sequence, step_plans
@@ -345,6 +345,3 @@ async def spool(chunks: AsyncIterator[bytes], max_bytes: int) -> Path:
     return path
 
 
-class TooLarge(ResponderError):
-    code = "too_large"
-    status = 413

@@ -11,16 +11,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 
-from .errors import ResponderError
-
-
-class RateLimited(ResponderError):
-    code = "rate_limited"
-    status = 429
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+from .errors import RateLimited
 
 
 class SlidingWindow:

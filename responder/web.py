@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import ResponderError
+from .errors import ResponderError, ValidationError
 from .pages import render_page
 from .runtime import Runtime
 
@@ -89,14 +89,14 @@ async def read_input(request: web.Request) -> dict[str, Any]:
         try:
             data = json.loads(await request.read() or b"{}")
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ValidationFailed("body is not valid JSON") from exc
+            raise ValidationError("body is not valid JSON") from exc
         if not isinstance(data, dict):
-            raise ValidationFailed("body must be a JSON object")
+            raise ValidationError("body must be a JSON object")
         return data
     try:
         form = await request.post()
     except ValueError as exc:  # e.g. multipart/form-data without a boundary
-        raise ValidationFailed(f"body is not a valid form: {exc}") from exc
+        raise ValidationError(f"body is not a valid form: {exc}") from exc
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
@@ -123,7 +123,3 @@ def _within(address: str | None, networks: tuple[Any, ...]) -> bool | None:
         return None
     return any(ip in network for network in networks)
 
-
-class ValidationFailed(ResponderError):
-    code = "invalid"
-    status = 400

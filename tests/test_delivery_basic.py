@@ -17,6 +17,7 @@ from responder.models import Event, Message, Step, Subscriber
 from responder.runtime import Runtime
 
 from .conftest import SmtpSink, make_settings
+from .delivery_fixtures import message
 
 
 @pytest.fixture
@@ -37,13 +38,6 @@ async def queue_confirmation(rt: Runtime, email: str) -> int:
                                           template_name="confirm", now=now, domain="acme.example.com")
     assert message_pk
     return message_pk
-
-
-async def message(rt: Runtime, pk: int) -> Message:
-    async with rt.db.read() as session:
-        found = await session.get(Message, pk)
-    assert found is not None
-    return found
 
 
 async def test_sent_once_with_a_stable_message_id(rt: Runtime, smtp: SmtpSink) -> None:

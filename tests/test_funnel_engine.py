@@ -11,6 +11,7 @@ from responder.runtime import Runtime
 from responder.sequences import layers_service, sequences_service
 from responder.sequences.sweep import sweep
 from responder.sequences.triggers import start_triggered
+from responder.subscriber_admin import move_subscriber
 
 from .funnel_fixtures import (  # noqa: F401
     active_enrollments,
@@ -87,13 +88,11 @@ async def test_hand_off_never_sends_a_step_twice(rt: Runtime) -> None:
     assert states == {"layerhanded_off", "layeractive", "purchaseactive"}
 
     # Moved back by hand and promoted again: layer 1 and 2 restart, but no step is repeated.
-    async with rt.db.transaction() as session:
-        await layers_service.move_subscriber(session, bob.id, 1, "test", rt.clock.now())
+    await move_subscriber(rt, bob.id, 1, "test")
     for _ in range(6):
         rt.clock.advance(days=3)
         await tick(rt)
-    async with rt.db.transaction() as session:
-        await layers_service.move_subscriber(session, bob.id, 2, "again", rt.clock.now())
+    await move_subscriber(rt, bob.id, 2, "again")
     for _ in range(6):
         rt.clock.advance(days=3)
         await tick(rt)
@@ -104,7 +103,7 @@ async def test_hand_off_never_sends_a_step_twice(rt: Runtime) -> None:
     async with rt.db.read() as session:
         moves = (await session.execute(select(LayerHistory).where(
             LayerHistory.subscriber_id == bob.id).order_by(LayerHistory.id))).scalars().all()
-    assert [m.reason.split(":")[0] for m in moves] == ["purchase in layer 1", "manual", "manual"]
+    assert [m.reason.split(":")[0] for m in moves] == ["purchase in layer 1", "admin", "admin"]
     assert moves[0].event_ids
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from responder.clock import FakeClock
 from responder.delivery.mime import Mail, compose
-from responder.errors import InvalidToken, ValidationError
-from responder.tracking.tokens import TokenRejected, Tokens
+from responder.errors import InvalidToken, TokenRejected, ValidationError
+from responder.tracking.tokens import Tokens
 
 
 @pytest.fixture

@@ -8,20 +8,15 @@ from aiohttp import web
 from sqlalchemy import func, select
 
 from ..api_tokens import scope_of
-from ..errors import Forbidden, NotFound, ResponderError, ValidationError
+from ..errors import Forbidden, NotFound, Unauthorized, ValidationError
 from ..events import API_EVENT_TYPES, record_event
 from ..models import Enrollment, Event, Layer, LayerHistory, Subscriber
-from ..validation import clean_email
+from ..validation import clean_email, parse_id
 from ..web import Handler, read_input, runtime
 from .openapi import document
 
 PREFIX = "/api/v1"
 routes = web.RouteTableDef()
-
-
-class Unauthorized(ResponderError):
-    code = "unauthorized"
-    status = 401
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -82,10 +77,10 @@ def subscriber_json(subscriber: Subscriber, layer: Layer | None) -> dict[str, An
 
 
 def _path_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 10 or int(raw) > 2**31 - 1:  # PostgreSQL's integer
+    value = parse_id(request.match_info["id"])
+    if value is None:
         raise NotFound("no such subscriber")
-    return int(raw)
+    return value
 
 
 @routes.get(PREFIX + "/subscribers/{id}")

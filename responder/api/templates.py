@@ -12,9 +12,10 @@ from typing import Any
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ..errors import DeliveryError, ResponderError, ValidationError
+from ..errors import DeliveryError, MailUnavailable, ValidationError
 from ..templating import service
 from ..templating.sandbox import MAX_SOURCE_BYTES
+from ..validation import parse_id
 from ..web import runtime
 from .openapi import describe, error, json_body
 
@@ -23,9 +24,6 @@ MAX_UPLOAD_BYTES = 2 * MAX_SOURCE_BYTES + 64 * 1024
 routes = web.RouteTableDef()
 
 
-class MailUnavailable(ResponderError):
-    code = "mail_unavailable"
-    status = 503
 
 TEMPLATE = {
     "type": "object",
@@ -160,9 +158,10 @@ def _optional_int(request: web.Request, key: str) -> int | None:
     raw = request.query.get(key)
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 10 or int(raw) > 2**31 - 1:  # PostgreSQL's integer
+    value = parse_id(raw)
+    if value is None:
         raise ValidationError(f"{key} must be a positive whole number", field=key)
-    return int(raw)
+    return value
 
 
 @routes.get(PREFIX + "/{name}/preview")

@@ -166,20 +166,6 @@ async def remove_layer(session: AsyncSession, position: int, move_to: Any, now: 
     return moved
 
 
-async def move_subscriber(session: AsyncSession, subscriber_id: int, position: Any,
-                          reason: Any, now: dt.datetime) -> Subscriber:
-    """A manual move: the same hand-off and history as a rule's move."""
-    subscriber = await session.get(Subscriber, subscriber_id)
-    if subscriber is None:
-        raise NotFound("no such subscriber")
-    target = await layer_at(session, position)
-    if subscriber.layer_id == target.id:
-        raise ValidationError(f"the subscriber is already in layer {position}", field="position")
-    why = clean_text(reason, "reason", max_len=200) or "moved by hand"
-    await move_layer(session, subscriber, target, reason=f"manual: {why}", event_ids=[], now=now)
-    return subscriber
-
-
 async def set_preferred(session: AsyncSession, subscriber_id: int, preferred: Any) -> Subscriber:
     if not isinstance(preferred, bool):
         raise ValidationError("preferred must be true or false", field="preferred")

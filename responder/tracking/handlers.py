@@ -9,12 +9,11 @@ from aiohttp import web
 from sqlalchemy import select
 
 from ..delivery.build import render_message
-from ..errors import InvalidToken
+from ..errors import InvalidToken, TokenRejected
 from ..models import Message
 from ..pages import render_page
 from ..referrals import REF_COOKIE
 from ..subscribers import SubscribeRequest, confirm, renew_confirmation, subscribe
-from ..tracking.tokens import TokenRejected
 from ..validation import clean_form_id
 from ..web import client_ip, runtime, wants_json
 from .forms import HONEYPOT, snippet

@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from ..errors import ResponderError, ValidationError
+from ..errors import Busy, ResponderError, SlowBody, TooLarge, ValidationError
 from ..ratelimit import SlidingWindow, check
 from ..runtime import Runtime
 from ..validation import clean_form_id
@@ -29,24 +29,6 @@ T = TypeVar("T")
 HOUR_S = 3600.0
 CORS_PATHS = ("/subscribe", "/enquiry")
 MAX_FIELDS = 64
-
-
-class Busy(ResponderError):
-    """The database did not answer in time; the caller may retry."""
-
-    code = "busy"
-    status = 503
-    retry_after_s = 5
-
-
-class BodyTooLarge(ResponderError):
-    code = "too_large"
-    status = 413
-
-
-class SlowBody(ResponderError):
-    code = "timeout"
-    status = 408
 
 
 @dataclass
@@ -159,7 +141,7 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     settings = runtime(request).settings
     declared = request.content_length
     if declared is not None and declared > settings.max_body_bytes:
-        raise BodyTooLarge(f"request body is larger than {settings.max_body_bytes} bytes")
+        raise TooLarge(f"request body is larger than {settings.max_body_bytes} bytes")
     is_json = request.content_type == "application/json"
     if not is_json and request.content_type not in (
             "application/x-www-form-urlencoded", "multipart/form-data", "application/octet-stream"):
@@ -173,7 +155,7 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     except TimeoutError as exc:
         raise SlowBody(f"the request body did not arrive within {settings.body_timeout_s:g} s") from exc
     except web.HTTPRequestEntityTooLarge as exc:
-        raise BodyTooLarge(f"request body is larger than {settings.max_body_bytes} bytes") from exc
+        raise TooLarge(f"request body is larger than {settings.max_body_bytes} bytes") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationError("the form body cannot be read") from exc
     if is_json:

@@ -21,7 +21,7 @@ from itsdangerous import (
 from itsdangerous.encoding import base64_encode
 
 from ..clock import Clock
-from ..errors import InvalidToken
+from ..errors import InvalidToken, TokenRejected
 
 
 class _Serializer(URLSafeSerializer):
@@ -111,12 +111,6 @@ class Tokens:
 
 
 MAX_TOKEN_LEN = 4096 + 512  # a click token carries its target URL (at most 4096 characters)
-
-
-class TokenRejected(InvalidToken):
-    def __init__(self, message: str, *, expired: bool = False) -> None:
-        super().__init__(message)
-        self.expired = expired
 
 
 def _loads(serializer: URLSafeSerializer, token: str) -> Any:
