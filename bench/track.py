@@ -1,13 +1,15 @@
 """Open-pixel throughput: a real ``responder serve`` against a bare aiohttp handler, same run.
 
-    .venv/bin/python bench/track.py [--seconds 10] [--connections 64] [--threads 2] [--messages 1000]
+    .venv/bin/python bench/track.py [--seconds 10] [--rounds 3] [--connections 64] [--threads 2]
+                                    [--messages 1000]
 
 Needs ``wrk`` (Debian package ``wrk``). Builds a fresh SQLite database with ``--messages`` sent
 mails (one subscriber each), starts ``responder serve`` on it, and runs wrk over their ``/o/``
-URLs with a browser User-Agent (so events take the human path, promotion included). Then it
-runs wrk against a bare aiohttp process answering the same 43-byte GIF, and prints both rates,
-the ratio (target >= 0.6), p99 latencies, errors, and how long after the load stopped every
-recorded event was on disk (target <= 1 s).
+URLs with a browser User-Agent (so events take the human path, promotion included), and wrk
+against a bare aiohttp process answering the same 43-byte GIF. The two alternate for
+``--rounds`` rounds (the machine's speed drifts; alternating spreads the drift over both) and
+it prints each round, the median ratio (target >= 0.6), p99 latencies, errors, and how long
+after each load stopped every recorded event was on disk (target <= 1 s).
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ def count_events(db_path: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--messages", type=int, default=1000)
@@ -146,39 +149,61 @@ def main() -> int:
     server = subprocess.Popen([str(responder_bin), "serve"], env=env, cwd=work,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)])
+    rounds = []
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
         wait_http(f"http://127.0.0.1:{bare_port}{paths[0]}")
+        requested = 0
         before = count_events(db_path)
-        ours = wrk(f"http://127.0.0.1:{port}", lua, args.seconds, args.connections, args.threads)
-        stopped = time.monotonic()
-        on_disk_after_s = None
-        while time.monotonic() - stopped < 10:
-            recorded = count_events(db_path) - before
-            if recorded >= ours["total"]:
-                on_disk_after_s = time.monotonic() - stopped
-                break
-            time.sleep(0.02)
+        for n in range(args.rounds):
+            def run_ours() -> tuple[dict[str, float], float | None]:
+                nonlocal requested
+                ours = wrk(f"http://127.0.0.1:{port}", lua, args.seconds, args.connections, args.threads)
+                requested += int(ours["total"])
+                stopped = time.monotonic()
+                while time.monotonic() - stopped < 10:
+                    if count_events(db_path) - before >= requested:
+                        return ours, time.monotonic() - stopped
+                    time.sleep(0.02)
+                return ours, None
+
+            def run_bare() -> dict[str, float]:
+                return wrk(f"http://127.0.0.1:{bare_port}", lua, args.seconds, args.connections, args.threads)
+
+            if n % 2 == 0:
+                reference = run_bare()
+                ours, on_disk_after_s = run_ours()
+            else:
+                ours, on_disk_after_s = run_ours()
+                reference = run_bare()
+            rounds.append((reference, ours, on_disk_after_s))
+            print(f"round {n + 1}: bare {reference['rps']:8.0f} req/s  responder {ours['rps']:8.0f} req/s"
+                  f"  ratio {ours['rps'] / reference['rps']:.2f}", flush=True)
         recorded = count_events(db_path) - before
-        reference = wrk(f"http://127.0.0.1:{bare_port}", lua, args.seconds, args.connections,
-                        args.threads)
     finally:
         server.terminate()
         bare.terminate()
         server.wait(30)
         bare.wait(30)
+    by_ratio = sorted(rounds, key=lambda r: r[1]["rps"] / r[0]["rps"])
+    reference, ours, _ = by_ratio[len(by_ratio) // 2]
     ratio = ours["rps"] / reference["rps"]
-    print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s over {len(paths)} open URLs")
+    errors = sum(int(r[1]["errors"]) for r in rounds)
+    waits = [r[2] for r in rounds]
+    print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s over {len(paths)} open URLs, "
+          f"{args.rounds} alternating rounds; median round:")
     print(f"bare aiohttp GIF handler: {reference['rps']:10.0f} req/s  p99 {reference['p99_ms']:.2f} ms"
           f"  errors {reference['errors']}")
     print(f"responder serve /o/:      {ours['rps']:10.0f} req/s  p99 {ours['p99_ms']:.2f} ms"
           f"  errors {ours['errors']}")
     print(f"ratio responder/bare:     {ratio:10.2f}  (target >= 0.60)")
-    print(f"events: {ours['total']} requests, {recorded} recorded; "
-          + (f"all on disk {on_disk_after_s * 1000:.0f} ms after the load stopped"
-             if on_disk_after_s is not None else "NOT all on disk within 10 s"))
+    all_on_disk = all(w is not None for w in waits)
+    slowest = max((w for w in waits if w is not None), default=0.0)
+    print(f"events: {requested} requests, {recorded} recorded, {errors} errors in all rounds; "
+          + (f"all on disk at most {slowest * 1000:.0f} ms after each load stopped" if all_on_disk
+             else "NOT all on disk within 10 s"))
     shutil.rmtree(work, ignore_errors=True)
-    ok = ratio >= 0.6 and ours["errors"] == 0 and on_disk_after_s is not None and on_disk_after_s <= 1
+    ok = ratio >= 0.6 and errors == 0 and all_on_disk and slowest <= 1
     return 0 if ok else 1
 
 

@@ -46,41 +46,37 @@ def error_response(request: web.Request, status: int, code: str, message: str,
                        sender_name=rt.settings.from_name)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ResponderError as exc:
+def error_for(request: web.Request, exc: Exception) -> web.Response:
+    """The response for an error a handler raised: ``ResponderError`` by its status, aiohttp's
+    4xx/5xx exceptions by theirs, anything else a logged 500."""
+    if isinstance(exc, ResponderError):
         response = error_response(request, exc.status, exc.code, exc.message, exc.field)
         retry_after_s = getattr(exc, "retry_after_s", None)  # 429 and 503 say when to come back
         if retry_after_s is not None:
             response.headers["Retry-After"] = str(retry_after_s)
         return response
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return error_response(request, 413, "too_large",
                               f"request body is larger than {request.app[RUNTIME].settings.max_body_bytes} bytes")
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+    if isinstance(exc, web.HTTPException):
         return error_response(request, exc.status, exc.reason.lower().replace(" ", "_"),
                               exc.text or exc.reason)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(request, 500, "internal", "internal error; it has been logged")
+    log.exception("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response(request, 500, "internal", "internal error; it has been logged")
 
 
-@web.middleware
-async def headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    if response.content_type == "text/html":
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
-            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        )
-    return response
+HTML_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+
+def secure_headers(response: web.StreamResponse) -> None:
+    headers = response.headers
+    if "X-Content-Type-Options" not in headers:
+        headers["X-Content-Type-Options"] = "nosniff"
+    if "Referrer-Policy" not in headers:
+        headers["Referrer-Policy"] = "no-referrer"
+    if "Content-Security-Policy" not in headers and response.content_type == "text/html":
+        headers["Content-Security-Policy"] = HTML_CSP
 
 
 async def read_input(request: web.Request) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from ..errors import Forbidden, NotFound, Unauthorized, ValidationError
 from ..events import API_EVENT_TYPES, record_event
 from ..models import Enrollment, Event, Layer, LayerHistory, Subscriber
 from ..validation import clean_email, parse_id
-from ..web import Handler, read_input, runtime
+from ..web import read_input, runtime
 from .openapi import document
 
 PREFIX = "/api/v1"
@@ -22,20 +22,19 @@ routes = web.RouteTableDef()
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def authorize(request: web.Request) -> None:
     """Bearer tokens for /api/v1/: the bootstrap admin token or a named token; read scope may
-    only read."""
-    if request.path.startswith(PREFIX + "/") and request.path != PREFIX + "/openapi.json":
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        scope = await scope_of(runtime(request), given.strip()) if (
-            scheme.lower() == "bearer" and given.strip()
-        ) else None
-        if scope is None:
-            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
-        if request.method not in SAFE_METHODS and scope != "write":
-            raise Forbidden("this token has read scope; a write-scope token is needed")
-    return await handler(request)
+    only read. Called for every request under the prefix by the app's middleware."""
+    if request.path == PREFIX + "/openapi.json":
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    scope = await scope_of(runtime(request), given.strip()) if (
+        scheme.lower() == "bearer" and given.strip()
+    ) else None
+    if scope is None:
+        raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+    if request.method not in SAFE_METHODS and scope != "write":
+        raise Forbidden("this token has read scope; a write-scope token is needed")
 
 
 def iso(value: Any) -> str | None:

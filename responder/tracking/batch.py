@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 RETRY_PAUSE_S = 0.25
 BACKLOG_FACTOR = 10
 RECENT_MESSAGES = 10_000
+KNOWN_MESSAGES = 100_000  # sent messages whose subscriber and send time the tracker remembers
 TRAP_REACH_S = 5.0  # a trap hit marks the message's other clicks this close to it as machine
 
 
@@ -65,16 +66,23 @@ class Tracker:
         self._idle.set()
         self._stopping = False
         self._recent_clicks: OrderedDict[int, deque[tuple[dt.datetime, str]]] = OrderedDict()
+        # message id -> (subscriber id, sent at): fixed once a mail is sent, so a flush asks the
+        # database only about messages it has not seen (opens cluster on recent mails).
+        self._known: OrderedDict[int, tuple[int, dt.datetime | None]] = OrderedDict()
 
     def offer(self, hit: Hit) -> bool:
         """Queue one open or click; False (and counted) when the queue is full."""
         if len(self._items) >= self.max_items:
             self.stats.dropped += 1
             return False
-        self._items.append(hit)
+        items = self._items
+        items.append(hit)
         self.stats.queued += 1
-        self._idle.clear()
-        self._arrived.set()
+        # Wake the writer only when it has something new to decide: the first event (start the
+        # flush timer) and a full batch. Waking it on every pixel cost more than the write.
+        if len(items) == 1 or len(items) == self.batch:
+            self._idle.clear()
+            self._arrived.set()
         return True
 
     def is_burst(self, message_pk: int, url: str, at: dt.datetime) -> bool:
@@ -139,40 +147,65 @@ class Tracker:
 
     async def flush(self, batch: list[Hit]) -> None:
         rt = self.rt
+        after_send_s = rt.settings.machine_after_send_s
         async with rt.db.transaction() as session:
-            pks = {hit.message_pk for hit in batch}
-            messages = {row.id: row for row in (await session.execute(
-                select(Message.id, Message.subscriber_id, Message.sent_at)
-                .where(Message.id.in_(pks)))).all()}
-            rows: list[dict[str, object]] = []
+            sqlite = (await session.connection()).dialect.name == "sqlite"
+            messages = await self._messages(session, {hit.message_pk for hit in batch}, sqlite)
+            rows: list[tuple[Any, ...]] = []
             sweeps: list[tuple[int, dt.datetime, str]] = []
+            human: dict[int, set[str]] = {}
             for n, hit in enumerate(batch, start=1):
                 if n % self.batch == 0:  # a backlog-sized flush must not stall the pixel
                     await asyncio.sleep(0)
                 message = messages.get(hit.message_pk)
                 if message is None:  # a validly signed token for a message since deleted
                     continue
-                verdict = classify(hit.request, message.sent_at,
-                                   after_send_s=rt.settings.machine_after_send_s)
-                rows.append(dict(
-                    subscriber_id=message.subscriber_id, message_id=message.id,
-                    type=hit.request.kind, url=hit.url, ip=hit.request.ip,
-                    user_agent=hit.request.user_agent[:512] or None, machine=verdict.machine,
-                    data={"machine_reason": verdict.reason} if verdict.machine else {},
-                    created_at=hit.request.at))
-                if verdict.reason in ("burst", "trap"):
-                    sweeps.append((message.id, hit.request.at, verdict.reason))
+                subscriber_id, sent_at = message
+                req = hit.request
+                verdict = classify(req, sent_at, after_send_s=after_send_s)
+                if verdict.machine:
+                    data = json.dumps({"machine_reason": verdict.reason})
+                    if verdict.reason in ("burst", "trap"):
+                        sweeps.append((hit.message_pk, req.at, verdict.reason))
+                else:
+                    data = "{}"
+                    if req.kind in PROMOTING_TYPES:
+                        human.setdefault(subscriber_id, set()).add(req.kind)
+                rows.append((subscriber_id, hit.message_pk, req.kind, hit.url, req.ip,
+                             req.user_agent[:512] or None, verdict.machine, data,
+                             _stored_time(req.at) if sqlite else req.at))
             if rows:
-                await insert_events(session, rows)
+                await insert_events(session, rows, sqlite=sqlite)
             for message_pk, at, reason in sweeps:
                 await self._mark_neighbours(session, message_pk, at, reason)
-            human: dict[int, set[str]] = {}
-            for r in rows:
-                if not r["machine"] and r["type"] in PROMOTING_TYPES:
-                    human.setdefault(r["subscriber_id"], set()).add(r["type"])  # type: ignore[arg-type]
             moves = await judge_many(session, set(human), rt.clock.now(), human)
         if moves:
             rt.wake_scheduler()
+
+    async def _messages(self, session: AsyncSession, pks: set[int],
+                        sqlite: bool) -> dict[int, tuple[int, dt.datetime | None]]:
+        """Subscriber and send time of each message, from memory where known.
+
+        PostgreSQL is asked about every message of the batch (one round trip), so a message
+        deleted since it was remembered is never written to. On SQLite each row read hands the
+        interpreter lock back and forth with the thread that answers the pixel, so only unknown
+        messages are read, and ``insert_events`` itself skips rows of deleted messages.
+        """
+        known = self._known
+        ask = [pk for pk in pks if pk not in known] if sqlite else list(pks)
+        found: dict[int, tuple[int, dt.datetime | None]] = {}
+        for start in range(0, len(ask), 5000):
+            for row in (await session.execute(
+                    select(Message.id, Message.subscriber_id, Message.sent_at)
+                    .where(Message.id.in_(ask[start:start + 5000])))).all():
+                found[row.id] = (row.subscriber_id, row.sent_at)
+        if not sqlite:
+            return found
+        for pk, value in found.items():
+            known[pk] = value
+        while len(known) > KNOWN_MESSAGES:
+            known.popitem(last=False)
+        return {pk: known[pk] for pk in pks if pk in known}
 
     async def _mark_neighbours(self, session: object, message_pk: int, at: dt.datetime,
                                reason: str) -> None:
@@ -187,23 +220,39 @@ class Tracker:
         )
 
 
+SQLITE_ROWS_PER_INSERT = 1000  # 9 parameters a row, well under SQLite's 32,766
 EVENT_COLUMNS = ("subscriber_id", "message_id", "type", "url", "ip", "user_agent", "machine", "data",
                  "created_at")
 
 
-async def insert_events(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """One driver-level executemany for a batch of events. SQLAlchemy's per-row parameter
-    processing cost more than the database did, so values are converted here once: JSON as text,
-    timestamps as the UTCDateTime column stores them (naive UTC text on SQLite)."""
-    conn = await session.connection()
-    sqlite = conn.dialect.name == "sqlite"
-    marks = ", ".join("?" if sqlite else f"${i}" for i in range(1, len(EVENT_COLUMNS) + 1))
-    sql = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({marks})"
-
-    def when(value: dt.datetime) -> object:
+def _stored_time(value: dt.datetime) -> str:
+    """An aware time as the UTCDateTime column stores it on SQLite: naive UTC text."""
+    if value.tzinfo is not dt.UTC:
         value = value.astimezone(dt.UTC)
-        return value.replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite else value
+    return value.isoformat(" ", "microseconds")[:26]
 
-    await conn.exec_driver_sql(sql, [
-        (r["subscriber_id"], r["message_id"], r["type"], r["url"], r["ip"], r["user_agent"],
-         r["machine"], json.dumps(r["data"]), when(r["created_at"])) for r in rows])
+
+async def insert_events(session: AsyncSession, rows: list[tuple[Any, ...]], *, sqlite: bool) -> None:
+    """One batch of events (tuples in ``EVENT_COLUMNS`` order, JSON as text, times as the
+    column stores them), written at driver level: SQLAlchemy's per-row parameter processing
+    cost more than the database did.
+
+    SQLite gets one multi-row statement per chunk, not an executemany: the sqlite3 module
+    releases the interpreter lock around every row it steps, and under load each re-acquisition
+    waits for the thread serving HTTP. The statement also drops rows whose message is gone.
+    PostgreSQL (asyncpg, no thread) takes a pipelined executemany.
+    """
+    conn = await session.connection()
+    names = ", ".join(EVENT_COLUMNS)
+    if not sqlite:
+        marks = ", ".join(f"${i}" for i in range(1, len(EVENT_COLUMNS) + 1))
+        await conn.exec_driver_sql(f"INSERT INTO events ({names}) VALUES ({marks})", rows)
+        return
+    row_marks = "(" + ", ".join("?" * len(EVENT_COLUMNS)) + ")"
+    picked = ", ".join(f"column{i}" for i in range(1, len(EVENT_COLUMNS) + 1))
+    for start in range(0, len(rows), SQLITE_ROWS_PER_INSERT):
+        chunk = rows[start:start + SQLITE_ROWS_PER_INSERT]
+        await conn.exec_driver_sql(
+            f"INSERT INTO events ({names}) SELECT {picked} FROM (VALUES {', '.join([row_marks] * len(chunk))})"
+            " WHERE EXISTS (SELECT 1 FROM messages WHERE messages.id = column2)",
+            tuple(value for row in chunk for value in row))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -79,7 +79,6 @@ def setup_public(app: web.Application, rt: Runtime) -> None:
         tracker=Tracker(rt),
     )
     app[PUBLIC] = state
-    app.on_response_prepare.append(_cors_headers)
     app.cleanup_ctx.append(_run_tracker)
 
 
@@ -111,18 +110,21 @@ def add_tracking_metrics(request: web.Request, registry: CollectorRegistry) -> N
 
 def allowed_origin(request: web.Request) -> str | None:
     origin = request.headers.get("Origin")
+    if not origin:
+        return None
     cors_path = request.path in CORS_PATHS or (
         request.path.startswith("/subscribe/") and request.path.endswith("/challenge"))
-    if origin and cors_path and request.app[PUBLIC].forms.allows_origin(origin):
+    if cors_path and PUBLIC in request.app and request.app[PUBLIC].forms.allows_origin(origin):
         return origin
     return None
 
 
-async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+def cors_headers(request: web.Request, headers: MutableMapping[str, str]) -> None:
+    """Let a landing page on an allowed origin read the answer (errors and redirects too)."""
     origin = allowed_origin(request)
     if origin:
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Vary"] = "Origin"
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Vary"] = "Origin"
 
 
 async def preflight(request: web.Request) -> web.Response:

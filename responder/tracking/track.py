@@ -26,6 +26,8 @@ GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01
        b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
 NO_CACHE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0", "Pragma": "no-cache",
             "Expires": "0"}
+PIXEL_HEADERS = {"Content-Type": "image/gif", **NO_CACHE, "X-Content-Type-Options": "nosniff",
+                 "Referrer-Policy": "no-referrer"}
 TRAP = "responder:trap"
 
 routes = web.RouteTableDef()
@@ -76,7 +78,7 @@ async def open_pixel(request: web.Request) -> web.Response:
         pass
     else:
         public(request).tracker.offer(Hit(message_pk, _request_facts(request, "open")))
-    return web.Response(body=GIF, content_type="image/gif", headers=NO_CACHE)
+    return web.Response(body=GIF, headers=PIXEL_HEADERS)
 
 
 @routes.get("/c/{token}")
