@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -147,6 +148,9 @@ async def _run(settings: Settings, *, http: bool) -> int:
             site = web.TCPSite(runner, rt.settings.host, rt.settings.port)
             await site.start()
         _banner(started, http=http)
+        # What start-up built (modules, mappings, templates) lives as long as the process: out
+        # of the collector's sight, a full collection no longer walks it mid-request.
+        gc.freeze()
         await stop.wait()
         log.info("stopping: no new requests; letting in-flight sends finish")
     finally:

@@ -75,7 +75,7 @@ def secure_headers(response: web.StreamResponse) -> None:
         headers["X-Content-Type-Options"] = "nosniff"
     if "Referrer-Policy" not in headers:
         headers["Referrer-Policy"] = "no-referrer"
-    if "Content-Security-Policy" not in headers and response.content_type == "text/html":
+    if "Content-Security-Policy" not in headers and headers.get("Content-Type", "").startswith("text/html"):
         headers["Content-Security-Policy"] = HTML_CSP
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import json
 import logging
 from collections import OrderedDict, deque
@@ -255,4 +256,4 @@ async def insert_events(session: AsyncSession, rows: list[tuple[Any, ...]], *, s
         await conn.exec_driver_sql(
             f"INSERT INTO events ({names}) SELECT {picked} FROM (VALUES {', '.join([row_marks] * len(chunk))})"
             " WHERE EXISTS (SELECT 1 FROM messages WHERE messages.id = column2)",
-            tuple(value for row in chunk for value in row))
+            tuple(itertools.chain.from_iterable(chunk)))
