@@ -12,13 +12,15 @@ MESSAGE_ID = re.compile(rb"^Message-ID:\s*(<[^>]+>)", re.MULTILINE | re.IGNORECA
 
 
 class FaultServer:
-    """``mode``: ok | drop_at_data | drop_after_dot | starttls_fails | starttls_garbage."""
+    """``mode``: ok | drop_at_data | drop_after_dot | close_after_accept | starttls_fails |
+    starttls_garbage."""
 
     def __init__(self, mode: str = "ok") -> None:
         self.mode = mode
         self.accepted: list[bytes] = []  # Message-IDs answered with 250
         self.kept: list[bytes] = []  # Message-IDs fully received, answered or not
         self.connections = 0
+        self.verbs: list[str] = []
         self.port = 0
 
     @property
@@ -35,6 +37,7 @@ class FaultServer:
             say("220 faults.test ESMTP")
             while line := await reader.readline():
                 verb = line.decode(errors="replace").strip().split(" ")[0].upper()
+                self.verbs.append(verb)
                 if verb in ("EHLO", "HELO"):
                     if self.mode.startswith("starttls"):
                         say("250-faults.test")
@@ -66,6 +69,10 @@ class FaultServer:
                         return
                     self.accepted.append(self.kept[-1])
                     say("250 2.0.0 queued")
+                    if self.mode == "close_after_accept":  # an idle timeout on the server's side
+                        await writer.drain()
+                        writer.close()
+                        return
                 elif verb == "QUIT":
                     say("221 bye")
                     await writer.drain()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from responder.delivery import outbox
+from responder.delivery import transport as transport_module
 from responder.delivery.mime import Envelope
 from responder.delivery.transport import SmtpTransport
 from responder.errors import TemporaryDeliveryError
@@ -132,7 +133,26 @@ async def test_transport_reconnects_after_the_server_drops(clock) -> None:
         await transport.send(envelope, b"Message-ID: <3@x>\r\n\r\nhi\r\n")
         await transport.close()
         assert server.accepted == [b"<1@x>", b"<3@x>"]
-        assert server.connections == 2  # one reused lane (RSET between mails), one reconnect
+        assert server.connections == 2  # one reused lane, one reconnect
+
+
+async def test_lanes_skip_rset_and_check_an_idle_connection_first(monkeypatch) -> None:
+    envelope = Envelope("bounces@acme.example.com", ("a@example.org",))
+    async with fault_server("ok") as server:
+        transport = SmtpTransport(parse_smtp_url(server.url), lanes=1, timeout_s=2)
+        for n in range(3):
+            await transport.send(envelope, f"Message-ID: <{n}@x>\r\n\r\nhi\r\n".encode())
+        assert server.connections == 1 and "RSET" not in server.verbs and "NOOP" not in server.verbs
+        monkeypatch.setattr(transport_module, "IDLE_CHECK_S", 0.0)  # every lane counts as idle
+        await transport.send(envelope, b"Message-ID: <3@x>\r\n\r\nhi\r\n")
+        assert server.verbs.count("NOOP") == 1 and server.connections == 1
+        await transport.close()
+    async with fault_server("close_after_accept") as server:  # the server hangs up on idle lanes
+        transport = SmtpTransport(parse_smtp_url(server.url), lanes=1, timeout_s=2)
+        for n in range(3):
+            await transport.send(envelope, f"Message-ID: <{n}@x>\r\n\r\nhi\r\n".encode())
+        await transport.close()
+        assert server.accepted == [b"<0@x>", b"<1@x>", b"<2@x>"] and server.connections == 3
 
 
 async def test_lease_is_renewed_while_a_slow_send_is_in_flight(database_url: str, tarpit: SmtpSink,

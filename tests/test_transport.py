@@ -1,4 +1,4 @@
-"""The SMTP transport's own behaviour: AUTH, lanes reused with RSET, and the send limits
+"""The SMTP transport's own behaviour: AUTH, reused lanes checked after idling, and the send limits
 (per-domain concurrency, global rate) that the worker puts around it."""
 
 from __future__ import annotations

@@ -29,12 +29,19 @@ _FOLD = re.compile(rb"\r\n(?=[ \t])")
 
 
 def canonical_body(body: bytes) -> bytes:
-    """Relaxed body canonicalisation: collapse whitespace, drop trailing space and empty lines."""
-    lines = body.split(b"\r\n")
-    out = [_WSP.sub(b" ", line).rstrip(b" ") for line in lines]
-    while out and out[-1] == b"":
-        out.pop()
-    return b"".join(line + b"\r\n" for line in out)
+    """Relaxed body canonicalisation (RFC 6376 3.4.4): collapse whitespace, drop trailing space
+    and empty lines. Whole-body byte operations rather than a regex per line: a newsletter has
+    hundreds of lines, and the per-line version cost more than the RSA signature."""
+    body = body.replace(b"\t", b" ")
+    while b"  " in body:  # each pass halves every run of spaces; bytes.replace is C
+        body = body.replace(b"  ", b" ")
+    body = body.replace(b" \r\n", b"\r\n")
+    if body.endswith(b" "):
+        body = body[:-1]
+    end = len(body)
+    while body.endswith(b"\r\n", 0, end):
+        end -= 2
+    return body[:end] + b"\r\n" if end else b""
 
 
 def canonical_header(name: bytes, value: bytes) -> bytes:

@@ -47,13 +47,22 @@ class FileTransport:
         return None
 
 
+IDLE_CHECK_S = 5.0
+
+
 class SmtpTransport:
-    """A small pool of reused SMTP connections ("lanes"), reconnecting when one drops."""
+    """A small pool of reused SMTP connections ("lanes"), reconnecting when one drops.
+
+    A lane goes straight on to its next message after an accepted one: the end of DATA closes
+    the transaction (RFC 5321 4.1.1.4), and aiosmtplib itself sends RSET after a refused one.
+    A lane that sat idle for ``IDLE_CHECK_S`` is asked for a NOOP before it is trusted again,
+    so a connection the server dropped meanwhile is replaced instead of deferring a message.
+    """
 
     def __init__(self, target: SmtpTarget, *, lanes: int, timeout_s: float) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
+        self._idle: asyncio.LifoQueue[tuple[aiosmtplib.SMTP, float]] = asyncio.LifoQueue()
         self._slots = asyncio.Semaphore(lanes)
 
     def _client(self) -> aiosmtplib.SMTP:
@@ -98,10 +107,18 @@ class SmtpTransport:
                 raise _classify(code, message)
 
     async def _checkout(self) -> aiosmtplib.SMTP:
+        loop = asyncio.get_running_loop()
         while not self._idle.empty():
-            client = self._idle.get_nowait()
-            if client.is_connected:
+            client, since = self._idle.get_nowait()
+            if not client.is_connected:
+                continue
+            if loop.time() - since < IDLE_CHECK_S:
                 return client
+            try:
+                await client.noop()
+                return client
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
+                client.close()
         client = self._client()
         try:
             await client.connect()
@@ -110,18 +127,12 @@ class SmtpTransport:
         return client
 
     async def _checkin(self, client: aiosmtplib.SMTP) -> None:
-        if not client.is_connected:
-            return
-        try:
-            await client.rset()
-        except (TimeoutError, aiosmtplib.SMTPException, OSError):
-            client.close()
-            return
-        self._idle.put_nowait(client)
+        if client.is_connected:
+            self._idle.put_nowait((client, asyncio.get_running_loop().time()))
 
     async def close(self) -> None:
         while not self._idle.empty():
-            client = self._idle.get_nowait()
+            client, _ = self._idle.get_nowait()
             try:
                 await client.quit()
             except (TimeoutError, aiosmtplib.SMTPException, OSError):
