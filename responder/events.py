@@ -169,9 +169,9 @@ async def judge_many(
         return []
     layers = {layer.id: layer for layer in (await session.execute(select(Layer))).scalars()}
     if event_types is not None:
+        arrived = set().union(*event_types.values()) & PROMOTING_TYPES
         watching = {layer_id for layer_id, layer in layers.items()
-                    if any(rule_watches(layer.rule or {}, t) for t in PROMOTING_TYPES
-                           if any(t in types for types in event_types.values()))}
+                    if any(rule_watches(layer.rule or {}, t) for t in arrived)}
         if not watching:
             return []
     by_position = {layer.position: layer for layer in layers.values()}

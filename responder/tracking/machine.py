@@ -17,6 +17,7 @@ reason and counted apart. The signals, strongest first:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -61,21 +62,32 @@ def _in_apple(ip: str | None) -> bool:
         return False
 
 
-def classify(req: Request, sent_at: dt.datetime | None, *, after_send_s: int) -> Verdict:
-    agent = req.user_agent.strip()
+@functools.lru_cache(maxsize=4096)
+def _agent(user_agent: str) -> tuple[str, bool, str | None]:
+    """What the agent string alone says (readers share a handful of agents, so this is cached):
+    the stripped agent, whether it names Safari, and the machine reason it implies, if any."""
+    agent = user_agent.strip()
     lowered = agent.lower()
+    reason = None
+    if "googleimageproxy" in lowered:
+        reason = "gmail_proxy"
+    elif "yahoomailproxy" in lowered:
+        reason = "yahoo_proxy"
+    elif not agent or SCANNER.search(lowered):
+        reason = "scanner_agent"
+    return agent, "safari" in lowered, reason
+
+
+def classify(req: Request, sent_at: dt.datetime | None, *, after_send_s: int) -> Verdict:
+    agent, safari, agent_reason = _agent(req.user_agent)
     if req.method == "HEAD":
         return Verdict(True, "head")
     if req.trap:
         return Verdict(True, "trap")
-    if _in_apple(req.ip) and (agent in ("", "Mozilla/5.0") or "safari" not in lowered):
+    if _in_apple(req.ip) and (agent in ("", "Mozilla/5.0") or not safari):
         return Verdict(True, "apple_mpp")
-    if "googleimageproxy" in lowered:
-        return Verdict(True, "gmail_proxy")
-    if "yahoomailproxy" in lowered:
-        return Verdict(True, "yahoo_proxy")
-    if not agent or SCANNER.search(lowered):
-        return Verdict(True, "scanner_agent")
+    if agent_reason is not None:
+        return Verdict(True, agent_reason)
     if req.burst:
         return Verdict(True, "burst")
     if sent_at is not None and (req.at - sent_at).total_seconds() < after_send_s:
