@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import binascii
 import datetime as dt
+import random
 from email import message_from_bytes, policy
 
 import pytest
 
 from responder.clock import FakeClock
+from responder.delivery import mime
 from responder.delivery.mime import Mail, compose
 from responder.errors import InvalidToken, TokenRejected, ValidationError
 from responder.tracking.tokens import Tokens
@@ -89,3 +92,41 @@ def test_compose_headers_and_parts() -> None:
 def test_control_characters_never_reach_a_header(field: str, evil: str) -> None:
     with pytest.raises(ValidationError):
         compose(mail(**{field: evil}))
+
+
+def test_both_parts_decode_to_exactly_what_was_rendered() -> None:
+    html = ("<html><body>" + '<p style="color:#333">Grüße – ' + "x" * 300 + " é · €</p>" * 40
+            + "\n.\n  spaced  \n\t\n" + "a" * 75 + " \n" + "b" * 76 + "\n" + "=" * 90
+            + "\n</body></html>")
+    text = ("Hi Zoë,\n\n" + "a long line " * 50 + "\n.\nends in a space \n=3D literally\n"
+            + "😀" * 40 + "\n")
+    raw = compose(mail(html=html, text=text))
+    assert all(ord(c) < 128 for c in raw.decode("ascii"))
+    msg = message_from_bytes(raw, policy=policy.default)
+    plain, rich = msg.iter_parts()
+    assert plain.get_content().replace("\r\n", "\n") == text
+    assert rich.get_content().replace("\r\n", "\n") == html
+
+
+def _b2a_qp(text: str) -> bytes:
+    normalised = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    return binascii.b2a_qp(normalised, istext=True).replace(b"\n", b"\r\n")
+
+
+@pytest.mark.parametrize("fast_only", [False, True])
+def test_quoted_printable_is_byte_for_byte_what_binascii_writes(
+    fast_only: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if fast_only:  # no falling back to binascii for bodies with many bytes to escape
+        monkeypatch.setattr(mime, "_QP_MAX_ESCAPED_SHARE", 0)
+        monkeypatch.setattr(mime, "_QP_MAX_ESCAPED_KINDS", 256)
+    rnd = random.Random(7)
+    alphabets = ["a.= \t\n\x00é", "ab", "a=", "a \n", "a.\n", "x=\n ", "abcdefghij.\n",
+                 "aaaaaaaaaaaaaaaa=é \t.\n\r\x01\x7f€😀"]
+    for _ in range(4000):
+        alphabet = rnd.choice(alphabets)
+        size = rnd.choice([1, 2, 5, 74, 75, 76, 77, 78, 150, 151, 152, 153, 400])
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(max(0, size - 4), size + 4)))
+        assert mime._qp(text) == _b2a_qp(text), text
+    for text in ["", ".", ".\n", "\n.", " ", "\t\n", "Привет, мир! " * 200, "Grüße " * 300]:
+        assert mime._qp(text) == _b2a_qp(text), text
