@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import binascii
 import datetime as dt
+import json
 import random
 from email import message_from_bytes, policy
 
 import pytest
+from itsdangerous import URLSafeSerializer
 
 from responder.clock import FakeClock
 from responder.delivery import mime
 from responder.delivery.mime import Mail, compose
 from responder.errors import InvalidToken, TokenRejected, ValidationError
-from responder.tracking.tokens import Tokens
+from responder.tracking.tokens import COMPRESS_FROM_BYTES, Tokens, url_serializer
 
 
 @pytest.fixture
@@ -130,3 +132,33 @@ def test_quoted_printable_is_byte_for_byte_what_binascii_writes(
         assert mime._qp(text) == _b2a_qp(text), text
     for text in ["", ".", ".\n", "\n.", " ", "\t\n", "Привет, мир! " * 200, "Grüße " * 300]:
         assert mime._qp(text) == _b2a_qp(text), text
+
+
+TOKEN_PAYLOADS = [
+    0, 7, 2**40, -3, True, None, "text", [1, 2], {"a": 1},
+    [42, "https://news.example.com/guides"],
+    [42, "https://example.com/aaaa/aaaa/aaaa/aaaa"],  # itsdangerous compresses this one
+    [7, "https://www.example.com/blog?utm_source=newsletter&utm_medium=email&utm_campaign=spring"],
+    [7, 'https://example.com/ä?q="é"&x=\\\u2028\x01😀'],
+    [7, "https://example.com/" + "a/b" * 200],
+    [7, "https://example.com/" + "".join(chr(33 + (i * 7919) % 90) for i in range(400))],
+]
+
+
+@pytest.mark.parametrize("obj", TOKEN_PAYLOADS)
+@pytest.mark.parametrize("salt", ["click", "open", "unsubscribe", "referral"])
+def test_tokens_are_what_itsdangerous_reads_and_writes(obj: object, salt: str) -> None:
+    ours = url_serializer("k" * 32, salt).dumps(obj)
+    theirs = URLSafeSerializer("k" * 32, salt=salt)
+    assert theirs.loads(ours) == obj
+    assert url_serializer("k" * 32, salt).loads(theirs.dumps(obj)) == obj
+    compact = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    if not theirs.dumps(obj).startswith(".") or len(compact) >= COMPRESS_FROM_BYTES:
+        assert ours == theirs.dumps(obj)  # the same token unless a short payload compressed
+    else:
+        assert not ours.startswith(".")
+
+
+def test_click_tokens_for_the_longest_allowed_url_stay_readable(tokens: Tokens) -> None:
+    url = "https://example.com/?" + "&".join(f"utm_{i}=newsletter" for i in range(300))[:4070]
+    assert tokens.read_click(tokens.click(5, url)) == (5, url)
