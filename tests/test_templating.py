@@ -13,7 +13,8 @@ from responder.errors import TemplateError
 from responder.settings import Settings
 from responder.templating.compile import compile_template, generated_text
 from responder.templating.context import sample_context
-from responder.templating.render import UNTRACKED_PATHS, Footer, render_mail, rewrite_links
+from responder.templating.render import UNTRACKED_PATHS, Footer, last_body_end, render_mail, rewrite_links
+from responder.tracking.track import add_trap
 
 BASE = "https://news.example.com"
 SETTINGS = Settings.from_env({"RESPONDER_BASE_URL": BASE, "RESPONDER_FROM": "Acme <n@acme.example>",
@@ -215,3 +216,15 @@ def test_link_rewriting_matches_the_case_insensitive_pattern_everywhere() -> Non
 
         assert rewrite_links(body, track, base) == _rewrite_links_reference(body, track_reference, base), body
         assert calls == expected_calls
+
+
+def test_last_body_end_is_where_lower_casing_would_find_it() -> None:
+    rnd = random.Random(5)
+    pieces = ["</body>", "</BODY>", "</Body >", "</p>", "</", "<", "body>", "é", "😀", "x", "\n", "</html>"]
+    for _ in range(3000):
+        body = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 30)))
+        assert last_body_end(body) == body.lower().rfind("</body>"), body
+    # "İ" lower-cases to two characters: the offset stays that of the body itself.
+    body = "<p>İstanbul</p></BODY></html>"
+    assert body[last_body_end(body):].startswith("</BODY>")
+    assert add_trap(body, "https://x.example/c/t").endswith('&#8203;</a></BODY></html>')

@@ -126,8 +126,21 @@ def add_pixel(body: str, url: str) -> str:
 def _before_body_end(body: str, snippet: str) -> str:
     index = body.rfind("</body>")
     if index < 0:
-        index = body.lower().rfind("</body>")
+        index = last_body_end(body)
     return body + snippet if index < 0 else body[:index] + snippet + body[index:]
+
+
+def last_body_end(body: str) -> int:
+    """Where the last ``</body>`` in any case starts, else -1: ``body.lower().rfind("</body>")``
+    without lower-casing the whole body (and without its offsets shifting after an "İ", which
+    lower-cases to two characters)."""
+    end = len(body)
+    for _ in range(8):  # the closing tags at the end of a document, then the folded copy
+        index = body.rfind("</", 0, end)
+        if index < 0 or body[index + 2:index + 7].lower() == "body>":
+            return index
+        end = index + 1
+    return body.encode("ascii", "replace").lower().rfind(b"</body>", 0, end)
 
 
 def add_footer(body: str, text: str, footer: Footer) -> tuple[str, str]:
