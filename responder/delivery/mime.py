@@ -84,9 +84,9 @@ def _unstructured(name: str, value: str) -> str:
 
 # Bytes quoted-printable writes as they are: tab, newline and printable ASCII ('=' is escaped apart).
 _QP_LITERAL = bytes([9, 10, *range(32, 127)])
-# Past this share of bytes to escape, or this many different ones (text in a non-Latin script),
-# escaping them one kind at a time costs more than binascii's byte-by-byte loop.
-_QP_MAX_ESCAPED_SHARE = 32  # one byte in
+# Past one byte in _QP_MAX_ESCAPED_SHARE to escape, or _QP_MAX_ESCAPED_KINDS different ones (text
+# in a non-Latin script), escaping them one kind at a time costs more than binascii's byte loop.
+_QP_MAX_ESCAPED_SHARE = 32
 _QP_MAX_ESCAPED_KINDS = 24
 # One soft-broken piece of a long line: at most 75 characters, never ending inside an "=XX".
 _QP_PIECE = re.compile(rb".{1,75}(?<!=)(?<!=.)", re.DOTALL)
