@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from .errors import InvalidToken
 from .models import Subscriber
 from .runtime import Runtime
+from .tracking.tokens import url_serializer
 from .web import runtime
 
 REF_COOKIE = "responder_ref"
@@ -31,7 +32,9 @@ def _serializer(rt: Runtime) -> URLSafeSerializer:
 
 
 def referral_token(rt: Runtime, subscriber_id: int) -> str:
-    return _serializer(rt).dumps(subscriber_id)
+    # Every mail's context carries one: the same token, without a signer built per call.
+    assert rt.settings.secret_key is not None
+    return url_serializer(rt.settings.secret_key, "referral").dumps(subscriber_id)
 
 
 def referral_url(rt: Runtime, subscriber_id: int) -> str:

@@ -3,6 +3,8 @@ and rendering them per recipient with everything a mail gets automatically."""
 
 from __future__ import annotations
 
+import html
+import random
 import re
 
 import pytest
@@ -11,7 +13,8 @@ from responder.errors import TemplateError
 from responder.settings import Settings
 from responder.templating.compile import compile_template, generated_text
 from responder.templating.context import sample_context
-from responder.templating.render import Footer, render_mail
+from responder.templating.render import UNTRACKED_PATHS, Footer, last_body_end, render_mail, rewrite_links
+from responder.tracking.track import add_trap
 
 BASE = "https://news.example.com"
 SETTINGS = Settings.from_env({"RESPONDER_BASE_URL": BASE, "RESPONDER_FROM": "Acme <n@acme.example>",
@@ -171,3 +174,57 @@ def test_blocks_between_mjml_components_survive() -> None:
     assert re.findall(r"item \d", plain.html) == ["item 1", "item 2", "item 3"]
     assert "Tagged" not in plain.html and "Tagged" in tagged.html
     assert "item 3" in plain.text and "[Tagged](https://x.example)" in tagged.text
+
+
+def _rewrite_links_reference(body: str, track_link, base_url: str) -> str:  # type: ignore[no-untyped-def]
+    """rewrite_links as it was: one case-insensitive regex over the body."""
+    own = tuple(base_url + path for path in UNTRACKED_PATHS)
+    signed: dict[str, str] = {}
+
+    def replace(match: re.Match[str]) -> str:
+        target = html.unescape(match.group(2))
+        if target.startswith(own):
+            return match.group(0)
+        if target not in signed:
+            signed[target] = f'href="{html.escape(track_link(target))}"'
+        return signed[target]
+
+    return re.sub(r"""href=(["'])(https?://[^"']+)\1""", replace, body, flags=re.IGNORECASE)
+
+
+def test_link_rewriting_matches_the_case_insensitive_pattern_everywhere() -> None:
+    base = "https://news.example.com"
+    pieces = ['href="', "HREF='", "Href=", "href= ", 'href="http://a.example/x', "https://",
+              "HTTPS://", "HtTp://", "İ", "é", "😀", "<a ", ">", '"', "'",
+              "&amp;", "&quot;", "x", " ", "\n", f"{base}/unsubscribe/t", f"{base}/c/", f"{base}/page",
+              "http://b.example/?a=1&amp;b=2", "/path", "ß", "K"]
+    rnd = random.Random(3)
+    for i in range(3000):
+        pool = pieces + ["httpſ://", "hrefſ"] if i % 10 == 0 else pieces  # "ſ" matches "s"
+        body = "".join(rnd.choice(pool) for _ in range(rnd.randint(0, 40)))
+        calls: list[str] = []
+
+        def track(url: str, calls: list[str] = calls) -> str:
+            calls.append(url)
+            return f"{base}/c/{len(calls)}?u={url}"
+
+        expected_calls: list[str] = []
+
+        def track_reference(url: str, calls: list[str] = expected_calls) -> str:
+            calls.append(url)
+            return f"{base}/c/{len(calls)}?u={url}"
+
+        assert rewrite_links(body, track, base) == _rewrite_links_reference(body, track_reference, base), body
+        assert calls == expected_calls
+
+
+def test_last_body_end_is_where_lower_casing_would_find_it() -> None:
+    rnd = random.Random(5)
+    pieces = ["</body>", "</BODY>", "</Body >", "</p>", "</", "<", "body>", "é", "😀", "x", "\n", "</html>"]
+    for _ in range(3000):
+        body = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 30)))
+        assert last_body_end(body) == body.lower().rfind("</body>"), body
+    # "İ" lower-cases to two characters: the offset stays that of the body itself.
+    body = "<p>İstanbul</p></BODY></html>"
+    assert body[last_body_end(body):].startswith("</BODY>")
+    assert add_trap(body, "https://x.example/c/t").endswith('&#8203;</a></BODY></html>')

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import binascii
 import datetime as dt
+import json
+import random
 from email import message_from_bytes, policy
 
 import pytest
+from itsdangerous import URLSafeSerializer
 
 from responder.clock import FakeClock
+from responder.delivery import mime
 from responder.delivery.mime import Mail, compose
 from responder.errors import InvalidToken, TokenRejected, ValidationError
-from responder.tracking.tokens import Tokens
+from responder.tracking.tokens import COMPRESS_FROM_BYTES, Tokens, url_serializer
 
 
 @pytest.fixture
@@ -89,3 +94,71 @@ def test_compose_headers_and_parts() -> None:
 def test_control_characters_never_reach_a_header(field: str, evil: str) -> None:
     with pytest.raises(ValidationError):
         compose(mail(**{field: evil}))
+
+
+def test_both_parts_decode_to_exactly_what_was_rendered() -> None:
+    html = ("<html><body>" + '<p style="color:#333">Grüße – ' + "x" * 300 + " é · €</p>" * 40
+            + "\n.\n  spaced  \n\t\n" + "a" * 75 + " \n" + "b" * 76 + "\n" + "=" * 90
+            + "\n</body></html>")
+    text = ("Hi Zoë,\n\n" + "a long line " * 50 + "\n.\nends in a space \n=3D literally\n"
+            + "😀" * 40 + "\n")
+    raw = compose(mail(html=html, text=text))
+    assert all(ord(c) < 128 for c in raw.decode("ascii"))
+    msg = message_from_bytes(raw, policy=policy.default)
+    plain, rich = msg.iter_parts()
+    assert plain.get_content().replace("\r\n", "\n") == text
+    assert rich.get_content().replace("\r\n", "\n") == html
+
+
+def _b2a_qp(text: str) -> bytes:
+    normalised = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    return binascii.b2a_qp(normalised, istext=True).replace(b"\n", b"\r\n")
+
+
+@pytest.mark.parametrize("fast_only", [False, True])
+def test_quoted_printable_is_byte_for_byte_what_binascii_writes(
+    fast_only: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if fast_only:  # no falling back to binascii for bodies with many bytes to escape
+        monkeypatch.setattr(mime, "_QP_MAX_ESCAPED_SHARE", 0)
+        monkeypatch.setattr(mime, "_QP_MAX_ESCAPED_KINDS", 256)
+    rnd = random.Random(7)
+    alphabets = ["a.= \t\n\x00é", "ab", "a=", "a \n", "a.\n", "x=\n ", "abcdefghij.\n",
+                 "aaaaaaaaaaaaaaaa=é \t.\n\r\x01\x7f€😀"]
+    for _ in range(4000):
+        alphabet = rnd.choice(alphabets)
+        size = rnd.choice([1, 2, 5, 74, 75, 76, 77, 78, 150, 151, 152, 153, 400])
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(max(0, size - 4), size + 4)))
+        assert mime._qp(text) == _b2a_qp(text), text
+    for text in ["", ".", ".\n", "\n.", " ", "\t\n", "Привет, мир! " * 200, "Grüße " * 300]:
+        assert mime._qp(text) == _b2a_qp(text), text
+
+
+TOKEN_PAYLOADS = [
+    0, 7, 2**40, -3, True, None, "text", [1, 2], {"a": 1},
+    [42, "https://news.example.com/guides"],
+    [42, "https://example.com/aaaa/aaaa/aaaa/aaaa"],  # itsdangerous compresses this one
+    [7, "https://www.example.com/blog?utm_source=newsletter&utm_medium=email&utm_campaign=spring"],
+    [7, 'https://example.com/ä?q="é"&x=\\\u2028\x01😀'],
+    [7, "https://example.com/" + "a/b" * 200],
+    [7, "https://example.com/" + "".join(chr(33 + (i * 7919) % 90) for i in range(400))],
+]
+
+
+@pytest.mark.parametrize("obj", TOKEN_PAYLOADS)
+@pytest.mark.parametrize("salt", ["click", "open", "unsubscribe", "referral"])
+def test_tokens_are_what_itsdangerous_reads_and_writes(obj: object, salt: str) -> None:
+    ours = url_serializer("k" * 32, salt).dumps(obj)
+    theirs = URLSafeSerializer("k" * 32, salt=salt)
+    assert theirs.loads(ours) == obj
+    assert url_serializer("k" * 32, salt).loads(theirs.dumps(obj)) == obj
+    compact = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    if not theirs.dumps(obj).startswith(".") or len(compact) >= COMPRESS_FROM_BYTES:
+        assert ours == theirs.dumps(obj)  # the same token unless a short payload compressed
+    else:
+        assert not ours.startswith(".")
+
+
+def test_click_tokens_for_the_longest_allowed_url_stay_readable(tokens: Tokens) -> None:
+    url = "https://example.com/?" + "&".join(f"utm_{i}=newsletter" for i in range(300))[:4070]
+    assert tokens.read_click(tokens.click(5, url)) == (5, url)

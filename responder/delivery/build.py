@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,6 +22,13 @@ from .verp import addresses_for
 class Built:
     mail: Mail
     template_id: int
+
+
+class RenderedMessage(NamedTuple):
+    rendered: Rendered
+    template: Template
+    subscriber: Subscriber
+    links: dict[str, str]  # the recipient's links the template saw (unsubscribe, view, …)
 
 
 async def newest_template(session: AsyncSession, name: str) -> Template | None:
@@ -45,7 +53,7 @@ async def template_for(session: AsyncSession, message: Message) -> Template:
 
 async def render_message(
     rt: Runtime, session: AsyncSession, message: Message, *, tracked: bool
-) -> tuple[Rendered, Template, Subscriber]:
+) -> RenderedMessage:
     subscriber = await session.get(Subscriber, message.subscriber_id)
     assert subscriber is not None
     layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
@@ -68,12 +76,12 @@ async def render_message(
     if tracked:  # a hidden link only scanners follow (see tracking/machine.py)
         trap_url = rt.url(f"/c/{rt.tokens.click(message.id, TRAP)}")
         rendered = replace(rendered, html=add_trap(rendered.html, trap_url))
-    return rendered, template, subscriber
+    return RenderedMessage(rendered, template, subscriber, context["links"])
 
 
 async def build_mail(rt: Runtime, session: AsyncSession, message: Message) -> Built:
     tracked = message.kind != "confirm"
-    rendered, template, subscriber = await render_message(rt, session, message, tracked=tracked)
+    rendered, template, subscriber, links = await render_message(rt, session, message, tracked=tracked)
     settings = rt.settings
     layer_part = f"layer{subscriber.layer_id}" if subscriber.layer_id else message.kind
     list_part = f"newsletter{message.newsletter_id}" if message.newsletter_id else layer_part
@@ -91,9 +99,7 @@ async def build_mail(rt: Runtime, session: AsyncSession, message: Message) -> Bu
         text=rendered.text,
         message_id=message.message_id,
         date=rt.clock.now(),
-        unsubscribe_url=(
-            rt.url(f"/unsubscribe/{rt.tokens.unsubscribe(subscriber.id)}") if tracked else None
-        ),
+        unsubscribe_url=links["unsubscribe"] if tracked else None,  # the link the mail shows
         list_id=f"<{list_part}.{settings.sender_domain}>",
         unsubscribe_mailto=(
             f"mailto:{addresses.unsubscribe(subscriber.id)}?subject=unsubscribe"

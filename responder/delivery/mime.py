@@ -82,10 +82,63 @@ def _unstructured(name: str, value: str) -> str:
     return Header(value, charset, header_name=name).encode(linesep="\r\n")
 
 
+# Bytes quoted-printable writes as they are: tab, newline and printable ASCII ('=' is escaped apart).
+_QP_LITERAL = bytes([9, 10, *range(32, 127)])
+# Past one byte in _QP_MAX_ESCAPED_SHARE to escape, or _QP_MAX_ESCAPED_KINDS different ones (text
+# in a non-Latin script), escaping them one kind at a time costs more than binascii's byte loop.
+_QP_MAX_ESCAPED_SHARE = 32
+_QP_MAX_ESCAPED_KINDS = 24
+# One soft-broken piece of a long line: at most 75 characters, never ending inside an "=XX".
+_QP_PIECE = re.compile(rb".{1,75}(?<!=)(?<!=.)", re.DOTALL)
+_QP_WHITESPACE = {32: b"=20", 9: b"=09"}
+
+
 def _qp(text: str) -> bytes:
-    """Quoted-printable in C (binascii), lines ending in CRLF, none longer than 76."""
-    normalised = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
-    return binascii.b2a_qp(normalised, istext=True).replace(b"\n", b"\r\n")
+    """Quoted-printable, lines ending in CRLF: the very bytes ``binascii.b2a_qp(istext=True)``
+    writes, produced with a few C-speed passes over the whole body instead of its byte loop.
+
+    Text in a non-Latin script (many bytes to escape) goes through ``b2a_qp`` itself.
+    """
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    data = text.encode("utf-8")
+    escaped = data.translate(None, _QP_LITERAL)
+    if len(escaped) * _QP_MAX_ESCAPED_SHARE > len(data):
+        return _qp_binascii(data)
+    kinds = set(escaped)
+    if len(kinds) > _QP_MAX_ESCAPED_KINDS:
+        return _qp_binascii(data)
+    data = data.replace(b"=", b"=3D")  # first: the escapes below bring their own '='
+    for byte in kinds:
+        data = data.replace(bytes((byte,)), b"=%02X" % byte)
+    # Then line by line, b2a_qp's rules: a lone "." (or one before a NUL) is escaped; a longer
+    # line is cut into pieces of at most 75 characters, the last may have 76; whitespace ending
+    # a line is escaped, at the end of the body before cutting, elsewhere after (so such a line
+    # may reach 78 characters, as with b2a_qp).
+    lines = data.split(b"\n")
+    last = len(lines) - 1
+    for i, line in enumerate(lines):
+        if not line:
+            continue
+        end = line[-1]
+        if (end == 32 or end == 9) and i == last:
+            line = line[:-1] + _QP_WHITESPACE[end]
+            end = 0
+        if line[0] == 46 and (len(line) == 1 or line.startswith(b".=00")):
+            line = b"=2E" + line[1:]
+        if len(line) > 76 or (len(line) == 76 and line[-3] == 61):  # 61: ends in an escape
+            pieces = _QP_PIECE.findall(line)
+            if len(pieces[-1]) == 1:  # the last character may take a line to 76
+                pieces[-2:] = [pieces[-2] + pieces[-1]]
+            line = b"=\r\n".join(pieces)
+        if end == 32 or end == 9:
+            line = line[:-1] + _QP_WHITESPACE[end]
+        lines[i] = line
+    return b"\r\n".join(lines)
+
+
+def _qp_binascii(data: bytes) -> bytes:
+    return binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n")
 
 
 def compose(mail: Mail) -> bytes:

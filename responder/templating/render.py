@@ -20,6 +20,11 @@ from .compile import generated_text, html_to_text
 from .sandbox import html_env, render_string, text_env
 
 _HREF = re.compile(r"""href=(["'])(https?://[^"']+)\1""", re.IGNORECASE)
+# The same pattern for a lower-cased ASCII copy of the body: a case-sensitive pattern with a
+# literal prefix is searched several times faster than a case-insensitive one.
+_HREF_FOLDED = re.compile(rb"""href=(["'])(https?://[^"']+)\1""")
+# The one non-ASCII character ``_HREF`` takes for a letter of its own: "ſ" matches "s".
+_FOLDS_TO_ASCII = "\u017f"
 # Our own links that must reach the subscriber untouched (unsubscribe, preferences, …).
 UNTRACKED_PATHS = ("/unsubscribe/", "/preferences/", "/confirm/", "/v/", "/c/", "/o/")
 # Mails to people who are not (or no longer) on the list carry no unsubscribe link.
@@ -84,18 +89,33 @@ def generated_part(html: str, body: str, context: Mapping[str, Any]) -> str:
 
 
 def rewrite_links(body: str, track_link: Callable[[str], str], base_url: str) -> str:
+    """Every ``href`` to an http(s) URL, except our own links, replaced by its tracked URL."""
     own = tuple(base_url + path for path in UNTRACKED_PATHS)
     signed: dict[str, str] = {}  # a target linked twice is signed once
 
-    def replace(match: re.Match[str]) -> str:
-        target = htmllib.unescape(match.group(2))
+    def replacement(original: str, url: str) -> str:
+        target = htmllib.unescape(url)
         if target.startswith(own):
-            return match.group(0)
+            return original
         if target not in signed:
             signed[target] = f'href="{htmllib.escape(track_link(target))}"'
         return signed[target]
 
-    return _HREF.sub(replace, body)
+    if _FOLDS_TO_ASCII in body:
+        return _HREF.sub(lambda match: replacement(match.group(0), match.group(2)), body)
+    # One byte per character (each non-ASCII one a "?", which the pattern treats alike), so the
+    # matches found in the folded copy are at the same offsets in the body.
+    folded = body.encode("ascii", "replace").lower()
+    pieces: list[str] = []
+    done = 0
+    for match in _HREF_FOLDED.finditer(folded):
+        start, end = match.span()
+        pieces += body[done:start], replacement(body[start:end], body[match.start(2):match.end(2)])
+        done = end
+    if not pieces:
+        return body
+    pieces.append(body[done:])
+    return "".join(pieces)
 
 
 def add_pixel(body: str, url: str) -> str:
@@ -106,8 +126,21 @@ def add_pixel(body: str, url: str) -> str:
 def _before_body_end(body: str, snippet: str) -> str:
     index = body.rfind("</body>")
     if index < 0:
-        index = body.lower().rfind("</body>")
+        index = last_body_end(body)
     return body + snippet if index < 0 else body[:index] + snippet + body[index:]
+
+
+def last_body_end(body: str) -> int:
+    """Where the last ``</body>`` in any case starts, else -1: ``body.lower().rfind("</body>")``
+    without lower-casing the whole body (and without its offsets shifting after an "İ", which
+    lower-cases to two characters)."""
+    end = len(body)
+    for _ in range(8):  # the closing tags at the end of a document, then the folded copy
+        index = body.rfind("</", 0, end)
+        if index < 0 or body[index + 2:index + 7].lower() == "body>":
+            return index
+        end = index + 1
+    return body.encode("ascii", "replace").lower().rfind(b"</body>", 0, end)
 
 
 def add_footer(body: str, text: str, footer: Footer) -> tuple[str, str]:

@@ -122,6 +122,6 @@ async def view_online(request: web.Request) -> web.Response:
         )).scalar_one_or_none()
         if message is None:
             raise InvalidToken("this mail cannot be shown")
-        rendered, _, _ = await render_message(rt, session, message, tracked=False)
+        rendered = (await render_message(rt, session, message, tracked=False)).rendered
     return web.Response(text=rendered.html, content_type="text/html", charset="utf-8",
                         headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src *"})

@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from ..errors import InvalidToken
 from ..models import Message
+from ..templating.render import last_body_end
 from ..web import client_ip, runtime
 from .batch import Hit
 from .machine import Request
@@ -58,7 +59,7 @@ def trap_link(url: str) -> str:
 
 
 def add_trap(body: str, url: str) -> str:
-    index = body.lower().rfind("</body>")
+    index = last_body_end(body)
     return body + trap_link(url) if index < 0 else body[:index] + trap_link(url) + body[index:]
 
 
