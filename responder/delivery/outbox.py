@@ -9,12 +9,24 @@ written only by the lease holder, so a reclaimed message is never recorded twice
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Row, Select, TextClause, exists, select, union_all, update
+from sqlalchemy import (
+    Row,
+    Select,
+    Table,
+    bindparam,
+    exists,
+    literal_column,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from ..db import Database
 from ..dbutil import insert_ignore
@@ -58,15 +70,44 @@ async def enqueue(
     )
 
 
-def _due_states(session: AsyncSession) -> TextClause:
-    """The due states as the partial index ``ix_messages_due_order`` states them, qualified."""
-    dialect = session.get_bind().dialect.name
+MESSAGES = cast(Table, Message.__table__)
+_m = MESSAGES.c
+Shape = Callable[[AnySelect], AnySelect]
+
+
+@functools.cache
+def _claim_select(dialect: str, limit: int, shape: Shape | None) -> AnySelect:
+    """The claim's select, built once per shape: statements are immutable, and one instance
+    keeps its compiled form's cache key instead of building and hashing it on every claim."""
+    controls = cast(Table, DeliveryControl.__table__).c
+    not_paused = ~exists().where(controls.name == PAUSED, controls.value == "1")
+    # The partial index's predicate, qualified: literal SQL, as a bound value cannot prove it.
     states = MESSAGES_DUE_STATES_SQL.get(dialect, MESSAGES_DUE_STATES_SQL["postgresql"])
-    return sql_text(states.replace("state IN", "messages.state IN"))
+    due = sql_text(states.replace("state IN", "messages.state IN"))
+    now = bindparam("now", type_=_m.next_attempt_at.type)
+    picks = [
+        select(_m.id).where(*where, not_paused)
+        .order_by(_m.next_attempt_at, _m.id)
+        .limit(literal_column(str(int(limit))))  # a literal: generic plans would guess at a bound one
+        .with_for_update(skip_locked=True)
+        .subquery(name)
+        for name, where in (
+            ("due", (due, _m.next_attempt_at <= now)),
+            ("expired", (_m.state == "sending", _m.lease_expires_at < now)),
+        )
+    ]
+    picked = union_all(*(select(pick.c.id) for pick in picks)).subquery("picked")
+    query: AnySelect = (select(_m.id, _m.next_attempt_at, _m.attempts)
+                        .select_from(picked.join(MESSAGES, _m.id == picked.c.id)))
+    return shape(query) if shape is not None else query
 
 
-def _not_paused() -> ColumnElement[bool]:
-    return ~exists().where(DeliveryControl.name == PAUSED, DeliveryControl.value == "1")
+_CLAIM_UPDATE = (
+    update(MESSAGES)
+    .where(_m.id.in_(bindparam("ids", expanding=True)))
+    .values(state="sending", lease_owner=bindparam("owner"), lease_expires_at=bindparam("until"),
+            attempts=_m.attempts + 1)
+)
 
 
 async def claim(db: Database, *, owner: str, now: dt.datetime, limit: int, lease_s: int) -> list[int]:
@@ -84,11 +125,12 @@ async def claim_in(
     now: dt.datetime,
     limit: int,
     lease_s: int,
-    shape: Callable[[AnySelect], AnySelect] | None = None,
+    shape: Shape | None = None,
 ) -> list[AnyRow]:
     """``claim`` inside the caller's transaction, returning rows, oldest first: ``id``,
     ``next_attempt_at``, ``attempts`` (before this attempt is counted) and whatever ``shape``
-    adds to the select of ``messages`` (columns, outer joins; one row per message).
+    adds to the select of ``messages`` (columns, outer joins; one row per message). ``shape``
+    is called once per limit and dialect, its select kept.
 
     Two index walks pick the rows, each stopping after ``limit``: the due states in claim order
     (a partial index) and expired leases (in-flight rows only). The picks are subqueries of
@@ -96,36 +138,14 @@ async def claim_in(
     suit what ``shape`` joins. The pause flag is read in the same statement: once a pause is
     committed, claims find nothing.
     """
-    picks = [
-        select(Message.id).where(*where, _not_paused())
-        .order_by(Message.next_attempt_at, Message.id).limit(limit)
-        .with_for_update(skip_locked=True)
-        .subquery(name)
-        for name, where in (
-            ("due", (_due_states(session), Message.next_attempt_at <= now)),
-            ("expired", (Message.state == "sending", Message.lease_expires_at < now)),
-        )
-    ]
-    picked = union_all(*(select(pick.c.id) for pick in picks)).subquery("picked")
-    query: AnySelect = (select(Message.id, Message.next_attempt_at, Message.attempts)
-                        .select_from(picked.join(Message, Message.id == picked.c.id)))
-    if shape is not None:
-        query = shape(query)
-    rows: list[AnyRow] = list((await session.execute(query)).all())
+    query = _claim_select(session.get_bind().dialect.name, limit, shape)
+    rows: list[AnyRow] = list((await session.execute(query, {"now": now})).all())
     # Oldest first across both picks; rows locked beyond the batch are let go at commit.
     rows = sorted(rows, key=lambda row: (row.next_attempt_at, row.id))[:limit]
     if rows:
-        await session.execute(
-            update(Message)
-            .where(Message.id.in_([row.id for row in rows]))
-            .values(
-                state="sending",
-                lease_owner=owner,
-                lease_expires_at=now + dt.timedelta(seconds=lease_s),
-                attempts=Message.attempts + 1,
-            )
-            .execution_options(synchronize_session=False)
-        )
+        await session.execute(_CLAIM_UPDATE, {
+            "ids": [row.id for row in rows], "owner": owner,
+            "until": now + dt.timedelta(seconds=lease_s)})
     return rows
 
 
@@ -141,20 +161,28 @@ async def finish(
     return bool(result.rowcount)
 
 
+@functools.cache
+def _finish_update(keys: tuple[str, ...]) -> ReturningUpdate[int]:
+    """``finish_many``'s statement for one set of outcome columns, built once."""
+    return (
+        update(MESSAGES)
+        .where(_m.id.in_(bindparam("ids", expanding=True)), _m.lease_owner == bindparam("owner"),
+               _m.state == "sending")
+        .values(lease_owner=None, lease_expires_at=None,
+                **{key: bindparam(f"value_{key}", type_=_m[key].type) for key in keys})
+        .returning(_m.id)
+    )
+
+
 async def finish_many(session: object, message_ids: list[int], owner: str,
                       **values: object) -> list[int]:
     """``finish`` for many messages with the same outcome values in one statement; the ids
     whose lease ``owner`` still held."""
     if not message_ids:
         return []
+    params = {f"value_{key}": value for key, value in values.items()}
     result = await session.execute(  # type: ignore[attr-defined]
-        update(Message)
-        .where(Message.id.in_(message_ids), Message.lease_owner == owner,
-               Message.state == "sending")
-        .values(lease_owner=None, lease_expires_at=None, **values)
-        .returning(Message.id)
-        .execution_options(synchronize_session=False)
-    )
+        _finish_update(tuple(sorted(values))), {"ids": message_ids, "owner": owner, **params})
     return list(result.scalars())
 
 

@@ -22,8 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import Table, bindparam, insert, literal, select, update
 
 from ..errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
 from ..loop import PollingLoop
@@ -104,31 +103,41 @@ class Ready:
     template_id: int
 
 
-_NewestTemplate = aliased(Template)
 EVENTS = cast(Table, Event.__table__)
+_s = cast(Table, Subscriber.__table__).c
+_l = cast(Table, Layer.__table__).c
+_t = cast(Table, Template.__table__).c
+_m = outbox.MESSAGES.c
 
 
 def _claim_shape(query: outbox.AnySelect) -> outbox.AnySelect:
     """What the claim reads besides the outbox row: the subscriber, the layer and the newest
     version of the template's name, joined, so a batch needs no query per message. The
     columns' order is ``_claimed``'s."""
-    newest = (select(_NewestTemplate.id).where(_NewestTemplate.name == Message.template_name)
-              .order_by(_NewestTemplate.version.desc()).limit(1).scalar_subquery())
+    versions = cast(Table, Template.__table__).alias("versions")
+    newest = (select(versions.c.id).where(versions.c.name == _m.template_name)
+              .order_by(versions.c.version.desc()).limit(1).scalar_subquery())
     return (
         query.add_columns(
-            Message.subscriber_id, Message.kind, Message.step_id, Message.newsletter_id,
-            Message.template_name, Message.template_id, Message.message_id, Message.created_at,
-            Subscriber.id.label("s_id"), Subscriber.email.label("s_email"),
-            Subscriber.name.label("s_name"), Subscriber.status.label("s_status"),
-            Subscriber.layer_id.label("s_layer_id"), Subscriber.attributes.label("s_attributes"),
-            Subscriber.tags.label("s_tags"),
-            Layer.position.label("l_position"), Layer.name.label("l_name"),
-            Layer.label.label("l_label"),
-            newest.label("newest_template_id"),
+            _m.subscriber_id, _m.kind, _m.step_id, _m.newsletter_id, _m.template_name,
+            _m.template_id, _m.message_id, _m.created_at,
+            _s.id, _s.email, _s.name, _s.status, _s.layer_id, _s.attributes, _s.tags,
+            _l.position, _l.name, _l.label,
+            newest,
         )
-        .outerjoin(Subscriber, Subscriber.id == Message.subscriber_id)
-        .outerjoin(Layer, Layer.id == Subscriber.layer_id)
+        .outerjoin(Subscriber.__table__, _s.id == _m.subscriber_id)
+        .outerjoin(Layer.__table__, _l.id == _s.layer_id)
     )
+
+
+_INSERT_SENT_EVENTS = insert(EVENTS).from_select(
+    ["subscriber_id", "message_id", "type", "machine", "data", "created_at"],
+    select(_m.subscriber_id, _m.id, literal("sent", EVENTS.c.type.type),
+           literal(False, EVENTS.c.machine.type), literal({}, EVENTS.c.data.type),
+           bindparam("now", type_=EVENTS.c.created_at.type))
+    .where(_m.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_m.id),
+)
 
 
 def _claimed(row: Any, layers: dict[int, _Layer]) -> Claimed:
@@ -201,8 +210,7 @@ class DeliveryWorker(PollingLoop):
             if missing:
                 if len(self._templates) + len(missing) > TEMPLATE_CACHE:
                     self._templates.clear()
-                for template in await session.execute(
-                        select(*Template.__table__.c).where(Template.id.in_(missing))):
+                for template in await session.execute(select(*_t).where(_t.id.in_(missing))):
                     self._templates[template.id] = template
         return batch
 
@@ -295,7 +303,7 @@ class DeliveryWorker(PollingLoop):
         for outcome in outcomes:
             groups.setdefault(tuple(sorted(outcome.values.items())), []).append(outcome)
         recorded: Counter[str] = Counter()
-        sent_events: list[dict[str, Any]] = []
+        sent: list[int] = []
         async with self.rt.db.transaction() as session:
             for group in groups.values():
                 values = dict(group[0].values)
@@ -310,15 +318,12 @@ class DeliveryWorker(PollingLoop):
                         continue
                     recorded[outcome.state] += 1
                     if outcome.state == "sent":
-                        sent_events.append({
-                            "subscriber_id": outcome.subscriber_id,
-                            "message_id": outcome.message_pk, "type": "sent", "machine": False,
-                            "data": {}, "created_at": now})
+                        sent.append(outcome.message_pk)
                     if outcome.bounce:
                         await suppress_bounced(session, outcome.subscriber_id, outcome.message_pk,
                                                str(outcome.values.get("last_error", "")), now)
-            if sent_events:  # a plain executemany: no ORM objects, no primary keys read back
-                await session.execute(insert(EVENTS), sent_events)
+            if sent:  # one statement, the rows made from the outbox's
+                await session.execute(_INSERT_SENT_EVENTS, {"ids": sent, "now": now})
         for state, count in recorded.items():
             self.metrics.outcomes.labels(state).inc(count)
 
