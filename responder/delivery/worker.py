@@ -1,8 +1,12 @@
 """The delivery worker: one loop that claims due messages, sends them, and records the outcome.
 
-    poll for due work → claim a batch with a lease → build, sign → send each in a lane under
-    the rate limits → record every outcome of the batch in one transaction:
+    poll for due work → claim a batch with a lease, reading its subscribers, layers and newest
+    template versions in the same statement → build, sign → send each in a lane under the rate
+    limits → record every outcome of the batch in one transaction:
     sent | deferred | failed | bounced
+
+A batch costs two transactions and four statements, whatever its size: the claim's select and
+update, then one update per outcome group and one insert of the sent events.
 
 Two batches are in flight at once, so lanes keep sending while the other batch is claimed,
 built or recorded. A batch is the most a crash can send twice: its outcomes are written after
