@@ -213,7 +213,8 @@ class DeliveryWorker(PollingLoop):
             missing = wanted - self._templates.keys()
             if missing:
                 if len(self._templates) + len(missing) > TEMPLATE_CACHE:
-                    self._templates.clear()
+                    self._templates.clear()  # start over with this batch's versions only
+                    missing = wanted
                 for template in await session.execute(select(*_t).where(_t.id.in_(missing))):
                     self._templates[template.id] = template
         return batch
