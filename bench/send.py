@@ -30,16 +30,16 @@ from sqlalchemy import func, insert, select
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from responder.app import start_runtime
-from responder.delivery.build import build_mail
-from responder.delivery.dkim import generate_key, private_pem
-from responder.delivery.mime import compose
-from responder.delivery.transport import make_transport
-from responder.delivery.worker import DeliveryWorker
-from responder.models import Layer, Message, Newsletter, Subscriber
-from responder.settings import Settings
-from responder.templating.compile import compile_template
-from responder.templating.store import add_version
+from responder.app import start_runtime  # noqa: E402
+from responder.delivery.build import build_mail  # noqa: E402
+from responder.delivery.dkim import generate_key, private_pem  # noqa: E402
+from responder.delivery.mime import compose  # noqa: E402
+from responder.delivery.transport import make_transport  # noqa: E402
+from responder.delivery.worker import DeliveryWorker  # noqa: E402
+from responder.models import Layer, Message, Newsletter, Subscriber  # noqa: E402
+from responder.settings import Settings  # noqa: E402
+from responder.templating.compile import compile_template  # noqa: E402
+from responder.templating.store import add_version  # noqa: E402
 
 
 def free_port() -> int:
@@ -118,6 +118,14 @@ async def sent_count(rt) -> int:  # type: ignore[no-untyped-def]
                                       .where(Message.state == "sent"))).scalar_one()
 
 
+def recorded_sent(worker: DeliveryWorker) -> float:
+    """Sends the worker has recorded: its counter moves after each outcome's transaction commits,
+    so reading it costs the measured loop nothing and never runs ahead of the database."""
+    value = worker.metrics.registry.get_sample_value("responder_delivery_outcomes_total",
+                                                     {"outcome": "sent"})
+    return value or 0.0
+
+
 async def run_responder(rt, count: int) -> tuple[float, bytes]:  # type: ignore[no-untyped-def]
     async with rt.db.read() as session:  # one message as the bare loop will send it
         sample = (await session.execute(select(Message).limit(1))).scalar_one()
@@ -129,14 +137,19 @@ async def run_responder(rt, count: int) -> tuple[float, bytes]:  # type: ignore[
         data = worker.signer.sign(data, int(time.time()))
     started = time.perf_counter()
     task = asyncio.create_task(worker.run())
-    while await sent_count(rt) < count:
-        await asyncio.sleep(0.05)
+    # Polling the worker's own counter, not the database: a count(*) every 50 ms in this event
+    # loop took CPU from the worker being measured. The database is checked once at the end.
+    while recorded_sent(worker) < count:
+        await asyncio.sleep(0.01)
         if task.done():
             task.result()
     elapsed = time.perf_counter() - started
     worker.stop()
     await task
     await transport.close()
+    stored = await sent_count(rt)
+    if stored != count:
+        raise SystemExit(f"{stored} messages stored as sent, {count} expected")
     return count / elapsed, data
 
 

@@ -193,3 +193,32 @@ async def test_concurrent_claims_never_share_a_message(database_url, smtp, clock
         claimed = [pk for batch in claims for pk in batch]
         assert sorted(claimed) == sorted(queued)  # each once, none twice
         assert all(len(batch) <= 10 for batch in claims)
+
+
+async def test_each_batch_sends_the_newest_template_version_through_a_full_cache(
+        database_url, smtp, clock, monkeypatch) -> None:
+    from responder.delivery import worker as worker_module
+    from responder.templating.compile import compile_template
+    from responder.templating.store import add_version
+
+    async def upload(name: str, subject: str) -> None:
+        compiled = compile_template("<p>{{ subscriber.first_name }}</p>", subject, "html", "text")
+        async with rt.db.transaction() as session:
+            await add_version(session, name, compiled, "educate", clock.now())
+
+    # Room for one version: every batch that needs two must start the cache over.
+    monkeypatch.setattr(worker_module, "TEMPLATE_CACHE", 1)
+    async with runtime_for(database_url, smtp.url, clock) as rt, worker_for(rt) as worker:
+        await upload("news-a", "A one")
+        await upload("news-b", "B one")
+        await queue_newsletter(rt, ["kim@example.org"], template="news-a")
+        await queue_newsletter(rt, ["lou@example.org"], template="news-b")
+        assert await worker.run_once() == 2
+        await upload("news-a", "A two")  # a new version is used by the next claim, not a cached one
+        await queue_newsletter(rt, ["max@example.org"], template="news-a")
+        await queue_newsletter(rt, ["ned@example.org"], template="news-b")  # its version is kept
+        assert await worker.run_once() == 2
+    subjects = {to: smtp.to(to)[0].message["Subject"]
+                for to in ("kim@example.org", "lou@example.org", "max@example.org", "ned@example.org")}
+    assert subjects == {"kim@example.org": "A one", "lou@example.org": "B one",
+                        "max@example.org": "A two", "ned@example.org": "B one"}

@@ -51,13 +51,33 @@ async def template_for(session: AsyncSession, message: Message) -> Template:
     return template
 
 
-async def render_message(
-    rt: Runtime, session: AsyncSession, message: Message, *, tracked: bool
-) -> RenderedMessage:
+@dataclass(frozen=True)
+class Sources:
+    """What a message is rendered from besides itself. The delivery worker loads a whole
+    batch's in one query and passes plain rows with the attributes rendering reads: subscriber
+    ``id email name status layer_id attributes tags``, layer ``id position name label``, and
+    every column of the template."""
+
+    subscriber: Subscriber
+    layer: Layer | None
+    template: Template
+
+
+async def load_sources(session: AsyncSession, message: Message) -> Sources:
     subscriber = await session.get(Subscriber, message.subscriber_id)
     assert subscriber is not None
     layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
-    template = await template_for(session, message)
+    return Sources(subscriber, layer, await template_for(session, message))
+
+
+async def render_message(
+    rt: Runtime, session: AsyncSession | None, message: Message, *, tracked: bool,
+    sources: Sources | None = None,
+) -> RenderedMessage:
+    if sources is None:
+        assert session is not None
+        sources = await load_sources(session, message)
+    subscriber, layer, template = sources.subscriber, sources.layer, sources.template
     confirm_url = (
         rt.url(f"/confirm/{rt.tokens.confirm(subscriber.id)}") if message.kind == "confirm" else None
     )
@@ -79,9 +99,12 @@ async def render_message(
     return RenderedMessage(rendered, template, subscriber, context["links"])
 
 
-async def build_mail(rt: Runtime, session: AsyncSession, message: Message) -> Built:
+async def build_mail(rt: Runtime, session: AsyncSession | None, message: Message,
+                     sources: Sources | None = None) -> Built:
+    """``sources`` already loaded, or read through ``session``."""
     tracked = message.kind != "confirm"
-    rendered, template, subscriber, links = await render_message(rt, session, message, tracked=tracked)
+    rendered, template, subscriber, links = await render_message(rt, session, message, tracked=tracked,
+                                                                 sources=sources)
     settings = rt.settings
     layer_part = f"layer{subscriber.layer_id}" if subscriber.layer_id else message.kind
     list_part = f"newsletter{message.newsletter_id}" if message.newsletter_id else layer_part

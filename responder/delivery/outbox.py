@@ -9,15 +9,35 @@ written only by the lease holder, so a reclaimed message is never recorded twice
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from collections.abc import Callable
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import (
+    Row,
+    Select,
+    Table,
+    bindparam,
+    exists,
+    literal_column,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy import text as sql_text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from ..db import Database
 from ..dbutil import insert_ignore
-from ..models import Message
+from ..models import MESSAGES_DUE_STATES_SQL, DeliveryControl, Message
+from .controls import PAUSED
 from .mime import new_message_id
 
 DUE_STATES = ("queued", "deferred")
+
+AnySelect = Select[*tuple[Any, ...]]
+AnyRow = Row[*tuple[Any, ...]]
 
 
 async def enqueue(
@@ -50,36 +70,83 @@ async def enqueue(
     )
 
 
-async def claim(db: Database, *, owner: str, now: dt.datetime, limit: int, lease_s: int) -> list[int]:
-    """Lease up to ``limit`` due messages to ``owner``; their ids, oldest first."""
-    due = or_(
-        and_(Message.state.in_(DUE_STATES), Message.next_attempt_at <= now),
-        and_(Message.state == "sending", Message.lease_expires_at < now),
-    )
-    async with db.transaction() as session:
-        ids = list(
-            (
-                await session.execute(
-                    select(Message.id)
-                    .where(due)
-                    .order_by(Message.next_attempt_at, Message.id)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            ).scalars()
+MESSAGES = cast(Table, Message.__table__)
+_m = MESSAGES.c
+Shape = Callable[[AnySelect], AnySelect]
+
+
+@functools.cache
+def _claim_select(dialect: str, limit: int, shape: Shape | None) -> AnySelect:
+    """The claim's select, built once per shape: statements are immutable, and one instance
+    keeps its compiled form's cache key instead of building and hashing it on every claim."""
+    controls = cast(Table, DeliveryControl.__table__).c
+    not_paused = ~exists().where(controls.name == PAUSED, controls.value == "1")
+    # The partial index's predicate, qualified: literal SQL, as a bound value cannot prove it.
+    states = MESSAGES_DUE_STATES_SQL.get(dialect, MESSAGES_DUE_STATES_SQL["postgresql"])
+    due = sql_text(states.replace("state IN", "messages.state IN"))
+    now = bindparam("now", type_=_m.next_attempt_at.type)
+    picks = [
+        select(_m.id).where(*where, not_paused)
+        .order_by(_m.next_attempt_at, _m.id)
+        .limit(literal_column(str(int(limit))))  # a literal: generic plans would guess at a bound one
+        .with_for_update(skip_locked=True)
+        .subquery(name)
+        for name, where in (
+            ("due", (due, _m.next_attempt_at <= now)),
+            ("expired", (_m.state == "sending", _m.lease_expires_at < now)),
         )
-        if ids:
-            await session.execute(
-                update(Message)
-                .where(Message.id.in_(ids))
-                .values(
-                    state="sending",
-                    lease_owner=owner,
-                    lease_expires_at=now + dt.timedelta(seconds=lease_s),
-                    attempts=Message.attempts + 1,
-                )
-            )
-    return ids
+    ]
+    picked = union_all(*(select(pick.c.id) for pick in picks)).subquery("picked")
+    query: AnySelect = (select(_m.id, _m.next_attempt_at, _m.attempts)
+                        .select_from(picked.join(MESSAGES, _m.id == picked.c.id)))
+    return shape(query) if shape is not None else query
+
+
+_CLAIM_UPDATE = (
+    update(MESSAGES)
+    .where(_m.id.in_(bindparam("ids", expanding=True)))
+    .values(state="sending", lease_owner=bindparam("owner"), lease_expires_at=bindparam("until"),
+            attempts=_m.attempts + 1)
+)
+
+
+async def claim(db: Database, *, owner: str, now: dt.datetime, limit: int, lease_s: int) -> list[int]:
+    """Lease up to ``limit`` due messages to ``owner``; their ids, oldest first. None while
+    sending is paused."""
+    async with db.transaction() as session:
+        rows = await claim_in(session, owner=owner, now=now, limit=limit, lease_s=lease_s)
+    return [row.id for row in rows]
+
+
+async def claim_in(
+    session: AsyncSession,
+    *,
+    owner: str,
+    now: dt.datetime,
+    limit: int,
+    lease_s: int,
+    shape: Shape | None = None,
+) -> list[AnyRow]:
+    """``claim`` inside the caller's transaction, returning rows, oldest first: ``id``,
+    ``next_attempt_at``, ``attempts`` (before this attempt is counted) and whatever ``shape``
+    adds to the select of ``messages`` (columns, outer joins; one row per message). ``shape``
+    is called once per limit and dialect, its select kept.
+
+    Two index walks pick the rows, each stopping after ``limit``: the due states in claim order
+    (a partial index) and expired leases (in-flight rows only). The picks are subqueries of
+    their own, so the planner cannot trade the ordered walk for a sort of the whole backlog to
+    suit what ``shape`` joins. The pause flag is read in the same statement: once a pause is
+    committed, claims find nothing.
+    """
+    query = _claim_select(session.get_bind().dialect.name, limit, shape)
+    rows: list[AnyRow] = list((await session.execute(query, {"now": now})).all())
+    # Oldest first across both picks; rows locked beyond the batch are let go at commit.
+    rows = sorted(rows, key=lambda row: (row.next_attempt_at, row.id))[:limit]
+    if rows:
+        await session.execute(_CLAIM_UPDATE, {
+            "ids": [row.id for row in rows], "owner": owner,
+            "until": now + dt.timedelta(seconds=lease_s)})
+    return rows
 
 
 async def finish(
@@ -94,19 +161,28 @@ async def finish(
     return bool(result.rowcount)
 
 
+@functools.cache
+def _finish_update(keys: tuple[str, ...]) -> ReturningUpdate[int]:
+    """``finish_many``'s statement for one set of outcome columns, built once."""
+    return (
+        update(MESSAGES)
+        .where(_m.id.in_(bindparam("ids", expanding=True)), _m.lease_owner == bindparam("owner"),
+               _m.state == "sending")
+        .values(lease_owner=None, lease_expires_at=None,
+                **{key: bindparam(f"value_{key}", type_=_m[key].type) for key in keys})
+        .returning(_m.id)
+    )
+
+
 async def finish_many(session: object, message_ids: list[int], owner: str,
                       **values: object) -> list[int]:
     """``finish`` for many messages with the same outcome values in one statement; the ids
     whose lease ``owner`` still held."""
     if not message_ids:
         return []
+    params = {f"value_{key}": value for key, value in values.items()}
     result = await session.execute(  # type: ignore[attr-defined]
-        update(Message)
-        .where(Message.id.in_(message_ids), Message.lease_owner == owner,
-               Message.state == "sending")
-        .values(lease_owner=None, lease_expires_at=None, **values)
-        .returning(Message.id)
-    )
+        _finish_update(tuple(sorted(values))), {"ids": message_ids, "owner": owner, **params})
     return list(result.scalars())
 
 

@@ -12,7 +12,7 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 
 
 class SlidingWindow:
@@ -42,6 +42,9 @@ class SlidingWindow:
         self._times.append(now)
 
 
+_UNLIMITED: AbstractAsyncContextManager[None] = nullcontext()
+
+
 class SendLimits:
     def __init__(self, *, rate_per_s: float = 0, domain_concurrency: int = 0,
                  domain_rate_per_min: int = 0,
@@ -53,9 +56,14 @@ class SendLimits:
         self._windows: dict[str, SlidingWindow] = {}
         self._monotonic = monotonic
 
-    @asynccontextmanager
-    async def slot(self, domain: str) -> AsyncIterator[None]:
+    def slot(self, domain: str) -> AbstractAsyncContextManager[None]:
         """Hold one of the domain's concurrent slots and wait until both windows allow a send."""
+        if self._global is None and self._domain_concurrency <= 0 and self._domain_rate_per_min <= 0:
+            return _UNLIMITED  # no limits: nothing to hold or wait for, once per message
+        return self._slot(domain)
+
+    @asynccontextmanager
+    async def _slot(self, domain: str) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if self._domain_concurrency > 0:
                 semaphore = self._semaphores.setdefault(

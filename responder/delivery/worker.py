@@ -1,8 +1,12 @@
 """The delivery worker: one loop that claims due messages, sends them, and records the outcome.
 
-    poll for due work → claim a batch with a lease → build, sign → send each in a lane under
-    the rate limits → record every outcome of the batch in one transaction:
+    poll for due work → claim a batch with a lease, reading its subscribers, layers and newest
+    template versions in the same statement → build, sign → send each in a lane under the rate
+    limits → record every outcome of the batch in one transaction:
     sent | deferred | failed | bounced
+
+A batch costs two transactions and four statements, whatever its size: the claim's select and
+update, then one update per outcome group and one insert of the sent events.
 
 Two batches are in flight at once, so lanes keep sending while the other batch is claimed,
 built or recorded. A batch is the most a crash can send twice: its outcomes are written after
@@ -18,12 +22,11 @@ import os
 import random
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy import Table, bindparam, insert, literal, select, update
 
 from ..errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
 from ..loop import PollingLoop
@@ -31,8 +34,7 @@ from ..models import Event, Layer, Message, Subscriber, Template
 from ..runtime import Runtime
 from ..sequences.funnel import end_enrollments
 from . import outbox
-from .build import build_mail
-from .controls import pause_state
+from .build import Sources, build_mail
 from .dkim import DkimSigner, signer_from_settings
 from .mime import Envelope, compose
 from .ratelimit import SendLimits
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 SENDABLE_STATUS = {"confirm": ("pending",), "step": ("active",), "newsletter": ("active",)}
 PIPELINES = 2
+TEMPLATE_CACHE = 256  # template versions a worker keeps in memory
 
 
 @dataclass
@@ -57,12 +60,104 @@ class Outcome:
         return str(self.values["state"])
 
 
+@dataclass(slots=True)
+class Claimed:
+    """An outbox row as claimed, with what building its mail reads (plain values, no ORM
+    object): the message's columns, ``attempts`` counting this attempt, and its sources."""
+
+    id: int
+    subscriber_id: int
+    kind: str
+    step_id: int | None
+    newsletter_id: int | None
+    template_name: str
+    template_id: int | None
+    attempts: int
+    message_id: str
+    created_at: dt.datetime
+    subscriber: _Recipient | None
+    layer: _Layer | None
+    newest_template_id: int | None
+
+
+@dataclass(slots=True)
+class _Recipient:
+    id: int
+    email: str
+    name: str
+    status: str
+    layer_id: int | None
+    attributes: dict[str, Any]
+    tags: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    id: int
+    position: int
+    name: str
+    label: str
+
+
 @dataclass
 class Ready:
-    message: Message
+    message: Claimed
     envelope: Envelope
     data: bytes
     template_id: int
+
+
+EVENTS = cast(Table, Event.__table__)
+_s = cast(Table, Subscriber.__table__).c
+_l = cast(Table, Layer.__table__).c
+_t = cast(Table, Template.__table__).c
+_m = outbox.MESSAGES.c
+
+
+def _claim_shape(query: outbox.AnySelect) -> outbox.AnySelect:
+    """What the claim reads besides the outbox row: the subscriber, the layer and the newest
+    version of the template's name, joined, so a batch needs no query per message. The
+    columns' order is ``_claimed``'s."""
+    versions = cast(Table, Template.__table__).alias("versions")
+    newest = (select(versions.c.id).where(versions.c.name == _m.template_name)
+              .order_by(versions.c.version.desc()).limit(1).scalar_subquery())
+    return (
+        query.add_columns(
+            _m.subscriber_id, _m.kind, _m.step_id, _m.newsletter_id, _m.template_name,
+            _m.template_id, _m.message_id, _m.created_at,
+            _s.id, _s.email, _s.name, _s.status, _s.layer_id, _s.attributes, _s.tags,
+            _l.position, _l.name, _l.label,
+            newest,
+        )
+        .outerjoin(Subscriber.__table__, _s.id == _m.subscriber_id)
+        .outerjoin(Layer.__table__, _l.id == _s.layer_id)
+    )
+
+
+_INSERT_SENT_EVENTS = insert(EVENTS).from_select(
+    ["subscriber_id", "message_id", "type", "machine", "data", "created_at"],
+    select(_m.subscriber_id, _m.id, literal("sent", EVENTS.c.type.type),
+           literal(False, EVENTS.c.machine.type), literal({}, EVENTS.c.data.type),
+           bindparam("now", type_=EVENTS.c.created_at.type))
+    .where(_m.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_m.id),
+)
+
+
+def _claimed(row: Any, layers: dict[int, _Layer]) -> Claimed:
+    """A claimed row, its columns in the order of ``claim_in`` then ``_claim_shape``."""
+    (pk, _next_attempt_at, attempts, subscriber_id, kind, step_id, newsletter_id, template_name,
+     template_id, message_id, created_at, s_id, s_email, s_name, s_status, s_layer_id,
+     s_attributes, s_tags, l_position, l_name, l_label, newest_template_id) = row
+    subscriber = layer = None
+    if s_id is not None:
+        subscriber = _Recipient(s_id, s_email, s_name, s_status, s_layer_id, s_attributes, s_tags)
+        if s_layer_id is not None and l_position is not None:
+            layer = layers.get(s_layer_id)
+            if layer is None:
+                layer = layers[s_layer_id] = _Layer(s_layer_id, l_position, l_name, l_label)
+    return Claimed(pk, subscriber_id, kind, step_id, newsletter_id, template_name, template_id,
+                   attempts + 1, message_id, created_at, subscriber, layer, newest_template_id)
 
 
 class DeliveryWorker(PollingLoop):
@@ -82,28 +177,47 @@ class DeliveryWorker(PollingLoop):
                                  domain_rate_per_min=settings.domain_rate_per_min)
         self.metrics = rt.delivery_metrics
         self._lanes = asyncio.Semaphore(settings.worker_lanes)
+        # Template versions are never changed once stored: rows kept by id, a batch's newest
+        # version of each name looked up with the claim.
+        self._templates: dict[int, Any] = {}
 
     async def run(self) -> None:
         await asyncio.gather(*(super(DeliveryWorker, self).run() for _ in range(PIPELINES)))
 
     async def run_once(self) -> int:
         """Claim one batch and deliver it; the number of messages claimed."""
-        if (await pause_state(self.rt.db)).paused:
+        batch = await self._claim()
+        if not batch:
             return 0
-        ids = await outbox.claim(
-            self.rt.db, owner=self.owner, now=self.rt.clock.now(),
-            limit=self.batch_size, lease_s=self.rt.settings.lease_s,
-        )
-        if not ids:
-            return 0
+        ids = [message.id for message in batch]
         renewing = asyncio.create_task(self._renew(ids))
         try:
-            outcomes, ready = await self._prepare(ids)
+            outcomes, ready = await self._prepare(batch)
             outcomes += await asyncio.gather(*(self._send(item) for item in ready))
         finally:
             renewing.cancel()
         await self._record([o for o in outcomes if o is not None])
         return len(ids)
+
+    async def _claim(self) -> list[Claimed]:
+        """Lease a batch (none while paused) and read what building its mails needs, in one
+        transaction: the claim's own query, plus the template versions not seen before."""
+        rt = self.rt
+        async with rt.db.transaction() as session:
+            rows = await outbox.claim_in(session, owner=self.owner, now=rt.clock.now(),
+                                         limit=self.batch_size, lease_s=rt.settings.lease_s,
+                                         shape=_claim_shape)
+            layers: dict[int, _Layer] = {}
+            batch = [_claimed(row, layers) for row in rows]
+            wanted = {m.template_id or m.newest_template_id for m in batch} - {None}
+            missing = wanted - self._templates.keys()
+            if missing:
+                if len(self._templates) + len(missing) > TEMPLATE_CACHE:
+                    self._templates.clear()  # start over with this batch's versions only
+                    missing = wanted
+                for template in await session.execute(select(*_t).where(_t.id.in_(missing))):
+                    self._templates[template.id] = template
+        return batch
 
     async def _renew(self, ids: list[int]) -> None:
         """Keep extending the batch's lease while it is in flight (a slow server or a rate
@@ -117,34 +231,41 @@ class DeliveryWorker(PollingLoop):
             except Exception:  # the next renewal (or the lease's slack) covers a blip
                 log.exception("could not renew the lease of %d messages", len(ids))
 
-    async def _prepare(self, ids: list[int]) -> tuple[list[Outcome | None], list[Ready]]:
+    async def _prepare(self, batch: list[Claimed]) -> tuple[list[Outcome | None], list[Ready]]:
         rt = self.rt
         outcomes: list[Outcome | None] = []
         ready: list[Ready] = []
-        async with rt.db.read() as session:
-            messages, _held = await _load_batch(session, ids)
-            for message_id in ids:
-                message = messages[message_id]
-                subscriber = await session.get(Subscriber, message.subscriber_id)
-                assert subscriber is not None
-                if subscriber.status not in SENDABLE_STATUS.get(message.kind, ("active",)):
-                    outcomes.append(Outcome(message.id, message.subscriber_id, {
-                        "state": "failed", "last_error": f"not sent: subscriber is {subscriber.status}"}))
-                    continue
-                try:
-                    built = await build_mail(rt, session, message)
-                    data = compose(built.mail)
-                except (TemplateError, ValidationError) as exc:
-                    outcomes.append(Outcome(message.id, message.subscriber_id,
-                                            {"state": "failed", "last_error": exc.message}))
-                    continue
-                except Exception:
-                    log.exception("message %s: cannot be built; it stays leased and is retried "
-                                  "when the lease expires", message_id)
-                    continue
-                if self.signer is not None:
-                    data = self.signer.sign(data, int(built.mail.date.timestamp()))
-                ready.append(Ready(message, built.mail.envelope, data, built.template_id))
+        for message in batch:
+            subscriber = message.subscriber
+            if subscriber is None:
+                outcomes.append(Outcome(message.id, message.subscriber_id, {
+                    "state": "failed", "last_error": "not sent: subscriber is gone"}))
+                continue
+            if subscriber.status not in SENDABLE_STATUS.get(message.kind, ("active",)):
+                outcomes.append(Outcome(message.id, message.subscriber_id, {
+                    "state": "failed", "last_error": f"not sent: subscriber is {subscriber.status}"}))
+                continue
+            # The version recorded on the message (a retry), else the newest of its name.
+            template = self._templates.get(message.template_id or message.newest_template_id or 0)
+            try:
+                if template is None:
+                    raise TemplateError(f"no template named {message.template_name!r}")
+                # Plain rows with the attributes rendering reads stand in for ORM objects.
+                sources = Sources(cast(Subscriber, subscriber), cast(Layer | None, message.layer),
+                                  cast(Template, template))
+                built = await build_mail(rt, None, cast(Message, message), sources)
+                data = compose(built.mail)
+            except (TemplateError, ValidationError) as exc:
+                outcomes.append(Outcome(message.id, message.subscriber_id,
+                                        {"state": "failed", "last_error": exc.message}))
+                continue
+            except Exception:
+                log.exception("message %s: cannot be built; it stays leased and is retried "
+                              "when the lease expires", message.id)
+                continue
+            if self.signer is not None:
+                data = self.signer.sign(data, int(built.mail.date.timestamp()))
+            ready.append(Ready(message, built.mail.envelope, data, built.template_id))
         return outcomes, ready
 
     async def _send(self, item: Ready) -> Outcome:
@@ -168,7 +289,7 @@ class DeliveryWorker(PollingLoop):
         return Outcome(message.id, message.subscriber_id,
                        dict(base, state="sent", last_error=None))
 
-    def _deferred(self, message: Message, error: str, base: dict[str, Any]) -> Outcome:
+    def _deferred(self, message: Claimed, error: str, base: dict[str, Any]) -> Outcome:
         now = self.rt.clock.now()
         retry_at = next_attempt(message.attempts, now, message.created_at, jitter=random.random(),
                                 lifetime_s=self.rt.settings.message_lifetime_s)
@@ -186,8 +307,8 @@ class DeliveryWorker(PollingLoop):
         groups: dict[tuple[Any, ...], list[Outcome]] = {}
         for outcome in outcomes:
             groups.setdefault(tuple(sorted(outcome.values.items())), []).append(outcome)
-        recorded: list[Outcome] = []
-        sent_events: list[dict[str, Any]] = []
+        recorded: Counter[str] = Counter()
+        sent: list[int] = []
         async with self.rt.db.transaction() as session:
             for group in groups.values():
                 values = dict(group[0].values)
@@ -200,48 +321,16 @@ class DeliveryWorker(PollingLoop):
                         log.warning("message %s: lease lost before its outcome was recorded",
                                     outcome.message_pk)
                         continue
-                    recorded.append(outcome)
+                    recorded[outcome.state] += 1
                     if outcome.state == "sent":
-                        sent_events.append({
-                            "subscriber_id": outcome.subscriber_id,
-                            "message_id": outcome.message_pk, "type": "sent", "machine": False,
-                            "data": {}, "created_at": now})
+                        sent.append(outcome.message_pk)
                     if outcome.bounce:
                         await suppress_bounced(session, outcome.subscriber_id, outcome.message_pk,
                                                str(outcome.values.get("last_error", "")), now)
-            if sent_events:
-                await session.execute(insert(Event), sent_events)
-        for outcome in recorded:
-            self.metrics.outcomes.labels(outcome.state).inc()
-
-
-async def _load_batch(session: AsyncSession, ids: list[int]) -> tuple[dict[int, Message], list[Any]]:
-    """A batch's messages, subscribers, layers and templates in a few queries, so building each
-    mail finds them in the session instead of asking the database one by one. The second value
-    holds them: the session's identity map keeps only weak references."""
-    messages = {m.id: m for m in (await session.execute(
-        select(Message).where(Message.id.in_(ids)))).scalars()}
-    subscriber_ids = {m.subscriber_id for m in messages.values()}
-    layer_ids = set((await session.execute(
-        select(Subscriber.layer_id).where(Subscriber.id.in_(subscriber_ids)))).scalars())
-    held: list[Any] = list((await session.execute(
-        select(Subscriber).where(Subscriber.id.in_(subscriber_ids)))).scalars())
-    held += (await session.execute(select(Layer).where(Layer.id.in_(layer_ids - {None})))).scalars()
-    names = {m.template_name for m in messages.values() if m.template_id is None}
-    newest: dict[str, Template] = {}
-    for template in (await session.execute(
-            select(Template).where(Template.name.in_(names)))).scalars() if names else ():
-        if template.name not in newest or template.version > newest[template.name].version:
-            newest[template.name] = template
-    kept = {m.template_id for m in messages.values()} - {None}
-    held += (await session.execute(select(Template).where(Template.id.in_(kept)))).scalars()
-    held += newest.values()
-    for message in messages.values():
-        if message.template_id is None and message.template_name in newest:
-            # The version this attempt will use (recorded with its outcome); not a change to
-            # write back, so it is set as the loaded value.
-            set_committed_value(message, "template_id", newest[message.template_name].id)
-    return messages, held
+            if sent:  # one statement, the rows made from the outbox's
+                await session.execute(_INSERT_SENT_EVENTS, {"ids": sent, "now": now})
+        for state, count in recorded.items():
+            self.metrics.outcomes.labels(state).inc(count)
 
 
 async def suppress_bounced(session: Any, subscriber_id: int, message_pk: int | None, reply: str,
