@@ -32,9 +32,11 @@ async def runtime_for(database_url: str, smtp_url: str, clock: Clock,
 @asynccontextmanager
 async def worker_for(rt: Runtime) -> AsyncIterator[DeliveryWorker]:
     transport = make_transport(rt.settings)
+    worker = DeliveryWorker(rt, transport)
     try:
-        yield DeliveryWorker(rt, transport)
+        yield worker
     finally:
+        await worker.close()
         await transport.close()
 
 

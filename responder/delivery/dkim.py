@@ -86,6 +86,11 @@ class DkimSigner:
 
     def sign(self, data: bytes, timestamp: int) -> bytes:
         """``data`` with a ``DKIM-Signature`` header prepended."""
+        head, hashed = self.prepare(data, timestamp)
+        return self.assemble(head, self._sign(hashed), data)
+
+    def prepare(self, data: bytes, timestamp: int) -> tuple[bytes, bytes]:
+        """The signature header up to ``b=``, and the canonical bytes the key signs."""
         fields, body = split_message(data)
         body_hash = base64.b64encode(hashlib.sha256(canonical_body(body)).digest()).decode()
         # Each signed name is taken from the bottom up, as a verifier does (RFC 6376 5.4.2).
@@ -103,15 +108,26 @@ class DkimSigner:
             if left:  # an absent (or exhausted) name adds nothing: it signs its absence
                 hashed += canonical_header(name.encode(), left.pop()) + b"\r\n"
         hashed += canonical_header(b"dkim-signature", tags.encode())
-        signature = base64.b64encode(self._sign(bytes(hashed))).decode()
-        folded = "\r\n ".join(signature[i:i + 72] for i in range(0, len(signature), 72))
-        return b"DKIM-Signature: " + tags.encode() + folded.encode() + b"\r\n" + data
+        return b"DKIM-Signature: " + tags.encode(), bytes(hashed)
+
+    @staticmethod
+    def assemble(head: bytes, signature: bytes, data: bytes) -> bytes:
+        encoded = base64.b64encode(signature)
+        folded = b"\r\n ".join(encoded[i:i + 72] for i in range(0, len(encoded), 72))
+        return head + folded + b"\r\n" + data
+
+    @property
+    def is_rsa(self) -> bool:
+        return isinstance(self.key.private_key, rsa.RSAPrivateKey)
 
     def _sign(self, hashed: bytes) -> bytes:
-        key = self.key.private_key
-        if isinstance(key, ed25519.Ed25519PrivateKey):
-            return key.sign(hashlib.sha256(hashed).digest())
-        return key.sign(hashed, padding.PKCS1v15(), hashes.SHA256())
+        return sign_canonical(self.key.private_key, hashed)
+
+
+def sign_canonical(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey, hashed: bytes) -> bytes:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(hashlib.sha256(hashed).digest())
+    return key.sign(hashed, padding.PKCS1v15(), hashes.SHA256())
 
 
 def load_key(path: Path) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:

@@ -36,10 +36,11 @@ from ..runtime import Runtime
 from ..sequences.funnel import end_enrollments
 from . import outbox
 from .build import Sources, build_mail
-from .dkim import DkimSigner, signer_from_settings
+from .dkim import DkimSigner, private_pem, signer_from_settings
 from .mime import Envelope, compose
 from .ratelimit import SendLimits
 from .retry import next_attempt
+from .signing import SigningProcess, SigningUnavailable
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class Ready:
     envelope: Envelope
     data: bytes
     template_id: int
+    unsigned: tuple[bytes, bytes] | None = None  # DKIM header head and signed bytes, signature due
 
 
 EVENTS = cast(Table, Event.__table__)
@@ -173,6 +175,9 @@ class DeliveryWorker(PollingLoop):
         self.batch_size = batch_size or settings.worker_batch
         self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{id(self) & 0xffffff:x}"
         self.signer = signer or signer_from_settings(settings)
+        # RSA signatures are made by a child process beside the event loop (see signing.py).
+        self._signing = SigningProcess(private_pem(self.signer.key.private_key)) \
+            if self.signer is not None and self.signer.is_rsa else None
         self.limits = SendLimits(rate_per_s=settings.send_rate_per_s,
                                  domain_concurrency=settings.domain_concurrency,
                                  domain_rate_per_min=settings.domain_rate_per_min)
@@ -183,7 +188,14 @@ class DeliveryWorker(PollingLoop):
         self._templates: dict[int, Any] = {}
 
     async def run(self) -> None:
-        await asyncio.gather(*(super(DeliveryWorker, self).run() for _ in range(PIPELINES)))
+        try:
+            await asyncio.gather(*(super(DeliveryWorker, self).run() for _ in range(PIPELINES)))
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._signing is not None:
+            await self._signing.close()
 
     async def run_once(self) -> int:
         """Claim one batch and deliver it; the number of messages claimed."""
@@ -274,20 +286,37 @@ class DeliveryWorker(PollingLoop):
                 log.exception("message %s: cannot be built; it stays leased and is retried "
                               "when the lease expires", message.id)
                 continue
+            unsigned = None
             if self.signer is not None:
-                data = self.signer.sign(data, int(built.mail.date.timestamp()))
-            send(Ready(message, built.mail.envelope, data, built.template_id))
+                timestamp = int(built.mail.date.timestamp())
+                if self._signing is not None:
+                    unsigned = self.signer.prepare(data, timestamp)
+                else:
+                    data = self.signer.sign(data, timestamp)
+            send(Ready(message, built.mail.envelope, data, built.template_id, unsigned))
             await asyncio.sleep(0)  # let the lanes start on it
         return outcomes
 
+    async def _signed(self, item: Ready) -> bytes:
+        if item.unsigned is None:
+            return item.data
+        assert self.signer is not None and self._signing is not None
+        head, hashed = item.unsigned
+        try:
+            signature = await self._signing.sign(hashed)
+        except SigningUnavailable:
+            signature = self.signer._sign(hashed)
+        return DkimSigner.assemble(head, signature, item.data)
+
     async def _send(self, item: Ready) -> Outcome:
         message = item.message
+        data = await self._signed(item)
         domain = item.envelope.recipients[0].rpartition("@")[2].lower()
         base = {"template_id": item.template_id}
         async with self.limits.slot(domain), self._lanes:
             started = time.perf_counter()
             try:
-                await self.transport.send(item.envelope, item.data)
+                await self.transport.send(item.envelope, data)
             except PermanentDeliveryError as exc:
                 return Outcome(message.id, message.subscriber_id,
                                dict(base, state="bounced", last_error=exc.message), bounce=True)
