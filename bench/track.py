@@ -122,6 +122,16 @@ def count_events(db_path: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM events WHERE type = 'open'").fetchone()[0])
 
 
+def wait_for_events(db_path: Path, total: int, timeout_s: float = 10) -> float | None:
+    """Seconds until ``total`` open events are on disk, or None if they are not within the timeout."""
+    stopped = time.monotonic()
+    while time.monotonic() - stopped < timeout_s:
+        if count_events(db_path) >= total:
+            return time.monotonic() - stopped
+        time.sleep(0.02)
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
@@ -153,29 +163,20 @@ def main() -> int:
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
         wait_http(f"http://127.0.0.1:{bare_port}{paths[0]}")
-        requested = 0
         before = count_events(db_path)
+        requested = 0  # requests answered by responder so far, all rounds
+        def load(target_port: int) -> dict[str, float]:
+            return wrk(f"http://127.0.0.1:{target_port}", lua, args.seconds, args.connections, args.threads)
+
         for n in range(args.rounds):
-            def run_ours() -> tuple[dict[str, float], float | None]:
-                nonlocal requested
-                ours = wrk(f"http://127.0.0.1:{port}", lua, args.seconds, args.connections, args.threads)
-                requested += int(ours["total"])
-                stopped = time.monotonic()
-                while time.monotonic() - stopped < 10:
-                    if count_events(db_path) - before >= requested:
-                        return ours, time.monotonic() - stopped
-                    time.sleep(0.02)
-                return ours, None
-
-            def run_bare() -> dict[str, float]:
-                return wrk(f"http://127.0.0.1:{bare_port}", lua, args.seconds, args.connections, args.threads)
-
-            if n % 2 == 0:
-                reference = run_bare()
-                ours, on_disk_after_s = run_ours()
-            else:
-                ours, on_disk_after_s = run_ours()
-                reference = run_bare()
+            bare_first = n % 2 == 0  # alternate which server goes first
+            if bare_first:
+                reference = load(bare_port)
+            ours = load(port)
+            requested += int(ours["total"])
+            on_disk_after_s = wait_for_events(db_path, before + requested)
+            if not bare_first:
+                reference = load(bare_port)
             rounds.append((reference, ours, on_disk_after_s))
             print(f"round {n + 1}: bare {reference['rps']:8.0f} req/s  responder {ours['rps']:8.0f} req/s"
                   f"  ratio {ours['rps'] / reference['rps']:.2f}", flush=True)

@@ -36,7 +36,7 @@ from ..runtime import Runtime
 from ..sequences.funnel import end_enrollments
 from . import outbox
 from .build import Sources, build_mail
-from .dkim import DkimSigner, private_pem, signer_from_settings
+from .dkim import DkimSigner, private_pem, sign_canonical, signer_from_settings
 from .mime import Envelope, compose
 from .ratelimit import SendLimits
 from .retry import next_attempt
@@ -305,7 +305,7 @@ class DeliveryWorker(PollingLoop):
         try:
             signature = await self._signing.sign(hashed)
         except SigningUnavailable:
-            signature = self.signer._sign(hashed)
+            signature = sign_canonical(self.signer.key.private_key, hashed)
         return DkimSigner.assemble(head, signature, item.data)
 
     async def _send(self, item: Ready) -> Outcome:

@@ -149,8 +149,8 @@ class Tracker:
     async def flush(self, batch: list[Hit]) -> None:
         rt = self.rt
         after_send_s = rt.settings.machine_after_send_s
+        sqlite = rt.db.is_sqlite
         async with rt.db.transaction() as session:
-            sqlite = (await session.connection()).dialect.name == "sqlite"
             messages = await self._messages(session, {hit.message_pk for hit in batch}, sqlite)
             rows: list[tuple[Any, ...]] = []
             sweeps: list[tuple[int, dt.datetime, str]] = []
