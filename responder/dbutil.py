@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .errors import NotFound
 from .models import Base
+
+RowT = TypeVar("RowT", bound=Base)
+
+
+async def get_or_404(session: AsyncSession, model: type[RowT], pk: int, what: str) -> RowT:
+    """The row of ``model`` with primary key ``pk``, or ``NotFound("no such <what>")``."""
+    row = await session.get(model, pk)
+    if row is None:
+        raise NotFound(f"no such {what}")
+    return row
 
 
 async def insert_ignore(session: AsyncSession, model: type[Base], values: dict[str, Any]) -> int | None:

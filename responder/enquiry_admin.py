@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from .errors import NotFound, ValidationError
+from .dbutil import get_or_404
+from .errors import ValidationError
 from .models import Enquiry
 from .runtime import Runtime
 
@@ -28,9 +29,7 @@ async def answer(rt: Runtime, enquiry_id: int, text: object) -> Enquiry:
         raise ValidationError(f"answer must be 1..{MAX_ANSWER_LEN} characters of text",
                               field="answer")
     async with rt.db.transaction() as session:
-        enquiry = await session.get(Enquiry, enquiry_id)
-        if enquiry is None:
-            raise NotFound("no such enquiry")
+        enquiry = await get_or_404(session, Enquiry, enquiry_id, "enquiry")
         if enquiry.state != "open":
             raise ValidationError(f"this enquiry is already {enquiry.state}", field="state")
         now = rt.clock.now()
@@ -46,9 +45,7 @@ async def answer(rt: Runtime, enquiry_id: int, text: object) -> Enquiry:
 async def close(rt: Runtime, enquiry_id: int) -> Enquiry:
     """Close without a mailed answer; closing a closed or answered enquiry changes nothing."""
     async with rt.db.transaction() as session:
-        enquiry = await session.get(Enquiry, enquiry_id)
-        if enquiry is None:
-            raise NotFound("no such enquiry")
+        enquiry = await get_or_404(session, Enquiry, enquiry_id, "enquiry")
         if enquiry.state == "open":
             enquiry.state = "closed"
             enquiry.closed_at = rt.clock.now()

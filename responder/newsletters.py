@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Integer, String, cast, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .dbutil import get_or_404
 from .errors import Conflict, NotFound, ValidationError
 from .models import Layer, Message, Newsletter, NewsletterRecipient, Subscriber
 from .sequences.pacing import caps_for, mail_at
@@ -84,9 +85,7 @@ async def create(session: AsyncSession, data: dict[str, Any], now: dt.datetime) 
 
 
 async def get(session: AsyncSession, newsletter_id: int) -> Newsletter:
-    newsletter = await session.get(Newsletter, newsletter_id)
-    if newsletter is None:
-        raise NotFound("no such newsletter")
+    newsletter = await get_or_404(session, Newsletter, newsletter_id, "newsletter")
     return newsletter
 
 

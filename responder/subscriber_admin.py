@@ -16,7 +16,8 @@ from sqlalchemy import String, cast, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
-from .errors import Conflict, NotFound, ValidationError
+from .dbutil import get_or_404
+from .errors import Conflict, ValidationError
 from .models import Event, Layer, LayerHistory, Message, Subscriber
 from .runtime import Runtime
 from .sequences.funnel import move_layer
@@ -118,9 +119,7 @@ async def list_subscribers(session: AsyncSession, flt: SubscriberFilter, *,
 
 
 async def get_subscriber(session: AsyncSession, subscriber_id: int) -> Subscriber:
-    subscriber = await session.get(Subscriber, subscriber_id)
-    if subscriber is None:
-        raise NotFound("no such subscriber")
+    subscriber = await get_or_404(session, Subscriber, subscriber_id, "subscriber")
     return subscriber
 
 

@@ -27,7 +27,8 @@ import aiohttp
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .errors import NotFound, ValidationError
+from .dbutil import get_or_404
+from .errors import ValidationError
 from .loop import PollingLoop
 from .models import Webhook, WebhookDelivery
 from .runtime import Runtime
@@ -84,9 +85,7 @@ async def create_webhook(session: AsyncSession, data: dict[str, Any], now: dt.da
 
 
 async def delete_webhook(session: AsyncSession, webhook_id: int) -> None:
-    webhook = await session.get(Webhook, webhook_id)
-    if webhook is None:
-        raise NotFound("no such webhook")
+    webhook = await get_or_404(session, Webhook, webhook_id, "webhook")
     webhook.active = False
 
 

@@ -8,6 +8,7 @@ from aiohttp import web
 from sqlalchemy import func, select
 
 from ..api_tokens import scope_of
+from ..dbutil import get_or_404
 from ..errors import Forbidden, NotFound, Unauthorized, ValidationError
 from ..events import API_EVENT_TYPES, record_event
 from ..models import Enrollment, Event, Layer, LayerHistory, Subscriber
@@ -85,9 +86,7 @@ def _path_id(request: web.Request) -> int:
 @routes.get(PREFIX + "/subscribers/{id}")
 async def get_subscriber(request: web.Request) -> web.Response:
     async with runtime(request).db.read() as session:
-        subscriber = await session.get(Subscriber, _path_id(request))
-        if subscriber is None:
-            raise NotFound("no such subscriber")
+        subscriber = await get_or_404(session, Subscriber, _path_id(request), "subscriber")
         layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
         history = (await session.execute(
             select(LayerHistory).where(LayerHistory.subscriber_id == subscriber.id)

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..dbutil import get_or_404
 from ..errors import NotFound, ValidationError
 from ..models import Layer, Sequence, Subscriber
 from ..validation import clean_text
@@ -169,9 +170,7 @@ async def remove_layer(session: AsyncSession, position: int, move_to: Any, now: 
 async def set_preferred(session: AsyncSession, subscriber_id: int, preferred: Any) -> Subscriber:
     if not isinstance(preferred, bool):
         raise ValidationError("preferred must be true or false", field="preferred")
-    subscriber = await session.get(Subscriber, subscriber_id)
-    if subscriber is None:
-        raise NotFound("no such subscriber")
+    subscriber = await get_or_404(session, Subscriber, subscriber_id, "subscriber")
     tags = [t for t in (subscriber.tags or []) if t != "preferred"]
     subscriber.tags = [*tags, "preferred"] if preferred else tags
     return subscriber

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..dbutil import get_or_404
 from ..errors import Conflict, NotFound, ValidationError
 from ..models import Layer, Message, Sequence, Step
 from ..validation import clean_text
@@ -46,9 +47,7 @@ async def list_sequences(session: AsyncSession) -> list[dict[str, Any]]:
 
 
 async def get_sequence(session: AsyncSession, sequence_id: int) -> Sequence:
-    sequence = await session.get(Sequence, sequence_id)
-    if sequence is None:
-        raise NotFound("no such sequence")
+    sequence = await get_or_404(session, Sequence, sequence_id, "sequence")
     return sequence
 
 
