@@ -31,8 +31,9 @@ from .tracking import choices as tracking_choices
 from .tracking import enquiry_form as tracking_enquiry
 from .tracking import handlers as tracking
 from .tracking import track as tracking_track
-from .tracking.public import cors_headers, setup_public
+from .tracking.public import PUBLIC, cors_headers, setup_public
 from .tracking.tokens import Tokens
+from .tracking.track import QuietTrackingLog, pixels_first
 from .web import RUNTIME, Handler, error_for, secure_headers
 from .webhooks import WebhookSender
 
@@ -112,6 +113,23 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
         if rt.settings.inbound is not None:
             app.cleanup_ctx.append(_inbound(rt))
     return app
+
+
+async def start_runner(app: web.Application) -> web.AppRunner:
+    """The app set up for serving: quiet access log, open pixels answered ahead of routing."""
+    runner = web.AppRunner(app, handle_signals=False, access_log_class=QuietTrackingLog)
+    await runner.setup()
+    serve_pixels_first(runner)
+    return runner
+
+
+def serve_pixels_first(runner: web.AppRunner) -> None:
+    """Answer open pixels ahead of the router (``tracking.track.pixels_first``); call after
+    ``setup()`` and before the first connection."""
+    server = runner.server
+    assert server is not None, "the runner is not set up"
+    if PUBLIC in runner.app:
+        server.request_handler = pixels_first(runner.app, server.request_handler)
 
 
 def _loops(rt: Runtime, transport: Transport):  # type: ignore[no-untyped-def]

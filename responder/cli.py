@@ -13,11 +13,10 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from . import cli_admin, cli_funnel
-from .app import init_app, start_runtime
+from .app import init_app, start_runner, start_runtime
 from .errors import ConfigError
 from .settings import Settings
 from .templating import commands as templates_commands
-from .tracking.track import QuietTrackingLog
 
 log = logging.getLogger("responder")
 
@@ -137,8 +136,7 @@ async def _run(settings: Settings, *, http: bool) -> int:
     started = await start_runtime(settings)
     rt = started.runtime
     app = init_app(rt, http=http)
-    runner = web.AppRunner(app, handle_signals=False, access_log_class=QuietTrackingLog)
-    await runner.setup()
+    runner = await start_runner(app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -167,7 +167,9 @@ async def judge_many(
     """
     if not subscriber_ids:
         return []
-    layers = {layer.id: layer for layer in (await session.execute(select(Layer))).scalars()}
+    # Columns, not entities: this runs on every flush of the tracking queue.
+    layers = {layer.id: layer for layer in (await session.execute(
+        select(Layer.id, Layer.position, Layer.rule))).all()}
     if event_types is not None:
         arrived = set().union(*event_types.values()) & PROMOTING_TYPES
         watching = {layer_id for layer_id, layer in layers.items()
@@ -205,8 +207,10 @@ async def judge_many(
         if decision.moves:
             subscriber = await session.get(Subscriber, row.id)
             assert subscriber is not None
+            target = await session.get(Layer, by_position[decision.target_position].id)  # type: ignore[index]
+            assert target is not None
             moves.append(await move_layer(
-                session, subscriber, by_position[decision.target_position],  # type: ignore[index]
+                session, subscriber, target,
                 reason=decision.reason, event_ids=decision.event_ids, now=now))
     return moves
 async def grant_preferred(session: AsyncSession, subscriber: Subscriber) -> bool:

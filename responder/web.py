@@ -100,7 +100,11 @@ def client_ip(request: web.Request) -> str | None:
     """The client's address: the peer, or, when the peer is a trusted reverse proxy, the
     right-most address in X-Forwarded-For that is not itself a trusted proxy (the left part
     of that header is whatever the client chose to send)."""
-    trusted = request.app[RUNTIME].settings.trusted_proxies
+    return peer_address(request, request.app[RUNTIME].settings.trusted_proxies)
+
+
+def peer_address(request: web.BaseRequest, trusted: tuple[Any, ...]) -> str | None:
+    """``client_ip`` for a request that has not been routed (no ``request.app`` yet)."""
     peer = request.remote
     if not trusted or not _within(peer, trusted):
         return peer

@@ -23,11 +23,12 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiosmtpd.controller import Controller
 from sqlalchemy.engine import make_url
 
-from responder.app import init_app, start_runtime
+from responder.app import init_app, serve_pixels_first, start_runtime
 from responder.clock import FakeClock
 from responder.runtime import Runtime
 from responder.settings import Settings
@@ -228,6 +229,8 @@ class running_app:
         self.rt = started.runtime
         self.client = TestClient(TestServer(init_app(self.rt)))
         await self.client.start_server()
+        assert isinstance(self.client.server.runner, web.AppRunner)
+        serve_pixels_first(self.client.server.runner)  # as `responder serve` does
         return App(self.client, self.rt, self.clock, self.smtp)
 
     async def __aexit__(self, *exc: object) -> None:

@@ -17,7 +17,7 @@ from responder.db import Database
 from responder.models import LayerHistory
 from responder.tracking.track import GIF, TRAP
 
-from .conftest import App
+from .conftest import App, FakeClock, SmtpSink, running_app
 from .public_fixtures import events, flushed, make_subscriber, state
 
 BROWSER = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0"}
@@ -43,6 +43,43 @@ async def test_pixel_always_answers_the_gif(papp: App) -> None:
     await flushed(papp)
     [opened] = await events(papp, type="open")
     assert opened.message_id == message and not opened.machine
+
+
+async def test_pixel_answered_ahead_of_the_router_behaves_as_the_route(papp: App) -> None:
+    """`/o/{token}` is answered before routing (as `responder serve` runs it): the same GIF,
+    headers and verdicts as the route, and whatever the route would not match still 404s."""
+    handler = papp.client.server.runner.server.request_handler  # type: ignore[union-attr]
+    assert handler.__qualname__.startswith("pixels_first")
+    _, message = await make_subscriber(papp)
+    resp = await papp.client.get(open_path(papp, message), headers=BROWSER)
+    assert resp.status == 200 and await resp.read() == GIF
+    for name in ("X-Content-Type-Options", "Referrer-Policy", "Cache-Control", "Pragma", "Expires"):
+        assert resp.headers[name], name
+    head = await papp.client.head(open_path(papp, message), headers=BROWSER)
+    assert head.status == 200 and head.content_type == "image/gif" and await head.read() == b""
+    for path in ("/o/", "/o/" + open_path(papp, message)[3:] + "/x", "/o//x"):
+        resp = await papp.client.get(path, headers=BROWSER)
+        assert resp.status == 404, path
+        assert "text/html" in resp.headers["Content-Type"]
+        assert resp.headers["Content-Security-Policy"]  # the edge middleware answered
+    resp = await papp.client.post(open_path(papp, message), headers=BROWSER)
+    assert resp.status == 405
+    await flushed(papp)
+    opens = await events(papp, type="open")
+    assert [(e.machine, e.data.get("machine_reason"), e.ip) for e in opens] == [
+        (False, None, "127.0.0.1"), (True, "head", "127.0.0.1")]
+
+
+async def test_pixel_records_the_client_behind_a_trusted_proxy(
+        database_url: str, smtp: SmtpSink, clock: FakeClock) -> None:
+    async with running_app(database_url, smtp, clock,
+                           RESPONDER_TRUSTED_PROXIES="127.0.0.1") as app:
+        _, message = await make_subscriber(app)
+        resp = await app.client.get(open_path(app, message),
+                                    headers={**BROWSER, "X-Forwarded-For": "6.6.6.6, 203.0.113.5"})
+        assert resp.status == 200
+        await flushed(app)
+        assert [e.ip for e in await events(app, type="open")] == ["203.0.113.5"]
 
 
 async def test_click_redirects_and_bad_tokens_never_redirect(papp: App) -> None:

@@ -176,6 +176,9 @@ class Tracker:
                              req.user_agent[:512] or None, verdict.machine, data,
                              _stored_time(req.at) if sqlite else req.at))
             if rows:
+                # In index order: SQLite then spends about 10 µs a row on a 400,000-event table
+                # instead of 17 µs for the same rows in arrival order.
+                rows.sort(key=_index_order)
                 await insert_events(session, rows, sqlite=sqlite)
             for message_pk, at, reason in sweeps:
                 await self._mark_neighbours(session, message_pk, at, reason)
@@ -224,6 +227,10 @@ class Tracker:
 SQLITE_ROWS_PER_INSERT = 1000  # 9 parameters a row, well under SQLite's 32,766
 EVENT_COLUMNS = ("subscriber_id", "message_id", "type", "url", "ip", "user_agent", "machine", "data",
                  "created_at")
+
+
+def _index_order(row: tuple[Any, ...]) -> tuple[int, int]:
+    return row[0], row[1]  # subscriber, message: the keys of the events table's indexes
 
 
 def _stored_time(value: dt.datetime) -> str:

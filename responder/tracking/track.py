@@ -8,6 +8,7 @@ person sees it, so whoever follows it is a scanner.
 from __future__ import annotations
 
 import html
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -17,11 +18,12 @@ from sqlalchemy import select
 
 from ..errors import InvalidToken
 from ..models import Message
+from ..runtime import Runtime
 from ..templating.render import last_body_end
-from ..web import client_ip, runtime
-from .batch import Hit
+from ..web import RUNTIME, client_ip, peer_address, runtime
+from .batch import Hit, Tracker
 from .machine import Request
-from .public import public
+from .public import PUBLIC, public
 
 GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
        b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
@@ -30,6 +32,8 @@ NO_CACHE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0", "
 PIXEL_HEADERS = {"Content-Type": "image/gif", **NO_CACHE, "X-Content-Type-Options": "nosniff",
                  "Referrer-Policy": "no-referrer"}
 TRAP = "responder:trap"
+PIXEL_METHODS = ("GET", "HEAD")  # what the /o/{token} route answers
+RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 routes = web.RouteTableDef()
 
@@ -70,16 +74,44 @@ def _request_facts(request: web.Request, kind: str, *, trap: bool = False,
                    ip=client_ip(request), at=runtime(request).clock.now(), trap=trap, burst=burst)
 
 
-@routes.get("/o/{token}")
-async def open_pixel(request: web.Request) -> web.Response:
-    rt = runtime(request)
+def answer_open(rt: Runtime, tracker: Tracker, request: web.BaseRequest, token: str) -> web.Response:
+    """The pixel: always the GIF; an open queued when the token is ours."""
     try:
-        message_pk = rt.tokens.read_open(request.match_info["token"])
+        message_pk = rt.tokens.read_open(token)
     except InvalidToken:
         pass
     else:
-        public(request).tracker.offer(Hit(message_pk, _request_facts(request, "open")))
+        tracker.offer(Hit(message_pk, Request(
+            kind="open", method=request.method,
+            user_agent=(request.headers.get("User-Agent") or "")[:512],
+            ip=peer_address(request, rt.settings.trusted_proxies), at=rt.clock.now())))
     return web.Response(body=GIF, headers=PIXEL_HEADERS)
+
+
+@routes.get("/o/{token}")
+async def open_pixel(request: web.Request) -> web.Response:
+    return answer_open(runtime(request), public(request).tracker, request, request.match_info["token"])
+
+
+def pixels_first(app: web.Application, handler: RequestHandler) -> RequestHandler:
+    """The server's request handler with open pixels answered before routing and middleware.
+
+    The pixel is most of a sender's traffic (every mail opened, images reloaded) and the one
+    answer that never varies, so it skips the router and the edge middleware, whose headers
+    ``PIXEL_HEADERS`` already carries. What the ``/o/{token}`` route would not match (an empty
+    token, a further slash, another method) goes through the app as before.
+    """
+    rt, tracker = app[RUNTIME], app[PUBLIC].tracker
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/o/") and request.method in PIXEL_METHODS:
+            token = path[3:]
+            if token and "/" not in token:
+                return answer_open(rt, tracker, request, token)
+        return await handler(request)
+
+    return handle
 
 
 @routes.get("/c/{token}")
