@@ -28,7 +28,15 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
+# The writer connection's page cache and WAL size. Tracking batches insert into the event
+# indexes at scattered places; with a checkpoint every 1,000 WAL pages (SQLite's default) the
+# same index pages were copied back to the database file over and over. Measured on 5,000-row
+# batches into a 400,000-event table: 10.9 -> 7.8 µs of CPU a row.
+WRITER_PRAGMAS = ("cache_size=-65536", "wal_autocheckpoint=10000", "journal_size_limit=67108864")
+
+
+def _sqlite_engine(url: str, *, begin: str, pool_size: int,
+                   pragmas: tuple[str, ...] = ()) -> AsyncEngine:
     engine = create_async_engine(
         url, pool_size=pool_size, max_overflow=0, pool_timeout=120, pool_pre_ping=False
     )
@@ -42,6 +50,8 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        for pragma in pragmas:
+            cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -58,7 +68,8 @@ class Database:
         self.url = url
         self.dialect = make_url(url).get_backend_name()
         if self.is_sqlite:
-            self.writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1)
+            self.writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1,
+                                         pragmas=WRITER_PRAGMAS)
             self.reader = _sqlite_engine(url, begin="BEGIN", pool_size=4)
         else:
             self.writer = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
