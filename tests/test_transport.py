@@ -13,7 +13,7 @@ from aiosmtpd.smtp import AuthResult
 
 from responder.delivery.mime import Envelope
 from responder.delivery.ratelimit import SendLimits
-from responder.delivery.transport import SmtpTransport
+from responder.delivery.transport import SmtpTransport, in_wire_form, transact
 from responder.errors import TemporaryDeliveryError
 from responder.settings import parse_smtp_url
 
@@ -81,3 +81,66 @@ async def test_global_rate_spreads_sends_over_the_window() -> None:
 
     await asyncio.gather(*(send() for _ in range(6)))
     assert sorted(stamps)[3] < 0.2 and sorted(stamps)[4] >= 0.99  # 4 at once, then 1 s later
+
+
+def test_wire_form_is_crlf_only_and_ends_with_one() -> None:
+    assert in_wire_form(b"Subject: a\r\n\r\nbody\r\n.dot\r\n")
+    for data in (b"Subject: a\n\nbody\n", b"Subject: a\r\n\r\nbare\rcr\r\n", b"Subject: a\r\n\r\nno end",
+                 b"Subject: a\r\n\r\nmixed\n\r\n", b"Subject: a\r\n\r\n\r\r\n"):
+        assert not in_wire_form(data), data
+
+
+class OptionsHandler(RecordingHandler):
+    """Also keeps each transaction's MAIL options (the SIZE the client declared)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mail_options: list[list[str]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.mail_options.append(list(envelope.mail_options))
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_transact_matches_aiosmtplib_sendmail_on_the_wire() -> None:
+    """The same bytes arrive, with the same SIZE, as through aiosmtplib's own sendmail: lines
+    that start with a dot (the first one too), a message out of wire form (sent by sendmail
+    itself), and a refused recipient among accepted ones."""
+    import aiosmtplib
+
+    handler = OptionsHandler()
+    handler.replies["gone@example.org"] = "550 5.1.1 no such user"
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    messages = [
+        b"Subject: dots\r\n\r\n.first\r\nmiddle\r\n..two\r\n.\r\nlast\r\n",
+        b".Subject: odd header line\r\n\r\nbody\r\n",
+        b"Subject: bare\n\nline feeds only\n.dot\n",  # not wire form
+    ]
+    try:
+        for data in messages:
+            for send in ("sendmail", "transact"):
+                client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+                await client.connect()
+                recipients = ["a@example.org", "gone@example.org"]
+                if send == "sendmail":
+                    errors, _ = await client.sendmail("b@acme.example.com", recipients, data)
+                else:
+                    errors = await transact(client, "b@acme.example.com", recipients, data)
+                assert list(errors) == ["gone@example.org"] and errors["gone@example.org"].code == 550
+                await client.quit()
+            by_sendmail, by_transact = handler.received[-2:]
+            assert by_transact == by_sendmail
+            assert handler.mail_options[-1] == handler.mail_options[-2]
+            assert any(option.startswith("SIZE=") for option in handler.mail_options[-1])
+        assert handler.received[0].data == messages[0]  # the server undid the stuffing
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await client.connect()
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
+            await transact(client, "b@acme.example.com", ["gone@example.org"], messages[0])
+        await transact(client, "b@acme.example.com", ["a@example.org"], messages[0])  # RSET done
+        await client.quit()
+        assert handler.received[-1].data == messages[0]
+    finally:
+        controller.stop()

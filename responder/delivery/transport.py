@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -80,7 +81,7 @@ class SmtpTransport:
         async with self._slots:
             client = await self._checkout()
             try:
-                errors, _ = await client.sendmail(envelope.mail_from, list(envelope.recipients), data)
+                errors = await transact(client, envelope.mail_from, envelope.recipients, data)
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 await self._checkin(client)
                 refusal = exc.recipients[0]
@@ -137,6 +138,73 @@ class SmtpTransport:
                 await client.quit()
             except (TimeoutError, aiosmtplib.SMTPException, OSError):
                 client.close()
+
+
+def in_wire_form(data: bytes) -> bool:
+    """Every CR and LF part of a CRLF pair and the message ends with one: what ``compose`` and
+    the DKIM signer produce. Three counts, a few µs for a newsletter."""
+    pairs = data.count(b"\r\n")
+    return data.count(b"\r") == pairs == data.count(b"\n") and data.endswith(b"\r\n")
+
+
+async def transact(client: aiosmtplib.SMTP, mail_from: str, recipients: Sequence[str],
+                   data: bytes) -> dict[str, aiosmtplib.SMTPResponse]:
+    """``client.sendmail`` for a message already in wire form, without its text passes.
+
+    ``sendmail`` normalises the line endings twice (once to count the SIZE, once for DATA) and
+    dot-stuffs with a regular expression: about 170 µs for a 14 KB newsletter, more than
+    building it. A message in wire form needs neither, and its dot-stuffing is one replace.
+    The commands, replies and exceptions are aiosmtplib's own (MAIL and RCPT through its
+    methods, RSET after a refusal as ``sendmail`` does). Anything else goes to ``sendmail``.
+    """
+    if not in_wire_form(data) or client.protocol is None:
+        errors, _ = await client.sendmail(mail_from, list(recipients), data)
+        return errors
+    if client.is_ehlo_or_helo_needed:  # as sendmail: EHLO, or HELO for a server without it
+        try:
+            await client.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            if not client.is_connected:
+                raise
+            await client.helo()
+    options = [f"SIZE={len(data)}"] if client.supports_extension("size") else []
+    try:
+        await client.mail(mail_from, options=options)
+        refused: list[aiosmtplib.SMTPRecipientRefused] = []
+        for recipient in recipients:
+            try:
+                await client.rcpt(recipient)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                refused.append(exc)
+        if len(refused) == len(recipients):
+            raise aiosmtplib.SMTPRecipientsRefused(refused)
+        await _data(client, data)
+    except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
+        try:
+            await client.rset()
+        except (ConnectionError, aiosmtplib.SMTPResponseException, aiosmtplib.SMTPServerDisconnected):
+            pass
+        raise
+    return {exc.recipient: aiosmtplib.SMTPResponse(exc.code, exc.message) for exc in refused}
+
+
+async def _data(client: aiosmtplib.SMTP, data: bytes) -> None:
+    """DATA, the dot-stuffed message and its final dot; aiosmtplib's replies and errors."""
+    start = await client.execute_command(b"DATA")
+    if start.code != 354:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    stuffed = data.replace(b"\n.", b"\n..")  # in wire form every line starts after a LF
+    protocol = client.protocol
+    try:
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        protocol.write(b"." + stuffed + b".\r\n" if stuffed.startswith(b".") else stuffed + b".\r\n")
+        reply = await protocol.read_response(timeout=client.timeout)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        client.close()
+        raise
+    if reply.code != 250:
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
 
 
 def _classify(code: int, message: str) -> PermanentDeliveryError | TemporaryDeliveryError:
