@@ -132,6 +132,14 @@ def wait_for_events(db_path: Path, total: int, timeout_s: float = 10) -> float |
     return None
 
 
+def tracking_dropped(url: str) -> int:
+    """Events the server's tracking queue refused because it was full (from /metrics)."""
+    request = urllib.request.Request(url, headers={"Authorization": "Bearer bench"})
+    text = urllib.request.urlopen(request, timeout=10).read().decode()
+    match = re.search(r'^responder_tracking_events\{outcome="dropped"\} ([\d.e+]+)$', text, re.M)
+    return int(float(match.group(1))) if match else -1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
@@ -181,6 +189,7 @@ def main() -> int:
             print(f"round {n + 1}: bare {reference['rps']:8.0f} req/s  responder {ours['rps']:8.0f} req/s"
                   f"  ratio {ours['rps'] / reference['rps']:.2f}", flush=True)
         recorded = count_events(db_path) - before
+        dropped = tracking_dropped(f"http://127.0.0.1:{port}/metrics")
     finally:
         server.terminate()
         bare.terminate()
@@ -200,11 +209,12 @@ def main() -> int:
     print(f"ratio responder/bare:     {ratio:10.2f}  (target >= 0.60)")
     all_on_disk = all(w is not None for w in waits)
     slowest = max((w for w in waits if w is not None), default=0.0)
-    print(f"events: {requested} requests, {recorded} recorded, {errors} errors in all rounds; "
+    print(f"events: {requested} requests, {recorded} recorded, {dropped} dropped by a full queue, "
+          f"{errors} errors in all rounds; "
           + (f"all on disk at most {slowest * 1000:.0f} ms after each load stopped" if all_on_disk
              else "NOT all on disk within 10 s"))
     shutil.rmtree(work, ignore_errors=True)
-    ok = ratio >= 0.6 and errors == 0 and all_on_disk and slowest <= 1
+    ok = ratio >= 0.6 and errors == 0 and dropped == 0 and all_on_disk and slowest <= 1
     return 0 if ok else 1
 
 

@@ -26,6 +26,8 @@ from sqlalchemy.ext.asyncio import (
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_PRAGMAS = ("journal_mode=WAL", f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", "foreign_keys=ON",
+                  "synchronous=NORMAL")
 
 
 # The writer connection's page cache and WAL size. Tracking batches insert into the event
@@ -46,11 +48,7 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int,
         # Let SQLAlchemy, not the driver, decide when transactions begin (see the "begin" hook).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        for pragma in pragmas:
+        for pragma in SQLITE_PRAGMAS + pragmas:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 

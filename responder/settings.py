@@ -138,6 +138,12 @@ def parse_int(value: str) -> int:
         raise ConfigError(f"not a whole number: {value!r}") from exc
 
 
+def parse_track_writer(value: str) -> str:
+    if value not in ("process", "inline"):
+        raise ConfigError(f"must be process or inline, not {value!r}")
+    return value
+
+
 def parse_float(value: str) -> float:
     try:
         return float(value)
@@ -232,6 +238,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("track_batch", "500", "tracking events written per transaction at most", parse_int),
     Spec("track_queue_max", "20000", "tracking events held in memory at most; beyond, new ones "
          "are dropped and counted", parse_int),
+    Spec("track_writer", "process", "on SQLite, who writes tracking events: a child process "
+         "(process) or the serving process (inline)", parse_track_writer),
     Spec("machine_after_send_s", "10", "opens and clicks sooner than this after delivery count "
          "as machine", parse_int),
     Spec("enquiry_answer_h", "48", "hours within which the acknowledgement promises an answer",
@@ -293,6 +301,7 @@ class Settings:
     track_flush_ms: int = 250
     track_batch: int = 500
     track_queue_max: int = 20000
+    track_writer: str = "process"
     machine_after_send_s: int = 10
     enquiry_answer_h: int = 48
     enquiry_digest_to: str = ""
@@ -373,6 +382,7 @@ class Settings:
             track_flush_ms=parsed["track_flush_ms"],
             track_batch=parsed["track_batch"],
             track_queue_max=parsed["track_queue_max"],
+            track_writer=parsed["track_writer"],
             machine_after_send_s=parsed["machine_after_send_s"],
             enquiry_answer_h=parsed["enquiry_answer_h"],
             enquiry_digest_to=parsed["enquiry_digest_to"] or from_email,
@@ -441,6 +451,7 @@ class Settings:
             "track_flush_ms": str(self.track_flush_ms),
             "track_batch": str(self.track_batch),
             "track_queue_max": str(self.track_queue_max),
+            "track_writer": self.track_writer,
             "machine_after_send_s": str(self.machine_after_send_s),
             "enquiry_answer_h": str(self.enquiry_answer_h),
             "enquiry_digest_to": self.enquiry_digest_to,

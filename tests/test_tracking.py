@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from responder.db import Database
 from responder.models import LayerHistory
 from responder.tracking.track import GIF, TRAP
+from responder.tracking.writer import RowWriter, WriteFailed
 
 from .conftest import App, FakeClock, SmtpSink, running_app
 from .public_fixtures import events, flushed, make_subscriber, state
@@ -178,6 +179,55 @@ async def test_default_flush_is_within_250_ms(app: App) -> None:
     await state(app).tracker.drained()
     assert loop.time() - started < 0.25 + 0.2
     assert len(await events(app, type="open")) == 1
+
+
+async def test_sqlite_events_go_through_the_writer_process_and_survive_its_death(papp: App) -> None:
+    """On a SQLite file a child process writes the events; killed, the server writes them
+    itself from the next batch on, and none is lost."""
+    tracker = state(papp).tracker
+    if not papp.rt.db.is_sqlite:
+        assert tracker._writer is None  # PostgreSQL: written in process
+        return
+    _, message = await make_subscriber(papp)
+    await papp.client.get(open_path(papp, message), headers=BROWSER)
+    await flushed(papp)
+    writer = tracker._writer
+    assert writer is not None and writer._process is not None
+    assert writer._process.returncode is None
+    writer._process.kill()
+    await writer._process.wait()
+    for _ in range(3):
+        resp = await papp.client.get(open_path(papp, message), headers=BROWSER)
+        assert resp.status == 200
+    await flushed(papp)
+    assert tracker._writer is None
+    assert len(await events(papp, type="open")) == 4
+
+
+async def test_writer_process_writes_a_batch_in_one_transaction_or_not_at_all(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A refused batch (here: a row breaking a constraint) leaves nothing behind and comes
+    back as WriteFailed, so the tracker keeps it and retries."""
+    path = tmp_path / "t.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY);"
+            "CREATE TABLE events (id INTEGER PRIMARY KEY, subscriber_id INTEGER NOT NULL,"
+            " message_id INTEGER, type TEXT NOT NULL, url TEXT, ip TEXT, user_agent TEXT,"
+            " machine BOOLEAN NOT NULL, data TEXT NOT NULL, created_at TEXT NOT NULL);"
+            "INSERT INTO messages (id) VALUES (1);")
+    writer = RowWriter(str(path), ("journal_mode=WAL",))
+    row = (7, 1, "open", None, "127.0.0.1", "agent", False, "{}", "2026-01-01 00:00:00.000000")
+    try:
+        await writer.write([row, (*row[:2], None, *row[3:])], [])  # type NULL: refused
+    except WriteFailed as exc:
+        assert "NOT NULL" in str(exc)
+    else:
+        raise AssertionError("the batch was not refused")
+    await writer.write([row, (7, 2, *row[2:])], [])  # message 2 does not exist: dropped
+    await writer.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT subscriber_id, message_id, machine FROM events").fetchall() == [
+            (7, 1, 0)]
 
 
 async def test_queue_is_bounded(papp: App) -> None:

@@ -91,6 +91,7 @@ async def _run_tracker(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait_for(asyncio.shield(task), timeout=5)
     except TimeoutError:
         task.cancel()
+    await tracker.close()
 
 
 def add_tracking_metrics(request: web.Request, registry: CollectorRegistry) -> None:
