@@ -117,7 +117,10 @@ async def test_tarpit_times_out_while_other_lanes_keep_sending(database_url: str
         row = await message(rt, slow_pk)
         assert row.state == "deferred" and "connection failed" in (row.last_error or "")
         assert [(await message(rt, pk)).state for pk in fast_pks] == ["sent"] * 12
-        assert elapsed < 2.5  # the slow one held one lane for its timeout, not the batch
+        # The slow one held one lane for its 0.5 s timeout, not the batch; the states above show
+        # the timeout, this bound only a batch that did not wait for the tarpit (loose: a busy
+        # machine once took 2.7 s).
+        assert elapsed < 5
         assert len(tarpit.received) == 12
 
 

@@ -30,7 +30,7 @@ from ..models import Event, Layer, Message
 from ..runtime import Runtime
 from ..sequences.promotion import PROMOTING_TYPES
 from .machine import BURST_WINDOW_S, Request, classify
-from .writer import RowWriter, WriterUnavailable
+from .writer import COLUMNS, RowWriter, WriterUnavailable
 
 log = logging.getLogger(__name__)
 RETRY_PAUSE_S = 0.25
@@ -290,8 +290,6 @@ class Tracker:
 # driver compiles each statement once and reuses it (a VALUES list of any other length is a new
 # statement to compile, about a quarter of the insert's cost). 9 parameters a row.
 SQLITE_CHUNKS = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
-EVENT_COLUMNS = ("subscriber_id", "message_id", "type", "url", "ip", "user_agent", "machine", "data",
-                 "created_at")
 
 
 def _row_writer(rt: Runtime) -> RowWriter | None:
@@ -328,7 +326,7 @@ def _stored_time(value: dt.datetime) -> str:
 
 
 async def insert_events(session: AsyncSession, rows: list[tuple[Any, ...]], *, sqlite: bool) -> None:
-    """One batch of events (tuples in ``EVENT_COLUMNS`` order, JSON as text, times as the
+    """One batch of events (tuples in ``COLUMNS`` order, JSON as text, times as the
     column stores them), written at driver level: SQLAlchemy's per-row parameter processing
     cost more than the database did.
 
@@ -338,9 +336,9 @@ async def insert_events(session: AsyncSession, rows: list[tuple[Any, ...]], *, s
     PostgreSQL (asyncpg, no thread) takes a pipelined executemany.
     """
     conn = await session.connection()
-    names = ", ".join(EVENT_COLUMNS)
+    names = ", ".join(COLUMNS)
     if not sqlite:
-        marks = ", ".join(f"${i}" for i in range(1, len(EVENT_COLUMNS) + 1))
+        marks = ", ".join(f"${i}" for i in range(1, len(COLUMNS) + 1))
         await conn.exec_driver_sql(f"INSERT INTO events ({names}) VALUES ({marks})", rows)
         return
     start = 0
@@ -353,8 +351,8 @@ async def insert_events(session: AsyncSession, rows: list[tuple[Any, ...]], *, s
 
 @functools.cache
 def _sqlite_insert(rows: int) -> str:
-    names = ", ".join(EVENT_COLUMNS)
-    row_marks = "(" + ", ".join("?" * len(EVENT_COLUMNS)) + ")"
-    picked = ", ".join(f"column{i}" for i in range(1, len(EVENT_COLUMNS) + 1))
+    names = ", ".join(COLUMNS)
+    row_marks = "(" + ", ".join("?" * len(COLUMNS)) + ")"
+    picked = ", ".join(f"column{i}" for i in range(1, len(COLUMNS) + 1))
     return (f"INSERT INTO events ({names}) SELECT {picked} FROM (VALUES {', '.join([row_marks] * rows)})"
             " WHERE EXISTS (SELECT 1 FROM messages WHERE messages.id = column2)")

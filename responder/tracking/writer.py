@@ -4,30 +4,24 @@ On SQLite the tracking queue's inserts were the one steady database load of the 
 the sqlite3 module binds each batch's parameters holding the interpreter lock, and its thread
 took CPU and the lock from the loop answering pixels (bench/track.py). The child
 (``python -m responder.tracking.writer DATABASE PRAGMA…``, importing nothing heavy so it is
-ready in a few tens of milliseconds) opens its own connection with the writer's pragmas, receives each batch
-as a marshalled frame on stdin, writes it in one transaction and answers with an empty frame,
-or with the error's text (a locked or full database) after rolling back. Answers come in order.
-If the child is gone the tracker writes in process, as it does on PostgreSQL.
+ready in a few tens of milliseconds; a ``framed.FramedChild``) opens its own connection with the
+writer's pragmas, receives each batch as a marshalled frame, writes it in one transaction and
+answers with an empty frame, or with the error's text (a locked or full database) after rolling
+back. If the child is gone the tracker writes in process, as it does on PostgreSQL.
 
-    frame := 4-byte big-endian length, then that many bytes
-    batch := marshal of (rows, sweeps); rows in ``EVENT_COLUMNS`` order, times as stored text;
+    batch := marshal of (rows, sweeps); rows in ``COLUMNS`` order, times as stored text;
              sweeps are (message id, from, to, data JSON) of clicks to mark as machine clicks
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
-import logging
 import marshal
 import sqlite3
-import struct
 import sys
 from typing import Any
 
-log = logging.getLogger(__name__)
-_LENGTH = struct.Struct(">I")
+from ..framed import ChildGone, FramedChild, read_frame, write_frame
+
 COLUMNS = ("subscriber_id", "message_id", "type", "url", "ip", "user_agent", "machine", "data",
            "created_at")
 INSERT = (f"INSERT INTO events ({', '.join(COLUMNS)}) SELECT {', '.join('?' * len(COLUMNS))}"
@@ -36,7 +30,7 @@ SWEEP = ("UPDATE events SET machine = 1, data = ? WHERE message_id = ? AND type 
          " AND machine = 0 AND created_at >= ? AND created_at <= ?")
 
 
-class WriterUnavailable(Exception):
+class WriterUnavailable(ChildGone):
     """The child is not running; write in process instead."""
 
 
@@ -44,84 +38,17 @@ class WriteFailed(Exception):
     """The database refused the batch (locked, full, read-only); nothing of it was written."""
 
 
-class RowWriter:
+class RowWriter(FramedChild):
+    gone = WriterUnavailable
+    what = "tracking writer"
+
     def __init__(self, path: str, pragmas: tuple[str, ...]) -> None:
-        self.path = path
-        self.pragmas = pragmas
-        self._process: asyncio.subprocess.Process | None = None
-        self._waiting: collections.deque[asyncio.Future[bytes]] = collections.deque()
-        self._reader: asyncio.Task[None] | None = None
-        self._failed = False
-        self._starting = asyncio.Lock()
-
-    async def start(self) -> None:
-        """Start the child ahead of the first batch (it is otherwise started by it)."""
-        with contextlib.suppress(WriterUnavailable):
-            await self._start()
-
-    async def _start(self) -> asyncio.subprocess.Process:
-        async with self._starting:
-            if self._process is None:
-                if self._failed:
-                    raise WriterUnavailable("the tracking writer stopped")
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "responder.tracking.writer", self.path, *self.pragmas,
-                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-                self._reader = asyncio.create_task(self._read(process), name="tracking-writer")
-                self._process = process
-            return self._process
+        super().__init__("responder.tracking.writer", path, *pragmas)
 
     async def write(self, rows: list[tuple[Any, ...]], sweeps: list[tuple[Any, ...]]) -> None:
-        process = await self._start()
-        if self._failed or self._reader is None or self._reader.done() or process.stdin is None:
-            raise WriterUnavailable("the tracking writer stopped")
-        payload = marshal.dumps((rows, sweeps))
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting.append(future)
-        try:
-            process.stdin.write(_LENGTH.pack(len(payload)) + payload)
-        except (ConnectionError, RuntimeError) as exc:
-            self._waiting.remove(future)
-            raise WriterUnavailable(str(exc)) from exc
-        error = await future
+        error = await self.ask(marshal.dumps((rows, sweeps)))
         if error:
             raise WriteFailed(error.decode(errors="replace"))
-
-    async def _read(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        try:
-            while True:
-                size = _LENGTH.unpack(await process.stdout.readexactly(_LENGTH.size))[0]
-                answer = await process.stdout.readexactly(size) if size else b""
-                future = self._waiting.popleft()
-                if not future.done():
-                    future.set_result(answer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            if self._waiting:
-                log.error("tracking writer stopped (exit %s); writing in process",
-                          process.returncode)
-            self._failed = True
-        finally:
-            while self._waiting:
-                future = self._waiting.popleft()
-                if not future.done():
-                    future.set_exception(WriterUnavailable("the tracking writer stopped"))
-
-    async def close(self) -> None:
-        process, self._process = self._process, None
-        self._failed = True
-        if process is None:
-            return
-        if process.stdin is not None:
-            process.stdin.close()
-        try:
-            await asyncio.wait_for(process.wait(), timeout=5)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
 
 
 def write_batch(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
@@ -144,15 +71,13 @@ def _child(path: str, pragmas: list[str]) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     for pragma in pragmas:
         conn.execute(f"PRAGMA {pragma}")
-    while len(head := stdin.read(_LENGTH.size)) == _LENGTH.size:
-        rows, sweeps = marshal.loads(stdin.read(_LENGTH.unpack(head)[0]))
+    while (frame := read_frame(stdin)) is not None:
+        rows, sweeps = marshal.loads(frame)
         try:
             write_batch(conn, rows, sweeps)
-            answer = b""
+            write_frame(stdout, b"")
         except sqlite3.Error as exc:
-            answer = f"{type(exc).__name__}: {exc}".encode()
-        stdout.write(_LENGTH.pack(len(answer)) + answer)
-        stdout.flush()
+            write_frame(stdout, f"{type(exc).__name__}: {exc}".encode())
     conn.close()
 
 

@@ -1,0 +1,127 @@
+"""A helper child process spoken to in frames: requests on its stdin, answers on its stdout,
+one answer per request, in order. The DKIM signer and the SQLite tracking writer are two.
+
+    frame := 4-byte big-endian length, then that many bytes
+
+The parent keeps one future per request. When the child is gone, what waited and every later
+request fail with the owner's ``gone`` exception, and the owner does the work in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import struct
+import sys
+from typing import BinaryIO
+
+log = logging.getLogger(__name__)
+LENGTH = struct.Struct(">I")
+
+
+class ChildGone(Exception):
+    """The child is not running."""
+
+
+class FramedChild:
+    """``python -m MODULE ARGS…``, started on first use; ``first`` is sent before any request
+    (a key, say) and has no answer."""
+
+    gone: type[ChildGone] = ChildGone
+    what = "helper process"
+
+    def __init__(self, module: str, *args: str, first: bytes | None = None) -> None:
+        self._command = (sys.executable, "-m", module, *args)
+        self._first = first
+        self._process: asyncio.subprocess.Process | None = None
+        self._waiting: collections.deque[asyncio.Future[bytes]] = collections.deque()
+        self._reader: asyncio.Task[None] | None = None
+        self._failed = False
+        self._starting = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Start the child ahead of the first request (it is otherwise started by it)."""
+        with contextlib.suppress(ChildGone):
+            await self._start()
+
+    async def _start(self) -> asyncio.subprocess.Process:
+        async with self._starting:  # concurrent first requests share one child
+            if self._process is None:
+                if self._failed:
+                    raise self.gone(f"the {self.what} stopped")
+                process = await asyncio.create_subprocess_exec(
+                    *self._command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+                if self._first is not None:
+                    self._send(process, self._first)
+                self._reader = asyncio.create_task(self._read(process), name=self.what)
+                self._process = process
+            return self._process
+
+    @staticmethod
+    def _send(process: asyncio.subprocess.Process, payload: bytes) -> None:
+        assert process.stdin is not None
+        process.stdin.write(LENGTH.pack(len(payload)) + payload)
+
+    async def ask(self, payload: bytes) -> bytes:
+        process = await self._start()
+        if self._failed or self._reader is None or self._reader.done():
+            raise self.gone(f"the {self.what} stopped")
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        try:
+            self._send(process, payload)
+        except (ConnectionError, RuntimeError) as exc:
+            self._waiting.remove(future)
+            raise self.gone(str(exc)) from exc
+        return await future
+
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        try:
+            while True:
+                size = LENGTH.unpack(await process.stdout.readexactly(LENGTH.size))[0]
+                answer = await process.stdout.readexactly(size) if size else b""
+                future = self._waiting.popleft()
+                if not future.done():
+                    future.set_result(answer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if self._waiting:  # it died with work in hand; from now on the owner does it
+                log.error("%s stopped (exit %s); working in process", self.what,
+                          process.returncode)
+            self._failed = True
+        finally:
+            while self._waiting:
+                future = self._waiting.popleft()
+                if not future.done():
+                    future.set_exception(self.gone(f"the {self.what} stopped"))
+
+    async def close(self) -> None:
+        process, self._process = self._process, None
+        self._failed = True
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), timeout=5)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+
+def read_frame(stream: BinaryIO) -> bytes | None:
+    """The child's side: the next frame from ``stream``, None at its end."""
+    head = stream.read(LENGTH.size)
+    if len(head) < LENGTH.size:
+        return None
+    return stream.read(LENGTH.unpack(head)[0])
+
+
+def write_frame(stream: BinaryIO, payload: bytes) -> None:
+    stream.write(LENGTH.pack(len(payload)) + payload)
+    stream.flush()
