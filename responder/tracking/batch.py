@@ -6,6 +6,10 @@ holds (retrying the same batch) and, once full, drops new events and counts them
 stays bounded and the pixel keeps answering. Each flush judges, once per subscriber, whether
 the batch's human events promote them (``judge_many``), so promotion happens within a flush of
 the event.
+
+On a SQLite file the batch's rows are written by a child process (``writer.RowWriter``) and the
+judgement follows in a transaction of its own; on PostgreSQL, or when that child is gone, rows
+and judgement share one transaction in this process.
 """
 
 from __future__ import annotations
