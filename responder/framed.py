@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import signal
 import struct
 import sys
 from typing import BinaryIO
@@ -51,8 +52,13 @@ class FramedChild:
             if self._process is None:
                 if self._failed:
                     raise self.gone(f"the {self.what} stopped")
-                process = await asyncio.create_subprocess_exec(
-                    *self._command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+                try:
+                    process = await asyncio.create_subprocess_exec(
+                        *self._command, stdin=asyncio.subprocess.PIPE,
+                        stdout=asyncio.subprocess.PIPE)
+                except OSError as exc:  # cannot fork or exec: the owner works in process
+                    self._failed = True
+                    raise self.gone(f"cannot start the {self.what}: {exc}") from exc
                 if self._first is not None:
                     self._send(process, self._first)
                 self._reader = asyncio.create_task(self._read(process), name=self.what)
@@ -112,6 +118,13 @@ class FramedChild:
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+
+
+def child_signals() -> None:
+    """In the child: leave SIGINT and SIGTERM to the parent (Ctrl-C and service managers signal
+    the whole group) and end when the parent closes stdin, so work in hand is answered."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def read_frame(stream: BinaryIO) -> bytes | None:

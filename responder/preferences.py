@@ -102,7 +102,7 @@ async def export(rt: Runtime, token: str) -> dict[str, Any]:
         consents = (await session.execute(select(ConsentRecord).where(
             ConsentRecord.subscriber_id == s.id).order_by(ConsentRecord.id))).scalars()
         events = (await session.execute(select(Event).where(
-            Event.subscriber_id == s.id).order_by(Event.id))).scalars()
+            Event.subscriber_id == s.id).order_by(Event.created_at, Event.id))).scalars()
         enquiries = (await session.execute(select(Enquiry).where(
             Enquiry.subscriber_id == s.id).order_by(Enquiry.id))).scalars()
         return {

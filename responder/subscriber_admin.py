@@ -143,7 +143,7 @@ async def timeline(session: AsyncSession, subscriber_id: int,
     items: list[TimelineItem] = []
     for event in (await session.execute(
         select(Event).where(Event.subscriber_id == subscriber_id, Event.type != "promoted")
-        .order_by(Event.id.desc()).limit(limit)
+        .order_by(Event.created_at.desc(), Event.id.desc()).limit(limit)
     )).scalars():
         detail = event.url or ""
         items.append(TimelineItem(event.created_at, "event", event.type,

@@ -230,6 +230,47 @@ async def test_writer_process_writes_a_batch_in_one_transaction_or_not_at_all(tm
             (7, 1, 0)]
 
 
+async def test_an_undecodable_user_agent_is_stored_as_text(papp: App) -> None:
+    """Header bytes that are not UTF-8 reach the app as lone surrogates, which no column can
+    store; the agent is kept with replacement characters instead of stalling the queue."""
+    _, message = await make_subscriber(papp)
+    server = papp.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(f"GET {open_path(papp, message)} HTTP/1.1\r\nHost: x\r\n".encode()
+                 + b"User-Agent: Mozilla/5.0 caf\xe9 \xff\r\nConnection: close\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(GIF)
+    await flushed(papp)
+    [opened] = await events(papp, type="open")
+    assert opened.user_agent == "Mozilla/5.0 caf? ?"
+
+
+async def test_a_batch_refused_for_its_rows_is_written_one_by_one(papp: App) -> None:
+    """A row no retry can store (here a click target with a lone surrogate, which no caller
+    can send) costs that event only: the rest of its batch and later events are written."""
+    from responder.tracking.batch import Hit
+    from responder.tracking.machine import Request
+
+    _, message = await make_subscriber(papp)
+    tracker = state(papp).tracker
+    at = papp.clock.now()
+
+    def hit(kind: str, url: str | None = None) -> Hit:
+        return Hit(message, Request(kind=kind, method="GET", user_agent=BROWSER["User-Agent"],
+                                    ip="192.0.2.1", at=at), url=url)
+
+    tracker.offer(hit("open"))
+    tracker.offer(hit("click", "https://acme.example.com/\udcff"))
+    tracker.offer(hit("open"))
+    await asyncio.wait_for(flushed(papp), timeout=10)
+    assert [e.type for e in await events(papp)] == ["open", "open"]
+    assert tracker.stats.dropped == 1 and tracker.pending == 0
+    await papp.client.get(open_path(papp, message), headers=BROWSER)  # and the queue goes on
+    await flushed(papp)
+    assert len(await events(papp, type="open")) == 3
+
+
 async def test_queue_is_bounded(papp: App) -> None:
     _, message = await make_subscriber(papp)
     tracker = state(papp).tracker

@@ -13,7 +13,7 @@ import sys
 
 from cryptography.hazmat.primitives import serialization
 
-from ..framed import ChildGone, FramedChild, read_frame, write_frame
+from ..framed import ChildGone, FramedChild, child_signals, read_frame, write_frame
 from .dkim import sign_canonical
 
 
@@ -33,6 +33,7 @@ class SigningProcess(FramedChild):
 
 
 def _child() -> None:
+    child_signals()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     pem = read_frame(stdin)
     if pem is None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db import SQLITE_PRAGMAS, WRITER_PRAGMAS
@@ -34,10 +35,11 @@ from ..models import Event, Layer, Message
 from ..runtime import Runtime
 from ..sequences.promotion import PROMOTING_TYPES
 from .machine import BURST_WINDOW_S, Request, classify
-from .writer import COLUMNS, RowWriter, WriterUnavailable
+from .writer import COLUMNS, RowWriter, WriteFailed, WriterUnavailable
 
 log = logging.getLogger(__name__)
 RETRY_PAUSE_S = 0.25
+REFUSALS_BEFORE_SPLIT = 3
 BACKLOG_FACTOR = 10
 RECENT_MESSAGES = 10_000
 KNOWN_MESSAGES = 100_000  # sent messages whose subscriber and send time the tracker remembers
@@ -118,6 +120,7 @@ class Tracker:
     async def run(self) -> None:
         if self._writer is not None:
             await self._writer.start()
+        refusals = 0  # times in a row the database refused the batch for what it holds
         while True:
             if not self._items:
                 self._idle.set()
@@ -138,16 +141,40 @@ class Tracker:
                      for i in range(min(self.batch * BACKLOG_FACTOR, len(self._items)))]
             try:
                 await self.flush(batch)
-            except Exception:  # database locked, down or full: keep the batch, try again
+            except Exception as exc:  # database locked, down or full: keep the batch, try again
                 self.stats.failed_flushes += 1
+                refusals = refusals + 1 if refused_for_good(exc) else 0
+                if refusals >= REFUSALS_BEFORE_SPLIT:  # not the database's state: the data
+                    await self._flush_one_by_one(batch, exc)
+                    refusals = 0
+                    continue
                 log.exception("tracking: writing %d events failed; retrying", len(batch))
                 if self._stopping:
                     return
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
+            refusals = 0
             for _ in batch:
                 self._items.popleft()
             self.stats.written += len(batch)
+
+    async def _flush_one_by_one(self, batch: list[Hit], exc: Exception) -> None:
+        """A batch refused again and again for what it holds: write its events one by one and
+        drop (and count) only those refused, instead of stalling every later event."""
+        log.error("tracking: the database keeps refusing a batch of %d events (%s); writing them "
+                  "one by one", len(batch), exc)
+        for hit in batch:
+            try:
+                await self.flush([hit])
+            except Exception as one:
+                if not refused_for_good(one):  # the database's state again: back to batches
+                    log.warning("tracking: writing one by one stopped: %s", one)
+                    return
+                log.error("tracking: dropped an event the database refuses: %s", one)
+                self.stats.dropped += 1
+            else:
+                self.stats.written += 1
+            self._items.popleft()
 
     async def _full(self) -> None:
         while len(self._items) < self.batch and not self._stopping:
@@ -296,13 +323,30 @@ class Tracker:
 SQLITE_CHUNKS = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 
 
+def refused_for_good(exc: BaseException) -> bool:
+    """An error about the rows themselves (a constraint, text no column can store), which no
+    retry will change; a locked, busy, full or unreachable database is not one."""
+    if isinstance(exc, WriteFailed):
+        return not exc.transient
+    if isinstance(exc, (IntegrityError, DataError)):
+        return True
+    seen: BaseException | None = exc  # drivers wrap the cause (asyncpg: DataError from ValueError)
+    for _ in range(6):
+        if seen is None:
+            return False
+        if isinstance(seen, (ValueError, TypeError)) or type(seen).__name__ == "DataError":
+            return True
+        seen = (seen.orig if isinstance(seen, StatementError) else None) or seen.__cause__
+    return False
+
+
 def _row_writer(rt: Runtime) -> RowWriter | None:
     """A writer process for a SQLite file (``RESPONDER_TRACK_WRITER=process``, the default);
-    None writes in process (PostgreSQL, an in-memory database, or ``=inline``)."""
+    None writes in process (PostgreSQL, an in-memory database, a ``file:`` URI, or ``=inline``)."""
     url = make_url(rt.db.url)
     path = url.database
     if not rt.db.is_sqlite or not path or path == ":memory:" or url.query.get("mode") == "memory" \
-            or rt.settings.track_writer != "process":
+            or url.query.get("uri") or rt.settings.track_writer != "process":
         return None
     return RowWriter(path, SQLITE_PRAGMAS + WRITER_PRAGMAS)
 

@@ -67,10 +67,19 @@ def add_trap(body: str, url: str) -> str:
     return body + trap_link(url) if index < 0 else body[:index] + trap_link(url) + body[index:]
 
 
+def agent_of(request: web.BaseRequest) -> str:
+    """The User-Agent as text the database can store: aiohttp keeps undecodable header bytes
+    as lone surrogates, which no UTF-8 column accepts (and one would stall the whole batch)."""
+    agent = (request.headers.get("User-Agent") or "")[:512]
+    if agent.isascii():
+        return agent
+    return agent.encode("utf-8", "replace").decode("utf-8")
+
+
 def _request_facts(request: web.Request, kind: str, *, trap: bool = False,
                    burst: bool = False) -> Request:
     return Request(kind=kind, method=request.method,
-                   user_agent=(request.headers.get("User-Agent") or "")[:512],
+                   user_agent=agent_of(request),
                    ip=client_ip(request), at=runtime(request).clock.now(), trap=trap, burst=burst)
 
 
@@ -83,7 +92,7 @@ def answer_open(rt: Runtime, tracker: Tracker, request: web.BaseRequest, token: 
     else:
         tracker.offer(Hit(message_pk, Request(
             kind="open", method=request.method,
-            user_agent=(request.headers.get("User-Agent") or "")[:512],
+            user_agent=agent_of(request),
             ip=peer_address(request, rt.settings.trusted_proxies), at=rt.clock.now())))
     return web.Response(body=GIF, headers=PIXEL_HEADERS)
 

@@ -20,7 +20,7 @@ import sqlite3
 import sys
 from typing import Any
 
-from ..framed import ChildGone, FramedChild, read_frame, write_frame
+from ..framed import ChildGone, FramedChild, child_signals, read_frame, write_frame
 
 COLUMNS = ("subscriber_id", "message_id", "type", "url", "ip", "user_agent", "machine", "data",
            "created_at")
@@ -36,6 +36,11 @@ class WriterUnavailable(ChildGone):
 
 class WriteFailed(Exception):
     """The database refused the batch (locked, full, read-only); nothing of it was written."""
+
+    @property
+    def transient(self) -> bool:
+        """Locked, busy, full or unreachable: worth retrying as it is."""
+        return str(self).startswith("OperationalError")
 
 
 class RowWriter(FramedChild):
@@ -67,6 +72,7 @@ def write_batch(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
 
 
 def _child(path: str, pragmas: list[str]) -> None:
+    child_signals()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     conn = sqlite3.connect(path, isolation_level=None)
     for pragma in pragmas:
@@ -76,7 +82,7 @@ def _child(path: str, pragmas: list[str]) -> None:
         try:
             write_batch(conn, rows, sweeps)
             write_frame(stdout, b"")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # the batch is refused, the writer stays
             write_frame(stdout, f"{type(exc).__name__}: {exc}".encode())
     conn.close()
 
