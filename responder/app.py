@@ -66,9 +66,9 @@ BACKGROUND = web.AppKey("background", list)
 
 @web.middleware
 async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one middleware every request passes: API authorisation, errors turned into a page or
-    JSON, security and CORS headers. One level rather than a stack of three, because the open
-    pixel pays for every level on each request."""
+    """The one middleware every routed request passes: API authorisation, errors turned into a
+    page or JSON, security and CORS headers (open pixels are answered before routing, see
+    ``serve_pixels_first``)."""
     try:
         if request.path.startswith(api.PREFIX + "/"):
             await api.authorize(request)

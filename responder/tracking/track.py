@@ -20,7 +20,7 @@ from ..errors import InvalidToken
 from ..models import Message
 from ..runtime import Runtime
 from ..templating.render import last_body_end
-from ..web import RUNTIME, client_ip, peer_address, runtime
+from ..web import RUNTIME, peer_address, runtime
 from .batch import Hit, Tracker
 from .machine import Request
 from .public import PUBLIC, public
@@ -76,11 +76,12 @@ def agent_of(request: web.BaseRequest) -> str:
     return agent.encode("utf-8", "replace").decode("utf-8")
 
 
-def _request_facts(request: web.Request, kind: str, *, trap: bool = False,
-                   burst: bool = False) -> Request:
-    return Request(kind=kind, method=request.method,
-                   user_agent=agent_of(request),
-                   ip=client_ip(request), at=runtime(request).clock.now(), trap=trap, burst=burst)
+def _request_facts(rt: Runtime, request: web.BaseRequest, kind: str, *,
+                   trap: bool = False) -> Request:
+    """What the verdict needs to know of a request; works before routing too (the pixel)."""
+    return Request(kind=kind, method=request.method, user_agent=agent_of(request),
+                   ip=peer_address(request, rt.settings.trusted_proxies), at=rt.clock.now(),
+                   trap=trap)
 
 
 def answer_open(rt: Runtime, tracker: Tracker, request: web.BaseRequest, token: str) -> web.Response:
@@ -90,10 +91,7 @@ def answer_open(rt: Runtime, tracker: Tracker, request: web.BaseRequest, token: 
     except InvalidToken:
         pass
     else:
-        tracker.offer(Hit(message_pk, Request(
-            kind="open", method=request.method,
-            user_agent=agent_of(request),
-            ip=peer_address(request, rt.settings.trusted_proxies), at=rt.clock.now())))
+        tracker.offer(Hit(message_pk, _request_facts(rt, request, "open")))
     return web.Response(body=GIF, headers=PIXEL_HEADERS)
 
 
@@ -138,10 +136,9 @@ async def click(request: web.Request) -> web.Response:
         exists = True
     if not exists:
         raise InvalidToken("this link is not valid")
-    facts = _request_facts(request, "click", trap=is_trap)
+    facts = _request_facts(rt, request, "click", trap=is_trap)
     if not is_trap and request.method == "GET":
-        facts = _request_facts(request, "click",
-                               burst=state.tracker.is_burst(message_pk, target, facts.at))
+        facts.burst = state.tracker.is_burst(message_pk, target, facts.at)
     state.tracker.offer(Hit(message_pk, facts, url=None if is_trap else target))
     if is_trap:
         raise InvalidToken("this link is not valid")
