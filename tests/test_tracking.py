@@ -216,7 +216,7 @@ async def test_writer_process_writes_a_batch_in_one_transaction_or_not_at_all(tm
             " machine BOOLEAN NOT NULL, data TEXT NOT NULL, created_at TEXT NOT NULL);"
             "INSERT INTO messages (id) VALUES (1);")
     writer = RowWriter(str(path), ("journal_mode=WAL",))
-    row = (7, 1, "open", None, "127.0.0.1", "agent", False, "{}", "2026-01-01 00:00:00.000000")
+    row = (7, 1, "open", None, "127.0.0.1", "agent", False, "{}", 1_767_225_600_000_007)
     try:
         await writer.write([row, (*row[:2], None, *row[3:])], [])  # type NULL: refused
     except WriteFailed as exc:
@@ -226,8 +226,22 @@ async def test_writer_process_writes_a_batch_in_one_transaction_or_not_at_all(tm
     await writer.write([row, (7, 2, *row[2:])], [])  # message 2 does not exist: dropped
     await writer.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT subscriber_id, message_id, machine FROM events").fetchall() == [
-            (7, 1, 0)]
+        assert conn.execute("SELECT subscriber_id, message_id, machine, created_at FROM events"
+                            ).fetchall() == [(7, 1, 0, "2026-01-01 00:00:00.000007")]
+
+
+def test_the_writer_stores_event_times_as_the_column_does() -> None:
+    """The writer process gets times as integer microseconds and stores the text
+    ``UTCDateTime`` would: the same for every time, at whole seconds and across them."""
+    from responder.tracking.batch import _micros, _stored_time
+    from responder.tracking.writer import stored_text
+
+    start = dt.datetime(2026, 11, 24, 23, 59, 58, 999_999, tzinfo=dt.UTC)
+    times = [start + dt.timedelta(microseconds=n) for n in (0, 1, 2, 999_999, 1_000_001)]
+    times += [dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
+              dt.datetime(2038, 1, 19, 3, 14, 8, 123_456, tzinfo=dt.timezone(dt.timedelta(hours=2)))]
+    for at in times:
+        assert stored_text(_micros(at)) == _stored_time(at), at
 
 
 async def test_an_undecodable_user_agent_is_stored_as_text(papp: App) -> None:

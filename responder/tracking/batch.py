@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,7 +202,8 @@ class Tracker:
         sqlite = rt.db.is_sqlite
         async with rt.db.transaction() as session:
             messages = await self._messages(session, {hit.message_pk for hit in batch}, sqlite)
-            rows, sweeps, human = await self._rows(batch, messages, sqlite=sqlite)
+            rows, sweeps, human = await self._rows(
+                batch, messages, stamp=_stored_time if sqlite else None)
             if rows:
                 await insert_events(session, rows, sqlite=sqlite)
             for message_pk, at, reason in sweeps:
@@ -224,7 +226,7 @@ class Tracker:
                 messages = await self._messages(session, pks, True)
         else:
             messages = {pk: self._known[pk] for pk in pks}
-        rows, sweeps, human = await self._rows(batch, messages, sqlite=True)
+        rows, sweeps, human = await self._rows(batch, messages, stamp=_micros)
         await self._writer.write(rows, [_sweep(pk, at, reason) for pk, at, reason in sweeps])
         human = self._with_unjudged(human)
         self._unjudged = {}
@@ -253,10 +255,12 @@ class Tracker:
         return human
 
     async def _rows(self, batch: list[Hit], messages: dict[int, tuple[int, dt.datetime | None]],
-                    *, sqlite: bool) -> tuple[list[tuple[Any, ...]], list[tuple[int, dt.datetime, str]],
-                                              dict[int, set[str]]]:
+                    *, stamp: Callable[[dt.datetime], Any] | None
+                    ) -> tuple[list[tuple[Any, ...]], list[tuple[int, dt.datetime, str]],
+                               dict[int, set[str]]]:
         """The batch's event rows in index order, its scanner sweeps, and the subscribers with
-        human events of each promoting type."""
+        human events of each promoting type. ``stamp`` turns an event's time into what the
+        statement binds (None: the time as it is)."""
         after_send_s = self.rt.settings.machine_after_send_s
         rows: list[tuple[Any, ...]] = []
         sweeps: list[tuple[int, dt.datetime, str]] = []
@@ -280,7 +284,7 @@ class Tracker:
                     human.setdefault(subscriber_id, set()).add(req.kind)
             rows.append((subscriber_id, hit.message_pk, req.kind, hit.url, req.ip,
                          req.user_agent or None, verdict.machine, data,
-                         _stored_time(req.at) if sqlite else req.at))
+                         req.at if stamp is None else stamp(req.at)))
         # In index order: SQLite then spends about 10 µs a row on a 400,000-event table instead
         # of 17 µs for the same rows in arrival order.
         rows.sort(key=_index_order)
@@ -376,6 +380,13 @@ def _machine_data(reason: str) -> str:
 
 def _index_order(row: tuple[Any, ...]) -> tuple[int, int]:
     return row[0], row[1]  # subscriber, message: the keys of the events table's indexes
+
+
+def _micros(value: dt.datetime) -> int:
+    """An aware time as microseconds since the epoch, for the writer process, which turns it
+    into the stored text (``writer.stored_text``): a quarter of the cost of formatting it here,
+    and off the event loop. Exact: a float holds today's times to well under half a µs."""
+    return round(value.timestamp() * 1_000_000)
 
 
 def _stored_time(value: dt.datetime) -> str:

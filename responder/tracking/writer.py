@@ -9,8 +9,9 @@ writer's pragmas, receives each batch as a marshalled frame, writes it in one tr
 answers with an empty frame, or with the error's text (a locked or full database) after rolling
 back. If the child is gone the tracker writes in process, as it does on PostgreSQL.
 
-    batch := marshal of (rows, sweeps); rows in ``COLUMNS`` order, times as stored text;
-             sweeps are (message id, from, to, data JSON) of clicks to mark as machine clicks
+    batch := marshal of (rows, sweeps); rows in ``COLUMNS`` order, the event time as integer
+             microseconds since the epoch (stored as text, ``stored_text``); sweeps are
+             (message id, from, to as stored text, data JSON) of clicks to mark as machine clicks
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import marshal
 import sqlite3
 import sys
+import time
 from typing import Any
 
 from ..framed import ChildGone, FramedChild, child_signals, read_frame, write_frame
@@ -56,13 +58,30 @@ class RowWriter(FramedChild):
             raise WriteFailed(error.decode(errors="replace"))
 
 
+class _Seconds:
+    """The stored text of the second last asked for: a batch's events share a few seconds."""
+
+    second = -1
+    text = ""
+
+
+def stored_text(micros: int) -> str:
+    """Microseconds since the epoch as the UTCDateTime column stores them on SQLite: naive UTC
+    text, ``YYYY-MM-DD HH:MM:SS.ffffff``."""
+    second, fraction = divmod(micros, 1_000_000)
+    if second != _Seconds.second:
+        _Seconds.text = time.strftime("%Y-%m-%d %H:%M:%S.", time.gmtime(second))
+        _Seconds.second = second
+    return f"{_Seconds.text}{fraction:06d}"
+
+
 def write_batch(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
                 sweeps: list[tuple[Any, ...]]) -> None:
     """One batch in one transaction. No other thread shares this process, so the sqlite3
     module's lock hand-off around each row costs nothing and ``executemany`` is the cheapest."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.executemany(INSERT, [(*row, row[1]) for row in rows])
+        conn.executemany(INSERT, [(*row[:8], stored_text(row[8]), row[1]) for row in rows])
         for message_id, start, end, data in sweeps:
             conn.execute(SWEEP, (data, message_id, start, end))
         conn.execute("COMMIT")
