@@ -4,7 +4,9 @@ and kept in a follow-up queue until answered or closed.
 ``open_enquiry`` is the one way in (the form handler and the inbound reply handler both call it).
 The ``EnquiryLoop`` sends what is due: acknowledgements (``Auto-Submitted: auto-replied``, never
 to auto-replies, bounces or list mail, so two robots never talk to each other), answers written
-by an admin, and a digest of enquiries left open too long.
+by an admin, and a digest of enquiries left open too long. Each mail is leased to the worker
+sending it (``ack_at``/``answer_at`` hold when the lease lapses) and a temporary failure waits
+for the delivery backoff, so a worker that dies mid-send delays a mail but never loses it.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ import dataclasses
 import datetime as dt
 import html
 import logging
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 
 from .delivery.build import newest_template
 from .delivery.mime import Mail, compose, new_message_id
+from .delivery.retry import next_attempt
 from .delivery.transport import Transport
 from .errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
 from .events import record_event
@@ -150,14 +155,44 @@ class EnquiryLoop(PollingLoop):
             done += await self.send_digest()
         return done
 
-    async def _claim(self, column: str, enquiry_id: int) -> bool:
-        """Move one enquiry from 'due' to 'sending'; False if another worker took it."""
+    def _due(self, kind: str, now: dt.datetime) -> ColumnElement[bool]:
+        """An enquiry whose ``kind`` mail ("ack" or "answer") is due now: waiting and past its
+        backoff, or claimed by a worker whose claim has lapsed (it stopped mid-send)."""
+        state, at = getattr(Enquiry, f"{kind}_state"), getattr(Enquiry, f"{kind}_at")
+        return and_(state.in_(("due", "sending")), or_(at.is_(None), at <= now))
+
+    async def _claim(self, kind: str, enquiry_id: int) -> bool:
+        """Lease one enquiry's ``kind`` mail to this worker for ``lease_s``; False if it is not
+        due (another worker holds it, or it waits for a retry). A worker that dies holding it
+        leaves it to the next worker once the lease lapses: the mail is late, never lost."""
+        now = self.rt.clock.now()
         async with self.rt.db.transaction() as session:
             result = await session.execute(
-                update(Enquiry).where(Enquiry.id == enquiry_id,
-                                      getattr(Enquiry, column) == "due")
-                .values({column: "sending"}))
+                update(Enquiry).where(Enquiry.id == enquiry_id, self._due(kind, now))
+                .values({f"{kind}_state": "sending",
+                         f"{kind}_at": now + dt.timedelta(seconds=self.rt.settings.lease_s)}))
             return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def _finish(self, kind: str, enquiry: Enquiry, outcome: str, attempts: int,
+                      since: dt.datetime, most: int | None = None) -> None:
+        """Record a send's outcome; a deferred one waits for its backoff (as a message's does),
+        and fails after ``most`` attempts or the message lifetime."""
+        rt = self.rt
+        now = rt.clock.now()
+        retry_at = None
+        if outcome == "due":
+            retry_at = next_attempt(attempts, now, since, jitter=random.random(),
+                                    lifetime_s=rt.settings.message_lifetime_s)
+            if retry_at is None or (most is not None and attempts >= most):
+                outcome, retry_at = "failed", None
+        values: dict[str, Any] = {f"{kind}_state": outcome, f"{kind}_attempts": attempts,
+                                  f"{kind}_at": retry_at}
+        if kind == "ack":
+            values["acknowledged_at"] = now if outcome == "sent" else None
+        async with rt.db.transaction() as session:
+            await session.execute(update(Enquiry).where(
+                Enquiry.id == enquiry.id, getattr(Enquiry, f"{kind}_state") == "sending")
+                .values(values))
 
     async def _send(self, mail: Mail) -> str:
         try:
@@ -174,11 +209,11 @@ class EnquiryLoop(PollingLoop):
         rt = self.rt
         async with rt.db.read() as session:
             due = list((await session.execute(
-                select(Enquiry).where(Enquiry.ack_state == "due").order_by(Enquiry.id).limit(20)
-            )).scalars())
+                select(Enquiry).where(self._due("ack", rt.clock.now())).order_by(Enquiry.id)
+                .limit(20))).scalars())
             template = await newest_template(session, "enquiry-ack")
         for enquiry in due:
-            if not await self._claim("ack_state", enquiry.id):
+            if not await self._claim("ack", enquiry.id):
                 continue
             try:
                 if template is None:
@@ -188,13 +223,8 @@ class EnquiryLoop(PollingLoop):
             except TemplateError as exc:
                 log.error("enquiry %s: acknowledgement not rendered: %s", enquiry.id, exc.message)
                 outcome = "failed"
-            attempts = enquiry.ack_attempts + 1
-            if outcome == "due" and attempts >= MAX_ACK_ATTEMPTS:
-                outcome = "failed"
-            async with rt.db.transaction() as session:
-                await session.execute(update(Enquiry).where(Enquiry.id == enquiry.id).values(
-                    ack_state=outcome, ack_attempts=attempts,
-                    acknowledged_at=rt.clock.now() if outcome == "sent" else None))
+            await self._finish("ack", enquiry, outcome, enquiry.ack_attempts + 1,
+                               enquiry.created_at, most=MAX_ACK_ATTEMPTS)
         return len(due)
 
     def ack_mail(self, enquiry: Enquiry, subject: str, body: str, text: str | None) -> Mail:
@@ -224,10 +254,10 @@ class EnquiryLoop(PollingLoop):
         rt = self.rt
         async with rt.db.read() as session:
             due = list((await session.execute(
-                select(Enquiry).where(Enquiry.answer_state == "due").order_by(Enquiry.id)
+                select(Enquiry).where(self._due("answer", rt.clock.now())).order_by(Enquiry.id)
                 .limit(20))).scalars())
         for enquiry in due:
-            if not await self._claim("answer_state", enquiry.id):
+            if not await self._claim("answer", enquiry.id):
                 continue
             answer = enquiry.answer or ""
             quoted = "\n".join("> " + line for line in enquiry.body.splitlines())
@@ -240,9 +270,8 @@ class EnquiryLoop(PollingLoop):
             # An answer is written by a person, not a robot: no Auto-Submitted header.
             mail = dataclasses.replace(mail, extra_headers=())
             outcome = await self._send(mail)
-            async with rt.db.transaction() as session:
-                await session.execute(update(Enquiry).where(Enquiry.id == enquiry.id)
-                                      .values(answer_state=outcome))
+            await self._finish("answer", enquiry, outcome, enquiry.answer_attempts + 1,
+                               enquiry.answered_at or enquiry.created_at)
         return len(due)
 
     async def send_digest(self) -> int:

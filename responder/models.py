@@ -249,12 +249,17 @@ class Enquiry(Base):
     name: Mapped[str] = mapped_column(String(200), default="", server_default="")
     source: Mapped[str] = mapped_column(String(16), default="form", server_default="form")
     message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
-    # due | sent | skipped (auto-reply, bounce, list: never answered automatically) | failed
+    # due | sending | sent | skipped (auto-reply, bounce, list: never answered automatically) | failed
     ack_state: Mapped[str] = mapped_column(String(16), default="due", server_default="due")
     ack_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     answer: Mapped[str | None] = mapped_column(Text)
-    answer_state: Mapped[str | None] = mapped_column(String(16))  # due | sent | failed
+    answer_state: Mapped[str | None] = mapped_column(String(16))  # due | sending | sent | failed
     answered_at: Mapped[dt.datetime | None]
+    answer_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the acknowledgement (answer) may be tried next: for "due" not before then (a retry's
+    # backoff; none: at once), for "sending" when the worker's claim lapses and another takes it.
+    ack_at: Mapped[dt.datetime | None]
+    answer_at: Mapped[dt.datetime | None]
     digested_at: Mapped[dt.datetime | None]
 
 

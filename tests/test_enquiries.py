@@ -8,10 +8,15 @@ import asyncio
 import pytest
 from sqlalchemy import select
 
-from responder.enquiries import EnquiryIn, EnquiryLoop, is_automatic, open_enquiry
+from responder.app import start_runtime
+from responder.clock import FakeClock
+from responder.delivery.transport import make_transport
+from responder.enquiries import MAX_ACK_ATTEMPTS, EnquiryIn, EnquiryLoop, is_automatic, open_enquiry
+from responder.enquiry_admin import answer
 from responder.models import Enquiry, Event
+from responder.runtime import Runtime
 
-from .conftest import App
+from .conftest import App, SmtpSink, make_settings
 from .public_fixtures import make_subscriber
 
 
@@ -159,3 +164,89 @@ class _Capture:
 
     async def close(self) -> None:
         pass
+
+
+async def _enquiry(rt: Runtime, enquiry_id: int) -> Enquiry:
+    async with rt.db.read() as session:
+        return await session.get_one(Enquiry, enquiry_id)
+
+
+async def test_a_mail_claimed_by_a_worker_that_died_is_sent_once_its_lease_lapses(
+        database_url: str, smtp: SmtpSink, clock: FakeClock) -> None:
+    """A worker that stops between claiming an acknowledgement (or answer) and recording it
+    leaves it to the next worker after ``lease_s``: late, never lost, and not sent twice."""
+    rt = (await start_runtime(make_settings(database_url, smtp.url), clock)).runtime
+    try:
+        first = await open_enquiry(rt, EnquiryIn(email="ann@example.com", body="Hello?"))
+        dead = EnquiryLoop(rt, make_transport(rt.settings))
+        assert await dead._claim("ack", first)  # ... and it is killed here
+        live = EnquiryLoop(rt, make_transport(rt.settings))
+        assert not await live._claim("ack", first)
+        await live.send_acks()
+        clock.advance(rt.settings.lease_s - 1)
+        await live.send_acks()
+        assert smtp.received == [] and (await _enquiry(rt, first)).ack_state == "sending"
+        clock.advance(2)
+        await live.send_acks()
+        [ack] = await smtp.wait_for(1, "ann@example.com")
+        row = await _enquiry(rt, first)
+        assert (row.ack_state, row.ack_attempts, row.ack_at) == ("sent", 1, None)
+        assert row.acknowledged_at == clock.now()
+
+        await answer(rt, first, "Hello to you.")
+        assert await dead._claim("answer", first)
+        clock.advance(rt.settings.lease_s + 1)
+        await live.send_answers()
+        await live.send_acks()
+        await smtp.wait_for(2, "ann@example.com")
+        row = await _enquiry(rt, first)
+        assert (row.answer_state, row.answer_attempts, row.answer_at) == ("sent", 1, None)
+        await live.send_answers()
+        assert len(smtp.received) == 2
+        await live.transport.close()
+        await dead.transport.close()
+    finally:
+        await rt.db.dispose()
+
+
+async def test_a_deferred_mail_waits_for_its_backoff_and_gives_up_in_the_end(
+        database_url: str, smtp: SmtpSink, clock: FakeClock) -> None:
+    """A 4xx from the server is retried after the delivery backoff (minutes, not every poll);
+    an acknowledgement gives up after MAX_ACK_ATTEMPTS, an answer after the message lifetime."""
+    rt = (await start_runtime(make_settings(database_url, smtp.url), clock)).runtime
+    loop = EnquiryLoop(rt, make_transport(rt.settings))
+    smtp.handler.replies["ann@example.com"] = "451 4.7.1 greylisted, try again later"
+    smtp.handler.replies["bob@example.com"] = "451 4.7.1 greylisted, try again later"
+    try:
+        ann = await open_enquiry(rt, EnquiryIn(email="ann@example.com", body="Hello?"))
+        bob = await open_enquiry(rt, EnquiryIn(email="bob@example.com", body="And me?"))
+        assert await loop.send_acks() == 2
+        row = await _enquiry(rt, ann)
+        assert (row.ack_state, row.ack_attempts) == ("due", 1)
+        assert row.ack_at is not None
+        assert 225 <= (row.ack_at - clock.now()).total_seconds() <= 375
+        assert await loop.send_acks() == 0  # not again at the next poll
+        clock.advance(400)
+        del smtp.handler.replies["ann@example.com"]
+        assert await loop.send_acks() == 2
+        await smtp.wait_for(1, "ann@example.com")
+        assert (await _enquiry(rt, ann)).ack_state == "sent"
+        for _ in range(MAX_ACK_ATTEMPTS):
+            clock.advance(hours=5)
+            await loop.send_acks()
+        row = await _enquiry(rt, bob)
+        assert (row.ack_state, row.ack_attempts, row.ack_at) == ("failed", MAX_ACK_ATTEMPTS, None)
+
+        await answer(rt, bob, "We do.")
+        await loop.send_answers()
+        row = await _enquiry(rt, bob)
+        assert (row.answer_state, row.answer_attempts) == ("due", 1)
+        for _ in range(40):  # 5 days at most 4 hours apart
+            clock.advance(hours=5)
+            await loop.send_answers()
+        row = await _enquiry(rt, bob)
+        assert row.answer_state == "failed" and row.answer_at is None
+        assert smtp.to("bob@example.com") == []
+        await loop.transport.close()
+    finally:
+        await rt.db.dispose()
