@@ -79,7 +79,8 @@ def _unstructured(name: str, value: str) -> str:
     if value.isascii() and len(name) + len(value) < 76:
         return value
     charset = "us-ascii" if value.isascii() else "utf-8"
-    return Header(value, charset, header_name=name).encode(linesep="\r\n")
+    # RFC 2047 2: a line holding encoded words is at most 76 characters (the default is 78).
+    return Header(value, charset, header_name=name).encode(linesep="\r\n", maxlinelen=76)
 
 
 # Bytes quoted-printable writes as they are: tab, newline and printable ASCII ('=' is escaped apart).
@@ -94,11 +95,31 @@ _QP_WHITESPACE = {32: b"=20", 9: b"=09"}
 
 
 def _qp(text: str) -> bytes:
-    """Quoted-printable, lines ending in CRLF: the very bytes ``binascii.b2a_qp(istext=True)``
-    writes, produced with a few C-speed passes over the whole body instead of its byte loop.
+    """Quoted-printable, lines ending in CRLF: the bytes ``binascii.b2a_qp(istext=True)``
+    writes, produced with a few C-speed passes over the whole body instead of its byte loop,
+    except that no line is longer than 76 characters (``_within_76``).
 
     Text in a non-Latin script (many bytes to escape) goes through ``b2a_qp`` itself.
     """
+    return _within_76(_qp_lines(text))
+
+
+# A line b2a_qp makes 77 or 78 characters long: up to 75, then an escaped space or tab that
+# ended the line (it escapes that after cutting the line to length).
+_QP_OVERLONG = re.compile(rb"^([^\r\n]{74,75})(=20|=09)(?=\r\n|\Z)", re.M)
+
+
+def _within_76(data: bytes) -> bytes:
+    """RFC 2045 6.7 (5): no encoded line over 76 characters. b2a_qp breaks it for a line of 75
+    or 76 characters ending in whitespace; such an escape moves to a line of its own, after a
+    soft break. Checked with substring searches first: most bodies have no such line."""
+    if b"=20\r\n" in data or b"=09\r\n" in data or data.endswith((b"=20", b"=09")):
+        return _QP_OVERLONG.sub(rb"\1=\r\n\2", data)
+    return data
+
+
+def _qp_lines(text: str) -> bytes:
+    """``b2a_qp``'s bytes, lines ending in CRLF."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     data = text.encode("utf-8")
