@@ -347,3 +347,40 @@ async def test_locked_database_pixel_answers_forms_503_events_land_after(papp: A
     await flushed(papp)
     assert loop.time() - released < 5.0  # flushed every 250 ms; durability is bench/track.py's
     assert len(await events(papp, type="open")) == 3
+
+
+async def test_a_link_a_click_token_cannot_carry_is_left_as_written(papp: App) -> None:
+    """A target /c/ would not redirect to, or whose token grows past what /c/ reads (a long URL
+    in a non-Latin script compresses poorly), keeps its own href instead of becoming a broken
+    link; every other link, long ones included, is tracked and redirects."""
+    import html
+    import random
+    import re
+
+    from responder.delivery.build import click_link
+    from responder.templating.render import rewrite_links
+
+    _, message = await make_subscriber(papp)
+    rnd = random.Random(5)
+    short = "https://shop.example.com/a?b=1&c=2"
+    long_ascii = "https://shop.example.com/?q=" + "".join(
+        rnd.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+        for _ in range(4000))
+    cjk = "https://shop.example.com/s?q=" + "".join(chr(0x4E00 + rnd.randrange(20000))
+                                                    for _ in range(2000))
+    too_long = "https://shop.example.com/?q=" + "x" * 4100
+    spaced = "https://shop.example.com/a b"
+    links = [short, long_ascii, cjk, too_long, spaced]
+    body = "".join(f'<a href="{html.escape(url)}">{n}</a>' for n, url in enumerate(links))
+    hrefs = [html.unescape(h) for h in re.findall(r'href="([^"]*)"',
+                                                  rewrite_links(body, click_link(papp.rt, message),
+                                                                "https://news.example.com"))]
+    assert hrefs[2:] == [cjk, too_long, spaced]
+    for href, target in zip(hrefs[:2], links[:2], strict=True):
+        assert href.startswith("https://news.example.com/c/")
+        resp = await papp.client.get(papp.path(href), allow_redirects=False, headers=BROWSER)
+        assert resp.status == 302 and resp.headers["Location"] == target
+    # Tracked, that CJK link would have been a 404 page for the reader.
+    token = papp.rt.tokens.click(message, cjk)
+    resp = await papp.client.get(f"/c/{token}", allow_redirects=False, headers=BROWSER)
+    assert resp.status == 404 and "Location" not in resp.headers

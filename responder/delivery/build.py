@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -13,7 +14,8 @@ from ..models import Layer, Message, Subscriber, Template
 from ..runtime import Runtime
 from ..templating.context import recipient_context
 from ..templating.render import Footer, Rendered, render_mail
-from ..tracking.track import TRAP, add_trap
+from ..tracking.tokens import MAX_TOKEN_LEN
+from ..tracking.track import TRAP, add_trap, safe_target
 from .mime import Mail
 from .verp import addresses_for
 
@@ -87,7 +89,7 @@ async def render_message(
         html=template.html,
         text=template.text,
         context=context,
-        track_link=(lambda url: rt.url(f"/c/{rt.tokens.click(message.id, url)}")) if tracked else None,
+        track_link=click_link(rt, message.id) if tracked else None,
         open_pixel_url=rt.url(f"/o/{rt.tokens.open(message.id)}") if tracked else None,
         base_url=rt.settings.base_url,
         footer=Footer(rt.settings.from_name, rt.settings.postal_address,
@@ -97,6 +99,19 @@ async def render_message(
         trap_url = rt.url(f"/c/{rt.tokens.click(message.id, TRAP)}")
         rendered = replace(rendered, html=add_trap(rendered.html, trap_url))
     return RenderedMessage(rendered, template, subscriber, context["links"])
+
+
+def click_link(rt: Runtime, message_pk: int) -> Callable[[str], str | None]:
+    """The tracked URL of a link in message ``message_pk``, or None to leave the link as the
+    author wrote it: a target ``/c/`` would refuse to redirect to (not plain http(s), over 4096
+    characters), or one whose token outgrows what ``/c/`` reads (a long URL in a non-Latin
+    script: its UTF-8 compresses poorly). Tracking such a link would break it for the reader."""
+    def track(url: str) -> str | None:
+        if not safe_target(url):
+            return None
+        token = rt.tokens.click(message_pk, url)
+        return None if len(token) > MAX_TOKEN_LEN else rt.url(f"/c/{token}")
+    return track
 
 
 async def build_mail(rt: Runtime, session: AsyncSession | None, message: Message,

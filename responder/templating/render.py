@@ -54,7 +54,7 @@ def render_mail(
     html: str,
     text: str | None,
     context: Mapping[str, Any],
-    track_link: Callable[[str], str] | None,
+    track_link: Callable[[str], str | None] | None,
     open_pixel_url: str | None,
     base_url: str,
     footer: Footer | None = None,
@@ -88,8 +88,9 @@ def generated_part(html: str, body: str, context: Mapping[str, Any]) -> str:
     return html_to_text(body)
 
 
-def rewrite_links(body: str, track_link: Callable[[str], str], base_url: str) -> str:
-    """Every ``href`` to an http(s) URL, except our own links, replaced by its tracked URL."""
+def rewrite_links(body: str, track_link: Callable[[str], str | None], base_url: str) -> str:
+    """Every ``href`` to an http(s) URL, except our own links, replaced by its tracked URL
+    (where ``track_link`` gives one: None leaves the link as it is)."""
     own = tuple(base_url + path for path in UNTRACKED_PATHS)
     signed: dict[str, str] = {}  # a target linked twice is signed once
 
@@ -98,7 +99,8 @@ def rewrite_links(body: str, track_link: Callable[[str], str], base_url: str) ->
         if target.startswith(own):
             return original
         if target not in signed:
-            signed[target] = f'href="{htmllib.escape(track_link(target))}"'
+            tracked = track_link(target)
+            signed[target] = original if tracked is None else f'href="{htmllib.escape(tracked)}"'
         return signed[target]
 
     if _FOLDS_TO_ASCII in body:
