@@ -10,7 +10,9 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from responder.db import Database
@@ -384,3 +386,47 @@ async def test_a_link_a_click_token_cannot_carry_is_left_as_written(papp: App) -
     token = papp.rt.tokens.click(message, cjk)
     resp = await papp.client.get(f"/c/{token}", allow_redirects=False, headers=BROWSER)
     assert resp.status == 404 and "Location" not in resp.headers
+
+
+async def test_a_failed_promotion_judgement_is_retried_without_another_event(
+        sqlite_url: str, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The events of a flush are written by the writer process, its judgement fails (the
+    database refuses it once): the subscribers are judged again shortly, not only when a later
+    event happens to arrive. (On PostgreSQL rows and judgement share one transaction.)"""
+    async with running_app(sqlite_url, smtp, clock, RESPONDER_TRACK_FLUSH_MS="20") as papp:
+        await _judged_again(papp, monkeypatch)
+
+
+async def _judged_again(papp: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    import responder.tracking.batch as batch
+
+    assert state(papp).tracker._writer is not None
+    subscriber, first = await make_subscriber(papp)
+    async with papp.rt.db.transaction() as session:
+        from responder.models import Message
+        second = Message(subscriber_id=subscriber, kind="newsletter", template_name="x",
+                         state="sent", attempts=1, next_attempt_at=papp.clock.now(),
+                         message_id="<second@t>", created_at=papp.clock.now(),
+                         sent_at=papp.clock.now() - dt.timedelta(hours=1))
+        session.add(second)
+        await session.flush()
+        second_pk = second.id
+    real, failures = batch.judge_many, []
+
+    async def refused_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not failures:
+            failures.append(1)
+            raise OperationalError("UPDATE subscribers", {}, Exception("database is locked"))
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "judge_many", refused_once)
+    for pk in (first, second_pk):
+        papp.clock.advance(5)
+        await papp.client.get(click_path(papp, pk, "https://a.example/"), headers=BROWSER,
+                              allow_redirects=False)
+    await flushed(papp)  # idle only once the retried judgement went through
+    assert failures == [1]
+    assert len(await events(papp, type="click")) == 2
+    async with papp.rt.db.read() as session:
+        [move] = (await session.execute(select(LayerHistory))).scalars().all()
+    assert "clicked in 2 mails" in move.reason and move.subscriber_id == subscriber

@@ -15,6 +15,7 @@ and judgement share one transaction in this process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import itertools
@@ -124,6 +125,15 @@ class Tracker:
         refusals = 0  # times in a row the database refused the batch for what it holds
         while True:
             if not self._items:
+                if self._unjudged and not await self._judge_left():
+                    if not self._stopping:  # again shortly, or with the next batch
+                        self._arrived.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._arrived.wait(), RETRY_PAUSE_S)
+                        continue
+                    log.error("tracking: stopping with %d subscribers not judged for promotion; "
+                              "their next event or the daily sweep judges them",
+                              len(self._unjudged))
                 self._idle.set()
                 if self._stopping:
                     return
@@ -217,7 +227,8 @@ class Tracker:
     async def _flush_through_writer(self, batch: list[Hit]) -> None:
         """SQLite: the rows go to the writer process; promotion is judged here afterwards, in a
         transaction of its own and only when a layer's rule watches what arrived. A judgement
-        that fails is kept for the next flush: the events are on disk and are not written twice."""
+        that fails is retried on its own shortly (``_judge_left``) or with the next flush: the
+        events are on disk and are not written twice."""
         assert self._writer is not None
         rt = self.rt
         pks = {hit.message_pk for hit in batch}
@@ -241,12 +252,28 @@ class Tracker:
             async with rt.db.transaction() as session:
                 moves = await judge_many(session, set(human), rt.clock.now(), human)
         except Exception:
-            log.exception("tracking: judging %d subscribers for promotion failed; again at the "
-                          "next flush", len(human))
+            log.exception("tracking: judging %d subscribers for promotion failed; again shortly",
+                          len(human))
             self._unjudged = human
             return
         if moves:
             rt.wake_scheduler()
+
+    async def _judge_left(self) -> bool:
+        """Judge the subscribers a failed judgement left, without waiting for another event
+        (a quiet list may see none for hours); False if it failed again."""
+        human, self._unjudged = self._unjudged, {}
+        try:
+            async with self.rt.db.transaction() as session:
+                moves = await judge_many(session, set(human), self.rt.clock.now(), human)
+        except Exception:
+            log.exception("tracking: judging %d subscribers for promotion failed again",
+                          len(human))
+            self._unjudged = human
+            return False
+        if moves:
+            self.rt.wake_scheduler()
+        return True
 
     def _with_unjudged(self, human: dict[int, set[str]]) -> dict[int, set[str]]:
         """``human`` and the subscribers a failed judgement left for a later flush."""
