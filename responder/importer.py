@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 1000
 MAX_REPORTED = 1000  # rejected rows kept in the report; the count covers all of them
 MAX_FIELD_CHARS = 10_000
+# A running job saves its progress after every batch of BATCH_ROWS rows, seconds apart.
+STALE_AFTER = dt.timedelta(minutes=10)
 _SOURCE = re.compile(r"^[\w .:@/-]{1,64}$")
 _TAG_SPLIT = re.compile(r"[;,]")
 
@@ -254,6 +256,7 @@ async def run_job(rt: Runtime, job_id: int, path: Path, consent_source: str | No
         async with rt.db.transaction() as session:
             job = await session.get(ImportJob, job_id)
             assert job is not None
+            job.updated_at = rt.clock.now()
             job.bytes_read, job.rows_read = progress.bytes_read, progress.rows_read
             job.imported, job.rejected = progress.imported, progress.rejected
             job.rejected_rows = list(progress.rejected_rows)
@@ -291,10 +294,25 @@ def job_json(job: ImportJob) -> dict[str, Any]:
 
 
 async def get_job(rt: Runtime, job_id: int) -> ImportJob:
+    """The job; one still "running" without progress for ``STALE_AFTER`` is marked failed: the
+    process running it was killed or lost its host (a stop it sees marks the job itself)."""
     async with rt.db.read() as session:
         job = await session.get(ImportJob, job_id)
     if job is None:
         raise NotFound("no such import")
+    now = rt.clock.now()
+    last = job.updated_at or job.created_at
+    if job.state != "running" or now - last < STALE_AFTER:
+        return job
+    async with rt.db.transaction() as session:
+        stale = await session.get(ImportJob, job_id)
+        assert stale is not None
+        if stale.state == "running" and (stale.updated_at or stale.created_at) == last:
+            stale.state, stale.finished_at = "failed", now
+            stale.error = (f"the server running it stopped (no progress since "
+                           f"{last:%Y-%m-%d %H:%M} UTC); rows imported so far stay, run the rest "
+                           "again")
+        job = stale
     return job
 
 
@@ -309,7 +327,7 @@ class ImportJobs:
         async with rt.db.transaction() as session:
             job = ImportJob(state="running", consent_source=source or "",
                             bytes_total=path.stat().st_size, rejected_rows=[],
-                            created_at=rt.clock.now())
+                            created_at=rt.clock.now(), updated_at=rt.clock.now())
             session.add(job)
             await session.flush()
             job_id = job.id

@@ -378,3 +378,6 @@ class ImportJob(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime]
     finished_at: Mapped[dt.datetime | None]
+    # When the running import last wrote its progress (after every batch); a job silent far
+    # longer than a batch takes belonged to a process that died (importer.STALE_AFTER).
+    updated_at: Mapped[dt.datetime | None]

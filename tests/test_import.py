@@ -147,3 +147,30 @@ def test_cli_users_tokens_import_and_export(sqlite_url: str, tmp_path: Path,
     assert len(out.read_text().splitlines()) == 51
     assert main(["tokens", "revoke", "shop"]) == 0
     assert main(["tokens", "revoke", "shop"]) == 1
+
+
+async def test_a_job_left_running_by_a_killed_server_shows_as_failed(app: App) -> None:
+    """A server killed mid-import cannot mark its job; once the job has made no progress for
+    STALE_AFTER, reading it marks it failed with what happened and what to do."""
+    from responder.importer import STALE_AFTER
+    from responder.models import ImportJob
+
+    async with app.rt.db.transaction() as session:
+        job = ImportJob(state="running", consent_source="shop", bytes_total=1000, bytes_read=400,
+                        rows_read=10, imported=10, rejected=0, rejected_rows=[],
+                        created_at=app.clock.now() - STALE_AFTER, updated_at=app.clock.now())
+        session.add(job)
+        await session.flush()
+        job_id = job.id
+    app.clock.advance(STALE_AFTER.total_seconds() - 1)
+    resp = await app.client.get(f"/api/v1/imports/{job_id}", headers=app.auth)
+    assert (await resp.json())["state"] == "running"
+    app.clock.advance(2)
+    resp = await app.client.get(f"/api/v1/imports/{job_id}", headers=app.auth)
+    body = await resp.json()
+    assert body["state"] == "failed" and body["imported"] == 10
+    assert "stopped" in body["error"] and "run the rest again" in body["error"]
+    assert body["finished_at"] == app.clock.now().isoformat()
+    async with app.rt.db.read() as session:
+        stored = await session.get_one(ImportJob, job_id)
+    assert stored.state == "failed" and stored.finished_at == app.clock.now()
