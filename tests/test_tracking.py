@@ -207,29 +207,40 @@ async def test_sqlite_events_go_through_the_writer_process_and_survive_its_death
 
 
 async def test_writer_process_writes_a_batch_in_one_transaction_or_not_at_all(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """A refused batch (here: a row breaking a constraint) leaves nothing behind and comes
-    back as WriteFailed, so the tracker keeps it and retries."""
+    """The writer turns hits into rows (subscriber and verdict from the message) and writes a
+    batch in one transaction: a refused batch (here: a row breaking a constraint) leaves nothing
+    behind and comes back as WriteFailed, so the tracker keeps it and retries. It answers who
+    had human events; hits of a deleted message are dropped."""
     path = tmp_path / "t.db"
     with sqlite3.connect(path) as conn:
         conn.executescript(
-            "CREATE TABLE messages (id INTEGER PRIMARY KEY);"
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY, subscriber_id INTEGER NOT NULL,"
+            " sent_at TEXT);"
             "CREATE TABLE events (id INTEGER PRIMARY KEY, subscriber_id INTEGER NOT NULL,"
             " message_id INTEGER, type TEXT NOT NULL, url TEXT, ip TEXT, user_agent TEXT,"
             " machine BOOLEAN NOT NULL, data TEXT NOT NULL, created_at TEXT NOT NULL);"
-            "INSERT INTO messages (id) VALUES (1);")
-    writer = RowWriter(str(path), ("journal_mode=WAL",))
-    row = (7, 1, "open", None, "127.0.0.1", "agent", False, "{}", 1_767_225_600_000_007)
+            "INSERT INTO messages VALUES (1, 7, '2025-12-31 23:00:00.000000'),"
+            " (3, 8, '2025-12-31 23:59:30.000000');")
+    writer = RowWriter(str(path), ("journal_mode=WAL",), after_send_s=60,
+                       promoting=frozenset({"open", "click"}))
+    at = 1_767_225_600_000_007  # 2026-01-01 00:00:00.000007 UTC
+    hit = (1, "open", "GET", BROWSER["User-Agent"], "127.0.0.1", at, False, False, None)
     try:
-        await writer.write([row, (*row[:2], None, *row[3:])], [])  # type NULL: refused
+        await writer.write([hit, (1, None, *hit[2:])])  # type NULL: refused
     except WriteFailed as exc:
         assert "NOT NULL" in str(exc)
     else:
         raise AssertionError("the batch was not refused")
-    await writer.write([row, (7, 2, *row[2:])], [])  # message 2 does not exist: dropped
+    too_soon = (3, "click", "GET", BROWSER["User-Agent"], "127.0.0.1", at, False, False,
+                "https://a.example/")
+    gone = (2, *hit[1:])  # message 2 does not exist: dropped
+    assert await writer.write([hit, gone, too_soon]) == {7: ["open"]}
     await writer.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT subscriber_id, message_id, machine, created_at FROM events"
-                            ).fetchall() == [(7, 1, 0, "2026-01-01 00:00:00.000007")]
+        assert conn.execute("SELECT subscriber_id, message_id, type, machine, data, created_at"
+                            " FROM events ORDER BY id").fetchall() == [
+            (7, 1, "open", 0, "{}", "2026-01-01 00:00:00.000007"),
+            (8, 3, "click", 1, '{"machine_reason": "too_soon"}', "2026-01-01 00:00:00.000007")]
 
 
 def test_the_writer_stores_event_times_as_the_column_does() -> None:

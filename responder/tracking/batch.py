@@ -7,9 +7,10 @@ stays bounded and the pixel keeps answering. Each flush judges, once per subscri
 the batch's human events promote them (``judge_many``), so promotion happens within a flush of
 the event.
 
-On a SQLite file the batch's rows are written by a child process (``writer.RowWriter``) and the
-judgement follows in a transaction of its own; on PostgreSQL, or when that child is gone, rows
-and judgement share one transaction in this process.
+On a SQLite file a child process (``writer.RowWriter``) turns the batch's hits into rows (the
+verdicts included) and writes them, and the judgement follows here in a transaction of its own;
+on PostgreSQL, or when that child is gone, this process builds the rows and writes them with the
+judgement in one transaction.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import contextlib
 import datetime as dt
 import functools
 import itertools
-import json
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -36,7 +36,7 @@ from ..events import judge_many, rule_watches
 from ..models import Event, Layer, Message
 from ..runtime import Runtime
 from ..sequences.promotion import PROMOTING_TYPES
-from .machine import BURST_WINDOW_S, Request, classify
+from .machine import BURST_WINDOW_S, SWEEPING, Request, classify, machine_data, reach
 from .writer import COLUMNS, RowWriter, WriteFailed, WriterUnavailable
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ REFUSALS_BEFORE_SPLIT = 3
 BACKLOG_FACTOR = 10
 RECENT_MESSAGES = 10_000
 KNOWN_MESSAGES = 100_000  # sent messages whose subscriber and send time the tracker remembers
-TRAP_REACH_S = 5.0  # a trap hit marks the message's other clicks this close to it as machine
 
 
 @dataclass(slots=True)
@@ -225,21 +224,23 @@ class Tracker:
             rt.wake_scheduler()
 
     async def _flush_through_writer(self, batch: list[Hit]) -> None:
-        """SQLite: the rows go to the writer process; promotion is judged here afterwards, in a
-        transaction of its own and only when a layer's rule watches what arrived. A judgement
-        that fails is retried on its own shortly (``_judge_left``) or with the next flush: the
-        events are on disk and are not written twice."""
+        """SQLite: the hits go to the writer process, which turns them into rows and writes
+        them; promotion is judged here afterwards, in a transaction of its own and only when a
+        layer's rule watches what arrived. A judgement that fails is retried on its own shortly
+        (``_judge_left``) or with the next flush: the events are on disk and are not written
+        twice."""
         assert self._writer is not None
         rt = self.rt
-        pks = {hit.message_pk for hit in batch}
-        if any(pk not in self._known for pk in pks):
-            async with rt.db.read() as session:
-                messages = await self._messages(session, pks, True)
-        else:
-            messages = {pk: self._known[pk] for pk in pks}
-        rows, sweeps, human = await self._rows(batch, messages, stamp=_micros)
-        await self._writer.write(rows, [_sweep(pk, at, reason) for pk, at, reason in sweeps])
-        human = self._with_unjudged(human)
+        hits: list[tuple[Any, ...]] = []
+        for start in range(0, len(batch), self.batch):
+            if start:  # a backlog-sized flush must not stall the pixel
+                await asyncio.sleep(0)
+            hits += [(hit.message_pk, (req := hit.request).kind, req.method, req.user_agent,
+                      req.ip, _micros(req.at), req.trap, req.burst, hit.url)
+                     for hit in batch[start:start + self.batch]]
+        written = await self._writer.write(hits)
+        human = self._with_unjudged({subscriber_id: set(kinds)
+                                     for subscriber_id, kinds in written.items()})
         self._unjudged = {}
         if not human:
             return
@@ -302,8 +303,8 @@ class Tracker:
             req = hit.request
             verdict = classify(req, sent_at, after_send_s=after_send_s)
             if verdict.machine:
-                data = _machine_data(verdict.reason)
-                if verdict.reason in ("burst", "trap"):
+                data = machine_data(verdict.reason)
+                if verdict.reason in SWEEPING:
                     sweeps.append((hit.message_pk, req.at, verdict.reason))
             else:
                 data = "{}"
@@ -345,12 +346,12 @@ class Tracker:
     async def _mark_neighbours(self, session: object, message_pk: int, at: dt.datetime,
                                reason: str) -> None:
         """Clicks already written that belong to the same sweep become machine clicks too."""
-        reach = _reach(reason)
+        span = reach(reason)
         await session.execute(  # type: ignore[attr-defined]
             update(Event)
             .where(Event.message_id == message_pk, Event.type == "click",
-                   Event.machine.is_(False), Event.created_at >= at - reach,
-                   Event.created_at <= at + reach)
+                   Event.machine.is_(False), Event.created_at >= at - span,
+                   Event.created_at <= at + span)
             .values(machine=True, data={"machine_reason": reason})
         )
 
@@ -386,23 +387,8 @@ def _row_writer(rt: Runtime) -> RowWriter | None:
     if not rt.db.is_sqlite or not path or path == ":memory:" or url.query.get("mode") == "memory" \
             or url.query.get("uri") or rt.settings.track_writer != "process":
         return None
-    return RowWriter(path, SQLITE_PRAGMAS + WRITER_PRAGMAS)
-
-
-def _reach(reason: str) -> dt.timedelta:
-    return dt.timedelta(seconds=BURST_WINDOW_S if reason == "burst" else TRAP_REACH_S)
-
-
-def _sweep(message_pk: int, at: dt.datetime, reason: str) -> tuple[int, str, str, str]:
-    """``Tracker._mark_neighbours`` for the writer process: message, time span as stored, data."""
-    reach = _reach(reason)
-    return (message_pk, _stored_time(at - reach), _stored_time(at + reach), _machine_data(reason))
-
-
-@functools.cache
-def _machine_data(reason: str) -> str:
-    """A machine event's ``data`` as stored: one of a handful of reasons, each encoded once."""
-    return json.dumps({"machine_reason": reason})
+    return RowWriter(path, SQLITE_PRAGMAS + WRITER_PRAGMAS,
+                     after_send_s=rt.settings.machine_after_send_s, promoting=PROMOTING_TYPES)
 
 
 def _index_order(row: tuple[Any, ...]) -> tuple[int, int]:

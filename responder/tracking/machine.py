@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ SCANNER_AGENTS = (
 )
 SCANNER = re.compile("|".join(re.escape(marker) for marker in SCANNER_AGENTS))
 BURST_WINDOW_S = 1.0
+TRAP_REACH_S = 5.0  # a trap hit marks the message's other clicks this close to it as machine
+SWEEPING = ("burst", "trap")  # reasons that also turn the message's neighbouring clicks machine
 
 
 @dataclass(slots=True)  # not frozen: built on every pixel request, and frozen init is slower
@@ -93,3 +96,14 @@ def classify(req: Request, sent_at: dt.datetime | None, *, after_send_s: int) ->
     if sent_at is not None and (req.at - sent_at).total_seconds() < after_send_s:
         return Verdict(True, "too_soon")
     return HUMAN
+
+
+def reach(reason: str) -> dt.timedelta:
+    """How far from a sweeping event its message's other clicks are marked machine too."""
+    return dt.timedelta(seconds=BURST_WINDOW_S if reason == "burst" else TRAP_REACH_S)
+
+
+@functools.cache
+def machine_data(reason: str) -> str:
+    """A machine event's ``data`` as stored: one of a handful of reasons, each encoded once."""
+    return json.dumps({"machine_reason": reason})
