@@ -11,6 +11,8 @@ for the delivery backoff, so a worker that dies mid-send delays a mail but never
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import html
@@ -136,6 +138,15 @@ def answer_by(now: dt.datetime, hours: int) -> str:
     return f"{due:%A} {due.day} {due:%B} {due:%Y}"
 
 
+@dataclass
+class _Lease:
+    """This worker's hold on one enquiry's ``kind`` mail: the expiry it last wrote."""
+
+    kind: str
+    enquiry_id: int
+    until: dt.datetime
+
+
 class EnquiryLoop(PollingLoop):
     """Sends acknowledgements, answers and the digest; one unit is one pass over what is due."""
 
@@ -159,25 +170,60 @@ class EnquiryLoop(PollingLoop):
         """An enquiry whose ``kind`` mail ("ack" or "answer") is due now: waiting and past its
         backoff, or claimed by a worker whose claim has lapsed (it stopped mid-send)."""
         state, at = getattr(Enquiry, f"{kind}_state"), getattr(Enquiry, f"{kind}_at")
-        return and_(state.in_(("due", "sending")), or_(at.is_(None), at <= now))
+        return or_(and_(state == "due", or_(at.is_(None), at <= now)),
+                   and_(state == "sending", at <= now))
 
-    async def _claim(self, kind: str, enquiry_id: int) -> bool:
-        """Lease one enquiry's ``kind`` mail to this worker for ``lease_s``; False if it is not
+    async def _claim(self, kind: str, enquiry_id: int) -> _Lease | None:
+        """Lease one enquiry's ``kind`` mail to this worker for ``lease_s``; None if it is not
         due (another worker holds it, or it waits for a retry). A worker that dies holding it
         leaves it to the next worker once the lease lapses: the mail is late, never lost."""
         now = self.rt.clock.now()
+        lease = _Lease(kind, enquiry_id, now + dt.timedelta(seconds=self.rt.settings.lease_s))
         async with self.rt.db.transaction() as session:
             result = await session.execute(
                 update(Enquiry).where(Enquiry.id == enquiry_id, self._due(kind, now))
-                .values({f"{kind}_state": "sending",
-                         f"{kind}_at": now + dt.timedelta(seconds=self.rt.settings.lease_s)}))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+                .values({f"{kind}_state": "sending", f"{kind}_at": lease.until}))
+        return lease if result.rowcount else None  # type: ignore[attr-defined]
 
-    async def _finish(self, kind: str, enquiry: Enquiry, outcome: str, attempts: int,
+    async def _send_leased(self, lease: _Lease, mail: Mail) -> str:
+        """``_send`` while the lease is renewed every third of it, so a slow server does not
+        let another worker take the mail and send it again."""
+        done = asyncio.Event()
+        renewing = asyncio.create_task(self._renew(lease, done))
+        try:
+            return await self._send(mail)
+        finally:
+            done.set()  # not cancelled: a renewal in flight completes and is recorded
+            await renewing
+
+    async def _renew(self, lease: _Lease, done: asyncio.Event) -> None:
+        lease_s = self.rt.settings.lease_s
+        state, at = getattr(Enquiry, f"{lease.kind}_state"), getattr(Enquiry, f"{lease.kind}_at")
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), lease_s / 3)
+            if done.is_set():
+                return
+            until = self.rt.clock.now() + dt.timedelta(seconds=lease_s)
+            try:
+                async with self.rt.db.transaction() as session:
+                    result = await session.execute(
+                        update(Enquiry).where(Enquiry.id == lease.enquiry_id, state == "sending",
+                                              at == lease.until).values({at: until}))
+            except Exception:  # the next renewal (or the lease's slack) covers a blip
+                log.exception("enquiry %s: could not renew the lease", lease.enquiry_id)
+                continue
+            if not result.rowcount:  # type: ignore[attr-defined]
+                return
+            lease.until = until
+
+    async def _finish(self, lease: _Lease, enquiry: Enquiry, outcome: str, attempts: int,
                       since: dt.datetime, most: int | None = None) -> None:
-        """Record a send's outcome; a deferred one waits for its backoff (as a message's does),
-        and fails after ``most`` attempts or the message lifetime."""
+        """Record a send's outcome while still holding the lease; a deferred one waits for its
+        backoff (as a message's does), and fails after ``most`` attempts or the message
+        lifetime."""
         rt = self.rt
+        kind = lease.kind
         now = rt.clock.now()
         retry_at = None
         if outcome == "due":
@@ -190,9 +236,12 @@ class EnquiryLoop(PollingLoop):
         if kind == "ack":
             values["acknowledged_at"] = now if outcome == "sent" else None
         async with rt.db.transaction() as session:
-            await session.execute(update(Enquiry).where(
-                Enquiry.id == enquiry.id, getattr(Enquiry, f"{kind}_state") == "sending")
-                .values(values))
+            result = await session.execute(update(Enquiry).where(
+                Enquiry.id == enquiry.id, getattr(Enquiry, f"{kind}_state") == "sending",
+                getattr(Enquiry, f"{kind}_at") == lease.until).values(values))
+        if not result.rowcount:  # type: ignore[attr-defined]
+            log.warning("enquiry %s: the %s lease was lost before its outcome (%s) was recorded",
+                        enquiry.id, kind, outcome)
 
     async def _send(self, mail: Mail) -> str:
         try:
@@ -213,17 +262,18 @@ class EnquiryLoop(PollingLoop):
                 .limit(20))).scalars())
             template = await newest_template(session, "enquiry-ack")
         for enquiry in due:
-            if not await self._claim("ack", enquiry.id):
+            lease = await self._claim("ack", enquiry.id)
+            if lease is None:
                 continue
             try:
                 if template is None:
                     raise TemplateError("no template named 'enquiry-ack'")
                 mail = self.ack_mail(enquiry, template.subject, template.html, template.text)
-                outcome = await self._send(mail)
+                outcome = await self._send_leased(lease, mail)
             except TemplateError as exc:
                 log.error("enquiry %s: acknowledgement not rendered: %s", enquiry.id, exc.message)
                 outcome = "failed"
-            await self._finish("ack", enquiry, outcome, enquiry.ack_attempts + 1,
+            await self._finish(lease, enquiry, outcome, enquiry.ack_attempts + 1,
                                enquiry.created_at, most=MAX_ACK_ATTEMPTS)
         return len(due)
 
@@ -257,7 +307,8 @@ class EnquiryLoop(PollingLoop):
                 select(Enquiry).where(self._due("answer", rt.clock.now())).order_by(Enquiry.id)
                 .limit(20))).scalars())
         for enquiry in due:
-            if not await self._claim("answer", enquiry.id):
+            lease = await self._claim("answer", enquiry.id)
+            if lease is None:
                 continue
             answer = enquiry.answer or ""
             quoted = "\n".join("> " + line for line in enquiry.body.splitlines())
@@ -269,8 +320,8 @@ class EnquiryLoop(PollingLoop):
             mail = self._mail(enquiry, subject, body, text)
             # An answer is written by a person, not a robot: no Auto-Submitted header.
             mail = dataclasses.replace(mail, extra_headers=())
-            outcome = await self._send(mail)
-            await self._finish("answer", enquiry, outcome, enquiry.answer_attempts + 1,
+            outcome = await self._send_leased(lease, mail)
+            await self._finish(lease, enquiry, outcome, enquiry.answer_attempts + 1,
                                enquiry.answered_at or enquiry.created_at)
         return len(due)
 

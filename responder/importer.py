@@ -10,6 +10,7 @@ are active and enrolled in their layer's sequence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import datetime as dt
 import logging
@@ -256,6 +257,8 @@ async def run_job(rt: Runtime, job_id: int, path: Path, consent_source: str | No
         async with rt.db.transaction() as session:
             job = await session.get(ImportJob, job_id)
             assert job is not None
+            if job.state != "running":  # declared dead after STALE_AFTER without progress
+                raise _Abandoned(job.state)
             job.updated_at = rt.clock.now()
             job.bytes_read, job.rows_read = progress.bytes_read, progress.rows_read
             job.imported, job.rejected = progress.imported, progress.rejected
@@ -263,24 +266,36 @@ async def run_job(rt: Runtime, job_id: int, path: Path, consent_source: str | No
             for key, value in extra.items():
                 setattr(job, key, value)
 
+    async def settle(progress: ImportProgress, **extra: Any) -> None:
+        with contextlib.suppress(_Abandoned):  # already failed: leave its row as it is
+            await save(progress, **extra)
+
     state = ImportProgress(bytes_total=path.stat().st_size)
     try:
         with path.open("rb") as binary:
             state = await import_csv(rt, binary, consent_source=consent_source,
                                      bytes_total=state.bytes_total, progress=save)
-        await save(state, state="done", finished_at=rt.clock.now())
+        await settle(state, state="done", finished_at=rt.clock.now())
+    except _Abandoned:
+        log.error("import job %s: stopped, its row was marked failed after %s without progress",
+                  job_id, STALE_AFTER)
     except ValidationError as exc:
-        await save(state, state="failed", error=exc.message, finished_at=rt.clock.now())
+        await settle(state, state="failed", error=exc.message, finished_at=rt.clock.now())
     except asyncio.CancelledError:
-        await save(state, state="failed", error="the server stopped during the import; "
-                   "rows imported so far stay, run the rest again", finished_at=rt.clock.now())
+        await settle(state, state="failed", error="the server stopped during the import; "
+                     "rows imported so far stay, run the rest again", finished_at=rt.clock.now())
         raise
     except Exception as exc:
         log.exception("import job %s failed", job_id)
-        await save(state, state="failed", error=f"internal error: {type(exc).__name__}",
-                   finished_at=rt.clock.now())
+        await settle(state, state="failed", error=f"internal error: {type(exc).__name__}",
+                     finished_at=rt.clock.now())
     finally:
         path.unlink(missing_ok=True)
+
+
+class _Abandoned(Exception):
+    """The job's row is no longer "running": it was declared dead, so the import stops rather
+    than overwrite that (its rows so far stay, as the error message says)."""
 
 
 def job_json(job: ImportJob) -> dict[str, Any]:

@@ -87,3 +87,36 @@ async def test_exclusive_blocks_run_one_at_a_time(database_url: str) -> None:
         await first.dispose()
         await second.dispose()
     assert overlaps == 0
+
+
+async def test_enquiry_mails_stuck_sending_before_leases_fail_on_upgrade(database_url: str) -> None:
+    """Before i10 a worker that died mid-send left an enquiry mail 'sending' with no lease;
+    the upgrade marks those failed rather than mailing them again, maybe months later."""
+    from alembic import command
+
+    database = Database(database_url)
+    try:
+        def upgrade_to(target: str) -> object:
+            def run(connection: object) -> None:
+                cfg = alembic_config()
+                cfg.attributes["connection"] = connection
+                command.upgrade(cfg, target)
+            return run
+
+        async with database.writer.begin() as conn:
+            await conn.run_sync(upgrade_to("i9_claim_index"))
+            await conn.execute(text(
+                "INSERT INTO enquiries (email, subject, body, state, created_at, ack_state,"
+                " ack_attempts, answer, answer_state, name, source) VALUES"
+                " ('a@example.com', '', 'q', 'answered', '2026-01-01 00:00:00', 'sending', 0,"
+                " 'yes', 'sending', '', 'form'),"
+                " ('b@example.com', '', 'q', 'open', '2026-01-01 00:00:00', 'due', 0,"
+                " NULL, NULL, '', 'form')"))
+        await database.migrate()
+        async with database.read() as session:
+            rows = (await session.execute(text(
+                "SELECT email, ack_state, answer_state, ack_at FROM enquiries ORDER BY email"))).all()
+        assert [tuple(row) for row in rows] == [("a@example.com", "failed", "failed", None),
+                                                 ("b@example.com", "due", None, None)]
+    finally:
+        await database.dispose()

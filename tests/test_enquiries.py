@@ -203,6 +203,18 @@ async def test_a_mail_claimed_by_a_worker_that_died_is_sent_once_its_lease_lapse
         assert (row.answer_state, row.answer_attempts, row.answer_at) == ("sent", 1, None)
         await live.send_answers()
         assert len(smtp.received) == 2
+
+        # A worker whose lease lapsed mid-send cannot overwrite what the next one recorded.
+        second = await open_enquiry(rt, EnquiryIn(email="bob@example.com", body="Me too?"))
+        slow = await dead._claim("ack", second)
+        assert slow is not None
+        clock.advance(rt.settings.lease_s + 1)
+        await live.send_acks()
+        await smtp.wait_for(1, "bob@example.com")
+        row = await _enquiry(rt, second)
+        await dead._finish(slow, row, "due", 1, row.created_at)  # its late 451
+        row = await _enquiry(rt, second)
+        assert (row.ack_state, row.ack_attempts, row.ack_at) == ("sent", 1, None)
         await live.transport.close()
         await dead.transport.close()
     finally:

@@ -174,3 +174,28 @@ async def test_a_job_left_running_by_a_killed_server_shows_as_failed(app: App) -
     async with app.rt.db.read() as session:
         stored = await session.get_one(ImportJob, job_id)
     assert stored.state == "failed" and stored.finished_at == app.clock.now()
+
+
+async def test_an_import_declared_dead_stops_and_leaves_its_row_failed(app: App, tmp_path: Path) -> None:
+    """A live import whose row was marked failed (no progress for STALE_AFTER, say a database
+    stuck that long) stops at its next progress save instead of writing "done" over it."""
+    from responder.importer import BATCH_ROWS, run_job
+    from responder.models import ImportJob
+
+    path = tmp_path / "big.csv"
+    path.write_text("email,name\n" + "".join(f"p{i}@example.com,P {i}\n"
+                                             for i in range(BATCH_ROWS * 3)))
+    async with app.rt.db.transaction() as session:
+        job = ImportJob(state="failed", error="declared dead", consent_source="shop",
+                        bytes_total=path.stat().st_size, rejected_rows=[],
+                        created_at=app.clock.now(), updated_at=app.clock.now())
+        session.add(job)
+        await session.flush()
+        job_id = job.id
+    await run_job(app.rt, job_id, path, "shop")
+    async with app.rt.db.read() as session:
+        stored = await session.get_one(ImportJob, job_id)
+        imported = (await session.execute(select(func.count()).select_from(Subscriber))).scalar_one()
+    assert (stored.state, stored.error, stored.imported) == ("failed", "declared dead", 0)
+    assert 0 < imported <= BATCH_ROWS  # its first batch, then it stopped
+    assert not path.exists()

@@ -435,9 +435,69 @@ async def _judged_again(papp: App, monkeypatch: pytest.MonkeyPatch) -> None:
         papp.clock.advance(5)
         await papp.client.get(click_path(papp, pk, "https://a.example/"), headers=BROWSER,
                               allow_redirects=False)
-    await flushed(papp)  # idle only once the retried judgement went through
+    await flushed(papp)
     assert failures == [1]
     assert len(await events(papp, type="click")) == 2
-    async with papp.rt.db.read() as session:
-        [move] = (await session.execute(select(LayerHistory))).scalars().all()
+    for _ in range(200):  # retried RETRY_PAUSE_S after the failure, with no event since
+        async with papp.rt.db.read() as session:
+            moves = (await session.execute(select(LayerHistory))).scalars().all()
+        if moves:
+            break
+        await asyncio.sleep(0.01)
+    [move] = moves
     assert "clicked in 2 mails" in move.reason and move.subscriber_id == subscriber
+
+    # An event offered while the retried judgement runs is flushed at once, not left waiting
+    # for a full batch (the loop looks at the queue again after judging).
+    failures.clear()
+    tracker = state(papp).tracker
+    offered = asyncio.Event()
+
+    async def judged_while_a_click_arrives(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not failures:
+            failures.append(1)
+            raise OperationalError("UPDATE subscribers", {}, Exception("database is locked"))
+        if not offered.is_set():
+            offered.set()
+            await papp.client.get(click_path(papp, first, "https://b.example/"), headers=BROWSER,
+                                  allow_redirects=False)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "judge_many", judged_while_a_click_arrives)
+    papp.clock.advance(5)
+    await papp.client.get(click_path(papp, first, "https://c.example/"), headers=BROWSER,
+                          allow_redirects=False)
+    for _ in range(300):
+        if len(await events(papp, type="click")) == 4 and not tracker.pending:
+            break
+        await asyncio.sleep(0.01)
+    assert offered.is_set() and len(await events(papp, type="click")) == 4
+
+
+async def test_a_message_read_before_its_send_is_recorded_is_read_again(papp: App) -> None:
+    """A batch's send times are recorded after its sends, so a hit can find a message with no
+    send time yet; that is not remembered, and the next hit is judged against the send time."""
+    from sqlalchemy import update
+
+    from responder.models import Message
+
+    subscriber, _ = await make_subscriber(papp)
+    async with papp.rt.db.transaction() as session:
+        message = Message(subscriber_id=subscriber, kind="newsletter", template_name="x",
+                          state="sending", attempts=1, next_attempt_at=papp.clock.now(),
+                          message_id="<unsent@t>", created_at=papp.clock.now())
+        session.add(message)
+        await session.flush()
+        pk = message.id
+    await papp.client.get(open_path(papp, pk), headers=BROWSER)
+    await flushed(papp)
+    async with papp.rt.db.transaction() as session:
+        await session.execute(update(Message).where(Message.id == pk)
+                              .values(state="sent", sent_at=papp.clock.now()))
+    papp.clock.advance(3)  # within machine_after_send_s of the recorded send
+    await papp.client.get(open_path(papp, pk), headers=BROWSER)
+    await flushed(papp)
+    opens = sorted((e for e in await events(papp, type="open") if e.message_id == pk),
+                   key=lambda e: e.id)
+    assert [(e.machine, e.data) for e in opens] == [
+        (False, {}), (True, {"machine_reason": "too_soon"})]

@@ -42,6 +42,7 @@ from .writer import COLUMNS, RowWriter, WriteFailed, WriterUnavailable
 log = logging.getLogger(__name__)
 RETRY_PAUSE_S = 0.25
 REFUSALS_BEFORE_SPLIT = 3
+JUDGE_PAUSE_MAX_S = 60.0  # a judgement failing again and again is retried at most this far apart
 BACKLOG_FACTOR = 10
 RECENT_MESSAGES = 10_000
 KNOWN_MESSAGES = 100_000  # sent messages whose subscriber and send time the tracker remembers
@@ -83,6 +84,7 @@ class Tracker:
         self._known: OrderedDict[int, tuple[int, dt.datetime | None]] = OrderedDict()
         self._writer = _row_writer(self.rt)
         self._unjudged: dict[int, set[str]] = {}
+        self._judge_pause = RETRY_PAUSE_S  # doubles while judging the left subscribers fails
 
     def offer(self, hit: Hit) -> bool:
         """Queue one open or click; False (and counted) when the queue is full."""
@@ -124,15 +126,18 @@ class Tracker:
         refusals = 0  # times in a row the database refused the batch for what it holds
         while True:
             if not self._items:
-                if self._unjudged and not await self._judge_left():
-                    if not self._stopping:  # again shortly, or with the next batch
+                if self._unjudged:
+                    if await self._judge_left() or self._items:
+                        continue  # events may have arrived while it judged
+                    if not self._stopping:  # again after a pause, or with the next batch
+                        self._idle.set()  # the events themselves are on disk
                         self._arrived.clear()
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._arrived.wait(), RETRY_PAUSE_S)
+                            await asyncio.wait_for(self._arrived.wait(), self._judge_pause)
+                        self._judge_pause = min(self._judge_pause * 2, JUDGE_PAUSE_MAX_S)
                         continue
                     log.error("tracking: stopping with %d subscribers not judged for promotion; "
-                              "their next event or the daily sweep judges them",
-                              len(self._unjudged))
+                              "their next event judges them", len(self._unjudged))
                 self._idle.set()
                 if self._stopping:
                     return
@@ -219,7 +224,7 @@ class Tracker:
                 await self._mark_neighbours(session, message_pk, at, reason)
             human = self._with_unjudged(human)
             moves = await judge_many(session, set(human), rt.clock.now(), human)
-        self._unjudged = {}
+        self._unjudged, self._judge_pause = {}, RETRY_PAUSE_S
         if moves:
             rt.wake_scheduler()
 
@@ -241,7 +246,7 @@ class Tracker:
         written = await self._writer.write(hits)
         human = self._with_unjudged({subscriber_id: set(kinds)
                                      for subscriber_id, kinds in written.items()})
-        self._unjudged = {}
+        self._unjudged, self._judge_pause = {}, RETRY_PAUSE_S
         if not human:
             return
         try:
@@ -267,11 +272,16 @@ class Tracker:
         try:
             async with self.rt.db.transaction() as session:
                 moves = await judge_many(session, set(human), self.rt.clock.now(), human)
-        except Exception:
-            log.exception("tracking: judging %d subscribers for promotion failed again",
-                          len(human))
-            self._unjudged = human
+        except Exception as exc:
+            if self._judge_pause == RETRY_PAUSE_S:  # the traceback once, then a line per try
+                log.exception("tracking: judging %d subscribers for promotion failed again",
+                              len(human))
+            else:
+                log.warning("tracking: judging %d subscribers for promotion failed again: %s",
+                            len(human), exc)
+            self._unjudged = self._with_unjudged(human)
             return False
+        self._judge_pause = RETRY_PAUSE_S
         if moves:
             self.rt.wake_scheduler()
         return True
@@ -338,10 +348,11 @@ class Tracker:
         if not sqlite:
             return found
         for pk, value in found.items():
-            known[pk] = value
+            if value[1] is not None:  # not yet recorded as sent: read again next time
+                known[pk] = value
         while len(known) > KNOWN_MESSAGES:
             known.popitem(last=False)
-        return {pk: known[pk] for pk in pks if pk in known}
+        return {pk: known[pk] for pk in pks if pk in known} | found
 
     async def _mark_neighbours(self, session: object, message_pk: int, at: dt.datetime,
                                reason: str) -> None:

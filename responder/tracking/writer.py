@@ -106,18 +106,25 @@ class Batches:
         self.known: OrderedDict[int, tuple[int, dt.datetime | None]] = OrderedDict()
 
     def messages(self, pks: set[int]) -> dict[int, tuple[int, dt.datetime | None]]:
+        """Subscriber and send time of each message that exists; a message not yet recorded
+        as sent (its batch's outcomes are written after the sends) is not remembered, so a
+        later hit sees its send time."""
         known = self.known
-        ask = [pk for pk in pks if pk not in known]
+        found = {pk: known[pk] for pk in pks if pk in known}
+        ask = [pk for pk in pks if pk not in found]
         for start in range(0, len(ask), 500):
             chunk = ask[start:start + 500]
             for pk, subscriber_id, sent_at in self.conn.execute(
                     f"SELECT id, subscriber_id, sent_at FROM messages WHERE id IN "
                     f"({', '.join('?' * len(chunk))})", chunk):
-                known[pk] = (subscriber_id, None if sent_at is None else
-                             dt.datetime.fromisoformat(sent_at).replace(tzinfo=dt.UTC))
+                if sent_at is None:
+                    found[pk] = (subscriber_id, None)
+                else:
+                    found[pk] = known[pk] = (
+                        subscriber_id, dt.datetime.fromisoformat(sent_at).replace(tzinfo=dt.UTC))
         while len(known) > KNOWN_MESSAGES:
             known.popitem(last=False)
-        return {pk: known[pk] for pk in pks if pk in known}
+        return found
 
     def write(self, hits: list[tuple[Any, ...]]) -> dict[int, list[str]]:
         """The hits' rows in index order and their sweeps, written in one transaction; the

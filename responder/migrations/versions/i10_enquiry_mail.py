@@ -24,6 +24,10 @@ def upgrade() -> None:
                                       nullable=True))
         batch_op.add_column(sa.Column("answer_at", responder.models.UTCDateTime(timezone=True),
                                       nullable=True))
+    # Mails a worker claimed and never recorded (it stopped mid-send): whether they went out is
+    # unknown, and they may be months old. Failed, for an admin to see, rather than sent again.
+    op.execute("UPDATE enquiries SET ack_state = 'failed' WHERE ack_state = 'sending'")
+    op.execute("UPDATE enquiries SET answer_state = 'failed' WHERE answer_state = 'sending'")
 
 
 def downgrade() -> None:
