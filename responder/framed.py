@@ -23,7 +23,12 @@ LENGTH = struct.Struct(">I")
 
 
 class ChildGone(Exception):
-    """The child is not running."""
+    """The child is not running. ``in_flight``: it died with this request in hand, so whether
+    the request's work was done is unknown (it may have finished and died before answering)."""
+
+    def __init__(self, message: str, *, in_flight: bool = False) -> None:
+        super().__init__(message)
+        self.in_flight = in_flight
 
 
 class FramedChild:
@@ -101,7 +106,7 @@ class FramedChild:
             while self._waiting:
                 future = self._waiting.popleft()
                 if not future.done():
-                    future.set_exception(self.gone(f"the {self.what} stopped"))
+                    future.set_exception(self.gone(f"the {self.what} stopped", in_flight=True))
 
     async def close(self) -> None:
         process, self._process = self._process, None

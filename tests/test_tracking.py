@@ -501,3 +501,34 @@ async def test_a_message_read_before_its_send_is_recorded_is_read_again(papp: Ap
                    key=lambda e: e.id)
     assert [(e.machine, e.data) for e in opens] == [
         (False, {}), (True, {"machine_reason": "too_soon"})]
+
+
+async def test_a_batch_the_writer_committed_before_dying_is_not_written_again(
+        sqlite_url: str, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer process may die between its COMMIT and its answer; the server, taking over,
+    finds the batch on disk and does not write it a second time."""
+    from responder.tracking.writer import WriterUnavailable
+
+    async with running_app(sqlite_url, smtp, clock, RESPONDER_TRACK_FLUSH_MS="20") as papp:
+        tracker = state(papp).tracker
+        writer = tracker._writer
+        assert writer is not None
+        real_write = writer.write
+
+        async def commit_then_die(hits):  # type: ignore[no-untyped-def]
+            await real_write(hits)
+            await writer.close()
+            raise WriterUnavailable("the tracking writer stopped", in_flight=True)
+
+        monkeypatch.setattr(writer, "write", commit_then_die)
+        _, message = await make_subscriber(papp)
+        for _ in range(3):
+            papp.clock.advance(1)
+            assert (await papp.client.get(open_path(papp, message), headers=BROWSER)).status == 200
+        await flushed(papp)
+        assert tracker._writer is None
+        assert len(await events(papp, type="open")) == 3
+        papp.clock.advance(1)
+        await papp.client.get(open_path(papp, message), headers=BROWSER)  # written in process
+        await flushed(papp)
+        assert len(await events(papp, type="open")) == 4

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -212,6 +212,10 @@ class Tracker:
             except WriterUnavailable as exc:  # from now on this process writes, as on PostgreSQL
                 log.error("tracking: %s; writing in process", exc)
                 self._writer = None
+                if exc.in_flight and await self._committed(batch):  # died after COMMIT
+                    log.warning("tracking: the writer process had written its last batch of %d "
+                                "events", len(batch))
+                    return
         rt = self.rt
         sqlite = rt.db.is_sqlite
         async with rt.db.transaction() as session:
@@ -227,6 +231,24 @@ class Tracker:
         self._unjudged, self._judge_pause = {}, RETRY_PAUSE_S
         if moves:
             rt.wake_scheduler()
+
+    async def _committed(self, batch: list[Hit]) -> bool:
+        """Whether a batch the writer process died holding is on disk already (it may die
+        between COMMIT and its answer). It writes a batch in one transaction, so the batch's
+        first event with a message still there tells: on disk at least as many times (same
+        message, type and time to the µs) as the batch holds it."""
+        async with self.rt.db.read() as session:
+            for hit in batch[:8]:
+                req = hit.request
+                stored = (await session.execute(
+                    select(func.count()).select_from(Event).where(
+                        Event.message_id == hit.message_pk, Event.type == req.kind,
+                        Event.created_at == req.at))).scalar_one()
+                if stored:
+                    return stored >= sum(1 for other in batch if other.message_pk ==
+                                         hit.message_pk and other.request.kind == req.kind
+                                         and other.request.at == req.at)
+        return False
 
     async def _flush_through_writer(self, batch: list[Hit]) -> None:
         """SQLite: the hits go to the writer process, which turns them into rows and writes
