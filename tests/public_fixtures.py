@@ -44,6 +44,21 @@ async def make_subscriber(app: App, email: str = "reader@example.com", *, layer:
         return subscriber.id, message.id
 
 
+async def another_message(app: App, subscriber_id: int, *, state: str = "sent",
+                          sent_ago_s: float | None = 3600) -> int:
+    """One more mail to ``subscriber_id``, sent ``sent_ago_s`` ago (None: not recorded as sent)."""
+    now = app.clock.now()
+    async with app.rt.db.transaction() as session:
+        message = Message(subscriber_id=subscriber_id, kind="newsletter", template_name="x",
+                          state=state, attempts=1, next_attempt_at=now,
+                          message_id=f"<another.{subscriber_id}.{now.timestamp()}@t>",
+                          created_at=now, sent_at=None if sent_ago_s is None
+                          else now - dt.timedelta(seconds=sent_ago_s))
+        session.add(message)
+        await session.flush()
+        return message.id
+
+
 async def events(app: App, **where: Any) -> list[Event]:
     async with app.rt.db.read() as session:
         query = select(Event).order_by(Event.id)

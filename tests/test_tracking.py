@@ -21,7 +21,7 @@ from responder.tracking.track import GIF, TRAP
 from responder.tracking.writer import RowWriter, WriteFailed
 
 from .conftest import App, FakeClock, SmtpSink, running_app
-from .public_fixtures import events, flushed, make_subscriber, state
+from .public_fixtures import another_message, events, flushed, make_subscriber, state
 
 BROWSER = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0"}
 
@@ -147,15 +147,7 @@ async def test_many_links_of_one_mail_within_a_second_is_a_scanner(papp: App) ->
 
 async def test_human_clicks_promote_when_the_batch_is_flushed(papp: App) -> None:
     subscriber, first = await make_subscriber(papp)
-    async with papp.rt.db.transaction() as session:
-        from responder.models import Message
-        second = Message(subscriber_id=subscriber, kind="newsletter", template_name="x",
-                         state="sent", attempts=1, next_attempt_at=papp.clock.now(),
-                         message_id="<second@t>", created_at=papp.clock.now(),
-                         sent_at=papp.clock.now() - dt.timedelta(hours=1))
-        session.add(second)
-        await session.flush()
-        second_pk = second.id
+    second_pk = await another_message(papp, subscriber)
     machine = {"User-Agent": "curl/8.0"}
     for pk in (first, second_pk):  # machine clicks in two mails promote nobody
         await papp.client.get(click_path(papp, pk, "https://a.example/"), headers=machine,
@@ -243,18 +235,31 @@ async def test_writer_process_writes_a_batch_in_one_transaction_or_not_at_all(tm
             (8, 3, "click", 1, '{"machine_reason": "too_soon"}', "2026-01-01 00:00:00.000007")]
 
 
-def test_the_writer_stores_event_times_as_the_column_does() -> None:
-    """The writer process gets times as integer microseconds and stores the text
-    ``UTCDateTime`` would: the same for every time, at whole seconds and across them."""
-    from responder.tracking.batch import _micros, _stored_time
-    from responder.tracking.writer import stored_text
+def test_the_writer_stores_event_times_as_the_column_does(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Hits carry times as integer microseconds and the writer stores the very text the
+    ``UTCDateTime`` column writes to SQLite: at whole seconds, across them, in any zone."""
+    from sqlalchemy import Column, Integer, MetaData, Table, create_engine, insert
+
+    from responder.models import UTCDateTime
+    from responder.tracking.batch import Hit
+    from responder.tracking.machine import Request
+    from responder.tracking.writer import hits_of, stored_text
 
     start = dt.datetime(2026, 11, 24, 23, 59, 58, 999_999, tzinfo=dt.UTC)
     times = [start + dt.timedelta(microseconds=n) for n in (0, 1, 2, 999_999, 1_000_001)]
     times += [dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
               dt.datetime(2038, 1, 19, 3, 14, 8, 123_456, tzinfo=dt.timezone(dt.timedelta(hours=2)))]
-    for at in times:
-        assert stored_text(_micros(at)) == _stored_time(at), at
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True),
+                  Column("at", UTCDateTime(timezone=True)))
+    engine = create_engine(f"sqlite:///{tmp_path / 't.db'}")
+    table.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"id": n, "at": at} for n, at in enumerate(times)])
+    engine.dispose()
+    with sqlite3.connect(tmp_path / "t.db") as conn:
+        stored = [text for (text,) in conn.execute("SELECT at FROM t ORDER BY id")]
+    hits = hits_of([Hit(1, Request("open", "GET", "", None, at)) for at in times])
+    assert [stored_text(hit[5]) for hit in hits] == stored
 
 
 async def test_an_undecodable_user_agent_is_stored_as_text(papp: App) -> None:
@@ -413,15 +418,7 @@ async def _judged_again(papp: App, monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert state(papp).tracker._writer is not None
     subscriber, first = await make_subscriber(papp)
-    async with papp.rt.db.transaction() as session:
-        from responder.models import Message
-        second = Message(subscriber_id=subscriber, kind="newsletter", template_name="x",
-                         state="sent", attempts=1, next_attempt_at=papp.clock.now(),
-                         message_id="<second@t>", created_at=papp.clock.now(),
-                         sent_at=papp.clock.now() - dt.timedelta(hours=1))
-        session.add(second)
-        await session.flush()
-        second_pk = second.id
+    second_pk = await another_message(papp, subscriber)
     real, failures = batch.judge_many, []
 
     async def refused_once(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -482,13 +479,7 @@ async def test_a_message_read_before_its_send_is_recorded_is_read_again(papp: Ap
     from responder.models import Message
 
     subscriber, _ = await make_subscriber(papp)
-    async with papp.rt.db.transaction() as session:
-        message = Message(subscriber_id=subscriber, kind="newsletter", template_name="x",
-                          state="sending", attempts=1, next_attempt_at=papp.clock.now(),
-                          message_id="<unsent@t>", created_at=papp.clock.now())
-        session.add(message)
-        await session.flush()
-        pk = message.id
+    pk = await another_message(papp, subscriber, state="sending", sent_ago_s=None)
     await papp.client.get(open_path(papp, pk), headers=BROWSER)
     await flushed(papp)
     async with papp.rt.db.transaction() as session:
