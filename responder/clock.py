@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Protocol
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def micros_of(at: dt.datetime) -> int:
+    """An aware time as integer microseconds since the epoch (exact, unlike a float)."""
+    return (at - EPOCH) // dt.timedelta(microseconds=1)
+
+
 class Clock(Protocol):
     def now(self) -> dt.datetime: ...
+
+    def micros(self) -> int:
+        """``now()`` as ``micros_of`` gives it; what the open pixel stamps its hits with."""
+        ...
 
 
 class SystemClock:
     def now(self) -> dt.datetime:
         return utcnow()
+
+    def micros(self) -> int:
+        return time.time_ns() // 1000
 
 
 class FakeClock:
@@ -27,6 +42,9 @@ class FakeClock:
 
     def now(self) -> dt.datetime:
         return self._now
+
+    def micros(self) -> int:
+        return micros_of(self._now)
 
     def advance(self, seconds: float = 0, **kwargs: float) -> dt.datetime:
         self._now += dt.timedelta(seconds=seconds, **kwargs)

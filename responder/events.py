@@ -17,7 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from . import webhooks
 from .models import Event, Layer, LayerHistory, Message, Step, Subscriber
 from .sequences.funnel import enroll, layer_sequence, move_layer, sunset, top_position
-from .sequences.promotion import PROMOTING_TYPES, Decision, EventFact, earns_preferred, evaluate
+from .sequences.promotion import (
+    PROMOTING_TYPES,
+    Decision,
+    EventFact,
+    earns_preferred,
+    evaluate,
+    rule_watches,
+)
 from .sequences.triggers import TRIGGERS, start_triggered
 
 EVENT_TYPES = frozenset({
@@ -136,23 +143,6 @@ async def judge(
     history = await move_layer(session, subscriber, target, reason=decision.reason,
                                event_ids=decision.event_ids, now=now)
     return decision, history
-
-
-KNOWN_PROMOTE_KEYS = {"on_any", "clicked_messages", "clicks"}
-# Parts of a rule that a new event can never turn into a move: demotion and sunset count silence
-# (an event only shortens it), the minimum stay only holds a move back, caps pace sending, and
-# ``preferred`` is granted elsewhere.
-INERT_RULE_KEYS = {"promote", "demote", "sunset", "min_stay", "caps", "preferred"}
-
-
-def rule_watches(rule: dict[str, Any], event_type: str) -> bool:
-    """Can an event of this type change what ``rule`` decides? True for any rule this code does
-    not fully understand, so a richer rule format is never judged too rarely."""
-    promote = rule.get("promote", {}) if isinstance(rule, dict) else None
-    if not isinstance(promote, dict) or set(promote) - KNOWN_PROMOTE_KEYS or set(rule) - INERT_RULE_KEYS:
-        return True
-    return event_type in promote.get("on_any", ()) or (
-        event_type == "click" and bool(promote.get("clicked_messages") or promote.get("clicks")))
 
 
 async def judge_many(

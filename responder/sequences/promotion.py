@@ -34,6 +34,23 @@ RULE_KEYS = frozenset({"promote", "demote", "sunset", "min_stay", "preferred", "
 COLLISIONS = ("step_waits", "newsletter_waits")
 
 
+KNOWN_PROMOTE_KEYS = {"on_any", "clicked_messages", "clicks"}
+# Parts of a rule that a new event can never turn into a move: demotion and sunset count silence
+# (an event only shortens it), the minimum stay only holds a move back, caps pace sending, and
+# ``preferred`` is granted elsewhere.
+INERT_RULE_KEYS = {"promote", "demote", "sunset", "min_stay", "caps", "preferred"}
+
+
+def rule_watches(rule: dict[str, Any], event_type: str) -> bool:
+    """Can an event of this type change what ``rule`` decides? True for any rule this code does
+    not fully understand, so a richer rule format is never judged too rarely."""
+    promote = rule.get("promote", {}) if isinstance(rule, dict) else None
+    if not isinstance(promote, dict) or set(promote) - KNOWN_PROMOTE_KEYS or set(rule) - INERT_RULE_KEYS:
+        return True
+    return event_type in promote.get("on_any", ()) or (
+        event_type == "click" and bool(promote.get("clicked_messages") or promote.get("clicks")))
+
+
 @dataclass(frozen=True)
 class EventFact:
     """The part of an event a rule may look at."""

@@ -31,13 +31,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..clock import EPOCH
 from ..db import SQLITE_PRAGMAS, WRITER_PRAGMAS
-from ..events import judge_many, rule_watches
-from ..models import Event, Layer, Message
+from ..events import judge_many
+from ..models import Event, Message
 from ..runtime import Runtime
 from ..sequences.promotion import PROMOTING_TYPES
-from .machine import BURST_WINDOW_S, Request, reach
-from .writer import COLUMNS, KNOWN_MESSAGES, EventRows, RowWriter, WriteFailed, WriterUnavailable, hits_of
+from .machine import BURST_WINDOW_S, reach
+from .writer import COLUMNS, KNOWN_MESSAGES, EventRows, RowWriter, WriteFailed, WriterUnavailable
 
 log = logging.getLogger(__name__)
 RETRY_PAUSE_S = 0.25
@@ -47,11 +48,7 @@ BACKLOG_FACTOR = 10
 RECENT_MESSAGES = 10_000
 
 
-@dataclass(slots=True)
-class Hit:
-    message_pk: int
-    request: Request
-    url: str | None = None
+Hit = tuple[Any, ...]  # one open or click, in ``writer.HIT`` order (``writer.hit_of``)
 
 
 @dataclass
@@ -218,10 +215,10 @@ class Tracker:
         rt = self.rt
         sqlite = rt.db.is_sqlite
         async with rt.db.transaction() as session:
-            messages = await self._messages(session, {hit.message_pk for hit in batch}, sqlite)
+            messages = await self._messages(session, {hit[0] for hit in batch}, sqlite)
             made = EventRows(rt.settings.machine_after_send_s, PROMOTING_TYPES, text_times=sqlite)
             async for part in self._in_turns(batch):
-                made.add(hits_of(part), messages)
+                made.add(part, messages)
             if made.rows:
                 await insert_events(session, made.in_index_order(), sqlite=sqlite)
             for message_pk, at, reason in made.sweeps:
@@ -238,39 +235,31 @@ class Tracker:
         first event with a message still there tells: on disk at least as many times (same
         message, type and time to the µs) as the batch holds it."""
         async with self.rt.db.read() as session:
-            for hit in batch[:8]:
-                req = hit.request
+            for message_pk, kind, *_, micros, _trap, _burst, _url in batch[:8]:
                 stored = (await session.execute(
                     select(func.count()).select_from(Event).where(
-                        Event.message_id == hit.message_pk, Event.type == req.kind,
-                        Event.created_at == req.at))).scalar_one()
+                        Event.message_id == message_pk, Event.type == kind,
+                        Event.created_at == EPOCH + dt.timedelta(microseconds=micros)))).scalar_one()
                 if stored:
-                    return stored >= sum(1 for other in batch if other.message_pk ==
-                                         hit.message_pk and other.request.kind == req.kind
-                                         and other.request.at == req.at)
+                    return stored >= sum(1 for other in batch if other[0] == message_pk
+                                         and other[1] == kind and other[5] == micros)
         return False
 
     async def _flush_through_writer(self, batch: list[Hit]) -> None:
         """SQLite: the hits go to the writer process, which turns them into rows and writes
-        them; promotion is judged here afterwards, in a transaction of its own and only when a
-        layer's rule watches what arrived. A judgement that fails is retried on its own shortly
-        (``_judge_left``) or with the next flush: the events are on disk and are not written
-        twice."""
+        them; promotion is judged here afterwards, in a transaction of its own, for the
+        subscribers it answers (those with human events some layer's rule watches). A
+        judgement that fails is retried on its own shortly (``_judge_left``) or with the next
+        flush: the events are on disk and are not written twice."""
         assert self._writer is not None
         rt = self.rt
-        written = await self._writer.write(
-            [hit async for part in self._in_turns(batch) for hit in hits_of(part)])
+        written = await self._writer.write(batch)
         human = self._with_unjudged({subscriber_id: set(kinds)
                                      for subscriber_id, kinds in written.items()})
         self._unjudged, self._judge_pause = {}, RETRY_PAUSE_S
         if not human:
             return
         try:
-            async with rt.db.read() as session:
-                rules = (await session.execute(select(Layer.rule))).scalars().all()
-            arrived = set().union(*human.values()) & PROMOTING_TYPES
-            if not any(rule_watches(rule or {}, kind) for rule in rules for kind in arrived):
-                return
             async with rt.db.transaction() as session:
                 moves = await judge_many(session, set(human), rt.clock.now(), human)
         except Exception:

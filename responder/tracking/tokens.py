@@ -8,11 +8,11 @@ tokens also carry their issue time and expire.
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import hmac
 import json
 import zlib
-from functools import lru_cache
 from json.encoder import encode_basestring  # what json.dumps(str, ensure_ascii=False) calls
 from typing import Any
 
@@ -37,6 +37,7 @@ _OPAD = bytes(x ^ 0x5C for x in range(256))
 # stay plain (a plain payload is as valid a token); longer ones are compressed as itsdangerous
 # does, which keeps a click token for a long URL within ``MAX_TOKEN_LEN``.
 COMPRESS_FROM_BYTES = 256
+OPEN_TOKENS_REMEMBERED = 16_384  # verified open tokens kept in memory (a few MB at most)
 
 
 def _compact_json(obj: Any) -> bytes:
@@ -103,7 +104,7 @@ class _Serializer(URLSafeSerializer):
             raise BadPayload("payload is not JSON") from exc
 
 
-@lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=16)
 def url_serializer(secret_key: str, salt: str) -> URLSafeSerializer:
     """A ``URLSafeSerializer`` for ``salt`` with the fast ``dumps`` and ``loads`` above."""
     return _Serializer(secret_key, salt)
@@ -121,6 +122,10 @@ class Tokens:
         self._unsubscribe = _Serializer(secret_key, salt="unsubscribe")
         self._view = _Serializer(secret_key, salt="view")
         self._confirm_max_age_s = confirm_max_age_s
+        # The pixel reads an open token on every request and a mail's images reload: tokens
+        # already verified answer from memory. Only tokens that pass are kept (a raised
+        # InvalidToken is not cached), so forged ones cannot fill it.
+        self._open_read = functools.lru_cache(maxsize=OPEN_TOKENS_REMEMBERED)(self._read_open)
 
     def confirm(self, subscriber_id: int) -> str:
         return self._confirm.dumps(subscriber_id)
@@ -147,6 +152,9 @@ class Tokens:
         return self._open.dumps(message_id)
 
     def read_open(self, token: str) -> int:
+        return self._open_read(token)
+
+    def _read_open(self, token: str) -> int:
         return _as_int(_loads(self._open, token))
 
     def click(self, message_id: int, url: str) -> str:

@@ -21,16 +21,18 @@ from ..models import Message
 from ..runtime import Runtime
 from ..templating.render import last_body_end
 from ..web import RUNTIME, peer_address, runtime
-from .batch import Hit, Tracker
+from .batch import Tracker
 from .machine import Request
 from .public import PUBLIC, public
+from .writer import hit_of
 
 GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
        b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
-NO_CACHE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0", "Pragma": "no-cache",
-            "Expires": "0"}
-PIXEL_HEADERS = {"Content-Type": "image/gif", **NO_CACHE, "X-Content-Type-Options": "nosniff",
-                 "Referrer-Policy": "no-referrer"}
+# The pixel's own headers: its type, and no caching anywhere (``no-store`` is what HTTP/1.1
+# caches and mail image proxies heed). The page headers (nosniff, Referrer-Policy, HTTP/1.0's
+# Pragma and Expires) do nothing for a GIF of fixed bytes and cost wrk-measured throughput.
+PIXEL_HEADERS = {"Content-Type": "image/gif",
+                 "Cache-Control": "no-store, no-cache, must-revalidate, max-age=0"}
 TRAP = "responder:trap"
 PIXEL_METHODS = ("GET", "HEAD")  # what the /o/{token} route answers
 RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -43,7 +45,7 @@ class QuietTrackingLog(AccessLogger):
     formatting a log line costs about as much as answering the pixel."""
 
     def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if request.path.startswith(("/o/", "/c/")) and response.status < 500:
+        if request.raw_path.startswith(("/o/", "/c/")) and response.status < 500:
             return
         super().log(request, response, time)
 
@@ -78,20 +80,23 @@ def agent_of(request: web.BaseRequest) -> str:
 
 def _request_facts(rt: Runtime, request: web.BaseRequest, kind: str, *,
                    trap: bool = False) -> Request:
-    """What the verdict needs to know of a request; works before routing too (the pixel)."""
+    """What the verdict needs to know of a request."""
     return Request(kind=kind, method=request.method, user_agent=agent_of(request),
                    ip=peer_address(request, rt.settings.trusted_proxies), at=rt.clock.now(),
                    trap=trap)
 
 
 def answer_open(rt: Runtime, tracker: Tracker, request: web.BaseRequest, token: str) -> web.Response:
-    """The pixel: always the GIF; an open queued when the token is ours."""
+    """The pixel: always the GIF; an open queued when the token is ours. Works before routing,
+    and queues its hit as the tuple the writer takes (``writer.hit_of``, built in place)."""
     try:
         message_pk = rt.tokens.read_open(token)
     except InvalidToken:
         pass
     else:
-        tracker.offer(Hit(message_pk, _request_facts(rt, request, "open")))
+        tracker.offer((message_pk, "open", request.method, agent_of(request),
+                       peer_address(request, rt.settings.trusted_proxies), rt.clock.micros(),
+                       False, False, None))
     return web.Response(body=GIF, headers=PIXEL_HEADERS)
 
 
@@ -111,9 +116,11 @@ def pixels_first(app: web.Application, handler: RequestHandler) -> RequestHandle
     rt, tracker = app[RUNTIME], app[PUBLIC].tracker
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        path = request.path
-        if path.startswith("/o/") and request.method in PIXEL_METHODS:
-            token = path[3:]
+        raw = request.raw_path  # as sent: decoding it (``path``) costs more than the token check
+        if raw.startswith("/o/") and request.method in PIXEL_METHODS:
+            token = raw[3:].partition("?")[0]
+            if "%" in token or "#" in token:  # the route would see it decoded, and no fragment
+                token = request.path[3:]
             if token and "/" not in token:
                 return answer_open(rt, tracker, request, token)
         return await handler(request)
@@ -139,7 +146,7 @@ async def click(request: web.Request) -> web.Response:
     facts = _request_facts(rt, request, "click", trap=is_trap)
     if not is_trap and request.method == "GET":
         facts.burst = state.tracker.is_burst(message_pk, target, facts.at)
-    state.tracker.offer(Hit(message_pk, facts, url=None if is_trap else target))
+    state.tracker.offer(hit_of(message_pk, facts, url=None if is_trap else target))
     if is_trap:
         raise InvalidToken("this link is not valid")
     raise web.HTTPFound(target)

@@ -10,7 +10,8 @@ time text, index order) was the other tenth of the loop's time under load. The c
 in a few tens of milliseconds; a ``framed.FramedChild``) does both: it opens its own connection
 with the writer's pragmas, reads the messages it has not seen, judges each hit with
 ``machine.classify``, writes the batch in one transaction and answers which subscribers had
-human events of which promoting types (the server then judges promotion). A refused batch is
+human events of which promoting types that some layer's rule watches (the server then judges
+promotion; by default no rule watches opens, so most batches need no judgement at all). A refused batch is
 rolled back and answered with the error's text (a locked or full database). If the child is
 gone the tracker does all of it in process, as it does on PostgreSQL.
 
@@ -18,22 +19,24 @@ gone the tracker does all of it in process, as it does on PostgreSQL.
     batch  := marshal of a list of hits, each a tuple in ``HIT`` order, the time as integer
               microseconds since the epoch (exact: a float timestamp holds today's times to
               well under half a µs)
-    answer := b"+" and the marshal of {subscriber id: [promoting type, …]} for human events,
-              or b"-" and the error's text
+    answer := b"+" and the marshal of {subscriber id: [promoting type, …]} for human events
+              of watched types, or b"-" and the error's text
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import marshal
 import sqlite3
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any
 
+from ..clock import EPOCH, micros_of
 from ..framed import ChildGone, FramedChild, child_signals, read_frame, write_frame
+from ..sequences.promotion import rule_watches
 from .machine import SWEEPING, Request, classify, machine_data, reach
 
 COLUMNS = ("subscriber_id", "message_id", "type", "url", "ip", "user_agent", "machine", "data",
@@ -44,7 +47,6 @@ INSERT = (f"INSERT INTO events ({', '.join(COLUMNS)}) SELECT {', '.join('?' * le
 SWEEP = ("UPDATE events SET machine = 1, data = ? WHERE message_id = ? AND type = 'click'"
          " AND machine = 0 AND created_at >= ? AND created_at <= ?")
 KNOWN_MESSAGES = 100_000  # sent messages whose subscriber and send time the child remembers
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class WriterUnavailable(ChildGone):
@@ -136,7 +138,23 @@ class Batches:
         write_batch(self.conn, [(*row, row[1]) for row in made.in_index_order()],
                     [(machine_data(reason), message_pk, _stored(at - reach(reason)),
                       _stored(at + reach(reason))) for message_pk, at, reason in made.sweeps])
-        return {subscriber_id: sorted(kinds) for subscriber_id, kinds in made.human.items()}
+        human = made.human
+        if human:
+            watched = self.watched(set().union(*human.values()))
+            human = {subscriber_id: kinds & watched for subscriber_id, kinds in human.items()
+                     if kinds & watched}
+        return {subscriber_id: sorted(kinds) for subscriber_id, kinds in human.items()}
+
+    def watched(self, kinds: set[str]) -> set[str]:
+        """Which of these event types some layer's promotion rule watches: the server judges
+        promotion only for those, and by default no rule watches opens, the most of events.
+        If the rules cannot be read, all of them (the server's judgement looks again)."""
+        try:
+            rules = [json.loads(text) if text else {}
+                     for (text,) in self.conn.execute("SELECT rule FROM layers")]
+            return {kind for kind in kinds if any(rule_watches(rule, kind) for rule in rules)}
+        except Exception:
+            return kinds
 
 
 class EventRows:
@@ -183,11 +201,11 @@ class EventRows:
         return self.rows
 
 
-def hits_of(batch: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """``tracking.batch.Hit`` objects as tuples in ``HIT`` order."""
-    return [(hit.message_pk, (req := hit.request).kind, req.method, req.user_agent, req.ip,
-             round(req.at.timestamp() * 1_000_000), req.trap, req.burst, hit.url)
-            for hit in batch]
+def hit_of(message_pk: int, request: Request, url: str | None = None) -> tuple[Any, ...]:
+    """One open or click as the tracking queue holds it: a tuple in ``HIT`` order. (The pixel
+    builds its tuple in place: it answers most requests.)"""
+    return (message_pk, request.kind, request.method, request.user_agent, request.ip,
+            micros_of(request.at), request.trap, request.burst, url)
 
 
 def _index_order(row: tuple[Any, ...]) -> tuple[int, int]:
@@ -195,7 +213,7 @@ def _index_order(row: tuple[Any, ...]) -> tuple[int, int]:
 
 
 def _stored(at: dt.datetime) -> str:
-    return stored_text((at - EPOCH) // dt.timedelta(microseconds=1))
+    return stored_text(micros_of(at))
 
 
 def write_batch(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
