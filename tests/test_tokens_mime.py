@@ -37,6 +37,25 @@ def test_a_token_for_one_purpose_never_passes_for_another(tokens: Tokens) -> Non
         tokens.read_open(tokens.view(3))
 
 
+def test_open_tokens_are_remembered_only_once_they_pass(tokens: Tokens) -> None:
+    """The pixel keeps verified open tokens in memory; altered or foreign ones are checked
+    every time and never kept, so a flood of forged tokens cannot fill the memory or pass
+    on a second try."""
+    good = tokens.open(42)
+    forged = [good[:-1] + ("A" if good[-1] != "A" else "B"), "x" + good, tokens.view(42),
+              tokens.open(42) + "."]
+    for _ in range(3):
+        for token in forged:
+            with pytest.raises(InvalidToken):
+                tokens.read_open(token)
+    assert tokens._open_read.cache_info().currsize == 0
+    assert tokens.read_open(good) == tokens.read_open(good) == 42
+    info = tokens._open_read.cache_info()
+    assert (info.currsize, info.hits) == (1, 1)
+    with pytest.raises(InvalidToken):
+        tokens.read_open(forged[0])  # still refused with the good one remembered
+
+
 @pytest.mark.parametrize("mutate", [
     lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),
     lambda t: "x" + t,

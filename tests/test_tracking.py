@@ -48,6 +48,21 @@ async def test_pixel_always_answers_the_gif(papp: App) -> None:
     assert opened.message_id == message and not opened.machine
 
 
+async def test_pixel_reads_its_token_as_the_route_would(papp: App) -> None:
+    """The pixel takes its token from the raw path; a query string, a percent-encoded token
+    and a doubled slash are read as the route reads them."""
+    _, message = await make_subscriber(papp)
+    path = open_path(papp, message)
+    encoded = "/o/" + path[3:].replace(".", "%2E")
+    for sent in (path + "?utm_source=news", encoded, path + "?a=%2F"):
+        resp = await papp.client.get(sent, headers=BROWSER)
+        assert resp.status == 200 and await resp.read() == GIF, sent
+    resp = await papp.client.get(path[:-1] + "%", headers=BROWSER)  # broken escape: a GIF, no open
+    assert resp.status == 200 and await resp.read() == GIF
+    await flushed(papp)
+    assert len(await events(papp, type="open")) == 3
+
+
 async def test_pixel_answered_ahead_of_the_router_behaves_as_the_route(papp: App) -> None:
     """`/o/{token}` is answered before routing (as `responder serve` runs it): the same GIF,
     headers and verdicts as the route, and whatever the route would not match still 404s."""
@@ -232,6 +247,48 @@ async def test_writer_process_writes_a_batch_in_one_transaction_or_not_at_all(tm
                             " FROM events ORDER BY id").fetchall() == [
             (7, 1, "open", 0, "{}", "2026-01-01 00:00:00.000007"),
             (8, 3, "click", 1, '{"machine_reason": "too_soon"}', "2026-01-01 00:00:00.000007")]
+
+
+async def test_the_writer_answers_only_subscribers_a_layer_rule_watches(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The writer process reads the layers' rules and answers only the human events some rule
+    watches, so the server judges promotion only for them: by default clicks, not opens. A rule
+    it cannot read answers everything (the server's judgement looks again)."""
+    import json
+
+    from responder.sequences.promotion import DEFAULT_RULE
+
+    path = tmp_path / "t.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY, subscriber_id INTEGER NOT NULL,"
+            " sent_at TEXT);"
+            "CREATE TABLE events (id INTEGER PRIMARY KEY, subscriber_id INTEGER NOT NULL,"
+            " message_id INTEGER, type TEXT NOT NULL, url TEXT, ip TEXT, user_agent TEXT,"
+            " machine BOOLEAN NOT NULL, data TEXT NOT NULL, created_at TEXT NOT NULL);"
+            "CREATE TABLE layers (id INTEGER PRIMARY KEY, rule TEXT);"
+            "INSERT INTO messages VALUES (1, 7, '2025-12-31 23:00:00.000000'),"
+            " (3, 8, '2025-12-31 23:00:00.000000');")
+        conn.execute("INSERT INTO layers VALUES (1, ?), (2, NULL)", (json.dumps(DEFAULT_RULE),))
+    writer = RowWriter(str(path), ("journal_mode=WAL",), after_send_s=60,
+                       promoting=frozenset({"open", "click"}))
+    at = 1_767_225_600_000_007  # 2026-01-01 00:00:00.000007 UTC
+    opened = (1, "open", "GET", BROWSER["User-Agent"], "127.0.0.1", at, False, False, None)
+    clicked = (3, "click", "GET", BROWSER["User-Agent"], "127.0.0.1", at, False, False,
+               "https://a.example/")
+    try:
+        assert await writer.write([opened, clicked]) == {8: ["click"]}
+        assert await writer.write([opened]) == {}
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE layers SET rule = ? WHERE id = 2",
+                         (json.dumps({"promote": {"on_any": ["open"]}}),))
+        assert await writer.write([opened, clicked]) == {7: ["open"], 8: ["click"]}
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE layers SET rule = 'not json' WHERE id = 2")
+        assert await writer.write([opened]) == {7: ["open"]}
+    finally:
+        await writer.close()
+    with sqlite3.connect(path) as conn:  # every batch was written, whatever it answered
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 6
 
 
 def test_the_writer_stores_event_times_as_the_column_does(tmp_path) -> None:  # type: ignore[no-untyped-def]
