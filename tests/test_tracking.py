@@ -49,16 +49,26 @@ async def test_pixel_always_answers_the_gif(papp: App) -> None:
 
 
 async def test_pixel_reads_its_token_as_the_route_would(papp: App) -> None:
-    """The pixel takes its token from the raw path; a query string, a percent-encoded token
-    and a doubled slash are read as the route reads them."""
+    """The pixel takes its token from the path as sent; a query string and a percent-encoded
+    token (sent as is, over a socket) are read as the route reads them, and a broken escape
+    is a GIF and no open."""
     _, message = await make_subscriber(papp)
     path = open_path(papp, message)
-    encoded = "/o/" + path[3:].replace(".", "%2E")
-    for sent in (path + "?utm_source=news", encoded, path + "?a=%2F"):
-        resp = await papp.client.get(sent, headers=BROWSER)
-        assert resp.status == 200 and await resp.read() == GIF, sent
-    resp = await papp.client.get(path[:-1] + "%", headers=BROWSER)  # broken escape: a GIF, no open
-    assert resp.status == 200 and await resp.read() == GIF
+    server = papp.client.server
+
+    async def sent_as_is(target: str) -> bytes:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\nUser-Agent: {BROWSER['User-Agent']}"
+                     "\r\nConnection: close\r\n\r\n".encode())
+        answer = await reader.read()
+        writer.close()
+        return answer
+
+    encoded = "/o/" + path[3:].replace(".", "%2E", 1)
+    assert "%2E" in encoded
+    for target in (path + "?utm_source=news", encoded, path + "?a=%2F", path[:-1] + "%"):
+        answer = await sent_as_is(target)
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(GIF), target
     await flushed(papp)
     assert len(await events(papp, type="open")) == 3
 
@@ -72,6 +82,7 @@ async def test_pixel_answered_ahead_of_the_router_behaves_as_the_route(papp: App
     resp = await papp.client.get(open_path(papp, message), headers=BROWSER)
     assert resp.status == 200 and await resp.read() == GIF
     assert resp.headers["Cache-Control"].startswith("no-store") and resp.content_type == "image/gif"
+    assert "Content-Security-Policy" not in resp.headers  # answered ahead of the middleware
     head = await papp.client.head(open_path(papp, message), headers=BROWSER)
     assert head.status == 200 and head.content_type == "image/gif" and await head.read() == b""
     for path in ("/o/", "/o/" + open_path(papp, message)[3:] + "/x", "/o//x"):
@@ -547,6 +558,39 @@ async def test_a_message_read_before_its_send_is_recorded_is_read_again(papp: Ap
                    key=lambda e: e.id)
     assert [(e.machine, e.data) for e in opens] == [
         (False, {}), (True, {"machine_reason": "too_soon"})]
+
+
+async def test_a_batch_the_writer_committed_before_dying_is_still_judged(
+        sqlite_url: str, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found on disk after the writer died answering, the batch is not written again but its
+    subscribers are judged for promotion here: two human clicks in two mails promote."""
+    from responder.tracking.machine import Request
+    from responder.tracking.writer import WriterUnavailable, hit_of
+
+    async with running_app(sqlite_url, smtp, clock, RESPONDER_TRACK_FLUSH_MS="20") as papp:
+        tracker = state(papp).tracker
+        writer = tracker._writer
+        assert writer is not None
+        real_write = writer.write
+
+        async def commit_then_die(hits):  # type: ignore[no-untyped-def]
+            await real_write(hits)
+            await writer.close()
+            raise WriterUnavailable("the tracking writer stopped", in_flight=True)
+
+        monkeypatch.setattr(writer, "write", commit_then_die)
+        subscriber, first = await make_subscriber(papp)
+        second = await another_message(papp, subscriber)
+        papp.clock.advance(5)
+        for pk in (first, second):  # one batch: no await between the two
+            tracker.offer(hit_of(pk, Request("click", "GET", BROWSER["User-Agent"], "192.0.2.1",
+                                             papp.clock.now()), url="https://a.example/"))
+        await flushed(papp)
+        assert tracker._writer is None
+        assert len(await events(papp, type="click")) == 2
+        async with papp.rt.db.read() as session:
+            [move] = (await session.execute(select(LayerHistory))).scalars().all()
+        assert move.subscriber_id == subscriber and "clicked in 2 mails" in move.reason
 
 
 async def test_a_batch_the_writer_committed_before_dying_is_not_written_again(

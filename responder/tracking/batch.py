@@ -201,6 +201,7 @@ class Tracker:
             await self._writer.close()
 
     async def flush(self, batch: list[Hit]) -> None:
+        written = False  # by the writer process before it died: then only judged here
         if self._writer is not None:
             try:
                 await self._flush_through_writer(batch)
@@ -210,8 +211,8 @@ class Tracker:
                 self._writer = None
                 if exc.in_flight and await self._committed(batch):  # died after COMMIT
                     log.warning("tracking: the writer process had written its last batch of %d "
-                                "events", len(batch))
-                    return
+                                "events; judging it here", len(batch))
+                    written = True
         rt = self.rt
         sqlite = rt.db.is_sqlite
         async with rt.db.transaction() as session:
@@ -219,9 +220,9 @@ class Tracker:
             made = EventRows(rt.settings.machine_after_send_s, PROMOTING_TYPES, text_times=sqlite)
             async for part in self._in_turns(batch):
                 made.add(part, messages)
-            if made.rows:
+            if made.rows and not written:
                 await insert_events(session, made.in_index_order(), sqlite=sqlite)
-            for message_pk, at, reason in made.sweeps:
+            for message_pk, at, reason in () if written else made.sweeps:
                 await self._mark_neighbours(session, message_pk, at, reason)
             human = self._with_unjudged(made.human)
             moves = await judge_many(session, set(human), rt.clock.now(), human)

@@ -45,7 +45,10 @@ class QuietTrackingLog(AccessLogger):
     formatting a log line costs about as much as answering the pixel."""
 
     def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if request.raw_path.startswith(("/o/", "/c/")) and response.status < 500:
+        path = request.raw_path  # as sent; an absolute-form target is decoded to its path
+        if not path.startswith("/"):
+            path = request.path
+        if path.startswith(("/o/", "/c/")) and response.status < 500:
             return
         super().log(request, response, time)
 
@@ -109,9 +112,11 @@ def pixels_first(app: web.Application, handler: RequestHandler) -> RequestHandle
     """The server's request handler with open pixels answered before routing and middleware.
 
     The pixel is most of a sender's traffic (every mail opened, images reloaded) and the one
-    answer that never varies, so it skips the router and the edge middleware, whose headers
-    ``PIXEL_HEADERS`` already carries. What the ``/o/{token}`` route would not match (an empty
-    token, a further slash, another method) goes through the app as before.
+    answer that never varies, so it skips the router and the edge middleware: it answers with
+    ``PIXEL_HEADERS`` only, without the page headers the middleware adds to what the route
+    answers (a request the fast path does not take, such as an absolute-form target). What the
+    ``/o/{token}`` route would not match (an empty token, a further slash, another method) goes
+    through the app as before.
     """
     rt, tracker = app[RUNTIME], app[PUBLIC].tracker
 

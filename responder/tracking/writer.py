@@ -72,7 +72,8 @@ class RowWriter(FramedChild):
                          first=marshal.dumps((after_send_s, tuple(sorted(promoting)))))
 
     async def write(self, hits: list[tuple[Any, ...]]) -> dict[int, list[str]]:
-        """Write the hits' events; the subscribers with human events, by promoting type."""
+        """Write the hits' events; the subscribers with human events of types some layer's
+        rule watches, by type."""
         answer = await self.ask(marshal.dumps(hits))
         if answer[:1] != b"+":
             raise WriteFailed(answer[1:].decode(errors="replace"))
@@ -132,7 +133,7 @@ class Batches:
 
     def write(self, hits: list[tuple[Any, ...]]) -> dict[int, list[str]]:
         """The hits' rows and sweeps, written in one transaction; the subscribers with human
-        events of promoting types."""
+        events of promoting types some layer's rule watches (``watched``)."""
         made = EventRows(self.after_send_s, self.promoting, text_times=True)
         made.add(hits, self.messages({hit[0] for hit in hits}))
         write_batch(self.conn, [(*row, row[1]) for row in made.in_index_order()],
