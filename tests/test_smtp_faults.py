@@ -173,3 +173,25 @@ async def test_lease_is_renewed_while_a_slow_send_is_in_flight(database_url: str
         await sending
         assert (await message(rt, pk)).state == "sent"
         assert len(tarpit.to("slow@example.org")) == 1
+
+
+async def test_a_renewal_in_flight_when_the_batch_ends_is_finished_not_cancelled(
+        database_url: str, tarpit: SmtpSink, clock, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The batch's lease renewal is told to stop, not cancelled: one that is writing when the
+    last send ends completes its transaction before the outcomes are recorded."""
+    real, finished = outbox.renew, []
+
+    async def slow_renew(*args: Any, **kwargs: Any) -> int:
+        await asyncio.sleep(1.5)  # still renewing when the 1.5 s tarpit lets the send end
+        renewed = await real(*args, **kwargs)
+        finished.append(renewed)
+        return renewed
+
+    monkeypatch.setattr(outbox, "renew", slow_renew)
+    async with runtime_for(database_url, tarpit.url, clock, RESPONDER_LEASE_S="1",
+                           RESPONDER_SMTP_TIMEOUT_S="10") as rt, worker_for(rt) as worker:
+        [pk] = await queue_newsletter(rt, ["slow@example.org"])
+        assert await worker.run_once() == 1
+        assert finished == [1]  # it ran to the end while the mail was still 'sending'
+        assert (await message(rt, pk)).state == "sent"
+        assert len(tarpit.to("slow@example.org")) == 1

@@ -16,6 +16,7 @@ its sends. Pausing stops new claims; stopping lets the claimed batches finish.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -203,7 +204,8 @@ class DeliveryWorker(PollingLoop):
         if not batch:
             return 0
         ids = [message.id for message in batch]
-        renewing = asyncio.create_task(self._renew(ids))
+        done = asyncio.Event()
+        renewing = asyncio.create_task(self._renew(ids, done))
         sending: list[asyncio.Task[Outcome]] = []
         try:
             # Each mail goes to a lane as soon as it is built, so the server receives while the
@@ -217,7 +219,8 @@ class DeliveryWorker(PollingLoop):
                 task.cancel()
             raise
         finally:
-            renewing.cancel()
+            done.set()  # not cancelled: a renewal in flight finishes its transaction first
+            await renewing
         await self._record([o for o in outcomes if o is not None])
         return len(ids)
 
@@ -241,12 +244,16 @@ class DeliveryWorker(PollingLoop):
                     self._templates[template.id] = template
         return batch
 
-    async def _renew(self, ids: list[int]) -> None:
+    async def _renew(self, ids: list[int], done: asyncio.Event) -> None:
         """Keep extending the batch's lease while it is in flight (a slow server or a rate
-        limit can outlast one lease), so no other worker takes it and sends it twice."""
+        limit can outlast one lease), so no other worker takes it and sends it twice; until
+        ``done`` is set."""
         lease_s = self.rt.settings.lease_s
         while True:
-            await asyncio.sleep(lease_s / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), lease_s / 3)
+            if done.is_set():
+                return
             try:
                 await outbox.renew(self.rt.db, ids, self.owner, now=self.rt.clock.now(),
                                    lease_s=lease_s)
