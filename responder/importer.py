@@ -336,6 +336,7 @@ class ImportJobs:
 
     def __init__(self) -> None:
         self.tasks: set[asyncio.Task[None]] = set()
+        remove_orphaned_spools()
 
     async def start(self, rt: Runtime, path: Path, consent_source: str | None) -> int:
         source = clean_source(consent_source) if consent_source else None
@@ -358,9 +359,33 @@ class ImportJobs:
             await asyncio.wait(list(self.tasks), timeout=5)
 
 
+SPOOL_PREFIX = "responder-import-"
+
+
+def remove_orphaned_spools(directory: str | None = None) -> int:
+    """Delete spooled uploads whose server process is gone (killed before it could remove
+    them: each name carries its process id); how many. Files of live processes stay."""
+    removed = 0
+    for path in Path(directory or tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-*.csv"):
+        pid = path.name[len(SPOOL_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+            removed += 1
+        except OSError:  # alive, another user's
+            continue
+    if removed:
+        log.info("removed %d upload(s) left by import processes that were killed", removed)
+    return removed
+
+
 async def spool(chunks: AsyncIterator[bytes], max_bytes: int) -> Path:
-    """Write an upload to a temporary file without holding it in memory."""
-    fd, name = tempfile.mkstemp(prefix="responder-import-", suffix=".csv")
+    """Write an upload to a temporary file without holding it in memory; its name carries
+    this process's id, so a later start can remove it if the process is killed mid-import."""
+    fd, name = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", suffix=".csv")
     path = Path(name)
     size = 0
     try:

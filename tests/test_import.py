@@ -199,3 +199,39 @@ async def test_an_import_declared_dead_stops_and_leaves_its_row_failed(app: App,
     assert (stored.state, stored.error, stored.imported) == ("failed", "declared dead", 0)
     assert 0 < imported <= BATCH_ROWS  # its first batch, then it stopped
     assert not path.exists()
+
+
+async def test_an_upload_left_by_a_killed_server_is_removed_at_the_next_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server killed mid-import leaves its spooled CSV behind; the next one removes it at
+    start, and leaves alone the uploads of processes still running (this one's)."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    from responder.importer import ImportJobs, spool
+
+    killed = subprocess.run(
+        [sys.executable, "-c",
+         "import asyncio, os, signal\n"
+         "from responder.importer import spool\n"
+         "async def chunks():\n    yield b'email\\nzoe@example.com\\n'\n"
+         "print(asyncio.run(spool(chunks(), 1000)), flush=True)\n"
+         "os.kill(os.getpid(), signal.SIGKILL)\n"],
+        env={**__import__("os").environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL
+    left = Path(killed.stdout.strip())
+    assert left.parent == tmp_path and left.exists()
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        yield b"email\nann@example.com\n"
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    mine = await spool(chunks(), 1000)
+    other = tmp_path / "responder-import-notes.csv"  # not one of ours: not touched
+    other.write_text("x")
+    jobs = ImportJobs()
+    assert not left.exists() and mine.exists() and other.exists()
+    await jobs.close()
+    mine.unlink()
