@@ -18,6 +18,11 @@ def micros_of(at: dt.datetime) -> int:
     return (at - EPOCH) // dt.timedelta(microseconds=1)
 
 
+def from_micros(micros: int) -> dt.datetime:
+    """The aware UTC time ``micros_of`` gave these microseconds for."""
+    return EPOCH + dt.timedelta(microseconds=micros)
+
+
 class Clock(Protocol):
     def now(self) -> dt.datetime: ...
 

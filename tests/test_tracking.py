@@ -9,6 +9,7 @@ import datetime as dt
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
@@ -560,25 +561,32 @@ async def test_a_message_read_before_its_send_is_recorded_is_read_again(papp: Ap
         (False, {}), (True, {"machine_reason": "too_soon"})]
 
 
+def writer_dies_after_commit(tracker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tracker's writer process commits its next batch and dies before answering."""
+    from responder.tracking.writer import WriterUnavailable
+
+    writer = tracker._writer
+    assert writer is not None
+    real_write = writer.write
+
+    async def commit_then_die(hits):  # type: ignore[no-untyped-def]
+        await real_write(hits)
+        await writer.close()
+        raise WriterUnavailable("the tracking writer stopped", in_flight=True)
+
+    monkeypatch.setattr(writer, "write", commit_then_die)
+
+
 async def test_a_batch_the_writer_committed_before_dying_is_still_judged(
         sqlite_url: str, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
     """Found on disk after the writer died answering, the batch is not written again but its
     subscribers are judged for promotion here: two human clicks in two mails promote."""
     from responder.tracking.machine import Request
-    from responder.tracking.writer import WriterUnavailable, hit_of
+    from responder.tracking.writer import hit_of
 
     async with running_app(sqlite_url, smtp, clock, RESPONDER_TRACK_FLUSH_MS="20") as papp:
         tracker = state(papp).tracker
-        writer = tracker._writer
-        assert writer is not None
-        real_write = writer.write
-
-        async def commit_then_die(hits):  # type: ignore[no-untyped-def]
-            await real_write(hits)
-            await writer.close()
-            raise WriterUnavailable("the tracking writer stopped", in_flight=True)
-
-        monkeypatch.setattr(writer, "write", commit_then_die)
+        writer_dies_after_commit(tracker, monkeypatch)
         subscriber, first = await make_subscriber(papp)
         second = await another_message(papp, subscriber)
         papp.clock.advance(5)
@@ -597,20 +605,9 @@ async def test_a_batch_the_writer_committed_before_dying_is_not_written_again(
         sqlite_url: str, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
     """The writer process may die between its COMMIT and its answer; the server, taking over,
     finds the batch on disk and does not write it a second time."""
-    from responder.tracking.writer import WriterUnavailable
-
     async with running_app(sqlite_url, smtp, clock, RESPONDER_TRACK_FLUSH_MS="20") as papp:
         tracker = state(papp).tracker
-        writer = tracker._writer
-        assert writer is not None
-        real_write = writer.write
-
-        async def commit_then_die(hits):  # type: ignore[no-untyped-def]
-            await real_write(hits)
-            await writer.close()
-            raise WriterUnavailable("the tracking writer stopped", in_flight=True)
-
-        monkeypatch.setattr(writer, "write", commit_then_die)
+        writer_dies_after_commit(tracker, monkeypatch)
         _, message = await make_subscriber(papp)
         for _ in range(3):
             papp.clock.advance(1)

@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..clock import EPOCH
+from ..clock import from_micros
 from ..db import SQLITE_PRAGMAS, WRITER_PRAGMAS
 from ..events import judge_many
 from ..models import Event, Message
@@ -220,10 +220,11 @@ class Tracker:
             made = EventRows(rt.settings.machine_after_send_s, PROMOTING_TYPES, text_times=sqlite)
             async for part in self._in_turns(batch):
                 made.add(part, messages)
-            if made.rows and not written:
-                await insert_events(session, made.in_index_order(), sqlite=sqlite)
-            for message_pk, at, reason in () if written else made.sweeps:
-                await self._mark_neighbours(session, message_pk, at, reason)
+            if not written:
+                if made.rows:
+                    await insert_events(session, made.in_index_order(), sqlite=sqlite)
+                for message_pk, at, reason in made.sweeps:
+                    await self._mark_neighbours(session, message_pk, at, reason)
             human = self._with_unjudged(made.human)
             moves = await judge_many(session, set(human), rt.clock.now(), human)
         self._unjudged, self._judge_pause = {}, RETRY_PAUSE_S
@@ -236,11 +237,12 @@ class Tracker:
         first event with a message still there tells: on disk at least as many times (same
         message, type and time to the µs) as the batch holds it."""
         async with self.rt.db.read() as session:
-            for message_pk, kind, *_, micros, _trap, _burst, _url in batch[:8]:
+            for hit in batch[:8]:
+                message_pk, kind, micros = hit[0], hit[1], hit[5]  # see writer.HIT
                 stored = (await session.execute(
                     select(func.count()).select_from(Event).where(
                         Event.message_id == message_pk, Event.type == kind,
-                        Event.created_at == EPOCH + dt.timedelta(microseconds=micros)))).scalar_one()
+                        Event.created_at == from_micros(micros)))).scalar_one()
                 if stored:
                     return stored >= sum(1 for other in batch if other[0] == message_pk
                                          and other[1] == kind and other[5] == micros)

@@ -11,9 +11,9 @@ in a few tens of milliseconds; a ``framed.FramedChild``) does both: it opens its
 with the writer's pragmas, reads the messages it has not seen, judges each hit with
 ``machine.classify``, writes the batch in one transaction and answers which subscribers had
 human events of which promoting types that some layer's rule watches (the server then judges
-promotion; by default no rule watches opens, so most batches need no judgement at all). A refused batch is
-rolled back and answered with the error's text (a locked or full database). If the child is
-gone the tracker does all of it in process, as it does on PostgreSQL.
+promotion; by default no rule watches opens, so most batches need no judgement at all). A
+refused batch is rolled back and answered with the error's text (a locked or full database).
+If the child is gone the tracker does all of it in process, as it does on PostgreSQL.
 
     first  := marshal of (after_send_s, promoting types)
     batch  := marshal of a list of hits, each a tuple in ``HIT`` order, the time as integer
@@ -34,7 +34,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from ..clock import EPOCH, micros_of
+from ..clock import from_micros, micros_of
 from ..framed import ChildGone, FramedChild, child_signals, read_frame, write_frame
 from ..sequences.promotion import rule_watches
 from .machine import SWEEPING, Request, classify, machine_data, reach
@@ -139,12 +139,9 @@ class Batches:
         write_batch(self.conn, [(*row, row[1]) for row in made.in_index_order()],
                     [(machine_data(reason), message_pk, _stored(at - reach(reason)),
                       _stored(at + reach(reason))) for message_pk, at, reason in made.sweeps])
-        human = made.human
-        if human:
-            watched = self.watched(set().union(*human.values()))
-            human = {subscriber_id: kinds & watched for subscriber_id, kinds in human.items()
-                     if kinds & watched}
-        return {subscriber_id: sorted(kinds) for subscriber_id, kinds in human.items()}
+        watched = self.watched(set().union(*made.human.values())) if made.human else set()
+        return {subscriber_id: sorted(kinds & watched)
+                for subscriber_id, kinds in made.human.items() if kinds & watched}
 
     def watched(self, kinds: set[str]) -> set[str]:
         """Which of these event types some layer's promotion rule watches: the server judges
@@ -180,7 +177,7 @@ class EventRows:
             if message is None:  # a validly signed token for a message since deleted
                 continue
             subscriber_id, sent_at = message
-            at = EPOCH + dt.timedelta(microseconds=micros)
+            at = from_micros(micros)
             verdict = classify(Request(kind, method, agent, ip, at, trap, burst), sent_at,
                                after_send_s=self.after_send_s)
             if verdict.machine:
