@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from responder.app import start_runtime
-from responder.importer import parse_row
+from responder.audience.importer import parse_row
 from responder.settings import Settings
 
 
@@ -42,7 +42,7 @@ def validate_only(path: Path) -> float:
 
 
 async def import_all(path: Path, folder: Path) -> tuple[float, int]:
-    from responder.importer import import_csv
+    from responder.audience.importer import import_csv
 
     settings = Settings.from_env({
         "RESPONDER_DATABASE_URL": f"sqlite+aiosqlite:///{folder / 'bench.db'}",

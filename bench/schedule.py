@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from responder.app import start_runtime
 from responder.clock import FakeClock
-from responder.events import record_event
+from responder.core.promotion import DEFAULT_RULE, EventFact, evaluate
+from responder.funnel.enrollments import Scheduler
+from responder.funnel.events import record_event
 from responder.models import Message, Subscriber
-from responder.sequences.funnel import Scheduler
-from responder.sequences.promotion import DEFAULT_RULE, EventFact, evaluate
 from responder.settings import Settings
 
 ROUNDS = 5

@@ -9,33 +9,34 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import ops, referrals
-from .admin import setup_admin
-from .api import campaigns as campaigns_api
-from .api import delivery as delivery_api
-from .api import enquiries as api_enquiries
-from .api import forms as api_forms
-from .api import funnel as funnel_api
-from .api import handlers as api
-from .api import templates as api_templates
+from .audience.enquiries import EnquiryLoop
 from .clock import Clock, SystemClock
 from .db import Database
 from .delivery.transport import Transport, make_transport
 from .delivery.worker import DeliveryWorker
-from .enquiries import EnquiryLoop
+from .funnel import referrals
+from .funnel.enrollments import Scheduler
+from .funnel.webhooks import WebhookSender
 from .runtime import Runtime
 from .seed import Secrets, ensure_secrets, seed_defaults
-from .sequences.funnel import Scheduler
 from .settings import Settings
-from .tracking import choices as tracking_choices
-from .tracking import enquiry_form as tracking_enquiry
-from .tracking import handlers as tracking
 from .tracking import track as tracking_track
-from .tracking.public import PUBLIC, cors_headers, setup_public
 from .tracking.tokens import Tokens
 from .tracking.track import QuietTrackingLog, pixels_first
-from .web import RUNTIME, Handler, error_for, secure_headers
-from .webhooks import WebhookSender
+from .web import ops
+from .web.admin import setup_admin
+from .web.api import campaigns as campaigns_api
+from .web.api import delivery as delivery_api
+from .web.api import enquiries as api_enquiries
+from .web.api import forms as api_forms
+from .web.api import funnel as funnel_api
+from .web.api import handlers as api
+from .web.api import templates as api_templates
+from .web.http import RUNTIME, Handler, error_for, secure_headers
+from .web.public import choices as tracking_choices
+from .web.public import enquiry_form as tracking_enquiry
+from .web.public import optin as tracking
+from .web.public.common import PUBLIC, cors_headers, setup_public
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0

@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _forms_snippet(settings: Settings, form_id: str) -> int:
     from .errors import ResponderError
-    from .tracking.forms import load_forms, snippet
+    from .web.public.forms import load_forms, snippet
 
     try:
         form = load_forms(settings).get(form_id)

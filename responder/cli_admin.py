@@ -13,14 +13,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .admin_users import create_user
-from .api.subscribers import export_chunks
-from .api_tokens import SCOPES, create_token, list_tokens, revoke_token
 from .app import start_runtime
+from .audience.directory import SubscriberFilter
+from .audience.importer import ImportProgress, import_csv
 from .errors import ResponderError
-from .importer import ImportProgress, import_csv
 from .settings import Settings
-from .subscriber_admin import SubscriberFilter
+from .web.admin.users import create_user
+from .web.api.subscribers import export_chunks
+from .web.api.tokens import SCOPES, create_token, list_tokens, revoke_token
 
 COMMANDS = ("admin", "tokens", "subscribers")
 

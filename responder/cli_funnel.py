@@ -12,13 +12,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from . import newsletters
-from .analytics import format_stats, funnel_stats
 from .clock import SystemClock
 from .db import Database
 from .errors import ResponderError
+from .funnel import layers as layers
+from .funnel import newsletters
+from .funnel.analytics import format_stats, funnel_stats
 from .models import Newsletter
-from .sequences import layers_service as layers
 from .settings import Settings
 
 COMMANDS = ("layers", "newsletters", "stats")

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
+from .core.errors import ResponderError, ValidationError
 
-class ResponderError(Exception):
-    """Base class: carries a machine-readable code and, for input errors, the field at fault."""
-
-    code = "error"
-    status = 500
-
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
+__all__ = ["ResponderError", "ValidationError"]  # defined in core, raised everywhere
 
 
 class ConfigError(ResponderError):
     """A setting has a value responder cannot use."""
 
     code = "bad_config"
-
-
-class ValidationError(ResponderError):
-    """Input from a form, the API or a file is malformed."""
-
-    code = "invalid"
-    status = 400
 
 
 class NotFound(ResponderError):

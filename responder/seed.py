@@ -12,11 +12,11 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .core.promotion import DEFAULT_RULE
+from .core.schedule import parse_duration
 from .db import Database
 from .errors import ConfigError
 from .models import AppSecret, Layer, Sequence, Step
-from .sequences.promotion import DEFAULT_RULE
-from .sequences.schedule import parse_duration
 from .settings import Settings
 from .templating.compile import compile_template
 from .templating.store import add_version

@@ -9,9 +9,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
-from responder.admin_users import create_user
 from responder.models import Layer, Subscriber
 from responder.runtime import Runtime
+from responder.web.admin.users import create_user
 
 PASSWORD = "correct horse battery"
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')

@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 
 from responder.app import start_runtime
 from responder.clock import FakeClock
+from responder.funnel.enrollments import Scheduler, enroll
 from responder.models import Enrollment, Layer, Message, Subscriber
 from responder.runtime import Runtime
-from responder.sequences.funnel import Scheduler, enroll
 
 from .conftest import make_settings
 

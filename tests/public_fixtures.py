@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from responder.models import Event, Layer, Message, Subscriber
-from responder.tracking.public import PUBLIC, Public
+from responder.web.public.common import PUBLIC, Public
 
 from .conftest import App
 

@@ -7,7 +7,7 @@ import datetime as dt
 
 from sqlalchemy import select
 
-from responder.events import record_event
+from responder.funnel.events import record_event
 from responder.models import Enrollment, Subscriber
 
 from .admin_fixtures import make_subscriber

@@ -10,8 +10,8 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import BrowserContext, Page, expect
 from sqlalchemy import select
 
-from responder.admin_users import create_user
 from responder.models import Layer, Subscriber
+from responder.web.admin.users import create_user
 
 from .admin_fixtures import PASSWORD, make_subscriber
 from .browser_fixtures import SCREENSHOTS, LiveServer, chromium, live  # noqa: F401

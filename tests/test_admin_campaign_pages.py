@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from responder.enquiries import EnquiryIn, open_enquiry
+from responder.audience.enquiries import EnquiryIn, open_enquiry
 from responder.models import Enquiry, Newsletter
 
 from .admin_fixtures import make_subscriber, signed_in

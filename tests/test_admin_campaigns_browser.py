@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from playwright.async_api import BrowserContext, expect
 
-from responder.enquiries import EnquiryIn, open_enquiry
+from responder.audience.enquiries import EnquiryIn, open_enquiry
 
 from .admin_fixtures import make_subscriber
 from .browser_fixtures import SCREENSHOTS, LiveServer, chromium, live  # noqa: F401

@@ -7,11 +7,11 @@ import datetime as dt
 
 import pytest
 
-from responder.admin.charts import Bar, funnel, hbars
-from responder.analytics_admin import complaint_alarm, rate, weekly_moves
+from responder.audience.directory import decode_cursor, encode_cursor
+from responder.audience.importer import parse_row
 from responder.errors import ValidationError
-from responder.importer import parse_row
-from responder.subscriber_admin import decode_cursor, encode_cursor
+from responder.funnel.dashboard import complaint_alarm, rate, weekly_moves
+from responder.web.admin.charts import Bar, funnel, hbars
 
 NOW = dt.datetime(2026, 3, 11, 12, 0, tzinfo=dt.UTC)  # a Wednesday
 

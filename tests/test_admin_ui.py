@@ -8,10 +8,10 @@ import datetime as dt
 import pytest
 from sqlalchemy import select
 
-from responder.admin.auth import THROTTLE
-from responder.admin.throttle import MAX_FAILURES, WINDOW_S, SignInThrottle
-from responder.events import record_event
+from responder.funnel.events import record_event
 from responder.models import AdminSession, Message, Step, Subscriber
+from responder.web.admin.auth import THROTTLE
+from responder.web.admin.throttle import MAX_FAILURES, WINDOW_S, SignInThrottle
 
 from .admin_fixtures import CSRF_FIELD, PASSWORD, make_subscriber, signed_in
 from .conftest import App

@@ -10,10 +10,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import update
 
-from responder.analytics import funnel_stats
 from responder.app import init_app
 from responder.cli import main
-from responder.events import record_event
+from responder.funnel.analytics import funnel_stats
+from responder.funnel.events import record_event
 from responder.models import Message, Subscriber
 from responder.runtime import Runtime
 

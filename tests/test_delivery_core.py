@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from responder.core.retry import next_attempt
 from responder.delivery.dkim import (
     DkimKey,
     DkimSigner,
@@ -21,7 +22,6 @@ from responder.delivery.dkim import (
 )
 from responder.delivery.mime import Mail, compose
 from responder.delivery.ratelimit import SlidingWindow
-from responder.delivery.retry import next_attempt
 from responder.delivery.verp import Addresses
 from responder.errors import ConfigError, ValidationError
 from responder.settings import parse_listen

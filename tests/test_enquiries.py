@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import select
 
 from responder.app import start_runtime
+from responder.audience.enquiries import MAX_ACK_ATTEMPTS, EnquiryIn, EnquiryLoop, is_automatic, open_enquiry
+from responder.audience.enquiry_admin import answer
 from responder.clock import FakeClock
 from responder.delivery.transport import make_transport
-from responder.enquiries import MAX_ACK_ATTEMPTS, EnquiryIn, EnquiryLoop, is_automatic, open_enquiry
-from responder.enquiry_admin import answer
 from responder.models import Enquiry, Event
 from responder.runtime import Runtime
 

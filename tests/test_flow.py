@@ -9,8 +9,8 @@ import re
 
 from sqlalchemy import func, select
 
+from responder.funnel.enrollments import Scheduler
 from responder.models import Event, LayerHistory, Message, Subscriber
-from responder.sequences.funnel import Scheduler
 
 from .conftest import App
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from responder.events import record_event
+from responder.audience.directory import move_subscriber
+from responder.funnel import layers as layers_service
+from responder.funnel import sequences as sequences_service
+from responder.funnel.events import record_event
+from responder.funnel.sweep import sweep
+from responder.funnel.triggers import start_triggered
 from responder.models import Enrollment, Event, Layer, LayerHistory, Message, Sequence, Subscriber
 from responder.runtime import Runtime
-from responder.sequences import layers_service, sequences_service
-from responder.sequences.sweep import sweep
-from responder.sequences.triggers import start_triggered
-from responder.subscriber_admin import move_subscriber
 
 from .funnel_fixtures import (  # noqa: F401
     active_enrollments,

@@ -152,7 +152,7 @@ def test_cli_users_tokens_import_and_export(sqlite_url: str, tmp_path: Path,
 async def test_a_job_left_running_by_a_killed_server_shows_as_failed(app: App) -> None:
     """A server killed mid-import cannot mark its job; once the job has made no progress for
     STALE_AFTER, reading it marks it failed with what happened and what to do."""
-    from responder.importer import STALE_AFTER
+    from responder.audience.importer import STALE_AFTER
     from responder.models import ImportJob
 
     async with app.rt.db.transaction() as session:
@@ -179,7 +179,7 @@ async def test_a_job_left_running_by_a_killed_server_shows_as_failed(app: App) -
 async def test_an_import_declared_dead_stops_and_leaves_its_row_failed(app: App, tmp_path: Path) -> None:
     """A live import whose row was marked failed (no progress for STALE_AFTER, say a database
     stuck that long) stops at its next progress save instead of writing "done" over it."""
-    from responder.importer import BATCH_ROWS, run_job
+    from responder.audience.importer import BATCH_ROWS, run_job
     from responder.models import ImportJob
 
     path = tmp_path / "big.csv"
@@ -210,7 +210,7 @@ async def test_an_upload_left_by_a_killed_server_is_removed_at_the_next_start(
     import sys
     import tempfile
 
-    from responder.importer import ImportJobs, spool
+    from responder.audience.importer import ImportJobs, spool
 
     killed = subprocess.run(
         [sys.executable, "-c",

@@ -10,7 +10,7 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select
 
-from responder.inbound.reports import classify
+from responder.core.inbound import classify
 from responder.models import Enquiry, Event, Message
 
 from .conftest import App, free_port, running_app

@@ -7,10 +7,10 @@ import datetime as dt
 
 import pytest
 
-from responder.ratelimit import SlidingWindow
-from responder.tracking.machine import Request, classify
-from responder.tracking.pow import leading_zero_bits, solve, solves
+from responder.core.machine import Request, classify
 from responder.tracking.track import safe_target
+from responder.web.public.pow import leading_zero_bits, solve, solves
+from responder.web.ratelimit import SlidingWindow
 
 T0 = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)
 BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 Safari/605.1.15"

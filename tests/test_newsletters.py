@@ -9,12 +9,12 @@ import datetime as dt
 import pytest
 from sqlalchemy import func, select
 
-from responder import newsletters
 from responder.cli import main
 from responder.errors import Conflict, ValidationError
+from responder.funnel import layers as layers_service
+from responder.funnel import newsletters
 from responder.models import Message, Newsletter, Subscriber
 from responder.runtime import Runtime
-from responder.sequences import layers_service
 
 from .conftest import App
 from .funnel_fixtures import make_subscriber, rt  # noqa: F401

@@ -6,16 +6,16 @@ import datetime as dt
 
 import pytest
 
-from responder.delivery.retry import next_attempt
-from responder.errors import ValidationError
-from responder.sequences.promotion import DEFAULT_RULE, EventFact, evaluate, validate_rule
-from responder.sequences.schedule import (
+from responder.core.promotion import DEFAULT_RULE, EventFact, evaluate, validate_rule
+from responder.core.retry import next_attempt
+from responder.core.schedule import (
     StepPlan,
     advance,
     first_due,
     format_duration,
     parse_duration,
 )
+from responder.errors import ValidationError
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
 

@@ -6,8 +6,7 @@ import datetime as dt
 
 import pytest
 
-from responder.errors import ValidationError
-from responder.sequences.pacing import (
+from responder.core.pacing import (
     Sent,
     condition_holds,
     in_window,
@@ -16,14 +15,15 @@ from responder.sequences.pacing import (
     validate_window,
     zone,
 )
-from responder.sequences.promotion import (
+from responder.core.promotion import (
     DEFAULT_RULE,
     EventFact,
     earns_preferred,
     evaluate,
     validate_rule,
 )
-from responder.webhooks import retry_at, sign, verify
+from responder.errors import ValidationError
+from responder.funnel.webhooks import retry_at, sign, verify
 
 T0 = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)  # a Monday
 

@@ -118,8 +118,8 @@ def test_db_upgrade_on_a_fresh_file(tmp_path: Path) -> None:
 
 async def test_worker_process_sends_without_http(tmp_path: Path) -> None:
     from responder.app import start_runtime
+    from responder.audience.subscribers import SubscribeRequest, subscribe
     from responder.settings import Settings
-    from responder.subscribers import SubscribeRequest, subscribe
 
     env = {"RESPONDER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'w.db'}",
            "RESPONDER_SMTP_URL": f"file://{tmp_path / 'out'}", "RESPONDER_WORKER_POLL_S": "0.05"}

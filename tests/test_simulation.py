@@ -11,8 +11,10 @@ from collections import defaultdict
 
 from sqlalchemy import func, insert, select, update
 
-from responder import newsletters
-from responder.events import record_event
+from responder.funnel import newsletters
+from responder.funnel.enrollments import Scheduler
+from responder.funnel.events import record_event
+from responder.funnel.layers import update_layer
 from responder.models import (
     Enrollment,
     Event,
@@ -24,8 +26,6 @@ from responder.models import (
     Subscriber,
 )
 from responder.runtime import Runtime
-from responder.sequences.funnel import Scheduler
-from responder.sequences.layers_service import update_layer
 
 from .funnel_fixtures import rt  # noqa: F401
 

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from responder.clock import FakeClock
 from responder.models import ConsentRecord, Message, Subscriber
-from responder.tracking.pow import solve
+from responder.web.public.pow import solve
 
 from .conftest import App, SmtpSink, forms_file, running_app
 from .public_fixtures import make_subscriber

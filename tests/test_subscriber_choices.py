@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from responder.core.pacing import Sent, caps_for, mail_at
 from responder.models import Enrollment, Message, Newsletter
-from responder.sequences.pacing import Sent, caps_for, mail_at
 
 from .conftest import App
 from .funnel_fixtures import make_subscriber

@@ -267,7 +267,7 @@ async def test_the_writer_answers_only_subscribers_a_layer_rule_watches(tmp_path
     it cannot read answers everything (the server's judgement looks again)."""
     import json
 
-    from responder.sequences.promotion import DEFAULT_RULE
+    from responder.core.promotion import DEFAULT_RULE
 
     path = tmp_path / "t.db"
     with sqlite3.connect(path) as conn:
@@ -308,8 +308,8 @@ def test_the_writer_stores_event_times_as_the_column_does(tmp_path) -> None:  # 
     ``UTCDateTime`` column writes to SQLite: at whole seconds, across them, in any zone."""
     from sqlalchemy import Column, Integer, MetaData, Table, create_engine, insert
 
+    from responder.core.machine import Request
     from responder.models import UTCDateTime
-    from responder.tracking.machine import Request
     from responder.tracking.writer import hit_of, stored_text
 
     start = dt.datetime(2026, 11, 24, 23, 59, 58, 999_999, tzinfo=dt.UTC)
@@ -348,7 +348,7 @@ async def test_an_undecodable_user_agent_is_stored_as_text(papp: App) -> None:
 async def test_a_batch_refused_for_its_rows_is_written_one_by_one(papp: App) -> None:
     """A row no retry can store (here a click target with a lone surrogate, which no caller
     can send) costs that event only: the rest of its batch and later events are written."""
-    from responder.tracking.machine import Request
+    from responder.core.machine import Request
     from responder.tracking.writer import hit_of
 
     _, message = await make_subscriber(papp)
@@ -581,7 +581,7 @@ async def test_a_batch_the_writer_committed_before_dying_is_still_judged(
         sqlite_url: str, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
     """Found on disk after the writer died answering, the batch is not written again but its
     subscribers are judged for promotion here: two human clicks in two mails promote."""
-    from responder.tracking.machine import Request
+    from responder.core.machine import Request
     from responder.tracking.writer import hit_of
 
     async with running_app(sqlite_url, smtp, clock, RESPONDER_TRACK_FLUSH_MS="20") as papp:

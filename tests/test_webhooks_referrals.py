@@ -14,8 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
+from responder.funnel.referrals import referral_url
 from responder.models import Event, Subscriber, WebhookDelivery
-from responder.referrals import referral_url
 
 from .conftest import App
 from .funnel_fixtures import make_subscriber
@@ -151,7 +151,7 @@ async def test_referral_link_credits_the_referrer_on_confirm(app: App) -> None:
 
 
 async def test_every_funnel_event_reaches_the_log(app: App) -> None:
-    from responder.events import record_event
+    from responder.funnel.events import record_event
     from responder.models import Webhook
 
     async with app.rt.db.transaction() as session:

@@ -30,17 +30,17 @@ from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, literal, select, update
 
+from ..core.retry import next_attempt
 from ..errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
+from ..funnel.enrollments import end_enrollments
 from ..loop import PollingLoop
 from ..models import Event, Layer, Message, Subscriber, Template
 from ..runtime import Runtime
-from ..sequences.funnel import end_enrollments
 from . import outbox
 from .build import Sources, build_mail
 from .dkim import DkimSigner, private_pem, sign_canonical, signer_from_settings
 from .mime import Envelope, compose
 from .ratelimit import SendLimits
-from .retry import next_attempt
 from .signing import SigningProcess, SigningUnavailable
 from .transport import Transport
 

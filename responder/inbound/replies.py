@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..events import Recorded, record_event
+from ..core.inbound import Report
+from ..funnel.events import Recorded, record_event
 from ..models import Message, Subscriber
-from .reports import Report
 
 SNIPPET_CHARS = 500
 

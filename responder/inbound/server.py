@@ -23,15 +23,15 @@ from typing import Any
 from aiosmtpd.smtp import SMTP
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..audience.enquiries import EnquiryIn, open_enquiry
+from ..audience.subscribers import opt_out
+from ..core.inbound import Report, classify
 from ..delivery.verp import Addresses, Tagged, addresses_for
 from ..delivery.worker import suppress_bounced
-from ..enquiries import EnquiryIn, open_enquiry
-from ..events import record_event
+from ..funnel.events import record_event
 from ..models import Event, Message, Subscriber
 from ..runtime import Runtime
-from ..subscribers import opt_out
 from .replies import Reply, handle_reply
-from .reports import Report, classify
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024

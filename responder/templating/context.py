@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..funnel.referrals import referral_url
 from ..models import Layer, Subscriber
-from ..referrals import referral_url
 from ..runtime import Runtime
 from ..settings import Settings
 

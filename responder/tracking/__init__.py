@@ -1,1 +1,1 @@
-"""Public HTTP: subscribe, confirm, open, click, unsubscribe."""
+"""Opens and clicks: signed tokens, the pixel and the click redirect, and the batched event writer."""

@@ -32,12 +32,12 @@ from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..clock import from_micros
+from ..core.machine import BURST_WINDOW_S, reach
+from ..core.promotion import PROMOTING_TYPES
 from ..db import SQLITE_PRAGMAS, WRITER_PRAGMAS
-from ..events import judge_many
+from ..funnel.events import judge_many
 from ..models import Event, Message
 from ..runtime import Runtime
-from ..sequences.promotion import PROMOTING_TYPES
-from .machine import BURST_WINDOW_S, reach
 from .writer import COLUMNS, KNOWN_MESSAGES, EventRows, RowWriter, WriteFailed, WriterUnavailable
 
 log = logging.getLogger(__name__)

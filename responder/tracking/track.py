@@ -16,14 +16,14 @@ from aiohttp.abc import BaseRequest
 from aiohttp.web_log import AccessLogger
 from sqlalchemy import select
 
+from ..core.machine import Request
 from ..errors import InvalidToken
 from ..models import Message
 from ..runtime import Runtime
 from ..templating.render import last_body_end
-from ..web import RUNTIME, peer_address, runtime
+from ..web.http import RUNTIME, peer_address, runtime
+from ..web.public.common import PUBLIC, public
 from .batch import Tracker
-from .machine import Request
-from .public import PUBLIC, public
 from .writer import hit_of
 
 GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"

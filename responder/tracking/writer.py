@@ -35,9 +35,9 @@ from collections import OrderedDict
 from typing import Any
 
 from ..clock import from_micros, micros_of
+from ..core.machine import SWEEPING, Request, classify, machine_data, reach
+from ..core.promotion import rule_watches
 from ..framed import ChildGone, FramedChild, child_signals, read_frame, write_frame
-from ..sequences.promotion import rule_watches
-from .machine import SWEEPING, Request, classify, machine_data, reach
 
 COLUMNS = ("subscriber_id", "message_id", "type", "url", "ip", "user_agent", "machine", "data",
            "created_at")

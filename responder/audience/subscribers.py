@@ -1,0 +1,204 @@
+"""Opt-in, confirmation and opt-out: the permission part of the loop."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..delivery import outbox
+from ..errors import InvalidToken, ValidationError
+from ..funnel.enrollments import end_enrollments, enroll
+from ..funnel.events import record_event
+from ..funnel.referrals import credit_referral, referrer_id
+from ..models import ConsentRecord, Layer, Message, Subscriber
+from ..runtime import Runtime
+from ..validation import clean_email, clean_form_id, clean_name, clean_text
+from .suppression import is_suppressed
+
+DAY = dt.timedelta(days=1)
+MAX_ATTRIBUTE_LEN = 200
+
+
+@dataclass(frozen=True)
+class SubscribeRequest:
+    email: str
+    name: str = ""
+    form: str = "default"
+    consent_text: str = ""
+    ip: str | None = None
+    user_agent: str | None = None
+    consent_version: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+    ref: str | None = None  # a referral token (see ``referrals``)
+
+    @classmethod
+    def from_input(cls, data: dict[str, object], ip: str | None, user_agent: str | None, *,
+                   allowed_attributes: tuple[str, ...] = (), default_consent: str = "",
+                   default_version: str | None = None) -> SubscribeRequest:
+        """Validate a subscribe body; consent falls back to the form's configured wording."""
+        return cls(
+            email=clean_email(data.get("email")),
+            name=clean_name(data.get("name")),
+            form=clean_form_id(data.get("form")),
+            consent_text=clean_text(data.get("consent"), "consent", max_len=2000) or default_consent,
+            ip=ip,
+            user_agent=(user_agent or "")[:512] or None,
+            consent_version=clean_text(data.get("consent_version"), "consent_version",
+                                       max_len=64) or default_version,
+            attributes=clean_attributes(data, allowed_attributes),
+            ref=data.get("ref") if isinstance(data.get("ref"), str) else None,  # type: ignore[arg-type]
+        )
+
+
+def clean_attributes(data: dict[str, object], allowed: tuple[str, ...]) -> dict[str, str]:
+    """Custom fields: ``attr_<name>`` form fields or an ``attributes`` JSON object; only the
+    form's allow-listed names, short single-line text."""
+    given: dict[str, Any] = {}
+    nested = data.get("attributes")
+    if nested is not None:
+        if not isinstance(nested, dict):
+            raise ValidationError("attributes must be an object", field="attributes")
+        given.update(nested)
+    given.update({key[5:]: value for key, value in data.items() if key.startswith("attr_")})
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ValidationError(f"this form does not accept the attribute {unknown[0]!r}",
+                              field="attributes")
+    return {name: clean_text(value, name, max_len=MAX_ATTRIBUTE_LEN)
+            for name, value in given.items()}
+
+
+async def subscribe(rt: Runtime, req: SubscribeRequest) -> None:
+    """Record the opt-in and send a confirmation; the outcome is never revealed to the caller."""
+    now = rt.clock.now()
+    assert rt.settings.secret_key is not None
+    async with rt.db.transaction() as session:
+        if await is_suppressed(session, rt.settings.secret_key, req.email):
+            return  # erased on request: never stored or mailed again
+        subscriber = (await session.execute(
+            select(Subscriber).where(Subscriber.email == req.email)
+        )).scalar_one_or_none()
+        if subscriber is None:
+            subscriber = Subscriber(email=req.email, name=req.name, status="pending",
+                                    attributes={}, tags=[], created_at=now,
+                                    referred_by_id=referrer_id(rt, req.ref))
+            session.add(subscriber)
+            await session.flush()
+        elif subscriber.status in ("active", "bounced", "complained"):
+            return
+        elif subscriber.status in ("unsubscribed", "sunset"):
+            subscriber.status = "pending"
+        if req.name:
+            subscriber.name = req.name
+        if req.attributes:
+            subscriber.attributes = {**(subscriber.attributes or {}), **req.attributes}
+        session.add(ConsentRecord(
+            subscriber_id=subscriber.id, action="subscribe", form=req.form,
+            wording_sha256=hashlib.sha256(req.consent_text.encode()).hexdigest()
+            if req.consent_text else None, consent_version=req.consent_version,
+            ip=req.ip, user_agent=req.user_agent, created_at=now,
+        ))
+        await send_confirmation(rt, session, subscriber.id, now)
+    rt.wake_outbox()
+
+
+async def send_confirmation(rt: Runtime, session: AsyncSession, subscriber_id: int,
+                            now: dt.datetime) -> bool:
+    """Queue a confirmation mail unless the address had one within ``confirm_resend_s`` or
+    ``confirm_per_day`` of them in the last day (a subscription bomb gets little mail)."""
+    settings = rt.settings
+    times = list((await session.execute(
+        select(Message.created_at).where(
+            Message.subscriber_id == subscriber_id, Message.kind == "confirm",
+            Message.created_at > now - DAY)
+    )).scalars())
+    if len(times) >= settings.confirm_per_day or any(
+            t > now - dt.timedelta(seconds=settings.confirm_resend_s) for t in times):
+        return False
+    await outbox.enqueue(session, subscriber_id=subscriber_id, kind="confirm",
+                         template_name="confirm", now=now, domain=settings.sender_domain)
+    return True
+
+
+async def renew_confirmation(rt: Runtime, token: str) -> None:
+    """A fresh confirmation link for an expired one; throttled like any other."""
+    subscriber_id = rt.tokens.read_confirm_expired(token)
+    now = rt.clock.now()
+    async with rt.db.transaction() as session:
+        subscriber = await session.get(Subscriber, subscriber_id)
+        if subscriber is None or subscriber.status != "pending":
+            return
+        await send_confirmation(rt, session, subscriber.id, now)
+    rt.wake_outbox()
+
+
+async def confirm(rt: Runtime, token: str, ip: str | None, user_agent: str | None) -> str:
+    """Double opt-in: 'confirmed', 'already' (idempotent) or 'unsubscribed'."""
+    subscriber_id = rt.tokens.read_confirm(token)
+    now = rt.clock.now()
+    async with rt.db.transaction() as session:
+        subscriber = await get_subscriber(session, subscriber_id,
+                                          "this confirmation link is not valid")
+        if subscriber.status != "pending":
+            return "already" if subscriber.status == "active" else "unsubscribed"
+        first = (await session.execute(select(Layer).where(Layer.removed_at.is_(None))
+                                       .order_by(Layer.position).limit(1))).scalar_one()
+        subscriber.status = "active"
+        subscriber.confirmed_at = now
+        subscriber.layer_id = first.id
+        subscriber.layer_entered_at = now
+        session.add(ConsentRecord(subscriber_id=subscriber.id, action="confirm", form="confirm",
+                                  wording_sha256=None, ip=ip,
+                                  user_agent=(user_agent or "")[:512] or None, created_at=now))
+        await record_event(session, subscriber, "confirm", now, ip=ip, user_agent=user_agent)
+        await enroll(session, subscriber, first.id, now)
+        await credit_referral(session, subscriber, now)
+    rt.wake_scheduler()
+    return "confirmed"
+
+
+async def unsubscribe(rt: Runtime, token: str, ip: str | None, user_agent: str | None) -> Subscriber:
+    """Opt out at once; calling it again changes nothing."""
+    subscriber_id = rt.tokens.read_unsubscribe(token)
+    now = rt.clock.now()
+    async with rt.db.transaction() as session:
+        subscriber = await get_subscriber(session, subscriber_id)
+        await opt_out(session, subscriber, now, ip=ip, user_agent=user_agent)
+    return subscriber
+
+
+async def get_subscriber(session: AsyncSession, subscriber_id: int,
+                         message: str = "this link is not valid") -> Subscriber:
+    """The subscriber a verified token names; ``InvalidToken`` if it is gone."""
+    subscriber = await session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        raise InvalidToken(message)
+    return subscriber
+
+
+async def opt_out(session: AsyncSession, subscriber: Subscriber, now: dt.datetime, *,
+                  status: str = "unsubscribed", event: str = "unsubscribe", ip: str | None = None,
+                  user_agent: str | None = None, data: dict[str, Any] | None = None) -> bool:
+    """Stop all mail to an active or pending subscriber (an unsubscribe, or a complaint);
+    False, changing nothing, if they were already out."""
+    if subscriber.status not in ("active", "pending"):
+        return False
+    subscriber.status = status
+    subscriber.unsubscribed_at = now
+    await end_enrollments(session, subscriber.id, "stopped", now)
+    await record_event(session, subscriber, event, now, ip=ip, user_agent=user_agent, data=data)
+    return True
+
+
+async def subscriber_for_token(rt: Runtime, token: str) -> Subscriber:
+    subscriber_id = rt.tokens.read_unsubscribe(token)
+    async with rt.db.read() as session:
+        subscriber = await session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        raise InvalidToken("this link is not valid")
+    return subscriber

@@ -1,0 +1,178 @@
+"""The funnel's shell: enrolling subscribers, moving them between layers, running due steps.
+
+The decisions are made by the pure functions in ``schedule`` and ``promotion``; this module
+reads their inputs from the database and writes their outcomes back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..core.schedule import StepPlan, first_due
+from ..loop import PollingLoop
+from ..models import Enrollment, Event, Layer, LayerHistory, Sequence, Step, Subscriber
+from ..runtime import Runtime
+from . import newsletters, webhooks
+from .stepper import run_due_steps
+
+
+async def layer_sequence(session: AsyncSession, layer_id: int) -> Sequence | None:
+    return (
+        await session.execute(
+            select(Sequence).where(Sequence.layer_id == layer_id, Sequence.trigger == "layer")
+            .order_by(Sequence.id).limit(1)
+        )
+    ).scalar_one_or_none()
+
+
+async def step_plans(session: AsyncSession, sequence_id: int) -> list[Step]:
+    return list(
+        (await session.execute(
+            select(Step).where(Step.sequence_id == sequence_id).order_by(Step.position)
+        )).scalars()
+    )
+
+
+async def enroll(session: AsyncSession, subscriber: Subscriber, layer_id: int, now: dt.datetime) -> Enrollment | None:
+    """Start the layer's main sequence for this subscriber; its first step is due after its delay."""
+    sequence = await layer_sequence(session, layer_id)
+    if sequence is None:
+        return None
+    return await enroll_in(session, subscriber, sequence, now)
+
+
+async def enroll_in(session: AsyncSession, subscriber: Subscriber, sequence: Sequence,
+                    now: dt.datetime) -> Enrollment:
+    steps = await step_plans(session, sequence.id)
+    due = first_due([StepPlan(s.position, s.delay_s) for s in steps], now)
+    enrollment = Enrollment(
+        subscriber_id=subscriber.id, sequence_id=sequence.id,
+        state="active" if due else "completed", next_position=steps[0].position if steps else 1,
+        due_at=due, started_at=now, ended_at=None if due else now,
+    )
+    session.add(enrollment)
+    await session.flush()
+    return enrollment
+
+
+async def end_enrollments(session: AsyncSession, subscriber_id: int, state: str, now: dt.datetime,
+                          *, layer_only: bool = False) -> None:
+    """End the subscriber's active enrollments (only the layer's main one with ``layer_only``)."""
+    condition = [Enrollment.subscriber_id == subscriber_id, Enrollment.state == "active"]
+    if layer_only:
+        condition.append(Enrollment.sequence_id.in_(
+            select(Sequence.id).where(Sequence.trigger == "layer")))
+    await session.execute(
+        update(Enrollment).where(*condition).values(state=state, ended_at=now, due_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def top_position(session: AsyncSession) -> int:
+    return int((await session.execute(
+        select(func.max(Layer.position)).where(Layer.removed_at.is_(None))
+    )).scalar_one() or 0)
+
+
+async def move_layer(
+    session: AsyncSession,
+    subscriber: Subscriber,
+    to_layer: Layer,
+    *,
+    reason: str,
+    event_ids: tuple[int, ...] | list[int],
+    now: dt.datetime,
+) -> LayerHistory:
+    """Hand the subscriber off to ``to_layer``: history row, old sequence ended, new one started.
+
+    Triggered sequences (back-end, follow-up, thank-you) keep running across the move.
+    """
+    from_layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
+    history = LayerHistory(
+        subscriber_id=subscriber.id, from_layer_id=subscriber.layer_id, to_layer_id=to_layer.id,
+        reason=reason, event_ids=list(event_ids), created_at=now,
+    )
+    session.add(history)
+    await end_enrollments(session, subscriber.id, "handed_off", now, layer_only=True)
+    subscriber.layer_id = to_layer.id
+    subscriber.layer_entered_at = now
+    session.add(Event(subscriber_id=subscriber.id, type="promoted", created_at=now,
+                      data={"to_layer": to_layer.position, "reason": reason}))
+    if subscriber.status == "active":
+        await enroll(session, subscriber, to_layer.id, now)
+    await webhooks.emit(session, "layer_changed", {
+        "subscriber": {"id": subscriber.id, "email": subscriber.email},
+        "from_layer": from_layer.position if from_layer else None,
+        "to_layer": to_layer.position, "reason": reason, "event_ids": list(event_ids),
+    }, now)
+    await session.flush()
+    return history
+
+
+async def sunset(session: AsyncSession, subscriber: Subscriber, reason: str, now: dt.datetime) -> None:
+    """Stop mailing a long-silent subscriber; the record, layer and history stay."""
+    subscriber.status = "sunset"
+    await end_enrollments(session, subscriber.id, "stopped", now)
+    session.add(Event(subscriber_id=subscriber.id, type="sunset", created_at=now,
+                      data={"reason": reason}))
+    await session.flush()
+
+
+async def sunset_many(session: AsyncSession, subscriber_ids: list[int], reason: str,
+                      now: dt.datetime) -> None:
+    """``sunset`` for many subscribers in three statements (the daily sweep)."""
+    await session.execute(
+        update(Subscriber).where(Subscriber.id.in_(subscriber_ids)).values(status="sunset")
+        .execution_options(synchronize_session="fetch"))
+    await session.execute(
+        update(Enrollment).where(Enrollment.subscriber_id.in_(subscriber_ids),
+                                 Enrollment.state == "active")
+        .values(state="stopped", ended_at=now, due_at=None)
+        .execution_options(synchronize_session=False))
+    session.add_all([Event(subscriber_id=i, type="sunset", created_at=now, data={"reason": reason})
+                     for i in subscriber_ids])
+    await session.flush()
+
+
+SCHEDULER_LOCK = 0x72657370  # advisory lock key shared by every scheduler of one database
+
+
+class Scheduler(PollingLoop):
+    """Moves due sequence steps and newsletter batches into the outbox; sweeps once a day."""
+
+    name = "scheduler"
+
+    def __init__(self, rt: Runtime, *, batch_size: int = 200) -> None:
+        super().__init__(rt.scheduler_wake, rt.settings.scheduler_poll_s)
+        self.rt = rt
+        self.batch_size = batch_size
+        self.next_sweep_at: dt.datetime | None = None
+
+    async def run_once(self) -> int:
+        # Many `responder worker` processes may share one PostgreSQL: their ticks take turns,
+        # so a newsletter's audience is copied once and a step is queued by one tick.
+        async with self.rt.db.exclusive(SCHEDULER_LOCK):
+            return await self._tick()
+
+    async def _tick(self) -> int:
+        rt = self.rt
+        now = rt.clock.now()
+        # Newsletters first: a drip step due in the same tick then sees them and waits.
+        async with rt.db.transaction() as session:
+            batches = await newsletters.advance(session, now, domain=rt.settings.sender_domain)
+        async with rt.db.transaction() as session:
+            done = await run_due_steps(session, now, limit=self.batch_size,
+                                       domain=rt.settings.sender_domain)
+        if self.next_sweep_at is None or now >= self.next_sweep_at:
+            from .sweep import SWEEP_EVERY, sweep  # the sweep judges through events → funnel
+
+            async with rt.db.transaction() as session:
+                await sweep(session, now)
+            self.next_sweep_at = now + SWEEP_EVERY
+        if done.queued or batches:
+            rt.wake_outbox()
+        rt.wake_webhooks()
+        return done.processed + batches

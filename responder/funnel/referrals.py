@@ -1,0 +1,86 @@
+"""Referrals: every subscriber has a link ``/r/{token}`` that leads to the subscribe form; the
+referrer is credited (a ``referral`` event, which can promote them and starts their thank-you
+sequence) when the person they referred confirms.
+
+The token travels from the link to the opt-in in a cookie (and a landing page posting JSON may
+send it as ``ref``); it is signed, so nobody can credit an address they do not hold a link for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from aiohttp import web
+from itsdangerous import BadData, URLSafeSerializer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..errors import InvalidToken
+from ..models import Subscriber
+from ..runtime import Runtime
+from ..tracking.tokens import url_serializer
+from ..web.http import runtime
+
+REF_COOKIE = "responder_ref"
+REF_COOKIE_MAX_AGE_S = 30 * 86400
+
+routes = web.RouteTableDef()
+
+
+def _serializer(rt: Runtime) -> URLSafeSerializer:
+    assert rt.settings.secret_key is not None
+    return URLSafeSerializer(rt.settings.secret_key, salt="referral")
+
+
+def referral_token(rt: Runtime, subscriber_id: int) -> str:
+    # Every mail's context carries one: the same token, without a signer built per call.
+    assert rt.settings.secret_key is not None
+    return url_serializer(rt.settings.secret_key, "referral").dumps(subscriber_id)
+
+
+def referral_url(rt: Runtime, subscriber_id: int) -> str:
+    return rt.url(f"/r/{referral_token(rt, subscriber_id)}")
+
+
+def read_referral(rt: Runtime, token: str) -> int:
+    try:
+        value = _serializer(rt).loads(token)
+    except BadData as exc:
+        raise InvalidToken("this referral link is not valid") from exc
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidToken("this referral link is not valid")
+    return value
+
+
+def referrer_id(rt: Runtime, token: object) -> int | None:
+    """The referrer named by a ``ref`` value from a form, JSON body or cookie; None if absent
+    or not genuine (a bad referral never blocks a subscription)."""
+    if not isinstance(token, str) or not token or len(token) > 200:
+        return None
+    try:
+        return read_referral(rt, token)
+    except InvalidToken:
+        return None
+
+
+@routes.get("/r/{token}")
+async def referral_link(request: web.Request) -> web.StreamResponse:
+    rt = runtime(request)
+    token = request.match_info["token"]
+    read_referral(rt, token)
+    response = web.HTTPSeeOther("/subscribe/default")
+    response.set_cookie(REF_COOKIE, token, max_age=REF_COOKIE_MAX_AGE_S, httponly=True,
+                        samesite="Lax", secure=request.secure)
+    raise response
+
+
+async def credit_referral(session: AsyncSession, subscriber: Subscriber, now: dt.datetime) -> None:
+    """On confirmation: record a ``referral`` event for whoever referred this subscriber."""
+    from .events import record_event  # events → funnel → … → subscribers → here
+
+    if subscriber.referred_by_id is None or subscriber.referred_by_id == subscriber.id:
+        return
+    referrer = await session.get(Subscriber, subscriber.referred_by_id)
+    if referrer is None:
+        return
+    await record_event(session, referrer, "referral", now,
+                       data={"referred_id": subscriber.id, "referred_email": subscriber.email})

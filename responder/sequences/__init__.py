@@ -1,1 +1,0 @@
-"""The trust funnel's pure core: layers, drip scheduling and promotion rules."""

@@ -1,0 +1,34 @@
+"""Dashboard: the funnel at a glance."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ....funnel.dashboard import dashboard_stats
+from ...http import runtime
+from ..charts import Bar, funnel, hbars, stacked, up_down_columns
+from ..nav import NavItem
+from ..render import render
+
+NAV = NavItem("Dashboard", "/admin/", 10)
+routes = web.RouteTableDef()
+
+
+@routes.get("/")
+async def dashboard(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    async with rt.db.read() as session:
+        stats = await dashboard_stats(session, rt.clock.now())
+    layers = stats.layers
+    return render(
+        request, "dashboard.html", stats=stats,
+        funnel=funnel([Bar(f"{layer.position} {layer.label}", layer.subscribers,
+                           f"{layer.subscribers:,}") for layer in layers]),
+        moves=up_down_columns([(m.week_start.strftime("%d %b"), m.up, m.down)
+                               for m in stats.moves]),
+        churn=hbars([Bar(f"{layer.position} {layer.label}", layer.churn_rate,
+                         f"{layer.churn_rate * 100:.1f}% ({layer.churned})") for layer in layers],
+                    "churn per layer", peak=max([0.05, *(layer.churn_rate for layer in layers)])),
+        engagement=stacked([("opens", stats.opens.human, stats.opens.machine),
+                            ("clicks", stats.clicks.human, stats.clicks.machine)]),
+    )

@@ -1,0 +1,127 @@
+"""Newsletters: the list with state and progress, compose from a template for chosen layers
+(required) and tags, send now, at a time or keep as a draft; one newsletter's live progress and
+its pause / resume / cancel buttons. Calls the same service functions as the API."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+
+from ....errors import Conflict, ValidationError
+from ....funnel import newsletters
+from ....models import Layer
+from ....templating import service
+from ...http import runtime
+from ..auth import see_other
+from ..nav import NavItem
+from ..render import render
+
+NAV = NavItem("Newsletters", "/admin/newsletters", 50)
+routes = web.RouteTableDef()
+WHEN = ("now", "at", "draft")
+
+
+def _id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    return int(raw) if raw.isdigit() and len(raw) < 10 else 0
+
+
+async def _layers(request: web.Request) -> list[Layer]:
+    async with runtime(request).db.read() as session:
+        return list((await session.execute(
+            select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position))).scalars())
+
+
+def _positions(layers: list[Layer], ids: list[Any]) -> str:
+    by_id = {layer.id: layer.position for layer in layers}
+    return ", ".join(str(by_id.get(i, "?")) for i in ids)
+
+
+def compose_input(form: Any) -> dict[str, Any]:
+    """The compose form as the service's input: layers as positions, tags split on commas or
+    spaces, a ``datetime-local`` time read as UTC."""
+    positions = [int(p) for p in form.getall("layers", []) if isinstance(p, str) and p.isdigit()
+                 and len(p) < 6]
+    tags = [t for t in re.split(r"[,\s]+", str(form.get("tags", ""))) if t]
+    data: dict[str, Any] = {"name": form.get("name"), "template": form.get("template"),
+                            "layers": positions, "tags": tags}
+    when = form.get("when", "now")
+    if when == "now":
+        data["send_now"] = True
+    elif when == "at":
+        send_at = str(form.get("send_at", "")).strip()
+        if not send_at:
+            raise ValidationError("choose the time to send at", field="send_at")
+        data["send_at"] = send_at if re.search(r"(Z|[+-]\d\d:\d\d)$", send_at) else send_at + "+00:00"
+    return data
+
+
+async def _list(request: web.Request, *, status: int = 200, error: str | None = None,
+                form: dict[str, Any] | None = None) -> web.Response:
+    layers = await _layers(request)
+    async with runtime(request).db.read() as session:
+        rows = await newsletters.recent(session)
+    for row in rows:
+        row["layers"] = _positions(layers, row["layer_ids"])
+    return render(request, "newsletters.html", status=status, error=error, newsletters=rows,
+                  layers=layers, templates=await service.list_templates(runtime(request)),
+                  form=form or {"layers": [], "when": "now"})
+
+
+@routes.get("/newsletters")
+async def index(request: web.Request) -> web.Response:
+    return await _list(request)
+
+
+@routes.post("/newsletters")
+async def compose(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    form = await request.post()
+    try:
+        data = compose_input(form)
+        async with rt.db.transaction() as session:
+            newsletter = await newsletters.create(session, data, rt.clock.now())
+            newsletter_id = newsletter.id
+    except ValidationError as exc:
+        kept = {k: str(form.get(k, "")) for k in ("name", "template", "tags", "when", "send_at")}
+        kept["layers"] = [str(p) for p in form.getall("layers", [])]  # type: ignore[assignment]
+        return await _list(request, status=400, error=exc.message, form=kept)
+    rt.wake_scheduler()
+    return see_other(f"/admin/newsletters/{newsletter_id}")
+
+
+async def _progress(request: web.Request) -> dict[str, Any]:
+    async with runtime(request).db.read() as session:
+        return await newsletters.progress(session, await newsletters.get(session, _id(request)))
+
+
+@routes.get("/newsletters/{id:\\d+}")
+async def detail(request: web.Request) -> web.Response:
+    progress = await _progress(request)
+    progress["layers"] = _positions(await _layers(request), progress["layer_ids"])
+    return render(request, "newsletter.html", news=progress, error=None,
+                  notice=request.query.get("notice"))
+
+
+@routes.get("/newsletters/{id:\\d+}.json")
+async def progress_json(request: web.Request) -> web.Response:
+    return web.json_response(await _progress(request), headers={"Cache-Control": "no-store"})
+
+
+@routes.post("/newsletters/{id:\\d+}/{action:schedule|pause|resume|cancel}")
+async def action(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    name = request.match_info["action"]
+    try:
+        async with rt.db.transaction() as session:
+            await newsletters.act(session, _id(request), name, rt.clock.now())
+    except Conflict as exc:
+        progress = await _progress(request)
+        progress["layers"] = _positions(await _layers(request), progress["layer_ids"])
+        return render(request, "newsletter.html", status=409, news=progress, error=exc.message,
+                      notice=None)
+    rt.wake_scheduler()
+    return see_other(f"/admin/newsletters/{_id(request)}?notice={name}")

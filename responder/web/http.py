@@ -1,0 +1,125 @@
+"""HTTP plumbing shared by every route: typed app state, and errors mapped to status codes in
+one middleware (JSON for the API and JSON callers, a page a person can act on otherwise)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import ResponderError, ValidationError
+from ..runtime import Runtime
+from .pages import render_page
+
+log = logging.getLogger(__name__)
+
+RUNTIME = web.AppKey("runtime", Runtime)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def runtime(request: web.Request) -> Runtime:
+    return request.app[RUNTIME]
+
+
+def wants_json(request: web.Request) -> bool:
+    return (
+        request.path.startswith("/api/")
+        or request.content_type == "application/json"
+        or "application/json" in request.headers.get("Accept", "")
+    )
+
+
+def error_response(request: web.Request, status: int, code: str, message: str,
+                   field: str | None = None) -> web.Response:
+    if wants_json(request):
+        body = {"error": {"code": code, "message": message, "field": field}}
+        return web.json_response(body, status=status)
+    rt = request.app[RUNTIME]
+    title = {400: "Something is wrong with that", 401: "Sign in needed", 403: "Not allowed",
+             404: "Link not valid", 408: "That took too long", 413: "Too much data",
+             429: "Too many requests", 503: "Busy right now"}.get(status, "Something went wrong")
+    return render_page("message.html", status=status, title=title, message=message,
+                       sender_name=rt.settings.from_name)
+
+
+def error_for(request: web.Request, exc: Exception) -> web.Response:
+    """The response for an error a handler raised: ``ResponderError`` by its status, aiohttp's
+    4xx/5xx exceptions by theirs, anything else a logged 500."""
+    if isinstance(exc, ResponderError):
+        response = error_response(request, exc.status, exc.code, exc.message, exc.field)
+        retry_after_s = getattr(exc, "retry_after_s", None)  # 429 and 503 say when to come back
+        if retry_after_s is not None:
+            response.headers["Retry-After"] = str(retry_after_s)
+        return response
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return error_response(request, 413, "too_large",
+                              f"request body is larger than {request.app[RUNTIME].settings.max_body_bytes} bytes")
+    if isinstance(exc, web.HTTPException):
+        return error_response(request, exc.status, exc.reason.lower().replace(" ", "_"),
+                              exc.text or exc.reason)
+    log.exception("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response(request, 500, "internal", "internal error; it has been logged")
+
+
+HTML_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+
+def secure_headers(response: web.StreamResponse) -> None:
+    headers = response.headers
+    if "X-Content-Type-Options" not in headers:
+        headers["X-Content-Type-Options"] = "nosniff"
+    if "Referrer-Policy" not in headers:
+        headers["Referrer-Policy"] = "no-referrer"
+    if "Content-Security-Policy" not in headers and headers.get("Content-Type", "").startswith("text/html"):
+        headers["Content-Security-Policy"] = HTML_CSP
+
+
+async def read_input(request: web.Request) -> dict[str, Any]:
+    """A form or JSON body as a flat dict; the size is capped by the app's ``client_max_size``."""
+    if request.content_type == "application/json":
+        try:
+            data = json.loads(await request.read() or b"{}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValidationError("body is not valid JSON") from exc
+        if not isinstance(data, dict):
+            raise ValidationError("body must be a JSON object")
+        return data
+    try:
+        form = await request.post()
+    except ValueError as exc:  # e.g. multipart/form-data without a boundary
+        raise ValidationError(f"body is not a valid form: {exc}") from exc
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+def client_ip(request: web.Request) -> str | None:
+    """The client's address: the peer, or, when the peer is a trusted reverse proxy, the
+    right-most address in X-Forwarded-For that is not itself a trusted proxy (the left part
+    of that header is whatever the client chose to send)."""
+    return peer_address(request, request.app[RUNTIME].settings.trusted_proxies)
+
+
+def peer_address(request: web.BaseRequest, trusted: tuple[Any, ...]) -> str | None:
+    """``client_ip`` for a request that has not been routed (no ``request.app`` yet)."""
+    peer = request.remote
+    if not trusted or not _within(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
+    for hop in reversed([hop for hop in hops if hop]):
+        if not _within(hop, trusted):
+            return hop if _within(hop, ()) is not None else peer
+    return peer
+
+
+def _within(address: str | None, networks: tuple[Any, ...]) -> bool | None:
+    """Whether ``address`` is in one of ``networks``; None if it is not an IP address."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return None
+    return any(ip in network for network in networks)
+
