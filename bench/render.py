@@ -26,8 +26,8 @@ from responder.templating.compile import compile_template, generated_text
 from responder.templating.context import sample_context
 from responder.templating.render import Footer, add_footer, add_pixel, render_mail, rewrite_links
 from responder.templating.sandbox import html_env, render_string, text_env
+from responder.tracking.links import add_trap
 from responder.tracking.tokens import Tokens
-from responder.tracking.track import add_trap
 
 STARTER = Path(__file__).resolve().parent.parent / "templates" / "email"
 BASE = "https://news.example.com"

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from responder.app import start_runtime
 from responder.clock import FakeClock
 from responder.core.promotion import DEFAULT_RULE, EventFact, evaluate
-from responder.funnel.enrollments import Scheduler
 from responder.funnel.events import record_event
+from responder.funnel.scheduler import Scheduler
 from responder.models import Message, Subscriber
 from responder.settings import Settings
 

@@ -14,15 +14,12 @@ from .clock import Clock, SystemClock
 from .db import Database
 from .delivery.transport import Transport, make_transport
 from .delivery.worker import DeliveryWorker
-from .funnel import referrals
-from .funnel.enrollments import Scheduler
+from .funnel.scheduler import Scheduler
 from .funnel.webhooks import WebhookSender
 from .runtime import Runtime
 from .seed import Secrets, ensure_secrets, seed_defaults
 from .settings import Settings
-from .tracking import track as tracking_track
 from .tracking.tokens import Tokens
-from .tracking.track import QuietTrackingLog, pixels_first
 from .web import ops
 from .web.admin import setup_admin
 from .web.api import campaigns as campaigns_api
@@ -36,7 +33,9 @@ from .web.http import RUNTIME, Handler, error_for, secure_headers
 from .web.public import choices as tracking_choices
 from .web.public import enquiry_form as tracking_enquiry
 from .web.public import optin as tracking
+from .web.public import track as tracking_track
 from .web.public.common import PUBLIC, cors_headers, setup_public
+from .web.public.track import QuietTrackingLog, pixels_first
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
@@ -107,7 +106,6 @@ def init_app(rt: Runtime, *, transport: Transport | None = None, background: boo
         app.add_routes(delivery_api.routes)
         app.add_routes(funnel_api.routes)
         app.add_routes(campaigns_api.routes)
-        app.add_routes(referrals.routes)
         setup_admin(app)
     if background:
         app.cleanup_ctx.append(_loops(rt, transport or make_transport(rt.settings)))
@@ -125,7 +123,7 @@ async def start_runner(app: web.Application) -> web.AppRunner:
 
 
 def serve_pixels_first(runner: web.AppRunner) -> None:
-    """Answer open pixels ahead of the router (``tracking.track.pixels_first``); call after
+    """Answer open pixels ahead of the router (``web.public.track.pixels_first``); call after
     ``setup()`` and before the first connection."""
     server = runner.server
     assert server is not None, "the runner is not set up"

@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 
 from responder.app import start_runtime
 from responder.clock import FakeClock
-from responder.funnel.enrollments import Scheduler, enroll
+from responder.funnel.enrollments import enroll
+from responder.funnel.scheduler import Scheduler
 from responder.models import Enrollment, Layer, Message, Subscriber
 from responder.runtime import Runtime
 

@@ -9,7 +9,7 @@ import re
 
 from sqlalchemy import func, select
 
-from responder.funnel.enrollments import Scheduler
+from responder.funnel.scheduler import Scheduler
 from responder.models import Event, LayerHistory, Message, Subscriber
 
 from .conftest import App

@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from responder.core.machine import Request, classify
-from responder.tracking.track import safe_target
+from responder.tracking.links import safe_target
 from responder.web.public.pow import leading_zero_bits, solve, solves
 from responder.web.ratelimit import SlidingWindow
 

@@ -12,9 +12,9 @@ from collections import defaultdict
 from sqlalchemy import func, insert, select, update
 
 from responder.funnel import newsletters
-from responder.funnel.enrollments import Scheduler
 from responder.funnel.events import record_event
 from responder.funnel.layers import update_layer
+from responder.funnel.scheduler import Scheduler
 from responder.models import (
     Enrollment,
     Event,

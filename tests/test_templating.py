@@ -14,7 +14,7 @@ from responder.settings import Settings
 from responder.templating.compile import compile_template, generated_text
 from responder.templating.context import sample_context
 from responder.templating.render import UNTRACKED_PATHS, Footer, last_body_end, render_mail, rewrite_links
-from responder.tracking.track import add_trap
+from responder.tracking.links import add_trap
 
 BASE = "https://news.example.com"
 SETTINGS = Settings.from_env({"RESPONDER_BASE_URL": BASE, "RESPONDER_FROM": "Acme <n@acme.example>",

@@ -18,8 +18,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from responder.db import Database
 from responder.models import LayerHistory
-from responder.tracking.track import GIF, TRAP
+from responder.tracking.links import TRAP
 from responder.tracking.writer import RowWriter, WriteFailed
+from responder.web.public.track import GIF
 
 from .conftest import App, FakeClock, SmtpSink, running_app
 from .public_fixtures import another_message, events, flushed, make_subscriber, state

@@ -14,8 +14,8 @@ from ..models import Layer, Message, Subscriber, Template
 from ..runtime import Runtime
 from ..templating.context import recipient_context
 from ..templating.render import Footer, Rendered, render_mail
+from ..tracking.links import TRAP, add_trap, safe_target
 from ..tracking.tokens import MAX_TOKEN_LEN
-from ..tracking.track import TRAP, add_trap, safe_target
 from .mime import Mail
 from .verp import addresses_for
 

@@ -1,4 +1,5 @@
-"""The funnel's shell: enrolling subscribers, moving them between layers, running due steps.
+"""Enrollments and layer moves: enrolling subscribers in sequences, ending enrollments, moving
+subscribers between layers and sunsetting them.
 
 The decisions are made by the pure functions in ``schedule`` and ``promotion``; this module
 reads their inputs from the database and writes their outcomes back.
@@ -12,11 +13,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.schedule import StepPlan, first_due
-from ..loop import PollingLoop
 from ..models import Enrollment, Event, Layer, LayerHistory, Sequence, Step, Subscriber
-from ..runtime import Runtime
-from . import newsletters, webhooks
-from .stepper import run_due_steps
+from . import webhooks
 
 
 async def layer_sequence(session: AsyncSession, layer_id: int) -> Sequence | None:
@@ -135,44 +133,3 @@ async def sunset_many(session: AsyncSession, subscriber_ids: list[int], reason: 
     session.add_all([Event(subscriber_id=i, type="sunset", created_at=now, data={"reason": reason})
                      for i in subscriber_ids])
     await session.flush()
-
-
-SCHEDULER_LOCK = 0x72657370  # advisory lock key shared by every scheduler of one database
-
-
-class Scheduler(PollingLoop):
-    """Moves due sequence steps and newsletter batches into the outbox; sweeps once a day."""
-
-    name = "scheduler"
-
-    def __init__(self, rt: Runtime, *, batch_size: int = 200) -> None:
-        super().__init__(rt.scheduler_wake, rt.settings.scheduler_poll_s)
-        self.rt = rt
-        self.batch_size = batch_size
-        self.next_sweep_at: dt.datetime | None = None
-
-    async def run_once(self) -> int:
-        # Many `responder worker` processes may share one PostgreSQL: their ticks take turns,
-        # so a newsletter's audience is copied once and a step is queued by one tick.
-        async with self.rt.db.exclusive(SCHEDULER_LOCK):
-            return await self._tick()
-
-    async def _tick(self) -> int:
-        rt = self.rt
-        now = rt.clock.now()
-        # Newsletters first: a drip step due in the same tick then sees them and waits.
-        async with rt.db.transaction() as session:
-            batches = await newsletters.advance(session, now, domain=rt.settings.sender_domain)
-        async with rt.db.transaction() as session:
-            done = await run_due_steps(session, now, limit=self.batch_size,
-                                       domain=rt.settings.sender_domain)
-        if self.next_sweep_at is None or now >= self.next_sweep_at:
-            from .sweep import SWEEP_EVERY, sweep  # the sweep judges through events → funnel
-
-            async with rt.db.transaction() as session:
-                await sweep(session, now)
-            self.next_sweep_at = now + SWEEP_EVERY
-        if done.queued or batches:
-            rt.wake_outbox()
-        rt.wake_webhooks()
-        return done.processed + batches

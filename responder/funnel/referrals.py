@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from aiohttp import web
 from itsdangerous import BadData, URLSafeSerializer
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,13 +17,10 @@ from ..errors import InvalidToken
 from ..models import Subscriber
 from ..runtime import Runtime
 from ..tracking.tokens import url_serializer
-from ..web.http import runtime
+from .events import record_event
 
 REF_COOKIE = "responder_ref"
 REF_COOKIE_MAX_AGE_S = 30 * 86400
-
-routes = web.RouteTableDef()
-
 
 def _serializer(rt: Runtime) -> URLSafeSerializer:
     assert rt.settings.secret_key is not None
@@ -62,21 +58,8 @@ def referrer_id(rt: Runtime, token: object) -> int | None:
         return None
 
 
-@routes.get("/r/{token}")
-async def referral_link(request: web.Request) -> web.StreamResponse:
-    rt = runtime(request)
-    token = request.match_info["token"]
-    read_referral(rt, token)
-    response = web.HTTPSeeOther("/subscribe/default")
-    response.set_cookie(REF_COOKIE, token, max_age=REF_COOKIE_MAX_AGE_S, httponly=True,
-                        samesite="Lax", secure=request.secure)
-    raise response
-
-
 async def credit_referral(session: AsyncSession, subscriber: Subscriber, now: dt.datetime) -> None:
     """On confirmation: record a ``referral`` event for whoever referred this subscriber."""
-    from .events import record_event  # events → funnel → … → subscribers → here
-
     if subscriber.referred_by_id is None or subscriber.referred_by_id == subscriber.id:
         return
     referrer = await session.get(Subscriber, subscriber.referred_by_id)

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..core.schedule import parse_duration
 from ..models import Layer, Subscriber
 from .enrollments import sunset_many, top_position
+from .events import judge
 
 SWEEP_EVERY = dt.timedelta(days=1)
 CHUNK = 500
@@ -31,7 +32,6 @@ def _seconds(rule: dict[str, Any], *path: str) -> int | None:
 
 async def sweep(session: AsyncSession, now: dt.datetime) -> int:
     """Judge every candidate at ``now``; the number of subscribers moved or sunset."""
-    from .events import judge  # events → funnel → (lazily) this module
 
     moved = 0
     top = await top_position(session)

@@ -1,5 +1,6 @@
 """Public endpoints of the opt-in: hosted form, subscribe, proof-of-work challenge, confirm,
-a fresh link for an expired confirmation, and a sent mail viewed online."""
+a fresh link for an expired confirmation, a sent mail viewed online, and the referral link
+(``/r/{token}``: sets the referral cookie and leads to the form)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy import select
 from ...audience.subscribers import SubscribeRequest, confirm, renew_confirmation, subscribe
 from ...delivery.build import render_message
 from ...errors import InvalidToken, TokenRejected
-from ...funnel.referrals import REF_COOKIE
+from ...funnel.referrals import REF_COOKIE, REF_COOKIE_MAX_AGE_S, read_referral
 from ...models import Message
 from ...validation import clean_form_id
 from ..http import client_ip, runtime, wants_json
@@ -125,3 +126,14 @@ async def view_online(request: web.Request) -> web.Response:
         rendered = (await render_message(rt, session, message, tracked=False)).rendered
     return web.Response(text=rendered.html, content_type="text/html", charset="utf-8",
                         headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src *"})
+
+
+@routes.get("/r/{token}")
+async def referral_link(request: web.Request) -> web.StreamResponse:
+    rt = runtime(request)
+    token = request.match_info["token"]
+    read_referral(rt, token)
+    response = web.HTTPSeeOther("/subscribe/default")
+    response.set_cookie(REF_COOKIE, token, max_age=REF_COOKIE_MAX_AGE_S, httponly=True,
+                        samesite="Lax", secure=request.secure)
+    raise response

@@ -1,30 +1,26 @@
-"""Opens and clicks: the pixel always answers, a click redirects only to the target its token
-signs, and both are queued for a batched write with the facts the human-or-machine verdict needs.
-
-A tracked mail also carries a hidden trap link (a click token whose target is ``TRAP``): no
-person sees it, so whoever follows it is a scanner.
+"""The open pixel and the click redirect: the pixel always answers, a click redirects only to
+the target its token signs, and both are queued for the tracking writer with the facts the
+human-or-machine verdict needs (a click on the trap link answers 404 and is queued as a trap hit).
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.abc import BaseRequest
 from aiohttp.web_log import AccessLogger
 from sqlalchemy import select
 
-from ..core.machine import Request
-from ..errors import InvalidToken
-from ..models import Message
-from ..runtime import Runtime
-from ..templating.render import last_body_end
-from ..web.http import RUNTIME, peer_address, runtime
-from ..web.public.common import PUBLIC, public
-from .batch import Tracker
-from .writer import hit_of
+from ...core.machine import Request
+from ...errors import InvalidToken
+from ...models import Message
+from ...runtime import Runtime
+from ...tracking.batch import Tracker
+from ...tracking.links import TRAP, safe_target
+from ...tracking.writer import hit_of
+from ..http import RUNTIME, peer_address, runtime
+from .common import PUBLIC, public
 
 GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
        b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
@@ -33,7 +29,6 @@ GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01
 # Pragma and Expires) do nothing for a GIF of fixed bytes and cost wrk-measured throughput.
 PIXEL_HEADERS = {"Content-Type": "image/gif",
                  "Cache-Control": "no-store, no-cache, must-revalidate, max-age=0"}
-TRAP = "responder:trap"
 PIXEL_METHODS = ("GET", "HEAD")  # what the /o/{token} route answers
 RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -51,25 +46,6 @@ class QuietTrackingLog(AccessLogger):
         if path.startswith(("/o/", "/c/")) and response.status < 500:
             return
         super().log(request, response, time)
-
-
-def safe_target(url: str) -> bool:
-    """Only absolute http(s) URLs with a host: no scheme tricks, no protocol-relative paths."""
-    if any(ch in url for ch in "\\\r\n\t\x00 ") or len(url) > 4096:
-        return False
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and url.lower().startswith(
-        parts.scheme + "://")
-
-
-def trap_link(url: str) -> str:
-    return (f'<a href="{html.escape(url)}" style="display:none!important;font-size:0;'
-            f'color:transparent" aria-hidden="true" tabindex="-1">&#8203;</a>')
-
-
-def add_trap(body: str, url: str) -> str:
-    index = last_body_end(body)
-    return body + trap_link(url) if index < 0 else body[:index] + trap_link(url) + body[index:]
 
 
 def agent_of(request: web.BaseRequest) -> str:
