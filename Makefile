@@ -21,4 +21,6 @@ test: $(BIN)/.installed deps
 	$(BIN)/pytest
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check responder tests
+	$(BIN)/ruff check responder tests bench
+	$(BIN)/ruff format --check responder tests bench
+	$(BIN)/mypy responder

@@ -25,8 +25,9 @@ def write_csv(path: Path, rows: int) -> None:
         writer = csv.writer(handle)
         writer.writerow(["email", "name", "layer", "tags"])
         for i in range(rows):
-            writer.writerow([f"person{i}@example{i % 97}.com", f"Person {i}", 1 + i % 5,
-                             "preferred" if i % 10 == 0 else ""])
+            writer.writerow(
+                [f"person{i}@example{i % 97}.com", f"Person {i}", 1 + i % 5, "preferred" if i % 10 == 0 else ""]
+            )
 
 
 def validate_only(path: Path) -> float:
@@ -36,18 +37,21 @@ def validate_only(path: Path) -> float:
     start = time.perf_counter()
     with path.open(newline="") as handle:
         for raw in csv.DictReader(handle):
-            parse_row(raw, positions={1, 2, 3, 4, 5}, default_position=1,
-                      default_source="bench", now=now)
+            parse_row(raw, positions={1, 2, 3, 4, 5}, default_position=1, default_source="bench", now=now)
     return time.perf_counter() - start
 
 
 async def import_all(path: Path, folder: Path) -> tuple[float, int]:
     from responder.audience.importer import import_csv
 
-    settings = Settings.from_env({
-        "RESPONDER_DATABASE_URL": f"sqlite+aiosqlite:///{folder / 'bench.db'}",
-        "RESPONDER_SMTP_URL": f"file:{folder / 'out'}", "RESPONDER_SECRET_KEY": "bench",
-        "RESPONDER_ADMIN_TOKEN": "bench"})
+    settings = Settings.from_env(
+        {
+            "RESPONDER_DATABASE_URL": f"sqlite+aiosqlite:///{folder / 'bench.db'}",
+            "RESPONDER_SMTP_URL": f"file:{folder / 'out'}",
+            "RESPONDER_SECRET_KEY": "bench",
+            "RESPONDER_ADMIN_TOKEN": "bench",
+        }
+    )
     rt = (await start_runtime(settings)).runtime
     try:
         start = time.perf_counter()

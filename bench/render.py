@@ -49,11 +49,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     args = parser.parse_args()
-    settings = Settings.from_env({"RESPONDER_BASE_URL": BASE,
-                                  "RESPONDER_FROM": "Acme <news@acme.example.com>",
-                                  "RESPONDER_POSTAL_ADDRESS": "1 Market Street, Springfield"})
-    entry = next(e for e in tomllib.loads((STARTER / "starter.toml").read_text())["templates"]
-                 if e["name"] == "newsletter")
+    settings = Settings.from_env(
+        {
+            "RESPONDER_BASE_URL": BASE,
+            "RESPONDER_FROM": "Acme <news@acme.example.com>",
+            "RESPONDER_POSTAL_ADDRESS": "1 Market Street, Springfield",
+        }
+    )
+    entry = next(
+        e for e in tomllib.loads((STARTER / "starter.toml").read_text())["templates"] if e["name"] == "newsletter"
+    )
     source = (STARTER / entry["file"]).read_text()
     tokens = Tokens("bench-secret", SystemClock(), 3600)
     context = sample_context(settings)
@@ -73,27 +78,56 @@ def main() -> None:
 
     def links() -> dict[str, str]:
         unsubscribe = tokens.unsubscribe(7)
-        return {"unsubscribe": f"{BASE}/unsubscribe/{unsubscribe}",
-                "preferences": f"{BASE}/preferences/{unsubscribe}",
-                "view": f"{BASE}/v/{tokens.view(42)}"}
+        return {
+            "unsubscribe": f"{BASE}/unsubscribe/{unsubscribe}",
+            "preferences": f"{BASE}/preferences/{unsubscribe}",
+            "view": f"{BASE}/v/{tokens.view(42)}",
+        }
 
     def rendered():  # type: ignore[no-untyped-def]
         ctx = {**context, "links": links()}
-        return render_mail(subject=compiled.subject, html=compiled.html, text=None, context=ctx,
-                           track_link=track, open_pixel_url=f"{BASE}/o/{tokens.open(42)}",
-                           base_url=BASE, footer=footer)
+        return render_mail(
+            subject=compiled.subject,
+            html=compiled.html,
+            text=None,
+            context=ctx,
+            track_link=track,
+            open_pixel_url=f"{BASE}/o/{tokens.open(42)}",
+            base_url=BASE,
+            footer=footer,
+        )
 
     def full() -> bytes:
         mail = rendered()
-        return compose(Mail(settings.from_name, settings.from_email, "Sam Sample",
-                            "sam@example.com", mail.subject, mail.html, mail.text,
-                            "<42@acme.example.com>", now, f"{BASE}/unsubscribe/x",
-                            list_id="<layer3.acme.example.com>"))
+        return compose(
+            Mail(
+                settings.from_name,
+                settings.from_email,
+                "Sam Sample",
+                "sam@example.com",
+                mail.subject,
+                mail.html,
+                mail.text,
+                "<42@acme.example.com>",
+                now,
+                f"{BASE}/unsubscribe/x",
+                list_id="<layer3.acme.example.com>",
+            )
+        )
 
     body = render_string(html_env(), compiled.html, context, "body")
     one = rendered()
-    one_mail = Mail(settings.from_name, settings.from_email, "Sam", "sam@example.com",
-                    one.subject, one.html, one.text, "<42@acme.example.com>", now)
+    one_mail = Mail(
+        settings.from_name,
+        settings.from_email,
+        "Sam",
+        "sam@example.com",
+        one.subject,
+        one.html,
+        one.text,
+        "<42@acme.example.com>",
+        now,
+    )
     stages: dict[str, Callable[[], object]] = {
         "recipient links (3 tokens)": links,
         "sandboxed HTML render": lambda: render_string(html_env(), compiled.html, context, "body"),
@@ -109,14 +143,20 @@ def main() -> None:
     bare_rate = rate(lambda: bare.render(context), seconds)
     full_rate = rate(full, seconds)
     no_mime_rate = rate(rendered, seconds)
-    print(f"template: starter newsletter, {len(compiled.html):,} chars compiled HTML, "
-          f"{len(full()):,} bytes as MIME; compile once (MJML + css-inline + checks): "
-          f"{compile_ms:.1f} ms")
+    print(
+        f"template: starter newsletter, {len(compiled.html):,} chars compiled HTML, "
+        f"{len(full()):,} bytes as MIME; compile once (MJML + css-inline + checks): "
+        f"{compile_ms:.1f} ms"
+    )
     print(f"bare jinja2.Template.render       {bare_rate:9,.0f} renders/s per core  (reference)")
-    print(f"full pipeline to MIME bytes       {full_rate:9,.0f} renders/s per core  "
-          f"ratio {full_rate / bare_rate:.2f}x (target >= 0.5x)")
-    print(f"pipeline without MIME composition {no_mime_rate:9,.0f} renders/s per core  "
-          f"ratio {no_mime_rate / bare_rate:.2f}x")
+    print(
+        f"full pipeline to MIME bytes       {full_rate:9,.0f} renders/s per core  "
+        f"ratio {full_rate / bare_rate:.2f}x (target >= 0.5x)"
+    )
+    print(
+        f"pipeline without MIME composition {no_mime_rate:9,.0f} renders/s per core  "
+        f"ratio {no_mime_rate / bare_rate:.2f}x"
+    )
     print("where a full render's time goes (each stage alone, µs per call):")
     costs = {name: 1e6 / rate(fn, seconds / 4) for name, fn in stages.items()}
     total = sum(costs.values())

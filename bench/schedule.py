@@ -48,8 +48,8 @@ def fill(path: Path, size: int, due: int) -> None:
     """Bulk-insert ``size`` subscribers and enrollments straight through sqlite3 (fast)."""
     conn = sqlite3.connect(path)
     layer_id, sequence_id = conn.execute(
-        "SELECT l.id, s.id FROM layers l JOIN sequences s ON s.layer_id = l.id "
-        "WHERE l.position = 1").fetchone()
+        "SELECT l.id, s.id FROM layers l JOIN sequences s ON s.layer_id = l.id WHERE l.position = 1"
+    ).fetchone()
     now = stamp(START)
     due_at = stamp(START + dt.timedelta(seconds=1))
     rng = random.Random(12)
@@ -58,25 +58,36 @@ def fill(path: Path, size: int, due: int) -> None:
             "INSERT INTO subscribers (id, email, name, status, layer_id, layer_entered_at, "
             "attributes, tags, created_at, confirmed_at) VALUES (?, ?, '', 'active', ?, ?, '{}', "
             "'[]', ?, ?)",
-            ((i, f"s{i}@example.com", layer_id, now, now, now) for i in range(1, size + 1)))
+            ((i, f"s{i}@example.com", layer_id, now, now, now) for i in range(1, size + 1)),
+        )
         due_ids = set(rng.sample(range(1, size + 1), due))
         conn.executemany(
             "INSERT INTO enrollments (subscriber_id, sequence_id, state, next_position, due_at, "
             "started_at) VALUES (?, ?, 'active', 1, ?, ?)",
-            ((i, sequence_id,
-              due_at if i in due_ids else stamp(START + dt.timedelta(minutes=1 + rng.randrange(86400))),
-              now) for i in range(1, size + 1)))
+            (
+                (
+                    i,
+                    sequence_id,
+                    due_at if i in due_ids else stamp(START + dt.timedelta(minutes=1 + rng.randrange(86400))),
+                    now,
+                )
+                for i in range(1, size + 1)
+            ),
+        )
     conn.execute("ANALYZE")
     conn.close()
 
 
 def settings_for(path: Path) -> Settings:
-    return Settings.from_env({
-        "RESPONDER_DATABASE_URL": f"sqlite+aiosqlite:///{path}",
-        "RESPONDER_SMTP_URL": f"file://{path.parent}/outbox",
-        "RESPONDER_SECRET_KEY": "bench", "RESPONDER_ADMIN_TOKEN": "bench",
-        "RESPONDER_FROM": "Bench <bench@example.com>",
-    })
+    return Settings.from_env(
+        {
+            "RESPONDER_DATABASE_URL": f"sqlite+aiosqlite:///{path}",
+            "RESPONDER_SMTP_URL": f"file://{path.parent}/outbox",
+            "RESPONDER_SECRET_KEY": "bench",
+            "RESPONDER_ADMIN_TOKEN": "bench",
+            "RESPONDER_FROM": "Bench <bench@example.com>",
+        }
+    )
 
 
 async def tick_for(size: int, due: int, workdir: Path) -> tuple[float, float, int]:
@@ -98,20 +109,24 @@ async def tick_for(size: int, due: int, workdir: Path) -> tuple[float, float, in
             processed = await scheduler.run_once()
             ticks.append(time.perf_counter() - t0)
             async with rt.db.read() as session:
-                queued = (await session.execute(select(func.count()).select_from(Message))
-                          ).scalar_one()
+                queued = (await session.execute(select(func.count()).select_from(Message))).scalar_one()
             assert processed == queued == due, (processed, queued)
             async with rt.db.transaction() as session:  # the same rows due again, untimed
-                await session.execute(text(
-                    "UPDATE enrollments SET due_at = :due, next_position = 1 WHERE id IN "
-                    "(SELECT e.id FROM enrollments e JOIN messages m "
-                    "ON m.subscriber_id = e.subscriber_id)"), {"due": stamp(clock.now())})
+                await session.execute(
+                    text(
+                        "UPDATE enrollments SET due_at = :due, next_position = 1 WHERE id IN "
+                        "(SELECT e.id FROM enrollments e JOIN messages m "
+                        "ON m.subscriber_id = e.subscriber_id)"
+                    ),
+                    {"due": stamp(clock.now())},
+                )
                 await session.execute(text("DELETE FROM messages"))
         clock.advance(seconds=1)
         async with rt.db.transaction() as session:
-            await session.execute(text("UPDATE enrollments SET due_at = :later WHERE due_at <= "
-                                       ":now"), {"later": stamp(clock.now() + dt.timedelta(
-                                           days=90)), "now": stamp(clock.now())})
+            await session.execute(
+                text("UPDATE enrollments SET due_at = :later WHERE due_at <= :now"),
+                {"later": stamp(clock.now() + dt.timedelta(days=90)), "now": stamp(clock.now())},
+            )
         t0 = time.perf_counter()
         await scheduler.run_once()
         idle_s = time.perf_counter() - t0
@@ -137,8 +152,7 @@ async def events_p99(count: int, workdir: Path) -> tuple[list[float], list[float
             async with rt.db.transaction() as session:
                 subscriber = await session.get(Subscriber, rng.randrange(1, 1001))
                 assert subscriber is not None
-                await record_event(session, subscriber, "click", clock.now(),
-                                   message_id=None, machine=False)
+                await record_event(session, subscriber, "click", clock.now(), message_id=None, machine=False)
             timings.append(time.perf_counter() - t0)
     finally:
         await rt.db.dispose()
@@ -146,8 +160,9 @@ async def events_p99(count: int, workdir: Path) -> tuple[list[float], list[float
     pure = []
     for _ in range(count):
         t0 = time.perf_counter()
-        evaluate(DEFAULT_RULE, position=1, top_position=5, entered_at=START, events=facts,
-                 now=START + dt.timedelta(days=1))
+        evaluate(
+            DEFAULT_RULE, position=1, top_position=5, entered_at=START, events=facts, now=START + dt.timedelta(days=1)
+        )
         pure.append(time.perf_counter() - t0)
     return timings, pure
 
@@ -172,15 +187,21 @@ async def main() -> None:
             tick_s, idle_s, processed = await tick_for(size, args.due, workdir)
             setup_s = time.perf_counter() - t0 - tick_s - idle_s
             reference = reference or tick_s
-            print(f"  {size:>9,} enrollments: tick {tick_s * 1000:7.1f} ms for {processed} due "
-                  f"(x{tick_s / reference:.2f} vs {sizes[0]:,}), idle tick "
-                  f"{idle_s * 1000:5.1f} ms, setup {setup_s:.0f} s")
+            print(
+                f"  {size:>9,} enrollments: tick {tick_s * 1000:7.1f} ms for {processed} due "
+                f"(x{tick_s / reference:.2f} vs {sizes[0]:,}), idle tick "
+                f"{idle_s * 1000:5.1f} ms, setup {setup_s:.0f} s"
+            )
         timings, pure = await events_p99(args.events, workdir)
-        print(f"record one human click + evaluate the rules ({args.events} events, one "
-              f"transaction each): p50 {pct(timings, 50) * 1000:.2f} ms, "
-              f"p99 {pct(timings, 99) * 1000:.2f} ms")
-        print(f"  reference, the pure rule alone: p50 {pct(pure, 50) * 1e6:.1f} µs, "
-              f"p99 {pct(pure, 99) * 1e6:.1f} µs (x{pct(timings, 99) / pct(pure, 99):.0f})")
+        print(
+            f"record one human click + evaluate the rules ({args.events} events, one "
+            f"transaction each): p50 {pct(timings, 50) * 1000:.2f} ms, "
+            f"p99 {pct(timings, 99) * 1000:.2f} ms"
+        )
+        print(
+            f"  reference, the pure rule alone: p50 {pct(pure, 50) * 1e6:.1f} µs, "
+            f"p99 {pct(pure, 99) * 1e6:.1f} µs (x{pct(timings, 99) / pct(pure, 99):.0f})"
+        )
 
 
 if __name__ == "__main__":

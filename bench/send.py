@@ -51,11 +51,13 @@ def free_port() -> int:
 def start_sink(kind: str, port: int) -> subprocess.Popen[bytes]:
     if kind == "smtp-sink":
         binary = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-        command = [binary, "-u", "nobody", "-c", f"127.0.0.1:{port}", "1000"] \
-            if os.geteuid() == 0 else [binary, "-c", f"127.0.0.1:{port}", "1000"]
+        command = (
+            [binary, "-u", "nobody", "-c", f"127.0.0.1:{port}", "1000"]
+            if os.geteuid() == 0
+            else [binary, "-c", f"127.0.0.1:{port}", "1000"]
+        )
     else:
-        command = [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink",
-                   "-l", f"127.0.0.1:{port}"]
+        command = [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink", "-l", f"127.0.0.1:{port}"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -108,38 +110,67 @@ async def queue(rt, count: int, template: str) -> None:  # type: ignore[no-untyp
     now = rt.clock.now()
     async with rt.db.transaction() as session:
         if template == "minimal":
-            compiled = compile_template(MINIMAL_HTML, "News for {{ subscriber.first_name }}",
-                                        "html", MINIMAL_TEXT)
+            compiled = compile_template(MINIMAL_HTML, "News for {{ subscriber.first_name }}", "html", MINIMAL_TEXT)
             await add_version(session, "layer1-welcome", compiled, "educate", now)
         layer = (await session.execute(select(Layer).order_by(Layer.position).limit(1))).scalar_one()
-        newsletter = Newsletter(name="bench", template_name="layer1-welcome",
-                                layer_ids=[layer.id], tags=[], state="sending",
-                                scheduled_at=None, created_at=now)
+        newsletter = Newsletter(
+            name="bench",
+            template_name="layer1-welcome",
+            layer_ids=[layer.id],
+            tags=[],
+            state="sending",
+            scheduled_at=None,
+            created_at=now,
+        )
         session.add(newsletter)
         await session.flush()
-        await session.execute(insert(Subscriber), [
-            {"email": f"reader{i}@example.org", "name": f"Reader {i}", "status": "active",
-                 "layer_id": layer.id, "layer_entered_at": now, "attributes": {}, "tags": [], "created_at": now}
-            for i in range(count)])
+        await session.execute(
+            insert(Subscriber),
+            [
+                {
+                    "email": f"reader{i}@example.org",
+                    "name": f"Reader {i}",
+                    "status": "active",
+                    "layer_id": layer.id,
+                    "layer_entered_at": now,
+                    "attributes": {},
+                    "tags": [],
+                    "created_at": now,
+                }
+                for i in range(count)
+            ],
+        )
         ids = (await session.execute(select(Subscriber.id).order_by(Subscriber.id))).scalars()
-        await session.execute(insert(Message), [
-            {"subscriber_id": sid, "kind": "newsletter", "newsletter_id": newsletter.id,
-                 "template_name": "layer1-welcome", "state": "queued", "attempts": 0, "next_attempt_at": now,
-                 "message_id": f"<bench{sid}@acme.example.com>", "created_at": now}
-            for sid in ids])
+        await session.execute(
+            insert(Message),
+            [
+                {
+                    "subscriber_id": sid,
+                    "kind": "newsletter",
+                    "newsletter_id": newsletter.id,
+                    "template_name": "layer1-welcome",
+                    "state": "queued",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "message_id": f"<bench{sid}@acme.example.com>",
+                    "created_at": now,
+                }
+                for sid in ids
+            ],
+        )
 
 
 async def sent_count(rt) -> int:  # type: ignore[no-untyped-def]
     async with rt.db.read() as session:
-        return (await session.execute(select(func.count()).select_from(Message)
-                                      .where(Message.state == "sent"))).scalar_one()
+        return (
+            await session.execute(select(func.count()).select_from(Message).where(Message.state == "sent"))
+        ).scalar_one()
 
 
 def recorded_sent(worker: DeliveryWorker) -> float:
     """Sends the worker has recorded: its counter moves after each outcome's transaction commits,
     so reading it costs the measured loop nothing and never runs ahead of the database."""
-    value = worker.metrics.registry.get_sample_value("responder_delivery_outcomes_total",
-                                                     {"outcome": "sent"})
+    value = worker.metrics.registry.get_sample_value("responder_delivery_outcomes_total", {"outcome": "sent"})
     return value or 0.0
 
 
@@ -197,8 +228,10 @@ async def main(args: argparse.Namespace) -> None:
             "RESPONDER_SMTP_URL": f"smtp://127.0.0.1:{port}",
             "RESPONDER_BASE_URL": "https://news.example.com",
             "RESPONDER_FROM": "Acme <news@acme.example.com>",
-            "RESPONDER_SECRET_KEY": "bench", "RESPONDER_ADMIN_TOKEN": "bench",
-            "RESPONDER_WORKER_LANES": str(args.lanes), "RESPONDER_WORKER_POLL_S": "0.05",
+            "RESPONDER_SECRET_KEY": "bench",
+            "RESPONDER_ADMIN_TOKEN": "bench",
+            "RESPONDER_WORKER_LANES": str(args.lanes),
+            "RESPONDER_WORKER_POLL_S": "0.05",
             "RESPONDER_WORKER_BATCH": str(args.batch),
             "RESPONDER_INBOUND": "127.0.0.1:1",  # Reply-To and mailto headers, as in production
         }
@@ -210,9 +243,11 @@ async def main(args: argparse.Namespace) -> None:
         rt = started.runtime
         t0 = time.perf_counter()
         await queue(rt, args.messages, args.template)
-        print(f"queued {args.messages} messages in {time.perf_counter() - t0:.1f} s "
-              f"({rt.db.dialect}); sink {args.sink} in its own process; {args.lanes} lanes; "
-              f"DKIM {args.dkim}; template {args.template}")
+        print(
+            f"queued {args.messages} messages in {time.perf_counter() - t0:.1f} s "
+            f"({rt.db.dialect}); sink {args.sink} in its own process; {args.lanes} lanes; "
+            f"DKIM {args.dkim}; template {args.template}"
+        )
         cpu0, sink0 = cpu_s(), process_cpu_s(sink.pid)
         ours, data, child_s = await run_responder(rt, args.messages, sink.pid)
         cpu1, sink1 = cpu_s(), process_cpu_s(sink.pid)
@@ -224,13 +259,16 @@ async def main(args: argparse.Namespace) -> None:
         per = 1000 / args.messages
         ours_cpu_ms, bare_cpu_ms = (cpu1 - cpu0) * per, (cpu3 - cpu2) * per
         print(f"message size           {len(data):>8} bytes")
-        print(f"responder end to end   {ours:>8.0f} msg/s   {ours_cpu_ms:.2f} ms CPU/msg   "
-              f"(peak RSS {ours_rss:.0f} MB)")
+        print(
+            f"responder end to end   {ours:>8.0f} msg/s   {ours_cpu_ms:.2f} ms CPU/msg   (peak RSS {ours_rss:.0f} MB)"
+        )
         print(f"bare aiosmtplib loop   {bare:>8.0f} msg/s   {bare_cpu_ms:.2f} ms CPU/msg")
         print(f"ratio                  {ours / bare:>8.2f}x  (target ≥ 0.8x)")
-        print(f"CPU per message, ms    responder: sender {ours_cpu_ms:.2f} + signing process "
-              f"{child_s * per:.2f} + sink {(sink1 - sink0) * per:.2f};  "
-              f"bare: sender {bare_cpu_ms:.2f} + sink {(sink3 - sink2) * per:.2f}")
+        print(
+            f"CPU per message, ms    responder: sender {ours_cpu_ms:.2f} + signing process "
+            f"{child_s * per:.2f} + sink {(sink1 - sink0) * per:.2f};  "
+            f"bare: sender {bare_cpu_ms:.2f} + sink {(sink3 - sink2) * per:.2f}"
+        )
     finally:
         sink.terminate()
         sink.wait()
@@ -244,8 +282,12 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=50, help="messages claimed per lease")
     parser.add_argument("--dkim", choices=("rsa", "ed25519", "none"), default="rsa")
     parser.add_argument("--sink", choices=("aiosmtpd", "smtp-sink"), default="aiosmtpd")
-    parser.add_argument("--template", choices=("starter", "minimal"), default="starter",
-                        help="starter: the layer-1 welcome (MJML, text part derived from HTML); "
-                             "minimal: a short HTML template with its own text part")
+    parser.add_argument(
+        "--template",
+        choices=("starter", "minimal"),
+        default="starter",
+        help="starter: the layer-1 welcome (MJML, text part derived from HTML); "
+        "minimal: a short HTML template with its own text part",
+    )
     parser.add_argument("--database-url", help="default: a fresh SQLite file")
     asyncio.run(main(parser.parse_args()))

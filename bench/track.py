@@ -76,23 +76,50 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
 
 async def prepare(db_path: Path, messages: int) -> list[str]:
     """A migrated, seeded database with ``messages`` sent mails; their open-pixel paths."""
-    settings = Settings.from_env({"RESPONDER_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
-                                  "RESPONDER_SECRET_KEY": SECRET, "RESPONDER_ADMIN_TOKEN": "bench"})
+    settings = Settings.from_env(
+        {
+            "RESPONDER_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
+            "RESPONDER_SECRET_KEY": SECRET,
+            "RESPONDER_ADMIN_TOKEN": "bench",
+        }
+    )
     rt = (await start_runtime(settings)).runtime
     now = dt.datetime.now(dt.UTC)
     sent_at = now - dt.timedelta(hours=1)
     async with rt.db.transaction() as session:
         from sqlalchemy import select
+
         layer = (await session.execute(select(Layer).where(Layer.position == 1))).scalar_one()
-        subscribers = [Subscriber(email=f"reader{i}@example.com", name=f"Reader {i}", status="active",
-                                  layer_id=layer.id, layer_entered_at=sent_at, attributes={}, tags=[],
-                                  created_at=sent_at, confirmed_at=sent_at) for i in range(messages)]
+        subscribers = [
+            Subscriber(
+                email=f"reader{i}@example.com",
+                name=f"Reader {i}",
+                status="active",
+                layer_id=layer.id,
+                layer_entered_at=sent_at,
+                attributes={},
+                tags=[],
+                created_at=sent_at,
+                confirmed_at=sent_at,
+            )
+            for i in range(messages)
+        ]
         session.add_all(subscribers)
         await session.flush()
-        rows = [Message(subscriber_id=s.id, kind="newsletter", template_name="layer1-welcome",
-                        state="sent", attempts=1, next_attempt_at=sent_at,
-                        message_id=f"<bench{s.id}@example.com>", created_at=sent_at, sent_at=sent_at)
-                for s in subscribers]
+        rows = [
+            Message(
+                subscriber_id=s.id,
+                kind="newsletter",
+                template_name="layer1-welcome",
+                state="sent",
+                attempts=1,
+                next_attempt_at=sent_at,
+                message_id=f"<bench{s.id}@example.com>",
+                created_at=sent_at,
+                sent_at=sent_at,
+            )
+            for s in subscribers
+        ]
         session.add_all(rows)
         await session.flush()
         ids = [m.id for m in rows]
@@ -112,16 +139,32 @@ def prefill(db_path: Path, events: int) -> None:
                 message, subscriber = pairs[i % len(pairs)]
                 at = (start + dt.timedelta(microseconds=i)).strftime("%Y-%m-%d %H:%M:%S.%f")
                 rows.append((subscriber, message, "open", "127.0.0.1", AGENT, 0, "{}", at))
-            conn.executemany("INSERT INTO events (subscriber_id, message_id, type, ip, user_agent,"
-                             " machine, data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT INTO events (subscriber_id, message_id, type, ip, user_agent,"
+                " machine, data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
             conn.commit()
 
 
 def wrk(url: str, lua: Path, seconds: int, connections: int, threads: int) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua),
-         "-H", f"User-Agent: {AGENT}", url],
-        check=True, capture_output=True, text=True).stdout
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(lua),
+            "-H",
+            f"User-Agent: {AGENT}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
@@ -178,17 +221,25 @@ def main() -> int:
         prefill(db_path, args.prefill)
         print(f"prefilled {args.prefill} events in {time.monotonic() - started:.0f} s", flush=True)
     lua = work / "paths.lua"
-    lua.write_text("local paths = {\n" + ",\n".join(f'"{p}"' for p in paths) + "\n}\n"
-                   "request = function()\n"
-                   "  return wrk.format('GET', paths[math.random(#paths)])\nend\n")
+    lua.write_text(
+        "local paths = {\n" + ",\n".join(f'"{p}"' for p in paths) + "\n}\n"
+        "request = function()\n"
+        "  return wrk.format('GET', paths[math.random(#paths)])\nend\n"
+    )
     port, bare_port = free_port(), free_port()
-    env = {**os.environ, "RESPONDER_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
-           "RESPONDER_SECRET_KEY": SECRET, "RESPONDER_ADMIN_TOKEN": "bench",
-           "RESPONDER_SMTP_URL": f"file:{work / 'outbox'}", "RESPONDER_PORT": str(port)}
+    env = {
+        **os.environ,
+        "RESPONDER_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
+        "RESPONDER_SECRET_KEY": SECRET,
+        "RESPONDER_ADMIN_TOKEN": "bench",
+        "RESPONDER_SMTP_URL": f"file:{work / 'outbox'}",
+        "RESPONDER_PORT": str(port),
+    }
     env.update(dict(item.split("=", 1) for item in os.environ.get("BENCH_ENV", "").split() if item))
     responder_bin = Path(sys.executable).with_name("responder")
-    server = subprocess.Popen([str(responder_bin), "serve"], env=env, cwd=work,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(responder_bin), "serve"], env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)])
     rounds = []
     try:
@@ -196,6 +247,7 @@ def main() -> int:
         wait_http(f"http://127.0.0.1:{bare_port}{paths[0]}")
         before = count_events(db_path)
         requested = 0  # requests answered by responder so far, all rounds
+
         def load(target_port: int) -> dict[str, float]:
             return wrk(f"http://127.0.0.1:{target_port}", lua, args.seconds, args.connections, args.threads)
 
@@ -209,8 +261,11 @@ def main() -> int:
             if not bare_first:
                 reference = load(bare_port)
             rounds.append((reference, ours, on_disk_after_s))
-            print(f"round {n + 1}: bare {reference['rps']:8.0f} req/s  responder {ours['rps']:8.0f} req/s"
-                  f"  ratio {ours['rps'] / reference['rps']:.2f}", flush=True)
+            print(
+                f"round {n + 1}: bare {reference['rps']:8.0f} req/s  responder {ours['rps']:8.0f} req/s"
+                f"  ratio {ours['rps'] / reference['rps']:.2f}",
+                flush=True,
+            )
         recorded = count_events(db_path) - before
         dropped = tracking_dropped(f"http://127.0.0.1:{port}/metrics")
     finally:
@@ -223,19 +278,27 @@ def main() -> int:
     ratio = ours["rps"] / reference["rps"]
     errors = sum(int(r[1]["errors"]) for r in rounds)
     waits = [r[2] for r in rounds]
-    print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s over {len(paths)} open URLs, "
-          f"{args.rounds} alternating rounds; median round:")
-    print(f"bare aiohttp GIF handler: {reference['rps']:10.0f} req/s  p99 {reference['p99_ms']:.2f} ms"
-          f"  errors {reference['errors']}")
-    print(f"responder serve /o/:      {ours['rps']:10.0f} req/s  p99 {ours['p99_ms']:.2f} ms"
-          f"  errors {ours['errors']}")
+    print(
+        f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s over {len(paths)} open URLs, "
+        f"{args.rounds} alternating rounds; median round:"
+    )
+    print(
+        f"bare aiohttp GIF handler: {reference['rps']:10.0f} req/s  p99 {reference['p99_ms']:.2f} ms"
+        f"  errors {reference['errors']}"
+    )
+    print(f"responder serve /o/:      {ours['rps']:10.0f} req/s  p99 {ours['p99_ms']:.2f} ms  errors {ours['errors']}")
     print(f"ratio responder/bare:     {ratio:10.2f}  (target >= 0.60)")
     all_on_disk = all(w is not None for w in waits)
     slowest = max((w for w in waits if w is not None), default=0.0)
-    print(f"events: {requested} requests, {recorded} recorded, {dropped} dropped by a full queue, "
-          f"{errors} errors in all rounds; "
-          + (f"all on disk at most {slowest * 1000:.0f} ms after each load stopped" if all_on_disk
-             else "NOT all on disk within 10 s"))
+    print(
+        f"events: {requested} requests, {recorded} recorded, {dropped} dropped by a full queue, "
+        f"{errors} errors in all rounds; "
+        + (
+            f"all on disk at most {slowest * 1000:.0f} ms after each load stopped"
+            if all_on_disk
+            else "NOT all on disk within 10 s"
+        )
+    )
     shutil.rmtree(work, ignore_errors=True)
     ok = ratio >= 0.6 and errors == 0 and dropped == 0 and all_on_disk and slowest <= 1
     return 0 if ok else 1

@@ -85,8 +85,9 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
-def init_app(rt: Runtime, *, transport: Transport | None = None, background: bool = True,
-             http: bool = True) -> web.Application:
+def init_app(
+    rt: Runtime, *, transport: Transport | None = None, background: bool = True, http: bool = True
+) -> web.Application:
     app = web.Application(
         middlewares=[edge_middleware],
         client_max_size=rt.settings.max_body_bytes,
@@ -133,8 +134,7 @@ def serve_pixels_first(runner: web.AppRunner) -> None:
 
 def _loops(rt: Runtime, transport: Transport):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        loops = [Scheduler(rt), DeliveryWorker(rt, transport), EnquiryLoop(rt, transport),
-                 WebhookSender(rt)]
+        loops = [Scheduler(rt), DeliveryWorker(rt, transport), EnquiryLoop(rt, transport), WebhookSender(rt)]
         tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in loops]
         app[BACKGROUND] = loops
         yield

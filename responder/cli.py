@@ -13,18 +13,17 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from . import cli_admin, cli_funnel
+from . import cli_templates as templates_commands
 from .app import init_app, start_runner, start_runtime
 from .errors import ConfigError
 from .settings import Settings
-from .templating import commands as templates_commands
 
 log = logging.getLogger("responder")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
-        field: getattr(args, field, None)
-        for field in ("host", "port", "database_url", "smtp_url", "base_url")
+        field: getattr(args, field, None) for field in ("host", "port", "database_url", "smtp_url", "base_url")
     }
     return Settings.from_env(**overrides)
 
@@ -62,8 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--out", required=True, help="file for the PEM private key (not overwritten)")
     keygen.add_argument("--selector", default="responder", help="DKIM selector (default responder)")
     keygen.add_argument("--domain", help="signing domain (default: the sender's domain)")
-    keygen.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa",
-                        help="rsa (2048 bits, understood everywhere) or ed25519 (RFC 8463)")
+    keygen.add_argument(
+        "--algorithm",
+        choices=("rsa", "ed25519"),
+        default="rsa",
+        help="rsa (2048 bits, understood everywhere) or ed25519 (RFC 8463)",
+    )
     forms = sub.add_parser("forms", help="opt-in forms for landing pages")
     forms_sub = forms.add_subparsers(dest="forms_command", required=True)
     snippet = forms_sub.add_parser("snippet", help="print the HTML snippet of a form to paste")
@@ -97,8 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dkim":
             from .delivery.cli import dkim_keygen
 
-            return dkim_keygen(settings, out=args.out, selector=args.selector,
-                               domain=args.domain, algorithm=args.algorithm)
+            return dkim_keygen(
+                settings, out=args.out, selector=args.selector, domain=args.domain, algorithm=args.algorithm
+            )
         if args.command == "forms":
             return _forms_snippet(settings, args.form)
         return asyncio.run(_run(settings, http=args.command == "serve"))

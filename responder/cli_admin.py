@@ -25,18 +25,19 @@ from .web.api.tokens import SCOPES, create_token, list_tokens, revoke_token
 COMMANDS = ("admin", "tokens", "subscribers")
 
 
-def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-                add_common: Callable[[argparse.ArgumentParser], None]) -> None:
-    admin = sub.add_parser("admin", help="admin web UI accounts").add_subparsers(
-        dest="admin_command", required=True)
+def add_parsers(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    add_common: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    admin = sub.add_parser("admin", help="admin web UI accounts").add_subparsers(dest="admin_command", required=True)
     create = admin.add_parser("create-user", help="create an account for the web UI")
     create.add_argument("username")
-    create.add_argument("--password-stdin", action="store_true",
-                        help="read the password from standard input instead of prompting")
+    create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input instead of prompting"
+    )
     add_common(create)
 
-    tokens = sub.add_parser("tokens", help="named API tokens").add_subparsers(
-        dest="tokens_command", required=True)
+    tokens = sub.add_parser("tokens", help="named API tokens").add_subparsers(dest="tokens_command", required=True)
     new = tokens.add_parser("create", help="create a token and print its secret once")
     new.add_argument("name")
     new.add_argument("--scope", choices=SCOPES, default="read")
@@ -47,11 +48,11 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
         add_common(parser)
 
     subscribers = sub.add_parser("subscribers", help="CSV import and export").add_subparsers(
-        dest="subscribers_command", required=True)
+        dest="subscribers_command", required=True
+    )
     imp = subscribers.add_parser("import", help="import a CSV of consented subscribers")
     imp.add_argument("file", type=Path)
-    imp.add_argument("--consent-source", help="where they consented, for rows without "
-                     "a consent_source column")
+    imp.add_argument("--consent-source", help="where they consented, for rows without a consent_source column")
     imp.add_argument("--report", type=Path, help="write the rejected rows to this CSV file")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     exp = subscribers.add_parser("export", help="export subscribers as CSV")
@@ -85,8 +86,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         elif args.subscribers_command == "import":
             return await _import(rt, args)
         else:
-            flt = SubscriberFilter.from_query({k: v for k, v in (
-                ("layer", args.layer), ("status", args.status), ("tag", args.tag)) if v})
+            flt = SubscriberFilter.from_query(
+                {k: v for k, v in (("layer", args.layer), ("status", args.status), ("tag", args.tag)) if v}
+            )
             out = args.file.open("wb") if args.file else sys.stdout.buffer
             try:
                 async for chunk in export_chunks(rt, flt):
@@ -114,15 +116,16 @@ def _read_password(from_stdin: bool) -> str:
 
 async def _import(rt, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
     size = args.file.stat().st_size
-    with tqdm(total=size, unit="B", unit_scale=True, disable=args.quiet,
-              desc="importing", file=sys.stderr) as bar:
+    with tqdm(total=size, unit="B", unit_scale=True, disable=args.quiet, desc="importing", file=sys.stderr) as bar:
+
         def progress(state: ImportProgress) -> None:
             bar.update(state.bytes_read - bar.n)
             bar.set_postfix(imported=state.imported, rejected=state.rejected)
 
         with args.file.open("rb") as binary:
-            state = await import_csv(rt, binary, consent_source=args.consent_source,
-                                     bytes_total=size, progress=progress)
+            state = await import_csv(
+                rt, binary, consent_source=args.consent_source, bytes_total=size, progress=progress
+            )
     print(f"{state.rows_read} rows: {state.imported} imported, {state.rejected} rejected")
     if args.report and state.rejected_rows:
         with args.report.open("w", newline="") as report:

@@ -44,8 +44,7 @@ def add_commands(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]
     order.add_argument("order", type=int, nargs="+")
     remove = lay_sub.add_parser("remove", help="remove a layer (at least 4 remain)")
     remove.add_argument("position", type=int)
-    remove.add_argument("--move-to", type=int, required=True,
-                        help="the layer its subscribers go to")
+    remove.add_argument("--move-to", type=int, required=True, help="the layer its subscribers go to")
     for parser in (add, rename, order, remove):
         add_common(parser)
 
@@ -55,8 +54,9 @@ def add_commands(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]
     create = news_sub.add_parser("create", help="compose a newsletter for some layers")
     create.add_argument("name")
     create.add_argument("--template", required=True)
-    create.add_argument("--layers", type=int, nargs="+", required=True,
-                        help="layer positions (required: there is no 'everyone')")
+    create.add_argument(
+        "--layers", type=int, nargs="+", required=True, help="layer positions (required: there is no 'everyone')"
+    )
     create.add_argument("--tags", nargs="*", help="only subscribers with all these tags")
     create.add_argument("--send-at", help="ISO 8601 time with zone; default: a draft")
     create.add_argument("--send-now", action="store_true")
@@ -67,8 +67,7 @@ def add_commands(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]
         if action == "send":
             parser.add_argument("--at", help="ISO 8601 time with zone; default: now")
         if action == "progress":
-            parser.add_argument("--watch", action="store_true",
-                                help="redraw a progress bar until sending ends")
+            parser.add_argument("--watch", action="store_true", help="redraw a progress bar until sending ends")
         add_common(parser)
     stats = sub.add_parser("stats", help="funnel analytics")
     stats.add_argument("--json", action="store_true", help="the API's JSON instead of a table")
@@ -107,8 +106,7 @@ async def _dispatch(args: argparse.Namespace, db: Database, settings: Settings) 
         async with db.transaction() as session:
             command = args.layers_command
             if command == "add":
-                data = {"name": args.name, "label": args.label, "description": args.description,
-                        **_rule(args.rule)}
+                data = {"name": args.name, "label": args.label, "description": args.description, **_rule(args.rule)}
                 if args.position:
                     data["position"] = args.position
                 await layers.create_layer(session, data, now)
@@ -122,8 +120,7 @@ async def _dispatch(args: argparse.Namespace, db: Database, settings: Settings) 
                 print(f"moved {moved} subscribers to layer {args.move_to}")
             counts = await layers.counts(session)
             for layer in await layers.active_layers(session):
-                print(f"{layer.position}. {layer.name} [{layer.label}]  "
-                      f"{counts.get(layer.id, 0)} active")
+                print(f"{layer.position}. {layer.name} [{layer.label}]  {counts.get(layer.id, 0)} active")
         return 0
     command = args.newsletters_command
     if command == "list":
@@ -136,10 +133,18 @@ async def _dispatch(args: argparse.Namespace, db: Database, settings: Settings) 
         return await watch(db, args.id, follow=args.watch)
     async with db.transaction() as session:
         if command == "create":
-            newsletter = await newsletters.create(session, {
-                "name": args.name, "template": args.template, "layers": args.layers,
-                "tags": args.tags or [], "send_at": args.send_at, "send_now": args.send_now,
-            }, now)
+            newsletter = await newsletters.create(
+                session,
+                {
+                    "name": args.name,
+                    "template": args.template,
+                    "layers": args.layers,
+                    "tags": args.tags or [],
+                    "send_at": args.send_at,
+                    "send_now": args.send_now,
+                },
+                now,
+            )
         elif command == "send":
             newsletter = await newsletters.schedule(session, args.id, args.at, now)
         elif command == "pause":
@@ -157,8 +162,10 @@ def progress_line(p: dict[str, Any]) -> str:
     done = min(p["sent"], total) if total else 0
     filled = BAR_WIDTH * done // total if total else 0
     bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-    return (f"#{p['id']} {p['name'][:30]:<30} [{bar}] {p['sent']}/{total} sent, "
-            f"{p['queued']} queued, {p['failed']} failed ({p['state']})")
+    return (
+        f"#{p['id']} {p['name'][:30]:<30} [{bar}] {p['sent']}/{total} sent, "
+        f"{p['queued']} queued, {p['failed']} failed ({p['state']})"
+    )
 
 
 async def watch(db: Database, newsletter_id: int, *, follow: bool, interval_s: float = 1.0) -> int:

@@ -26,8 +26,7 @@ from sqlalchemy.ext.asyncio import (
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-SQLITE_PRAGMAS = ("journal_mode=WAL", f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", "foreign_keys=ON",
-                  "synchronous=NORMAL")
+SQLITE_PRAGMAS = ("journal_mode=WAL", f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", "foreign_keys=ON", "synchronous=NORMAL")
 
 
 # The writer connection's page cache and WAL size. Tracking batches insert into the event
@@ -37,11 +36,8 @@ SQLITE_PRAGMAS = ("journal_mode=WAL", f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", 
 WRITER_PRAGMAS = ("cache_size=-65536", "wal_autocheckpoint=10000", "journal_size_limit=67108864")
 
 
-def _sqlite_engine(url: str, *, begin: str, pool_size: int,
-                   pragmas: tuple[str, ...] = ()) -> AsyncEngine:
-    engine = create_async_engine(
-        url, pool_size=pool_size, max_overflow=0, pool_timeout=120, pool_pre_ping=False
-    )
+def _sqlite_engine(url: str, *, begin: str, pool_size: int, pragmas: tuple[str, ...] = ()) -> AsyncEngine:
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=120, pool_pre_ping=False)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -66,8 +62,7 @@ class Database:
         self.url = url
         self.dialect = make_url(url).get_backend_name()
         if self.is_sqlite:
-            self.writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1,
-                                         pragmas=WRITER_PRAGMAS)
+            self.writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1, pragmas=WRITER_PRAGMAS)
             self.reader = _sqlite_engine(url, begin="BEGIN", pool_size=4)
         else:
             self.writer = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)

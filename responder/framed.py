@@ -59,8 +59,8 @@ class FramedChild:
                     raise self.gone(f"the {self.what} stopped")
                 try:
                     process = await asyncio.create_subprocess_exec(
-                        *self._command, stdin=asyncio.subprocess.PIPE,
-                        stdout=asyncio.subprocess.PIPE)
+                        *self._command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+                    )
                 except OSError as exc:  # cannot fork or exec: the owner works in process
                     self._failed = True
                     raise self.gone(f"cannot start the {self.what}: {exc}") from exc
@@ -99,8 +99,7 @@ class FramedChild:
                     future.set_result(answer)
         except (asyncio.IncompleteReadError, ConnectionError):
             if self._waiting:  # it died with work in hand; from now on the owner does it
-                log.error("%s stopped (exit %s); working in process", self.what,
-                          process.returncode)
+                log.error("%s stopped (exit %s); working in process", self.what, process.returncode)
             self._failed = True
         finally:
             while self._waiting:

@@ -180,8 +180,10 @@ class Newsletter(Base):
 # literal SQL of the partial index ``ix_messages_due_order`` and of the claim that uses it (a bound
 # parameter cannot prove an index's predicate). On SQLite a unary "+" keeps ``ix_messages_due``
 # from looking the cheaper way to the claim's rows: it would read and sort the whole backlog.
-MESSAGES_DUE_STATES_SQL = {"sqlite": "+state IN ('queued', 'deferred')",
-                           "postgresql": "state IN ('queued', 'deferred')"}
+MESSAGES_DUE_STATES_SQL = {
+    "sqlite": "+state IN ('queued', 'deferred')",
+    "postgresql": "state IN ('queued', 'deferred')",
+}
 
 
 class Message(Base):
@@ -194,9 +196,13 @@ class Message(Base):
         Index("ix_messages_due", "state", "next_attempt_at"),
         # The claim's order over every due state at once, so a claim reads a batch's worth of
         # index entries instead of sorting the whole backlog.
-        Index("ix_messages_due_order", "next_attempt_at", "id",
-              sqlite_where=sql_text(MESSAGES_DUE_STATES_SQL["sqlite"]),
-              postgresql_where=sql_text(MESSAGES_DUE_STATES_SQL["postgresql"])),
+        Index(
+            "ix_messages_due_order",
+            "next_attempt_at",
+            "id",
+            sqlite_where=sql_text(MESSAGES_DUE_STATES_SQL["sqlite"]),
+            postgresql_where=sql_text(MESSAGES_DUE_STATES_SQL["postgresql"]),
+        ),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
@@ -294,6 +300,8 @@ class DeliveryControl(Base):
     value: Mapped[str] = mapped_column(String(255))
     reason: Mapped[str] = mapped_column(String(255), default="")
     updated_at: Mapped[dt.datetime]
+
+
 class NewsletterRecipient(Base):
     """A newsletter's audience, fixed when sending starts; walked in subscriber id order."""
 
@@ -329,6 +337,8 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime]
     delivered_at: Mapped[dt.datetime | None]
+
+
 class AdminUser(Base):
     """A person who signs in to the admin web UI; the password is kept as an argon2 hash."""
 

@@ -65,15 +65,26 @@ async def load_starter(session: AsyncSession, templates_dir: Path, now: dt.datet
         compiled = compile_template(source, entry["subject"])
         await add_version(session, entry["name"], compiled, entry.get("purpose", ""), now)
     for spec in manifest["layers"]:
-        layer = Layer(position=spec["position"], name=spec["name"], label=spec["label"],
-                      description=spec.get("description", ""), rule=DEFAULT_RULE, created_at=now)
+        layer = Layer(
+            position=spec["position"],
+            name=spec["name"],
+            label=spec["label"],
+            description=spec.get("description", ""),
+            rule=DEFAULT_RULE,
+            created_at=now,
+        )
         session.add(layer)
         await session.flush()
-        sequence = Sequence(name=f"{spec['name']}: main", layer_id=layer.id, trigger="layer",
-                            created_at=now)
+        sequence = Sequence(name=f"{spec['name']}: main", layer_id=layer.id, trigger="layer", created_at=now)
         session.add(sequence)
         await session.flush()
         for position, step in enumerate(spec["steps"], start=1):
-            session.add(Step(sequence_id=sequence.id, position=position,
-                             delay_s=parse_duration(step["delay"]),
-                             template_name=step["template"], purpose=step["purpose"]))
+            session.add(
+                Step(
+                    sequence_id=sequence.id,
+                    position=position,
+                    delay_s=parse_duration(step["delay"]),
+                    template_name=step["template"],
+                    purpose=step["purpose"],
+                )
+            )

@@ -54,8 +54,7 @@ def parse_database_url(value: str) -> str:
         url = url.set(drivername="postgresql+asyncpg")
     else:
         raise ConfigError(
-            f"unsupported database {backend!r}: use sqlite+aiosqlite:///file.db "
-            "or postgresql+asyncpg://user@host/db"
+            f"unsupported database {backend!r}: use sqlite+aiosqlite:///file.db or postgresql+asyncpg://user@host/db"
         )
     return url.render_as_string(hide_password=False)
 
@@ -68,9 +67,7 @@ def parse_smtp_url(value: str) -> SmtpTarget:
             raise ConfigError(f"file outbox URL needs a folder: {value!r} (e.g. file:///var/mail/out)")
         return SmtpTarget(scheme="file", path=Path(path))
     if parts.scheme not in ("smtp", "smtps"):
-        raise ConfigError(
-            f"unknown mail URL scheme {parts.scheme!r} in {value!r}: use smtp://, smtps:// or file://"
-        )
+        raise ConfigError(f"unknown mail URL scheme {parts.scheme!r} in {value!r}: use smtp://, smtps:// or file://")
     try:
         port = parts.port
     except ValueError as exc:
@@ -174,20 +171,23 @@ class Spec:
 
 
 SPECS: tuple[Spec, ...] = (
-    Spec("database_url", "sqlite+aiosqlite:///responder.db",
-         "SQLAlchemy URL: sqlite+aiosqlite:///file.db or postgresql+asyncpg://user@host/db",
-         parse_database_url),
-    Spec("smtp_url", "file:outbox",
-         "smtp://user:pass@host:587 (STARTTLS when offered), smtps://…:465, or file:DIR for .eml files",
-         parse_smtp_url),
+    Spec(
+        "database_url",
+        "sqlite+aiosqlite:///responder.db",
+        "SQLAlchemy URL: sqlite+aiosqlite:///file.db or postgresql+asyncpg://user@host/db",
+        parse_database_url,
+    ),
+    Spec(
+        "smtp_url",
+        "file:outbox",
+        "smtp://user:pass@host:587 (STARTTLS when offered), smtps://…:465, or file:DIR for .eml files",
+        parse_smtp_url,
+    ),
     Spec("base_url", None, "public URL used in every link (default http://HOST:PORT)", parse_http_url),
-    Spec("secret_key", None, "signs tokens; generated and stored in the database if absent",
-         secret=True),
-    Spec("admin_token", None, "bearer token for /api/v1/; generated and stored if absent",
-         secret=True),
+    Spec("secret_key", None, "signs tokens; generated and stored in the database if absent", secret=True),
+    Spec("admin_token", None, "bearer token for /api/v1/; generated and stored if absent", secret=True),
     Spec("from", "Responder <newsletter@example.com>", "sender: 'Name <address>'", parse_sender),
-    Spec("website", None, "the business's website, offered to templates (default: base URL)",
-         parse_http_url),
+    Spec("website", None, "the business's website, offered to templates (default: base URL)", parse_http_url),
     Spec("postal_address", "", "postal address printed in every mail's footer"),
     Spec("host", "127.0.0.1", "address the HTTP server listens on"),
     Spec("port", "8080", "port the HTTP server listens on", parse_int),
@@ -200,58 +200,87 @@ SPECS: tuple[Spec, ...] = (
     Spec("max_body_bytes", "65536", "largest request body accepted by public endpoints", parse_int),
     Spec("confirm_max_age_s", "604800", "seconds a confirmation link stays valid", parse_int),
     Spec("worker_batch", "50", "messages a worker claims per lease", parse_int),
-    Spec("send_rate_per_s", "0",
-         "messages per second over all lanes of one worker process (0: no limit)", parse_float),
-    Spec("domain_concurrency", "0",
-         "messages sent at once to one recipient domain (0: no limit)", parse_int),
-    Spec("domain_rate_per_min", "0",
-         "messages per minute to one recipient domain, sliding window (0: no limit)", parse_int),
-    Spec("message_lifetime_s", "432000",
-         "seconds a deferred message keeps being retried before it fails (Postfix: 5 days)",
-         parse_int),
-    Spec("bounce_domain", None,
-         "domain of the VERP bounce, reply and unsubscribe addresses (default: the sender's)"),
+    Spec("send_rate_per_s", "0", "messages per second over all lanes of one worker process (0: no limit)", parse_float),
+    Spec("domain_concurrency", "0", "messages sent at once to one recipient domain (0: no limit)", parse_int),
+    Spec(
+        "domain_rate_per_min",
+        "0",
+        "messages per minute to one recipient domain, sliding window (0: no limit)",
+        parse_int,
+    ),
+    Spec(
+        "message_lifetime_s",
+        "432000",
+        "seconds a deferred message keeps being retried before it fails (Postfix: 5 days)",
+        parse_int,
+    ),
+    Spec("bounce_domain", None, "domain of the VERP bounce, reply and unsubscribe addresses (default: the sender's)"),
     Spec("dkim_selector", None, "DKIM selector; signing is on when it and the key file are set"),
     Spec("dkim_domain", None, "DKIM signing domain (default: the sender's domain)"),
     Spec("dkim_key_file", None, "PEM private key (RSA or Ed25519) for DKIM signing"),
-    Spec("inbound", None,
-         "HOST:PORT for the inbound SMTP server (bounces, complaints, replies); off when unset",
-         parse_listen),
-    Spec("trusted_proxies", "", "comma-separated addresses or networks of reverse proxies whose "
-         "X-Forwarded-For names the client (e.g. 127.0.0.1,10.0.0.0/8); empty: none",
-         parse_networks),
-    Spec("cors_origins", "", "comma-separated origins (https://landing.example.com) allowed to "
-         "POST /subscribe and /enquiry from a script; forms may add their own", parse_origins),
-    Spec("forms_file", None, "TOML or JSON file describing the opt-in forms (consent wording, "
-         "redirects, origins, attributes, proof of work)"),
-    Spec("subscribe_per_ip_per_hour", "20", "subscribe and enquiry requests one IP may make per "
-         "hour before 429", parse_int),
-    Spec("subscribe_per_address_per_hour", "5", "subscribe requests for one address per hour "
-         "before 429", parse_int),
-    Spec("confirm_resend_s", "600", "seconds before a pending address may get another "
-         "confirmation mail", parse_int),
+    Spec(
+        "inbound",
+        None,
+        "HOST:PORT for the inbound SMTP server (bounces, complaints, replies); off when unset",
+        parse_listen,
+    ),
+    Spec(
+        "trusted_proxies",
+        "",
+        "comma-separated addresses or networks of reverse proxies whose "
+        "X-Forwarded-For names the client (e.g. 127.0.0.1,10.0.0.0/8); empty: none",
+        parse_networks,
+    ),
+    Spec(
+        "cors_origins",
+        "",
+        "comma-separated origins (https://landing.example.com) allowed to "
+        "POST /subscribe and /enquiry from a script; forms may add their own",
+        parse_origins,
+    ),
+    Spec(
+        "forms_file",
+        None,
+        "TOML or JSON file describing the opt-in forms (consent wording, "
+        "redirects, origins, attributes, proof of work)",
+    ),
+    Spec(
+        "subscribe_per_ip_per_hour",
+        "20",
+        "subscribe and enquiry requests one IP may make per hour before 429",
+        parse_int,
+    ),
+    Spec("subscribe_per_address_per_hour", "5", "subscribe requests for one address per hour before 429", parse_int),
+    Spec("confirm_resend_s", "600", "seconds before a pending address may get another confirmation mail", parse_int),
     Spec("confirm_per_day", "3", "confirmation mails one address may get per day", parse_int),
     Spec("body_timeout_s", "10", "seconds a client may take to send a request body", parse_float),
-    Spec("form_write_timeout_s", "5", "seconds a form waits for the database before answering "
-         "503", parse_float),
+    Spec("form_write_timeout_s", "5", "seconds a form waits for the database before answering 503", parse_float),
     Spec("track_flush_ms", "250", "tracking events are written at least this often", parse_int),
     Spec("track_batch", "500", "tracking events written per transaction at most", parse_int),
-    Spec("track_queue_max", "20000", "tracking events held in memory at most; beyond, new ones "
-         "are dropped and counted", parse_int),
-    Spec("track_writer", "process", "on SQLite, who writes tracking events: a child process "
-         "(process) or the serving process (inline)", parse_track_writer),
-    Spec("machine_after_send_s", "10", "opens and clicks sooner than this after delivery count "
-         "as machine", parse_int),
-    Spec("enquiry_answer_h", "48", "hours within which the acknowledgement promises an answer",
-         parse_int),
-    Spec("enquiry_digest_to", None, "address of the open-enquiries digest (default: the sender)",
-         lambda value: parse_sender(value)[1]),
-    Spec("enquiry_digest_after_s", "86400", "an enquiry open this long goes into the digest",
-         parse_int),
+    Spec(
+        "track_queue_max",
+        "20000",
+        "tracking events held in memory at most; beyond, new ones are dropped and counted",
+        parse_int,
+    ),
+    Spec(
+        "track_writer",
+        "process",
+        "on SQLite, who writes tracking events: a child process (process) or the serving process (inline)",
+        parse_track_writer,
+    ),
+    Spec("machine_after_send_s", "10", "opens and clicks sooner than this after delivery count as machine", parse_int),
+    Spec("enquiry_answer_h", "48", "hours within which the acknowledgement promises an answer", parse_int),
+    Spec(
+        "enquiry_digest_to",
+        None,
+        "address of the open-enquiries digest (default: the sender)",
+        lambda value: parse_sender(value)[1],
+    ),
+    Spec("enquiry_digest_after_s", "86400", "an enquiry open this long goes into the digest", parse_int),
     Spec("enquiry_digest_every_s", "86400", "seconds between two digests", parse_int),
     Spec("admin_session_s", "43200", "seconds an admin web UI sign-in lasts", parse_int),
-    Spec("import_max_bytes", "104857600", "largest CSV file accepted by a subscriber import",
-         parse_int),
+    Spec("import_max_bytes", "104857600", "largest CSV file accepted by a subscriber import", parse_int),
 )
 
 _FIELD_NAMES = {spec.field: spec for spec in SPECS}
@@ -311,9 +340,7 @@ class Settings:
     import_max_bytes: int = 104857600
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every setting from ``environ`` (default ``os.environ``); ``overrides`` win.
 
         Overrides are raw strings keyed by field name (``from`` as ``from_``); ``None`` means unset.

@@ -17,16 +17,31 @@ PASSWORD = "correct horse battery"
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
 
 
-async def make_subscriber(rt: Runtime, email: str, *, name: str = "", layer: int | None = 1,
-                          status: str = "active", tags: list[str] | None = None) -> int:
+async def make_subscriber(
+    rt: Runtime,
+    email: str,
+    *,
+    name: str = "",
+    layer: int | None = 1,
+    status: str = "active",
+    tags: list[str] | None = None,
+) -> int:
     now = rt.clock.now()
     async with rt.db.transaction() as session:
-        layer_id = (await session.execute(
-            select(Layer.id).where(Layer.position == layer))).scalar_one() if layer else None
-        subscriber = Subscriber(email=email, name=name, status=status, layer_id=layer_id,
-                                layer_entered_at=now if layer_id else None, attributes={},
-                                tags=tags or [], created_at=now,
-                                confirmed_at=now if status == "active" else None)
+        layer_id = (
+            (await session.execute(select(Layer.id).where(Layer.position == layer))).scalar_one() if layer else None
+        )
+        subscriber = Subscriber(
+            email=email,
+            name=name,
+            status=status,
+            layer_id=layer_id,
+            layer_entered_at=now if layer_id else None,
+            attributes={},
+            tags=tags or [],
+            created_at=now,
+            confirmed_at=now if status == "active" else None,
+        )
         session.add(subscriber)
         await session.flush()
         return subscriber.id
@@ -52,20 +67,23 @@ class Browser:
                 self.csrf = found.group(1)
         return resp
 
-    async def post(self, path: str, data: dict[str, str], *, csrf: bool = True,
-                   headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    async def post(self, path: str, data: dict[str, str], *, csrf: bool = True, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
         body = {**data, "csrf": self.csrf} if csrf else data
-        return await self.client.post(path, data=body, headers={**self.headers, **(headers or {})},
-                                      allow_redirects=False)
+        return await self.client.post(
+            path, data=body, headers={**self.headers, **(headers or {})}, allow_redirects=False
+        )
 
 
 async def signed_in(rt: Runtime, client: TestClient, username: str = "ada") -> Browser:
     await create_user(rt, username, PASSWORD)
     form = await client.get("/admin/login")
     login_csrf = CSRF_FIELD.search(await form.text()).group(1)  # type: ignore[union-attr]
-    resp = await client.post("/admin/login", allow_redirects=False,
-                             data={"username": username, "password": PASSWORD, "csrf": login_csrf},
-                             headers={"Cookie": f"responder_login_csrf={login_csrf}"})
+    resp = await client.post(
+        "/admin/login",
+        allow_redirects=False,
+        data={"username": username, "password": PASSWORD, "csrf": login_csrf},
+        headers={"Cookie": f"responder_login_csrf={login_csrf}"},
+    )
     assert resp.status == 303, await resp.text()
     browser = Browser(client, cookie=resp.cookies["responder_admin"].value)
     await browser.get("/admin/")

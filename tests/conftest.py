@@ -64,8 +64,7 @@ class RecordingHandler:
     lock: threading.Lock = field(default_factory=threading.Lock)
     data_delay_s: float = 0.0  # a slow server: wait this long before accepting DATA
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
         reply = self.replies.get(address.lower())
         if reply:
             return reply
@@ -76,8 +75,11 @@ class RecordingHandler:
         if self.data_delay_s:
             await asyncio.sleep(self.data_delay_s)
         with self.lock:
-            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
-                                          bytes(envelope.original_content or envelope.content)))
+            self.received.append(
+                Received(
+                    envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content or envelope.content)
+                )
+            )
         return "250 Message accepted for delivery"
 
 
@@ -130,8 +132,9 @@ def pg_database() -> Iterator[str]:
     name = f"responder_test_{uuid.uuid4().hex[:10]}"
 
     async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(host=url.host, port=url.port or 5432, user=url.username,
-                                     password=url.password, database=url.database)
+        conn = await asyncpg.connect(
+            host=url.host, port=url.port or 5432, user=url.username, password=url.password, database=url.database
+        )
         try:
             await conn.execute(sql)
         finally:
@@ -151,8 +154,9 @@ def pg_database() -> Iterator[str]:
 
 async def reset_pg(database_url: str) -> None:
     url = make_url(database_url)
-    conn = await asyncpg.connect(host=url.host, port=url.port or 5432, user=url.username,
-                                 password=url.password, database=url.database)
+    conn = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, password=url.password, database=url.database
+    )
     try:
         await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
     finally:
@@ -209,7 +213,7 @@ class App:
 
     def path(self, url: str) -> str:
         assert url.startswith(BASE_URL), url
-        return url[len(BASE_URL):]
+        return url[len(BASE_URL) :]
 
 
 @pytest.fixture
@@ -261,12 +265,14 @@ def forms_file(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def papp(database_url: str, smtp: SmtpSink, clock: FakeClock,
-               tmp_path: Path) -> AsyncIterator[App]:
+async def papp(database_url: str, smtp: SmtpSink, clock: FakeClock, tmp_path: Path) -> AsyncIterator[App]:
     """The whole server with a forms file and a fast tracking flush."""
-    async with running_app(database_url, smtp, clock, RESPONDER_FORMS_FILE=forms_file(tmp_path),
-                           RESPONDER_TRACK_FLUSH_MS="20") as running:
+    async with running_app(
+        database_url, smtp, clock, RESPONDER_FORMS_FILE=forms_file(tmp_path), RESPONDER_TRACK_FLUSH_MS="20"
+    ) as running:
         yield running
+
+
 def confirm_path(received: Received) -> str:
     """The /confirm/… path from a confirmation mail's text part."""
     text = received.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]

@@ -20,8 +20,7 @@ from .conftest import make_settings
 
 
 @asynccontextmanager
-async def runtime_for(database_url: str, smtp_url: str, clock: Clock,
-                      **env: str) -> AsyncIterator[Runtime]:
+async def runtime_for(database_url: str, smtp_url: str, clock: Clock, **env: str) -> AsyncIterator[Runtime]:
     started = await start_runtime(make_settings(database_url, smtp_url, **env), clock)
     try:
         yield started.runtime
@@ -40,26 +39,47 @@ async def worker_for(rt: Runtime) -> AsyncIterator[DeliveryWorker]:
         await transport.close()
 
 
-async def queue_newsletter(rt: Runtime, addresses: list[str],
-                           template: str = "layer1-welcome") -> list[int]:
+async def queue_newsletter(rt: Runtime, addresses: list[str], template: str = "layer1-welcome") -> list[int]:
     """Active layer-1 subscribers for ``addresses`` and one queued newsletter mail each."""
     now = rt.clock.now()
     async with rt.db.transaction() as session:
         layer = (await session.execute(select(Layer).order_by(Layer.position).limit(1))).scalar_one()
-        newsletter = Newsletter(name="news", template_name=template, layer_ids=[layer.id], tags=[],
-                                state="sending", scheduled_at=None, created_at=now)
+        newsletter = Newsletter(
+            name="news",
+            template_name=template,
+            layer_ids=[layer.id],
+            tags=[],
+            state="sending",
+            scheduled_at=None,
+            created_at=now,
+        )
         session.add(newsletter)
-        subscribers = [Subscriber(email=a, name=f"Reader {i}", status="active", layer_id=layer.id,
-                                  layer_entered_at=now, attributes={}, tags=[], created_at=now)
-                       for i, a in enumerate(addresses)]
+        subscribers = [
+            Subscriber(
+                email=a,
+                name=f"Reader {i}",
+                status="active",
+                layer_id=layer.id,
+                layer_entered_at=now,
+                attributes={},
+                tags=[],
+                created_at=now,
+            )
+            for i, a in enumerate(addresses)
+        ]
         session.add_all(subscribers)
         await session.flush()
         ids = []
         for subscriber in subscribers:
-            pk = await outbox.enqueue(session, subscriber_id=subscriber.id, kind="newsletter",
-                                      template_name=template, now=now,
-                                      domain=rt.settings.sender_domain,
-                                      newsletter_id=newsletter.id)
+            pk = await outbox.enqueue(
+                session,
+                subscriber_id=subscriber.id,
+                kind="newsletter",
+                template_name=template,
+                now=now,
+                domain=rt.settings.sender_domain,
+                newsletter_id=newsletter.id,
+            )
             assert pk is not None
             ids.append(pk)
     rt.wake_outbox()
@@ -75,5 +95,4 @@ async def message(rt: Runtime, pk: int) -> Message:
 
 async def subscriber(rt: Runtime, email: str) -> Subscriber:
     async with rt.db.read() as session:
-        return (await session.execute(
-            select(Subscriber).where(Subscriber.email == email))).scalar_one()
+        return (await session.execute(select(Subscriber).where(Subscriber.email == email))).scalar_one()

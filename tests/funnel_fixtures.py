@@ -34,11 +34,21 @@ async def make_subscriber(rt: Runtime, email: str, *, layer: int = 1, **fields: 
     """An active subscriber in the layer at position ``layer``, enrolled in its sequence."""
     now = rt.clock.now()
     async with rt.db.transaction() as session:
-        target = (await session.execute(select(Layer).where(Layer.position == layer,
-                                                            Layer.removed_at.is_(None)))).scalar_one()
-        subscriber = Subscriber(email=email, name=fields.pop("name", ""), status="active",
-                                layer_id=target.id, layer_entered_at=now, attributes={},
-                                tags=[], created_at=now, confirmed_at=now, **fields)
+        target = (
+            await session.execute(select(Layer).where(Layer.position == layer, Layer.removed_at.is_(None)))
+        ).scalar_one()
+        subscriber = Subscriber(
+            email=email,
+            name=fields.pop("name", ""),
+            status="active",
+            layer_id=target.id,
+            layer_entered_at=now,
+            attributes={},
+            tags=[],
+            created_at=now,
+            confirmed_at=now,
+            **fields,
+        )
         session.add(subscriber)
         await session.flush()
         await enroll(session, subscriber, target.id, now)
@@ -49,7 +59,7 @@ async def tick(rt: Runtime) -> int:
     """Run the scheduler until nothing more is due now."""
     scheduler = Scheduler(rt)
     total = 0
-    while (done := await scheduler.run_once()):
+    while done := await scheduler.run_once():
         total += done
     return total
 
@@ -60,16 +70,20 @@ async def mark_sent(rt: Runtime) -> int:
 
     async with rt.db.transaction() as session:
         result = await session.execute(
-            update(Message).where(Message.state == "queued").values(
-                state="sent", sent_at=rt.clock.now()))
+            update(Message).where(Message.state == "queued").values(state="sent", sent_at=rt.clock.now())
+        )
         return int(result.rowcount)
 
 
 async def templates_sent(rt: Runtime, subscriber_id: int) -> list[str]:
     async with rt.db.read() as session:
-        return list((await session.execute(
-            select(Message.template_name).where(Message.subscriber_id == subscriber_id)
-            .order_by(Message.id))).scalars())
+        return list(
+            (
+                await session.execute(
+                    select(Message.template_name).where(Message.subscriber_id == subscriber_id).order_by(Message.id)
+                )
+            ).scalars()
+        )
 
 
 async def layer_of(rt: Runtime, subscriber_id: int) -> int:
@@ -83,10 +97,15 @@ async def layer_of(rt: Runtime, subscriber_id: int) -> int:
 
 async def active_enrollments(rt: Runtime, subscriber_id: int) -> int:
     async with rt.db.read() as session:
-        return int((await session.execute(
-            select(func.count()).select_from(Enrollment).where(
-                Enrollment.subscriber_id == subscriber_id, Enrollment.state == "active"))
-        ).scalar_one())
+        return int(
+            (
+                await session.execute(
+                    select(func.count())
+                    .select_from(Enrollment)
+                    .where(Enrollment.subscriber_id == subscriber_id, Enrollment.state == "active")
+                )
+            ).scalar_one()
+        )
 
 
 def at(text: str) -> dt.datetime:

@@ -20,30 +20,24 @@ def bearer(token: str) -> dict[str, str]:
 
 async def test_named_tokens_have_scopes_and_can_be_revoked(app: App) -> None:
     client = app.client
-    resp = await client.post("/api/v1/tokens", json={"name": "shop", "scope": "read"},
-                             headers=app.auth)
+    resp = await client.post("/api/v1/tokens", json={"name": "shop", "scope": "read"}, headers=app.auth)
     assert resp.status == 201
     read_token = (await resp.json())["token"]
-    resp = await client.post("/api/v1/tokens", json={"name": "crm", "scope": "write"},
-                             headers=app.auth)
+    resp = await client.post("/api/v1/tokens", json={"name": "crm", "scope": "write"}, headers=app.auth)
     write_token = (await resp.json())["token"]
 
     assert (await client.get("/api/v1/layers", headers=bearer(read_token))).status == 200
-    resp = await client.post("/api/v1/tokens", json={"name": "x", "scope": "read"},
-                             headers=bearer(read_token))
+    resp = await client.post("/api/v1/tokens", json={"name": "x", "scope": "read"}, headers=bearer(read_token))
     assert resp.status == 403
     assert (await resp.json())["error"]["code"] == "forbidden"
-    resp = await client.post("/api/v1/tokens", json={"name": "x", "scope": "read"},
-                             headers=bearer(write_token))
+    resp = await client.post("/api/v1/tokens", json={"name": "x", "scope": "read"}, headers=bearer(write_token))
     assert resp.status == 201
 
     listed = await (await client.get("/api/v1/tokens", headers=app.auth)).json()
-    assert [(t["name"], t["scope"]) for t in listed["tokens"]] == [
-        ("crm", "write"), ("shop", "read"), ("x", "read")]
+    assert [(t["name"], t["scope"]) for t in listed["tokens"]] == [("crm", "write"), ("shop", "read"), ("x", "read")]
     assert all("token" not in t for t in listed["tokens"])
 
-    resp = await client.post("/api/v1/tokens", json={"name": "shop", "scope": "read"},
-                             headers=app.auth)
+    resp = await client.post("/api/v1/tokens", json={"name": "shop", "scope": "read"}, headers=app.auth)
     assert resp.status == 409 and (await resp.json())["error"]["field"] == "name"
     assert (await client.delete("/api/v1/tokens/shop", headers=app.auth)).status == 204
     assert (await client.get("/api/v1/layers", headers=bearer(read_token))).status == 401
@@ -55,8 +49,9 @@ async def test_named_tokens_have_scopes_and_can_be_revoked(app: App) -> None:
 
 async def test_search_filters_and_cursor_pages(app: App) -> None:
     for i in range(7):
-        await make_subscriber(app.rt, f"user{i}@example.com", name=f"User {i}",
-                              layer=1 + i % 2, tags=["preferred"] if i % 3 == 0 else [])
+        await make_subscriber(
+            app.rt, f"user{i}@example.com", name=f"User {i}", layer=1 + i % 2, tags=["preferred"] if i % 3 == 0 else []
+        )
     await make_subscriber(app.rt, "gone@example.com", name="Gone", status="unsubscribed")
 
     async def emails(query: str) -> list[str]:
@@ -64,10 +59,8 @@ async def test_search_filters_and_cursor_pages(app: App) -> None:
         assert resp.status == 200, await resp.text()
         return [s["email"] for s in (await resp.json())["subscribers"]]
 
-    assert await emails("layer=2") == ["user5@example.com", "user3@example.com",
-                                       "user1@example.com"]
-    assert await emails("tag=preferred") == ["user6@example.com", "user3@example.com",
-                                             "user0@example.com"]
+    assert await emails("layer=2") == ["user5@example.com", "user3@example.com", "user1@example.com"]
+    assert await emails("tag=preferred") == ["user6@example.com", "user3@example.com", "user0@example.com"]
     assert await emails("status=unsubscribed") == ["gone@example.com"]
     assert await emails("q=USER 4") == ["user4@example.com"]
     assert await emails("q=%25") == []  # a literal '%' matches nothing, not everything
@@ -75,8 +68,7 @@ async def test_search_filters_and_cursor_pages(app: App) -> None:
     seen: list[str] = []
     cursor = ""
     while True:
-        resp = await app.client.get(f"/api/v1/subscribers?limit=3&cursor={cursor}",
-                                    headers=app.auth)
+        resp = await app.client.get(f"/api/v1/subscribers?limit=3&cursor={cursor}", headers=app.auth)
         body = await resp.json()
         seen += [s["email"] for s in body["subscribers"]]
         if body["next_cursor"] is None:
@@ -84,8 +76,13 @@ async def test_search_filters_and_cursor_pages(app: App) -> None:
         cursor = body["next_cursor"]
     assert len(seen) == 8 and len(set(seen)) == 8
 
-    for query, field in (("layer=abc", "layer"), ("status=odd", "status"),
-                         ("cursor=%21%21", "cursor"), ("limit=0", "limit"), ("tag=a%20b", "tag")):
+    for query, field in (
+        ("layer=abc", "layer"),
+        ("status=odd", "status"),
+        ("cursor=%21%21", "cursor"),
+        ("limit=0", "limit"),
+        ("tag=a%20b", "tag"),
+    ):
         resp = await app.client.get(f"/api/v1/subscribers?{query}", headers=app.auth)
         assert resp.status == 400
         error = (await resp.json())["error"]
@@ -100,36 +97,33 @@ async def test_move_layer_tags_and_timeline(app: App) -> None:
         await record_event(session, subscriber, "open", app.clock.now(), machine=True)
     app.clock.advance(60)
 
-    resp = await app.client.post(f"/api/v1/subscribers/{subscriber_id}/layer",
-                                 json={"position": 3, "reason": "bought the course"},
-                                 headers=app.auth)
+    resp = await app.client.post(
+        f"/api/v1/subscribers/{subscriber_id}/layer",
+        json={"position": 3, "reason": "bought the course"},
+        headers=app.auth,
+    )
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["layer"]["position"] == 3
     async with app.rt.db.read() as session:
-        [enrollment] = (await session.execute(
-            select(Enrollment).where(Enrollment.subscriber_id == subscriber_id))).scalars().all()
+        [enrollment] = (
+            (await session.execute(select(Enrollment).where(Enrollment.subscriber_id == subscriber_id))).scalars().all()
+        )
         assert enrollment.state == "active"  # layer 3's sequence started
 
-    resp = await app.client.post(f"/api/v1/subscribers/{subscriber_id}/layer",
-                                 json={"position": 3}, headers=app.auth)
+    resp = await app.client.post(f"/api/v1/subscribers/{subscriber_id}/layer", json={"position": 3}, headers=app.auth)
     assert resp.status == 409
-    resp = await app.client.post(f"/api/v1/subscribers/{subscriber_id}/layer",
-                                 json={"position": 42}, headers=app.auth)
+    resp = await app.client.post(f"/api/v1/subscribers/{subscriber_id}/layer", json={"position": 42}, headers=app.auth)
     assert resp.status == 400 and (await resp.json())["error"]["field"] == "position"
-    resp = await app.client.post("/api/v1/subscribers/999999/layer", json={"position": 2},
-                                 headers=app.auth)
+    resp = await app.client.post("/api/v1/subscribers/999999/layer", json={"position": 2}, headers=app.auth)
     assert resp.status == 404
 
     for _ in range(2):
-        resp = await app.client.put(f"/api/v1/subscribers/{subscriber_id}/tags/preferred",
-                                    headers=app.auth)
+        resp = await app.client.put(f"/api/v1/subscribers/{subscriber_id}/tags/preferred", headers=app.auth)
         assert (await resp.json())["tags"] == ["preferred"]
-    resp = await app.client.delete(f"/api/v1/subscribers/{subscriber_id}/tags/preferred",
-                                   headers=app.auth)
+    resp = await app.client.delete(f"/api/v1/subscribers/{subscriber_id}/tags/preferred", headers=app.auth)
     assert (await resp.json())["tags"] == []
 
-    resp = await app.client.get(f"/api/v1/subscribers/{subscriber_id}/timeline",
-                                headers=app.auth)
+    resp = await app.client.get(f"/api/v1/subscribers/{subscriber_id}/timeline", headers=app.auth)
     items = (await resp.json())["items"]
     [move] = [item for item in items if item["kind"] == "layer"]
     assert "bought the course" in move["summary"] and move["type"] == "up"

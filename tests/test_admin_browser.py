@@ -24,6 +24,7 @@ async def sign_in(browser: BrowserContext, live: LiveServer) -> tuple[Page, list
     await create_user(live.rt, "ada", PASSWORD)
     page = await browser.new_page()
     problems: list[str] = []
+
     def console(msg) -> None:  # type: ignore[no-untyped-def]
         # A previewed mail's remote fonts are blocked by the preview's policy on purpose.
         if msg.type == "error" and not msg.location.get("url", "").endswith("/preview.html"):
@@ -43,15 +44,19 @@ async def sign_in(browser: BrowserContext, live: LiveServer) -> tuple[Page, list
 
 async def layer_of(live: LiveServer, subscriber_id: int) -> int:  # noqa: F811
     async with live.rt.db.read() as session:
-        return (await session.execute(
-            select(Layer.position).join(Subscriber, Subscriber.layer_id == Layer.id)
-            .where(Subscriber.id == subscriber_id))).scalar_one()
+        return (
+            await session.execute(
+                select(Layer.position)
+                .join(Subscriber, Subscriber.layer_id == Layer.id)
+                .where(Subscriber.id == subscriber_id)
+            )
+        ).scalar_one()
 
 
 async def test_sign_in_move_a_subscriber_and_screenshot_the_pages(
-        chromium: BrowserContext, live: LiveServer, request: pytest.FixtureRequest) -> None:  # noqa: F811
-    ids = [await make_subscriber(live.rt, f"p{i}@example.com", name=f"Person {i}",
-                                 layer=1 + i % 3) for i in range(6)]
+    chromium: BrowserContext, live: LiveServer, request: pytest.FixtureRequest
+) -> None:  # noqa: F811
+    ids = [await make_subscriber(live.rt, f"p{i}@example.com", name=f"Person {i}", layer=1 + i % 3) for i in range(6)]
     page, problems = await sign_in(chromium, live)
     await expect(page.locator("#funnel svg")).to_be_visible()
     shots = SCREENSHOTS / request.node.callspec.id
@@ -73,19 +78,21 @@ async def test_sign_in_move_a_subscriber_and_screenshot_the_pages(
     await page.screenshot(path=str(shots / "subscriber.png"), full_page=True)
     assert await layer_of(live, ids[3]) == 4
 
-    for name, path in (("layers", "/admin/layers"), ("settings", "/admin/settings"),
-                       ("dashboard", "/admin/")):
+    for name, path in (("layers", "/admin/layers"), ("settings", "/admin/settings"), ("dashboard", "/admin/")):
         await page.goto(live.url + path)
         await page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
     assert problems == []
 
 
-async def test_import_shows_progress_then_the_report(chromium: BrowserContext, live: LiveServer,  # noqa: F811
-                                                     tmp_path, request) -> None:  # type: ignore[no-untyped-def]
+async def test_import_shows_progress_then_the_report(
+    chromium: BrowserContext,
+    live: LiveServer,  # noqa: F811
+    tmp_path,
+    request,
+) -> None:  # type: ignore[no-untyped-def]
     page, problems = await sign_in(chromium, live)
     data = tmp_path / "people.csv"
-    data.write_text("email,name\n" + "".join(f"n{i}@example.com,N{i}\n" for i in range(300))
-                    + "nonsense,Bad\n")
+    data.write_text("email,name\n" + "".join(f"n{i}@example.com,N{i}\n" for i in range(300)) + "nonsense,Bad\n")
     await page.goto(live.url + "/admin/imports/new")
     await page.fill("#consent_source", "spring fair")
     await page.set_input_files("#file", str(data))
@@ -100,7 +107,8 @@ async def test_import_shows_progress_then_the_report(chromium: BrowserContext, l
 
 
 async def test_hostile_name_is_text_and_cross_origin_post_is_refused(
-        chromium: BrowserContext, live: LiveServer) -> None:  # noqa: F811
+    chromium: BrowserContext, live: LiveServer
+) -> None:  # noqa: F811
     subscriber_id = await make_subscriber(live.rt, "mallory@example.com", name=HOSTILE)
     page, problems = await sign_in(chromium, live)
     await page.goto(f"{live.url}/admin/subscribers/{subscriber_id}")
@@ -114,9 +122,13 @@ async def test_hostile_name_is_text_and_cross_origin_post_is_refused(
     evil = web.Application()
 
     async def attack(_request: web.Request) -> web.Response:
-        return web.Response(content_type="text/html", text=(
-            f'<form method="post" action="{live.url}/admin/subscribers/{subscriber_id}/layer">'
-            '<input name="position" value="5"><button id="go">win a prize</button></form>'))
+        return web.Response(
+            content_type="text/html",
+            text=(
+                f'<form method="post" action="{live.url}/admin/subscribers/{subscriber_id}/layer">'
+                '<input name="position" value="5"><button id="go">win a prize</button></form>'
+            ),
+        )
 
     evil.router.add_get("/", attack)
     port = free_port()
@@ -133,14 +145,20 @@ async def test_hostile_name_is_text_and_cross_origin_post_is_refused(
 
 
 async def test_upload_an_mjml_template_see_its_previews_and_send_a_test(
-        chromium: BrowserContext, live: LiveServer, smtp: SmtpSink, tmp_path,  # noqa: F811
-        request) -> None:  # type: ignore[no-untyped-def]
+    chromium: BrowserContext,
+    live: LiveServer,
+    smtp: SmtpSink,
+    tmp_path,  # noqa: F811
+    request,
+) -> None:  # type: ignore[no-untyped-def]
     page, problems = await sign_in(chromium, live)
     source = tmp_path / "autumn.mjml"
-    source.write_text("<mjml><mj-body><mj-section><mj-column><mj-text>"
-                      "Hello {{ subscriber.first_name or 'friend' }}, autumn offers inside."
-                      "</mj-text><mj-button href=\"{{ sender.website }}/autumn\">See them</mj-button>"
-                      "</mj-column></mj-section></mj-body></mjml>")
+    source.write_text(
+        "<mjml><mj-body><mj-section><mj-column><mj-text>"
+        "Hello {{ subscriber.first_name or 'friend' }}, autumn offers inside."
+        '</mj-text><mj-button href="{{ sender.website }}/autumn">See them</mj-button>'
+        "</mj-column></mj-section></mj-body></mjml>"
+    )
     await page.click("nav >> text=Templates")
     await page.fill("#t-subject", "Autumn for {{ subscriber.first_name }}")
     await page.set_input_files("#t-file", str(source))
@@ -159,8 +177,7 @@ async def test_upload_an_mjml_template_see_its_previews_and_send_a_test(
 
     await page.fill("#test-form input[name=email]", "owner@example.com")
     await page.click("#test-form button")
-    await expect(page.locator("#template-notice")).to_have_text(
-        "Test mail sent to owner@example.com.")
+    await expect(page.locator("#template-notice")).to_have_text("Test mail sent to owner@example.com.")
     [mail] = await smtp.wait_for(1, "owner@example.com")
     assert mail.message["Subject"].startswith("[Test] Autumn for ")
     await page.goto(live.url + "/admin/templates")

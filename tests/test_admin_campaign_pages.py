@@ -22,20 +22,31 @@ async def test_compose_a_draft_then_send_pause_and_cancel(app: App) -> None:
     resp = await browser.get("/admin/newsletters")
     text = await resp.text()
     assert resp.status == 200 and "No newsletters yet." in text and "layer2-quick-wins" in text
-    resp = await browser.post("/admin/newsletters", {"name": "Spring", "template": "layer2-quick-wins",
-                                                     "when": "draft"})
+    resp = await browser.post(
+        "/admin/newsletters", {"name": "Spring", "template": "layer2-quick-wins", "when": "draft"}
+    )
     assert resp.status == 400 and "layers is required" in await resp.text()
     assert await newsletter_count(app) == 0
-    resp = await browser.post("/admin/newsletters", {"name": "Spring", "template": "layer2-quick-wins",
-                                                     "when": "at", "send_at": "soon",
-                                                     "layers": "2"})
+    resp = await browser.post(
+        "/admin/newsletters",
+        {"name": "Spring", "template": "layer2-quick-wins", "when": "at", "send_at": "soon", "layers": "2"},
+    )
     assert resp.status == 400 and "send_at must be" in await resp.text()
 
-    resp = await browser.client.post("/admin/newsletters", allow_redirects=False, headers=browser.headers,
-                                     data=[("csrf", browser.csrf), ("name", "Spring"),
-                                           ("template", "layer2-quick-wins"), ("layers", "2"),
-                                           ("layers", "3"), ("tags", "preferred, vip"),
-                                           ("when", "draft")])
+    resp = await browser.client.post(
+        "/admin/newsletters",
+        allow_redirects=False,
+        headers=browser.headers,
+        data=[
+            ("csrf", browser.csrf),
+            ("name", "Spring"),
+            ("template", "layer2-quick-wins"),
+            ("layers", "2"),
+            ("layers", "3"),
+            ("tags", "preferred, vip"),
+            ("when", "draft"),
+        ],
+    )
     assert resp.status == 303
     path = resp.headers["Location"]
     async with app.rt.db.read() as session:
@@ -76,17 +87,18 @@ async def test_enquiries_oldest_first_answer_close_and_the_token(app: App) -> No
     browser = await signed_in(app.rt, app.client)
     ids = []
     for n in range(3):
-        ids.append(await open_enquiry(app.rt, EnquiryIn(
-            email=f"q{n}@example.com", body=f"Question <b>{n}</b>\nsecond line", subject=f"S{n}")))
+        ids.append(
+            await open_enquiry(
+                app.rt, EnquiryIn(email=f"q{n}@example.com", body=f"Question <b>{n}</b>\nsecond line", subject=f"S{n}")
+            )
+        )
         app.clock.advance(60)
     text = await (await browser.get("/admin/enquiries")).text()
-    assert [text.index(f'id="enquiry-{i}"') for i in ids] == sorted(
-        text.index(f'id="enquiry-{i}"') for i in ids)
+    assert [text.index(f'id="enquiry-{i}"') for i in ids] == sorted(text.index(f'id="enquiry-{i}"') for i in ids)
     assert "Question &lt;b&gt;0&lt;/b&gt;" in text
 
     for route in ("answer", "close"):
-        resp = await browser.post(f"/admin/enquiries/{ids[0]}/{route}", {"answer": "forged"},
-                                  csrf=False)
+        resp = await browser.post(f"/admin/enquiries/{ids[0]}/{route}", {"answer": "forged"}, csrf=False)
         assert resp.status == 403
     resp = await browser.post(f"/admin/enquiries/{ids[0]}/answer", {"answer": "  "})
     assert resp.status == 400 and "answer must be" in await resp.text()

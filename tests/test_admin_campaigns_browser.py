@@ -19,8 +19,11 @@ pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 async def test_newsletter_for_layer_2_reaches_100_percent(
-        chromium: BrowserContext, live: LiveServer, smtp: SmtpSink,  # noqa: F811
-        request: pytest.FixtureRequest) -> None:
+    chromium: BrowserContext,
+    live: LiveServer,
+    smtp: SmtpSink,  # noqa: F811
+    request: pytest.FixtureRequest,
+) -> None:
     layer2 = set()
     for layer in (1, 2, 3):
         for i in range(3):
@@ -55,11 +58,20 @@ async def test_newsletter_for_layer_2_reaches_100_percent(
 
 
 async def test_answer_an_enquiry_it_is_mailed_and_leaves_the_queue(
-        chromium: BrowserContext, live: LiveServer, smtp: SmtpSink,  # noqa: F811
-        request: pytest.FixtureRequest) -> None:
-    first = await open_enquiry(live.rt, EnquiryIn(
-        email="ann@example.com", name="Ann", subject="Annual plan?",
-        body="Do you offer an annual plan?\nWe are a team of five."))
+    chromium: BrowserContext,
+    live: LiveServer,
+    smtp: SmtpSink,  # noqa: F811
+    request: pytest.FixtureRequest,
+) -> None:
+    first = await open_enquiry(
+        live.rt,
+        EnquiryIn(
+            email="ann@example.com",
+            name="Ann",
+            subject="Annual plan?",
+            body="Do you offer an annual plan?\nWe are a team of five.",
+        ),
+    )
     live.rt.clock.advance(120)  # type: ignore[attr-defined]
     second = await open_enquiry(live.rt, EnquiryIn(email="bo@example.com", body="Invoices?"))
     await smtp.wait_for(2)  # both acknowledged

@@ -27,9 +27,12 @@ def upload_form(body: str, subject: str, name: str = "spring-news") -> FormData:
 
 async def test_upload_preview_and_test_send(app: App) -> None:
     browser = await signed_in(app.rt, app.client)
-    resp = await app.client.post(f"/admin/templates?csrf={browser.csrf}", headers=browser.headers,
-                                 data=upload_form(MJML, "Spring for {{ subscriber.first_name }}"),
-                                 allow_redirects=False)
+    resp = await app.client.post(
+        f"/admin/templates?csrf={browser.csrf}",
+        headers=browser.headers,
+        data=upload_form(MJML, "Spring for {{ subscriber.first_name }}"),
+        allow_redirects=False,
+    )
     assert resp.status == 303, await resp.text()
     assert resp.headers["Location"] == "/admin/templates/spring-news?notice=v1"
     page = await (await browser.get(resp.headers["Location"])).text()
@@ -52,16 +55,21 @@ async def test_upload_preview_and_test_send(app: App) -> None:
 
 async def test_a_broken_template_is_refused_beside_the_form(app: App) -> None:
     browser = await signed_in(app.rt, app.client)
-    resp = await app.client.post(f"/admin/templates?csrf={browser.csrf}", headers=browser.headers,
-                                 data=upload_form(MJML.replace("first_name or", "first_name |"),
-                                                  "Kept <subject>"), allow_redirects=False)
+    resp = await app.client.post(
+        f"/admin/templates?csrf={browser.csrf}",
+        headers=browser.headers,
+        data=upload_form(MJML.replace("first_name or", "first_name |"), "Kept <subject>"),
+        allow_redirects=False,
+    )
     assert resp.status == 422
     page = await resp.text()
     assert 'id="upload-error"' in page and 'value="Kept &lt;subject&gt;"' in page
     async with app.rt.db.read() as session:
-        assert (await session.execute(select(func.count()).select_from(Template)
-                                      .where(Template.name == "spring-news"))).scalar_one() == 0
+        assert (
+            await session.execute(select(func.count()).select_from(Template).where(Template.name == "spring-news"))
+        ).scalar_one() == 0
     # Without the page's token the upload is refused before it is read.
-    resp = await app.client.post("/admin/templates", headers=browser.headers,
-                                 data=upload_form(MJML, "x"), allow_redirects=False)
+    resp = await app.client.post(
+        "/admin/templates", headers=browser.headers, data=upload_form(MJML, "x"), allow_redirects=False
+    )
     assert resp.status == 403

@@ -20,8 +20,7 @@ from .conftest import App
 async def test_pages_need_a_session(app: App) -> None:
     resp = await app.client.get("/admin/subscribers", allow_redirects=False)
     assert resp.status == 303 and resp.headers["Location"] == "/admin/login"
-    resp = await app.client.post("/admin/subscribers/1/layer", data={"position": "2"},
-                                 allow_redirects=False)
+    resp = await app.client.post("/admin/subscribers/1/layer", data={"position": "2"}, allow_redirects=False)
     assert resp.status == 403
 
 
@@ -29,9 +28,12 @@ async def test_login_sets_a_strict_http_only_cookie_and_logout_ends_it(app: App)
     browser = await signed_in(app.rt, app.client)
     form = await app.client.get("/admin/login")
     token = CSRF_FIELD.search(await form.text()).group(1)  # type: ignore[union-attr]
-    resp = await app.client.post("/admin/login", allow_redirects=False, data={
-        "username": "ada", "password": PASSWORD, "csrf": token},
-        headers={"Cookie": f"responder_login_csrf={token}"})
+    resp = await app.client.post(
+        "/admin/login",
+        allow_redirects=False,
+        data={"username": "ada", "password": PASSWORD, "csrf": token},
+        headers={"Cookie": f"responder_login_csrf={token}"},
+    )
     cookie = resp.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/admin" in cookie
     assert "Secure" in cookie  # the base URL is https
@@ -48,13 +50,17 @@ async def test_wrong_password_and_login_without_its_token_are_refused(app: App) 
     await signed_in(app.rt, app.client)
     form = await app.client.get("/admin/login")
     token = CSRF_FIELD.search(await form.text()).group(1)  # type: ignore[union-attr]
-    resp = await app.client.post("/admin/login", data={
-        "username": "ada", "password": "wrong password!", "csrf": token},
-        headers={"Cookie": f"responder_login_csrf={token}"})
+    resp = await app.client.post(
+        "/admin/login",
+        data={"username": "ada", "password": "wrong password!", "csrf": token},
+        headers={"Cookie": f"responder_login_csrf={token}"},
+    )
     assert resp.status == 401 and "Wrong username or password" in await resp.text()
-    resp = await app.client.post("/admin/login", data={
-        "username": "ada", "password": PASSWORD, "csrf": "forged"},
-        headers={"Cookie": f"responder_login_csrf={token}"})
+    resp = await app.client.post(
+        "/admin/login",
+        data={"username": "ada", "password": PASSWORD, "csrf": "forged"},
+        headers={"Cookie": f"responder_login_csrf={token}"},
+    )
     assert resp.status == 403
 
 
@@ -73,9 +79,9 @@ async def test_state_changes_need_the_token_and_the_same_origin(app: App) -> Non
     assert "cross-origin request refused" in await refused[2].text()
     async with app.rt.db.read() as session:
         assert (await session.get(Subscriber, subscriber_id)).layer_id == 1  # type: ignore[union-attr]
-    resp = await browser.post(path, {"position": "3"},
-                              headers={"Origin": "https://news.example.com",
-                                       "Sec-Fetch-Site": "same-origin"})
+    resp = await browser.post(
+        path, {"position": "3"}, headers={"Origin": "https://news.example.com", "Sec-Fetch-Site": "same-origin"}
+    )
     assert resp.status == 303
     async with app.rt.db.read() as session:
         subscriber = await session.get(Subscriber, subscriber_id)
@@ -86,8 +92,7 @@ async def test_hostile_names_are_escaped_and_scripts_only_from_self(app: App) ->
     browser = await signed_in(app.rt, app.client)
     hostile = "<script>alert(1)</script>"
     subscriber_id = await make_subscriber(app.rt, "mallory@example.com", name=hostile)
-    for path in ("/admin/subscribers", f"/admin/subscribers/{subscriber_id}",
-                 "/admin/subscribers?q=%3Cscript%3E"):
+    for path in ("/admin/subscribers", f"/admin/subscribers/{subscriber_id}", "/admin/subscribers?q=%3Cscript%3E"):
         resp = await browser.get(path)
         html = await resp.text()
         assert resp.status == 200
@@ -100,9 +105,13 @@ async def test_hostile_names_are_escaped_and_scripts_only_from_self(app: App) ->
 async def test_every_page_renders(app: App) -> None:
     browser = await signed_in(app.rt, app.client)
     await make_subscriber(app.rt, "lin@example.com", name="Lin", layer=2, tags=["preferred"])
-    expected = {"/admin/": "Moves per week", "/admin/subscribers": "lin@example.com",
-                "/admin/layers": "Promotion rule", "/admin/settings": "_domainkey.acme.example.com",
-                "/admin/imports/new": "consent_source"}
+    expected = {
+        "/admin/": "Moves per week",
+        "/admin/subscribers": "lin@example.com",
+        "/admin/layers": "Promotion rule",
+        "/admin/settings": "_domainkey.acme.example.com",
+        "/admin/imports/new": "consent_source",
+    }
     for path, text in expected.items():
         resp = await browser.get(path)
         assert resp.status == 200, path
@@ -118,8 +127,9 @@ async def test_tag_preferred_and_move_from_the_detail_page(app: App) -> None:
     assert resp.status == 303
     page = await (await browser.get(f"/admin/subscribers/{subscriber_id}")).text()
     assert "Remove preferred" in page
-    resp = await browser.post(f"/admin/subscribers/{subscriber_id}/layer",
-                              {"position": "2", "reason": "bought the starter kit"})
+    resp = await browser.post(
+        f"/admin/subscribers/{subscriber_id}/layer", {"position": "2", "reason": "bought the starter kit"}
+    )
     assert resp.headers["Location"].endswith("notice=moved-2")
     page = await (await browser.get(resp.headers["Location"])).text()
     assert "Moved to layer 2" in page and "admin: bought the starter kit" in page
@@ -143,12 +153,10 @@ async def test_tokens_are_created_and_revoked_from_settings(app: App) -> None:
     page = await resp.text()
     assert resp.status == 200 and "shown again" in page
     secret = page.split('<code class="secret">')[1].split("</code>")[0]
-    assert (await app.client.get("/api/v1/layers",
-                                 headers={"Authorization": f"Bearer {secret}"})).status == 200
+    assert (await app.client.get("/api/v1/layers", headers={"Authorization": f"Bearer {secret}"})).status == 200
     resp = await browser.post("/admin/settings/tokens/shop/revoke", {})
     assert resp.status == 303
-    assert (await app.client.get("/api/v1/layers",
-                                 headers={"Authorization": f"Bearer {secret}"})).status == 401
+    assert (await app.client.get("/api/v1/layers", headers={"Authorization": f"Bearer {secret}"})).status == 401
 
 
 async def test_repeated_wrong_passwords_lock_the_username_for_a_while(app: App) -> None:
@@ -157,9 +165,12 @@ async def test_repeated_wrong_passwords_lock_the_username_for_a_while(app: App) 
     token = CSRF_FIELD.search(await form.text()).group(1)  # type: ignore[union-attr]
 
     async def attempt(password: str) -> int:
-        resp = await app.client.post("/admin/login", allow_redirects=False, data={
-            "username": "ada", "password": password, "csrf": token},
-            headers={"Cookie": f"responder_login_csrf={token}"})
+        resp = await app.client.post(
+            "/admin/login",
+            allow_redirects=False,
+            data={"username": "ada", "password": password, "csrf": token},
+            headers={"Cookie": f"responder_login_csrf={token}"},
+        )
         return resp.status
 
     throttle = app.client.app[THROTTLE]
@@ -171,9 +182,16 @@ async def test_repeated_wrong_passwords_lock_the_username_for_a_while(app: App) 
     assert await attempt(PASSWORD) == 303
 
 
-@pytest.mark.parametrize(("failures", "ago_s", "wait_s"), [
-    (9, 0, 0), (10, 0, 900), (10, 300, 600), (10, 900, 0), (25, 100, 800),
-])
+@pytest.mark.parametrize(
+    ("failures", "ago_s", "wait_s"),
+    [
+        (9, 0, 0),
+        (10, 0, 900),
+        (10, 300, 600),
+        (10, 900, 0),
+        (25, 100, 800),
+    ],
+)
 def test_throttle_window(failures: int, ago_s: int, wait_s: int) -> None:
     throttle = SignInThrottle()
     start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -193,10 +211,18 @@ async def test_layers_page_shows_each_steps_figures(app: App) -> None:
         for i, subscriber_id in enumerate(ids):
             subscriber = await session.get(Subscriber, subscriber_id)
             assert subscriber is not None
-            message = Message(subscriber_id=subscriber.id, kind="step", step_id=step.id,
-                              template_name=step.template_name, state="sent", attempts=1,
-                              next_attempt_at=now, message_id=f"<m{i}@example.com>",
-                              created_at=now, sent_at=now)
+            message = Message(
+                subscriber_id=subscriber.id,
+                kind="step",
+                step_id=step.id,
+                template_name=step.template_name,
+                state="sent",
+                attempts=1,
+                next_attempt_at=now,
+                message_id=f"<m{i}@example.com>",
+                created_at=now,
+                sent_at=now,
+            )
             session.add(message)
             await session.flush()
             if i < 2:  # two people open, one of them twice and clicks
@@ -205,8 +231,7 @@ async def test_layers_page_shows_each_steps_figures(app: App) -> None:
                 await record_event(session, subscriber, "open", now, message_id=message.id)
                 await record_event(session, subscriber, "click", now, message_id=message.id)
             if i == 3:  # a scanner's fetch is not a person
-                await record_event(session, subscriber, "click", now, message_id=message.id,
-                                   machine=True)
+                await record_event(session, subscriber, "click", now, message_id=message.id, machine=True)
     page = await (await browser.get("/admin/layers")).text()
     row = page.split(f'<tr id="step-{step.id}">')[1].split("</tr>")[0]
     assert "<td>4</td><td>2 (50%)</td><td>1 (25%)</td>" in row

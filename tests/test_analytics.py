@@ -33,6 +33,7 @@ async def build_history(rt: Runtime) -> None:
     await mark_sent(rt)
     async with rt.db.read() as session:
         from sqlalchemy import select
+
         first = dict((await session.execute(select(Message.subscriber_id, Message.id))).all())
     await event(rt, people[0].id, "open", message_id=first[people[0].id])
     await event(rt, people[1].id, "open", message_id=first[people[1].id], machine=True)
@@ -41,8 +42,7 @@ async def build_history(rt: Runtime) -> None:
     await event(rt, people[0].id, "purchase")  # → layer 2 after 3 days
     await event(rt, people[1].id, "reply")  # → layer 2
     async with rt.db.transaction() as session:
-        await session.execute(update(Subscriber).where(Subscriber.id == people[3].id)
-                              .values(status="unsubscribed"))
+        await session.execute(update(Subscriber).where(Subscriber.id == people[3].id).values(status="unsubscribed"))
     await event(rt, people[3].id, "unsubscribe")
 
 
@@ -59,8 +59,7 @@ async def client(rt: Runtime) -> AsyncIterator[TestClient]:
 
 async def test_stats_api_and_cli(rt: Runtime, client: TestClient, capsys) -> None:  # type: ignore[no-untyped-def]
     await build_history(rt)
-    resp = await client.get("/api/v1/stats",
-                            headers={"Authorization": f"Bearer {rt.settings.admin_token}"})
+    resp = await client.get("/api/v1/stats", headers={"Authorization": f"Bearer {rt.settings.admin_token}"})
     assert resp.status == 200
     stats = await resp.json()
     layer1, layer2 = stats["layers"][:2]
@@ -85,8 +84,6 @@ async def test_stats_api_and_cli(rt: Runtime, client: TestClient, capsys) -> Non
     assert json.loads(capsys.readouterr().out)["layers"][0]["subscribers"] == 1
     assert await asyncio.to_thread(main, ["layers", "list", "--database-url", url]) == 0
     assert "1. New customer [Welcome]  1 active" in capsys.readouterr().out
-    assert await asyncio.to_thread(main, ["layers", "remove", "5", "--move-to", "4",
-                                          "--database-url", url]) == 0
-    assert await asyncio.to_thread(main, ["layers", "remove", "4", "--move-to", "3",
-                                          "--database-url", url]) == 1
+    assert await asyncio.to_thread(main, ["layers", "remove", "5", "--move-to", "4", "--database-url", url]) == 0
+    assert await asyncio.to_thread(main, ["layers", "remove", "4", "--move-to", "3", "--database-url", url]) == 1
     assert "at least 4" in capsys.readouterr().err

@@ -18,12 +18,13 @@ async def active_subscriber(app: App, email: str = "ada@example.com") -> int:
         return (await session.execute(select(Subscriber.id).where(Subscriber.email == email))).scalar_one()
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
-                                     {"Authorization": "Basic dGVzdA=="},
-                                     {"Authorization": "Bearer "}])
-@pytest.mark.parametrize(("method", "path"), [("GET", "/api/v1/layers"),
-                                              ("GET", "/api/v1/subscribers/1"),
-                                              ("POST", "/api/v1/events")])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic dGVzdA=="}, {"Authorization": "Bearer "}],
+)
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/api/v1/layers"), ("GET", "/api/v1/subscribers/1"), ("POST", "/api/v1/events")]
+)
 async def test_api_needs_the_bearer_token(app: App, headers: dict, method: str, path: str) -> None:  # type: ignore[type-arg]
     resp = await app.client.request(method, path, headers=headers, json={})
     assert resp.status == 401
@@ -53,9 +54,11 @@ async def test_purchase_promotes_at_once_and_the_next_layer_mails(app: App) -> N
     sid = await active_subscriber(app)
     await app.smtp.wait_for(2, "ada@example.com")  # confirmation + layer 1 welcome
     app.clock.advance(60)
-    resp = await app.client.post("/api/v1/events", headers=app.auth,
-                                 json={"email": "ADA@example.com", "type": "purchase",
-                                       "data": {"product": "starter kit", "value": 49}})
+    resp = await app.client.post(
+        "/api/v1/events",
+        headers=app.auth,
+        json={"email": "ADA@example.com", "type": "purchase", "data": {"product": "starter kit", "value": 49}},
+    )
     assert resp.status == 201
     assert (await resp.json())["promoted_to"] == 2
     third = (await app.smtp.wait_for(3, "ada@example.com"))[2]
@@ -64,12 +67,15 @@ async def test_purchase_promotes_at_once_and_the_next_layer_mails(app: App) -> N
     assert body["layer_history"][0]["reason"] == "purchase in layer 1"
 
 
-@pytest.mark.parametrize(("payload", "status"), [
-    ({"email": "nobody@example.com", "type": "purchase"}, 404),
-    ({"email": "ada@example.com", "type": "open"}, 400),
-    ({"email": "not an address", "type": "purchase"}, 400),
-    ({"email": "ada@example.com", "type": "purchase", "data": [1]}, 400),
-])
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        ({"email": "nobody@example.com", "type": "purchase"}, 404),
+        ({"email": "ada@example.com", "type": "open"}, 400),
+        ({"email": "not an address", "type": "purchase"}, 400),
+        ({"email": "ada@example.com", "type": "purchase", "data": [1]}, 400),
+    ],
+)
 async def test_bad_events(app: App, payload: dict, status: int) -> None:  # type: ignore[type-arg]
     await active_subscriber(app)
     resp = await app.client.post("/api/v1/events", headers=app.auth, json=payload)

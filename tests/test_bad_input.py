@@ -21,11 +21,19 @@ async def subscribers(app: App) -> int:
 
 
 BAD_FIELDS = [
-    {"email": ""}, {"email": "no-at-sign"}, {"email": "a@b"}, {"email": "a" * 250 + "@example.com"},
-    {"email": "x@" + "d" * 300 + ".com"}, {"email": "ada@example.com\r\nBcc: all@example.com"},
-    {"email": "ada@exa mple.com"}, {"email": "ada\u2028@example.com"}, {"email": ["a@example.com"]},
-    {"email": 42}, {"email": "ada@example.com", "name": "Ada\r\nBcc: x@example.com"},
-    {"email": "ada@example.com", "name": "x" * 201}, {"email": "ada@example.com", "name": {"a": 1}},
+    {"email": ""},
+    {"email": "no-at-sign"},
+    {"email": "a@b"},
+    {"email": "a" * 250 + "@example.com"},
+    {"email": "x@" + "d" * 300 + ".com"},
+    {"email": "ada@example.com\r\nBcc: all@example.com"},
+    {"email": "ada@exa mple.com"},
+    {"email": "ada\u2028@example.com"},
+    {"email": ["a@example.com"]},
+    {"email": 42},
+    {"email": "ada@example.com", "name": "Ada\r\nBcc: x@example.com"},
+    {"email": "ada@example.com", "name": "x" * 201},
+    {"email": "ada@example.com", "name": {"a": 1}},
     {"email": "ada@example.com", "consent": "c" * 2001},
     {"email": "ada@example.com", "form": "../etc/passwd"},
     {"email": "ada@example.com", "consent_version": "v\n1"},
@@ -57,8 +65,9 @@ async def test_bad_bodies(papp: App) -> None:
         (b"x" * 70_000, "application/x-www-form-urlencoded", 413),
     ]
     for data, content_type, status in cases:
-        resp = await client.post("/subscribe", data=data, headers={"Content-Type": content_type,
-                                                                   "Accept": "application/json"})
+        resp = await client.post(
+            "/subscribe", data=data, headers={"Content-Type": content_type, "Accept": "application/json"}
+        )
         assert resp.status == status, (data[:20], content_type)
     assert await subscribers(papp) == 0
 
@@ -75,16 +84,20 @@ async def raw_request(app: App, head: bytes, body: bytes = b"", wait_s: float = 
 
 
 async def test_huge_declared_body_is_refused_before_it_is_sent(papp: App) -> None:
-    head = (b"POST /subscribe HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded"
-            b"\r\nContent-Length: 100000000\r\n\r\n")
+    head = (
+        b"POST /subscribe HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded"
+        b"\r\nContent-Length: 100000000\r\n\r\n"
+    )
     answer = await raw_request(papp, head, b"email=a")
     assert answer.startswith(b"HTTP/1.1 413")
 
 
 async def test_slow_body_times_out(database_url: str, smtp: SmtpSink, clock: FakeClock) -> None:
     async with running_app(database_url, smtp, clock, RESPONDER_BODY_TIMEOUT_S="0.3") as app:
-        head = (b"POST /subscribe HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-"
-                b"urlencoded\r\nContent-Length: 100\r\n\r\n")
+        head = (
+            b"POST /subscribe HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-"
+            b"urlencoded\r\nContent-Length: 100\r\n\r\n"
+        )
         loop = asyncio.get_running_loop()
         started = loop.time()
         answer = await raw_request(app, head, b"email=slow%40example.com")
@@ -97,8 +110,7 @@ async def test_forged_and_altered_confirm_tokens(papp: App) -> None:
     await papp.client.post("/subscribe", json={"email": "ada@example.com"})
     good = papp.rt.tokens.confirm(1)
     altered = good[:-5] + ("A" if good[-5] != "A" else "B") + good[-4:]
-    for token in ("x", altered, good + "A",
-                  papp.rt.tokens.unsubscribe(1), papp.rt.tokens.confirm(999), "." * 500):
+    for token in ("x", altered, good + "A", papp.rt.tokens.unsubscribe(1), papp.rt.tokens.confirm(999), "." * 500):
         resp = await papp.client.get(f"/confirm/{token}")
         assert resp.status == 404, token
         resp = await papp.client.post(f"/confirm/{token}/renew")
@@ -107,8 +119,7 @@ async def test_forged_and_altered_confirm_tokens(papp: App) -> None:
         assert (await session.execute(select(Subscriber.status))).scalar_one() == "pending"
 
 
-async def test_token_signatures_are_compared_in_constant_time(
-        papp: App, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_token_signatures_are_compared_in_constant_time(papp: App, monkeypatch: pytest.MonkeyPatch) -> None:
     compared: list[int] = []
     original = hmac.compare_digest
 
@@ -125,8 +136,7 @@ async def test_token_signatures_are_compared_in_constant_time(
     assert len(compared) >= 3
 
 
-async def test_confirm_is_idempotent_and_an_expired_link_offers_a_new_one(
-        papp: App) -> None:
+async def test_confirm_is_idempotent_and_an_expired_link_offers_a_new_one(papp: App) -> None:
     await papp.client.post("/subscribe", json={"email": "ada@example.com"})
     [first] = await papp.smtp.wait_for(1, "ada@example.com")
     link = re.search(r"/confirm/[\w.\-]+", first.message.get_body(("plain",)).get_content())
@@ -141,8 +151,9 @@ async def test_confirm_is_idempotent_and_an_expired_link_offers_a_new_one(
         assert resp.status == 200
     [_, second] = await papp.smtp.wait_for(2, "ada@example.com")
     async with papp.rt.db.read() as session:
-        confirms = (await session.execute(select(func.count()).select_from(Message).where(
-            Message.kind == "confirm"))).scalar_one()
+        confirms = (
+            await session.execute(select(func.count()).select_from(Message).where(Message.kind == "confirm"))
+        ).scalar_one()
     assert confirms == 2  # the renewals are throttled like any confirmation
     fresh = re.search(r"/confirm/[\w.\-]+", second.message.get_body(("plain",)).get_content())
     assert fresh

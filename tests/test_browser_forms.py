@@ -23,28 +23,32 @@ pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chr
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
 
 
-
-
 async def test_snippet_on_another_origin_subscribes_in_chromium(
-        sqlite_url: str, smtp: SmtpSink, clock: FakeClock, tmp_path: Path) -> None:
+    sqlite_url: str, smtp: SmtpSink, clock: FakeClock, tmp_path: Path
+) -> None:
     from playwright.async_api import async_playwright
 
     port, landing_port = free_port(), free_port()
     landing_origin = f"http://127.0.0.1:{landing_port}"
     forms = tmp_path / "forms.json"
     forms.write_text(json.dumps({"forms": {"guarded": {"pow_bits": 6, "origins": [landing_origin]}}}))
-    settings = make_settings(sqlite_url, smtp.url, RESPONDER_BASE_URL=f"http://127.0.0.1:{port}",
-                             RESPONDER_FORMS_FILE=str(forms))
+    settings = make_settings(
+        sqlite_url, smtp.url, RESPONDER_BASE_URL=f"http://127.0.0.1:{port}", RESPONDER_FORMS_FILE=str(forms)
+    )
     rt = (await start_runtime(settings, clock)).runtime
     client = TestClient(TestServer(init_app(rt), host="127.0.0.1", port=port))
     await client.start_server()
     try:
         auth = {"Authorization": f"Bearer {settings.admin_token}"}
-        snippets = [(await (await client.get(f"/api/v1/forms/{name}/snippet", headers=auth)).json())["html"]
-                    for name in ("default", "guarded")]
-        html = ("<!doctype html><html><head><title>Spring sale</title></head><body>"
-                "<h1>Our landing page</h1><div id='plain'>" + snippets[0] + "</div>"
-                "<div id='guarded'>" + snippets[1] + "</div></body></html>")
+        snippets = [
+            (await (await client.get(f"/api/v1/forms/{name}/snippet", headers=auth)).json())["html"]
+            for name in ("default", "guarded")
+        ]
+        html = (
+            "<!doctype html><html><head><title>Spring sale</title></head><body>"
+            "<h1>Our landing page</h1><div id='plain'>" + snippets[0] + "</div>"
+            "<div id='guarded'>" + snippets[1] + "</div></body></html>"
+        )
 
         async def serve(request: web.Request) -> web.Response:
             return web.Response(text=html, content_type="text/html")
@@ -55,10 +59,19 @@ async def test_snippet_on_another_origin_subscribes_in_chromium(
         await landing_server_.start_server()
         async with async_playwright() as pw:
             browser = await pw.chromium.launch_persistent_context(
-                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-                args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                      "--disable-background-networking", "--disable-component-update",
-                      "--disable-sync"])
+                str(tmp_path / "profile"),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
+            )
             try:
                 page = await browser.new_page()
                 await page.goto(landing_origin + "/")

@@ -37,8 +37,9 @@ def message_id(data: bytes) -> str:
 
 def spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "responder", "serve"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "responder", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 async def wait_until(predicate, timeout_s: float = 20) -> None:  # type: ignore[no-untyped-def]
@@ -49,18 +50,25 @@ async def wait_until(predicate, timeout_s: float = 20) -> None:  # type: ignore[
         await asyncio.sleep(0.01)
 
 
-async def test_sigkill_mid_send_loses_nothing(sqlite_url: str, smtp: SmtpSink,
-                                              tmp_path: Path) -> None:
+async def test_sigkill_mid_send_loses_nothing(sqlite_url: str, smtp: SmtpSink, tmp_path: Path) -> None:
     async with runtime_for(sqlite_url, smtp.url, SystemClock()) as rt:
         await queue_newsletter(rt, [f"reader{i}@example.org" for i in range(MESSAGES)])
         async with rt.db.read() as session:
             expected = set((await session.execute(select(Message.message_id))).scalars())
-    env = {**os.environ, "RESPONDER_DATABASE_URL": sqlite_url, "RESPONDER_SMTP_URL": smtp.url,
-           "RESPONDER_BASE_URL": BASE_URL, "RESPONDER_FROM": "Acme <news@acme.example.com>",
-           "RESPONDER_SECRET_KEY": "test-secret-key", "RESPONDER_ADMIN_TOKEN": "t",
-           "RESPONDER_PORT": str(free_port()), "RESPONDER_LEASE_S": "2",
-           "RESPONDER_WORKER_POLL_S": "0.05", "RESPONDER_WORKER_BATCH": str(BATCH),
-           "RESPONDER_WORKER_LANES": "4"}
+    env = {
+        **os.environ,
+        "RESPONDER_DATABASE_URL": sqlite_url,
+        "RESPONDER_SMTP_URL": smtp.url,
+        "RESPONDER_BASE_URL": BASE_URL,
+        "RESPONDER_FROM": "Acme <news@acme.example.com>",
+        "RESPONDER_SECRET_KEY": "test-secret-key",
+        "RESPONDER_ADMIN_TOKEN": "t",
+        "RESPONDER_PORT": str(free_port()),
+        "RESPONDER_LEASE_S": "2",
+        "RESPONDER_WORKER_POLL_S": "0.05",
+        "RESPONDER_WORKER_BATCH": str(BATCH),
+        "RESPONDER_WORKER_LANES": "4",
+    }
     log = tmp_path / "serve.log"
 
     def received() -> int:
@@ -70,8 +78,9 @@ async def test_sigkill_mid_send_loses_nothing(sqlite_url: str, smtp: SmtpSink,
         before = received()
         process = spawn(env, log)
         try:  # kill while it is sending: once a few mails of this run have arrived
-            await wait_until(lambda before=before, process=process:
-                             received() >= before + 5 or process.poll() is not None)
+            await wait_until(
+                lambda before=before, process=process: received() >= before + 5 or process.poll() is not None
+            )
         finally:
             process.send_signal(signal.SIGKILL)
             process.wait()
@@ -85,8 +94,9 @@ async def test_sigkill_mid_send_loses_nothing(sqlite_url: str, smtp: SmtpSink,
     assert process.wait(timeout=20) == 0, log.read_text()[-2000:]
     async with runtime_for(sqlite_url, smtp.url, SystemClock()) as rt:
         async with rt.db.read() as session:
-            owners = set((await session.execute(
-                select(Message.lease_owner).where(Message.state == "sending"))).scalars())
+            owners = set(
+                (await session.execute(select(Message.lease_owner).where(Message.state == "sending"))).scalars()
+            )
         assert not any(owner and f":{process.pid}:" in owner for owner in owners)
 
     # One last run finishes the rest; the expired leases of the killed runs are reclaimed.
@@ -94,7 +104,7 @@ async def test_sigkill_mid_send_loses_nothing(sqlite_url: str, smtp: SmtpSink,
 
     def all_arrived() -> bool:
         received_now = smtp.received
-        seen.extend(message_id(r.data) for r in received_now[len(seen):])
+        seen.extend(message_id(r.data) for r in received_now[len(seen) :])
         return set(seen) >= expected
 
     process = spawn(env, log)
@@ -105,11 +115,12 @@ async def test_sigkill_mid_send_loses_nothing(sqlite_url: str, smtp: SmtpSink,
         process.wait(timeout=20)
     ids = Counter(message_id(r.data) for r in smtp.received)
     duplicates = sum(ids.values()) - len(ids)
-    print(f"\nkills {KILLS}: received {sum(ids.values())}, unique {len(ids)}, "
-          f"duplicates {duplicates}, lost {len(expected - set(ids))}")
+    print(
+        f"\nkills {KILLS}: received {sum(ids.values())}, unique {len(ids)}, "
+        f"duplicates {duplicates}, lost {len(expected - set(ids))}"
+    )
     assert set(ids) == expected  # none lost, nothing foreign
     assert duplicates <= KILLS * PIPELINES * BATCH
     async with runtime_for(sqlite_url, smtp.url, SystemClock()) as rt, rt.db.read() as session:
-        states = dict((await session.execute(
-            select(Message.state, func.count()).group_by(Message.state))).all())
+        states = dict((await session.execute(select(Message.state, func.count()).group_by(Message.state))).all())
     assert states == {"sent": MESSAGES}

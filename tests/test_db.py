@@ -38,15 +38,25 @@ async def test_foreign_keys_are_enforced(db: Database) -> None:
     now = dt.datetime.now(dt.UTC)
     with pytest.raises(IntegrityError):
         async with db.transaction() as session:
-            session.add(ConsentRecord(subscriber_id=12345, action="subscribe", form="default",
-                                      wording_sha256=None, ip=None, user_agent=None, created_at=now))
+            session.add(
+                ConsentRecord(
+                    subscriber_id=12345,
+                    action="subscribe",
+                    form="default",
+                    wording_sha256=None,
+                    ip=None,
+                    user_agent=None,
+                    created_at=now,
+                )
+            )
 
 
 async def test_timestamps_come_back_as_aware_utc(db: Database) -> None:
     local = dt.datetime(2026, 3, 2, 10, 30, tzinfo=dt.timezone(dt.timedelta(hours=1)))
     async with db.transaction() as session:
-        session.add(Subscriber(email="a@example.com", name="", status="pending", attributes={},
-                               tags=[], created_at=local))
+        session.add(
+            Subscriber(email="a@example.com", name="", status="pending", attributes={}, tags=[], created_at=local)
+        )
     async with db.read() as session:
         stored = (await session.execute(text("select 1"))).scalar()
         subscriber = await session.get(Subscriber, 1)
@@ -96,27 +106,37 @@ async def test_enquiry_mails_stuck_sending_before_leases_fail_on_upgrade(databas
 
     database = Database(database_url)
     try:
+
         def upgrade_to(target: str) -> object:
             def run(connection: object) -> None:
                 cfg = alembic_config()
                 cfg.attributes["connection"] = connection
                 command.upgrade(cfg, target)
+
             return run
 
         async with database.writer.begin() as conn:
             await conn.run_sync(upgrade_to("i9_claim_index"))
-            await conn.execute(text(
-                "INSERT INTO enquiries (email, subject, body, state, created_at, ack_state,"
-                " ack_attempts, answer, answer_state, name, source) VALUES"
-                " ('a@example.com', '', 'q', 'answered', '2026-01-01 00:00:00', 'sending', 0,"
-                " 'yes', 'sending', '', 'form'),"
-                " ('b@example.com', '', 'q', 'open', '2026-01-01 00:00:00', 'due', 0,"
-                " NULL, NULL, '', 'form')"))
+            await conn.execute(
+                text(
+                    "INSERT INTO enquiries (email, subject, body, state, created_at, ack_state,"
+                    " ack_attempts, answer, answer_state, name, source) VALUES"
+                    " ('a@example.com', '', 'q', 'answered', '2026-01-01 00:00:00', 'sending', 0,"
+                    " 'yes', 'sending', '', 'form'),"
+                    " ('b@example.com', '', 'q', 'open', '2026-01-01 00:00:00', 'due', 0,"
+                    " NULL, NULL, '', 'form')"
+                )
+            )
         await database.migrate()
         async with database.read() as session:
-            rows = (await session.execute(text(
-                "SELECT email, ack_state, answer_state, ack_at FROM enquiries ORDER BY email"))).all()
-        assert [tuple(row) for row in rows] == [("a@example.com", "failed", "failed", None),
-                                                 ("b@example.com", "due", None, None)]
+            rows = (
+                await session.execute(
+                    text("SELECT email, ack_state, answer_state, ack_at FROM enquiries ORDER BY email")
+                )
+            ).all()
+        assert [tuple(row) for row in rows] == [
+            ("a@example.com", "failed", "failed", None),
+            ("b@example.com", "due", None, None),
+        ]
     finally:
         await database.dispose()

@@ -30,12 +30,17 @@ async def rt(database_url: str, smtp: SmtpSink, clock: FakeClock) -> AsyncIterat
 async def queue_confirmation(rt: Runtime, email: str) -> int:
     now = rt.clock.now()
     async with rt.db.transaction() as session:
-        subscriber = Subscriber(email=email, name="Ada", status="pending", attributes={}, tags=[],
-                                created_at=now)
+        subscriber = Subscriber(email=email, name="Ada", status="pending", attributes={}, tags=[], created_at=now)
         session.add(subscriber)
         await session.flush()
-        message_pk = await outbox.enqueue(session, subscriber_id=subscriber.id, kind="confirm",
-                                          template_name="confirm", now=now, domain="acme.example.com")
+        message_pk = await outbox.enqueue(
+            session,
+            subscriber_id=subscriber.id,
+            kind="confirm",
+            template_name="confirm",
+            now=now,
+            domain="acme.example.com",
+        )
     assert message_pk
     return message_pk
 
@@ -131,8 +136,14 @@ async def test_one_step_is_queued_once(rt: Runtime) -> None:
         msg = await session.get(Message, pk)
         assert msg is not None
         step_id = (await session.execute(select(Step.id).limit(1))).scalar_one()
-        kwargs = dict(subscriber_id=msg.subscriber_id, kind="step", template_name="layer1-welcome",
-                      step_id=step_id, now=rt.clock.now(), domain="acme.example.com")
+        kwargs = dict(
+            subscriber_id=msg.subscriber_id,
+            kind="step",
+            template_name="layer1-welcome",
+            step_id=step_id,
+            now=rt.clock.now(),
+            domain="acme.example.com",
+        )
         first = await outbox.enqueue(session, **kwargs)  # type: ignore[arg-type]
         second = await outbox.enqueue(session, **kwargs)  # type: ignore[arg-type]
     assert first is not None and second is None

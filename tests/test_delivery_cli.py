@@ -41,16 +41,31 @@ def test_pause_resume_status(sqlite_url: str, capsys: pytest.CaptureFixture[str]
 
 
 @pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
-def test_keygen_writes_a_key_and_prints_its_record(tmp_path: Path, algorithm: str,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_keygen_writes_a_key_and_prints_its_record(
+    tmp_path: Path, algorithm: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "dkim.pem"
-    assert main(["dkim", "keygen", "--out", str(out), "--selector", "s2", "--domain",
-                 "acme.example.com", "--algorithm", algorithm]) == 0
+    assert (
+        main(
+            [
+                "dkim",
+                "keygen",
+                "--out",
+                str(out),
+                "--selector",
+                "s2",
+                "--domain",
+                "acme.example.com",
+                "--algorithm",
+                algorithm,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert out.stat().st_mode & 0o777 == 0o600
     assert "s2._domainkey.acme.example.com. IN TXT" in printed
     record = "".join(re.findall(r'"([^"]+)"', printed)).encode()
-    signed = DkimSigner(DkimKey("s2", "acme.example.com", load_key(out))).sign(
-        compose(mail()), 1_700_000_000)
+    signed = DkimSigner(DkimKey("s2", "acme.example.com", load_key(out))).sign(compose(mail()), 1_700_000_000)
     assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: record)
     assert main(["dkim", "keygen", "--out", str(out)]) == 2  # never overwrites a key

@@ -31,30 +31,39 @@ async def acknowledged(app: App, count: int) -> None:
     raise AssertionError(f"expected {count} acknowledgements recorded")
 
 
-@pytest.mark.parametrize("email, headers, reason", [
-    ("ann@example.com", {}, ""),
-    ("ann@example.com", {"Auto-Submitted": "no"}, ""),
-    ("ann@example.com", {"Auto-Submitted": "auto-replied"}, "auto-submitted"),
-    ("ann@example.com", {"auto-submitted": "Auto-Generated"}, "auto-submitted"),
-    ("ann@example.com", {"Precedence": "bulk"}, "precedence"),
-    ("ann@example.com", {"Precedence": "list"}, "precedence"),
-    ("ann@example.com", {"Return-Path": "<>"}, "null sender"),
-    ("ann@example.com", {"Content-Type": "multipart/report; report-type=delivery-status"},
-     "delivery report"),
-    ("ann@example.com", {"List-Id": "<news.example.com>"}, "list-id"),
-    ("ann@example.com", {"X-Autoreply": "yes"}, "x-autoreply"),
-    ("MAILER-DAEMON@example.com", {}, "robot address"),
-    ("noreply@example.com", {}, "robot address"),
-    ("bounces+123@example.com", {}, "robot address"),
-])
+@pytest.mark.parametrize(
+    "email, headers, reason",
+    [
+        ("ann@example.com", {}, ""),
+        ("ann@example.com", {"Auto-Submitted": "no"}, ""),
+        ("ann@example.com", {"Auto-Submitted": "auto-replied"}, "auto-submitted"),
+        ("ann@example.com", {"auto-submitted": "Auto-Generated"}, "auto-submitted"),
+        ("ann@example.com", {"Precedence": "bulk"}, "precedence"),
+        ("ann@example.com", {"Precedence": "list"}, "precedence"),
+        ("ann@example.com", {"Return-Path": "<>"}, "null sender"),
+        ("ann@example.com", {"Content-Type": "multipart/report; report-type=delivery-status"}, "delivery report"),
+        ("ann@example.com", {"List-Id": "<news.example.com>"}, "list-id"),
+        ("ann@example.com", {"X-Autoreply": "yes"}, "x-autoreply"),
+        ("MAILER-DAEMON@example.com", {}, "robot address"),
+        ("noreply@example.com", {}, "robot address"),
+        ("bounces+123@example.com", {}, "robot address"),
+    ],
+)
 def test_is_automatic(email: str, headers: dict[str, str], reason: str) -> None:
     assert is_automatic(email, headers) == reason
 
 
 async def test_form_enquiry_is_acknowledged_with_the_question_quoted(papp: App) -> None:
-    resp = await papp.client.post("/enquiry", allow_redirects=False, data={
-        "email": "ann@example.com", "name": "Ann Smith", "subject": "Pricing",
-        "question": "Do you ship <script>alert(1)</script> to Norway?\nAnd Iceland?"})
+    resp = await papp.client.post(
+        "/enquiry",
+        allow_redirects=False,
+        data={
+            "email": "ann@example.com",
+            "name": "Ann Smith",
+            "subject": "Pricing",
+            "question": "Do you ship <script>alert(1)</script> to Norway?\nAnd Iceland?",
+        },
+    )
     assert resp.status == 303 and resp.headers["Location"] == "/enquiry/thanks"
     [ack] = await papp.smtp.wait_for(1, "ann@example.com")
     msg = ack.message
@@ -75,17 +84,21 @@ async def test_form_enquiry_is_acknowledged_with_the_question_quoted(papp: App) 
 async def test_json_enquiry_and_bad_input(papp: App) -> None:
     resp = await papp.client.post("/enquiry", json={"email": "bo@example.com", "question": "Hi?"})
     assert resp.status == 202
-    for body in ({"email": "bo@example.com"}, {"email": "bo@example.com", "question": " "},
-                 {"email": "not an address", "question": "x"},
-                 {"email": "bo@example.com", "question": "x" * 10_001},
-                 {"email": "bo@example.com", "question": "a\x00b"},
-                 {"email": "bo@example.com", "question": "x", "subject": "a\r\nBcc: c@d"},
-                 {"email": ["bo@example.com"], "question": "x"},
-                 {"email": "bo@example.com", "question": {"a": 1}}):
+    for body in (
+        {"email": "bo@example.com"},
+        {"email": "bo@example.com", "question": " "},
+        {"email": "not an address", "question": "x"},
+        {"email": "bo@example.com", "question": "x" * 10_001},
+        {"email": "bo@example.com", "question": "a\x00b"},
+        {"email": "bo@example.com", "question": "x", "subject": "a\r\nBcc: c@d"},
+        {"email": ["bo@example.com"], "question": "x"},
+        {"email": "bo@example.com", "question": {"a": 1}},
+    ):
         resp = await papp.client.post("/enquiry", json=body)
         assert resp.status == 400, body
-    resp = await papp.client.post("/enquiry", data={"email": "x@example.com", "question": "q",
-                                                    "hp_website": "spam"}, allow_redirects=False)
+    resp = await papp.client.post(
+        "/enquiry", data={"email": "x@example.com", "question": "q", "hp_website": "spam"}, allow_redirects=False
+    )
     assert resp.status == 303
     async with papp.rt.db.read() as session:
         assert len((await session.execute(select(Enquiry))).scalars().all()) == 1
@@ -95,13 +108,29 @@ async def test_reply_enquiry_is_acknowledged_once_and_never_answers_robots(papp:
     # The inbound server records the reply itself as the human ``reply`` event (see
     # test_inbound); the enquiry opened from it adds no second promoting event.
     subscriber, message = await make_subscriber(papp, "cy@example.com")
-    auto = await open_enquiry(papp.rt, EnquiryIn(
-        email="cy@example.com", body="I am out of office.", source="reply",
-        subscriber_id=subscriber, message_id=message,
-        headers={"Auto-Submitted": "auto-replied", "Subject": "Out of office"}))
-    real = await open_enquiry(papp.rt, EnquiryIn(
-        email="cy@example.com", name="Cy", subject="Re: Welcome", body="How do I start?",
-        source="reply", subscriber_id=subscriber, message_id=message))
+    auto = await open_enquiry(
+        papp.rt,
+        EnquiryIn(
+            email="cy@example.com",
+            body="I am out of office.",
+            source="reply",
+            subscriber_id=subscriber,
+            message_id=message,
+            headers={"Auto-Submitted": "auto-replied", "Subject": "Out of office"},
+        ),
+    )
+    real = await open_enquiry(
+        papp.rt,
+        EnquiryIn(
+            email="cy@example.com",
+            name="Cy",
+            subject="Re: Welcome",
+            body="How do I start?",
+            source="reply",
+            subscriber_id=subscriber,
+            message_id=message,
+        ),
+    )
     await acknowledged(papp, 1)  # recorded once the SMTP server has it
     [ack] = [r for r in papp.smtp.to("cy@example.com") if r.message["Auto-Submitted"]]
     assert "How do I start?" in ack.message.get_body(("plain",)).get_content()
@@ -118,21 +147,20 @@ async def test_reply_enquiry_is_acknowledged_once_and_never_answers_robots(papp:
 async def test_follow_up_queue_answer_close_and_digest(papp: App) -> None:
     ids = []
     for n in range(3):
-        ids.append(await open_enquiry(papp.rt, EnquiryIn(email=f"q{n}@example.com",
-                                                         body=f"Question {n}")))
+        ids.append(await open_enquiry(papp.rt, EnquiryIn(email=f"q{n}@example.com", body=f"Question {n}")))
         papp.clock.advance(60)
     await papp.smtp.wait_for(3)
     resp = await papp.client.get("/api/v1/enquiries", headers=papp.auth)
     assert [e["id"] for e in (await resp.json())["enquiries"]] == ids  # oldest first
-    resp = await papp.client.post(f"/api/v1/enquiries/{ids[0]}/answer", headers=papp.auth,
-                                  json={"answer": "Yes, we do. <b>Really</b>."})
+    resp = await papp.client.post(
+        f"/api/v1/enquiries/{ids[0]}/answer", headers=papp.auth, json={"answer": "Yes, we do. <b>Really</b>."}
+    )
     assert resp.status == 200 and (await resp.json())["state"] == "answered"
     [_, answer] = await papp.smtp.wait_for(2, "q0@example.com")
     assert answer.message["Auto-Submitted"] is None
     assert "Yes, we do." in answer.message.get_body(("plain",)).get_content()
     assert "&lt;b&gt;Really" in answer.message.get_body(("html",)).get_content()
-    resp = await papp.client.post(f"/api/v1/enquiries/{ids[0]}/answer", headers=papp.auth,
-                                  json={"answer": "again"})
+    resp = await papp.client.post(f"/api/v1/enquiries/{ids[0]}/answer", headers=papp.auth, json={"answer": "again"})
     assert resp.status == 400
     for _ in range(2):
         resp = await papp.client.post(f"/api/v1/enquiries/{ids[1]}/close", headers=papp.auth)
@@ -172,7 +200,8 @@ async def _enquiry(rt: Runtime, enquiry_id: int) -> Enquiry:
 
 
 async def test_a_mail_claimed_by_a_worker_that_died_is_sent_once_its_lease_lapses(
-        database_url: str, smtp: SmtpSink, clock: FakeClock) -> None:
+    database_url: str, smtp: SmtpSink, clock: FakeClock
+) -> None:
     """A worker that stops between claiming an acknowledgement (or answer) and recording it
     leaves it to the next worker after ``lease_s``: late, never lost, and not sent twice."""
     rt = (await start_runtime(make_settings(database_url, smtp.url), clock)).runtime
@@ -222,7 +251,8 @@ async def test_a_mail_claimed_by_a_worker_that_died_is_sent_once_its_lease_lapse
 
 
 async def test_a_deferred_mail_waits_for_its_backoff_and_gives_up_in_the_end(
-        database_url: str, smtp: SmtpSink, clock: FakeClock) -> None:
+    database_url: str, smtp: SmtpSink, clock: FakeClock
+) -> None:
     """A 4xx from the server is retried after the delivery backoff (minutes, not every poll);
     an acknowledgement gives up after MAX_ACK_ATTEMPTS, an answer after the message lifetime."""
     rt = (await start_runtime(make_settings(database_url, smtp.url), clock)).runtime

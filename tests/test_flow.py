@@ -31,8 +31,9 @@ async def recorded_sent(app: App, count: int) -> None:
     look like a scanner's click right after delivery."""
     for _ in range(500):
         async with app.rt.db.read() as session:
-            sent = (await session.execute(select(func.count()).select_from(Message).where(
-                Message.state == "sent"))).scalar_one()
+            sent = (
+                await session.execute(select(func.count()).select_from(Message).where(Message.state == "sent"))
+            ).scalar_one()
         if sent >= count:
             return
         await asyncio.sleep(0.01)
@@ -41,8 +42,9 @@ async def recorded_sent(app: App, count: int) -> None:
 
 async def test_whole_loop(app: App) -> None:
     client, smtp = app.client, app.smtp
-    resp = await client.post("/subscribe", data={"email": "Ada@Example.com", "name": "Ada Lovelace"},
-                             allow_redirects=False)
+    resp = await client.post(
+        "/subscribe", data={"email": "Ada@Example.com", "name": "Ada Lovelace"}, allow_redirects=False
+    )
     assert resp.status == 303
     assert resp.headers["Location"] == "/subscribe/default/thanks"
 
@@ -82,8 +84,9 @@ async def test_whole_loop(app: App) -> None:
     clicks = [u for u in LINK.findall(html) if "/c/" in u]
     assert clicks, "links are rewritten to tracked /c/ URLs"
     app.clock.advance(60)
-    resp = await client.get(app.path(clicks[0].replace("&amp;", "&")), allow_redirects=False,
-                            headers={"User-Agent": "Mozilla/5.0"})
+    resp = await client.get(
+        app.path(clicks[0].replace("&amp;", "&")), allow_redirects=False, headers={"User-Agent": "Mozilla/5.0"}
+    )
     assert resp.status == 302
     assert resp.headers["Location"].startswith("https://acme.example.com/")
 
@@ -95,8 +98,9 @@ async def test_whole_loop(app: App) -> None:
     second_click = next(u for u in LINK.findall(html_part(second)) if "/c/" in u)
     await recorded_sent(app, 3)
     app.clock.advance(60)
-    resp = await client.get(app.path(second_click.replace("&amp;", "&")), allow_redirects=False,
-                            headers={"User-Agent": "Mozilla/5.0"})
+    resp = await client.get(
+        app.path(second_click.replace("&amp;", "&")), allow_redirects=False, headers={"User-Agent": "Mozilla/5.0"}
+    )
     assert resp.status == 302
 
     layer2 = (await smtp.wait_for(4, "ada@example.com"))[3]
@@ -119,13 +123,17 @@ async def test_whole_loop(app: App) -> None:
     async with app.rt.db.read() as session:
         assert (await session.get(Subscriber, ada.id)).status == "active"  # type: ignore[union-attr]
     for _ in range(2):  # idempotent
-        resp = await client.post(app.path(unsubscribe_url), data="List-Unsubscribe=One-Click",
-                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+        resp = await client.post(
+            app.path(unsubscribe_url),
+            data="List-Unsubscribe=One-Click",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
         assert resp.status == 200
     async with app.rt.db.read() as session:
         assert (await session.get(Subscriber, ada.id)).status == "unsubscribed"  # type: ignore[union-attr]
-        unsubscribes = (await session.execute(
-            select(func.count()).select_from(Event).where(Event.type == "unsubscribe"))).scalar_one()
+        unsubscribes = (
+            await session.execute(select(func.count()).select_from(Event).where(Event.type == "unsubscribe"))
+        ).scalar_one()
         assert unsubscribes == 1
 
     # Silence: however far the clock moves, nothing more is sent.
@@ -133,7 +141,10 @@ async def test_whole_loop(app: App) -> None:
         app.clock.advance(days=7)
         assert await Scheduler(app.rt).run_once() == 0
     async with app.rt.db.read() as session:
-        queued = (await session.execute(
-            select(func.count()).select_from(Message).where(Message.state.in_(("queued", "sending"))))).scalar_one()
+        queued = (
+            await session.execute(
+                select(func.count()).select_from(Message).where(Message.state.in_(("queued", "sending")))
+            )
+        ).scalar_one()
     assert queued == 0
     assert len(smtp.to("ada@example.com")) == 4

@@ -41,85 +41,96 @@ async def wait_for_job(app: App, job_id: int) -> dict:  # type: ignore[type-arg]
 
 async def test_api_import_reports_each_rejected_row(app: App) -> None:
     await make_subscriber(app.rt, "old@example.com", name="Old", layer=4)
-    resp = await app.client.post("/api/v1/imports?consent_source=shop%20checkout", data=CSV,
-                                 headers={**app.auth, "Content-Type": "text/csv"})
+    resp = await app.client.post(
+        "/api/v1/imports?consent_source=shop%20checkout", data=CSV, headers={**app.auth, "Content-Type": "text/csv"}
+    )
     assert resp.status == 202, await resp.text()
     job = await wait_for_job(app, (await resp.json())["id"])
     assert job["state"] == "done" and job["progress"] == 1.0
     assert (job["rows_read"], job["imported"], job["rejected"]) == (8, 2, 6)
     reasons = {(r["row"], r["field"]) for r in job["rejected_rows"]}
-    assert reasons == {(3, "email"), (4, "layer"), (5, "email"), (7, "email"), (8, "tags"),
-                       (9, "consented_at")}
+    assert reasons == {(3, "email"), (4, "layer"), (5, "email"), (7, "email"), (8, "tags"), (9, "consented_at")}
     assert any("row 2" in r["reason"] for r in job["rejected_rows"] if r["row"] == 5)
 
     async with app.rt.db.read() as session:
-        ada = (await session.execute(
-            select(Subscriber).where(Subscriber.email == "ada@example.com"))).scalar_one()
+        ada = (await session.execute(select(Subscriber).where(Subscriber.email == "ada@example.com"))).scalar_one()
         assert ada.status == "active" and ada.tags == ["preferred", "vip"]
         assert ada.confirmed_at is not None and ada.confirmed_at.year == 2025
-        sources = dict((await session.execute(
-            select(Subscriber.email, ConsentRecord.form)
-            .join(ConsentRecord, ConsentRecord.subscriber_id == Subscriber.id)
-            .where(ConsentRecord.action == "import"))).all())
+        sources = dict(
+            (
+                await session.execute(
+                    select(Subscriber.email, ConsentRecord.form)
+                    .join(ConsentRecord, ConsentRecord.subscriber_id == Subscriber.id)
+                    .where(ConsentRecord.action == "import")
+                )
+            ).all()
+        )
         assert sources == {"ada@example.com": "shop checkout", "dora@example.com": "fair 2024"}
-        enrolled = (await session.execute(
-            select(func.count()).select_from(Enrollment)
-            .where(Enrollment.subscriber_id == ada.id))).scalar_one()
+        enrolled = (
+            await session.execute(
+                select(func.count()).select_from(Enrollment).where(Enrollment.subscriber_id == ada.id)
+            )
+        ).scalar_one()
         assert enrolled == 1
-        old = (await session.execute(
-            select(Subscriber).where(Subscriber.email == "old@example.com"))).scalar_one()
+        old = (await session.execute(select(Subscriber).where(Subscriber.email == "old@example.com"))).scalar_one()
         assert old.name == "Old"  # left unchanged
 
 
 async def test_import_needs_a_consent_source_and_an_email_header(app: App) -> None:
-    resp = await app.client.post("/api/v1/imports", data="email,name\nzoe@example.com,Zoe\n",
-                                 headers={**app.auth, "Content-Type": "text/csv"})
+    resp = await app.client.post(
+        "/api/v1/imports", data="email,name\nzoe@example.com,Zoe\n", headers={**app.auth, "Content-Type": "text/csv"}
+    )
     job = await wait_for_job(app, (await resp.json())["id"])
     assert job["imported"] == 0 and job["rejected_rows"][0]["field"] == "consent_source"
 
-    resp = await app.client.post("/api/v1/imports?consent_source=x", data="name\nZoe\n",
-                                 headers={**app.auth, "Content-Type": "text/csv"})
+    resp = await app.client.post(
+        "/api/v1/imports?consent_source=x", data="name\nZoe\n", headers={**app.auth, "Content-Type": "text/csv"}
+    )
     job = await wait_for_job(app, (await resp.json())["id"])
     assert job["state"] == "failed" and "email" in job["error"]
 
-    resp = await app.client.post("/api/v1/imports?consent_source=x", data="",
-                                 headers={**app.auth, "Content-Type": "text/csv"})
+    resp = await app.client.post(
+        "/api/v1/imports?consent_source=x", data="", headers={**app.auth, "Content-Type": "text/csv"}
+    )
     assert resp.status == 400 and (await resp.json())["error"]["field"] == "file"
-    resp = await app.client.post("/api/v1/imports?consent_source=%0A", data="email\n",
-                                 headers={**app.auth, "Content-Type": "text/csv"})
+    resp = await app.client.post(
+        "/api/v1/imports?consent_source=%0A", data="email\n", headers={**app.auth, "Content-Type": "text/csv"}
+    )
     assert resp.status == 400 and (await resp.json())["error"]["field"] == "consent_source"
 
 
-async def test_import_larger_than_the_limit_is_refused(database_url: str, smtp: SmtpSink,
-                                                       clock) -> None:  # type: ignore[no-untyped-def]
+async def test_import_larger_than_the_limit_is_refused(database_url: str, smtp: SmtpSink, clock) -> None:  # type: ignore[no-untyped-def]
     async with running_app(database_url, smtp, clock, RESPONDER_IMPORT_MAX_BYTES="100") as app:
-        resp = await app.client.post("/api/v1/imports?consent_source=x", data="email\n" * 50,
-                                     headers={**app.auth, "Content-Type": "text/csv"})
+        resp = await app.client.post(
+            "/api/v1/imports?consent_source=x", data="email\n" * 50, headers={**app.auth, "Content-Type": "text/csv"}
+        )
         assert resp.status == 413 and (await resp.json())["error"]["code"] == "too_large"
 
 
 async def test_export_round_trips_with_filters(app: App) -> None:
-    await make_subscriber(app.rt, "a@example.com", name="A, the first", layer=2,
-                          tags=["preferred"])
+    await make_subscriber(app.rt, "a@example.com", name="A, the first", layer=2, tags=["preferred"])
     await make_subscriber(app.rt, "b@example.com", name="B", layer=1)
     resp = await app.client.get("/api/v1/subscribers.csv", headers=app.auth)
     assert resp.status == 200 and resp.content_type == "text/csv"
     rows = list(csv.DictReader(io.StringIO(await resp.text())))
     assert [(r["email"], r["name"], r["layer"], r["tags"]) for r in rows] == [
-        ("a@example.com", "A, the first", "2", "preferred"), ("b@example.com", "B", "1", "")]
+        ("a@example.com", "A, the first", "2", "preferred"),
+        ("b@example.com", "B", "1", ""),
+    ]
     resp = await app.client.get("/api/v1/subscribers.csv?layer=1", headers=app.auth)
-    assert [r["email"] for r in csv.DictReader(io.StringIO(await resp.text()))] == [
-        "b@example.com"]
+    assert [r["email"] for r in csv.DictReader(io.StringIO(await resp.text()))] == ["b@example.com"]
 
 
-def test_cli_users_tokens_import_and_export(sqlite_url: str, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_users_tokens_import_and_export(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     settings = make_settings(sqlite_url, f"file:{tmp_path / 'out'}")
-    for key, value in {"RESPONDER_DATABASE_URL": sqlite_url,
-                       "RESPONDER_SMTP_URL": f"file:{tmp_path / 'out'}",
-                       "RESPONDER_ADMIN_TOKEN": settings.admin_token or "",
-                       "RESPONDER_SECRET_KEY": "k"}.items():
+    for key, value in {
+        "RESPONDER_DATABASE_URL": sqlite_url,
+        "RESPONDER_SMTP_URL": f"file:{tmp_path / 'out'}",
+        "RESPONDER_ADMIN_TOKEN": settings.admin_token or "",
+        "RESPONDER_SECRET_KEY": "k",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password\n"))
     assert main(["admin", "create-user", "ada", "--password-stdin"]) == 0
@@ -132,11 +143,9 @@ def test_cli_users_tokens_import_and_export(sqlite_url: str, tmp_path: Path,
     assert capsys.readouterr().out.startswith("shop\twrite\t")
 
     data = tmp_path / "people.csv"
-    data.write_text("email,name\n" + "".join(f"p{i}@example.com,P {i}\n" for i in range(50))
-                    + "broken,X\n")
+    data.write_text("email,name\n" + "".join(f"p{i}@example.com,P {i}\n" for i in range(50)) + "broken,X\n")
     report = tmp_path / "rejected.csv"
-    assert main(["subscribers", "import", str(data), "--consent-source", "webinar",
-                 "--report", str(report)]) == 0
+    assert main(["subscribers", "import", str(data), "--consent-source", "webinar", "--report", str(report)]) == 0
     captured = capsys.readouterr()
     assert "51 rows: 50 imported, 1 rejected" in captured.out
     assert "importing" in captured.err  # the progress bar
@@ -156,9 +165,18 @@ async def test_a_job_left_running_by_a_killed_server_shows_as_failed(app: App) -
     from responder.models import ImportJob
 
     async with app.rt.db.transaction() as session:
-        job = ImportJob(state="running", consent_source="shop", bytes_total=1000, bytes_read=400,
-                        rows_read=10, imported=10, rejected=0, rejected_rows=[],
-                        created_at=app.clock.now() - STALE_AFTER, updated_at=app.clock.now())
+        job = ImportJob(
+            state="running",
+            consent_source="shop",
+            bytes_total=1000,
+            bytes_read=400,
+            rows_read=10,
+            imported=10,
+            rejected=0,
+            rejected_rows=[],
+            created_at=app.clock.now() - STALE_AFTER,
+            updated_at=app.clock.now(),
+        )
         session.add(job)
         await session.flush()
         job_id = job.id
@@ -183,12 +201,17 @@ async def test_an_import_declared_dead_stops_and_leaves_its_row_failed(app: App,
     from responder.models import ImportJob
 
     path = tmp_path / "big.csv"
-    path.write_text("email,name\n" + "".join(f"p{i}@example.com,P {i}\n"
-                                             for i in range(BATCH_ROWS * 3)))
+    path.write_text("email,name\n" + "".join(f"p{i}@example.com,P {i}\n" for i in range(BATCH_ROWS * 3)))
     async with app.rt.db.transaction() as session:
-        job = ImportJob(state="failed", error="declared dead", consent_source="shop",
-                        bytes_total=path.stat().st_size, rejected_rows=[],
-                        created_at=app.clock.now(), updated_at=app.clock.now())
+        job = ImportJob(
+            state="failed",
+            error="declared dead",
+            consent_source="shop",
+            bytes_total=path.stat().st_size,
+            rejected_rows=[],
+            created_at=app.clock.now(),
+            updated_at=app.clock.now(),
+        )
         session.add(job)
         await session.flush()
         job_id = job.id
@@ -202,7 +225,8 @@ async def test_an_import_declared_dead_stops_and_leaves_its_row_failed(app: App,
 
 
 async def test_an_upload_left_by_a_killed_server_is_removed_at_the_next_start(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A server killed mid-import leaves its spooled CSV behind; the next one removes it at
     start, and leaves alone the uploads of processes still running (this one's)."""
     import signal
@@ -213,13 +237,19 @@ async def test_an_upload_left_by_a_killed_server_is_removed_at_the_next_start(
     from responder.audience.importer import ImportJobs, spool
 
     killed = subprocess.run(
-        [sys.executable, "-c",
-         "import asyncio, os, signal\n"
-         "from responder.importer import spool\n"
-         "async def chunks():\n    yield b'email\\nzoe@example.com\\n'\n"
-         "print(asyncio.run(spool(chunks(), 1000)), flush=True)\n"
-         "os.kill(os.getpid(), signal.SIGKILL)\n"],
-        env={**__import__("os").environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, os, signal\n"
+            "from responder.importer import spool\n"
+            "async def chunks():\n    yield b'email\\nzoe@example.com\\n'\n"
+            "print(asyncio.run(spool(chunks(), 1000)), flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n",
+        ],
+        env={**__import__("os").environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -signal.SIGKILL
     left = Path(killed.stdout.strip())
     assert left.parent == tmp_path and left.exists()

@@ -84,8 +84,7 @@ def plain(to: str, subject: str, body: str, **headers: str) -> str:
 @pytest.fixture
 async def inbound_app(database_url, smtp, clock):  # type: ignore[no-untyped-def]
     port = free_port()
-    async with running_app(database_url, smtp, clock,
-                           RESPONDER_INBOUND=f"127.0.0.1:{port}") as running:
+    async with running_app(database_url, smtp, clock, RESPONDER_INBOUND=f"127.0.0.1:{port}") as running:
         running.inbound_port = port  # type: ignore[attr-defined]
         yield running
 
@@ -114,9 +113,19 @@ async def events(app: App, type_: str) -> list[Event]:
 async def test_hard_dsn_bounces_and_suppresses(inbound_app: App) -> None:
     pk, got = await sent_to(inbound_app, "ann@example.org")
     row: Message = await message(inbound_app.rt, pk)
-    await deliver(inbound_app, "", got.mail_from, DSN.format(
-        to=got.mail_from, rcpt="ann@example.org", action="failed", status="5.1.1",
-        diagnostic="550 5.1.1 user unknown", message_id=row.message_id))
+    await deliver(
+        inbound_app,
+        "",
+        got.mail_from,
+        DSN.format(
+            to=got.mail_from,
+            rcpt="ann@example.org",
+            action="failed",
+            status="5.1.1",
+            diagnostic="550 5.1.1 user unknown",
+            message_id=row.message_id,
+        ),
+    )
     assert (await subscriber(inbound_app.rt, "ann@example.org")).status == "bounced"
     assert (await message(inbound_app.rt, pk)).state == "bounced"
     [bounce] = await events(inbound_app, "bounce")
@@ -125,9 +134,19 @@ async def test_hard_dsn_bounces_and_suppresses(inbound_app: App) -> None:
 
 async def test_soft_dsn_is_counted_only(inbound_app: App) -> None:
     _, got = await sent_to(inbound_app, "bea@example.org")
-    await deliver(inbound_app, "", got.mail_from, DSN.format(
-        to=got.mail_from, rcpt="bea@example.org", action="delayed", status="4.4.1",
-        diagnostic="451 4.4.1 no answer", message_id="<x@y>"))
+    await deliver(
+        inbound_app,
+        "",
+        got.mail_from,
+        DSN.format(
+            to=got.mail_from,
+            rcpt="bea@example.org",
+            action="delayed",
+            status="4.4.1",
+            diagnostic="451 4.4.1 no answer",
+            message_id="<x@y>",
+        ),
+    )
     assert (await subscriber(inbound_app.rt, "bea@example.org")).status == "active"
     [bounce] = await events(inbound_app, "bounce")
     assert bounce.data == {"hard": False, "status": "4.4.1", "source": "dsn"}
@@ -135,8 +154,12 @@ async def test_soft_dsn_is_counted_only(inbound_app: App) -> None:
 
 async def test_arf_complaint_stops_all_mail(inbound_app: App) -> None:
     _, got = await sent_to(inbound_app, "cat@example.org")
-    await deliver(inbound_app, "fbl@isp.example.net", got.mail_from,
-                  ARF.format(to=got.mail_from, message_id=got.message["Message-ID"]))
+    await deliver(
+        inbound_app,
+        "fbl@isp.example.net",
+        got.mail_from,
+        ARF.format(to=got.mail_from, message_id=got.message["Message-ID"]),
+    )
     cat = await subscriber(inbound_app.rt, "cat@example.org")
     assert cat.status == "complained" and cat.unsubscribed_at is not None
     [complaint] = await events(inbound_app, "complaint")
@@ -158,15 +181,23 @@ async def test_human_reply_is_a_reply_event_and_auto_replies_are_not(inbound_app
     pk, got = await sent_to(inbound_app, "eli@example.org")
     reply_to = got.message["Reply-To"].addresses[0].addr_spec
     assert reply_to.startswith("reply+")
-    await deliver(inbound_app, "eli@example.org", reply_to, plain(
-        reply_to, "Out of office", "I am away until Monday.", Auto_Submitted="auto-replied"))
-    await deliver(inbound_app, "eli@example.org", got.mail_from, plain(
-        got.mail_from, "Away", "Away.", X_Autoreply="yes"))
+    await deliver(
+        inbound_app,
+        "eli@example.org",
+        reply_to,
+        plain(reply_to, "Out of office", "I am away until Monday.", Auto_Submitted="auto-replied"),
+    )
+    await deliver(
+        inbound_app, "eli@example.org", got.mail_from, plain(got.mail_from, "Away", "Away.", X_Autoreply="yes")
+    )
     await deliver(inbound_app, "", reply_to, plain(reply_to, "Vacation", "gone"))
     assert await events(inbound_app, "reply") == []
-    await deliver(inbound_app, "eli@example.org", reply_to, plain(
-        reply_to, "Re: hello", "Thanks, this helped. How do I start?",
-        In_Reply_To=got.message["Message-ID"]))
+    await deliver(
+        inbound_app,
+        "eli@example.org",
+        reply_to,
+        plain(reply_to, "Re: hello", "Thanks, this helped. How do I start?", In_Reply_To=got.message["Message-ID"]),
+    )
     [reply] = await events(inbound_app, "reply")
     eli = await subscriber(inbound_app.rt, "eli@example.org")
     assert (reply.subscriber_id, reply.message_id, reply.machine) == (eli.id, pk, False)
@@ -180,8 +211,7 @@ async def test_human_reply_is_a_reply_event_and_auto_replies_are_not(inbound_app
     assert enquiry.state == "open" and "How do I start?" in enquiry.body
     assert await events(inbound_app, "enquiry") == []
     for _ in range(250):
-        acks = [r for r in inbound_app.smtp.to("eli@example.org")
-                if r.message["Auto-Submitted"] == "auto-replied"]
+        acks = [r for r in inbound_app.smtp.to("eli@example.org") if r.message["Auto-Submitted"] == "auto-replied"]
         if acks:
             break
         await asyncio.sleep(0.02)
@@ -198,19 +228,28 @@ async def test_mail_for_other_or_forged_addresses_is_refused(inbound_app: App) -
         assert refused.value.recipients[0].code == 550
 
 
-@pytest.mark.parametrize(("headers", "kind"), [
-    ("Auto-Submitted: auto-replied\n", "auto"), ("Auto-Submitted: auto-generated\n", "auto"),
-    ("Auto-Submitted: no\n", "human"), ("Precedence: bulk\n", "auto"),
-    ("X-Autorespond: yes\n", "auto"), ("", "human"),
-])
+@pytest.mark.parametrize(
+    ("headers", "kind"),
+    [
+        ("Auto-Submitted: auto-replied\n", "auto"),
+        ("Auto-Submitted: auto-generated\n", "auto"),
+        ("Auto-Submitted: no\n", "human"),
+        ("Precedence: bulk\n", "auto"),
+        ("X-Autorespond: yes\n", "auto"),
+        ("", "human"),
+    ],
+)
 def test_rfc3834_auto_submitted(headers: str, kind: str) -> None:
     data = f"From: a@b.example\nSubject: s\n{headers}\nbody\n".encode()
     assert classify(data).kind == kind
 
 
 def test_dsn_and_arf_parsing() -> None:
-    report = classify(DSN.format(to="t", rcpt="a@b.example", action="failed", status="5.2.2",
-                                 diagnostic="552 full", message_id="<m@x>").encode())
+    report = classify(
+        DSN.format(
+            to="t", rcpt="a@b.example", action="failed", status="5.2.2", diagnostic="552 full", message_id="<m@x>"
+        ).encode()
+    )
     assert report.kind == "dsn" and report.hard and report.original_message_id == "<m@x>"
     assert report.recipients[0].address == "a@b.example"
     arf = classify(ARF.format(to="t", message_id="<n@x>").encode())

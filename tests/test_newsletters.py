@@ -22,20 +22,27 @@ from .funnel_fixtures import make_subscriber, rt  # noqa: F401
 
 async def advance(rt: Runtime, batch: int = 3) -> int:
     async with rt.db.transaction() as session:
-        return await newsletters.advance(session, rt.clock.now(), domain="acme.example.com",
-                                         batch=batch)
+        return await newsletters.advance(session, rt.clock.now(), domain="acme.example.com", batch=batch)
 
 
 async def recipients(rt: Runtime, newsletter_id: int) -> list[int]:
     async with rt.db.read() as session:
-        return list((await session.execute(select(Message.subscriber_id).where(
-            Message.newsletter_id == newsletter_id).order_by(Message.subscriber_id))).scalars())
+        return list(
+            (
+                await session.execute(
+                    select(Message.subscriber_id)
+                    .where(Message.newsletter_id == newsletter_id)
+                    .order_by(Message.subscriber_id)
+                )
+            ).scalars()
+        )
 
 
 async def create(rt: Runtime, **data: object) -> Newsletter:
     async with rt.db.transaction() as session:
-        return await newsletters.create(session, {"name": "Spring", "template": "layer2-how-to",
-                                                  **data}, rt.clock.now())
+        return await newsletters.create(
+            session, {"name": "Spring", "template": "layer2-how-to", **data}, rt.clock.now()
+        )
 
 
 async def test_layers_are_required_and_checked(rt: Runtime) -> None:
@@ -108,8 +115,11 @@ async def test_targeted_batched_pause_resume_cancel(rt: Runtime) -> None:
 async def test_newsletter_over_http_with_delivery_and_cli_progress(app: App, capsys) -> None:  # type: ignore[no-untyped-def]
     people = [await make_subscriber(app.rt, f"p{i}@example.com", layer=2) for i in range(4)]
     await app.smtp.wait_for(4)  # their layer-2 welcome step
-    resp = await app.client.post("/api/v1/newsletters", headers=app.auth, json={
-        "name": "News", "template": "layer2-quick-wins", "layers": [2], "send_now": True})
+    resp = await app.client.post(
+        "/api/v1/newsletters",
+        headers=app.auth,
+        json={"name": "News", "template": "layer2-quick-wins", "layers": [2], "send_now": True},
+    )
     assert resp.status == 201, await resp.text()
     news_id = (await resp.json())["id"]
     await app.smtp.wait_for(8)
@@ -126,12 +136,15 @@ async def test_newsletter_over_http_with_delivery_and_cli_progress(app: App, cap
     assert resp.status == 409
 
     url = app.rt.settings.database_url
-    assert await asyncio.to_thread(
-        main, ["newsletters", "progress", str(news_id), "--database-url", url]) == 0
+    assert await asyncio.to_thread(main, ["newsletters", "progress", str(news_id), "--database-url", url]) == 0
     out = capsys.readouterr().out
     assert f"[{'#' * 30}] 4/4 sent" in out
-    assert await asyncio.to_thread(main, ["newsletters", "create", "Draft", "--template", "x",
-                                          "--layers", "1", "--database-url", url]) == 0
+    assert (
+        await asyncio.to_thread(
+            main, ["newsletters", "create", "Draft", "--template", "x", "--layers", "1", "--database-url", url]
+        )
+        == 0
+    )
     assert "(draft)" in capsys.readouterr().out
     async with app.rt.db.read() as session:
         assert (await session.execute(select(func.count()).select_from(Newsletter))).scalar_one() == 2
@@ -139,14 +152,19 @@ async def test_newsletter_over_http_with_delivery_and_cli_progress(app: App, cap
 
 async def test_newsletter_waits_when_the_layer_says_so(rt: Runtime) -> None:
     async with rt.db.transaction() as session:
-        await layers_service.update_layer(session, 2, {"rule": {
-            "promote": {"on_any": ["reply"]}, "caps": {"collision": "newsletter_waits"}}})
+        await layers_service.update_layer(
+            session, 2, {"rule": {"promote": {"on_any": ["reply"]}, "caps": {"collision": "newsletter_waits"}}}
+        )
     ida = await make_subscriber(rt, "ida@example.com", layer=2)
     from .funnel_fixtures import tick
+
     await tick(rt)  # the layer-2 welcome step goes now
     news = await create(rt, layers=[2], send_now=True)
     await advance(rt)
     async with rt.db.read() as session:
-        held = (await session.execute(select(Message.next_attempt_at).where(
-            Message.newsletter_id == news.id, Message.subscriber_id == ida.id))).scalar_one()
+        held = (
+            await session.execute(
+                select(Message.next_attempt_at).where(Message.newsletter_id == news.id, Message.subscriber_id == ida.id)
+            )
+        ).scalar_one()
     assert held == rt.clock.now() + dt.timedelta(days=1)

@@ -11,8 +11,7 @@ from pathlib import Path
 from .admin_fixtures import make_subscriber
 from .conftest import App
 
-CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
-          "response_schema_conformance")
+CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 
 
 async def test_openapi_document_lists_every_admin_route(app: App) -> None:
@@ -22,8 +21,7 @@ async def test_openapi_document_lists_every_admin_route(app: App) -> None:
     routes = {
         (route.resource.canonical.replace("{id:\\d+}", "{id}"), route.method)  # type: ignore[union-attr]
         for route in app.client.app.router.routes()
-        if route.resource is not None and route.resource.canonical.startswith("/api/v1/")
-        and route.method != "HEAD"
+        if route.resource is not None and route.resource.canonical.startswith("/api/v1/") and route.method != "HEAD"
     }
     assert routes - {("/api/v1/openapi.json", "GET")} == documented
 
@@ -33,12 +31,31 @@ async def test_schemathesis_finds_no_failures(app: App, tmp_path: Path) -> None:
     base = str(app.client.make_url("")).rstrip("/")
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "", "HYPOTHESIS_STORAGE_DIRECTORY": str(tmp_path)}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "schemathesis.cli", "run", f"{base}/api/v1/openapi.json",
-        "--url", base, "--checks", CHECKS, "--max-examples", "5", "--phases", "examples,coverage,fuzzing",
-        "--workers", "1", "--seed", "1", "--no-color",
-        "-H", f"Authorization: Bearer {app.rt.settings.admin_token}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-        cwd=tmp_path)
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"{base}/api/v1/openapi.json",
+        "--url",
+        base,
+        "--checks",
+        CHECKS,
+        "--max-examples",
+        "5",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--workers",
+        "1",
+        "--seed",
+        "1",
+        "--no-color",
+        "-H",
+        f"Authorization: Bearer {app.rt.settings.admin_token}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
     output, _ = await process.communicate()
     text = output.decode()
     assert process.returncode == 0, text

@@ -45,20 +45,33 @@ async def test_one_click_is_200_idempotent_and_immediate(papp: App) -> None:
     pk, _ = await make_subscriber(papp)
     path = f"/unsubscribe/{papp.rt.tokens.unsubscribe(pk)}"
     for _ in range(3):
-        resp = await papp.client.post(path, data="List-Unsubscribe=One-Click", allow_redirects=False,
-                                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+        resp = await papp.client.post(
+            path,
+            data="List-Unsubscribe=One-Click",
+            allow_redirects=False,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
         assert resp.status == 200 and "Location" not in resp.headers
         assert (await subscriber(papp, pk)).status == "unsubscribed"
     async with papp.rt.db.read() as session:
-        assert (await session.execute(select(func.count()).select_from(Event).where(
-            Event.type == "unsubscribe"))).scalar_one() == 1
+        assert (
+            await session.execute(select(func.count()).select_from(Event).where(Event.type == "unsubscribe"))
+        ).scalar_one() == 1
 
 
 async def test_pause_fewer_and_down(papp: App) -> None:
     pk, _ = await make_subscriber(papp, layer=3)
     async with papp.rt.db.transaction() as session:
-        session.add(Enrollment(subscriber_id=pk, sequence_id=1, state="active", next_position=2,
-                               due_at=papp.clock.now(), started_at=papp.clock.now()))
+        session.add(
+            Enrollment(
+                subscriber_id=pk,
+                sequence_id=1,
+                state="active",
+                next_position=2,
+                due_at=papp.clock.now(),
+                started_at=papp.clock.now(),
+            )
+        )
     path = f"/unsubscribe/{papp.rt.tokens.unsubscribe(pk)}"
     resp = await papp.client.post(path, data={"choice": "pause"})
     assert "Paused" in await resp.text()
@@ -84,8 +97,7 @@ async def test_preferences_name_frequency_export_and_erase(papp: App) -> None:
     token = papp.rt.tokens.unsubscribe(pk)
     resp = await papp.client.get(f"/preferences/{token}")
     assert resp.status == 200 and "grace@example.com" in await resp.text()
-    resp = await papp.client.post(f"/preferences/{token}",
-                                  data={"name": "Grace <b>Hopper</b>", "frequency": "fewer"})
+    resp = await papp.client.post(f"/preferences/{token}", data={"name": "Grace <b>Hopper</b>", "frequency": "fewer"})
     assert resp.status == 200 and "Grace &lt;b&gt;Hopper&lt;/b&gt;" in await resp.text()
     s = await subscriber(papp, pk)
     assert (s.name, s.frequency) == ("Grace <b>Hopper</b>", "fewer")
@@ -111,20 +123,27 @@ async def test_preferences_name_frequency_export_and_erase(papp: App) -> None:
     resp = await papp.client.post("/subscribe", json={"email": "Grace@Example.com"})
     assert resp.status == 202
     async with papp.rt.db.read() as session:
-        assert (await session.execute(select(func.count()).select_from(Subscriber).where(
-            Subscriber.email == "grace@example.com"))).scalar_one() == 0
-        assert (await session.execute(select(func.count()).select_from(Message).where(
-            Message.kind == "confirm"))).scalar_one() == 0
+        assert (
+            await session.execute(
+                select(func.count()).select_from(Subscriber).where(Subscriber.email == "grace@example.com")
+            )
+        ).scalar_one() == 0
+        assert (
+            await session.execute(select(func.count()).select_from(Message).where(Message.kind == "confirm"))
+        ).scalar_one() == 0
 
 
 async def test_forged_tokens_show_a_page_and_change_nothing(papp: App) -> None:
     pk, _ = await make_subscriber(papp)
     good = papp.rt.tokens.unsubscribe(pk)
     for token in ("forged", good[:-2] + "zz", papp.rt.tokens.open(pk), papp.rt.tokens.unsubscribe(999)):
-        for method, path in (("GET", f"/unsubscribe/{token}"), ("POST", f"/unsubscribe/{token}"),
-                             ("GET", f"/preferences/{token}"),
-                             ("GET", f"/preferences/{token}/export"),
-                             ("POST", f"/preferences/{token}/erase")):
+        for method, path in (
+            ("GET", f"/unsubscribe/{token}"),
+            ("POST", f"/unsubscribe/{token}"),
+            ("GET", f"/preferences/{token}"),
+            ("GET", f"/preferences/{token}/export"),
+            ("POST", f"/preferences/{token}/erase"),
+        ):
             resp = await papp.client.request(method, path, data={"confirm": "yes"})
             assert resp.status == 404, (method, path)
     assert (await subscriber(papp, pk)).status == "active"

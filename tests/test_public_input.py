@@ -14,10 +14,12 @@ from .conftest import App, confirm_path
 
 async def counts(app: App) -> tuple[int, int, int]:
     async with app.rt.db.read() as session:
-        return tuple([  # type: ignore[return-value]
-            (await session.execute(select(func.count()).select_from(model))).scalar_one()
-            for model in (Subscriber, Message, ConsentRecord)
-        ])
+        return tuple(
+            [  # type: ignore[return-value]
+                (await session.execute(select(func.count()).select_from(model))).scalar_one()
+                for model in (Subscriber, Message, ConsentRecord)
+            ]
+        )
 
 
 BAD = [
@@ -52,8 +54,7 @@ async def test_bad_subscribe_form_shows_a_page(app: App, data: dict, field: str)
 
 
 async def test_header_injection_in_name_never_reaches_anyone(app: App) -> None:
-    await app.client.post("/subscribe", data={"email": "ada@example.com",
-                                              "name": "Ada\r\nBcc: victim@example.org"})
+    await app.client.post("/subscribe", data={"email": "ada@example.com", "name": "Ada\r\nBcc: victim@example.org"})
     await app.client.post("/subscribe", data={"email": "bob@example.com", "name": "Bob"})
     await app.smtp.wait_for(1)
     for received in app.smtp.received:
@@ -70,16 +71,15 @@ async def test_oversized_body_is_refused_before_it_is_read(app: App) -> None:
 
 
 async def test_malformed_json_is_a_400(app: App) -> None:
-    resp = await app.client.post("/subscribe", data="{not json",
-                                 headers={"Content-Type": "application/json"})
+    resp = await app.client.post("/subscribe", data="{not json", headers={"Content-Type": "application/json"})
     assert resp.status == 400
     assert await counts(app) == (0, 0, 0)
 
 
 async def test_honeypot_answers_like_success_and_stores_nothing(app: App) -> None:
-    resp = await app.client.post("/subscribe", data={"email": "bot@example.com",
-                                                     "hp_website": "http://spam"},
-                                 allow_redirects=False)
+    resp = await app.client.post(
+        "/subscribe", data={"email": "bot@example.com", "hp_website": "http://spam"}, allow_redirects=False
+    )
     assert resp.status == 303
     assert await counts(app) == (0, 0, 0)
 
@@ -92,8 +92,9 @@ async def test_active_address_gets_the_same_answer_and_no_mail(app: App) -> None
     again = await app.client.post("/subscribe", json={"email": "ada@example.com"})
     assert (again.status, await again.json()) == (first.status, await first.json())
     async with app.rt.db.read() as session:
-        confirms = (await session.execute(select(func.count()).select_from(Message)
-                                          .where(Message.kind == "confirm"))).scalar_one()
+        confirms = (
+            await session.execute(select(func.count()).select_from(Message).where(Message.kind == "confirm"))
+        ).scalar_one()
     assert confirms == 1
 
 
@@ -105,16 +106,24 @@ async def test_pending_address_gets_one_confirmation_per_window(app: App) -> Non
     await app.client.post("/subscribe", json={"email": "ada@example.com"})
     await app.smtp.wait_for(2)
     async with app.rt.db.read() as session:
-        confirms = (await session.execute(select(func.count()).select_from(Message)
-                                          .where(Message.kind == "confirm"))).scalar_one()
+        confirms = (
+            await session.execute(select(func.count()).select_from(Message).where(Message.kind == "confirm"))
+        ).scalar_one()
         consents = (await session.execute(select(ConsentRecord))).scalars().all()
     assert confirms == 2
     assert len(consents) == 4 and consents[0].ip == "127.0.0.1"
 
 
-@pytest.mark.parametrize("path", [
-    "/confirm/forged", "/c/forged", "/unsubscribe/forged", "/preferences/forged", "/v/forged",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/confirm/forged",
+        "/c/forged",
+        "/unsubscribe/forged",
+        "/preferences/forged",
+        "/v/forged",
+    ],
+)
 async def test_forged_tokens_are_404_without_location(app: App, path: str) -> None:
     resp = await app.client.get(path, allow_redirects=False)
     assert resp.status == 404

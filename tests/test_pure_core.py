@@ -20,9 +20,17 @@ from responder.errors import ValidationError
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("90s", 90), ("15m", 900), ("2h", 7200), ("3d", 259200), ("1w", 604800), (" 0s ", 0),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("15m", 900),
+        ("2h", 7200),
+        ("3d", 259200),
+        ("1w", 604800),
+        (" 0s ", 0),
+    ],
+)
 def test_parse_duration(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
 
@@ -65,18 +73,21 @@ def click(i: int, message: int, minutes: int, machine: bool = False) -> EventFac
     return EventFact(i, "click", T0 + dt.timedelta(minutes=minutes), message, machine)
 
 
-@pytest.mark.parametrize(("events", "target"), [
-    ([], None),
-    ([click(1, 10, 1)], None),
-    ([click(1, 10, 1), click(2, 10, 2)], None),  # two clicks in one mail
-    ([click(1, 10, 1), click(2, 11, 2)], 2),
-    ([click(1, 10, 1), click(2, 11, 2, machine=True)], None),  # scanners never promote
-    ([click(1, 10, -5), click(2, 11, 2)], None),  # before entering the layer
-    ([EventFact(1, "purchase", T0 + dt.timedelta(minutes=1))], 2),
-    ([EventFact(1, "reply", T0 + dt.timedelta(minutes=1))], 2),
-    ([EventFact(1, "reply", T0 + dt.timedelta(minutes=1), machine=True)], None),
-    ([EventFact(1, "open", T0 + dt.timedelta(minutes=1))], None),
-])
+@pytest.mark.parametrize(
+    ("events", "target"),
+    [
+        ([], None),
+        ([click(1, 10, 1)], None),
+        ([click(1, 10, 1), click(2, 10, 2)], None),  # two clicks in one mail
+        ([click(1, 10, 1), click(2, 11, 2)], 2),
+        ([click(1, 10, 1), click(2, 11, 2, machine=True)], None),  # scanners never promote
+        ([click(1, 10, -5), click(2, 11, 2)], None),  # before entering the layer
+        ([EventFact(1, "purchase", T0 + dt.timedelta(minutes=1))], 2),
+        ([EventFact(1, "reply", T0 + dt.timedelta(minutes=1))], 2),
+        ([EventFact(1, "reply", T0 + dt.timedelta(minutes=1), machine=True)], None),
+        ([EventFact(1, "open", T0 + dt.timedelta(minutes=1))], None),
+    ],
+)
 def test_default_rule(events: list[EventFact], target: int | None) -> None:
     decision = evaluate(DEFAULT_RULE, position=1, top_position=5, entered_at=T0, events=events)
     assert decision.target_position == target
@@ -89,10 +100,15 @@ def test_top_layer_never_promotes() -> None:
     assert not evaluate(DEFAULT_RULE, position=5, top_position=5, entered_at=T0, events=events).moves
 
 
-@pytest.mark.parametrize("rule", [
-    {"promote": []}, {"promote": {"on_any": ["teleport"]}}, {"promote": {"clicked_messages": 0}},
-    {"promote": {"clicked_messages": "two"}},
-])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"promote": []},
+        {"promote": {"on_any": ["teleport"]}},
+        {"promote": {"clicked_messages": 0}},
+        {"promote": {"clicked_messages": "two"}},
+    ],
+)
 def test_validate_rule_refuses(rule: dict) -> None:  # type: ignore[type-arg]
     with pytest.raises(ValidationError):
         validate_rule(rule)

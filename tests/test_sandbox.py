@@ -35,10 +35,11 @@ PAYLOADS = {
     "replace blow-up": ("{{ ('a' * 100000)|replace('a', 'a' * 100000) }}", "too large"),
     "deep recursion": ("{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}", "RecursionError"),
     "doubling recursion": ("{% macro d(s) %}{{ d(s ~ s) }}{% endmacro %}{{ d('ab') }}", "too large"),
-    "output flood": (("{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxx"
-                      "{% endfor %}{% endfor %}"), "renders larger than"),
-    "busy loop": (("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
-                   "{% endfor %}"), "longer than"),
+    "output flood": (
+        ("{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxx{% endfor %}{% endfor %}"),
+        "renders larger than",
+    ),
+    "busy loop": (("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"), "longer than"),
     "mutate data": ("{{ subscriber.tags.append(1) }}", "unsafe"),
     "namespace state": ("{% set ns = namespace(s='a') %}{{ ns.s }}", "undefined"),
     "lipsum": ("{{ lipsum(100000) }}", "undefined"),
@@ -69,7 +70,12 @@ def test_timeout_leaves_the_thread_usable() -> None:
 
 
 def test_plain_data_renders_normally() -> None:
-    out = render_string(html_env(), "{% for t in ['x', 'y'] %}{{ t|upper }}{% endfor %} "
-                        "{{ '%05.1f'|format(3.14159) }} {{ '{:>4}'.format(7) }} {{ 2 ** 10 }} "
-                        "{{ '<b>' }}", SAMPLE, "body")
+    out = render_string(
+        html_env(),
+        "{% for t in ['x', 'y'] %}{{ t|upper }}{% endfor %} "
+        "{{ '%05.1f'|format(3.14159) }} {{ '{:>4}'.format(7) }} {{ 2 ** 10 }} "
+        "{{ '<b>' }}",
+        SAMPLE,
+        "body",
+    )
     assert out == "XY 003.1    7 1024 &lt;b&gt;"

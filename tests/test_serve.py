@@ -16,9 +16,16 @@ from .conftest import SmtpSink, free_port
 
 async def start(tmp_path: Path, env: dict[str, str], port: int) -> tuple[asyncio.subprocess.Process, list[str]]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "responder", "serve", "--port", str(port),
-        cwd=tmp_path, env={"PATH": os.environ["PATH"], **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "responder",
+        "serve",
+        "--port",
+        str(port),
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     lines: list[str] = []
     assert proc.stdout is not None
@@ -72,8 +79,7 @@ async def test_first_start_with_embedded_defaults(tmp_path: Path) -> None:
 async def test_sigterm_lets_the_in_flight_send_finish(tmp_path: Path, smtp: SmtpSink) -> None:
     smtp.handler.data_delay_s = 1.5
     port = free_port()
-    proc, _ = await start(tmp_path, {"RESPONDER_SMTP_URL": smtp.url,
-                                     "RESPONDER_WORKER_POLL_S": "0.05"}, port)
+    proc, _ = await start(tmp_path, {"RESPONDER_SMTP_URL": smtp.url, "RESPONDER_WORKER_POLL_S": "0.05"}, port)
     async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
         resp = await http.post("/subscribe", json={"email": "ada@example.com"})
         assert resp.status == 202
@@ -93,9 +99,14 @@ async def test_sigterm_lets_the_in_flight_send_finish(tmp_path: Path, smtp: Smtp
 
 async def test_serve_refuses_a_bad_setting(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "responder", "serve", cwd=tmp_path,
+        sys.executable,
+        "-m",
+        "responder",
+        "serve",
+        cwd=tmp_path,
         env={"PATH": os.environ["PATH"], "RESPONDER_DATABASE_URL": "oracle://x"},
-        stderr=asyncio.subprocess.PIPE)
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await proc.communicate()
     assert proc.returncode == 2
     assert err.decode().strip().startswith("responder: error: RESPONDER_DATABASE_URL")
@@ -105,13 +116,28 @@ def test_db_upgrade_on_a_fresh_file(tmp_path: Path) -> None:
     import subprocess
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'ops.db'}"
-    done = subprocess.run([sys.executable, "-m", "responder", "db", "upgrade", "--database-url", url],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "responder", "db", "upgrade", "--database-url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
-    tables = {r[0] for r in sqlite3.connect(tmp_path / "ops.db").execute(
-        "select name from sqlite_master where type='table'")}
-    assert {"subscribers", "messages", "events", "layers", "layer_history", "enquiries",
-            "consent_records", "enrollments", "templates", "newsletters"} <= tables
+    tables = {
+        r[0] for r in sqlite3.connect(tmp_path / "ops.db").execute("select name from sqlite_master where type='table'")
+    }
+    assert {
+        "subscribers",
+        "messages",
+        "events",
+        "layers",
+        "layer_history",
+        "enquiries",
+        "consent_records",
+        "enrollments",
+        "templates",
+        "newsletters",
+    } <= tables
     mode = sqlite3.connect(tmp_path / "ops.db").execute("pragma journal_mode").fetchone()[0]
     assert mode == "wal"
 
@@ -121,15 +147,24 @@ async def test_worker_process_sends_without_http(tmp_path: Path) -> None:
     from responder.audience.subscribers import SubscribeRequest, subscribe
     from responder.settings import Settings
 
-    env = {"RESPONDER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'w.db'}",
-           "RESPONDER_SMTP_URL": f"file://{tmp_path / 'out'}", "RESPONDER_WORKER_POLL_S": "0.05"}
+    env = {
+        "RESPONDER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'w.db'}",
+        "RESPONDER_SMTP_URL": f"file://{tmp_path / 'out'}",
+        "RESPONDER_WORKER_POLL_S": "0.05",
+    }
     started = await start_runtime(Settings.from_env(env))
     await subscribe(started.runtime, SubscribeRequest(email="ada@example.com"))
     await started.runtime.db.dispose()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "responder", "worker", cwd=tmp_path,
-        env={"PATH": os.environ["PATH"], **env}, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
+        sys.executable,
+        "-m",
+        "responder",
+        "worker",
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     try:
         for _ in range(300):
             if list((tmp_path / "out").glob("*.eml")):

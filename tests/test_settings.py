@@ -41,17 +41,20 @@ def test_file_outbox_absolute_path() -> None:
     assert s.smtp.path == Path("/var/spool/responder")
 
 
-@pytest.mark.parametrize(("env", "value", "fragment"), [
-    ("RESPONDER_SMTP_URL", "ftp://mail.example.com", "unknown mail URL scheme"),
-    ("RESPONDER_SMTP_URL", "smtp://mail.example.com:notaport", "bad port"),
-    ("RESPONDER_SMTP_URL", "smtp://", "no host"),
-    ("RESPONDER_DATABASE_URL", "mysql://db/x", "unsupported database"),
-    ("RESPONDER_DATABASE_URL", "::::", "not a database URL"),
-    ("RESPONDER_BASE_URL", "news.example.com", "not an http(s) URL"),
-    ("RESPONDER_FROM", "Acme <not-an-address>", "not valid"),
-    ("RESPONDER_FROM", "Acme\r\nBcc: x@y.com <a@b.com>", "control characters"),
-    ("RESPONDER_PORT", "eighty", "whole number"),
-])
+@pytest.mark.parametrize(
+    ("env", "value", "fragment"),
+    [
+        ("RESPONDER_SMTP_URL", "ftp://mail.example.com", "unknown mail URL scheme"),
+        ("RESPONDER_SMTP_URL", "smtp://mail.example.com:notaport", "bad port"),
+        ("RESPONDER_SMTP_URL", "smtp://", "no host"),
+        ("RESPONDER_DATABASE_URL", "mysql://db/x", "unsupported database"),
+        ("RESPONDER_DATABASE_URL", "::::", "not a database URL"),
+        ("RESPONDER_BASE_URL", "news.example.com", "not an http(s) URL"),
+        ("RESPONDER_FROM", "Acme <not-an-address>", "not valid"),
+        ("RESPONDER_FROM", "Acme\r\nBcc: x@y.com <a@b.com>", "control characters"),
+        ("RESPONDER_PORT", "eighty", "whole number"),
+    ],
+)
 def test_bad_values_name_the_variable(env: str, value: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({env: value})
@@ -60,11 +63,13 @@ def test_bad_values_name_the_variable(env: str, value: str, fragment: str) -> No
 
 
 def test_describe_masks_secrets() -> None:
-    s = Settings.from_env({
-        "RESPONDER_SECRET_KEY": "supersecretsigningkey",
-        "RESPONDER_ADMIN_TOKEN": "admintoken123456",
-        "RESPONDER_SMTP_URL": "smtp://user:hunter2@mail.example.com:587",
-    })
+    s = Settings.from_env(
+        {
+            "RESPONDER_SECRET_KEY": "supersecretsigningkey",
+            "RESPONDER_ADMIN_TOKEN": "admintoken123456",
+            "RESPONDER_SMTP_URL": "smtp://user:hunter2@mail.example.com:587",
+        }
+    )
     printed = "\n".join(f"{k}={v}" for k, v, _ in s.describe())
     for secret in ("supersecretsigningkey", "admintoken123456", "hunter2"):
         assert secret not in printed
@@ -72,8 +77,13 @@ def test_describe_masks_secrets() -> None:
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "responder", *args], capture_output=True,
-                          text=True, env={"PATH": "/usr/bin:/bin", **env}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "responder", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **env},
+        timeout=60,
+    )
 
 
 def test_cli_config_prints_masked_configuration() -> None:

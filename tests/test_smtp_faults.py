@@ -22,13 +22,20 @@ from .delivery_fixtures import message, queue_newsletter, runtime_for, subscribe
 from .smtp_faults import fault_server
 
 
-@pytest.mark.parametrize(("reply", "state"), [
-    ("421 4.7.0 closing, try later", "deferred"), ("450 4.2.1 mailbox busy", "deferred"),
-    ("451 4.3.0 local error", "deferred"), ("550 5.1.1 no such user", "bounced"),
-    ("552 5.2.2 mailbox full", "bounced"), ("553 5.1.3 bad address", "bounced"),
-])
-async def test_smtp_replies_decide_the_outcome(database_url: str, smtp: SmtpSink, clock,
-                                               reply: str, state: str) -> None:
+@pytest.mark.parametrize(
+    ("reply", "state"),
+    [
+        ("421 4.7.0 closing, try later", "deferred"),
+        ("450 4.2.1 mailbox busy", "deferred"),
+        ("451 4.3.0 local error", "deferred"),
+        ("550 5.1.1 no such user", "bounced"),
+        ("552 5.2.2 mailbox full", "bounced"),
+        ("553 5.1.3 bad address", "bounced"),
+    ],
+)
+async def test_smtp_replies_decide_the_outcome(
+    database_url: str, smtp: SmtpSink, clock, reply: str, state: str
+) -> None:
     smtp.handler.replies["kim@example.org"] = reply
     async with runtime_for(database_url, smtp.url, clock) as rt, worker_for(rt) as worker:
         [pk, other] = await queue_newsletter(rt, ["kim@example.org", "lee@example.org"])
@@ -47,8 +54,11 @@ async def test_smtp_replies_decide_the_outcome(database_url: str, smtp: SmtpSink
 
 @pytest.mark.parametrize("mode", ["drop_at_data", "drop_after_dot"])
 async def test_dropped_connection_is_retried(database_url: str, clock, mode: str) -> None:
-    async with fault_server(mode) as server, \
-            runtime_for(database_url, server.url, clock) as rt, worker_for(rt) as worker:
+    async with (
+        fault_server(mode) as server,
+        runtime_for(database_url, server.url, clock) as rt,
+        worker_for(rt) as worker,
+    ):
         [pk] = await queue_newsletter(rt, ["max@example.org"])
         await worker.run_once()
         row = await message(rt, pk)
@@ -65,9 +75,11 @@ async def test_dropped_connection_is_retried(database_url: str, clock, mode: str
 
 @pytest.mark.parametrize("mode", ["starttls_fails", "starttls_garbage"])
 async def test_failing_starttls_defers(database_url: str, clock, mode: str) -> None:
-    async with fault_server(mode) as server, \
-            runtime_for(database_url, server.url, clock,
-                        RESPONDER_SMTP_TIMEOUT_S="2") as rt, worker_for(rt) as worker:
+    async with (
+        fault_server(mode) as server,
+        runtime_for(database_url, server.url, clock, RESPONDER_SMTP_TIMEOUT_S="2") as rt,
+        worker_for(rt) as worker,
+    ):
         [pk] = await queue_newsletter(rt, ["ned@example.org"])
         await worker.run_once()
         row = await message(rt, pk)
@@ -81,8 +93,7 @@ class Tarpit:
     def __init__(self, handler: Any, slow: str, delay_s: float) -> None:
         self.handler, self.slow, self.delay_s = handler, slow, delay_s
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          options: list[str]) -> str:
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         if address == self.slow:
             await asyncio.sleep(self.delay_s)
         return await self.handler.handle_RCPT(server, session, envelope, address, options)
@@ -98,18 +109,18 @@ def tarpit(smtp: SmtpSink):  # type: ignore[no-untyped-def]
     from .conftest import free_port
 
     port = free_port()
-    controller = Controller(Tarpit(smtp.handler, "slow@example.org", 1.5), hostname="127.0.0.1",
-                            port=port)
+    controller = Controller(Tarpit(smtp.handler, "slow@example.org", 1.5), hostname="127.0.0.1", port=port)
     controller.start()
     yield SmtpSink(smtp.handler, port)
     controller.stop()
 
 
-async def test_tarpit_times_out_while_other_lanes_keep_sending(database_url: str, tarpit: SmtpSink,
-                                                               clock) -> None:
+async def test_tarpit_times_out_while_other_lanes_keep_sending(database_url: str, tarpit: SmtpSink, clock) -> None:
     fast = [f"fast{i}@example.org" for i in range(12)]
-    async with runtime_for(database_url, tarpit.url, clock, RESPONDER_SMTP_TIMEOUT_S="0.5",
-                           RESPONDER_WORKER_LANES="3") as rt, worker_for(rt) as worker:
+    async with (
+        runtime_for(database_url, tarpit.url, clock, RESPONDER_SMTP_TIMEOUT_S="0.5", RESPONDER_WORKER_LANES="3") as rt,
+        worker_for(rt) as worker,
+    ):
         [slow_pk, *fast_pks] = await queue_newsletter(rt, ["slow@example.org", *fast])
         started = time.monotonic()
         await worker.run_once()
@@ -158,25 +169,26 @@ async def test_lanes_skip_rset_and_check_an_idle_connection_first(monkeypatch) -
         assert server.accepted == [b"<0@x>", b"<1@x>", b"<2@x>"] and server.connections == 3
 
 
-async def test_lease_is_renewed_while_a_slow_send_is_in_flight(database_url: str, tarpit: SmtpSink,
-                                                               clock) -> None:
-    async with runtime_for(database_url, tarpit.url, clock, RESPONDER_LEASE_S="1",
-                           RESPONDER_SMTP_TIMEOUT_S="10") as rt, worker_for(rt) as worker:
+async def test_lease_is_renewed_while_a_slow_send_is_in_flight(database_url: str, tarpit: SmtpSink, clock) -> None:
+    async with (
+        runtime_for(database_url, tarpit.url, clock, RESPONDER_LEASE_S="1", RESPONDER_SMTP_TIMEOUT_S="10") as rt,
+        worker_for(rt) as worker,
+    ):
         [pk] = await queue_newsletter(rt, ["slow@example.org"])
         sending = asyncio.create_task(worker.run_once())
         await asyncio.sleep(0.1)  # claimed, lease until T0+1, stuck in the tarpit
         clock.advance(0.9)
         await asyncio.sleep(0.5)  # a renewal ran: lease until T0+1.9
         clock.advance(0.6)
-        assert await outbox.claim(rt.db, owner="other", now=clock.now(), limit=10,
-                                  lease_s=1) == []
+        assert await outbox.claim(rt.db, owner="other", now=clock.now(), limit=10, lease_s=1) == []
         await sending
         assert (await message(rt, pk)).state == "sent"
         assert len(tarpit.to("slow@example.org")) == 1
 
 
 async def test_a_renewal_in_flight_when_the_batch_ends_is_finished_not_cancelled(
-        database_url: str, tarpit: SmtpSink, clock, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    database_url: str, tarpit: SmtpSink, clock, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     """The batch's lease renewal is told to stop, not cancelled: one that is writing when the
     last send ends completes its transaction before the outcomes are recorded."""
     real, finished = outbox.renew, []
@@ -188,8 +200,10 @@ async def test_a_renewal_in_flight_when_the_batch_ends_is_finished_not_cancelled
         return renewed
 
     monkeypatch.setattr(outbox, "renew", slow_renew)
-    async with runtime_for(database_url, tarpit.url, clock, RESPONDER_LEASE_S="1",
-                           RESPONDER_SMTP_TIMEOUT_S="10") as rt, worker_for(rt) as worker:
+    async with (
+        runtime_for(database_url, tarpit.url, clock, RESPONDER_LEASE_S="1", RESPONDER_SMTP_TIMEOUT_S="10") as rt,
+        worker_for(rt) as worker,
+    ):
         [pk] = await queue_newsletter(rt, ["slow@example.org"])
         assert await worker.run_once() == 1
         assert finished == [1]  # it ran to the end while the mail was still 'sending'

@@ -18,9 +18,13 @@ from responder.templating.render import NO_UNSUBSCRIBE_PURPOSES, Footer, Rendere
 
 STARTER = Path(__file__).resolve().parent.parent / "templates" / "email"
 MANIFEST = tomllib.loads((STARTER / "starter.toml").read_text())
-SETTINGS = Settings.from_env({"RESPONDER_BASE_URL": "https://news.example.com",
-                              "RESPONDER_FROM": "Acme & Sons <news@acme.example.com>",
-                              "RESPONDER_POSTAL_ADDRESS": "1 Market Street, Springfield"})
+SETTINGS = Settings.from_env(
+    {
+        "RESPONDER_BASE_URL": "https://news.example.com",
+        "RESPONDER_FROM": "Acme & Sons <news@acme.example.com>",
+        "RESPONDER_POSTAL_ADDRESS": "1 Market Street, Springfield",
+    }
+)
 LABELS = {spec["position"]: spec["label"] for spec in MANIFEST["layers"]}
 ENTRIES = {entry["name"]: entry for entry in MANIFEST["templates"]}
 
@@ -28,16 +32,22 @@ ENTRIES = {entry["name"]: entry for entry in MANIFEST["templates"]}
 def render_starter(name: str, position: int) -> Rendered:
     entry = ENTRIES[name]
     context = sample_context(SETTINGS)
-    context["subscriber"] = {**context["subscriber"], "layer": {
-        "position": position, "name": f"layer {position}", "label": LABELS[position]}}
-    compiled = compile_template((STARTER / entry["file"]).read_text(), entry["subject"],
-                                sample=context)
-    unsubscribe = (None if entry.get("purpose") in NO_UNSUBSCRIBE_PURPOSES
-                   else context["links"]["unsubscribe"])
-    return render_mail(subject=compiled.subject, html=compiled.html, text=compiled.text,
-                       context=context, track_link=lambda url: url, open_pixel_url=None,
-                       base_url=SETTINGS.base_url,
-                       footer=Footer(SETTINGS.from_name, SETTINGS.postal_address, unsubscribe))
+    context["subscriber"] = {
+        **context["subscriber"],
+        "layer": {"position": position, "name": f"layer {position}", "label": LABELS[position]},
+    }
+    compiled = compile_template((STARTER / entry["file"]).read_text(), entry["subject"], sample=context)
+    unsubscribe = None if entry.get("purpose") in NO_UNSUBSCRIBE_PURPOSES else context["links"]["unsubscribe"]
+    return render_mail(
+        subject=compiled.subject,
+        html=compiled.html,
+        text=compiled.text,
+        context=context,
+        track_link=lambda url: url,
+        open_pixel_url=None,
+        base_url=SETTINGS.base_url,
+        footer=Footer(SETTINGS.from_name, SETTINGS.postal_address, unsubscribe),
+    )
 
 
 def test_manifest_lists_every_file_and_every_step_has_a_template() -> None:
@@ -75,11 +85,19 @@ def chromium() -> Iterator[object]:
 
     with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
         context = playwright.chromium.launch_persistent_context(
-            profile, executable_path="/usr/bin/chromium",
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"],
-            viewport={"width": 375, "height": 800})
+            profile,
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+            viewport={"width": 375, "height": 800},
+        )
         context.route("**/*", lambda route: route.abort())  # the network stays closed
         yield context
         context.close()
@@ -93,7 +111,8 @@ def test_lays_out_at_375px_without_horizontal_scrolling(chromium, name: str) -> 
         scroll_width, view_width, widest = page.evaluate(
             "[document.documentElement.scrollWidth, window.innerWidth,"
             " Math.max(...[...document.querySelectorAll('body *')]"
-            "   .map(e => e.getBoundingClientRect().right))]")
+            "   .map(e => e.getBoundingClientRect().right))]"
+        )
     finally:
         page.close()
     assert view_width == 375

@@ -24,46 +24,62 @@ def day(n: float) -> dt.datetime:
     return T0 + dt.timedelta(days=n)
 
 
-@pytest.mark.parametrize(("caps", "frequency", "expected"), [
-    (None, "normal", None),
-    ({"max_per_week": 3, "min_gap": "1d"}, "normal", {"max_per_week": 3, "min_gap": "1d"}),
-    (None, "fewer", {"max_per_week": 1, "collision": "newsletter_waits"}),
-    ({"max_per_week": 3, "min_gap": "1d", "collision": "step_waits"}, "fewer",
-     {"max_per_week": 1, "min_gap": "1d", "collision": "newsletter_waits"}),
-    ({"max_per_week": 1, "min_gap": "10d"}, "fewer",
-     {"max_per_week": 1, "min_gap": "10d", "collision": "newsletter_waits"}),
-])
-def test_caps_for_frequency(caps: dict[str, Any] | None, frequency: str,
-                            expected: dict[str, Any] | None) -> None:
+@pytest.mark.parametrize(
+    ("caps", "frequency", "expected"),
+    [
+        (None, "normal", None),
+        ({"max_per_week": 3, "min_gap": "1d"}, "normal", {"max_per_week": 3, "min_gap": "1d"}),
+        (None, "fewer", {"max_per_week": 1, "collision": "newsletter_waits"}),
+        (
+            {"max_per_week": 3, "min_gap": "1d", "collision": "step_waits"},
+            "fewer",
+            {"max_per_week": 1, "min_gap": "1d", "collision": "newsletter_waits"},
+        ),
+        (
+            {"max_per_week": 1, "min_gap": "10d"},
+            "fewer",
+            {"max_per_week": 1, "min_gap": "10d", "collision": "newsletter_waits"},
+        ),
+    ],
+)
+def test_caps_for_frequency(caps: dict[str, Any] | None, frequency: str, expected: dict[str, Any] | None) -> None:
     assert caps_for(caps, frequency) == expected
 
 
 LAYER = {"max_per_week": 3, "min_gap": "1d", "collision": "step_waits"}
 
 
-@pytest.mark.parametrize(("sent", "now", "kind", "frequency", "paused_until", "expected"), [
-    # Paused: a step waits for the end of the pause, a newsletter is skipped.
-    ([], day(0), "step", "normal", day(30), day(30)),
-    ([], day(0), "newsletter", "normal", day(30), None),
-    ([], day(29.9), "newsletter", "normal", day(30), None),
-    # The pause is over (exactly at its end, or later): as if never paused.
-    ([], day(30), "newsletter", "normal", day(30), day(30)),
-    ([], day(31), "step", "normal", day(30), day(31)),
-    # Paused and "fewer": after the pause, still the weekly limit.
-    ([Sent(day(28), "step")], day(0), "step", "fewer", day(30), day(35)),
-    # Normal frequency keeps the layer's caps: a newsletter goes at once under step_waits.
-    ([Sent(day(0), "step")], day(0.5), "newsletter", "normal", None, day(0.5)),
-    ([Sent(day(0), "step")], day(0.5), "step", "normal", None, day(1)),
-    # Fewer: one mail of any kind in any 7 days; the newsletter waits too.
-    ([Sent(day(0), "step")], day(0.5), "newsletter", "fewer", None, day(7)),
-    ([Sent(day(0), "newsletter")], day(2), "step", "fewer", None, day(7)),
-    ([Sent(day(0), "step"), Sent(day(7), "newsletter")], day(2), "step", "fewer", None, day(14)),
-    ([Sent(day(0), "step")], day(8), "step", "fewer", None, day(8)),
-])
-def test_mail_at(sent: list[Sent], now: dt.datetime, kind: str, frequency: str,
-                 paused_until: dt.datetime | None, expected: dt.datetime | None) -> None:
-    assert mail_at(sent, now, LAYER, kind, frequency=frequency,
-                   paused_until=paused_until) == expected
+@pytest.mark.parametrize(
+    ("sent", "now", "kind", "frequency", "paused_until", "expected"),
+    [
+        # Paused: a step waits for the end of the pause, a newsletter is skipped.
+        ([], day(0), "step", "normal", day(30), day(30)),
+        ([], day(0), "newsletter", "normal", day(30), None),
+        ([], day(29.9), "newsletter", "normal", day(30), None),
+        # The pause is over (exactly at its end, or later): as if never paused.
+        ([], day(30), "newsletter", "normal", day(30), day(30)),
+        ([], day(31), "step", "normal", day(30), day(31)),
+        # Paused and "fewer": after the pause, still the weekly limit.
+        ([Sent(day(28), "step")], day(0), "step", "fewer", day(30), day(35)),
+        # Normal frequency keeps the layer's caps: a newsletter goes at once under step_waits.
+        ([Sent(day(0), "step")], day(0.5), "newsletter", "normal", None, day(0.5)),
+        ([Sent(day(0), "step")], day(0.5), "step", "normal", None, day(1)),
+        # Fewer: one mail of any kind in any 7 days; the newsletter waits too.
+        ([Sent(day(0), "step")], day(0.5), "newsletter", "fewer", None, day(7)),
+        ([Sent(day(0), "newsletter")], day(2), "step", "fewer", None, day(7)),
+        ([Sent(day(0), "step"), Sent(day(7), "newsletter")], day(2), "step", "fewer", None, day(14)),
+        ([Sent(day(0), "step")], day(8), "step", "fewer", None, day(8)),
+    ],
+)
+def test_mail_at(
+    sent: list[Sent],
+    now: dt.datetime,
+    kind: str,
+    frequency: str,
+    paused_until: dt.datetime | None,
+    expected: dt.datetime | None,
+) -> None:
+    assert mail_at(sent, now, LAYER, kind, frequency=frequency, paused_until=paused_until) == expected
 
 
 async def settle(app: App) -> None:
@@ -75,15 +91,31 @@ async def settle(app: App) -> None:
         app.rt.wake_outbox()
         async with app.rt.db.read() as session:
             # Upstream first: work the scheduler commits between two counts shows in the later.
-            waiting = sum([
-                (await session.execute(select(func.count()).select_from(Newsletter).where(
-                    Newsletter.state.in_(("scheduled", "sending")),
-                    Newsletter.scheduled_at <= now))).scalar_one(),
-                (await session.execute(select(func.count()).select_from(Enrollment).where(
-                    Enrollment.state == "active", Enrollment.due_at <= now))).scalar_one(),
-                (await session.execute(select(func.count()).select_from(Message).where(
-                    Message.state.in_(("queued", "sending", "deferred")),
-                    Message.next_attempt_at <= now))).scalar_one()])
+            waiting = sum(
+                [
+                    (
+                        await session.execute(
+                            select(func.count())
+                            .select_from(Newsletter)
+                            .where(Newsletter.state.in_(("scheduled", "sending")), Newsletter.scheduled_at <= now)
+                        )
+                    ).scalar_one(),
+                    (
+                        await session.execute(
+                            select(func.count())
+                            .select_from(Enrollment)
+                            .where(Enrollment.state == "active", Enrollment.due_at <= now)
+                        )
+                    ).scalar_one(),
+                    (
+                        await session.execute(
+                            select(func.count())
+                            .select_from(Message)
+                            .where(Message.state.in_(("queued", "sending", "deferred")), Message.next_attempt_at <= now)
+                        )
+                    ).scalar_one(),
+                ]
+            )
         if not waiting:
             return
         await asyncio.sleep(0.01)
@@ -91,9 +123,16 @@ async def settle(app: App) -> None:
 
 
 async def newsletter(app: App) -> None:
-    resp = await app.client.post("/api/v1/newsletters", headers=app.auth, json={
-        "name": f"News {app.clock.now().date()}", "template": "layer1-first-step",
-        "layers": [1], "send_now": True})
+    resp = await app.client.post(
+        "/api/v1/newsletters",
+        headers=app.auth,
+        json={
+            "name": f"News {app.clock.now().date()}",
+            "template": "layer1-first-step",
+            "layers": [1],
+            "send_now": True,
+        },
+    )
     assert resp.status == 201, await resp.text()
 
 
@@ -105,8 +144,7 @@ async def test_pause_and_fewer_through_the_unsubscribe_page(app: App) -> None:
     await settle(app)
     assert [len(app.smtp.to(s.email)) for s in (ann, bob, eve)] == [1, 1, 1]  # the welcomes
     for who, choice, page in ((ann, "pause", "Paused"), (bob, "fewer", "fewer mails")):
-        resp = await app.client.post(f"/unsubscribe/{app.rt.tokens.unsubscribe(who.id)}",
-                                     data={"choice": choice})
+        resp = await app.client.post(f"/unsubscribe/{app.rt.tokens.unsubscribe(who.id)}", data={"choice": choice})
         assert resp.status == 200 and page in await resp.text()
 
     arrivals: dict[str, list[int]] = {s.email: [0] for s in (ann, bob, eve)}
@@ -133,16 +171,35 @@ async def test_pause_holds_mail_already_queued_but_not_transactional(app: App) -
     ida = await make_subscriber(app.rt, "ida@example.com")
     now = app.clock.now()
     async with app.rt.db.transaction() as session:
-        for kind, at in (("newsletter", now + dt.timedelta(days=3)), ("step", now + dt.timedelta(hours=1)),
-                         ("confirm", now + dt.timedelta(days=1))):
-            session.add(Message(subscriber_id=ida.id, kind=kind, template_name="layer1-welcome",
-                                state="queued", attempts=0, next_attempt_at=at,
-                                message_id=f"<{kind}@t>", created_at=now))
-    resp = await app.client.post(f"/unsubscribe/{app.rt.tokens.unsubscribe(ida.id)}",
-                                 data={"choice": "pause"})
+        for kind, at in (
+            ("newsletter", now + dt.timedelta(days=3)),
+            ("step", now + dt.timedelta(hours=1)),
+            ("confirm", now + dt.timedelta(days=1)),
+        ):
+            session.add(
+                Message(
+                    subscriber_id=ida.id,
+                    kind=kind,
+                    template_name="layer1-welcome",
+                    state="queued",
+                    attempts=0,
+                    next_attempt_at=at,
+                    message_id=f"<{kind}@t>",
+                    created_at=now,
+                )
+            )
+    resp = await app.client.post(f"/unsubscribe/{app.rt.tokens.unsubscribe(ida.id)}", data={"choice": "pause"})
     assert resp.status == 200
     async with app.rt.db.read() as session:
-        held = dict((await session.execute(select(Message.kind, Message.next_attempt_at).where(
-            Message.message_id.like("<%@t>")))).all())
-    assert held == {"newsletter": now + dt.timedelta(days=30), "step": now + dt.timedelta(days=30),
-                    "confirm": now + dt.timedelta(days=1)}
+        held = dict(
+            (
+                await session.execute(
+                    select(Message.kind, Message.next_attempt_at).where(Message.message_id.like("<%@t>"))
+                )
+            ).all()
+        )
+    assert held == {
+        "newsletter": now + dt.timedelta(days=30),
+        "step": now + dt.timedelta(days=30),
+        "confirm": now + dt.timedelta(days=1),
+    }

@@ -17,9 +17,14 @@ from responder.templating.render import UNTRACKED_PATHS, Footer, last_body_end, 
 from responder.tracking.links import add_trap
 
 BASE = "https://news.example.com"
-SETTINGS = Settings.from_env({"RESPONDER_BASE_URL": BASE, "RESPONDER_FROM": "Acme <n@acme.example>",
-                              "RESPONDER_WEBSITE": "https://acme.example",
-                              "RESPONDER_POSTAL_ADDRESS": "1 Market Street, Springfield"})
+SETTINGS = Settings.from_env(
+    {
+        "RESPONDER_BASE_URL": BASE,
+        "RESPONDER_FROM": "Acme <n@acme.example>",
+        "RESPONDER_WEBSITE": "https://acme.example",
+        "RESPONDER_POSTAL_ADDRESS": "1 Market Street, Springfield",
+    }
+)
 SAMPLE = sample_context(SETTINGS)
 
 MJML = """<mjml>
@@ -44,24 +49,38 @@ MJML = """<mjml>
 
 
 def context(position: int = 1, tags: list[str] | None = None) -> dict:
-    subscriber = {**SAMPLE["subscriber"], "layer": {"position": position, "name": "x", "label": "L"},
-                  "tags": tags or []}
+    subscriber = {
+        **SAMPLE["subscriber"],
+        "layer": {"position": position, "name": "x", "label": "L"},
+        "tags": tags or [],
+    }
     return {**SAMPLE, "subscriber": subscriber}
 
 
 def render(compiled, ctx, *, tracked: bool = True, footer: Footer | None = None):  # type: ignore[no-untyped-def]
     return render_mail(
-        subject=compiled.subject, html=compiled.html, text=compiled.text, context=ctx,
+        subject=compiled.subject,
+        html=compiled.html,
+        text=compiled.text,
+        context=ctx,
         track_link=(lambda url: f"{BASE}/c/T?u={url}") if tracked else None,
-        open_pixel_url=f"{BASE}/o/P" if tracked else None, base_url=BASE, footer=footer)
+        open_pixel_url=f"{BASE}/o/P" if tracked else None,
+        base_url=BASE,
+        footer=footer,
+    )
 
 
 def test_jinja_survives_mjml_in_text_attributes_and_hrefs() -> None:
     compiled = compile_template(MJML, "Hi {{ subscriber.first_name }}", sample=SAMPLE)
     html = compiled.html
-    for tag in ("{{ subscriber.first_name }}", '{% if subscriber.layer.position > 2 %}',
-                '{% for tag in ["a", "b"] %}', "{% endfor %}", "{{ subscriber.email|urlencode }}",
-                "{% for n in [1, 2] %}"):
+    for tag in (
+        "{{ subscriber.first_name }}",
+        "{% if subscriber.layer.position > 2 %}",
+        '{% for tag in ["a", "b"] %}',
+        "{% endfor %}",
+        "{{ subscriber.email|urlencode }}",
+        "{% for n in [1, 2] %}",
+    ):
         assert tag in html, tag
     assert "<mj-" not in html
     low = render(compiled, context(1), tracked=False).html
@@ -85,21 +104,37 @@ def test_css_is_inlined_once_at_upload_and_media_queries_kept() -> None:
     assert ".big { background-color: #fef3c7; }" in compiled.html and "@media" in compiled.html
 
 
-@pytest.mark.parametrize("source,subject,expected", [
-    ("<p>{{ subscriber.name }</p>", "Hi", "body, line 1: unexpected '}'"),
-    ("<p>ok</p>\n<p>{% if x %}</p>", "Hi", "body, line 2: Unexpected end of template"),
-    ("<p>ok</p>\n\n<p>{{ subscriber.nickname }}</p>", "Hi", "body, line 3: 'dict object' has no attribute 'nickname'"),
-    ("<p>ok</p>", "Hi {{ subscriber.nme }}", "subject, line 1: 'dict object' has no attribute 'nme'"),
-    ("<p>{{ 1 / 0 }}</p>", "Hi", "body, line 1: ZeroDivisionError"),
-    ("<mjml><mj-body>\n<mj-section><mj-column>\n<mj-text>hi</mj-column>\n</mj-section></mj-body></mjml>",
-     "Hi", "line 3: </mj-column> found where <mj-text> (line 3) should be closed first"),
-    ("<mjml><mj-body>\n<mj-section><mj-column><mj-text>a < b</mj-text>\n</mj-column></mj-section></mj-body></mjml>",
-     "Hi", "line 2: a bare '<'"),
-    ("<mjml>\n<mj-head>{% if subscriber.tags %}<mj-title>t</mj-title>{% endif %}</mj-head>\n<mj-body></mj-body></mjml>",
-     "Hi", "body, line 2: {% if subscriber.tags %} sits where MJML drops it"),
-    ("x" * (512 * 1024 + 1), "Hi", "larger than 512 KB"),
-    ("<p>ok</p>", "", "subject must be one line"),
-])
+@pytest.mark.parametrize(
+    "source,subject,expected",
+    [
+        ("<p>{{ subscriber.name }</p>", "Hi", "body, line 1: unexpected '}'"),
+        ("<p>ok</p>\n<p>{% if x %}</p>", "Hi", "body, line 2: Unexpected end of template"),
+        (
+            "<p>ok</p>\n\n<p>{{ subscriber.nickname }}</p>",
+            "Hi",
+            "body, line 3: 'dict object' has no attribute 'nickname'",
+        ),
+        ("<p>ok</p>", "Hi {{ subscriber.nme }}", "subject, line 1: 'dict object' has no attribute 'nme'"),
+        ("<p>{{ 1 / 0 }}</p>", "Hi", "body, line 1: ZeroDivisionError"),
+        (
+            "<mjml><mj-body>\n<mj-section><mj-column>\n<mj-text>hi</mj-column>\n</mj-section></mj-body></mjml>",
+            "Hi",
+            "line 3: </mj-column> found where <mj-text> (line 3) should be closed first",
+        ),
+        (
+            "<mjml><mj-body>\n<mj-section><mj-column><mj-text>a < b</mj-text>\n</mj-column></mj-section></mj-body></mjml>",
+            "Hi",
+            "line 2: a bare '<'",
+        ),
+        (
+            "<mjml>\n<mj-head>{% if subscriber.tags %}<mj-title>t</mj-title>{% endif %}</mj-head>\n<mj-body></mj-body></mjml>",
+            "Hi",
+            "body, line 2: {% if subscriber.tags %} sits where MJML drops it",
+        ),
+        ("x" * (512 * 1024 + 1), "Hi", "larger than 512 KB"),
+        ("<p>ok</p>", "", "subject must be one line"),
+    ],
+)
 def test_refusals_name_part_line_and_problem(source: str, subject: str, expected: str) -> None:
     with pytest.raises(TemplateError) as caught:
         compile_template(source, subject, sample=SAMPLE)
@@ -108,9 +143,11 @@ def test_refusals_name_part_line_and_problem(source: str, subject: str, expected
 
 
 def test_every_mail_gets_tracked_links_pixel_footer_and_text() -> None:
-    source = ('<html><head><style>p { color: #123456; }</style></head><body>'
-              '<p>Hi {{ subscriber.first_name }}, read <a href="https://acme.example/a?x=1&amp;y=2">'
-              'the guide</a> or <a href="{{ links.preferences }}">preferences</a>.</p></body></html>')
+    source = (
+        "<html><head><style>p { color: #123456; }</style></head><body>"
+        '<p>Hi {{ subscriber.first_name }}, read <a href="https://acme.example/a?x=1&amp;y=2">'
+        'the guide</a> or <a href="{{ links.preferences }}">preferences</a>.</p></body></html>'
+    )
     compiled = compile_template(source, "Hi", sample=SAMPLE)
     footer = Footer("Acme", "1 Market Street, Springfield", SAMPLE["links"]["unsubscribe"])
     mail = render(compiled, SAMPLE, footer=footer)
@@ -126,13 +163,14 @@ def test_every_mail_gets_tracked_links_pixel_footer_and_text() -> None:
 
 
 def test_no_footer_when_the_template_has_one_and_explicit_text_wins() -> None:
-    source = ('<p>Hi</p><p>{{ sender.postal_address }} '
-              '<a href="{{ links.unsubscribe }}">Leave</a></p>')
-    compiled = compile_template(source, "Hi", text="Hi {{ subscriber.first_name }} & co.\n"
-                                "Leave: {{ links.unsubscribe }}\n{{ sender.postal_address }}",
-                                sample=SAMPLE)
-    mail = render(compiled, SAMPLE, footer=Footer("Acme", SETTINGS.postal_address,
-                                                  SAMPLE["links"]["unsubscribe"]))
+    source = '<p>Hi</p><p>{{ sender.postal_address }} <a href="{{ links.unsubscribe }}">Leave</a></p>'
+    compiled = compile_template(
+        source,
+        "Hi",
+        text="Hi {{ subscriber.first_name }} & co.\nLeave: {{ links.unsubscribe }}\n{{ sender.postal_address }}",
+        sample=SAMPLE,
+    )
+    mail = render(compiled, SAMPLE, footer=Footer("Acme", SETTINGS.postal_address, SAMPLE["links"]["unsubscribe"]))
     assert mail.html.count(SAMPLE["links"]["unsubscribe"]) == 1
     assert mail.text.startswith("Hi Sam & co.\n")  # text is not HTML-escaped
     assert "--" not in mail.text
@@ -165,10 +203,12 @@ def test_text_part_is_precompiled_for_starter_like_markup() -> None:
 
 
 def test_blocks_between_mjml_components_survive() -> None:
-    source = ('<mjml><mj-body><mj-section><mj-column>'
-              '{% for i in [1, 2, 3] %}<mj-text>item {{ i }}</mj-text>{% endfor %}'
-              '{% if subscriber.tags %}<mj-button href="https://x.example">Tagged</mj-button>'
-              '{% endif %}</mj-column></mj-section></mj-body></mjml>')
+    source = (
+        "<mjml><mj-body><mj-section><mj-column>"
+        "{% for i in [1, 2, 3] %}<mj-text>item {{ i }}</mj-text>{% endfor %}"
+        '{% if subscriber.tags %}<mj-button href="https://x.example">Tagged</mj-button>'
+        "{% endif %}</mj-column></mj-section></mj-body></mjml>"
+    )
     compiled = compile_template(source, "Hi", sample=SAMPLE)
     plain, tagged = render(compiled, context(1), tracked=False), render(compiled, context(1, ["t"]), tracked=False)
     assert re.findall(r"item \d", plain.html) == ["item 1", "item 2", "item 3"]
@@ -194,10 +234,35 @@ def _rewrite_links_reference(body: str, track_link, base_url: str) -> str:  # ty
 
 def test_link_rewriting_matches_the_case_insensitive_pattern_everywhere() -> None:
     base = "https://news.example.com"
-    pieces = ['href="', "HREF='", "Href=", "href= ", 'href="http://a.example/x', "https://",
-              "HTTPS://", "HtTp://", "İ", "é", "😀", "<a ", ">", '"', "'",
-              "&amp;", "&quot;", "x", " ", "\n", f"{base}/unsubscribe/t", f"{base}/c/", f"{base}/page",
-              "http://b.example/?a=1&amp;b=2", "/path", "ß", "K"]
+    pieces = [
+        'href="',
+        "HREF='",
+        "Href=",
+        "href= ",
+        'href="http://a.example/x',
+        "https://",
+        "HTTPS://",
+        "HtTp://",
+        "İ",
+        "é",
+        "😀",
+        "<a ",
+        ">",
+        '"',
+        "'",
+        "&amp;",
+        "&quot;",
+        "x",
+        " ",
+        "\n",
+        f"{base}/unsubscribe/t",
+        f"{base}/c/",
+        f"{base}/page",
+        "http://b.example/?a=1&amp;b=2",
+        "/path",
+        "ß",
+        "K",
+    ]
     rnd = random.Random(3)
     for i in range(3000):
         pool = pieces + ["httpſ://", "hrefſ"] if i % 10 == 0 else pieces  # "ſ" matches "s"
@@ -226,5 +291,5 @@ def test_last_body_end_is_where_lower_casing_would_find_it() -> None:
         assert last_body_end(body) == body.lower().rfind("</body>"), body
     # "İ" lower-cases to two characters: the offset stays that of the body itself.
     body = "<p>İstanbul</p></BODY></html>"
-    assert body[last_body_end(body):].startswith("</BODY>")
-    assert add_trap(body, "https://x.example/c/t").endswith('&#8203;</a></BODY></html>')
+    assert body[last_body_end(body) :].startswith("</BODY>")
+    assert add_trap(body, "https://x.example/c/t").endswith("&#8203;</a></BODY></html>")

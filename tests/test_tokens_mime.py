@@ -42,8 +42,7 @@ def test_open_tokens_are_remembered_only_once_they_pass(tokens: Tokens) -> None:
     every time and never kept, so a flood of forged tokens cannot fill the memory or pass
     on a second try."""
     good = tokens.open(42)
-    forged = [good[:-1] + ("A" if good[-1] != "A" else "B"), "x" + good, tokens.view(42),
-              tokens.open(42) + "."]
+    forged = [good[:-1] + ("A" if good[-1] != "A" else "B"), "x" + good, tokens.view(42), tokens.open(42) + "."]
     for _ in range(3):
         for token in forged:
             with pytest.raises(InvalidToken):
@@ -56,12 +55,15 @@ def test_open_tokens_are_remembered_only_once_they_pass(tokens: Tokens) -> None:
         tokens.read_open(forged[0])  # still refused with the good one remembered
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),
-    lambda t: "x" + t,
-    lambda t: "",
-    lambda t: "not-a-token",
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),
+        lambda t: "x" + t,
+        lambda t: "",
+        lambda t: "not-a-token",
+    ],
+)
 def test_altered_tokens_are_refused(tokens: Tokens, mutate) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidToken):
         tokens.read_click(mutate(tokens.click(1, "https://a.example.com")))
@@ -85,11 +87,17 @@ def test_confirm_token_expires(tokens: Tokens, clock: FakeClock) -> None:
 
 def mail(**changes: str) -> Mail:
     values = dict(
-        from_name="Acme & Sons", from_email="news@acme.example.com", to_name="Zoë Ångström",
-        to_email="zoe@example.com", subject="Grüße: your first step", html="<p>Hi</p>",
-        text="Hi\n", message_id="<abc@acme.example.com>",
+        from_name="Acme & Sons",
+        from_email="news@acme.example.com",
+        to_name="Zoë Ångström",
+        to_email="zoe@example.com",
+        subject="Grüße: your first step",
+        html="<p>Hi</p>",
+        text="Hi\n",
+        message_id="<abc@acme.example.com>",
         date=dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC),
-        unsubscribe_url="https://news.example.com/unsubscribe/t", list_id="<layer1.acme.example.com>",
+        unsubscribe_url="https://news.example.com/unsubscribe/t",
+        list_id="<layer1.acme.example.com>",
     )
     values.update(changes)
     return Mail(**values)  # type: ignore[arg-type]
@@ -116,11 +124,20 @@ def test_control_characters_never_reach_a_header(field: str, evil: str) -> None:
 
 
 def test_both_parts_decode_to_exactly_what_was_rendered() -> None:
-    html = ("<html><body>" + '<p style="color:#333">Grüße – ' + "x" * 300 + " é · €</p>" * 40
-            + "\n.\n  spaced  \n\t\n" + "a" * 75 + " \n" + "b" * 76 + "\n" + "=" * 90
-            + "\n</body></html>")
-    text = ("Hi Zoë,\n\n" + "a long line " * 50 + "\n.\nends in a space \n=3D literally\n"
-            + "😀" * 40 + "\n")
+    html = (
+        "<html><body>"
+        + '<p style="color:#333">Grüße – '
+        + "x" * 300
+        + " é · €</p>" * 40
+        + "\n.\n  spaced  \n\t\n"
+        + "a" * 75
+        + " \n"
+        + "b" * 76
+        + "\n"
+        + "=" * 90
+        + "\n</body></html>"
+    )
+    text = "Hi Zoë,\n\n" + "a long line " * 50 + "\n.\nends in a space \n=3D literally\n" + "😀" * 40 + "\n"
     raw = compose(mail(html=html, text=text))
     assert all(ord(c) < 128 for c in raw.decode("ascii"))
     msg = message_from_bytes(raw, policy=policy.default)
@@ -150,14 +167,23 @@ def _check_qp(text: str) -> None:
 
 @pytest.mark.parametrize("fast_only", [False, True])
 def test_quoted_printable_is_what_binascii_writes_within_76_characters_a_line(
-    fast_only: bool, monkeypatch: pytest.MonkeyPatch,
+    fast_only: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if fast_only:  # no falling back to binascii for bodies with many bytes to escape
         monkeypatch.setattr(mime, "_QP_MAX_ESCAPED_SHARE", 0)
         monkeypatch.setattr(mime, "_QP_MAX_ESCAPED_KINDS", 256)
     rnd = random.Random(7)
-    alphabets = ["a.= \t\n\x00é", "ab", "a=", "a \n", "a.\n", "x=\n ", "abcdefghij.\n",
-                 "aaaaaaaaaaaaaaaa=é \t.\n\r\x01\x7f€😀"]
+    alphabets = [
+        "a.= \t\n\x00é",
+        "ab",
+        "a=",
+        "a \n",
+        "a.\n",
+        "x=\n ",
+        "abcdefghij.\n",
+        "aaaaaaaaaaaaaaaa=é \t.\n\r\x01\x7f€😀",
+    ]
     overlong = 0
     for _ in range(4000):
         alphabet = rnd.choice(alphabets)
@@ -166,14 +192,33 @@ def test_quoted_printable_is_what_binascii_writes_within_76_characters_a_line(
         _check_qp(text)
         overlong += max(len(line) for line in _b2a_qp(text).split(b"\r\n")) > 76
     assert overlong > 0  # cases binascii gets wrong were among them
-    for text in ["", ".", ".\n", "\n.", " ", "\t\n", "Привет, мир! " * 200, "Grüße " * 300,
-                 "a" * 74 + " \nb", "a" * 75 + "\t\n", "a" * 76 + " \n" + "a" * 75 + " ",
-                 "Привет " * 10 + "a" * 75 + " \nмир"]:
+    for text in [
+        "",
+        ".",
+        ".\n",
+        "\n.",
+        " ",
+        "\t\n",
+        "Привет, мир! " * 200,
+        "Grüße " * 300,
+        "a" * 74 + " \nb",
+        "a" * 75 + "\t\n",
+        "a" * 76 + " \n" + "a" * 75 + " ",
+        "Привет " * 10 + "a" * 75 + " \nмир",
+    ]:
         _check_qp(text)
 
 
 TOKEN_PAYLOADS = [
-    0, 7, 2**40, -3, True, None, "text", [1, 2], {"a": 1},
+    0,
+    7,
+    2**40,
+    -3,
+    True,
+    None,
+    "text",
+    [1, 2],
+    {"a": 1},
     [42, "https://news.example.com/guides"],
     [42, "https://example.com/aaaa/aaaa/aaaa/aaaa"],  # itsdangerous compresses this one
     [7, "https://www.example.com/blog?utm_source=newsletter&utm_medium=email&utm_campaign=spring"],

@@ -38,8 +38,13 @@ def click_path(app: App, message_pk: int, url: str) -> str:
 
 async def test_pixel_always_answers_the_gif(papp: App) -> None:
     _, message = await make_subscriber(papp)
-    for path in (open_path(papp, message), open_path(papp, 999_999), "/o/forged",
-                 "/o/" + "A" * 3000, open_path(papp, message)[:-2] + "xx"):
+    for path in (
+        open_path(papp, message),
+        open_path(papp, 999_999),
+        "/o/forged",
+        "/o/" + "A" * 3000,
+        open_path(papp, message)[:-2] + "xx",
+    ):
         resp = await papp.client.get(path, headers=BROWSER)
         assert resp.status == 200, path
         assert resp.content_type == "image/gif"
@@ -60,8 +65,10 @@ async def test_pixel_reads_its_token_as_the_route_would(papp: App) -> None:
 
     async def sent_as_is(target: str) -> bytes:
         reader, writer = await asyncio.open_connection(server.host, server.port)
-        writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\nUser-Agent: {BROWSER['User-Agent']}"
-                     "\r\nConnection: close\r\n\r\n".encode())
+        writer.write(
+            f"GET {target} HTTP/1.1\r\nHost: x\r\nUser-Agent: {BROWSER['User-Agent']}"
+            "\r\nConnection: close\r\n\r\n".encode()
+        )
         answer = await reader.read()
         writer.close()
         return answer
@@ -97,16 +104,19 @@ async def test_pixel_answered_ahead_of_the_router_behaves_as_the_route(papp: App
     await flushed(papp)
     opens = await events(papp, type="open")
     assert [(e.machine, e.data.get("machine_reason"), e.ip) for e in opens] == [
-        (False, None, "127.0.0.1"), (True, "head", "127.0.0.1")]
+        (False, None, "127.0.0.1"),
+        (True, "head", "127.0.0.1"),
+    ]
 
 
 async def test_pixel_records_the_client_behind_a_trusted_proxy(
-        database_url: str, smtp: SmtpSink, clock: FakeClock) -> None:
-    async with running_app(database_url, smtp, clock,
-                           RESPONDER_TRUSTED_PROXIES="127.0.0.1") as app:
+    database_url: str, smtp: SmtpSink, clock: FakeClock
+) -> None:
+    async with running_app(database_url, smtp, clock, RESPONDER_TRUSTED_PROXIES="127.0.0.1") as app:
         _, message = await make_subscriber(app)
-        resp = await app.client.get(open_path(app, message),
-                                    headers={**BROWSER, "X-Forwarded-For": "6.6.6.6, 203.0.113.5"})
+        resp = await app.client.get(
+            open_path(app, message), headers={**BROWSER, "X-Forwarded-For": "6.6.6.6, 203.0.113.5"}
+        )
         assert resp.status == 200
         await flushed(app)
         assert [e.ip for e in await events(app, type="open")] == ["203.0.113.5"]
@@ -115,19 +125,31 @@ async def test_pixel_records_the_client_behind_a_trusted_proxy(
 async def test_click_redirects_and_bad_tokens_never_redirect(papp: App) -> None:
     _, message = await make_subscriber(papp)
     target = "https://acme.example.com/guide?x=1&y=2"
-    resp = await papp.client.get(click_path(papp, message, target), headers=BROWSER,
-                                 allow_redirects=False)
+    resp = await papp.client.get(click_path(papp, message, target), headers=BROWSER, allow_redirects=False)
     assert resp.status == 302 and resp.headers["Location"] == target
     good = click_path(papp, message, target)
     bad_paths = [
-        "/c/forged", good[:-3] + "abc", good + "x",
+        "/c/forged",
+        good[:-3] + "abc",
+        good + "x",
         click_path(papp, 999_999, target),  # signed, but no such message
         f"/c/{papp.rt.tokens.open(message)}",  # a token for another purpose
     ]
-    bad_paths += [click_path(papp, message, url) for url in (
-        "//evil.example", "\\\\evil.example", "/\\evil.example", "javascript:alert(1)",
-        "JAVASCRIPT:alert(1)", "%6A%61vascript:alert(1)", "data:text/html,x", "https:evil.example",
-        "https://evil.example\r\nX-Injected: 1", " https://evil.example")]
+    bad_paths += [
+        click_path(papp, message, url)
+        for url in (
+            "//evil.example",
+            "\\\\evil.example",
+            "/\\evil.example",
+            "javascript:alert(1)",
+            "JAVASCRIPT:alert(1)",
+            "%6A%61vascript:alert(1)",
+            "data:text/html,x",
+            "https:evil.example",
+            "https://evil.example\r\nX-Injected: 1",
+            " https://evil.example",
+        )
+    ]
     for path in bad_paths:
         resp = await papp.client.get(path, headers=BROWSER, allow_redirects=False)
         assert resp.status == 404, path
@@ -143,31 +165,39 @@ async def test_machine_signals_are_recorded_with_their_reason(papp: App) -> None
     client = papp.client
     await client.head(click_path(papp, message, "https://a.example/"), allow_redirects=False)
     await client.get(click_path(papp, message, TRAP), headers=BROWSER)
-    await client.get(open_path(papp, message), headers={"User-Agent": "Mozilla/5.0 (Windows NT 5.1; "
-                     "rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"})
+    await client.get(
+        open_path(papp, message),
+        headers={
+            "User-Agent": "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+        },
+    )
     await client.get(open_path(papp, message), headers={"User-Agent": "python-requests/2.32"})
     await client.get(open_path(papp, fresh), headers=BROWSER)
     await flushed(papp)
     reasons = [(e.type, e.data.get("machine_reason")) for e in await events(papp) if e.machine]
-    assert reasons == [("click", "head"), ("click", "trap"), ("open", "gmail_proxy"),
-                       ("open", "scanner_agent"), ("open", "too_soon")]
+    assert reasons == [
+        ("click", "head"),
+        ("click", "trap"),
+        ("open", "gmail_proxy"),
+        ("open", "scanner_agent"),
+        ("open", "too_soon"),
+    ]
 
 
 async def test_many_links_of_one_mail_within_a_second_is_a_scanner(papp: App) -> None:
     _, message = await make_subscriber(papp)
     papp.clock.advance(30)
-    await papp.client.get(click_path(papp, message, "https://a.example/1"), headers=BROWSER,
-                          allow_redirects=False)
+    await papp.client.get(click_path(papp, message, "https://a.example/1"), headers=BROWSER, allow_redirects=False)
     await flushed(papp)  # the first click is already on disk when the sweep is noticed
     for n in (2, 3):
-        await papp.client.get(click_path(papp, message, f"https://a.example/{n}"),
-                              headers=BROWSER, allow_redirects=False)
+        await papp.client.get(
+            click_path(papp, message, f"https://a.example/{n}"), headers=BROWSER, allow_redirects=False
+        )
     await flushed(papp)
     clicks = await events(papp, type="click")
     assert [(c.machine, c.data.get("machine_reason")) for c in clicks] == [(True, "burst")] * 3
     papp.clock.advance(5)  # a person clicking again later is a person
-    await papp.client.get(click_path(papp, message, "https://a.example/4"), headers=BROWSER,
-                          allow_redirects=False)
+    await papp.client.get(click_path(papp, message, "https://a.example/4"), headers=BROWSER, allow_redirects=False)
     await flushed(papp)
     assert not (await events(papp, type="click"))[-1].machine
 
@@ -177,15 +207,13 @@ async def test_human_clicks_promote_when_the_batch_is_flushed(papp: App) -> None
     second_pk = await another_message(papp, subscriber)
     machine = {"User-Agent": "curl/8.0"}
     for pk in (first, second_pk):  # machine clicks in two mails promote nobody
-        await papp.client.get(click_path(papp, pk, "https://a.example/"), headers=machine,
-                              allow_redirects=False)
+        await papp.client.get(click_path(papp, pk, "https://a.example/"), headers=machine, allow_redirects=False)
     await flushed(papp)
     async with papp.rt.db.read() as session:
         assert (await session.execute(select(LayerHistory))).first() is None
     for pk in (first, second_pk):
         papp.clock.advance(5)
-        await papp.client.get(click_path(papp, pk, "https://a.example/"), headers=BROWSER,
-                              allow_redirects=False)
+        await papp.client.get(click_path(papp, pk, "https://a.example/"), headers=BROWSER, allow_redirects=False)
     await flushed(papp)
     async with papp.rt.db.read() as session:
         [move] = (await session.execute(select(LayerHistory))).scalars().all()
@@ -239,9 +267,9 @@ async def test_writer_process_writes_a_batch_in_one_transaction_or_not_at_all(tm
             " message_id INTEGER, type TEXT NOT NULL, url TEXT, ip TEXT, user_agent TEXT,"
             " machine BOOLEAN NOT NULL, data TEXT NOT NULL, created_at TEXT NOT NULL);"
             "INSERT INTO messages VALUES (1, 7, '2025-12-31 23:00:00.000000'),"
-            " (3, 8, '2025-12-31 23:59:30.000000');")
-    writer = RowWriter(str(path), ("journal_mode=WAL",), after_send_s=60,
-                       promoting=frozenset({"open", "click"}))
+            " (3, 8, '2025-12-31 23:59:30.000000');"
+        )
+    writer = RowWriter(str(path), ("journal_mode=WAL",), after_send_s=60, promoting=frozenset({"open", "click"}))
     at = 1_767_225_600_000_007  # 2026-01-01 00:00:00.000007 UTC
     hit = (1, "open", "GET", BROWSER["User-Agent"], "127.0.0.1", at, False, False, None)
     try:
@@ -250,16 +278,17 @@ async def test_writer_process_writes_a_batch_in_one_transaction_or_not_at_all(tm
         assert "NOT NULL" in str(exc)
     else:
         raise AssertionError("the batch was not refused")
-    too_soon = (3, "click", "GET", BROWSER["User-Agent"], "127.0.0.1", at, False, False,
-                "https://a.example/")
+    too_soon = (3, "click", "GET", BROWSER["User-Agent"], "127.0.0.1", at, False, False, "https://a.example/")
     gone = (2, *hit[1:])  # message 2 does not exist: dropped
     assert await writer.write([hit, gone, too_soon]) == {7: ["open"]}
     await writer.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT subscriber_id, message_id, type, machine, data, created_at"
-                            " FROM events ORDER BY id").fetchall() == [
+        assert conn.execute(
+            "SELECT subscriber_id, message_id, type, machine, data, created_at FROM events ORDER BY id"
+        ).fetchall() == [
             (7, 1, "open", 0, "{}", "2026-01-01 00:00:00.000007"),
-            (8, 3, "click", 1, '{"machine_reason": "too_soon"}', "2026-01-01 00:00:00.000007")]
+            (8, 3, "click", 1, '{"machine_reason": "too_soon"}', "2026-01-01 00:00:00.000007"),
+        ]
 
 
 async def test_the_writer_answers_only_subscribers_a_layer_rule_watches(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -280,20 +309,18 @@ async def test_the_writer_answers_only_subscribers_a_layer_rule_watches(tmp_path
             " machine BOOLEAN NOT NULL, data TEXT NOT NULL, created_at TEXT NOT NULL);"
             "CREATE TABLE layers (id INTEGER PRIMARY KEY, rule TEXT);"
             "INSERT INTO messages VALUES (1, 7, '2025-12-31 23:00:00.000000'),"
-            " (3, 8, '2025-12-31 23:00:00.000000');")
+            " (3, 8, '2025-12-31 23:00:00.000000');"
+        )
         conn.execute("INSERT INTO layers VALUES (1, ?), (2, NULL)", (json.dumps(DEFAULT_RULE),))
-    writer = RowWriter(str(path), ("journal_mode=WAL",), after_send_s=60,
-                       promoting=frozenset({"open", "click"}))
+    writer = RowWriter(str(path), ("journal_mode=WAL",), after_send_s=60, promoting=frozenset({"open", "click"}))
     at = 1_767_225_600_000_007  # 2026-01-01 00:00:00.000007 UTC
     opened = (1, "open", "GET", BROWSER["User-Agent"], "127.0.0.1", at, False, False, None)
-    clicked = (3, "click", "GET", BROWSER["User-Agent"], "127.0.0.1", at, False, False,
-               "https://a.example/")
+    clicked = (3, "click", "GET", BROWSER["User-Agent"], "127.0.0.1", at, False, False, "https://a.example/")
     try:
         assert await writer.write([opened, clicked]) == {8: ["click"]}
         assert await writer.write([opened]) == {}
         with sqlite3.connect(path) as conn:
-            conn.execute("UPDATE layers SET rule = ? WHERE id = 2",
-                         (json.dumps({"promote": {"on_any": ["open"]}}),))
+            conn.execute("UPDATE layers SET rule = ? WHERE id = 2", (json.dumps({"promote": {"on_any": ["open"]}}),))
         assert await writer.write([opened, clicked]) == {7: ["open"], 8: ["click"]}
         with sqlite3.connect(path) as conn:
             conn.execute("UPDATE layers SET rule = 'not json' WHERE id = 2")
@@ -315,10 +342,11 @@ def test_the_writer_stores_event_times_as_the_column_does(tmp_path) -> None:  # 
 
     start = dt.datetime(2026, 11, 24, 23, 59, 58, 999_999, tzinfo=dt.UTC)
     times = [start + dt.timedelta(microseconds=n) for n in (0, 1, 2, 999_999, 1_000_001)]
-    times += [dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
-              dt.datetime(2038, 1, 19, 3, 14, 8, 123_456, tzinfo=dt.timezone(dt.timedelta(hours=2)))]
-    table = Table("t", MetaData(), Column("id", Integer, primary_key=True),
-                  Column("at", UTCDateTime(timezone=True)))
+    times += [
+        dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
+        dt.datetime(2038, 1, 19, 3, 14, 8, 123_456, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+    ]
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("at", UTCDateTime(timezone=True)))
     engine = create_engine(f"sqlite:///{tmp_path / 't.db'}")
     table.metadata.create_all(engine)
     with engine.begin() as conn:
@@ -336,8 +364,10 @@ async def test_an_undecodable_user_agent_is_stored_as_text(papp: App) -> None:
     _, message = await make_subscriber(papp)
     server = papp.client.server
     reader, writer = await asyncio.open_connection(server.host, server.port)
-    writer.write(f"GET {open_path(papp, message)} HTTP/1.1\r\nHost: x\r\n".encode()
-                 + b"User-Agent: Mozilla/5.0 caf\xe9 \xff\r\nConnection: close\r\n\r\n")
+    writer.write(
+        f"GET {open_path(papp, message)} HTTP/1.1\r\nHost: x\r\n".encode()
+        + b"User-Agent: Mozilla/5.0 caf\xe9 \xff\r\nConnection: close\r\n\r\n"
+    )
     answer = await reader.read()
     writer.close()
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(GIF)
@@ -357,8 +387,9 @@ async def test_a_batch_refused_for_its_rows_is_written_one_by_one(papp: App) -> 
     at = papp.clock.now()
 
     def hit(kind: str, url: str | None = None) -> tuple[object, ...]:
-        return hit_of(message, Request(kind=kind, method="GET", user_agent=BROWSER["User-Agent"],
-                                       ip="192.0.2.1", at=at), url=url)
+        return hit_of(
+            message, Request(kind=kind, method="GET", user_agent=BROWSER["User-Agent"], ip="192.0.2.1", at=at), url=url
+        )
 
     tracker.offer(hit("open"))
     tracker.offer(hit("click", "https://acme.example.com/\udcff"))
@@ -390,8 +421,7 @@ async def test_queue_is_bounded(papp: App) -> None:
 async def write_lock(db: Database) -> AsyncIterator[None]:
     """Hold a write lock on the database from another connection for the block."""
     if db.is_sqlite:
-        conn = sqlite3.connect(db.url.split("///", 1)[1], timeout=10, isolation_level=None,
-                               check_same_thread=False)
+        conn = sqlite3.connect(db.url.split("///", 1)[1], timeout=10, isolation_level=None, check_same_thread=False)
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -450,17 +480,19 @@ async def test_a_link_a_click_token_cannot_carry_is_left_as_written(papp: App) -
     rnd = random.Random(5)
     short = "https://shop.example.com/a?b=1&c=2"
     long_ascii = "https://shop.example.com/?q=" + "".join(
-        rnd.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-        for _ in range(4000))
-    cjk = "https://shop.example.com/s?q=" + "".join(chr(0x4E00 + rnd.randrange(20000))
-                                                    for _ in range(2000))
+        rnd.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") for _ in range(4000)
+    )
+    cjk = "https://shop.example.com/s?q=" + "".join(chr(0x4E00 + rnd.randrange(20000)) for _ in range(2000))
     too_long = "https://shop.example.com/?q=" + "x" * 4100
     spaced = "https://shop.example.com/a b"
     links = [short, long_ascii, cjk, too_long, spaced]
     body = "".join(f'<a href="{html.escape(url)}">{n}</a>' for n, url in enumerate(links))
-    hrefs = [html.unescape(h) for h in re.findall(r'href="([^"]*)"',
-                                                  rewrite_links(body, click_link(papp.rt, message),
-                                                                "https://news.example.com"))]
+    hrefs = [
+        html.unescape(h)
+        for h in re.findall(
+            r'href="([^"]*)"', rewrite_links(body, click_link(papp.rt, message), "https://news.example.com")
+        )
+    ]
     assert hrefs[2:] == [cjk, too_long, spaced]
     for href, target in zip(hrefs[:2], links[:2], strict=True):
         assert href.startswith("https://news.example.com/c/")
@@ -473,7 +505,8 @@ async def test_a_link_a_click_token_cannot_carry_is_left_as_written(papp: App) -
 
 
 async def test_a_failed_promotion_judgement_is_retried_without_another_event(
-        sqlite_url: str, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqlite_url: str, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The events of a flush are written by the writer process, its judgement fails (the
     database refuses it once): the subscribers are judged again shortly, not only when a later
     event happens to arrive. (On PostgreSQL rows and judgement share one transaction.)"""
@@ -498,8 +531,7 @@ async def _judged_again(papp: App, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(batch, "judge_many", refused_once)
     for pk in (first, second_pk):
         papp.clock.advance(5)
-        await papp.client.get(click_path(papp, pk, "https://a.example/"), headers=BROWSER,
-                              allow_redirects=False)
+        await papp.client.get(click_path(papp, pk, "https://a.example/"), headers=BROWSER, allow_redirects=False)
     await flushed(papp)
     assert failures == [1]
     assert len(await events(papp, type="click")) == 2
@@ -524,14 +556,12 @@ async def _judged_again(papp: App, monkeypatch: pytest.MonkeyPatch) -> None:
             raise OperationalError("UPDATE subscribers", {}, Exception("database is locked"))
         if not offered.is_set():
             offered.set()
-            await papp.client.get(click_path(papp, first, "https://b.example/"), headers=BROWSER,
-                                  allow_redirects=False)
+            await papp.client.get(click_path(papp, first, "https://b.example/"), headers=BROWSER, allow_redirects=False)
         return await real(*args, **kwargs)
 
     monkeypatch.setattr(batch, "judge_many", judged_while_a_click_arrives)
     papp.clock.advance(5)
-    await papp.client.get(click_path(papp, first, "https://c.example/"), headers=BROWSER,
-                          allow_redirects=False)
+    await papp.client.get(click_path(papp, first, "https://c.example/"), headers=BROWSER, allow_redirects=False)
     for _ in range(300):
         if len(await events(papp, type="click")) == 4 and not tracker.pending:
             break
@@ -551,15 +581,12 @@ async def test_a_message_read_before_its_send_is_recorded_is_read_again(papp: Ap
     await papp.client.get(open_path(papp, pk), headers=BROWSER)
     await flushed(papp)
     async with papp.rt.db.transaction() as session:
-        await session.execute(update(Message).where(Message.id == pk)
-                              .values(state="sent", sent_at=papp.clock.now()))
+        await session.execute(update(Message).where(Message.id == pk).values(state="sent", sent_at=papp.clock.now()))
     papp.clock.advance(3)  # within machine_after_send_s of the recorded send
     await papp.client.get(open_path(papp, pk), headers=BROWSER)
     await flushed(papp)
-    opens = sorted((e for e in await events(papp, type="open") if e.message_id == pk),
-                   key=lambda e: e.id)
-    assert [(e.machine, e.data) for e in opens] == [
-        (False, {}), (True, {"machine_reason": "too_soon"})]
+    opens = sorted((e for e in await events(papp, type="open") if e.message_id == pk), key=lambda e: e.id)
+    assert [(e.machine, e.data) for e in opens] == [(False, {}), (True, {"machine_reason": "too_soon"})]
 
 
 def writer_dies_after_commit(tracker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -579,7 +606,8 @@ def writer_dies_after_commit(tracker: Any, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 async def test_a_batch_the_writer_committed_before_dying_is_still_judged(
-        sqlite_url: str, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqlite_url: str, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Found on disk after the writer died answering, the batch is not written again but its
     subscribers are judged for promotion here: two human clicks in two mails promote."""
     from responder.core.machine import Request
@@ -592,8 +620,13 @@ async def test_a_batch_the_writer_committed_before_dying_is_still_judged(
         second = await another_message(papp, subscriber)
         papp.clock.advance(5)
         for pk in (first, second):  # one batch: no await between the two
-            tracker.offer(hit_of(pk, Request("click", "GET", BROWSER["User-Agent"], "192.0.2.1",
-                                             papp.clock.now()), url="https://a.example/"))
+            tracker.offer(
+                hit_of(
+                    pk,
+                    Request("click", "GET", BROWSER["User-Agent"], "192.0.2.1", papp.clock.now()),
+                    url="https://a.example/",
+                )
+            )
         await flushed(papp)
         assert tracker._writer is None
         assert len(await events(papp, type="click")) == 2
@@ -603,7 +636,8 @@ async def test_a_batch_the_writer_committed_before_dying_is_still_judged(
 
 
 async def test_a_batch_the_writer_committed_before_dying_is_not_written_again(
-        sqlite_url: str, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqlite_url: str, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The writer process may die between its COMMIT and its answer; the server, taking over,
     finds the batch on disk and does not write it a second time."""
     async with running_app(sqlite_url, smtp, clock, RESPONDER_TRACK_FLUSH_MS="20") as papp:

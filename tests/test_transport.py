@@ -20,8 +20,7 @@ from responder.settings import parse_smtp_url
 from .conftest import RecordingHandler, free_port
 
 
-def authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
-                  auth_data: Any) -> AuthResult:
+def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
     ok = auth_data.login == b"mailer" and auth_data.password == b"s3cret"
     return AuthResult(success=ok, handled=False)
 
@@ -30,8 +29,9 @@ def authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
 def auth_server():  # type: ignore[no-untyped-def]
     handler = RecordingHandler()
     port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, auth_require_tls=False,
-                            authenticator=authenticator)
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=port, auth_require_tls=False, authenticator=authenticator
+    )
     controller.start()
     yield handler, port
     controller.stop()
@@ -40,15 +40,13 @@ def auth_server():  # type: ignore[no-untyped-def]
 async def test_auth_from_the_url(auth_server) -> None:  # type: ignore[no-untyped-def]
     handler, port = auth_server
     envelope = Envelope("bounces+1-a@acme.example.com", ("a@example.org",))
-    good = SmtpTransport(parse_smtp_url(f"smtp://mailer:s3cret@127.0.0.1:{port}"), lanes=2,
-                         timeout_s=5)
+    good = SmtpTransport(parse_smtp_url(f"smtp://mailer:s3cret@127.0.0.1:{port}"), lanes=2, timeout_s=5)
     for _ in range(3):
         await good.send(envelope, b"Subject: hi\r\n\r\nhi\r\n")
     await good.close()
     assert len(handler.received) == 3
     assert handler.received[0].mail_from == "bounces+1-a@acme.example.com"
-    bad = SmtpTransport(parse_smtp_url(f"smtp://mailer:wrong@127.0.0.1:{port}"), lanes=1,
-                        timeout_s=5)
+    bad = SmtpTransport(parse_smtp_url(f"smtp://mailer:wrong@127.0.0.1:{port}"), lanes=1, timeout_s=5)
     with pytest.raises(TemporaryDeliveryError):  # our configuration, never the recipient's fault
         await bad.send(envelope, b"Subject: hi\r\n\r\nhi\r\n")
     await bad.close()
@@ -85,8 +83,13 @@ async def test_global_rate_spreads_sends_over_the_window() -> None:
 
 def test_wire_form_is_crlf_only_and_ends_with_one() -> None:
     assert in_wire_form(b"Subject: a\r\n\r\nbody\r\n.dot\r\n")
-    for data in (b"Subject: a\n\nbody\n", b"Subject: a\r\n\r\nbare\rcr\r\n", b"Subject: a\r\n\r\nno end",
-                 b"Subject: a\r\n\r\nmixed\n\r\n", b"Subject: a\r\n\r\n\r\r\n"):
+    for data in (
+        b"Subject: a\n\nbody\n",
+        b"Subject: a\r\n\r\nbare\rcr\r\n",
+        b"Subject: a\r\n\r\nno end",
+        b"Subject: a\r\n\r\nmixed\n\r\n",
+        b"Subject: a\r\n\r\n\r\r\n",
+    ):
         assert not in_wire_form(data), data
 
 

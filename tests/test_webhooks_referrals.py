@@ -70,17 +70,22 @@ async def test_webhooks_signed_retried_and_logged(app: App, receiver: Receiver) 
     import hmac
 
     receiver.fail_first = 1
-    resp = await app.client.post("/api/v1/webhooks", headers=app.auth, json={
-        "url": receiver.url, "secret": SECRET, "events": ["purchase", "layer_changed"]})
+    resp = await app.client.post(
+        "/api/v1/webhooks",
+        headers=app.auth,
+        json={"url": receiver.url, "secret": SECRET, "events": ["purchase", "layer_changed"]},
+    )
     assert resp.status == 201
     hook_id = (await resp.json())["id"]
-    resp = await app.client.post("/api/v1/webhooks", headers=app.auth,
-                                 json={"url": "ftp://x", "events": ["purchase"]})
+    resp = await app.client.post("/api/v1/webhooks", headers=app.auth, json={"url": "ftp://x", "events": ["purchase"]})
     assert resp.status == 400
     ada = await make_subscriber(app.rt, "ada@example.com")
     app.clock.advance(60)
-    resp = await app.client.post("/api/v1/events", headers=app.auth, json={
-        "email": "ada@example.com", "type": "purchase", "data": {"value": 49, "product": "book"}})
+    resp = await app.client.post(
+        "/api/v1/events",
+        headers=app.auth,
+        json={"email": "ada@example.com", "type": "purchase", "data": {"value": 49, "product": "book"}},
+    )
     assert resp.status == 201 and (await resp.json())["promoted_to"] == 2
     app.rt.wake_webhooks()
 
@@ -99,9 +104,12 @@ async def test_webhooks_signed_retried_and_logged(app: App, receiver: Receiver) 
     await wait_until(both)
     bodies = {}
     for headers, body in receiver.got:
-        expected = "sha256=" + hmac.new(SECRET.encode(),
-                                        f"{headers['X-Responder-Timestamp']}.".encode() + body,
-                                        hashlib.sha256).hexdigest()
+        expected = (
+            "sha256="
+            + hmac.new(
+                SECRET.encode(), f"{headers['X-Responder-Timestamp']}.".encode() + body, hashlib.sha256
+            ).hexdigest()
+        )
         assert headers["X-Responder-Signature"] == expected
         bodies[headers["X-Responder-Event"]] = json.loads(body)
     assert bodies["purchase"]["data"]["data"] == {"value": 49, "product": "book"}
@@ -130,23 +138,27 @@ async def test_referral_link_credits_the_referrer_on_confirm(app: App) -> None:
     resp = await client.get("/r/forged-token", allow_redirects=False)
     assert resp.status == 404
     # The cookie set by the link travels with the form post.
-    resp = await client.post("/subscribe", data={"email": "new@example.com"},
-                             allow_redirects=False)
+    resp = await client.post("/subscribe", data={"email": "new@example.com"}, allow_redirects=False)
     assert resp.status == 303
     [confirmation] = await app.smtp.wait_for(1, "new@example.com")
     text = confirmation.message.get_body(("plain",)).get_content()
     confirm_url = re.search(r"https://news\.example\.com/confirm/[\w.\-]+", text)
     assert confirm_url
     async with app.rt.db.read() as session:
-        assert not (await session.execute(select(Event).where(
-            Event.subscriber_id == ref.id, Event.type == "referral"))).scalars().all()
+        assert (
+            not (await session.execute(select(Event).where(Event.subscriber_id == ref.id, Event.type == "referral")))
+            .scalars()
+            .all()
+        )
     resp = await client.get(app.path(confirm_url.group(0)))
     assert resp.status == 200
     async with app.rt.db.read() as session:
-        [credit] = (await session.execute(select(Event).where(
-            Event.subscriber_id == ref.id, Event.type == "referral"))).scalars().all()
-        new = (await session.execute(select(Subscriber).where(
-            Subscriber.email == "new@example.com"))).scalar_one()
+        [credit] = (
+            (await session.execute(select(Event).where(Event.subscriber_id == ref.id, Event.type == "referral")))
+            .scalars()
+            .all()
+        )
+        new = (await session.execute(select(Subscriber).where(Subscriber.email == "new@example.com"))).scalar_one()
         assert credit.data["referred_id"] == new.id and new.referred_by_id == ref.id
 
 
@@ -155,9 +167,15 @@ async def test_every_funnel_event_reaches_the_log(app: App) -> None:
     from responder.models import Webhook
 
     async with app.rt.db.transaction() as session:
-        session.add(Webhook(url="http://127.0.0.1:9/unreachable", secret="s",
-                            events=["enquiry", "referral", "unsubscribed", "purchase"],
-                            active=True, created_at=app.clock.now()))
+        session.add(
+            Webhook(
+                url="http://127.0.0.1:9/unreachable",
+                secret="s",
+                events=["enquiry", "referral", "unsubscribed", "purchase"],
+                active=True,
+                created_at=app.clock.now(),
+            )
+        )
     kim = await make_subscriber(app.rt, "kim@example.com")
     for type_ in ("enquiry", "referral", "purchase", "unsubscribe", "open"):
         app.clock.advance(60)

@@ -85,8 +85,9 @@ class SubscriberFilter:
 
     def apply(self, stmt: _S) -> _S:
         if self.layer is not None:
-            stmt = stmt.where(Subscriber.layer_id == select(Layer.id).where(
-                Layer.position == self.layer).scalar_subquery())
+            stmt = stmt.where(
+                Subscriber.layer_id == select(Layer.id).where(Layer.position == self.layer).scalar_subquery()
+            )
         if self.status is not None:
             stmt = stmt.where(Subscriber.status == self.status)
         if self.tag is not None:
@@ -95,8 +96,9 @@ class SubscriberFilter:
             stmt = stmt.where(cast(Subscriber.tags, String).like(f'%"{self.tag}"%'))
         if self.text is not None:
             pattern = "%" + self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            stmt = stmt.where(or_(Subscriber.email.ilike(pattern, escape="\\"),
-                                  Subscriber.name.ilike(pattern, escape="\\")))
+            stmt = stmt.where(
+                or_(Subscriber.email.ilike(pattern, escape="\\"), Subscriber.name.ilike(pattern, escape="\\"))
+            )
         return stmt
 
 
@@ -106,8 +108,9 @@ class Page:
     next_cursor: str | None
 
 
-async def list_subscribers(session: AsyncSession, flt: SubscriberFilter, *,
-                           cursor: str | None = None, limit: int = DEFAULT_PAGE) -> Page:
+async def list_subscribers(
+    session: AsyncSession, flt: SubscriberFilter, *, cursor: str | None = None, limit: int = DEFAULT_PAGE
+) -> Page:
     """Newest first; the cursor is the last id seen, so pages stay stable while rows arrive."""
     after = decode_cursor(cursor)
     stmt = flt.apply(select(Subscriber, Layer).outerjoin(Layer, Layer.id == Subscriber.layer_id))
@@ -132,43 +135,63 @@ class TimelineItem:
     machine: bool = False
 
     def json(self) -> dict[str, Any]:
-        return {"at": self.at.isoformat(), "kind": self.kind, "type": self.type,
-                "summary": self.summary, "machine": self.machine}
+        return {
+            "at": self.at.isoformat(),
+            "kind": self.kind,
+            "type": self.type,
+            "summary": self.summary,
+            "machine": self.machine,
+        }
 
 
-async def timeline(session: AsyncSession, subscriber_id: int,
-                   limit: int = TIMELINE_LIMIT) -> list[TimelineItem]:
+async def timeline(session: AsyncSession, subscriber_id: int, limit: int = TIMELINE_LIMIT) -> list[TimelineItem]:
     """Events, messages and layer moves of one subscriber, newest first."""
     positions = dict((await session.execute(select(Layer.id, Layer.position))).all())
     items: list[TimelineItem] = []
-    for event in (await session.execute(
-        select(Event).where(Event.subscriber_id == subscriber_id, Event.type != "promoted")
-        .order_by(Event.created_at.desc(), Event.id.desc()).limit(limit)
-    )).scalars():
+    for event in (
+        await session.execute(
+            select(Event)
+            .where(Event.subscriber_id == subscriber_id, Event.type != "promoted")
+            .order_by(Event.created_at.desc(), Event.id.desc())
+            .limit(limit)
+        )
+    ).scalars():
         detail = event.url or ""
-        items.append(TimelineItem(event.created_at, "event", event.type,
-                                  f"{event.type} {detail}".strip(), event.machine))
-    for message in (await session.execute(
-        select(Message).where(Message.subscriber_id == subscriber_id)
-        .order_by(Message.id.desc()).limit(limit)
-    )).scalars():
-        items.append(TimelineItem(message.sent_at or message.created_at, "message", message.state,
-                                  f"{message.kind} '{message.template_name}': {message.state}"))
-    for move in (await session.execute(
-        select(LayerHistory).where(LayerHistory.subscriber_id == subscriber_id)
-        .order_by(LayerHistory.id.desc()).limit(limit)
-    )).scalars():
+        items.append(
+            TimelineItem(event.created_at, "event", event.type, f"{event.type} {detail}".strip(), event.machine)
+        )
+    for message in (
+        await session.execute(
+            select(Message).where(Message.subscriber_id == subscriber_id).order_by(Message.id.desc()).limit(limit)
+        )
+    ).scalars():
+        items.append(
+            TimelineItem(
+                message.sent_at or message.created_at,
+                "message",
+                message.state,
+                f"{message.kind} '{message.template_name}': {message.state}",
+            )
+        )
+    for move in (
+        await session.execute(
+            select(LayerHistory)
+            .where(LayerHistory.subscriber_id == subscriber_id)
+            .order_by(LayerHistory.id.desc())
+            .limit(limit)
+        )
+    ).scalars():
         start = positions.get(move.from_layer_id) if move.from_layer_id else None
         end = positions.get(move.to_layer_id)
         direction = "up" if start is None or (end or 0) > start else "down"
-        items.append(TimelineItem(move.created_at, "layer", direction,
-                                  f"layer {start or '-'} → {end}: {move.reason}"))
+        items.append(TimelineItem(move.created_at, "layer", direction, f"layer {start or '-'} → {end}: {move.reason}"))
     items.sort(key=lambda item: item.at, reverse=True)
     return items[:limit]
 
 
-async def move_subscriber(rt: Runtime, subscriber_id: int, position: object,
-                          reason: object = None) -> tuple[Subscriber, Layer]:
+async def move_subscriber(
+    rt: Runtime, subscriber_id: int, position: object, reason: object = None
+) -> tuple[Subscriber, Layer]:
     """An admin's explicit move: the old sequence ends, the new layer's sequence starts."""
     if not isinstance(position, int) or isinstance(position, bool):
         if isinstance(position, str) and position.isdigit() and len(position) < 4:
@@ -179,16 +202,14 @@ async def move_subscriber(rt: Runtime, subscriber_id: int, position: object,
     now = rt.clock.now()
     async with rt.db.transaction() as session:
         subscriber = await get_subscriber(session, subscriber_id)
-        target = (await session.execute(
-            select(Layer).where(Layer.position == position))).scalar_one_or_none()
+        target = (await session.execute(select(Layer).where(Layer.position == position))).scalar_one_or_none()
         if target is None:
             raise ValidationError(f"there is no layer {position}", field="position")
         if subscriber.status != "active":
             raise Conflict(f"only active subscribers move; this one is {subscriber.status}")
         if subscriber.layer_id == target.id:
             raise Conflict(f"the subscriber is already in layer {position}", field="position")
-        await move_layer(session, subscriber, target, reason=f"admin: {why}", event_ids=[],
-                         now=now)
+        await move_layer(session, subscriber, target, reason=f"admin: {why}", event_ids=[], now=now)
     rt.wake_scheduler()
     return subscriber, target
 

@@ -42,10 +42,28 @@ MAX_BODY_LEN = 10_000
 MAX_ACK_ATTEMPTS = 5
 DIGEST_CHECK_S = 60.0
 SOURCES = ("form", "reply")
-AUTO_LOCALPARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "do-not-reply",
-                   "donotreply", "bounce", "bounces", "auto-reply", "autoreply")
-AUTO_HEADERS = ("x-autoreply", "x-autorespond", "x-auto-response-suppress", "list-id",
-                "list-unsubscribe", "list-post", "x-loop", "feedback-id")
+AUTO_LOCALPARTS = (
+    "mailer-daemon",
+    "postmaster",
+    "noreply",
+    "no-reply",
+    "do-not-reply",
+    "donotreply",
+    "bounce",
+    "bounces",
+    "auto-reply",
+    "autoreply",
+)
+AUTO_HEADERS = (
+    "x-autoreply",
+    "x-autorespond",
+    "x-auto-response-suppress",
+    "list-id",
+    "list-unsubscribe",
+    "list-post",
+    "x-loop",
+    "feedback-id",
+)
 log = logging.getLogger(__name__)
 
 
@@ -89,14 +107,19 @@ def clean_enquiry(data: EnquiryIn) -> EnquiryIn:
     if not body:
         raise ValidationError("a question is required", field="question")
     if len(body) > MAX_BODY_LEN:
-        raise ValidationError(f"question is longer than {MAX_BODY_LEN} characters",
-                              field="question")
+        raise ValidationError(f"question is longer than {MAX_BODY_LEN} characters", field="question")
     if any(ord(c) < 32 and c not in "\n\t" for c in body):
         raise ValidationError("question contains control characters", field="question")
     return EnquiryIn(
-        email=clean_email(data.email), body=body, name=clean_name(data.name),
-        subject=clean_text(data.subject, "subject", max_len=200), source=data.source,
-        subscriber_id=data.subscriber_id, message_id=data.message_id, headers=data.headers)
+        email=clean_email(data.email),
+        body=body,
+        name=clean_name(data.name),
+        subject=clean_text(data.subject, "subject", max_len=200),
+        source=data.source,
+        subscriber_id=data.subscriber_id,
+        message_id=data.message_id,
+        headers=data.headers,
+    )
 
 
 async def open_enquiry(rt: Runtime, data: EnquiryIn) -> int:
@@ -110,21 +133,36 @@ async def open_enquiry(rt: Runtime, data: EnquiryIn) -> int:
     automatic = is_automatic(data.email, data.headers)
     moved = False
     async with rt.db.transaction() as session:
-        subscriber = (await session.get(Subscriber, data.subscriber_id) if data.subscriber_id
-                      else (await session.execute(select(Subscriber).where(
-                          Subscriber.email == data.email))).scalar_one_or_none())
+        subscriber = (
+            await session.get(Subscriber, data.subscriber_id)
+            if data.subscriber_id
+            else (await session.execute(select(Subscriber).where(Subscriber.email == data.email))).scalar_one_or_none()
+        )
         enquiry = Enquiry(
-            subscriber_id=subscriber.id if subscriber else None, email=data.email,
-            name=data.name, subject=data.subject, body=data.body, state="open",
-            source=data.source, message_id=data.message_id,
-            ack_state="skipped" if automatic else "due", ack_attempts=0, created_at=now)
+            subscriber_id=subscriber.id if subscriber else None,
+            email=data.email,
+            name=data.name,
+            subject=data.subject,
+            body=data.body,
+            state="open",
+            source=data.source,
+            message_id=data.message_id,
+            ack_state="skipped" if automatic else "due",
+            ack_attempts=0,
+            created_at=now,
+        )
         session.add(enquiry)
         await session.flush()
         # A reply was already recorded as a ``reply`` event when it arrived: one signal, not two.
         if subscriber is not None and not automatic and data.source != "reply":
             recorded = await record_event(
-                session, subscriber, "enquiry", now, message_id=data.message_id,
-                data={"enquiry_id": enquiry.id, "source": data.source})
+                session,
+                subscriber,
+                "enquiry",
+                now,
+                message_id=data.message_id,
+                data={"enquiry_id": enquiry.id, "source": data.source},
+            )
             moved = recorded.history is not None
         enquiry_id = enquiry.id
     if moved:
@@ -170,8 +208,7 @@ class EnquiryLoop(PollingLoop):
         """An enquiry whose ``kind`` mail ("ack" or "answer") is due now: waiting and past its
         backoff, or claimed by a worker whose claim has lapsed (it stopped mid-send)."""
         state, at = getattr(Enquiry, f"{kind}_state"), getattr(Enquiry, f"{kind}_at")
-        return or_(and_(state == "due", or_(at.is_(None), at <= now)),
-                   and_(state == "sending", at <= now))
+        return or_(and_(state == "due", or_(at.is_(None), at <= now)), and_(state == "sending", at <= now))
 
     async def _claim(self, kind: str, enquiry_id: int) -> _Lease | None:
         """Lease one enquiry's ``kind`` mail to this worker for ``lease_s``; None if it is not
@@ -181,8 +218,10 @@ class EnquiryLoop(PollingLoop):
         lease = _Lease(kind, enquiry_id, now + dt.timedelta(seconds=self.rt.settings.lease_s))
         async with self.rt.db.transaction() as session:
             result = await session.execute(
-                update(Enquiry).where(Enquiry.id == enquiry_id, self._due(kind, now))
-                .values({f"{kind}_state": "sending", f"{kind}_at": lease.until}))
+                update(Enquiry)
+                .where(Enquiry.id == enquiry_id, self._due(kind, now))
+                .values({f"{kind}_state": "sending", f"{kind}_at": lease.until})
+            )
         return lease if result.rowcount else None  # type: ignore[attr-defined]
 
     async def _send_leased(self, lease: _Lease, mail: Mail) -> str:
@@ -208,8 +247,10 @@ class EnquiryLoop(PollingLoop):
             try:
                 async with self.rt.db.transaction() as session:
                     result = await session.execute(
-                        update(Enquiry).where(Enquiry.id == lease.enquiry_id, state == "sending",
-                                              at == lease.until).values({at: until}))
+                        update(Enquiry)
+                        .where(Enquiry.id == lease.enquiry_id, state == "sending", at == lease.until)
+                        .values({at: until})
+                    )
             except Exception:  # the next renewal (or the lease's slack) covers a blip
                 log.exception("enquiry %s: could not renew the lease", lease.enquiry_id)
                 continue
@@ -217,8 +258,9 @@ class EnquiryLoop(PollingLoop):
                 return
             lease.until = until
 
-    async def _finish(self, lease: _Lease, enquiry: Enquiry, outcome: str, attempts: int,
-                      since: dt.datetime, most: int | None = None) -> None:
+    async def _finish(
+        self, lease: _Lease, enquiry: Enquiry, outcome: str, attempts: int, since: dt.datetime, most: int | None = None
+    ) -> None:
         """Record a send's outcome while still holding the lease; a deferred one waits for its
         backoff (as a message's does), and fails after ``most`` attempts or the message
         lifetime."""
@@ -227,21 +269,28 @@ class EnquiryLoop(PollingLoop):
         now = rt.clock.now()
         retry_at = None
         if outcome == "due":
-            retry_at = next_attempt(attempts, now, since, jitter=random.random(),
-                                    lifetime_s=rt.settings.message_lifetime_s)
+            retry_at = next_attempt(
+                attempts, now, since, jitter=random.random(), lifetime_s=rt.settings.message_lifetime_s
+            )
             if retry_at is None or (most is not None and attempts >= most):
                 outcome, retry_at = "failed", None
-        values: dict[str, Any] = {f"{kind}_state": outcome, f"{kind}_attempts": attempts,
-                                  f"{kind}_at": retry_at}
+        values: dict[str, Any] = {f"{kind}_state": outcome, f"{kind}_attempts": attempts, f"{kind}_at": retry_at}
         if kind == "ack":
             values["acknowledged_at"] = now if outcome == "sent" else None
         async with rt.db.transaction() as session:
-            result = await session.execute(update(Enquiry).where(
-                Enquiry.id == enquiry.id, getattr(Enquiry, f"{kind}_state") == "sending",
-                getattr(Enquiry, f"{kind}_at") == lease.until).values(values))
+            result = await session.execute(
+                update(Enquiry)
+                .where(
+                    Enquiry.id == enquiry.id,
+                    getattr(Enquiry, f"{kind}_state") == "sending",
+                    getattr(Enquiry, f"{kind}_at") == lease.until,
+                )
+                .values(values)
+            )
         if not result.rowcount:  # type: ignore[attr-defined]
-            log.warning("enquiry %s: the %s lease was lost before its outcome (%s) was recorded",
-                        enquiry.id, kind, outcome)
+            log.warning(
+                "enquiry %s: the %s lease was lost before its outcome (%s) was recorded", enquiry.id, kind, outcome
+            )
 
     async def _send(self, mail: Mail) -> str:
         try:
@@ -257,9 +306,13 @@ class EnquiryLoop(PollingLoop):
     async def send_acks(self) -> int:
         rt = self.rt
         async with rt.db.read() as session:
-            due = list((await session.execute(
-                select(Enquiry).where(self._due("ack", rt.clock.now())).order_by(Enquiry.id)
-                .limit(20))).scalars())
+            due = list(
+                (
+                    await session.execute(
+                        select(Enquiry).where(self._due("ack", rt.clock.now())).order_by(Enquiry.id).limit(20)
+                    )
+                ).scalars()
+            )
             template = await newest_template(session, "enquiry-ack")
         for enquiry in due:
             lease = await self._claim("ack", enquiry.id)
@@ -273,39 +326,67 @@ class EnquiryLoop(PollingLoop):
             except TemplateError as exc:
                 log.error("enquiry %s: acknowledgement not rendered: %s", enquiry.id, exc.message)
                 outcome = "failed"
-            await self._finish(lease, enquiry, outcome, enquiry.ack_attempts + 1,
-                               enquiry.created_at, most=MAX_ACK_ATTEMPTS)
+            await self._finish(
+                lease, enquiry, outcome, enquiry.ack_attempts + 1, enquiry.created_at, most=MAX_ACK_ATTEMPTS
+            )
         return len(due)
 
     def ack_mail(self, enquiry: Enquiry, subject: str, body: str, text: str | None) -> Mail:
         rt = self.rt
         s = rt.settings
         context = {
-            "enquiry": {"name": enquiry.name, "first_name": first_name(enquiry.name),
-                        "email": enquiry.email, "subject": enquiry.subject, "body": enquiry.body,
-                        "answer_by": answer_by(enquiry.created_at, s.enquiry_answer_h),
-                        "answer_within_h": s.enquiry_answer_h},
-            "sender": {"name": s.from_name, "email": s.from_email, "website": s.website,
-                       "postal_address": s.postal_address},
+            "enquiry": {
+                "name": enquiry.name,
+                "first_name": first_name(enquiry.name),
+                "email": enquiry.email,
+                "subject": enquiry.subject,
+                "body": enquiry.body,
+                "answer_by": answer_by(enquiry.created_at, s.enquiry_answer_h),
+                "answer_within_h": s.enquiry_answer_h,
+            },
+            "sender": {
+                "name": s.from_name,
+                "email": s.from_email,
+                "website": s.website,
+                "postal_address": s.postal_address,
+            },
         }
-        rendered = render_mail(subject=subject, html=body, text=text, context=context,
-                               track_link=None, open_pixel_url=None, base_url=s.base_url)
+        rendered = render_mail(
+            subject=subject,
+            html=body,
+            text=text,
+            context=context,
+            track_link=None,
+            open_pixel_url=None,
+            base_url=s.base_url,
+        )
         return self._mail(enquiry, rendered.subject, rendered.html, rendered.text)
 
     def _mail(self, enquiry: Enquiry, subject: str, body: str, text: str) -> Mail:
         s = self.rt.settings
-        return Mail(from_name=s.from_name, from_email=s.from_email, to_name=enquiry.name,
-                    to_email=enquiry.email, subject=subject, html=body, text=text,
-                    message_id=new_message_id(s.sender_domain), date=self.rt.clock.now(),
-                    extra_headers=(("Auto-Submitted", "auto-replied"),
-                                   ("X-Auto-Response-Suppress", "All")))
+        return Mail(
+            from_name=s.from_name,
+            from_email=s.from_email,
+            to_name=enquiry.name,
+            to_email=enquiry.email,
+            subject=subject,
+            html=body,
+            text=text,
+            message_id=new_message_id(s.sender_domain),
+            date=self.rt.clock.now(),
+            extra_headers=(("Auto-Submitted", "auto-replied"), ("X-Auto-Response-Suppress", "All")),
+        )
 
     async def send_answers(self) -> int:
         rt = self.rt
         async with rt.db.read() as session:
-            due = list((await session.execute(
-                select(Enquiry).where(self._due("answer", rt.clock.now())).order_by(Enquiry.id)
-                .limit(20))).scalars())
+            due = list(
+                (
+                    await session.execute(
+                        select(Enquiry).where(self._due("answer", rt.clock.now())).order_by(Enquiry.id).limit(20)
+                    )
+                ).scalars()
+            )
         for enquiry in due:
             lease = await self._claim("answer", enquiry.id)
             if lease is None:
@@ -313,16 +394,19 @@ class EnquiryLoop(PollingLoop):
             answer = enquiry.answer or ""
             quoted = "\n".join("> " + line for line in enquiry.body.splitlines())
             text = f"{answer}\n\nYou asked:\n{quoted}\n\n-- \n{rt.settings.from_name}\n"
-            body = (f"<p style=\"white-space:pre-wrap\">{html.escape(answer)}</p>"
-                    f"<p>You asked:</p><blockquote style=\"white-space:pre-wrap\">"
-                    f"{html.escape(enquiry.body)}</blockquote><p>{html.escape(rt.settings.from_name)}</p>")
+            body = (
+                f'<p style="white-space:pre-wrap">{html.escape(answer)}</p>'
+                f'<p>You asked:</p><blockquote style="white-space:pre-wrap">'
+                f"{html.escape(enquiry.body)}</blockquote><p>{html.escape(rt.settings.from_name)}</p>"
+            )
             subject = "Re: " + (enquiry.subject or "your question")
             mail = self._mail(enquiry, subject, body, text)
             # An answer is written by a person, not a robot: no Auto-Submitted header.
             mail = dataclasses.replace(mail, extra_headers=())
             outcome = await self._send_leased(lease, mail)
-            await self._finish(lease, enquiry, outcome, enquiry.answer_attempts + 1,
-                               enquiry.answered_at or enquiry.created_at)
+            await self._finish(
+                lease, enquiry, outcome, enquiry.answer_attempts + 1, enquiry.answered_at or enquiry.created_at
+            )
         return len(due)
 
     async def send_digest(self) -> int:
@@ -334,26 +418,44 @@ class EnquiryLoop(PollingLoop):
         old = now - dt.timedelta(seconds=s.enquiry_digest_after_s)
         recent = now - dt.timedelta(seconds=s.enquiry_digest_every_s)
         async with rt.db.read() as session:
-            waiting = list((await session.execute(
-                select(Enquiry).where(Enquiry.state == "open", Enquiry.created_at <= old)
-                .order_by(Enquiry.created_at, Enquiry.id).limit(200))).scalars())
-        if not waiting or not any(e.digested_at is None or e.digested_at <= recent
-                                  for e in waiting):
+            waiting = list(
+                (
+                    await session.execute(
+                        select(Enquiry)
+                        .where(Enquiry.state == "open", Enquiry.created_at <= old)
+                        .order_by(Enquiry.created_at, Enquiry.id)
+                        .limit(200)
+                    )
+                ).scalars()
+            )
+        if not waiting or not any(e.digested_at is None or e.digested_at <= recent for e in waiting):
             return 0
-        mail = digest_mail(waiting, now, s.from_name, s.from_email, s.enquiry_digest_to,
-                           s.base_url, new_message_id(s.sender_domain))
+        mail = digest_mail(
+            waiting, now, s.from_name, s.from_email, s.enquiry_digest_to, s.base_url, new_message_id(s.sender_domain)
+        )
         if await self._send(mail) != "sent":
             return 0
         async with rt.db.transaction() as session:
-            await session.execute(update(Enquiry).where(
-                Enquiry.id.in_([e.id for e in waiting]),
-                or_(Enquiry.digested_at.is_(None), Enquiry.digested_at <= now))
-                .values(digested_at=now))
+            await session.execute(
+                update(Enquiry)
+                .where(
+                    Enquiry.id.in_([e.id for e in waiting]),
+                    or_(Enquiry.digested_at.is_(None), Enquiry.digested_at <= now),
+                )
+                .values(digested_at=now)
+            )
         return 1
 
 
-def digest_mail(waiting: list[Enquiry], now: dt.datetime, from_name: str, from_email: str,
-                to_email: str, base_url: str, message_id: str) -> Mail:
+def digest_mail(
+    waiting: list[Enquiry],
+    now: dt.datetime,
+    from_name: str,
+    from_email: str,
+    to_email: str,
+    base_url: str,
+    message_id: str,
+) -> Mail:
     def age(e: Enquiry) -> str:
         hours = int((now - e.created_at).total_seconds() // 3600)
         return f"{hours // 24} d {hours % 24} h" if hours >= 24 else f"{hours} h"
@@ -363,12 +465,21 @@ def digest_mail(waiting: list[Enquiry], now: dt.datetime, from_name: str, from_e
     for e in waiting:
         first = e.body.splitlines()[0][:120] if e.body else ""
         lines.append(f"#{e.id}  {age(e)}  {e.email}  {e.subject or first}")
-        rows.append(f"<tr><td>#{e.id}</td><td>{age(e)}</td><td>{html.escape(e.email)}</td>"
-                    f"<td>{html.escape(e.subject or first)}</td></tr>")
+        rows.append(
+            f"<tr><td>#{e.id}</td><td>{age(e)}</td><td>{html.escape(e.email)}</td>"
+            f"<td>{html.escape(e.subject or first)}</td></tr>"
+        )
     lines += ["", f"Answer or close them: {base_url}/api/v1/enquiries"]
-    body = (f"<p>{len(waiting)} enquiries are waiting for an answer, oldest first:</p>"
-            f"<table>{''.join(rows)}</table>")
-    return Mail(from_name=from_name, from_email=from_email, to_name="", to_email=to_email,
-                subject=f"{len(waiting)} enquiries waiting for an answer", html=body,
-                text="\n".join(lines) + "\n", message_id=message_id, date=now,
-                extra_headers=(("Auto-Submitted", "auto-generated"),))
+    body = f"<p>{len(waiting)} enquiries are waiting for an answer, oldest first:</p><table>{''.join(rows)}</table>"
+    return Mail(
+        from_name=from_name,
+        from_email=from_email,
+        to_name="",
+        to_email=to_email,
+        subject=f"{len(waiting)} enquiries waiting for an answer",
+        html=body,
+        text="\n".join(lines) + "\n",
+        message_id=message_id,
+        date=now,
+        extra_headers=(("Auto-Submitted", "auto-generated"),),
+    )

@@ -18,16 +18,19 @@ async def queue(rt: Runtime, state: str = "open", limit: int = 100) -> list[Enqu
     if state not in STATES:
         raise ValidationError(f"state must be one of {', '.join(STATES)}", field="state")
     async with rt.db.read() as session:
-        return list((await session.execute(
-            select(Enquiry).where(Enquiry.state == state)
-            .order_by(Enquiry.created_at, Enquiry.id).limit(limit))).scalars())
+        return list(
+            (
+                await session.execute(
+                    select(Enquiry).where(Enquiry.state == state).order_by(Enquiry.created_at, Enquiry.id).limit(limit)
+                )
+            ).scalars()
+        )
 
 
 async def answer(rt: Runtime, enquiry_id: int, text: object) -> Enquiry:
     """Record the answer and leave it due for mailing; the enquiry leaves the open queue."""
     if not isinstance(text, str) or not text.strip() or len(text) > MAX_ANSWER_LEN:
-        raise ValidationError(f"answer must be 1..{MAX_ANSWER_LEN} characters of text",
-                              field="answer")
+        raise ValidationError(f"answer must be 1..{MAX_ANSWER_LEN} characters of text", field="answer")
     async with rt.db.transaction() as session:
         enquiry = await get_or_404(session, Enquiry, enquiry_id, "enquiry")
         if enquiry.state != "open":

@@ -56,14 +56,15 @@ class ImportProgress:
     def reject(self, row: int, email: str, field_name: str | None, reason: str) -> None:
         self.rejected += 1
         if len(self.rejected_rows) < MAX_REPORTED:
-            self.rejected_rows.append({"row": row, "email": email[:254], "field": field_name,
-                                       "reason": reason})
+            self.rejected_rows.append({"row": row, "email": email[:254], "field": field_name, "reason": reason})
 
 
 def clean_source(value: object, field_name: str = "consent_source") -> str:
     if not isinstance(value, str) or not _SOURCE.match(value.strip()):
-        raise ValidationError("a consent source is required: 1-64 letters, digits, spaces or "
-                              "'.:@/-' naming where the consent was given", field=field_name)
+        raise ValidationError(
+            "a consent source is required: 1-64 letters, digits, spaces or '.:@/-' naming where the consent was given",
+            field=field_name,
+        )
     return value.strip()
 
 
@@ -77,8 +78,9 @@ class ImportRow:
     consented_at: dt.datetime
 
 
-def parse_row(raw: dict[str, Any], *, positions: set[int], default_position: int,
-              default_source: str | None, now: dt.datetime) -> ImportRow:
+def parse_row(
+    raw: dict[str, Any], *, positions: set[int], default_position: int, default_source: str | None, now: dt.datetime
+) -> ImportRow:
     """One CSV row → a clean ``ImportRow``, or ``ValidationError`` naming the bad field."""
     if None in raw or any(v is None for v in raw.values()):
         raise ValidationError("the row does not have as many fields as the header", field=None)
@@ -93,8 +95,7 @@ def parse_row(raw: dict[str, Any], *, positions: set[int], default_position: int
         position = int(layer)
     else:
         raise ValidationError(f"there is no layer {layer!r}", field="layer")
-    tags = [clean_tag(t.strip(), "tags") for t in _TAG_SPLIT.split(raw.get("tags") or "")
-            if t.strip()]
+    tags = [clean_tag(t.strip(), "tags") for t in _TAG_SPLIT.split(raw.get("tags") or "") if t.strip()]
     source = (raw.get("consent_source") or "").strip() or default_source
     consented_at = now
     when = (raw.get("consented_at") or "").strip()
@@ -102,15 +103,18 @@ def parse_row(raw: dict[str, Any], *, positions: set[int], default_position: int
         try:
             consented_at = dt.datetime.fromisoformat(when)
         except ValueError as exc:
-            raise ValidationError("consented_at is not an ISO 8601 date",
-                                  field="consented_at") from exc
+            raise ValidationError("consented_at is not an ISO 8601 date", field="consented_at") from exc
         if consented_at.tzinfo is None:
             consented_at = consented_at.replace(tzinfo=dt.UTC)
         if consented_at > now:
             raise ValidationError("consented_at is in the future", field="consented_at")
     return ImportRow(
-        email=clean_email(raw.get("email")), name=clean_name(raw.get("name")), position=position,
-        tags=list(dict.fromkeys(tags)), consent_source=clean_source(source), consented_at=consented_at,
+        email=clean_email(raw.get("email")),
+        name=clean_name(raw.get("name")),
+        position=position,
+        tags=list(dict.fromkeys(tags)),
+        consent_source=clean_source(source),
+        consented_at=consented_at,
     )
 
 
@@ -134,17 +138,22 @@ class CountingLines:
 Progress = Callable[[ImportProgress], Awaitable[None] | None]
 
 
-async def import_csv(rt: Runtime, binary: IO[bytes], *, consent_source: str | None,
-                     bytes_total: int = 0, progress: Progress | None = None,
-                     batch_rows: int = BATCH_ROWS) -> ImportProgress:
+async def import_csv(
+    rt: Runtime,
+    binary: IO[bytes],
+    *,
+    consent_source: str | None,
+    bytes_total: int = 0,
+    progress: Progress | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> ImportProgress:
     """Read, validate and insert; ``progress`` is called after every batch."""
     default_source = clean_source(consent_source) if consent_source else None
     lines = CountingLines(binary)
     reader = csv.DictReader(lines)
     header = reader.fieldnames or []
     if "email" not in [h.strip() for h in header]:
-        raise ValidationError("the first row must be a header naming an 'email' column",
-                              field="file")
+        raise ValidationError("the first row must be a header naming an 'email' column", field="file")
     reader.fieldnames = [h.strip() for h in header]
     state = ImportProgress(bytes_total=bytes_total)
     layers = await _layers(rt)
@@ -158,8 +167,9 @@ async def import_csv(rt: Runtime, binary: IO[bytes], *, consent_source: str | No
         state.rows_read += 1
         row_no = reader.line_num
         try:
-            row = parse_row(raw, positions=positions, default_position=default_position,
-                            default_source=default_source, now=now)
+            row = parse_row(
+                raw, positions=positions, default_position=default_position, default_source=default_source, now=now
+            )
         except ValidationError as exc:
             state.reject(row_no, str(raw.get("email") or ""), exc.field, exc.message)
             continue
@@ -203,26 +213,52 @@ async def _layers(rt: Runtime) -> dict[int, LayerPlan]:
             sequence = await layer_sequence(session, layer.id)
             steps = await step_plans(session, sequence.id) if sequence else []
             plans[layer.position] = LayerPlan(
-                layer.id, sequence.id if sequence else None,
-                steps[0].position if steps else 1, steps[0].delay_s if steps else None)
+                layer.id,
+                sequence.id if sequence else None,
+                steps[0].position if steps else 1,
+                steps[0].delay_s if steps else None,
+            )
     return plans
 
 
-async def _insert(rt: Runtime, batch: list[tuple[int, ImportRow]], layers: dict[int, LayerPlan],
-                  state: ImportProgress, now: dt.datetime) -> None:
+async def _insert(
+    rt: Runtime,
+    batch: list[tuple[int, ImportRow]],
+    layers: dict[int, LayerPlan],
+    state: ImportProgress,
+    now: dt.datetime,
+) -> None:
     """One transaction per batch: new subscribers, their consent records and enrollments.
     Addresses already on the list are left untouched and reported."""
     async with rt.db.transaction() as session:
         insert = sqlite.insert if rt.db.is_sqlite else postgresql.insert
-        stmt = insert(Subscriber).on_conflict_do_nothing(index_elements=["email"]).returning(
-            Subscriber.id, Subscriber.email)
-        created = dict((await session.execute(stmt, [
-            {"email": r.email, "name": r.name, "status": "active",
-             "layer_id": layers[r.position].layer_id, "layer_entered_at": now, "attributes": {},
-             "tags": r.tags, "created_at": now, "confirmed_at": r.consented_at,
-             "unsubscribed_at": None}
-            for _, r in batch
-        ])).all())
+        stmt = (
+            insert(Subscriber)
+            .on_conflict_do_nothing(index_elements=["email"])
+            .returning(Subscriber.id, Subscriber.email)
+        )
+        created = dict(
+            (
+                await session.execute(
+                    stmt,
+                    [
+                        {
+                            "email": r.email,
+                            "name": r.name,
+                            "status": "active",
+                            "layer_id": layers[r.position].layer_id,
+                            "layer_entered_at": now,
+                            "attributes": {},
+                            "tags": r.tags,
+                            "created_at": now,
+                            "confirmed_at": r.consented_at,
+                            "unsubscribed_at": None,
+                        }
+                        for _, r in batch
+                    ],
+                )
+            ).all()
+        )
         by_email = {email: id_ for id_, email in created.items()}
         consents, enrollments = [], []
         for row_no, row in batch:
@@ -230,18 +266,35 @@ async def _insert(rt: Runtime, batch: list[tuple[int, ImportRow]], layers: dict[
             if subscriber_id is None:
                 state.reject(row_no, row.email, "email", "already a subscriber; left unchanged")
                 continue
-            consents.append({"subscriber_id": subscriber_id, "action": "import",
-                             "form": row.consent_source, "wording_sha256": None, "ip": None,
-                             "user_agent": None, "created_at": row.consented_at})
+            consents.append(
+                {
+                    "subscriber_id": subscriber_id,
+                    "action": "import",
+                    "form": row.consent_source,
+                    "wording_sha256": None,
+                    "ip": None,
+                    "user_agent": None,
+                    "created_at": row.consented_at,
+                }
+            )
             plan = layers[row.position]
             if plan.sequence_id is not None:
-                due = first_due([StepPlan(plan.first_position, plan.first_delay_s or 0)], now) \
-                    if plan.first_delay_s is not None else None
-                enrollments.append({
-                    "subscriber_id": subscriber_id, "sequence_id": plan.sequence_id,
-                    "state": "active" if due else "completed",
-                    "next_position": plan.first_position, "due_at": due, "started_at": now,
-                    "ended_at": None if due else now})
+                due = (
+                    first_due([StepPlan(plan.first_position, plan.first_delay_s or 0)], now)
+                    if plan.first_delay_s is not None
+                    else None
+                )
+                enrollments.append(
+                    {
+                        "subscriber_id": subscriber_id,
+                        "sequence_id": plan.sequence_id,
+                        "state": "active" if due else "completed",
+                        "next_position": plan.first_position,
+                        "due_at": due,
+                        "started_at": now,
+                        "ended_at": None if due else now,
+                    }
+                )
         if consents:
             await session.execute(insert_rows(ConsentRecord), consents)
         if enrollments:
@@ -253,6 +306,7 @@ async def _insert(rt: Runtime, batch: list[tuple[int, ImportRow]], layers: dict[
 
 async def run_job(rt: Runtime, job_id: int, path: Path, consent_source: str | None) -> None:
     """Import a spooled upload, writing progress to its job row; the file is removed after."""
+
     async def save(progress: ImportProgress, **extra: Any) -> None:
         async with rt.db.transaction() as session:
             job = await session.get(ImportJob, job_id)
@@ -273,22 +327,25 @@ async def run_job(rt: Runtime, job_id: int, path: Path, consent_source: str | No
     state = ImportProgress(bytes_total=path.stat().st_size)
     try:
         with path.open("rb") as binary:
-            state = await import_csv(rt, binary, consent_source=consent_source,
-                                     bytes_total=state.bytes_total, progress=save)
+            state = await import_csv(
+                rt, binary, consent_source=consent_source, bytes_total=state.bytes_total, progress=save
+            )
         await settle(state, state="done", finished_at=rt.clock.now())
     except _Abandoned:
-        log.error("import job %s: stopped, its row was marked failed after %s without progress",
-                  job_id, STALE_AFTER)
+        log.error("import job %s: stopped, its row was marked failed after %s without progress", job_id, STALE_AFTER)
     except ValidationError as exc:
         await settle(state, state="failed", error=exc.message, finished_at=rt.clock.now())
     except asyncio.CancelledError:
-        await settle(state, state="failed", error="the server stopped during the import; "
-                     "rows imported so far stay, run the rest again", finished_at=rt.clock.now())
+        await settle(
+            state,
+            state="failed",
+            error="the server stopped during the import; rows imported so far stay, run the rest again",
+            finished_at=rt.clock.now(),
+        )
         raise
     except Exception as exc:
         log.exception("import job %s failed", job_id)
-        await settle(state, state="failed", error=f"internal error: {type(exc).__name__}",
-                     finished_at=rt.clock.now())
+        await settle(state, state="failed", error=f"internal error: {type(exc).__name__}", finished_at=rt.clock.now())
     finally:
         path.unlink(missing_ok=True)
 
@@ -300,12 +357,19 @@ class _Abandoned(Exception):
 
 def job_json(job: ImportJob) -> dict[str, Any]:
     done = job.bytes_read / job.bytes_total if job.bytes_total else (1.0 if job.state != "running" else 0.0)
-    return {"id": job.id, "state": job.state, "consent_source": job.consent_source or None,
-            "progress": 1.0 if job.state == "done" else round(min(done, 1.0), 4),
-            "rows_read": job.rows_read, "imported": job.imported, "rejected": job.rejected,
-            "rejected_rows": job.rejected_rows, "error": job.error,
-            "created_at": job.created_at.isoformat(),
-            "finished_at": job.finished_at.isoformat() if job.finished_at else None}
+    return {
+        "id": job.id,
+        "state": job.state,
+        "consent_source": job.consent_source or None,
+        "progress": 1.0 if job.state == "done" else round(min(done, 1.0), 4),
+        "rows_read": job.rows_read,
+        "imported": job.imported,
+        "rejected": job.rejected,
+        "rejected_rows": job.rejected_rows,
+        "error": job.error,
+        "created_at": job.created_at.isoformat(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
 
 
 async def get_job(rt: Runtime, job_id: int) -> ImportJob:
@@ -324,9 +388,11 @@ async def get_job(rt: Runtime, job_id: int) -> ImportJob:
         assert stale is not None
         if stale.state == "running" and (stale.updated_at or stale.created_at) == last:
             stale.state, stale.finished_at = "failed", now
-            stale.error = (f"the server running it stopped (no progress since "
-                           f"{last:%Y-%m-%d %H:%M} UTC); rows imported so far stay, run the rest "
-                           "again")
+            stale.error = (
+                f"the server running it stopped (no progress since "
+                f"{last:%Y-%m-%d %H:%M} UTC); rows imported so far stay, run the rest "
+                "again"
+            )
         job = stale
     return job
 
@@ -341,9 +407,14 @@ class ImportJobs:
     async def start(self, rt: Runtime, path: Path, consent_source: str | None) -> int:
         source = clean_source(consent_source) if consent_source else None
         async with rt.db.transaction() as session:
-            job = ImportJob(state="running", consent_source=source or "",
-                            bytes_total=path.stat().st_size, rejected_rows=[],
-                            created_at=rt.clock.now(), updated_at=rt.clock.now())
+            job = ImportJob(
+                state="running",
+                consent_source=source or "",
+                bytes_total=path.stat().st_size,
+                rejected_rows=[],
+                created_at=rt.clock.now(),
+                updated_at=rt.clock.now(),
+            )
             session.add(job)
             await session.flush()
             job_id = job.id
@@ -367,7 +438,7 @@ def remove_orphaned_spools(directory: str | None = None) -> int:
     them: each name carries its process id); how many. Files of live processes stay."""
     removed = 0
     for path in Path(directory or tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-*.csv"):
-        pid = path.name[len(SPOOL_PREFIX):].split("-", 1)[0]
+        pid = path.name[len(SPOOL_PREFIX) :].split("-", 1)[0]
         if not pid.isdigit():
             continue
         try:
@@ -401,5 +472,3 @@ async def spool(chunks: AsyncIterator[bytes], max_bytes: int) -> Path:
         path.unlink(missing_ok=True)
         raise
     return path
-
-

@@ -35,8 +35,7 @@ CHOICES = ("all", "pause", "fewer", "down")
 FREQUENCIES = ("normal", "fewer")
 
 
-async def choose(rt: Runtime, token: str, choice: str, ip: str | None,
-                 user_agent: str | None) -> Subscriber:
+async def choose(rt: Runtime, token: str, choice: str, ip: str | None, user_agent: str | None) -> Subscriber:
     """Act on one choice of the unsubscribe page; repeating a choice changes nothing more."""
     if choice not in CHOICES:
         raise ValidationError(f"choose one of {', '.join(CHOICES)}", field="choice")
@@ -54,33 +53,42 @@ async def choose(rt: Runtime, token: str, choice: str, ip: str | None,
             # Sequences wait out the pause: nothing of theirs falls due before it ends.
             await session.execute(
                 update(Enrollment)
-                .where(Enrollment.subscriber_id == subscriber.id, Enrollment.state == "active",
-                       or_(Enrollment.due_at.is_(None), Enrollment.due_at < until))
-                .values(due_at=until))
+                .where(
+                    Enrollment.subscriber_id == subscriber.id,
+                    Enrollment.state == "active",
+                    or_(Enrollment.due_at.is_(None), Enrollment.due_at < until),
+                )
+                .values(due_at=until)
+            )
             # Drip and newsletter mail already queued for them (held by caps, or not yet sent)
             # waits too; transactional mail does not.
             await session.execute(
                 update(Message)
-                .where(Message.subscriber_id == subscriber.id, Message.kind.in_(COUNTED_KINDS),
-                       Message.state.in_(("queued", "deferred")), Message.next_attempt_at < until)
-                .values(next_attempt_at=until).execution_options(synchronize_session=False))
+                .where(
+                    Message.subscriber_id == subscriber.id,
+                    Message.kind.in_(COUNTED_KINDS),
+                    Message.state.in_(("queued", "deferred")),
+                    Message.next_attempt_at < until,
+                )
+                .values(next_attempt_at=until)
+                .execution_options(synchronize_session=False)
+            )
         elif choice == "fewer":
             subscriber.frequency = "fewer"
         elif choice == "down":
             layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
             if layer is not None and layer.position > 1:
-                lower = (await session.execute(
-                    select(Layer).where(Layer.position == layer.position - 1))).scalar_one()
-                await move_layer(session, subscriber, lower, reason="subscriber chose a lower layer",
-                                 event_ids=(), now=now)
+                lower = (await session.execute(select(Layer).where(Layer.position == layer.position - 1))).scalar_one()
+                await move_layer(
+                    session, subscriber, lower, reason="subscriber chose a lower layer", event_ids=(), now=now
+                )
     return subscriber
 
 
 async def update_preferences(rt: Runtime, token: str, *, name: Any, frequency: Any) -> Subscriber:
     subscriber_id = rt.tokens.read_unsubscribe(token)
     if frequency not in FREQUENCIES:
-        raise ValidationError(f"frequency must be one of {', '.join(FREQUENCIES)}",
-                              field="frequency")
+        raise ValidationError(f"frequency must be one of {', '.join(FREQUENCIES)}", field="frequency")
     clean = clean_name(name)
     async with rt.db.transaction() as session:
         subscriber = await get_subscriber(session, subscriber_id)
@@ -99,27 +107,57 @@ async def export(rt: Runtime, token: str) -> dict[str, Any]:
     async with rt.db.read() as session:
         s = await get_subscriber(session, subscriber_id)
         layer = await session.get(Layer, s.layer_id) if s.layer_id else None
-        consents = (await session.execute(select(ConsentRecord).where(
-            ConsentRecord.subscriber_id == s.id).order_by(ConsentRecord.id))).scalars()
-        events = (await session.execute(select(Event).where(
-            Event.subscriber_id == s.id).order_by(Event.created_at, Event.id))).scalars()
-        enquiries = (await session.execute(select(Enquiry).where(
-            Enquiry.subscriber_id == s.id).order_by(Enquiry.id))).scalars()
+        consents = (
+            await session.execute(
+                select(ConsentRecord).where(ConsentRecord.subscriber_id == s.id).order_by(ConsentRecord.id)
+            )
+        ).scalars()
+        events = (
+            await session.execute(select(Event).where(Event.subscriber_id == s.id).order_by(Event.created_at, Event.id))
+        ).scalars()
+        enquiries = (
+            await session.execute(select(Enquiry).where(Enquiry.subscriber_id == s.id).order_by(Enquiry.id))
+        ).scalars()
         return {
             "subscriber": {
-                "email": s.email, "name": s.name, "status": s.status,
-                "layer": layer.label if layer else None, "frequency": s.frequency,
-                "paused_until": _iso(s.paused_until), "attributes": s.attributes,
-                "tags": s.tags, "created_at": _iso(s.created_at),
-                "confirmed_at": _iso(s.confirmed_at), "unsubscribed_at": _iso(s.unsubscribed_at),
+                "email": s.email,
+                "name": s.name,
+                "status": s.status,
+                "layer": layer.label if layer else None,
+                "frequency": s.frequency,
+                "paused_until": _iso(s.paused_until),
+                "attributes": s.attributes,
+                "tags": s.tags,
+                "created_at": _iso(s.created_at),
+                "confirmed_at": _iso(s.confirmed_at),
+                "unsubscribed_at": _iso(s.unsubscribed_at),
             },
-            "consent": [{"action": c.action, "form": c.form, "wording_sha256": c.wording_sha256,
-                         "consent_version": c.consent_version, "ip": c.ip,
-                         "user_agent": c.user_agent, "at": _iso(c.created_at)} for c in consents],
-            "events": [{"type": e.type, "url": e.url, "ip": e.ip, "user_agent": e.user_agent,
-                        "machine": e.machine, "at": _iso(e.created_at)} for e in events],
-            "enquiries": [{"subject": q.subject, "body": q.body, "state": q.state,
-                           "at": _iso(q.created_at)} for q in enquiries],
+            "consent": [
+                {
+                    "action": c.action,
+                    "form": c.form,
+                    "wording_sha256": c.wording_sha256,
+                    "consent_version": c.consent_version,
+                    "ip": c.ip,
+                    "user_agent": c.user_agent,
+                    "at": _iso(c.created_at),
+                }
+                for c in consents
+            ],
+            "events": [
+                {
+                    "type": e.type,
+                    "url": e.url,
+                    "ip": e.ip,
+                    "user_agent": e.user_agent,
+                    "machine": e.machine,
+                    "at": _iso(e.created_at),
+                }
+                for e in events
+            ],
+            "enquiries": [
+                {"subject": q.subject, "body": q.body, "state": q.state, "at": _iso(q.created_at)} for q in enquiries
+            ],
         }
 
 
@@ -138,16 +176,16 @@ async def erase(rt: Runtime, token: str) -> None:
         await suppress(session, rt.settings.secret_key, s.email, "erased", now)
         await end_enrollments(session, s.id, "stopped", now)
         await session.execute(
-            update(Message).where(Message.subscriber_id == s.id,
-                                  Message.state.in_(("queued", "deferred")))
-            .values(state="failed", last_error="subscriber erased"))
+            update(Message)
+            .where(Message.subscriber_id == s.id, Message.state.in_(("queued", "deferred")))
+            .values(state="failed", last_error="subscriber erased")
+        )
         await session.execute(delete(ConsentRecord).where(ConsentRecord.subscriber_id == s.id))
-        await session.execute(delete(Enquiry).where(
-            or_(Enquiry.subscriber_id == s.id, Enquiry.email == s.email)))
-        await session.execute(update(Event).where(Event.subscriber_id == s.id)
-                              .values(ip=None, user_agent=None, url=None, data={}))
-        await session.execute(update(LayerHistory).where(LayerHistory.subscriber_id == s.id)
-                              .values(reason="erased"))
+        await session.execute(delete(Enquiry).where(or_(Enquiry.subscriber_id == s.id, Enquiry.email == s.email)))
+        await session.execute(
+            update(Event).where(Event.subscriber_id == s.id).values(ip=None, user_agent=None, url=None, data={})
+        )
+        await session.execute(update(LayerHistory).where(LayerHistory.subscriber_id == s.id).values(reason="erased"))
         s.email = f"erased-{s.id}@erased.invalid"
         s.name = ""
         s.attributes = {}

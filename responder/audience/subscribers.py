@@ -37,9 +37,16 @@ class SubscribeRequest:
     ref: str | None = None  # a referral token (see ``referrals``)
 
     @classmethod
-    def from_input(cls, data: dict[str, object], ip: str | None, user_agent: str | None, *,
-                   allowed_attributes: tuple[str, ...] = (), default_consent: str = "",
-                   default_version: str | None = None) -> SubscribeRequest:
+    def from_input(
+        cls,
+        data: dict[str, object],
+        ip: str | None,
+        user_agent: str | None,
+        *,
+        allowed_attributes: tuple[str, ...] = (),
+        default_consent: str = "",
+        default_version: str | None = None,
+    ) -> SubscribeRequest:
         """Validate a subscribe body; consent falls back to the form's configured wording."""
         return cls(
             email=clean_email(data.get("email")),
@@ -48,8 +55,7 @@ class SubscribeRequest:
             consent_text=clean_text(data.get("consent"), "consent", max_len=2000) or default_consent,
             ip=ip,
             user_agent=(user_agent or "")[:512] or None,
-            consent_version=clean_text(data.get("consent_version"), "consent_version",
-                                       max_len=64) or default_version,
+            consent_version=clean_text(data.get("consent_version"), "consent_version", max_len=64) or default_version,
             attributes=clean_attributes(data, allowed_attributes),
             ref=data.get("ref") if isinstance(data.get("ref"), str) else None,  # type: ignore[arg-type]
         )
@@ -67,10 +73,8 @@ def clean_attributes(data: dict[str, object], allowed: tuple[str, ...]) -> dict[
     given.update({key[5:]: value for key, value in data.items() if key.startswith("attr_")})
     unknown = sorted(set(given) - set(allowed))
     if unknown:
-        raise ValidationError(f"this form does not accept the attribute {unknown[0]!r}",
-                              field="attributes")
-    return {name: clean_text(value, name, max_len=MAX_ATTRIBUTE_LEN)
-            for name, value in given.items()}
+        raise ValidationError(f"this form does not accept the attribute {unknown[0]!r}", field="attributes")
+    return {name: clean_text(value, name, max_len=MAX_ATTRIBUTE_LEN) for name, value in given.items()}
 
 
 async def subscribe(rt: Runtime, req: SubscribeRequest) -> None:
@@ -80,13 +84,19 @@ async def subscribe(rt: Runtime, req: SubscribeRequest) -> None:
     async with rt.db.transaction() as session:
         if await is_suppressed(session, rt.settings.secret_key, req.email):
             return  # erased on request: never stored or mailed again
-        subscriber = (await session.execute(
-            select(Subscriber).where(Subscriber.email == req.email)
-        )).scalar_one_or_none()
+        subscriber = (
+            await session.execute(select(Subscriber).where(Subscriber.email == req.email))
+        ).scalar_one_or_none()
         if subscriber is None:
-            subscriber = Subscriber(email=req.email, name=req.name, status="pending",
-                                    attributes={}, tags=[], created_at=now,
-                                    referred_by_id=referrer_id(rt, req.ref))
+            subscriber = Subscriber(
+                email=req.email,
+                name=req.name,
+                status="pending",
+                attributes={},
+                tags=[],
+                created_at=now,
+                referred_by_id=referrer_id(rt, req.ref),
+            )
             session.add(subscriber)
             await session.flush()
         elif subscriber.status in ("active", "bounced", "complained"):
@@ -97,31 +107,47 @@ async def subscribe(rt: Runtime, req: SubscribeRequest) -> None:
             subscriber.name = req.name
         if req.attributes:
             subscriber.attributes = {**(subscriber.attributes or {}), **req.attributes}
-        session.add(ConsentRecord(
-            subscriber_id=subscriber.id, action="subscribe", form=req.form,
-            wording_sha256=hashlib.sha256(req.consent_text.encode()).hexdigest()
-            if req.consent_text else None, consent_version=req.consent_version,
-            ip=req.ip, user_agent=req.user_agent, created_at=now,
-        ))
+        session.add(
+            ConsentRecord(
+                subscriber_id=subscriber.id,
+                action="subscribe",
+                form=req.form,
+                wording_sha256=hashlib.sha256(req.consent_text.encode()).hexdigest() if req.consent_text else None,
+                consent_version=req.consent_version,
+                ip=req.ip,
+                user_agent=req.user_agent,
+                created_at=now,
+            )
+        )
         await send_confirmation(rt, session, subscriber.id, now)
     rt.wake_outbox()
 
 
-async def send_confirmation(rt: Runtime, session: AsyncSession, subscriber_id: int,
-                            now: dt.datetime) -> bool:
+async def send_confirmation(rt: Runtime, session: AsyncSession, subscriber_id: int, now: dt.datetime) -> bool:
     """Queue a confirmation mail unless the address had one within ``confirm_resend_s`` or
     ``confirm_per_day`` of them in the last day (a subscription bomb gets little mail)."""
     settings = rt.settings
-    times = list((await session.execute(
-        select(Message.created_at).where(
-            Message.subscriber_id == subscriber_id, Message.kind == "confirm",
-            Message.created_at > now - DAY)
-    )).scalars())
+    times = list(
+        (
+            await session.execute(
+                select(Message.created_at).where(
+                    Message.subscriber_id == subscriber_id, Message.kind == "confirm", Message.created_at > now - DAY
+                )
+            )
+        ).scalars()
+    )
     if len(times) >= settings.confirm_per_day or any(
-            t > now - dt.timedelta(seconds=settings.confirm_resend_s) for t in times):
+        t > now - dt.timedelta(seconds=settings.confirm_resend_s) for t in times
+    ):
         return False
-    await outbox.enqueue(session, subscriber_id=subscriber_id, kind="confirm",
-                         template_name="confirm", now=now, domain=settings.sender_domain)
+    await outbox.enqueue(
+        session,
+        subscriber_id=subscriber_id,
+        kind="confirm",
+        template_name="confirm",
+        now=now,
+        domain=settings.sender_domain,
+    )
     return True
 
 
@@ -142,19 +168,27 @@ async def confirm(rt: Runtime, token: str, ip: str | None, user_agent: str | Non
     subscriber_id = rt.tokens.read_confirm(token)
     now = rt.clock.now()
     async with rt.db.transaction() as session:
-        subscriber = await get_subscriber(session, subscriber_id,
-                                          "this confirmation link is not valid")
+        subscriber = await get_subscriber(session, subscriber_id, "this confirmation link is not valid")
         if subscriber.status != "pending":
             return "already" if subscriber.status == "active" else "unsubscribed"
-        first = (await session.execute(select(Layer).where(Layer.removed_at.is_(None))
-                                       .order_by(Layer.position).limit(1))).scalar_one()
+        first = (
+            await session.execute(select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position).limit(1))
+        ).scalar_one()
         subscriber.status = "active"
         subscriber.confirmed_at = now
         subscriber.layer_id = first.id
         subscriber.layer_entered_at = now
-        session.add(ConsentRecord(subscriber_id=subscriber.id, action="confirm", form="confirm",
-                                  wording_sha256=None, ip=ip,
-                                  user_agent=(user_agent or "")[:512] or None, created_at=now))
+        session.add(
+            ConsentRecord(
+                subscriber_id=subscriber.id,
+                action="confirm",
+                form="confirm",
+                wording_sha256=None,
+                ip=ip,
+                user_agent=(user_agent or "")[:512] or None,
+                created_at=now,
+            )
+        )
         await record_event(session, subscriber, "confirm", now, ip=ip, user_agent=user_agent)
         await enroll(session, subscriber, first.id, now)
         await credit_referral(session, subscriber, now)
@@ -172,8 +206,9 @@ async def unsubscribe(rt: Runtime, token: str, ip: str | None, user_agent: str |
     return subscriber
 
 
-async def get_subscriber(session: AsyncSession, subscriber_id: int,
-                         message: str = "this link is not valid") -> Subscriber:
+async def get_subscriber(
+    session: AsyncSession, subscriber_id: int, message: str = "this link is not valid"
+) -> Subscriber:
     """The subscriber a verified token names; ``InvalidToken`` if it is gone."""
     subscriber = await session.get(Subscriber, subscriber_id)
     if subscriber is None:
@@ -181,9 +216,17 @@ async def get_subscriber(session: AsyncSession, subscriber_id: int,
     return subscriber
 
 
-async def opt_out(session: AsyncSession, subscriber: Subscriber, now: dt.datetime, *,
-                  status: str = "unsubscribed", event: str = "unsubscribe", ip: str | None = None,
-                  user_agent: str | None = None, data: dict[str, Any] | None = None) -> bool:
+async def opt_out(
+    session: AsyncSession,
+    subscriber: Subscriber,
+    now: dt.datetime,
+    *,
+    status: str = "unsubscribed",
+    event: str = "unsubscribe",
+    ip: str | None = None,
+    user_agent: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> bool:
     """Stop all mail to an active or pending subscriber (an unsubscribe, or a complaint);
     False, changing nothing, if they were already out."""
     if subscriber.status not in ("active", "pending"):

@@ -20,12 +20,10 @@ def suppression_hmac(secret_key: str, email: str) -> str:
 
 async def is_suppressed(session: AsyncSession, secret_key: str, email: str) -> bool:
     digest = suppression_hmac(secret_key, email)
-    return (await session.execute(
-        select(Suppression.id).where(Suppression.email_hmac == digest)
-    )).first() is not None
+    return (await session.execute(select(Suppression.id).where(Suppression.email_hmac == digest))).first() is not None
 
 
-async def suppress(session: AsyncSession, secret_key: str, email: str, reason: str,
-                   now: dt.datetime) -> None:
-    await insert_ignore(session, Suppression, dict(
-        email_hmac=suppression_hmac(secret_key, email), reason=reason, created_at=now))
+async def suppress(session: AsyncSession, secret_key: str, email: str, reason: str, now: dt.datetime) -> None:
+    await insert_ignore(
+        session, Suppression, dict(email_hmac=suppression_hmac(secret_key, email), reason=reason, created_at=now)
+    )

@@ -62,19 +62,19 @@ def is_auto_submitted(msg: Message) -> bool:
 def classify(data: bytes, *, null_sender: bool = False) -> Report:
     msg = parse(data)
     subject = str(msg.get("Subject", ""))[:998]
-    references = tuple(re.findall(r"<[^<>\s]+>",
-                                  f"{msg.get('In-Reply-To', '')} {msg.get('References', '')}"))
+    references = tuple(re.findall(r"<[^<>\s]+>", f"{msg.get('In-Reply-To', '')} {msg.get('References', '')}"))
     if msg.get_content_type() == "multipart/report":
         report_type = str(msg.get_param("report-type", "")).lower()
         if report_type == "delivery-status":
-            return Report("dsn", tuple(_dsn_recipients(msg)),
-                          original_message_id=_original_message_id(msg), subject=subject)
+            return Report(
+                "dsn", tuple(_dsn_recipients(msg)), original_message_id=_original_message_id(msg), subject=subject
+            )
         if report_type == "feedback-report":
-            return Report("arf", feedback_type=_feedback_type(msg),
-                          original_message_id=_original_message_id(msg), subject=subject)
+            return Report(
+                "arf", feedback_type=_feedback_type(msg), original_message_id=_original_message_id(msg), subject=subject
+            )
     if null_sender or is_auto_submitted(msg):
-        return Report("auto", original_message_id=references[-1] if references else None,
-                      subject=subject)
+        return Report("auto", original_message_id=references[-1] if references else None, subject=subject)
     return Report("human", subject=subject, text=_text(msg), in_reply_to=references)
 
 
@@ -97,9 +97,14 @@ def _dsn_recipients(msg: EmailMessage) -> list[Recipient]:
             status_match = _STATUS.search(str(block.get("Status", "")))
             status = status_match.group(0) if status_match else ""
             address = str(block.get("Final-Recipient") or block.get("Original-Recipient") or "")
-            recipients.append(Recipient(address.partition(";")[2].strip() or address.strip(),
-                                        action, status,
-                                        str(block.get("Diagnostic-Code", "")).strip()[:500]))
+            recipients.append(
+                Recipient(
+                    address.partition(";")[2].strip() or address.strip(),
+                    action,
+                    status,
+                    str(block.get("Diagnostic-Code", "")).strip()[:500],
+                )
+            )
     return recipients
 
 

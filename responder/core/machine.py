@@ -25,10 +25,32 @@ from dataclasses import dataclass
 
 APPLE_NETWORK = ipaddress.ip_network("17.0.0.0/8")
 SCANNER_AGENTS = (
-    "bot", "crawler", "spider", "scanner", "python-requests", "python-urllib", "aiohttp",
-    "curl/", "wget/", "go-http-client", "java/", "okhttp", "libwww-perl", "headlesschrome",
-    "barracuda", "mimecast", "proofpoint", "symantec", "forcepoint", "trendmicro", "sophos",
-    "microsoft office existence discovery", "ms-office", "safelinks", "zgrab", "masscan",
+    "bot",
+    "crawler",
+    "spider",
+    "scanner",
+    "python-requests",
+    "python-urllib",
+    "aiohttp",
+    "curl/",
+    "wget/",
+    "go-http-client",
+    "java/",
+    "okhttp",
+    "libwww-perl",
+    "headlesschrome",
+    "barracuda",
+    "mimecast",
+    "proofpoint",
+    "symantec",
+    "forcepoint",
+    "trendmicro",
+    "sophos",
+    "microsoft office existence discovery",
+    "ms-office",
+    "safelinks",
+    "zgrab",
+    "masscan",
 )
 SCANNER = re.compile("|".join(re.escape(marker) for marker in SCANNER_AGENTS))
 BURST_WINDOW_S = 1.0

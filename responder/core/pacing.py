@@ -81,8 +81,11 @@ def caps_for(caps: Mapping[str, Any] | None, frequency: str | None) -> Mapping[s
         return caps
     limit = (caps or {}).get("max_per_week")
     # Newsletters wait too, so the weekly limit holds for every counted mail.
-    return {**(caps or {}), "collision": "newsletter_waits",
-            "max_per_week": min(limit, FEWER_PER_WEEK) if limit else FEWER_PER_WEEK}
+    return {
+        **(caps or {}),
+        "collision": "newsletter_waits",
+        "max_per_week": min(limit, FEWER_PER_WEEK) if limit else FEWER_PER_WEEK,
+    }
 
 
 def mail_at(
@@ -108,15 +111,12 @@ def _days(value: Any) -> frozenset[int]:
     if isinstance(value, str):
         start, _, end = value.lower().partition("-")
         if start not in DAY_NAMES or (end and end not in DAY_NAMES):
-            raise ValidationError("send_window.days must be like 'mon-fri' or a list of day names",
-                                  field="send_window")
+            raise ValidationError("send_window.days must be like 'mon-fri' or a list of day names", field="send_window")
         first, last = DAY_NAMES.index(start), DAY_NAMES.index(end or start)
         return frozenset((first + i) % 7 for i in range((last - first) % 7 + 1))
-    if isinstance(value, list) and value and all(isinstance(d, str) and d.lower() in DAY_NAMES
-                                                 for d in value):
+    if isinstance(value, list) and value and all(isinstance(d, str) and d.lower() in DAY_NAMES for d in value):
         return frozenset(DAY_NAMES.index(d.lower()) for d in value)
-    raise ValidationError("send_window.days must be like 'mon-fri' or a list of day names",
-                          field="send_window")
+    raise ValidationError("send_window.days must be like 'mon-fri' or a list of day names", field="send_window")
 
 
 def _minutes(value: Any, name: str) -> int:
@@ -130,15 +130,17 @@ def validate_window(window: Any) -> dict[str, Any] | None:
     if window is None:
         return None
     if not isinstance(window, Mapping) or set(window) - {"days", "start", "end"}:
-        raise ValidationError("send_window must be an object with days, start and end",
-                              field="send_window")
+        raise ValidationError("send_window must be an object with days, start and end", field="send_window")
     _days(window.get("days"))
     start = _minutes(window.get("start", "00:00"), "start")
     end = _minutes(window.get("end", "23:59"), "end")
     if end <= start:
         raise ValidationError("send_window.end must be after its start", field="send_window")
-    return {"days": window.get("days", "mon-sun"), "start": window.get("start", "00:00"),
-            "end": window.get("end", "23:59")}
+    return {
+        "days": window.get("days", "mon-sun"),
+        "start": window.get("start", "00:00"),
+        "end": window.get("end", "23:59"),
+    }
 
 
 def zone(name: Any) -> dt.tzinfo:
@@ -175,13 +177,13 @@ def validate_condition(condition: Any) -> dict[str, Any] | None:
     if condition is None:
         return None
     if not isinstance(condition, Mapping) or set(condition) - CONDITION_KEYS:
-        raise ValidationError(f"condition must be an object with keys among {sorted(CONDITION_KEYS)}",
-                              field="condition")
+        raise ValidationError(
+            f"condition must be an object with keys among {sorted(CONDITION_KEYS)}", field="condition"
+        )
     out: dict[str, Any] = {}
     if "skip_if_purchased" in condition:
         if not isinstance(condition["skip_if_purchased"], bool):
-            raise ValidationError("condition.skip_if_purchased must be true or false",
-                                  field="condition")
+            raise ValidationError("condition.skip_if_purchased must be true or false", field="condition")
         out["skip_if_purchased"] = condition["skip_if_purchased"]
     for key in ("require_tags", "skip_if_tags"):
         if key in condition:
@@ -192,8 +194,7 @@ def validate_condition(condition: Any) -> dict[str, Any] | None:
     return out or None
 
 
-def condition_holds(condition: Mapping[str, Any] | None, *, purchased: bool,
-                    tags: Sequence[str]) -> bool:
+def condition_holds(condition: Mapping[str, Any] | None, *, purchased: bool, tags: Sequence[str]) -> bool:
     """Whether a step with this condition is sent (True) or skipped (False)."""
     if not condition:
         return True

@@ -48,7 +48,8 @@ def rule_watches(rule: dict[str, Any], event_type: str) -> bool:
     if not isinstance(promote, dict) or set(promote) - KNOWN_PROMOTE_KEYS or set(rule) - INERT_RULE_KEYS:
         return True
     return event_type in promote.get("on_any", ()) or (
-        event_type == "click" and bool(promote.get("clicked_messages") or promote.get("clicks")))
+        event_type == "click" and bool(promote.get("clicked_messages") or promote.get("clicks"))
+    )
 
 
 @dataclass(frozen=True)
@@ -136,19 +137,24 @@ def validate_rule(rule: Any) -> dict[str, Any]:
     if clicks is not None:
         if not isinstance(clicks, Mapping):
             raise _fail("promote.clicks must be an object")
-        clicks_out = _drop_none({
-            "count": _positive_int(clicks.get("count"), "promote.clicks.count"),
-            "within": _duration(clicks.get("within"), "promote.clicks.within"),
-            "after_step": _positive_int(clicks.get("after_step"), "promote.clicks.after_step"),
-        })
+        clicks_out = _drop_none(
+            {
+                "count": _positive_int(clicks.get("count"), "promote.clicks.count"),
+                "within": _duration(clicks.get("within"), "promote.clicks.within"),
+                "after_step": _positive_int(clicks.get("after_step"), "promote.clicks.after_step"),
+            }
+        )
         if "count" not in clicks_out:
             raise _fail("promote.clicks.count is required")
-    out: dict[str, Any] = {"promote": _drop_none({
-        "on_any": list(on_any),
-        "clicked_messages": _positive_int(promote.get("clicked_messages"),
-                                          "promote.clicked_messages"),
-        "clicks": clicks_out,
-    })}
+    out: dict[str, Any] = {
+        "promote": _drop_none(
+            {
+                "on_any": list(on_any),
+                "clicked_messages": _positive_int(promote.get("clicked_messages"), "promote.clicked_messages"),
+                "clicks": clicks_out,
+            }
+        )
+    }
     for key in ("demote", "sunset"):
         part = _object(rule, key)
         after = _duration(part.get("inactive_for"), f"{key}.inactive_for")
@@ -158,22 +164,25 @@ def validate_rule(rule: Any) -> dict[str, Any]:
     if stay is not None:
         out["min_stay"] = stay
     preferred = _object(rule, "preferred")
-    preferred_out = _drop_none({
-        "purchase_value": _positive_number(preferred.get("purchase_value"),
-                                           "preferred.purchase_value"),
-        "human_clicks": _positive_int(preferred.get("human_clicks"), "preferred.human_clicks"),
-    })
+    preferred_out = _drop_none(
+        {
+            "purchase_value": _positive_number(preferred.get("purchase_value"), "preferred.purchase_value"),
+            "human_clicks": _positive_int(preferred.get("human_clicks"), "preferred.human_clicks"),
+        }
+    )
     if preferred_out:
         out["preferred"] = preferred_out
     caps = _object(rule, "caps")
     collision = caps.get("collision")
     if collision is not None and collision not in COLLISIONS:
         raise _fail(f"caps.collision must be one of {list(COLLISIONS)}")
-    caps_out = _drop_none({
-        "max_per_week": _positive_int(caps.get("max_per_week"), "caps.max_per_week"),
-        "min_gap": _duration(caps.get("min_gap"), "caps.min_gap"),
-        "collision": collision,
-    })
+    caps_out = _drop_none(
+        {
+            "max_per_week": _positive_int(caps.get("max_per_week"), "caps.max_per_week"),
+            "min_gap": _duration(caps.get("min_gap"), "caps.min_gap"),
+            "collision": collision,
+        }
+    )
     if caps_out:
         out["caps"] = caps_out
     return out
@@ -215,10 +224,8 @@ def evaluate(
     silent = now - max(entered_at, last_human_at or entered_at)
     sunset_s = _seconds(rule, "sunset", "inactive_for")
     if sunset_s and silent_overall >= dt.timedelta(seconds=sunset_s):
-        return Decision(None, f"sunset: no human event for {silent_overall.days} days",
-                        sunset=True)
-    human = sorted((e for e in events if not e.machine and e.created_at > entered_at),
-                   key=lambda e: e.created_at)
+        return Decision(None, f"sunset: no human event for {silent_overall.days} days", sunset=True)
+    human = sorted((e for e in events if not e.machine and e.created_at > entered_at), key=lambda e: e.created_at)
     if position < top_position:
         promoted = _promotion(rule.get("promote", {}), position, human, now, step_sent_at or {})
         if promoted.moves:
@@ -229,8 +236,13 @@ def evaluate(
     return STAY
 
 
-def _promotion(promote: Mapping[str, Any], position: int, human: list[EventFact],
-               now: dt.datetime, step_sent_at: Mapping[int, dt.datetime]) -> Decision:
+def _promotion(
+    promote: Mapping[str, Any],
+    position: int,
+    human: list[EventFact],
+    now: dt.datetime,
+    step_sent_at: Mapping[int, dt.datetime],
+) -> Decision:
     on_any = set(promote.get("on_any", []))
     for event in human:
         if event.type in on_any:
@@ -258,14 +270,11 @@ def _promotion(promote: Mapping[str, Any], position: int, human: list[EventFact]
             if reached is None:
                 return STAY
             since = max(since, reached) if since else reached
-        counted = [e.id for e in human
-                   if e.type == "click" and (since is None or e.created_at >= since)]
+        counted = [e.id for e in human if e.type == "click" and (since is None or e.created_at >= since)]
         if len(counted) >= clicks["count"]:
             where = f" after step {after_step}" if after_step else ""
             within = f" within {clicks['within']}" if clicks.get("within") else ""
-            return Decision(position + 1,
-                            f"{len(counted)} clicks{within}{where} in layer {position}",
-                            tuple(counted))
+            return Decision(position + 1, f"{len(counted)} clicks{within}{where} in layer {position}", tuple(counted))
     return STAY
 
 

@@ -10,7 +10,10 @@ LIFETIME_S = 5 * 86400
 
 
 def next_attempt(
-    attempts: int, now: dt.datetime, created_at: dt.datetime, jitter: float = 0.5,
+    attempts: int,
+    now: dt.datetime,
+    created_at: dt.datetime,
+    jitter: float = 0.5,
     lifetime_s: int = LIFETIME_S,
 ) -> dt.datetime | None:
     """When to try again after ``attempts`` failed tries, or None to give up.

@@ -31,8 +31,7 @@ async def delivery_command(settings: Settings, action: str, reason: str = "") ->
     return 0
 
 
-def dkim_keygen(settings: Settings, *, out: str, selector: str, domain: str | None,
-                algorithm: str) -> int:
+def dkim_keygen(settings: Settings, *, out: str, selector: str, domain: str | None, algorithm: str) -> int:
     path = Path(out)
     if path.exists():
         raise ConfigError(f"{path} exists; not overwriting a key that may be published")
@@ -43,9 +42,11 @@ def dkim_keygen(settings: Settings, *, out: str, selector: str, domain: str | No
     domain = domain or settings.dkim_domain or settings.sender_domain
     record = dns_record(key)
     # TXT strings are at most 255 characters each; resolvers join them.
-    chunks = " ".join(f'"{record[i:i + 250]}"' for i in range(0, len(record), 250))
+    chunks = " ".join(f'"{record[i : i + 250]}"' for i in range(0, len(record), 250))
     print(f"wrote {path} ({algorithm}); publish this DNS record:\n")
     print(f"{selector}._domainkey.{domain}. IN TXT ( {chunks} )\n")
-    print(f"then set RESPONDER_DKIM_SELECTOR={selector} RESPONDER_DKIM_KEY_FILE={path.resolve()}"
-          + (f" RESPONDER_DKIM_DOMAIN={domain}" if domain != settings.sender_domain else ""))
+    print(
+        f"then set RESPONDER_DKIM_SELECTOR={selector} RESPONDER_DKIM_KEY_FILE={path.resolve()}"
+        + (f" RESPONDER_DKIM_DOMAIN={domain}" if domain != settings.sender_domain else "")
+    )
     return 0

@@ -21,8 +21,18 @@ from ..settings import Settings
 
 # Signed when present; From is signed twice so a second From cannot be added unnoticed.
 SIGNED_HEADERS = (
-    "from", "to", "subject", "date", "message-id", "reply-to", "mime-version", "content-type",
-    "list-id", "list-unsubscribe", "list-unsubscribe-post", "feedback-id",
+    "from",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "reply-to",
+    "mime-version",
+    "content-type",
+    "list-id",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "feedback-id",
 )
 _WSP = re.compile(rb"[ \t]+")
 _FOLD = re.compile(rb"\r\n(?=[ \t])")
@@ -76,8 +86,7 @@ class DkimKey:
 
     @property
     def algorithm(self) -> str:
-        return "ed25519-sha256" if isinstance(self.private_key, ed25519.Ed25519PrivateKey) \
-            else "rsa-sha256"
+        return "ed25519-sha256" if isinstance(self.private_key, ed25519.Ed25519PrivateKey) else "rsa-sha256"
 
 
 class DkimSigner:
@@ -98,9 +107,11 @@ class DkimSigner:
         for raw_name, raw_value in fields:
             present.setdefault(raw_name.strip().lower(), []).append(raw_value)
         names = [n for n in SIGNED_HEADERS if n.encode() in present] + ["from"]
-        tags = (f"v=1; a={self.key.algorithm}; c=relaxed/relaxed; d={self.key.domain};\r\n"
-                f" s={self.key.selector}; t={timestamp};\r\n h={':'.join(names)};\r\n"
-                f" bh={body_hash};\r\n b=")
+        tags = (
+            f"v=1; a={self.key.algorithm}; c=relaxed/relaxed; d={self.key.domain};\r\n"
+            f" s={self.key.selector}; t={timestamp};\r\n h={':'.join(names)};\r\n"
+            f" bh={body_hash};\r\n b="
+        )
         hashed = bytearray()
         remaining = {field: list(found) for field, found in present.items()}
         for name in names:
@@ -113,7 +124,7 @@ class DkimSigner:
     @staticmethod
     def assemble(head: bytes, signature: bytes, data: bytes) -> bytes:
         encoded = base64.b64encode(signature)
-        folded = b"\r\n ".join(encoded[i:i + 72] for i in range(0, len(encoded), 72))
+        folded = b"\r\n ".join(encoded[i : i + 72] for i in range(0, len(encoded), 72))
         return head + folded + b"\r\n" + data
 
     @property
@@ -146,8 +157,7 @@ def signer_from_settings(settings: Settings) -> DkimSigner | None:
     if not (settings.dkim_selector and settings.dkim_key_file):
         raise ConfigError("DKIM needs both RESPONDER_DKIM_SELECTOR and RESPONDER_DKIM_KEY_FILE")
     key = load_key(settings.dkim_key_file)
-    return DkimSigner(DkimKey(settings.dkim_selector,
-                              settings.dkim_domain or settings.sender_domain, key))
+    return DkimSigner(DkimKey(settings.dkim_selector, settings.dkim_domain or settings.sender_domain, key))
 
 
 def generate_key(algorithm: str = "rsa") -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
@@ -157,8 +167,9 @@ def generate_key(algorithm: str = "rsa") -> rsa.RSAPrivateKey | ed25519.Ed25519P
 
 
 def private_pem(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def dns_record(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> str:
@@ -167,6 +178,5 @@ def dns_record(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> str:
     if isinstance(public, ed25519.Ed25519PublicKey):
         raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
-    der = public.public_bytes(serialization.Encoding.DER,
-                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"

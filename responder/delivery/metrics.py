@@ -14,14 +14,17 @@ OUTCOMES = ("sent", "deferred", "failed", "bounced")
 class DeliveryMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.outcomes = Counter("responder_delivery_outcomes", "Delivery attempts by outcome",
-                                ["outcome"], registry=self.registry)
+        self.outcomes = Counter(
+            "responder_delivery_outcomes", "Delivery attempts by outcome", ["outcome"], registry=self.registry
+        )
         for outcome in OUTCOMES:
             self.outcomes.labels(outcome)
         self.send_seconds = Histogram(
-            "responder_send_seconds", "Seconds from handing a message to the transport to its reply",
+            "responder_send_seconds",
+            "Seconds from handing a message to the transport to its reply",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-            registry=self.registry)
+            registry=self.registry,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

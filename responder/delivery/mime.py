@@ -188,18 +188,25 @@ def compose(mail: Mail) -> bytes:
         headers.append(("List-Unsubscribe", ",\r\n ".join(targets)))
         headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
     for name, value in mail.extra_headers:
-        headers.append((check_header_name(name),
-                        _unstructured(name, check_header_value(name, value))))
+        headers.append((check_header_name(name), _unstructured(name, check_header_value(name, value))))
     # "=_" never occurs in quoted-printable output, so the boundary cannot collide with a body.
     boundary = f"=_{uuid.uuid4().hex}"
-    headers += [("MIME-Version", "1.0"),
-                ("Content-Type", f'multipart/alternative;\r\n boundary="{boundary}"')]
+    headers += [("MIME-Version", "1.0"), ("Content-Type", f'multipart/alternative;\r\n boundary="{boundary}"')]
     head = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("utf-8")
     delimiter = f"--{boundary}\r\n".encode()
-    part_head = 'Content-Type: text/{}; charset="utf-8"\r\n' \
-                "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-    return b"".join([
-        head, b"\r\n", delimiter, part_head.format("plain").encode(), _qp(mail.text), b"\r\n",
-        delimiter, part_head.format("html").encode(), _qp(mail.html), b"\r\n",
-        f"--{boundary}--\r\n".encode(),
-    ])
+    part_head = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+    return b"".join(
+        [
+            head,
+            b"\r\n",
+            delimiter,
+            part_head.format("plain").encode(),
+            _qp(mail.text),
+            b"\r\n",
+            delimiter,
+            part_head.format("html").encode(),
+            _qp(mail.html),
+            b"\r\n",
+            f"--{boundary}--\r\n".encode(),
+        ]
+    )

@@ -86,7 +86,8 @@ def _claim_select(dialect: str, limit: int, shape: Shape | None) -> AnySelect:
     due = sql_text(states.replace("state IN", "messages.state IN"))
     now = bindparam("now", type_=_m.next_attempt_at.type)
     picks = [
-        select(_m.id).where(*where, not_paused)
+        select(_m.id)
+        .where(*where, not_paused)
         .order_by(_m.next_attempt_at, _m.id)
         .limit(literal_column(str(int(limit))))  # a literal: generic plans would guess at a bound one
         .with_for_update(skip_locked=True)
@@ -97,16 +98,18 @@ def _claim_select(dialect: str, limit: int, shape: Shape | None) -> AnySelect:
         )
     ]
     picked = union_all(*(select(pick.c.id) for pick in picks)).subquery("picked")
-    query: AnySelect = (select(_m.id, _m.next_attempt_at, _m.attempts)
-                        .select_from(picked.join(MESSAGES, _m.id == picked.c.id)))
+    query: AnySelect = select(_m.id, _m.next_attempt_at, _m.attempts).select_from(
+        picked.join(MESSAGES, _m.id == picked.c.id)
+    )
     return shape(query) if shape is not None else query
 
 
 _CLAIM_UPDATE = (
     update(MESSAGES)
     .where(_m.id.in_(bindparam("ids", expanding=True)))
-    .values(state="sending", lease_owner=bindparam("owner"), lease_expires_at=bindparam("until"),
-            attempts=_m.attempts + 1)
+    .values(
+        state="sending", lease_owner=bindparam("owner"), lease_expires_at=bindparam("until"), attempts=_m.attempts + 1
+    )
 )
 
 
@@ -143,15 +146,14 @@ async def claim_in(
     # Oldest first across both picks; rows locked beyond the batch are let go at commit.
     rows = sorted(rows, key=lambda row: (row.next_attempt_at, row.id))[:limit]
     if rows:
-        await session.execute(_CLAIM_UPDATE, {
-            "ids": [row.id for row in rows], "owner": owner,
-            "until": now + dt.timedelta(seconds=lease_s)})
+        await session.execute(
+            _CLAIM_UPDATE,
+            {"ids": [row.id for row in rows], "owner": owner, "until": now + dt.timedelta(seconds=lease_s)},
+        )
     return rows
 
 
-async def finish(
-    session: object, message_id: int, owner: str, **values: object
-) -> bool:
+async def finish(session: object, message_id: int, owner: str, **values: object) -> bool:
     """Record an outcome if ``owner`` still holds the lease; False if it was lost."""
     result = await session.execute(  # type: ignore[attr-defined]
         update(Message)
@@ -166,34 +168,34 @@ def _finish_update(keys: tuple[str, ...]) -> ReturningUpdate[int]:
     """``finish_many``'s statement for one set of outcome columns, built once."""
     return (
         update(MESSAGES)
-        .where(_m.id.in_(bindparam("ids", expanding=True)), _m.lease_owner == bindparam("owner"),
-               _m.state == "sending")
-        .values(lease_owner=None, lease_expires_at=None,
-                **{key: bindparam(f"value_{key}", type_=_m[key].type) for key in keys})
+        .where(_m.id.in_(bindparam("ids", expanding=True)), _m.lease_owner == bindparam("owner"), _m.state == "sending")
+        .values(
+            lease_owner=None,
+            lease_expires_at=None,
+            **{key: bindparam(f"value_{key}", type_=_m[key].type) for key in keys},
+        )
         .returning(_m.id)
     )
 
 
-async def finish_many(session: object, message_ids: list[int], owner: str,
-                      **values: object) -> list[int]:
+async def finish_many(session: object, message_ids: list[int], owner: str, **values: object) -> list[int]:
     """``finish`` for many messages with the same outcome values in one statement; the ids
     whose lease ``owner`` still held."""
     if not message_ids:
         return []
     params = {f"value_{key}": value for key, value in values.items()}
     result = await session.execute(  # type: ignore[attr-defined]
-        _finish_update(tuple(sorted(values))), {"ids": message_ids, "owner": owner, **params})
+        _finish_update(tuple(sorted(values))), {"ids": message_ids, "owner": owner, **params}
+    )
     return list(result.scalars())
 
 
-async def renew(db: Database, message_ids: list[int], owner: str, *, now: dt.datetime,
-                lease_s: int) -> int:
+async def renew(db: Database, message_ids: list[int], owner: str, *, now: dt.datetime, lease_s: int) -> int:
     """Extend ``owner``'s lease on those of ``message_ids`` it still holds; how many."""
     async with db.transaction() as session:
         result = await session.execute(
             update(Message)
-            .where(Message.id.in_(message_ids), Message.lease_owner == owner,
-                   Message.state == "sending")
+            .where(Message.id.in_(message_ids), Message.lease_owner == owner, Message.state == "sending")
             .values(lease_expires_at=now + dt.timedelta(seconds=lease_s))
         )
     return int(result.rowcount)  # type: ignore[attr-defined]

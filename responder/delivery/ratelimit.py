@@ -46,9 +46,14 @@ _UNLIMITED: AbstractAsyncContextManager[None] = nullcontext()
 
 
 class SendLimits:
-    def __init__(self, *, rate_per_s: float = 0, domain_concurrency: int = 0,
-                 domain_rate_per_min: int = 0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        rate_per_s: float = 0,
+        domain_concurrency: int = 0,
+        domain_rate_per_min: int = 0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._global = SlidingWindow.per_second(rate_per_s) if rate_per_s > 0 else None
         self._domain_concurrency = domain_concurrency
         self._domain_rate_per_min = domain_rate_per_min
@@ -66,8 +71,7 @@ class SendLimits:
     async def _slot(self, domain: str) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if self._domain_concurrency > 0:
-                semaphore = self._semaphores.setdefault(
-                    domain, asyncio.Semaphore(self._domain_concurrency))
+                semaphore = self._semaphores.setdefault(domain, asyncio.Semaphore(self._domain_concurrency))
                 await stack.enter_async_context(semaphore)
             windows = [w for w in (self._global, self._domain_window(domain)) if w is not None]
             while True:

@@ -89,8 +89,7 @@ class SmtpTransport:
             except aiosmtplib.SMTPSenderRefused as exc:
                 # Our envelope sender refused: a configuration matter, never the recipient's.
                 await self._checkin(client)
-                raise TemporaryDeliveryError(f"sender refused: {exc.code} {exc.message}",
-                                             smtp_code=exc.code) from exc
+                raise TemporaryDeliveryError(f"sender refused: {exc.code} {exc.message}", smtp_code=exc.code) from exc
             except aiosmtplib.SMTPResponseException as exc:
                 if exc.code == 421:  # the server is closing this connection
                     client.close()
@@ -147,8 +146,9 @@ def in_wire_form(data: bytes) -> bool:
     return data.count(b"\r") == pairs == data.count(b"\n") and data.endswith(b"\r\n")
 
 
-async def transact(client: aiosmtplib.SMTP, mail_from: str, recipients: Sequence[str],
-                   data: bytes) -> dict[str, aiosmtplib.SMTPResponse]:
+async def transact(
+    client: aiosmtplib.SMTP, mail_from: str, recipients: Sequence[str], data: bytes
+) -> dict[str, aiosmtplib.SMTPResponse]:
     """``client.sendmail`` for a message already in wire form, without its text passes.
 
     ``sendmail`` normalises the line endings twice (once to count the SIZE, once for DATA) and

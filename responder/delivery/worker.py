@@ -123,14 +123,33 @@ def _claim_shape(query: outbox.AnySelect) -> outbox.AnySelect:
     version of the template's name, joined, so a batch needs no query per message. The
     columns' order is ``_claimed``'s."""
     versions = cast(Table, Template.__table__).alias("versions")
-    newest = (select(versions.c.id).where(versions.c.name == _m.template_name)
-              .order_by(versions.c.version.desc()).limit(1).scalar_subquery())
+    newest = (
+        select(versions.c.id)
+        .where(versions.c.name == _m.template_name)
+        .order_by(versions.c.version.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
     return (
         query.add_columns(
-            _m.subscriber_id, _m.kind, _m.step_id, _m.newsletter_id, _m.template_name,
-            _m.template_id, _m.message_id, _m.created_at,
-            _s.id, _s.email, _s.name, _s.status, _s.layer_id, _s.attributes, _s.tags,
-            _l.position, _l.name, _l.label,
+            _m.subscriber_id,
+            _m.kind,
+            _m.step_id,
+            _m.newsletter_id,
+            _m.template_name,
+            _m.template_id,
+            _m.message_id,
+            _m.created_at,
+            _s.id,
+            _s.email,
+            _s.name,
+            _s.status,
+            _s.layer_id,
+            _s.attributes,
+            _s.tags,
+            _l.position,
+            _l.name,
+            _l.label,
             newest,
         )
         .outerjoin(Subscriber.__table__, _s.id == _m.subscriber_id)
@@ -140,9 +159,14 @@ def _claim_shape(query: outbox.AnySelect) -> outbox.AnySelect:
 
 _INSERT_SENT_EVENTS = insert(EVENTS).from_select(
     ["subscriber_id", "message_id", "type", "machine", "data", "created_at"],
-    select(_m.subscriber_id, _m.id, literal("sent", EVENTS.c.type.type),
-           literal(False, EVENTS.c.machine.type), literal({}, EVENTS.c.data.type),
-           bindparam("now", type_=EVENTS.c.created_at.type))
+    select(
+        _m.subscriber_id,
+        _m.id,
+        literal("sent", EVENTS.c.type.type),
+        literal(False, EVENTS.c.machine.type),
+        literal({}, EVENTS.c.data.type),
+        bindparam("now", type_=EVENTS.c.created_at.type),
+    )
     .where(_m.id.in_(bindparam("ids", expanding=True)))
     .order_by(_m.id),
 )
@@ -150,9 +174,30 @@ _INSERT_SENT_EVENTS = insert(EVENTS).from_select(
 
 def _claimed(row: Any, layers: dict[int, _Layer]) -> Claimed:
     """A claimed row, its columns in the order of ``claim_in`` then ``_claim_shape``."""
-    (pk, _next_attempt_at, attempts, subscriber_id, kind, step_id, newsletter_id, template_name,
-     template_id, message_id, created_at, s_id, s_email, s_name, s_status, s_layer_id,
-     s_attributes, s_tags, l_position, l_name, l_label, newest_template_id) = row
+    (
+        pk,
+        _next_attempt_at,
+        attempts,
+        subscriber_id,
+        kind,
+        step_id,
+        newsletter_id,
+        template_name,
+        template_id,
+        message_id,
+        created_at,
+        s_id,
+        s_email,
+        s_name,
+        s_status,
+        s_layer_id,
+        s_attributes,
+        s_tags,
+        l_position,
+        l_name,
+        l_label,
+        newest_template_id,
+    ) = row
     subscriber = layer = None
     if s_id is not None:
         subscriber = _Recipient(s_id, s_email, s_name, s_status, s_layer_id, s_attributes, s_tags)
@@ -160,28 +205,47 @@ def _claimed(row: Any, layers: dict[int, _Layer]) -> Claimed:
             layer = layers.get(s_layer_id)
             if layer is None:
                 layer = layers[s_layer_id] = _Layer(s_layer_id, l_position, l_name, l_label)
-    return Claimed(pk, subscriber_id, kind, step_id, newsletter_id, template_name, template_id,
-                   attempts + 1, message_id, created_at, subscriber, layer, newest_template_id)
+    return Claimed(
+        pk,
+        subscriber_id,
+        kind,
+        step_id,
+        newsletter_id,
+        template_name,
+        template_id,
+        attempts + 1,
+        message_id,
+        created_at,
+        subscriber,
+        layer,
+        newest_template_id,
+    )
 
 
 class DeliveryWorker(PollingLoop):
     name = "delivery"
 
-    def __init__(self, rt: Runtime, transport: Transport, *, batch_size: int | None = None,
-                 signer: DkimSigner | None = None) -> None:
+    def __init__(
+        self, rt: Runtime, transport: Transport, *, batch_size: int | None = None, signer: DkimSigner | None = None
+    ) -> None:
         super().__init__(rt.outbox_wake, rt.settings.worker_poll_s)
         settings = rt.settings
         self.rt = rt
         self.transport = transport
         self.batch_size = batch_size or settings.worker_batch
-        self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{id(self) & 0xffffff:x}"
+        self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{id(self) & 0xFFFFFF:x}"
         self.signer = signer or signer_from_settings(settings)
         # RSA signatures are made by a child process beside the event loop (see signing.py).
-        self._signing = SigningProcess(private_pem(self.signer.key.private_key)) \
-            if self.signer is not None and self.signer.is_rsa else None
-        self.limits = SendLimits(rate_per_s=settings.send_rate_per_s,
-                                 domain_concurrency=settings.domain_concurrency,
-                                 domain_rate_per_min=settings.domain_rate_per_min)
+        self._signing = (
+            SigningProcess(private_pem(self.signer.key.private_key))
+            if self.signer is not None and self.signer.is_rsa
+            else None
+        )
+        self.limits = SendLimits(
+            rate_per_s=settings.send_rate_per_s,
+            domain_concurrency=settings.domain_concurrency,
+            domain_rate_per_min=settings.domain_rate_per_min,
+        )
         self.metrics = rt.delivery_metrics
         self._lanes = asyncio.Semaphore(settings.worker_lanes)
         # Template versions are never changed once stored: rows kept by id, a batch's newest
@@ -211,8 +275,7 @@ class DeliveryWorker(PollingLoop):
             # Each mail goes to a lane as soon as it is built, so the server receives while the
             # rest of the batch is rendered and signed (on two cores: SMTP peer and builder
             # overlap instead of taking turns).
-            outcomes = await self._prepare(batch, lambda item: sending.append(
-                asyncio.create_task(self._send(item))))
+            outcomes = await self._prepare(batch, lambda item: sending.append(asyncio.create_task(self._send(item))))
             outcomes += await asyncio.gather(*sending)
         except BaseException:
             for task in sending:
@@ -229,9 +292,14 @@ class DeliveryWorker(PollingLoop):
         transaction: the claim's own query, plus the template versions not seen before."""
         rt = self.rt
         async with rt.db.transaction() as session:
-            rows = await outbox.claim_in(session, owner=self.owner, now=rt.clock.now(),
-                                         limit=self.batch_size, lease_s=rt.settings.lease_s,
-                                         shape=_claim_shape)
+            rows = await outbox.claim_in(
+                session,
+                owner=self.owner,
+                now=rt.clock.now(),
+                limit=self.batch_size,
+                lease_s=rt.settings.lease_s,
+                shape=_claim_shape,
+            )
             layers: dict[int, _Layer] = {}
             batch = [_claimed(row, layers) for row in rows]
             wanted = {m.template_id or m.newest_template_id for m in batch} - {None}
@@ -255,25 +323,33 @@ class DeliveryWorker(PollingLoop):
             if done.is_set():
                 return
             try:
-                await outbox.renew(self.rt.db, ids, self.owner, now=self.rt.clock.now(),
-                                   lease_s=lease_s)
+                await outbox.renew(self.rt.db, ids, self.owner, now=self.rt.clock.now(), lease_s=lease_s)
             except Exception:  # the next renewal (or the lease's slack) covers a blip
                 log.exception("could not renew the lease of %d messages", len(ids))
 
-    async def _prepare(self, batch: list[Claimed],
-                       send: Callable[[Ready], None]) -> list[Outcome | None]:
+    async def _prepare(self, batch: list[Claimed], send: Callable[[Ready], None]) -> list[Outcome | None]:
         """Build and sign each mail and hand it to ``send``; the outcomes of those not sent."""
         rt = self.rt
         outcomes: list[Outcome | None] = []
         for message in batch:
             subscriber = message.subscriber
             if subscriber is None:
-                outcomes.append(Outcome(message.id, message.subscriber_id, {
-                    "state": "failed", "last_error": "not sent: subscriber is gone"}))
+                outcomes.append(
+                    Outcome(
+                        message.id,
+                        message.subscriber_id,
+                        {"state": "failed", "last_error": "not sent: subscriber is gone"},
+                    )
+                )
                 continue
             if subscriber.status not in SENDABLE_STATUS.get(message.kind, ("active",)):
-                outcomes.append(Outcome(message.id, message.subscriber_id, {
-                    "state": "failed", "last_error": f"not sent: subscriber is {subscriber.status}"}))
+                outcomes.append(
+                    Outcome(
+                        message.id,
+                        message.subscriber_id,
+                        {"state": "failed", "last_error": f"not sent: subscriber is {subscriber.status}"},
+                    )
+                )
                 continue
             # The version recorded on the message (a retry), else the newest of its name.
             template = self._templates.get(message.template_id or message.newest_template_id or 0)
@@ -281,17 +357,20 @@ class DeliveryWorker(PollingLoop):
                 if template is None:
                     raise TemplateError(f"no template named {message.template_name!r}")
                 # Plain rows with the attributes rendering reads stand in for ORM objects.
-                sources = Sources(cast(Subscriber, subscriber), cast(Layer | None, message.layer),
-                                  cast(Template, template))
+                sources = Sources(
+                    cast(Subscriber, subscriber), cast(Layer | None, message.layer), cast(Template, template)
+                )
                 built = await build_mail(rt, None, cast(Message, message), sources)
                 data = compose(built.mail)
             except (TemplateError, ValidationError) as exc:
-                outcomes.append(Outcome(message.id, message.subscriber_id,
-                                        {"state": "failed", "last_error": exc.message}))
+                outcomes.append(
+                    Outcome(message.id, message.subscriber_id, {"state": "failed", "last_error": exc.message})
+                )
                 continue
             except Exception:
-                log.exception("message %s: cannot be built; it stays leased and is retried "
-                              "when the lease expires", message.id)
+                log.exception(
+                    "message %s: cannot be built; it stays leased and is retried when the lease expires", message.id
+                )
                 continue
             unsigned = None
             if self.signer is not None:
@@ -325,8 +404,9 @@ class DeliveryWorker(PollingLoop):
             try:
                 await self.transport.send(item.envelope, data)
             except PermanentDeliveryError as exc:
-                return Outcome(message.id, message.subscriber_id,
-                               dict(base, state="bounced", last_error=exc.message), bounce=True)
+                return Outcome(
+                    message.id, message.subscriber_id, dict(base, state="bounced", last_error=exc.message), bounce=True
+                )
             except TemporaryDeliveryError as exc:
                 return self._deferred(message, exc.message, base)
             except Exception as exc:  # unknown transport trouble: retrying is the safe side
@@ -334,18 +414,24 @@ class DeliveryWorker(PollingLoop):
                 return self._deferred(message, f"unexpected error: {exc!r}"[:500], base)
             finally:
                 self.metrics.send_seconds.observe(time.perf_counter() - started)
-        return Outcome(message.id, message.subscriber_id,
-                       dict(base, state="sent", last_error=None))
+        return Outcome(message.id, message.subscriber_id, dict(base, state="sent", last_error=None))
 
     def _deferred(self, message: Claimed, error: str, base: dict[str, Any]) -> Outcome:
         now = self.rt.clock.now()
-        retry_at = next_attempt(message.attempts, now, message.created_at, jitter=random.random(),
-                                lifetime_s=self.rt.settings.message_lifetime_s)
+        retry_at = next_attempt(
+            message.attempts,
+            now,
+            message.created_at,
+            jitter=random.random(),
+            lifetime_s=self.rt.settings.message_lifetime_s,
+        )
         if retry_at is None:
-            return Outcome(message.id, message.subscriber_id,
-                           dict(base, state="failed", last_error=f"gave up: {error}"))
-        return Outcome(message.id, message.subscriber_id,
-                       dict(base, state="deferred", last_error=error, next_attempt_at=retry_at))
+            return Outcome(
+                message.id, message.subscriber_id, dict(base, state="failed", last_error=f"gave up: {error}")
+            )
+        return Outcome(
+            message.id, message.subscriber_id, dict(base, state="deferred", last_error=error, next_attempt_at=retry_at)
+        )
 
     async def _record(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
@@ -362,33 +448,44 @@ class DeliveryWorker(PollingLoop):
                 values = dict(group[0].values)
                 if values["state"] == "sent":  # when recorded: within a batch's time of the send
                     values["sent_at"] = now
-                done = set(await outbox.finish_many(
-                    session, [o.message_pk for o in group], self.owner, **values))
+                done = set(await outbox.finish_many(session, [o.message_pk for o in group], self.owner, **values))
                 for outcome in group:
                     if outcome.message_pk not in done:
-                        log.warning("message %s: lease lost before its outcome was recorded",
-                                    outcome.message_pk)
+                        log.warning("message %s: lease lost before its outcome was recorded", outcome.message_pk)
                         continue
                     recorded[outcome.state] += 1
                     if outcome.state == "sent":
                         sent.append(outcome.message_pk)
                     if outcome.bounce:
-                        await suppress_bounced(session, outcome.subscriber_id, outcome.message_pk,
-                                               str(outcome.values.get("last_error", "")), now)
+                        await suppress_bounced(
+                            session,
+                            outcome.subscriber_id,
+                            outcome.message_pk,
+                            str(outcome.values.get("last_error", "")),
+                            now,
+                        )
             if sent:  # one statement, the rows made from the outbox's
                 await session.execute(_INSERT_SENT_EVENTS, {"ids": sent, "now": now})
         for state, count in recorded.items():
             self.metrics.outcomes.labels(state).inc(count)
 
 
-async def suppress_bounced(session: Any, subscriber_id: int, message_pk: int | None, reply: str,
-                           now: dt.datetime, *, source: str = "smtp") -> None:
+async def suppress_bounced(
+    session: Any, subscriber_id: int, message_pk: int | None, reply: str, now: dt.datetime, *, source: str = "smtp"
+) -> None:
     """A hard bounce: record it, mark the address bounced, stop its sequences at once."""
-    session.add(Event(subscriber_id=subscriber_id, message_id=message_pk, type="bounce",
-                      created_at=now, data={"reply": reply[:500], "hard": True, "source": source}))
+    session.add(
+        Event(
+            subscriber_id=subscriber_id,
+            message_id=message_pk,
+            type="bounce",
+            created_at=now,
+            data={"reply": reply[:500], "hard": True, "source": source},
+        )
+    )
     await session.execute(
-        update(Subscriber).where(Subscriber.id == subscriber_id,
-                                 Subscriber.status.in_(("active", "pending")))
+        update(Subscriber)
+        .where(Subscriber.id == subscriber_id, Subscriber.status.in_(("active", "pending")))
         .values(status="bounced")
     )
     await end_enrollments(session, subscriber_id, "stopped", now)

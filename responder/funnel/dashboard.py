@@ -62,8 +62,7 @@ class Stats:
 
     def json(self) -> dict[str, Any]:
         body = asdict(self)
-        body["moves"] = [{"week_start": m.week_start.isoformat(), "up": m.up, "down": m.down}
-                         for m in self.moves]
+        body["moves"] = [{"week_start": m.week_start.isoformat(), "up": m.up, "down": m.down} for m in self.moves]
         return body
 
 
@@ -71,8 +70,9 @@ def week_start(day: dt.date) -> dt.date:
     return day - dt.timedelta(days=day.weekday())
 
 
-def weekly_moves(moves: Iterable[tuple[dt.datetime, int | None, int]], now: dt.datetime,
-                 weeks: int = WEEKS) -> list[WeekMoves]:
+def weekly_moves(
+    moves: Iterable[tuple[dt.datetime, int | None, int]], now: dt.datetime, weeks: int = WEEKS
+) -> list[WeekMoves]:
     """(when, from position, to position) → up/down counts for each of the last ``weeks``
     weeks (Monday starts), oldest first. A first placement (no from) is not a move."""
     current = week_start(now.date())
@@ -97,36 +97,57 @@ def complaint_alarm(complaints: int, sent: int) -> bool:
 async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
     since = now - dt.timedelta(days=WINDOW_DAYS)
     layers = list((await session.execute(select(Layer).order_by(Layer.position))).scalars())
-    active = dict((await session.execute(
-        select(Subscriber.layer_id, func.count()).where(Subscriber.status == "active")
-        .group_by(Subscriber.layer_id))).all())
+    active = dict(
+        (
+            await session.execute(
+                select(Subscriber.layer_id, func.count())
+                .where(Subscriber.status == "active")
+                .group_by(Subscriber.layer_id)
+            )
+        ).all()
+    )
     # Churn: subscribers who left (unsubscribed, bounced, complained) in the window, counted in
     # the layer they were in; the rate is over those plus the ones still active there.
-    churned = dict((await session.execute(
-        select(Subscriber.layer_id, func.count(func.distinct(Event.subscriber_id)))
-        .join(Subscriber, Subscriber.id == Event.subscriber_id)
-        .where(Event.type.in_(CHURN_TYPES), Event.created_at >= since,
-               Subscriber.status != "active")
-        .group_by(Subscriber.layer_id))).all())
+    churned = dict(
+        (
+            await session.execute(
+                select(Subscriber.layer_id, func.count(func.distinct(Event.subscriber_id)))
+                .join(Subscriber, Subscriber.id == Event.subscriber_id)
+                .where(Event.type.in_(CHURN_TYPES), Event.created_at >= since, Subscriber.status != "active")
+                .group_by(Subscriber.layer_id)
+            )
+        ).all()
+    )
     figures = [
-        LayerFigures(layer.position, layer.name, layer.label, active.get(layer.id, 0),
-                     churned.get(layer.id, 0),
-                     rate(churned.get(layer.id, 0), active.get(layer.id, 0) + churned.get(layer.id, 0)))
+        LayerFigures(
+            layer.position,
+            layer.name,
+            layer.label,
+            active.get(layer.id, 0),
+            churned.get(layer.id, 0),
+            rate(churned.get(layer.id, 0), active.get(layer.id, 0) + churned.get(layer.id, 0)),
+        )
         for layer in layers
     ]
     start_layer, end_layer = aliased(Layer), aliased(Layer)
     week_from = now - dt.timedelta(weeks=WEEKS)
-    moves = (await session.execute(
-        select(LayerHistory.created_at, start_layer.position, end_layer.position)
-        .outerjoin(start_layer, start_layer.id == LayerHistory.from_layer_id)
-        .join(end_layer, end_layer.id == LayerHistory.to_layer_id)
-        .where(LayerHistory.created_at >= week_from))).all()
+    moves = (
+        await session.execute(
+            select(LayerHistory.created_at, start_layer.position, end_layer.position)
+            .outerjoin(start_layer, start_layer.id == LayerHistory.from_layer_id)
+            .join(end_layer, end_layer.id == LayerHistory.to_layer_id)
+            .where(LayerHistory.created_at >= week_from)
+        )
+    ).all()
     by_type: dict[tuple[str, bool], int] = {
-        (type_, bool(machine)): count for type_, machine, count in (await session.execute(
-            select(Event.type, Event.machine, func.count())
-            .where(Event.created_at >= since,
-                   Event.type.in_(("open", "click", "sent", "complaint")))
-            .group_by(Event.type, Event.machine)))
+        (type_, bool(machine)): count
+        for type_, machine, count in (
+            await session.execute(
+                select(Event.type, Event.machine, func.count())
+                .where(Event.created_at >= since, Event.type.in_(("open", "click", "sent", "complaint")))
+                .group_by(Event.type, Event.machine)
+            )
+        )
     }
     sent = by_type.get(("sent", False), 0) + by_type.get(("sent", True), 0)
     complaints = by_type.get(("complaint", False), 0) + by_type.get(("complaint", True), 0)
@@ -135,7 +156,9 @@ async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
         moves=weekly_moves(moves, now),
         opens=Engagement(by_type.get(("open", False), 0), by_type.get(("open", True), 0)),
         clicks=Engagement(by_type.get(("click", False), 0), by_type.get(("click", True), 0)),
-        sent=sent, complaints=complaints, complaint_rate=rate(complaints, sent),
+        sent=sent,
+        complaints=complaints,
+        complaint_rate=rate(complaints, sent),
         complaint_alarm=complaint_alarm(complaints, sent),
     )
 
@@ -157,18 +180,28 @@ class StepFigures:
 
 async def step_figures(session: AsyncSession) -> dict[int, StepFigures]:
     """Per sequence step: messages sent, and how many of them a person opened or clicked."""
-    sent = dict((await session.execute(
-        select(Message.step_id, func.count()).where(Message.step_id.is_not(None),
-                                                    Message.state == "sent")
-        .group_by(Message.step_id))).all())
+    sent = dict(
+        (
+            await session.execute(
+                select(Message.step_id, func.count())
+                .where(Message.step_id.is_not(None), Message.state == "sent")
+                .group_by(Message.step_id)
+            )
+        ).all()
+    )
     engaged: dict[tuple[int | None, str], int] = {
-        (step_id, type_): count for step_id, type_, count in (await session.execute(
-            select(Message.step_id, Event.type, func.count(func.distinct(Event.message_id)))
-            .join(Message, Message.id == Event.message_id)
-            .where(Message.step_id.is_not(None), Event.type.in_(("open", "click")),
-                   Event.machine.is_(False))
-            .group_by(Message.step_id, Event.type))).all()
+        (step_id, type_): count
+        for step_id, type_, count in (
+            await session.execute(
+                select(Message.step_id, Event.type, func.count(func.distinct(Event.message_id)))
+                .join(Message, Message.id == Event.message_id)
+                .where(Message.step_id.is_not(None), Event.type.in_(("open", "click")), Event.machine.is_(False))
+                .group_by(Message.step_id, Event.type)
+            )
+        ).all()
     }
-    return {step_id: StepFigures(count, engaged.get((step_id, "open"), 0),
-                                 engaged.get((step_id, "click"), 0))
-            for step_id, count in sent.items() if step_id is not None}
+    return {
+        step_id: StepFigures(count, engaged.get((step_id, "open"), 0), engaged.get((step_id, "click"), 0))
+        for step_id, count in sent.items()
+        if step_id is not None
+    }

@@ -20,17 +20,17 @@ from . import webhooks
 async def layer_sequence(session: AsyncSession, layer_id: int) -> Sequence | None:
     return (
         await session.execute(
-            select(Sequence).where(Sequence.layer_id == layer_id, Sequence.trigger == "layer")
-            .order_by(Sequence.id).limit(1)
+            select(Sequence)
+            .where(Sequence.layer_id == layer_id, Sequence.trigger == "layer")
+            .order_by(Sequence.id)
+            .limit(1)
         )
     ).scalar_one_or_none()
 
 
 async def step_plans(session: AsyncSession, sequence_id: int) -> list[Step]:
     return list(
-        (await session.execute(
-            select(Step).where(Step.sequence_id == sequence_id).order_by(Step.position)
-        )).scalars()
+        (await session.execute(select(Step).where(Step.sequence_id == sequence_id).order_by(Step.position))).scalars()
     )
 
 
@@ -42,37 +42,42 @@ async def enroll(session: AsyncSession, subscriber: Subscriber, layer_id: int, n
     return await enroll_in(session, subscriber, sequence, now)
 
 
-async def enroll_in(session: AsyncSession, subscriber: Subscriber, sequence: Sequence,
-                    now: dt.datetime) -> Enrollment:
+async def enroll_in(session: AsyncSession, subscriber: Subscriber, sequence: Sequence, now: dt.datetime) -> Enrollment:
     steps = await step_plans(session, sequence.id)
     due = first_due([StepPlan(s.position, s.delay_s) for s in steps], now)
     enrollment = Enrollment(
-        subscriber_id=subscriber.id, sequence_id=sequence.id,
-        state="active" if due else "completed", next_position=steps[0].position if steps else 1,
-        due_at=due, started_at=now, ended_at=None if due else now,
+        subscriber_id=subscriber.id,
+        sequence_id=sequence.id,
+        state="active" if due else "completed",
+        next_position=steps[0].position if steps else 1,
+        due_at=due,
+        started_at=now,
+        ended_at=None if due else now,
     )
     session.add(enrollment)
     await session.flush()
     return enrollment
 
 
-async def end_enrollments(session: AsyncSession, subscriber_id: int, state: str, now: dt.datetime,
-                          *, layer_only: bool = False) -> None:
+async def end_enrollments(
+    session: AsyncSession, subscriber_id: int, state: str, now: dt.datetime, *, layer_only: bool = False
+) -> None:
     """End the subscriber's active enrollments (only the layer's main one with ``layer_only``)."""
     condition = [Enrollment.subscriber_id == subscriber_id, Enrollment.state == "active"]
     if layer_only:
-        condition.append(Enrollment.sequence_id.in_(
-            select(Sequence.id).where(Sequence.trigger == "layer")))
+        condition.append(Enrollment.sequence_id.in_(select(Sequence.id).where(Sequence.trigger == "layer")))
     await session.execute(
-        update(Enrollment).where(*condition).values(state=state, ended_at=now, due_at=None)
+        update(Enrollment)
+        .where(*condition)
+        .values(state=state, ended_at=now, due_at=None)
         .execution_options(synchronize_session=False)
     )
 
 
 async def top_position(session: AsyncSession) -> int:
-    return int((await session.execute(
-        select(func.max(Layer.position)).where(Layer.removed_at.is_(None))
-    )).scalar_one() or 0)
+    return int(
+        (await session.execute(select(func.max(Layer.position)).where(Layer.removed_at.is_(None)))).scalar_one() or 0
+    )
 
 
 async def move_layer(
@@ -90,22 +95,39 @@ async def move_layer(
     """
     from_layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
     history = LayerHistory(
-        subscriber_id=subscriber.id, from_layer_id=subscriber.layer_id, to_layer_id=to_layer.id,
-        reason=reason, event_ids=list(event_ids), created_at=now,
+        subscriber_id=subscriber.id,
+        from_layer_id=subscriber.layer_id,
+        to_layer_id=to_layer.id,
+        reason=reason,
+        event_ids=list(event_ids),
+        created_at=now,
     )
     session.add(history)
     await end_enrollments(session, subscriber.id, "handed_off", now, layer_only=True)
     subscriber.layer_id = to_layer.id
     subscriber.layer_entered_at = now
-    session.add(Event(subscriber_id=subscriber.id, type="promoted", created_at=now,
-                      data={"to_layer": to_layer.position, "reason": reason}))
+    session.add(
+        Event(
+            subscriber_id=subscriber.id,
+            type="promoted",
+            created_at=now,
+            data={"to_layer": to_layer.position, "reason": reason},
+        )
+    )
     if subscriber.status == "active":
         await enroll(session, subscriber, to_layer.id, now)
-    await webhooks.emit(session, "layer_changed", {
-        "subscriber": {"id": subscriber.id, "email": subscriber.email},
-        "from_layer": from_layer.position if from_layer else None,
-        "to_layer": to_layer.position, "reason": reason, "event_ids": list(event_ids),
-    }, now)
+    await webhooks.emit(
+        session,
+        "layer_changed",
+        {
+            "subscriber": {"id": subscriber.id, "email": subscriber.email},
+            "from_layer": from_layer.position if from_layer else None,
+            "to_layer": to_layer.position,
+            "reason": reason,
+            "event_ids": list(event_ids),
+        },
+        now,
+    )
     await session.flush()
     return history
 
@@ -114,22 +136,25 @@ async def sunset(session: AsyncSession, subscriber: Subscriber, reason: str, now
     """Stop mailing a long-silent subscriber; the record, layer and history stay."""
     subscriber.status = "sunset"
     await end_enrollments(session, subscriber.id, "stopped", now)
-    session.add(Event(subscriber_id=subscriber.id, type="sunset", created_at=now,
-                      data={"reason": reason}))
+    session.add(Event(subscriber_id=subscriber.id, type="sunset", created_at=now, data={"reason": reason}))
     await session.flush()
 
 
-async def sunset_many(session: AsyncSession, subscriber_ids: list[int], reason: str,
-                      now: dt.datetime) -> None:
+async def sunset_many(session: AsyncSession, subscriber_ids: list[int], reason: str, now: dt.datetime) -> None:
     """``sunset`` for many subscribers in three statements (the daily sweep)."""
     await session.execute(
-        update(Subscriber).where(Subscriber.id.in_(subscriber_ids)).values(status="sunset")
-        .execution_options(synchronize_session="fetch"))
+        update(Subscriber)
+        .where(Subscriber.id.in_(subscriber_ids))
+        .values(status="sunset")
+        .execution_options(synchronize_session="fetch")
+    )
     await session.execute(
-        update(Enrollment).where(Enrollment.subscriber_id.in_(subscriber_ids),
-                                 Enrollment.state == "active")
+        update(Enrollment)
+        .where(Enrollment.subscriber_id.in_(subscriber_ids), Enrollment.state == "active")
         .values(state="stopped", ended_at=now, due_at=None)
-        .execution_options(synchronize_session=False))
-    session.add_all([Event(subscriber_id=i, type="sunset", created_at=now, data={"reason": reason})
-                     for i in subscriber_ids])
+        .execution_options(synchronize_session=False)
+    )
+    session.add_all(
+        [Event(subscriber_id=i, type="sunset", created_at=now, data={"reason": reason}) for i in subscriber_ids]
+    )
     await session.flush()

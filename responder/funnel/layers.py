@@ -26,27 +26,28 @@ PARKED = 1000
 
 
 async def active_layers(session: AsyncSession) -> list[Layer]:
-    return list((await session.execute(
-        select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position)
-    )).scalars())
+    return list(
+        (await session.execute(select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position))).scalars()
+    )
 
 
 async def layer_at(session: AsyncSession, position: Any) -> Layer:
     if isinstance(position, bool) or not isinstance(position, int):
         raise ValidationError("a layer position (integer) is required", field="position")
-    layer = (await session.execute(
-        select(Layer).where(Layer.position == position, Layer.removed_at.is_(None))
-    )).scalar_one_or_none()
+    layer = (
+        await session.execute(select(Layer).where(Layer.position == position, Layer.removed_at.is_(None)))
+    ).scalar_one_or_none()
     if layer is None:
         raise NotFound(f"no layer at position {position}")
     return layer
 
 
 async def counts(session: AsyncSession) -> dict[int, int]:
-    rows = (await session.execute(
-        select(Subscriber.layer_id, func.count()).where(Subscriber.status == "active")
-        .group_by(Subscriber.layer_id)
-    )).all()
+    rows = (
+        await session.execute(
+            select(Subscriber.layer_id, func.count()).where(Subscriber.status == "active").group_by(Subscriber.layer_id)
+        )
+    ).all()
     return {layer_id: count for layer_id, count in rows if layer_id is not None}
 
 
@@ -59,8 +60,7 @@ def _fields(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
     if "description" in data or not partial:
         description = data.get("description") or ""
         if not isinstance(description, str) or len(description) > 2000:
-            raise ValidationError("description must be text of at most 2000 characters",
-                                  field="description")
+            raise ValidationError("description must be text of at most 2000 characters", field="description")
         values["description"] = description
     if "rule" in data:
         values["rule"] = validate_rule(data["rule"])
@@ -76,8 +76,7 @@ async def _name_free(session: AsyncSession, name: str, layer_id: int | None) -> 
 async def _renumber(session: AsyncSession, ordered: list[Layer]) -> None:
     """Give ``ordered`` the positions 1..N (two steps: positions are unique at every moment)."""
     for layer in ordered:
-        await session.execute(update(Layer).where(Layer.id == layer.id)
-                              .values(position=-layer.id))
+        await session.execute(update(Layer).where(Layer.id == layer.id).values(position=-layer.id))
     for index, layer in enumerate(ordered, start=1):
         await session.execute(update(Layer).where(Layer.id == layer.id).values(position=index))
         layer.position = index
@@ -92,8 +91,7 @@ async def create_layer(session: AsyncSession, data: dict[str, Any], now: dt.date
     values.setdefault("rule", dict(DEFAULT_RULE))
     await _name_free(session, values["name"], None)
     position = data.get("position", len(layers) + 1)
-    if isinstance(position, bool) or not isinstance(position, int) or not (
-            1 <= position <= len(layers) + 1):
+    if isinstance(position, bool) or not isinstance(position, int) or not (1 <= position <= len(layers) + 1):
         raise ValidationError(f"position must be between 1 and {len(layers) + 1}", field="position")
     layer = Layer(position=PARKED * 10 + len(layers), created_at=now, **values)
     session.add(layer)
@@ -122,10 +120,12 @@ async def update_layer(session: AsyncSession, position: int, data: dict[str, Any
 async def reorder_layers(session: AsyncSession, order: Any) -> list[Layer]:
     """``order`` lists the current positions in their new order, e.g. ``[1, 3, 2, 4, 5]``."""
     layers = await active_layers(session)
-    if (not isinstance(order, list) or sorted(order) != list(range(1, len(layers) + 1))
-            or not all(isinstance(p, int) and not isinstance(p, bool) for p in order)):
-        raise ValidationError(f"order must list each position 1..{len(layers)} once",
-                              field="order")
+    if (
+        not isinstance(order, list)
+        or sorted(order) != list(range(1, len(layers) + 1))
+        or not all(isinstance(p, int) and not isinstance(p, bool) for p in order)
+    ):
+        raise ValidationError(f"order must list each position 1..{len(layers)} once", field="order")
     by_position = {layer.position: layer for layer in layers}
     ordered = [by_position[p] for p in order]
     await _renumber(session, ordered)
@@ -139,29 +139,41 @@ async def remove_layer(session: AsyncSession, position: int, move_to: Any, now: 
         raise ValidationError(f"there must be at least {MIN_LAYERS} layers", field="position")
     layer = await layer_at(session, position)
     if move_to is None:
-        raise ValidationError("say where its subscribers go: move_to (a layer position)",
-                              field="move_to")
+        raise ValidationError("say where its subscribers go: move_to (a layer position)", field="move_to")
     target = await layer_at(session, move_to)
     if target.id == layer.id:
         raise ValidationError("move_to must be another layer", field="move_to")
     moved = 0
     last_id = 0
     while True:
-        batch = list((await session.execute(
-            select(Subscriber).where(Subscriber.layer_id == layer.id, Subscriber.id > last_id)
-            .order_by(Subscriber.id).limit(500)
-        )).scalars())
+        batch = list(
+            (
+                await session.execute(
+                    select(Subscriber)
+                    .where(Subscriber.layer_id == layer.id, Subscriber.id > last_id)
+                    .order_by(Subscriber.id)
+                    .limit(500)
+                )
+            ).scalars()
+        )
         for subscriber in batch:
-            await move_layer(session, subscriber, target, now=now, event_ids=[],
-                             reason=f"layer {layer.position} ({layer.name}) removed")
+            await move_layer(
+                session,
+                subscriber,
+                target,
+                now=now,
+                event_ids=[],
+                reason=f"layer {layer.position} ({layer.name}) removed",
+            )
             moved += 1
         if len(batch) < 500:
             break
         last_id = batch[-1].id
     # Its name is freed for a new layer; history keeps pointing at this row.
     removed_name = f"{layer.name} (removed #{layer.id})"[-120:]
-    await session.execute(update(Layer).where(Layer.id == layer.id)
-                          .values(position=PARKED + layer.id, removed_at=now, name=removed_name))
+    await session.execute(
+        update(Layer).where(Layer.id == layer.id).values(position=PARKED + layer.id, removed_at=now, name=removed_name)
+    )
     layer.removed_at, layer.name = now, removed_name
     await _renumber(session, [other for other in layers if other.id != layer.id])
     return moved

@@ -44,14 +44,21 @@ def _parse_time(value: Any) -> dt.datetime | None:
 
 
 async def _layer_ids(session: AsyncSession, positions: Any) -> list[int]:
-    if not isinstance(positions, list) or not positions or not all(
-            isinstance(p, int) and not isinstance(p, bool) for p in positions):
-        raise ValidationError("layers is required: a list of layer positions (there is no "
-                              "'everyone' default)", field="layers")
-    rows = dict((await session.execute(
-        select(Layer.position, Layer.id).where(Layer.position.in_(positions),
-                                               Layer.removed_at.is_(None))
-    )).all())
+    if (
+        not isinstance(positions, list)
+        or not positions
+        or not all(isinstance(p, int) and not isinstance(p, bool) for p in positions)
+    ):
+        raise ValidationError(
+            "layers is required: a list of layer positions (there is no 'everyone' default)", field="layers"
+        )
+    rows = dict(
+        (
+            await session.execute(
+                select(Layer.position, Layer.id).where(Layer.position.in_(positions), Layer.removed_at.is_(None))
+            )
+        ).all()
+    )
     missing = sorted(set(positions) - set(rows))
     if missing:
         raise ValidationError(f"no layer at position {missing[0]}", field="layers")
@@ -62,8 +69,7 @@ def _tags(value: Any) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(t, str) and TAG.match(t) for t in value):
-        raise ValidationError("tags must be a list of tags (letters, digits, '-', '_')",
-                              field="tags")
+        raise ValidationError("tags must be a list of tags (letters, digits, '-', '_')", field="tags")
     return sorted(set(value))
 
 
@@ -72,9 +78,15 @@ async def create(session: AsyncSession, data: dict[str, Any], now: dt.datetime) 
     name = clean_text(data.get("name"), "name", max_len=200, required=True)
     template = clean_text(data.get("template"), "template", max_len=120, required=True)
     newsletter = Newsletter(
-        name=name, template_name=template, layer_ids=await _layer_ids(session, data.get("layers")),
-        tags=_tags(data.get("tags")), state="draft", scheduled_at=None, created_at=now,
-        total=0, cursor=0,
+        name=name,
+        template_name=template,
+        layer_ids=await _layer_ids(session, data.get("layers")),
+        tags=_tags(data.get("tags")),
+        state="draft",
+        scheduled_at=None,
+        created_at=now,
+        total=0,
+        cursor=0,
     )
     send_at = _parse_time(data.get("send_at"))
     if send_at is not None or data.get("send_now") is True:
@@ -89,8 +101,7 @@ async def get(session: AsyncSession, newsletter_id: int) -> Newsletter:
     return newsletter
 
 
-async def schedule(session: AsyncSession, newsletter_id: int, send_at: Any, now: dt.datetime
-                   ) -> Newsletter:
+async def schedule(session: AsyncSession, newsletter_id: int, send_at: Any, now: dt.datetime) -> Newsletter:
     newsletter = await get(session, newsletter_id)
     if newsletter.state not in ("draft", "scheduled"):
         raise Conflict(f"a {newsletter.state} newsletter cannot be scheduled")
@@ -121,8 +132,8 @@ async def cancel(session: AsyncSession, newsletter_id: int, now: dt.datetime) ->
         raise Conflict(f"a {newsletter.state} newsletter cannot be cancelled")
     newsletter.state, newsletter.finished_at = "cancelled", now
     await session.execute(
-        update(Message).where(Message.newsletter_id == newsletter.id,
-                              Message.state.in_(("queued", "deferred")))
+        update(Message)
+        .where(Message.newsletter_id == newsletter.id, Message.state.in_(("queued", "deferred")))
         .values(state="failed", last_error="newsletter cancelled")
         .execution_options(synchronize_session=False)
     )
@@ -130,32 +141,45 @@ async def cancel(session: AsyncSession, newsletter_id: int, now: dt.datetime) ->
 
 
 async def progress(session: AsyncSession, newsletter: Newsletter) -> dict[str, Any]:
-    counts = dict((await session.execute(
-        select(Message.state, func.count()).where(Message.newsletter_id == newsletter.id)
-        .group_by(Message.state)
-    )).all())
+    counts = dict(
+        (
+            await session.execute(
+                select(Message.state, func.count())
+                .where(Message.newsletter_id == newsletter.id)
+                .group_by(Message.state)
+            )
+        ).all()
+    )
     queued = sum(counts.values())
-    return {"id": newsletter.id, "name": newsletter.name, "template": newsletter.template_name,
-            "state": newsletter.state, "layer_ids": newsletter.layer_ids, "tags": newsletter.tags,
-            "scheduled_at": _iso(newsletter.scheduled_at),
-            "started_at": _iso(newsletter.started_at),
-            "finished_at": _iso(newsletter.finished_at),
-            "total": newsletter.total, "queued": queued, "sent": counts.get("sent", 0),
-            "failed": counts.get("failed", 0) + counts.get("bounced", 0)}
+    return {
+        "id": newsletter.id,
+        "name": newsletter.name,
+        "template": newsletter.template_name,
+        "state": newsletter.state,
+        "layer_ids": newsletter.layer_ids,
+        "tags": newsletter.tags,
+        "scheduled_at": _iso(newsletter.scheduled_at),
+        "started_at": _iso(newsletter.started_at),
+        "finished_at": _iso(newsletter.finished_at),
+        "total": newsletter.total,
+        "queued": queued,
+        "sent": counts.get("sent", 0),
+        "failed": counts.get("failed", 0) + counts.get("bounced", 0),
+    }
 
 
 async def recent(session: AsyncSession, limit: int = 200) -> list[dict[str, Any]]:
     """The newest newsletters with their progress (the API's list and the admin page)."""
-    rows = (await session.execute(select(Newsletter).order_by(Newsletter.id.desc())
-                                  .limit(limit))).scalars().all()
+    rows = (await session.execute(select(Newsletter).order_by(Newsletter.id.desc()).limit(limit))).scalars().all()
     return [await progress(session, n) for n in rows]
 
 
 ACTIONS = ("schedule", "pause", "resume", "cancel")
 
 
-async def act(session: AsyncSession, newsletter_id: int, action: str, now: dt.datetime,
-              send_at: Any = None) -> Newsletter:
+async def act(
+    session: AsyncSession, newsletter_id: int, action: str, now: dt.datetime, send_at: Any = None
+) -> Newsletter:
     """One of ``ACTIONS`` on a newsletter (the API's and the admin page's buttons)."""
     if action == "schedule":
         return await schedule(session, newsletter_id, send_at, now)
@@ -175,48 +199,60 @@ def _iso(value: dt.datetime | None) -> str | None:
 async def fix_audience(session: AsyncSession, newsletter: Newsletter, now: dt.datetime) -> None:
     """Copy the matching active subscribers into the recipient list, inside the database."""
     audience = select(literal(newsletter.id, Integer), Subscriber.id).where(
-        Subscriber.status == "active", Subscriber.layer_id.in_(newsletter.layer_ids))
+        Subscriber.status == "active", Subscriber.layer_id.in_(newsletter.layer_ids)
+    )
     for tag in newsletter.tags or []:
         audience = audience.where(cast(Subscriber.tags, String).like(f'%"{tag}"%'))
-    await session.execute(insert(NewsletterRecipient).from_select(
-        ["newsletter_id", "subscriber_id"], audience))
-    newsletter.total = (await session.execute(
-        select(func.count()).select_from(NewsletterRecipient)
-        .where(NewsletterRecipient.newsletter_id == newsletter.id))).scalar_one()
+    await session.execute(insert(NewsletterRecipient).from_select(["newsletter_id", "subscriber_id"], audience))
+    newsletter.total = (
+        await session.execute(
+            select(func.count())
+            .select_from(NewsletterRecipient)
+            .where(NewsletterRecipient.newsletter_id == newsletter.id)
+        )
+    ).scalar_one()
     newsletter.state, newsletter.started_at, newsletter.cursor = "sending", now, 0
 
 
-async def advance(session: AsyncSession, now: dt.datetime, *, domain: str,
-                  batch: int = BATCH) -> int:
+async def advance(session: AsyncSession, now: dt.datetime, *, domain: str, batch: int = BATCH) -> int:
     """Start due newsletters and queue one batch of each sending one; the batches queued."""
-    due = (await session.execute(
-        select(Newsletter).where(Newsletter.state == "scheduled", Newsletter.scheduled_at <= now)
-    )).scalars().all()
+    due = (
+        (
+            await session.execute(
+                select(Newsletter).where(Newsletter.state == "scheduled", Newsletter.scheduled_at <= now)
+            )
+        )
+        .scalars()
+        .all()
+    )
     for newsletter in due:
         await fix_audience(session, newsletter, now)
-    sending = (await session.execute(
-        select(Newsletter).where(Newsletter.state == "sending").order_by(Newsletter.id)
-    )).scalars().all()
+    sending = (
+        (await session.execute(select(Newsletter).where(Newsletter.state == "sending").order_by(Newsletter.id)))
+        .scalars()
+        .all()
+    )
     for newsletter in sending:
         await send_batch(session, newsletter, now, domain=domain, batch=batch)
     return len(sending)
 
 
-async def send_batch(session: AsyncSession, newsletter: Newsletter, now: dt.datetime, *,
-                     domain: str, batch: int = BATCH) -> int:
-    rows = (await session.execute(
-        select(Subscriber.id, Subscriber.status, Subscriber.layer_id, Subscriber.frequency,
-               Subscriber.paused_until)
-        .join(NewsletterRecipient, NewsletterRecipient.subscriber_id == Subscriber.id)
-        .where(NewsletterRecipient.newsletter_id == newsletter.id,
-               Subscriber.id > newsletter.cursor)
-        .order_by(Subscriber.id).limit(batch)
-    )).all()
+async def send_batch(
+    session: AsyncSession, newsletter: Newsletter, now: dt.datetime, *, domain: str, batch: int = BATCH
+) -> int:
+    rows = (
+        await session.execute(
+            select(Subscriber.id, Subscriber.status, Subscriber.layer_id, Subscriber.frequency, Subscriber.paused_until)
+            .join(NewsletterRecipient, NewsletterRecipient.subscriber_id == Subscriber.id)
+            .where(NewsletterRecipient.newsletter_id == newsletter.id, Subscriber.id > newsletter.cursor)
+            .order_by(Subscriber.id)
+            .limit(batch)
+        )
+    ).all()
     if not rows:
         newsletter.state, newsletter.finished_at = "sent", now
         return 0
-    caps = {layer.id: (layer.rule or {}).get("caps")
-            for layer in (await session.execute(select(Layer))).scalars()}
+    caps = {layer.id: (layer.rule or {}).get("caps") for layer in (await session.execute(select(Layer))).scalars()}
 
     def waits(row: Any) -> bool:  # this subscriber's newsletter may be held by the caps
         own = caps_for(caps.get(row.layer_id or 0), row.frequency)
@@ -229,12 +265,27 @@ async def send_batch(session: AsyncSession, newsletter: Newsletter, now: dt.date
         if row.status != "active":  # left since the audience was fixed
             continue
         # Not held by the caps: now, unless paused (then skipped; see sequences.pacing).
-        send_at = mail_at(sent.get(row.id, []), now, caps.get(row.layer_id or 0), "newsletter",
-                          frequency=row.frequency, paused_until=row.paused_until)
+        send_at = mail_at(
+            sent.get(row.id, []),
+            now,
+            caps.get(row.layer_id or 0),
+            "newsletter",
+            frequency=row.frequency,
+            paused_until=row.paused_until,
+        )
         if send_at is None:
             continue
-        queue.append(outbox_row(row.id, "newsletter", newsletter.template_name, now,
-                                domain, newsletter_id=newsletter.id, send_at=send_at))
+        queue.append(
+            outbox_row(
+                row.id,
+                "newsletter",
+                newsletter.template_name,
+                now,
+                domain,
+                newsletter_id=newsletter.id,
+                send_at=send_at,
+            )
+        )
     queued = await enqueue_many(session, queue)
     newsletter.cursor = rows[-1].id
     if len(rows) < batch:

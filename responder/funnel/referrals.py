@@ -22,6 +22,7 @@ from .events import record_event
 REF_COOKIE = "responder_ref"
 REF_COOKIE_MAX_AGE_S = 30 * 86400
 
+
 def _serializer(rt: Runtime) -> URLSafeSerializer:
     assert rt.settings.secret_key is not None
     return URLSafeSerializer(rt.settings.secret_key, salt="referral")
@@ -65,5 +66,6 @@ async def credit_referral(session: AsyncSession, subscriber: Subscriber, now: dt
     referrer = await session.get(Subscriber, subscriber.referred_by_id)
     if referrer is None:
         return
-    await record_event(session, referrer, "referral", now,
-                       data={"referred_id": subscriber.id, "referred_email": subscriber.email})
+    await record_event(
+        session, referrer, "referral", now, data={"referred_id": subscriber.id, "referred_email": subscriber.email}
+    )

@@ -38,8 +38,7 @@ class Scheduler(PollingLoop):
         async with rt.db.transaction() as session:
             batches = await newsletters.advance(session, now, domain=rt.settings.sender_domain)
         async with rt.db.transaction() as session:
-            done = await run_due_steps(session, now, limit=self.batch_size,
-                                       domain=rt.settings.sender_domain)
+            done = await run_due_steps(session, now, limit=self.batch_size, domain=rt.settings.sender_domain)
         if self.next_sweep_at is None or now >= self.next_sweep_at:
             async with rt.db.transaction() as session:
                 await sweep(session, now)

@@ -26,19 +26,30 @@ PURPOSES = ("seed", "educate", "case_study", "sample", "offer", "referral")
 
 
 def step_json(step: Step) -> dict[str, Any]:
-    return {"id": step.id, "position": step.position, "delay": format_duration(step.delay_s),
-            "template": step.template_name, "purpose": step.purpose,
-            "send_window": step.send_window, "condition": step.condition}
+    return {
+        "id": step.id,
+        "position": step.position,
+        "delay": format_duration(step.delay_s),
+        "template": step.template_name,
+        "purpose": step.purpose,
+        "send_window": step.send_window,
+        "condition": step.condition,
+    }
 
 
 async def sequence_json(session: AsyncSession, sequence: Sequence) -> dict[str, Any]:
     layer = await session.get(Layer, sequence.layer_id) if sequence.layer_id else None
-    steps = (await session.execute(
-        select(Step).where(Step.sequence_id == sequence.id).order_by(Step.position))).scalars()
-    return {"id": sequence.id, "name": sequence.name, "trigger": sequence.trigger,
-            "product": sequence.product,
-            "layer": layer.position if layer and layer.removed_at is None else None,
-            "steps": [step_json(s) for s in steps]}
+    steps = (
+        await session.execute(select(Step).where(Step.sequence_id == sequence.id).order_by(Step.position))
+    ).scalars()
+    return {
+        "id": sequence.id,
+        "name": sequence.name,
+        "trigger": sequence.trigger,
+        "product": sequence.product,
+        "layer": layer.position if layer and layer.removed_at is None else None,
+        "steps": [step_json(s) for s in steps],
+    }
 
 
 async def list_sequences(session: AsyncSession) -> list[dict[str, Any]]:
@@ -82,8 +93,7 @@ def _step_values(data: Any, *, partial: bool) -> dict[str, Any]:
             raise ValidationError("delay must be a duration such as 90s, 2h, 3d", field="delay")
         values["delay_s"] = parse_duration(delay)
     if not partial or "template" in data:
-        values["template_name"] = clean_text(data.get("template"), "template", max_len=120,
-                                             required=True)
+        values["template_name"] = clean_text(data.get("template"), "template", max_len=120, required=True)
     if not partial or "purpose" in data:
         if data.get("purpose") not in PURPOSES:
             raise ValidationError(f"purpose must be one of {' | '.join(PURPOSES)}", field="purpose")
@@ -99,8 +109,7 @@ async def add_step(session: AsyncSession, sequence_id: int, data: Any) -> Step:
     """Append a step (positions only grow, so enrollments never go back over a sent step)."""
     await get_sequence(session, sequence_id)
     values = _step_values(data, partial=False)
-    last = (await session.execute(
-        select(func.max(Step.position)).where(Step.sequence_id == sequence_id))).scalar()
+    last = (await session.execute(select(func.max(Step.position)).where(Step.sequence_id == sequence_id))).scalar()
     step = Step(sequence_id=sequence_id, position=(last or 0) + 1, **values)
     session.add(step)
     await session.flush()
@@ -124,9 +133,12 @@ async def update_step(session: AsyncSession, sequence_id: int, step_id: int, dat
 
 async def delete_step(session: AsyncSession, sequence_id: int, step_id: int) -> None:
     step = await _step(session, sequence_id, step_id)
-    used = (await session.execute(
-        select(func.count()).select_from(Message).where(Message.step_id == step.id))).scalar_one()
+    used = (
+        await session.execute(select(func.count()).select_from(Message).where(Message.step_id == step.id))
+    ).scalar_one()
     if used:
-        raise Conflict(f"step {step.position} was already sent {used} times; change its "
-                       "template or condition instead of deleting it")
+        raise Conflict(
+            f"step {step.position} was already sent {used} times; change its "
+            "template or condition instead of deleting it"
+        )
     await session.delete(step)

@@ -41,12 +41,11 @@ class Done:
     queued: int
 
 
-async def recent_mail(session: AsyncSession, subscriber_ids: set[int], since: dt.datetime
-                      ) -> dict[int, list[Sent]]:
+async def recent_mail(session: AsyncSession, subscriber_ids: set[int], since: dt.datetime) -> dict[int, list[Sent]]:
     rows = await session.execute(
-        select(Message.subscriber_id, Message.kind, MAIL_TIME)
-        .where(Message.subscriber_id.in_(subscriber_ids), Message.kind.in_(COUNTED_KINDS),
-               MAIL_TIME > since)
+        select(Message.subscriber_id, Message.kind, MAIL_TIME).where(
+            Message.subscriber_id.in_(subscriber_ids), Message.kind.in_(COUNTED_KINDS), MAIL_TIME > since
+        )
     )
     sent: dict[int, list[Sent]] = defaultdict(list)
     for subscriber_id, kind, at in rows:
@@ -54,26 +53,47 @@ async def recent_mail(session: AsyncSession, subscriber_ids: set[int], since: dt
     return sent
 
 
-async def newsletters_under_way(session: AsyncSession, subscriber_ids: set[int],
-                                now: dt.datetime) -> dict[int, list[Sent]]:
+async def newsletters_under_way(
+    session: AsyncSession, subscriber_ids: set[int], now: dt.datetime
+) -> dict[int, list[Sent]]:
     """Newsletters still walking their audience towards these subscribers count as sent now,
     so a drip step does not slip in just before one."""
     rows = await session.execute(
         select(NewsletterRecipient.subscriber_id)
         .join(Newsletter, Newsletter.id == NewsletterRecipient.newsletter_id)
-        .where(Newsletter.state == "sending", NewsletterRecipient.subscriber_id.in_(subscriber_ids),
-               NewsletterRecipient.subscriber_id > Newsletter.cursor))
+        .where(
+            Newsletter.state == "sending",
+            NewsletterRecipient.subscriber_id.in_(subscriber_ids),
+            NewsletterRecipient.subscriber_id > Newsletter.cursor,
+        )
+    )
     return {subscriber_id: [Sent(now, "newsletter")] for subscriber_id in rows.scalars()}
 
 
-def outbox_row(subscriber_id: int, kind: str, template_name: str, now: dt.datetime, domain: str,
-               *, step_id: int | None = None, newsletter_id: int | None = None,
-               send_at: dt.datetime | None = None) -> dict[str, object]:
+def outbox_row(
+    subscriber_id: int,
+    kind: str,
+    template_name: str,
+    now: dt.datetime,
+    domain: str,
+    *,
+    step_id: int | None = None,
+    newsletter_id: int | None = None,
+    send_at: dt.datetime | None = None,
+) -> dict[str, object]:
     """One outbox row as ``delivery.outbox.enqueue`` writes it, for queueing many at once."""
-    return {"subscriber_id": subscriber_id, "kind": kind, "step_id": step_id,
-            "newsletter_id": newsletter_id, "template_name": template_name, "state": "queued",
-            "attempts": 0, "next_attempt_at": send_at or now,
-            "message_id": new_message_id(domain), "created_at": now}
+    return {
+        "subscriber_id": subscriber_id,
+        "kind": kind,
+        "step_id": step_id,
+        "newsletter_id": newsletter_id,
+        "template_name": template_name,
+        "state": "queued",
+        "attempts": 0,
+        "next_attempt_at": send_at or now,
+        "message_id": new_message_id(domain),
+        "created_at": now,
+    }
 
 
 async def enqueue_many(session: AsyncSession, rows: list[dict[str, object]]) -> int:
@@ -85,8 +105,7 @@ async def enqueue_many(session: AsyncSession, rows: list[dict[str, object]]) -> 
     # One compiled statement, executed for many parameter sets (batched by SQLAlchemy's
     # "insertmanyvalues"): far cheaper than compiling one huge VALUES list per batch.
     table: Table = Message.__table__  # type: ignore[assignment]
-    result = await session.execute(
-        insert(table).on_conflict_do_nothing().returning(table.c.id), rows)
+    result = await session.execute(insert(table).on_conflict_do_nothing().returning(table.c.id), rows)
     return len(result.all())
 
 
@@ -98,8 +117,11 @@ def _aware(value: dt.datetime) -> dt.datetime:
 
 
 def lookback(layers: dict[int, Layer]) -> dt.timedelta:
-    gaps = [parse_duration(layer.rule["caps"]["min_gap"]) for layer in layers.values()
-            if (layer.rule or {}).get("caps", {}).get("min_gap")]
+    gaps = [
+        parse_duration(layer.rule["caps"]["min_gap"])
+        for layer in layers.values()
+        if (layer.rule or {}).get("caps", {}).get("min_gap")
+    ]
     return max([dt.timedelta(days=7), *(dt.timedelta(seconds=g) for g in gaps)])
 
 
@@ -120,25 +142,43 @@ class Due:
 
 
 async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, domain: str) -> Done:
-    enrollments = [Due(*row) for row in (await session.execute(
-        select(Enrollment.id, Enrollment.subscriber_id, Enrollment.sequence_id,
-               Enrollment.next_position)
-        .where(Enrollment.state == "active", Enrollment.due_at <= now)
-        .order_by(Enrollment.due_at).limit(limit)
-        .with_for_update(skip_locked=True)
-    )).all()]
+    enrollments = [
+        Due(*row)
+        for row in (
+            await session.execute(
+                select(Enrollment.id, Enrollment.subscriber_id, Enrollment.sequence_id, Enrollment.next_position)
+                .where(Enrollment.state == "active", Enrollment.due_at <= now)
+                .order_by(Enrollment.due_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+    ]
     if not enrollments:
         return Done(0, 0)
     subscriber_ids = {e.subscriber_id for e in enrollments}
-    subscribers = {row.id: row for row in (await session.execute(
-        select(Subscriber.id, Subscriber.status, Subscriber.layer_id, Subscriber.attributes,
-               Subscriber.tags, Subscriber.frequency, Subscriber.paused_until)
-        .where(Subscriber.id.in_(subscriber_ids)))).all()}
+    subscribers = {
+        row.id: row
+        for row in (
+            await session.execute(
+                select(
+                    Subscriber.id,
+                    Subscriber.status,
+                    Subscriber.layer_id,
+                    Subscriber.attributes,
+                    Subscriber.tags,
+                    Subscriber.frequency,
+                    Subscriber.paused_until,
+                ).where(Subscriber.id.in_(subscriber_ids))
+            )
+        ).all()
+    }
     steps: dict[int, list[Step]] = defaultdict(list)
-    for step in (await session.execute(
-        select(Step).where(Step.sequence_id.in_({e.sequence_id for e in enrollments}))
-        .order_by(Step.position)
-    )).scalars():
+    for step in (
+        await session.execute(
+            select(Step).where(Step.sequence_id.in_({e.sequence_id for e in enrollments})).order_by(Step.position)
+        )
+    ).scalars():
         steps[step.sequence_id].append(step)
     layers = {layer.id: layer for layer in (await session.execute(select(Layer))).scalars()}
     sent = await recent_mail(session, subscriber_ids, now - lookback(layers))
@@ -146,10 +186,15 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
         sent[subscriber_id].extend(coming)
     purchased: set[int] = set()
     if any((s.condition or {}).get("skip_if_purchased") for group in steps.values() for s in group):
-        purchased = set((await session.execute(
-            select(Event.subscriber_id).where(Event.subscriber_id.in_(subscriber_ids),
-                                              Event.type == "purchase").distinct()
-        )).scalars())
+        purchased = set(
+            (
+                await session.execute(
+                    select(Event.subscriber_id)
+                    .where(Event.subscriber_id.in_(subscriber_ids), Event.type == "purchase")
+                    .distinct()
+                )
+            ).scalars()
+        )
     rows: list[dict[str, object]] = []
     for enrollment in enrollments:
         subscriber = subscribers[enrollment.subscriber_id]
@@ -157,28 +202,31 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
             enrollment.end("stopped", now)
             continue
         sequence_steps = steps[enrollment.sequence_id]
-        plan = advance([StepPlan(s.position, s.delay_s) for s in sequence_steps],
-                       enrollment.next_position, now)
+        plan = advance([StepPlan(s.position, s.delay_s) for s in sequence_steps], enrollment.next_position, now)
         if plan is None:
             enrollment.end("completed", now)
             continue
         step = next(s for s in sequence_steps if s.position == plan.send_position)
-        send = condition_holds(step.condition, purchased=subscriber.id in purchased,
-                               tags=subscriber.tags or [])
+        send = condition_holds(step.condition, purchased=subscriber.id in purchased, tags=subscriber.tags or [])
         if send:
             tz = zone((subscriber.attributes or {}).get("timezone"))
             layer = layers.get(subscriber.layer_id) if subscriber.layer_id else None
             caps = (layer.rule or {}).get("caps") if layer else None
-            allowed = mail_at(sent[subscriber.id], now, caps, "step", frequency=subscriber.frequency,
-                              paused_until=subscriber.paused_until)
+            allowed = mail_at(
+                sent[subscriber.id],
+                now,
+                caps,
+                "step",
+                frequency=subscriber.frequency,
+                paused_until=subscriber.paused_until,
+            )
             assert allowed is not None  # only newsletters are ever skipped
             at = max(in_window(step.send_window, now, tz), allowed)
             if at > now:
                 # Postponed, not dropped; a window re-check at that time may move it again.
                 enrollment.due_at = at
                 continue
-            rows.append(outbox_row(subscriber.id, "step", step.template_name, now, domain,
-                                   step_id=step.id))
+            rows.append(outbox_row(subscriber.id, "step", step.template_name, now, domain, step_id=step.id))
             sent[subscriber.id].append(Sent(now, "step"))
         enrollment.next_position = plan.next_position
         enrollment.due_at = plan.next_due_at
@@ -187,9 +235,23 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
     queued = await enqueue_many(session, rows)
     table: Table = Enrollment.__table__  # type: ignore[assignment]
     await session.execute(
-        update(table).where(table.c.id == bindparam("eid")).values(
-            state=bindparam("state"), next_position=bindparam("next_position"),
-            due_at=bindparam("due_at"), ended_at=bindparam("ended_at")),
-        [{"eid": e.id, "state": e.state, "next_position": e.next_position, "due_at": e.due_at,
-          "ended_at": e.ended_at} for e in enrollments])
+        update(table)
+        .where(table.c.id == bindparam("eid"))
+        .values(
+            state=bindparam("state"),
+            next_position=bindparam("next_position"),
+            due_at=bindparam("due_at"),
+            ended_at=bindparam("ended_at"),
+        ),
+        [
+            {
+                "eid": e.id,
+                "state": e.state,
+                "next_position": e.next_position,
+                "due_at": e.due_at,
+                "ended_at": e.ended_at,
+            }
+            for e in enrollments
+        ],
+    )
     return Done(len(enrollments), queued)

@@ -50,19 +50,32 @@ async def sweep(session: AsyncSession, now: dt.datetime) -> int:
         if stay_s:
             # Only stays that ended since the last sweep: later events are judged as they come.
             ended = now - dt.timedelta(seconds=stay_s)
-            wanted.append(and_(Subscriber.last_human_at > Subscriber.layer_entered_at,
-                               Subscriber.layer_entered_at <= ended,
-                               Subscriber.layer_entered_at > ended - SWEEP_EVERY))
+            wanted.append(
+                and_(
+                    Subscriber.last_human_at > Subscriber.layer_entered_at,
+                    Subscriber.layer_entered_at <= ended,
+                    Subscriber.layer_entered_at > ended - SWEEP_EVERY,
+                )
+            )
         if not wanted:
             continue
         last_id = 0
         while True:
-            batch = list((await session.execute(
-                select(Subscriber)
-                .where(Subscriber.layer_id == layer.id, Subscriber.status == "active",
-                       Subscriber.id > last_id, or_(*wanted))
-                .order_by(Subscriber.id).limit(CHUNK)
-            )).scalars())
+            batch = list(
+                (
+                    await session.execute(
+                        select(Subscriber)
+                        .where(
+                            Subscriber.layer_id == layer.id,
+                            Subscriber.status == "active",
+                            Subscriber.id > last_id,
+                            or_(*wanted),
+                        )
+                        .order_by(Subscriber.id)
+                        .limit(CHUNK)
+                    )
+                ).scalars()
+            )
             for subscriber in batch:
                 decision, _history = await judge(session, subscriber, now, top=top)
                 moved += decision.moves
@@ -72,24 +85,28 @@ async def sweep(session: AsyncSession, now: dt.datetime) -> int:
     return moved
 
 
-async def _sunset_silent(session: AsyncSession, layer: Layer, sunset_s: int, stay_s: int | None,
-                         now: dt.datetime) -> int:
+async def _sunset_silent(
+    session: AsyncSession, layer: Layer, sunset_s: int, stay_s: int | None, now: dt.datetime
+) -> int:
     """Sunset the layer's long-silent subscribers in bulk (the rule's first test after the
     minimum stay, so no per-subscriber judging is needed); how many."""
-    since_any = func.coalesce(Subscriber.last_human_at, Subscriber.confirmed_at,
-                              Subscriber.created_at)
-    conditions = [Subscriber.layer_id == layer.id, Subscriber.status == "active",
-                  since_any <= now - dt.timedelta(seconds=sunset_s)]
+    since_any = func.coalesce(Subscriber.last_human_at, Subscriber.confirmed_at, Subscriber.created_at)
+    conditions = [
+        Subscriber.layer_id == layer.id,
+        Subscriber.status == "active",
+        since_any <= now - dt.timedelta(seconds=sunset_s),
+    ]
     if stay_s:
         conditions.append(Subscriber.layer_entered_at <= now - dt.timedelta(seconds=stay_s))
     total = 0
     while True:
-        ids = list((await session.execute(
-            select(Subscriber.id).where(*conditions).order_by(Subscriber.id).limit(CHUNK)
-        )).scalars())
+        ids = list(
+            (
+                await session.execute(select(Subscriber.id).where(*conditions).order_by(Subscriber.id).limit(CHUNK))
+            ).scalars()
+        )
         if ids:
-            await sunset_many(session, ids, f"sunset: no human event for "
-                              f"{layer.rule['sunset']['inactive_for']}", now)
+            await sunset_many(session, ids, f"sunset: no human event for {layer.rule['sunset']['inactive_for']}", now)
         total += len(ids)
         if len(ids) < CHUNK:
             return total

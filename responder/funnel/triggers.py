@@ -38,14 +38,24 @@ async def start_triggered(
     matches: list[ColumnElement[bool]] = [Sequence.product.is_(None)]
     if product:
         matches.append(Sequence.product == product)
-    sequences = (await session.execute(
-        select(Sequence).where(Sequence.trigger == trigger, or_(*matches)).order_by(Sequence.id)
-    )).scalars().all()
+    sequences = (
+        (
+            await session.execute(
+                select(Sequence).where(Sequence.trigger == trigger, or_(*matches)).order_by(Sequence.id)
+            )
+        )
+        .scalars()
+        .all()
+    )
     if not sequences:
         return []
-    running = set((await session.execute(
-        select(Enrollment.sequence_id).where(Enrollment.subscriber_id == subscriber.id,
-                                             Enrollment.state == "active")
-    )).scalars())
-    return [await enroll_in(session, subscriber, sequence, now)
-            for sequence in sequences if sequence.id not in running]
+    running = set(
+        (
+            await session.execute(
+                select(Enrollment.sequence_id).where(
+                    Enrollment.subscriber_id == subscriber.id, Enrollment.state == "active"
+                )
+            )
+        ).scalars()
+    )
+    return [await enroll_in(session, subscriber, sequence, now) for sequence in sequences if sequence.id not in running]

@@ -60,16 +60,13 @@ def retry_at(attempts: int, now: dt.datetime) -> dt.datetime | None:
 def clean_webhook(data: dict[str, Any]) -> tuple[str, list[str]]:
     url = data.get("url")
     if not isinstance(url, str) or len(url) > 2000:
-        raise ValidationError("url is required (http or https, at most 2000 characters)",
-                              field="url")
+        raise ValidationError("url is required (http or https, at most 2000 characters)", field="url")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError("url must be an absolute http or https URL", field="url")
     events = data.get("events", list(WEBHOOK_EVENTS))
-    if (not isinstance(events, list) or not events
-            or not all(e in WEBHOOK_EVENTS for e in events)):
-        raise ValidationError(f"events must list some of {', '.join(WEBHOOK_EVENTS)}",
-                              field="events")
+    if not isinstance(events, list) or not events or not all(e in WEBHOOK_EVENTS for e in events):
+        raise ValidationError(f"events must list some of {', '.join(WEBHOOK_EVENTS)}", field="events")
     return url, sorted(set(events))
 
 
@@ -95,21 +92,34 @@ async def emit(session: AsyncSession, event: str, payload: dict[str, Any], now: 
     queued = 0
     for hook in hooks:
         if event in (hook.events or []):
-            session.add(WebhookDelivery(
-                webhook_id=hook.id, event=event, payload={"event": event, "at": now.isoformat(),
-                                                          "data": payload},
-                state="pending", attempts=0, next_attempt_at=now, created_at=now,
-            ))
+            session.add(
+                WebhookDelivery(
+                    webhook_id=hook.id,
+                    event=event,
+                    payload={"event": event, "at": now.isoformat(), "data": payload},
+                    state="pending",
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+            )
             queued += 1
     return queued
 
 
 def delivery_json(d: WebhookDelivery) -> dict[str, Any]:
-    return {"id": d.id, "webhook_id": d.webhook_id, "event": d.event, "state": d.state,
-            "attempts": d.attempts, "last_status": d.last_status, "last_error": d.last_error,
-            "next_attempt_at": d.next_attempt_at.isoformat(),
-            "created_at": d.created_at.isoformat(),
-            "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None}
+    return {
+        "id": d.id,
+        "webhook_id": d.webhook_id,
+        "event": d.event,
+        "state": d.state,
+        "attempts": d.attempts,
+        "last_status": d.last_status,
+        "last_error": d.last_error,
+        "next_attempt_at": d.next_attempt_at.isoformat(),
+        "created_at": d.created_at.isoformat(),
+        "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
+    }
 
 
 class WebhookSender(PollingLoop):
@@ -126,12 +136,17 @@ class WebhookSender(PollingLoop):
     async def run_once(self) -> int:
         now = self.rt.clock.now()
         async with self.rt.db.read() as session:
-            due = list((await session.execute(
-                select(WebhookDelivery, Webhook).join(Webhook)
-                .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
-                .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-                .limit(self.batch_size)
-            )).all())
+            due = list(
+                (
+                    await session.execute(
+                        select(WebhookDelivery, Webhook)
+                        .join(Webhook)
+                        .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
+                        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+                        .limit(self.batch_size)
+                    )
+                ).all()
+            )
         if not due:
             return 0
         if self._http is None:
@@ -167,8 +182,7 @@ class WebhookSender(PollingLoop):
             "X-Responder-Signature": sign(hook.secret, timestamp, body),
         }
         try:
-            async with self._http.post(hook.url, data=body, headers=headers,
-                                       allow_redirects=False) as resp:
+            async with self._http.post(hook.url, data=body, headers=headers, allow_redirects=False) as resp:
                 if 200 <= resp.status < 300:
                     return resp.status, None
                 return resp.status, f"HTTP {resp.status}"

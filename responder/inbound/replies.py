@@ -27,8 +27,14 @@ async def handle_reply(session: AsyncSession, reply: Reply, now: dt.datetime) ->
     """Record the reply (never an automatic one: the caller has sorted those out)."""
     assert reply.report.kind == "human"
     return await record_event(
-        session, reply.subscriber, "reply", now,
+        session,
+        reply.subscriber,
+        "reply",
+        now,
         message_id=reply.message.id if reply.message else None,
-        data={"from": reply.sender[:254], "subject": reply.report.subject[:300],
-              "snippet": reply.report.text.strip()[:SNIPPET_CHARS]},
+        data={
+            "from": reply.sender[:254],
+            "subject": reply.report.subject[:300],
+            "snippet": reply.report.text.strip()[:SNIPPET_CHARS],
+        },
     )

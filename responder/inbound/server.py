@@ -43,8 +43,7 @@ class InboundHandler:
         self.rt = rt
         self.addresses: Addresses = addresses_for(rt.settings.secret_key, rt.settings.verp_domain)
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
         if self.addresses.parse(address) is None:
             return "550 5.1.1 no such mailbox here"
         envelope.rcpt_tos.append(address)
@@ -91,9 +90,15 @@ async def process(rt: Runtime, tagged: Tagged, mail_from: str, data: bytes) -> s
         recorded = await handle_reply(session, Reply(subscriber, message, mail_from, report), now)
         promoted = recorded.history is not None
         enquiry = EnquiryIn(
-            email=subscriber.email, name=subscriber.name, subject=report.subject[:300],
-            body=report.text.strip() or "(no text)", source="reply",
-            subscriber_id=subscriber.id, message_id=message.id, headers=_headers(data))
+            email=subscriber.email,
+            name=subscriber.name,
+            subject=report.subject[:300],
+            body=report.text.strip() or "(no text)",
+            source="reply",
+            subscriber_id=subscriber.id,
+            message_id=message.id,
+            headers=_headers(data),
+        )
     if promoted:
         rt.wake_scheduler()
     # Every reply is followed up: it waits in the enquiry queue and is acknowledged (the
@@ -107,20 +112,16 @@ def _headers(data: bytes) -> dict[str, str]:
     return {name: str(value) for name, value in parsed.items()}
 
 
-async def _complaint(session: AsyncSession, subscriber: Subscriber, message: Message,
-                     report: Report, now: Any) -> None:
+async def _complaint(session: AsyncSession, subscriber: Subscriber, message: Message, report: Report, now: Any) -> None:
     data = {"feedback_type": report.feedback_type or "abuse", "via": "arf"}
-    if not await opt_out(session, subscriber, now, status="complained", event="complaint",
-                         data=data):
+    if not await opt_out(session, subscriber, now, status="complained", event="complaint", data=data):
         # Already out (e.g. unsubscribed): still on record, and never mailed again.
         if subscriber.status == "unsubscribed":
             subscriber.status = "complained"
-        await record_event(session, subscriber, "complaint", now, message_id=message.id,
-                           data=data)
+        await record_event(session, subscriber, "complaint", now, message_id=message.id, data=data)
 
 
-async def _bounce(session: AsyncSession, subscriber: Subscriber, message: Message,
-                  report: Report, now: Any) -> str:
+async def _bounce(session: AsyncSession, subscriber: Subscriber, message: Message, report: Report, now: Any) -> str:
     failed = next((r for r in report.recipients if r.hard), None)
     if failed is not None:
         reply = f"{failed.status} {failed.diagnostic}".strip()
@@ -130,8 +131,15 @@ async def _bounce(session: AsyncSession, subscriber: Subscriber, message: Messag
             message.last_error = reply
         return "hard bounce"
     status = report.recipients[0].status if report.recipients else ""
-    session.add(Event(subscriber_id=subscriber.id, message_id=message.id, type="bounce",
-                      created_at=now, data={"hard": False, "status": status, "source": "dsn"}))
+    session.add(
+        Event(
+            subscriber_id=subscriber.id,
+            message_id=message.id,
+            type="bounce",
+            created_at=now,
+            data={"hard": False, "status": status, "source": "dsn"},
+        )
+    )
     return "soft bounce"
 
 
@@ -141,6 +149,13 @@ async def start_inbound(rt: Runtime) -> asyncio.Server:
     handler = InboundHandler(rt)
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: SMTP(handler, hostname=rt.settings.verp_domain, ident="responder",
-                     data_size_limit=MAX_MESSAGE_BYTES, enable_SMTPUTF8=True),
-        host, port)
+        lambda: SMTP(
+            handler,
+            hostname=rt.settings.verp_domain,
+            ident="responder",
+            data_size_limit=MAX_MESSAGE_BYTES,
+            enable_SMTPUTF8=True,
+        ),
+        host,
+        port,
+    )

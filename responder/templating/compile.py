@@ -45,8 +45,12 @@ def detect_format(source: str) -> str:
 
 
 def compile_template(
-    source: str, subject: str, source_format: str | None = None, text: str | None = None,
-    *, sample: Mapping[str, Any] | None = None,
+    source: str,
+    subject: str,
+    source_format: str | None = None,
+    text: str | None = None,
+    *,
+    sample: Mapping[str, Any] | None = None,
 ) -> Compiled:
     """Check and compile; raises ``TemplateError`` naming the part, the line and the problem.
 
@@ -55,12 +59,10 @@ def compile_template(
     if len(source.encode()) > MAX_SOURCE_BYTES:
         raise TemplateError(f"template is larger than {MAX_SOURCE_BYTES // 1024} KB", field="body")
     if not subject.strip() or len(subject) > MAX_SUBJECT_CHARS or "\n" in subject.strip():
-        raise TemplateError(f"subject must be one line of 1 to {MAX_SUBJECT_CHARS} characters",
-                            field="subject")
+        raise TemplateError(f"subject must be one line of 1 to {MAX_SUBJECT_CHARS} characters", field="subject")
     source_format = source_format or detect_format(source)
     if source_format not in FORMATS:
-        raise TemplateError(f"unknown template format {source_format!r}: use mjml or html",
-                            field="format")
+        raise TemplateError(f"unknown template format {source_format!r}: use mjml or html", field="format")
     parts = [("subject", subject, text_env()), ("body", source, html_env())]
     if text is not None:
         parts.append(("text", text, text_env()))
@@ -88,8 +90,9 @@ def compile_html(source: str, source_format: str) -> str:
         try:
             html = mjml2html(html)
         except ValueError as exc:  # mrml reports no position: find the line ourselves
-            raise TemplateError(f"body: MJML does not compile: {locate_markup_problem(source) or exc}",
-                                field="body") from exc
+            raise TemplateError(
+                f"body: MJML does not compile: {locate_markup_problem(source) or exc}", field="body"
+            ) from exc
     html = _INLINER.inline(html)
     html, dropped = restore(html, protected.tags)
     if dropped:
@@ -97,7 +100,8 @@ def compile_html(source: str, source_format: str) -> str:
         raise TemplateError(
             f"body, line {tag.line}: {tag.source} sits where MJML drops it (inside mj-head or "
             "between attributes); move it into mj-text, mj-raw or an attribute value",
-            field="body")
+            field="body",
+        )
     return html
 
 
@@ -166,8 +170,7 @@ def html_to_text(body: str) -> str:
 class _Balance(HTMLParser):
     """Finds the first unbalanced or malformed tag in MJML/HTML markup, with its line."""
 
-    VOID = frozenset({"br", "hr", "img", "meta", "link", "input", "col", "area", "base", "source",
-                      "wbr"})
+    VOID = frozenset({"br", "hr", "img", "meta", "link", "input", "col", "area", "base", "source", "wbr"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -189,8 +192,7 @@ class _Balance(HTMLParser):
             self.problem = f"line {line}: </{tag}> closes nothing"
         elif self.stack[-1][0] != tag:
             open_tag, open_line = self.stack[-1]
-            self.problem = f"line {line}: </{tag}> found where <{open_tag}> (line {open_line}) " \
-                           "should be closed first"
+            self.problem = f"line {line}: </{tag}> found where <{open_tag}> (line {open_line}) should be closed first"
         else:
             self.stack.pop()
 

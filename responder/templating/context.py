@@ -87,9 +87,12 @@ def sample_context(settings: Settings, subscriber: dict[str, Any] | None = None)
         },
         # What the enquiry acknowledgement sees (see enquiries.py); harmless for other templates.
         "enquiry": {
-            "name": "Ada Lovelace", "first_name": "Ada", "email": "ada@example.com",
+            "name": "Ada Lovelace",
+            "first_name": "Ada",
+            "email": "ada@example.com",
             "subject": "A question about my order",
             "body": "Could you tell me when the next workshop is?",
-            "answer_by": "Wednesday 4 March", "answer_within_h": 48,
+            "answer_by": "Wednesday 4 March",
+            "answer_within_h": 48,
         },
     }

@@ -21,8 +21,9 @@ import secrets
 from dataclasses import dataclass
 
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
-_RAW_CONTENT = re.compile(r"<(mj-title|mj-preview|title|style|mj-style)\b[^>]*>(.*?)</\1\s*>",
-                          re.DOTALL | re.IGNORECASE)
+_RAW_CONTENT = re.compile(
+    r"<(mj-title|mj-preview|title|style|mj-style)\b[^>]*>(.*?)</\1\s*>", re.DOTALL | re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,7 @@ def protect(source: str, *, comments: bool = True) -> Protected:
         as_comment = comments and not match.group().startswith("{{") and not in_markup
         placeholder = f"<!--{word}-->" if as_comment else word
         out.append(placeholder)
-        tags.append(Tag(placeholder, word, match.group(), source.count("\n", 0, start) + 1,
-                        in_markup))
+        tags.append(Tag(placeholder, word, match.group(), source.count("\n", 0, start) + 1, in_markup))
         last = match.end()
     out.append(source[last:])
     return Protected("".join(out), tuple(tags))
@@ -74,6 +74,7 @@ def restore(text: str, tags: tuple[Tag, ...]) -> tuple[str, list[Tag]]:
         return text, missing
     by_word = {tag.word: tag.source for tag in tags}
     # A comment placeholder may come back re-spaced ("<!-- w -->"); take the comment with it.
-    pattern = re.compile("<!--\\s*(" + "|".join(map(re.escape, by_word)) + ")\\s*-->|("
-                         + "|".join(map(re.escape, by_word)) + ")")
+    pattern = re.compile(
+        "<!--\\s*(" + "|".join(map(re.escape, by_word)) + ")\\s*-->|(" + "|".join(map(re.escape, by_word)) + ")"
+    )
     return pattern.sub(lambda m: by_word[m.group(1) or m.group(2)], text), missing

@@ -65,8 +65,9 @@ def render_mail(
     """
     subject_out = " ".join(render_string(text_env(), subject, context, "subject").split())
     body = render_string(html_env(), html, context, "body")
-    text_out = (render_string(text_env(), text, context, "text") if text is not None
-                else generated_part(html, body, context))
+    text_out = (
+        render_string(text_env(), text, context, "text") if text is not None else generated_part(html, body, context)
+    )
     if footer is not None:
         body, text_out = add_footer(body, text_out, footer)
     if track_link is not None:
@@ -112,7 +113,7 @@ def rewrite_links(body: str, track_link: Callable[[str], str | None], base_url: 
     done = 0
     for match in _HREF_FOLDED.finditer(folded):
         start, end = match.span()
-        pieces += body[done:start], replacement(body[start:end], body[match.start(2):match.end(2)])
+        pieces += body[done:start], replacement(body[start:end], body[match.start(2) : match.end(2)])
         done = end
     if not pieces:
         return body
@@ -139,7 +140,7 @@ def last_body_end(body: str) -> int:
     end = len(body)
     for _ in range(8):  # the closing tags at the end of a document, then the folded copy
         index = body.rfind("</", 0, end)
-        if index < 0 or body[index + 2:index + 7].lower() == "body>":
+        if index < 0 or body[index + 2 : index + 7].lower() == "body>":
             return index
         end = index + 1
     return body.encode("ascii", "replace").lower().rfind(b"</body>", 0, end)
@@ -151,18 +152,21 @@ def add_footer(body: str, text: str, footer: Footer) -> tuple[str, str]:
     unsubscribe = footer.unsubscribe_url
 
     def lacks(part: str, escape: Callable[[str], str]) -> bool:
-        return bool(unsubscribe and escape(unsubscribe) not in part) or bool(
-            address and escape(address) not in part)
+        return bool(unsubscribe and escape(unsubscribe) not in part) or bool(address and escape(address) not in part)
 
     if lacks(body, htmllib.escape):
         e = htmllib.escape
         lines = [e(footer.sender_name) + (f" &middot; {e(address)}" if address else "")]
         if unsubscribe:
             lines.append(f'<a href="{e(unsubscribe)}" style="color:#6b7280;">Unsubscribe</a>')
-        body = _before_body_end(body, (
-            '<div style="margin:0 auto;max-width:600px;padding:16px 24px;text-align:center;'
-            'font-family:Helvetica,Arial,sans-serif;font-size:12px;line-height:1.5;'
-            'color:#6b7280;">' + "<br>".join(lines) + "</div>"))
+        body = _before_body_end(
+            body,
+            (
+                '<div style="margin:0 auto;max-width:600px;padding:16px 24px;text-align:center;'
+                "font-family:Helvetica,Arial,sans-serif;font-size:12px;line-height:1.5;"
+                'color:#6b7280;">' + "<br>".join(lines) + "</div>"
+            ),
+        )
     if lacks(text, str):
         lines = ["--", footer.sender_name + (f", {address}" if address else "")]
         if unsubscribe:

@@ -103,8 +103,10 @@ class MailEnvironment(ImmutableSandboxedEnvironment):
                 if _sized(seq) and isinstance(times, int) and _too_big(_sized(seq) * times):
                     raise SecurityError("multiplication would produce too large a value")
         elif op == "**":
-            if isinstance(left, int) and isinstance(right, int) and (
-                abs(right) * max(abs(left), 1).bit_length() > MAX_EXPONENT_BITS
+            if (
+                isinstance(left, int)
+                and isinstance(right, int)
+                and (abs(right) * max(abs(left), 1).bit_length() > MAX_EXPONENT_BITS)
             ):
                 raise SecurityError("power would produce too large a number")
         elif op == "%" and isinstance(left, str):
@@ -160,8 +162,7 @@ class _Watchdog:
         with self._lock:
             self._running[threading.get_ident()] = entry
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="render-watchdog",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._run, name="render-watchdog", daemon=True)
                 self._thread.start()
         return entry
 
@@ -182,15 +183,16 @@ class _Watchdog:
                 for tid, entry in self._running.items():
                     if not entry[1] and now > entry[0]:
                         entry[1] = True
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                            ctypes.c_ulong(tid), ctypes.py_object(RenderTimeout))
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(RenderTimeout))
 
 
 _watchdog = _Watchdog()
 
 
 def render_limited(
-    template: Template, context: Mapping[str, Any], part: str,
+    template: Template,
+    context: Mapping[str, Any],
+    part: str,
     time_limit_s: float = RENDER_TIME_LIMIT_S,
 ) -> str:
     """Render within the size and time limits; any failure is a ``TemplateError`` for ``part``."""
@@ -202,16 +204,14 @@ def render_limited(
             for chunk in template.generate(context):
                 size += len(chunk)
                 if size > MAX_RENDERED_CHARS:
-                    raise TemplateError(
-                        f"{part} renders larger than {MAX_RENDERED_CHARS // 1024} KB", field=part)
+                    raise TemplateError(f"{part} renders larger than {MAX_RENDERED_CHARS // 1024} KB", field=part)
                 chunks.append(chunk)
             return "".join(chunks)
         finally:
             _watchdog.remove(entry)
     except RenderTimeout:
         _watchdog.remove(entry)
-        raise TemplateError(f"{part} takes longer than {time_limit_s:g} s to render",
-                            field=part) from None
+        raise TemplateError(f"{part} takes longer than {time_limit_s:g} s to render", field=part) from None
     except TemplateError:
         raise
     except JinjaTemplateError as exc:
@@ -219,8 +219,7 @@ def render_limited(
         where = f", line {line}" if line else ""
         raise TemplateError(f"{part}{where}: {exc.message or exc}", field=part) from exc
     except (RecursionError, MemoryError, OverflowError) as exc:
-        raise TemplateError(f"{part} does not render: {exc.__class__.__name__}",
-                            field=part) from exc
+        raise TemplateError(f"{part} does not render: {exc.__class__.__name__}", field=part) from exc
     except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
         line = error_line(exc)
         where = f", line {line}" if line else ""
@@ -238,7 +237,7 @@ def error_line(exc: BaseException) -> int | None:
     return line
 
 
-def render_string(env: MailEnvironment, source: str, context: Mapping[str, Any], part: str,
-                  time_limit_s: float = RENDER_TIME_LIMIT_S) -> str:
+def render_string(
+    env: MailEnvironment, source: str, context: Mapping[str, Any], part: str, time_limit_s: float = RENDER_TIME_LIMIT_S
+) -> str:
     return render_limited(compiled(env, source), context, part, time_limit_s)
-

@@ -40,22 +40,27 @@ class Upload:
 
     def checked(self) -> Upload:
         if not NAME.fullmatch(self.name or ""):
-            raise ValidationError("name must be 1-120 characters: lower-case letters, digits, "
-                                  "'.', '_' or '-', starting with a letter or digit", field="name")
+            raise ValidationError(
+                "name must be 1-120 characters: lower-case letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit",
+                field="name",
+            )
         if not PURPOSE.fullmatch(self.purpose or ""):
-            raise ValidationError("purpose must be up to 32 lower-case letters, digits, '_' or '-'",
-                                  field="purpose")
+            raise ValidationError("purpose must be up to 32 lower-case letters, digits, '_' or '-'", field="purpose")
         if not self.source.strip():
             raise ValidationError("the template body is empty", field="body")
         return self
 
 
-def template_json(template: Template, *, versions: int | None = None,
-                  with_source: bool = False) -> dict[str, Any]:
+def template_json(template: Template, *, versions: int | None = None, with_source: bool = False) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "id": template.id, "name": template.name, "version": template.version,
-        "subject": template.subject, "format": template.source_format,
-        "purpose": template.purpose, "text": "explicit" if template.text is not None else "generated",
+        "id": template.id,
+        "name": template.name,
+        "version": template.version,
+        "subject": template.subject,
+        "format": template.source_format,
+        "purpose": template.purpose,
+        "text": "explicit" if template.text is not None else "generated",
         "created_at": template.created_at.isoformat(),
     }
     if versions is not None:
@@ -69,8 +74,9 @@ def compile_upload(rt: Runtime, upload: Upload) -> Compiled:
     """Compile and render against a sample subscriber: raises ``TemplateError`` (422) if either
     fails, before anything is stored."""
     upload = upload.checked()
-    return compile_template(upload.source, upload.subject, upload.source_format, upload.text,
-                            sample=sample_context(rt.settings))
+    return compile_template(
+        upload.source, upload.subject, upload.source_format, upload.text, sample=sample_context(rt.settings)
+    )
 
 
 async def upload_template(rt: Runtime, upload: Upload) -> dict[str, Any]:
@@ -83,10 +89,18 @@ async def upload_template(rt: Runtime, upload: Upload) -> dict[str, Any]:
 
 def _same(template: Template | None, upload: Upload) -> bool:
     return template is not None and (
-        template.source, template.subject, template.text, template.purpose,
+        template.source,
+        template.subject,
+        template.text,
+        template.purpose,
         template.source_format,
-    ) == (upload.source, upload.subject, upload.text, upload.purpose,
-          upload.source_format or detect_format(upload.source))
+    ) == (
+        upload.source,
+        upload.subject,
+        upload.text,
+        upload.purpose,
+        upload.source_format or detect_format(upload.source),
+    )
 
 
 def folder_uploads(folder: Path) -> list[Upload]:
@@ -98,9 +112,14 @@ def folder_uploads(folder: Path) -> list[Upload]:
     try:
         manifest = tomllib.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         for entry in manifest.get("templates", []):
-            uploads.append(Upload(entry["name"], entry["subject"],
-                                  (folder / entry["file"]).read_text(),
-                                  purpose=entry.get("purpose", "")))
+            uploads.append(
+                Upload(
+                    entry["name"],
+                    entry["subject"],
+                    (folder / entry["file"]).read_text(),
+                    purpose=entry.get("purpose", ""),
+                )
+            )
             listed.add(entry["file"])
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() not in (".mjml", ".html") or path.name in listed:
@@ -108,8 +127,10 @@ def folder_uploads(folder: Path) -> list[Upload]:
             source = path.read_text()
             title = _TITLE.search(source)
             if title is None:
-                raise ValidationError(f"{path.name}: not in starter.toml and has no <mj-title> "
-                                      "or <title> to use as its subject", field="file")
+                raise ValidationError(
+                    f"{path.name}: not in starter.toml and has no <mj-title> or <title> to use as its subject",
+                    field="file",
+                )
             uploads.append(Upload(path.stem.lower(), " ".join(title.group(1).split()), source))
     except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
         raise ValidationError(f"cannot read templates from {folder}: {exc}") from exc
@@ -135,8 +156,7 @@ async def sync_folder(rt: Runtime, folder: Path) -> list[tuple[str, int, bool]]:
                 assert newest is not None
                 results.append((upload.name, newest.version, False))
                 continue
-            template = await add_version(session, upload.name, done, upload.purpose,
-                                         rt.clock.now())
+            template = await add_version(session, upload.name, done, upload.purpose, rt.clock.now())
             results.append((upload.name, template.version, True))
     return results
 
@@ -144,23 +164,27 @@ async def sync_folder(rt: Runtime, folder: Path) -> list[tuple[str, int, bool]]:
 async def list_templates(rt: Runtime) -> list[dict[str, Any]]:
     async with rt.db.read() as session:
         newest = (
-            select(Template.name, func.max(Template.version).label("version"),
-                   func.count().label("versions"))
-            .group_by(Template.name).subquery()
+            select(Template.name, func.max(Template.version).label("version"), func.count().label("versions"))
+            .group_by(Template.name)
+            .subquery()
         )
-        rows = (await session.execute(
-            select(Template, newest.c.versions)
-            .join(newest, (Template.name == newest.c.name) & (Template.version == newest.c.version))
-            .order_by(Template.name)
-        )).all()
+        rows = (
+            await session.execute(
+                select(Template, newest.c.versions)
+                .join(newest, (Template.name == newest.c.name) & (Template.version == newest.c.version))
+                .order_by(Template.name)
+            )
+        ).all()
         return [template_json(template, versions=count) for template, count in rows]
 
 
 async def template_versions(rt: Runtime, name: str) -> dict[str, Any]:
     async with rt.db.read() as session:
-        versions = (await session.execute(
-            select(Template).where(Template.name == name).order_by(Template.version.desc())
-        )).scalars().all()
+        versions = (
+            (await session.execute(select(Template).where(Template.name == name).order_by(Template.version.desc())))
+            .scalars()
+            .all()
+        )
         if not versions:
             raise NotFound(f"no template named {name!r}")
         body = template_json(versions[0], versions=len(versions), with_source=True)
@@ -172,16 +196,17 @@ async def _template(session: AsyncSession, name: str, version: int | None) -> Te
     if version is None:
         template = await newest_template(session, name)
     else:
-        template = (await session.execute(
-            select(Template).where(Template.name == name, Template.version == version)
-        )).scalar_one_or_none()
+        template = (
+            await session.execute(select(Template).where(Template.name == name, Template.version == version))
+        ).scalar_one_or_none()
     if template is None:
         raise NotFound(f"no template named {name!r}" + (f" with version {version}" if version else ""))
     return template
 
 
-async def render_preview(rt: Runtime, name: str, *, subscriber_id: int | None = None,
-                         version: int | None = None) -> tuple[Rendered, Template]:
+async def render_preview(
+    rt: Runtime, name: str, *, subscriber_id: int | None = None, version: int | None = None
+) -> tuple[Rendered, Template]:
     """Render a template as a subscriber (or the sample subscriber) would get it, links untracked."""
     async with rt.db.read() as session:
         template = await _template(session, name, version)
@@ -194,34 +219,53 @@ async def render_preview(rt: Runtime, name: str, *, subscriber_id: int | None = 
             layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
             context = recipient_context(rt, subscriber, layer)
     rendered = render_mail(
-        subject=template.subject, html=template.html, text=template.text, context=context,
-        track_link=None, open_pixel_url=None, base_url=rt.settings.base_url,
-        footer=Footer(rt.settings.from_name, rt.settings.postal_address,
-                      None if template.purpose in NO_UNSUBSCRIBE_PURPOSES
-                      else context["links"]["unsubscribe"]),
+        subject=template.subject,
+        html=template.html,
+        text=template.text,
+        context=context,
+        track_link=None,
+        open_pixel_url=None,
+        base_url=rt.settings.base_url,
+        footer=Footer(
+            rt.settings.from_name,
+            rt.settings.postal_address,
+            None if template.purpose in NO_UNSUBSCRIBE_PURPOSES else context["links"]["unsubscribe"],
+        ),
     )
     return rendered, template
 
 
-async def preview(rt: Runtime, name: str, *, subscriber_id: int | None = None,
-                  version: int | None = None) -> dict[str, Any]:
-    rendered, template = await render_preview(rt, name, subscriber_id=subscriber_id,
-                                              version=version)
-    return {"name": template.name, "version": template.version, "subject": rendered.subject,
-            "html": rendered.html, "text": rendered.text}
+async def preview(
+    rt: Runtime, name: str, *, subscriber_id: int | None = None, version: int | None = None
+) -> dict[str, Any]:
+    rendered, template = await render_preview(rt, name, subscriber_id=subscriber_id, version=version)
+    return {
+        "name": template.name,
+        "version": template.version,
+        "subject": rendered.subject,
+        "html": rendered.html,
+        "text": rendered.text,
+    }
 
 
-async def test_send(rt: Runtime, name: str, to_email: object, *, subscriber_id: int | None = None,
-                    transport: Transport | None = None) -> dict[str, Any]:
+async def test_send(
+    rt: Runtime, name: str, to_email: object, *, subscriber_id: int | None = None, transport: Transport | None = None
+) -> dict[str, Any]:
     """Send one rendering of ``name`` to ``to_email``, subject marked ``[Test]``; nothing is
     recorded against any subscriber."""
     to_email = clean_email(to_email)
     rendered, template = await render_preview(rt, name, subscriber_id=subscriber_id)
     settings = rt.settings
     mail = Mail(
-        from_name=settings.from_name, from_email=settings.from_email, to_name="", to_email=to_email,
-        subject=f"[Test] {rendered.subject}", html=rendered.html, text=rendered.text,
-        message_id=new_message_id(settings.sender_domain), date=rt.clock.now(),
+        from_name=settings.from_name,
+        from_email=settings.from_email,
+        to_name="",
+        to_email=to_email,
+        subject=f"[Test] {rendered.subject}",
+        html=rendered.html,
+        text=rendered.text,
+        message_id=new_message_id(settings.sender_domain),
+        date=rt.clock.now(),
     )
     data = compose(mail)
     own = transport is None
@@ -231,5 +275,4 @@ async def test_send(rt: Runtime, name: str, to_email: object, *, subscriber_id: 
     finally:
         if own:
             await transport.close()
-    return {"name": template.name, "version": template.version, "to": to_email,
-            "message_id": mail.message_id}
+    return {"name": template.name, "version": template.version, "to": to_email, "message_id": mail.message_id}

@@ -103,8 +103,7 @@ class Tracker:
         self._recent_clicks.move_to_end(message_pk)
         while len(self._recent_clicks) > RECENT_MESSAGES:
             self._recent_clicks.popitem(last=False)
-        burst = any(abs((at - when).total_seconds()) < BURST_WINDOW_S and other != url
-                    for when, other in recent)
+        burst = any(abs((at - when).total_seconds()) < BURST_WINDOW_S and other != url for when, other in recent)
         recent.append((at, url))
         return burst
 
@@ -132,8 +131,10 @@ class Tracker:
                             await asyncio.wait_for(self._arrived.wait(), self._judge_pause)
                         self._judge_pause = min(self._judge_pause * 2, JUDGE_PAUSE_MAX_S)
                         continue
-                    log.error("tracking: stopping with %d subscribers not judged for promotion; "
-                              "their next event judges them", len(self._unjudged))
+                    log.error(
+                        "tracking: stopping with %d subscribers not judged for promotion; their next event judges them",
+                        len(self._unjudged),
+                    )
                 self._idle.set()
                 if self._stopping:
                     return
@@ -148,8 +149,7 @@ class Tracker:
                     pass
             # A flush starts at `batch` events; under load it takes what has piled up meanwhile
             # (up to BACKLOG_FACTOR batches), so the writer keeps pace with the requests.
-            batch = [self._items[i]
-                     for i in range(min(self.batch * BACKLOG_FACTOR, len(self._items)))]
+            batch = [self._items[i] for i in range(min(self.batch * BACKLOG_FACTOR, len(self._items)))]
             try:
                 await self.flush(batch)
             except Exception as exc:  # database locked, down or full: keep the batch, try again
@@ -172,8 +172,9 @@ class Tracker:
     async def _flush_one_by_one(self, batch: list[Hit], exc: Exception) -> None:
         """A batch refused again and again for what it holds: write its events one by one and
         drop (and count) only those refused, instead of stalling every later event."""
-        log.error("tracking: the database keeps refusing a batch of %d events (%s); writing them "
-                  "one by one", len(batch), exc)
+        log.error(
+            "tracking: the database keeps refusing a batch of %d events (%s); writing them one by one", len(batch), exc
+        )
         for hit in batch:
             try:
                 await self.flush([hit])
@@ -210,8 +211,10 @@ class Tracker:
                 log.error("tracking: %s; writing in process", exc)
                 self._writer = None
                 if exc.in_flight and await self._committed(batch):  # died after COMMIT
-                    log.warning("tracking: the writer process had written its last batch of %d "
-                                "events; judging it here", len(batch))
+                    log.warning(
+                        "tracking: the writer process had written its last batch of %d events; judging it here",
+                        len(batch),
+                    )
                     written = True
         rt = self.rt
         sqlite = rt.db.is_sqlite
@@ -239,13 +242,19 @@ class Tracker:
         async with self.rt.db.read() as session:
             for hit in batch[:8]:
                 message_pk, kind, micros = hit[0], hit[1], hit[5]  # see writer.HIT
-                stored = (await session.execute(
-                    select(func.count()).select_from(Event).where(
-                        Event.message_id == message_pk, Event.type == kind,
-                        Event.created_at == from_micros(micros)))).scalar_one()
+                stored = (
+                    await session.execute(
+                        select(func.count())
+                        .select_from(Event)
+                        .where(
+                            Event.message_id == message_pk, Event.type == kind, Event.created_at == from_micros(micros)
+                        )
+                    )
+                ).scalar_one()
                 if stored:
-                    return stored >= sum(1 for other in batch if other[0] == message_pk
-                                         and other[1] == kind and other[5] == micros)
+                    return stored >= sum(
+                        1 for other in batch if other[0] == message_pk and other[1] == kind and other[5] == micros
+                    )
         return False
 
     async def _flush_through_writer(self, batch: list[Hit]) -> None:
@@ -257,8 +266,7 @@ class Tracker:
         assert self._writer is not None
         rt = self.rt
         written = await self._writer.write(batch)
-        human = self._with_unjudged({subscriber_id: set(kinds)
-                                     for subscriber_id, kinds in written.items()})
+        human = self._with_unjudged({subscriber_id: set(kinds) for subscriber_id, kinds in written.items()})
         self._unjudged, self._judge_pause = {}, RETRY_PAUSE_S
         if not human:
             return
@@ -266,8 +274,7 @@ class Tracker:
             async with rt.db.transaction() as session:
                 moves = await judge_many(session, set(human), rt.clock.now(), human)
         except Exception:
-            log.exception("tracking: judging %d subscribers for promotion failed; again shortly",
-                          len(human))
+            log.exception("tracking: judging %d subscribers for promotion failed; again shortly", len(human))
             self._unjudged = human
             return
         if moves:
@@ -282,11 +289,9 @@ class Tracker:
                 moves = await judge_many(session, set(human), self.rt.clock.now(), human)
         except Exception as exc:
             if self._judge_pause == RETRY_PAUSE_S:  # the traceback once, then a line per try
-                log.exception("tracking: judging %d subscribers for promotion failed again",
-                              len(human))
+                log.exception("tracking: judging %d subscribers for promotion failed again", len(human))
             else:
-                log.warning("tracking: judging %d subscribers for promotion failed again: %s",
-                            len(human), exc)
+                log.warning("tracking: judging %d subscribers for promotion failed again: %s", len(human), exc)
             self._unjudged = self._with_unjudged(human)
             return False
         self._judge_pause = RETRY_PAUSE_S
@@ -306,10 +311,11 @@ class Tracker:
         for start in range(0, len(batch), self.batch):
             if start:
                 await asyncio.sleep(0)
-            yield batch[start:start + self.batch]
+            yield batch[start : start + self.batch]
 
-    async def _messages(self, session: AsyncSession, pks: set[int],
-                        sqlite: bool) -> dict[int, tuple[int, dt.datetime | None]]:
+    async def _messages(
+        self, session: AsyncSession, pks: set[int], sqlite: bool
+    ) -> dict[int, tuple[int, dt.datetime | None]]:
         """Subscriber and send time of each message, from memory where known.
 
         PostgreSQL is asked about every message of the batch (one round trip), so a message
@@ -321,9 +327,13 @@ class Tracker:
         ask = [pk for pk in pks if pk not in known] if sqlite else list(pks)
         found: dict[int, tuple[int, dt.datetime | None]] = {}
         for start in range(0, len(ask), 5000):
-            for row in (await session.execute(
-                    select(Message.id, Message.subscriber_id, Message.sent_at)
-                    .where(Message.id.in_(ask[start:start + 5000])))).all():
+            for row in (
+                await session.execute(
+                    select(Message.id, Message.subscriber_id, Message.sent_at).where(
+                        Message.id.in_(ask[start : start + 5000])
+                    )
+                )
+            ).all():
                 found[row.id] = (row.subscriber_id, row.sent_at)
         if not sqlite:
             return found
@@ -334,15 +344,18 @@ class Tracker:
             known.popitem(last=False)
         return {pk: known[pk] for pk in pks if pk in known} | found
 
-    async def _mark_neighbours(self, session: object, message_pk: int, at: dt.datetime,
-                               reason: str) -> None:
+    async def _mark_neighbours(self, session: object, message_pk: int, at: dt.datetime, reason: str) -> None:
         """Clicks already written that belong to the same sweep become machine clicks too."""
         span = reach(reason)
         await session.execute(  # type: ignore[attr-defined]
             update(Event)
-            .where(Event.message_id == message_pk, Event.type == "click",
-                   Event.machine.is_(False), Event.created_at >= at - span,
-                   Event.created_at <= at + span)
+            .where(
+                Event.message_id == message_pk,
+                Event.type == "click",
+                Event.machine.is_(False),
+                Event.created_at >= at - span,
+                Event.created_at <= at + span,
+            )
             .values(machine=True, data={"machine_reason": reason})
         )
 
@@ -375,11 +388,18 @@ def _row_writer(rt: Runtime) -> RowWriter | None:
     None writes in process (PostgreSQL, an in-memory database, a ``file:`` URI, or ``=inline``)."""
     url = make_url(rt.db.url)
     path = url.database
-    if not rt.db.is_sqlite or not path or path == ":memory:" or url.query.get("mode") == "memory" \
-            or url.query.get("uri") or rt.settings.track_writer != "process":
+    if (
+        not rt.db.is_sqlite
+        or not path
+        or path == ":memory:"
+        or url.query.get("mode") == "memory"
+        or url.query.get("uri")
+        or rt.settings.track_writer != "process"
+    ):
         return None
-    return RowWriter(path, SQLITE_PRAGMAS + WRITER_PRAGMAS,
-                     after_send_s=rt.settings.machine_after_send_s, promoting=PROMOTING_TYPES)
+    return RowWriter(
+        path, SQLITE_PRAGMAS + WRITER_PRAGMAS, after_send_s=rt.settings.machine_after_send_s, promoting=PROMOTING_TYPES
+    )
 
 
 async def insert_events(session: AsyncSession, rows: list[tuple[Any, ...]], *, sqlite: bool) -> None:
@@ -401,7 +421,7 @@ async def insert_events(session: AsyncSession, rows: list[tuple[Any, ...]], *, s
     start = 0
     for size in SQLITE_CHUNKS:
         while len(rows) - start >= size:
-            chunk = rows[start:start + size]
+            chunk = rows[start : start + size]
             await conn.exec_driver_sql(_sqlite_insert(size), tuple(itertools.chain.from_iterable(chunk)))
             start += size
 
@@ -411,5 +431,7 @@ def _sqlite_insert(rows: int) -> str:
     names = ", ".join(COLUMNS)
     row_marks = "(" + ", ".join("?" * len(COLUMNS)) + ")"
     picked = ", ".join(f"column{i}" for i in range(1, len(COLUMNS) + 1))
-    return (f"INSERT INTO events ({names}) SELECT {picked} FROM (VALUES {', '.join([row_marks] * rows)})"
-            " WHERE EXISTS (SELECT 1 FROM messages WHERE messages.id = column2)")
+    return (
+        f"INSERT INTO events ({names}) SELECT {picked} FROM (VALUES {', '.join([row_marks] * rows)})"
+        " WHERE EXISTS (SELECT 1 FROM messages WHERE messages.id = column2)"
+    )

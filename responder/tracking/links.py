@@ -19,13 +19,14 @@ def safe_target(url: str) -> bool:
     if any(ch in url for ch in "\\\r\n\t\x00 ") or len(url) > 4096:
         return False
     parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and url.lower().startswith(
-        parts.scheme + "://")
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and url.lower().startswith(parts.scheme + "://")
 
 
 def trap_link(url: str) -> str:
-    return (f'<a href="{html.escape(url)}" style="display:none!important;font-size:0;'
-            f'color:transparent" aria-hidden="true" tabindex="-1">&#8203;</a>')
+    return (
+        f'<a href="{html.escape(url)}" style="display:none!important;font-size:0;'
+        f'color:transparent" aria-hidden="true" tabindex="-1">&#8203;</a>'
+    )
 
 
 def add_trap(body: str, url: str) -> str:

@@ -136,8 +136,10 @@ class Tokens:
             value = self._confirm.loads(token, max_age=self._confirm_max_age_s)
         except BadData as exc:
             expired = exc.__class__.__name__ == "SignatureExpired"
-            raise TokenRejected("this confirmation link has expired" if expired
-                                else "this confirmation link is not valid", expired=expired) from exc
+            raise TokenRejected(
+                "this confirmation link has expired" if expired else "this confirmation link is not valid",
+                expired=expired,
+            ) from exc
         return _as_int(value)
 
     def read_confirm_expired(self, token: str) -> int:

@@ -39,13 +39,16 @@ from ..core.machine import SWEEPING, Request, classify, machine_data, reach
 from ..core.promotion import rule_watches
 from ..framed import ChildGone, FramedChild, child_signals, read_frame, write_frame
 
-COLUMNS = ("subscriber_id", "message_id", "type", "url", "ip", "user_agent", "machine", "data",
-           "created_at")
+COLUMNS = ("subscriber_id", "message_id", "type", "url", "ip", "user_agent", "machine", "data", "created_at")
 HIT = ("message_pk", "kind", "method", "user_agent", "ip", "micros", "trap", "burst", "url")
-INSERT = (f"INSERT INTO events ({', '.join(COLUMNS)}) SELECT {', '.join('?' * len(COLUMNS))}"
-          " WHERE EXISTS (SELECT 1 FROM messages WHERE messages.id = ?)")  # a deleted message's rows are dropped
-SWEEP = ("UPDATE events SET machine = 1, data = ? WHERE message_id = ? AND type = 'click'"
-         " AND machine = 0 AND created_at >= ? AND created_at <= ?")
+INSERT = (
+    f"INSERT INTO events ({', '.join(COLUMNS)}) SELECT {', '.join('?' * len(COLUMNS))}"
+    " WHERE EXISTS (SELECT 1 FROM messages WHERE messages.id = ?)"
+)  # a deleted message's rows are dropped
+SWEEP = (
+    "UPDATE events SET machine = 1, data = ? WHERE message_id = ? AND type = 'click'"
+    " AND machine = 0 AND created_at >= ? AND created_at <= ?"
+)
 KNOWN_MESSAGES = 100_000  # sent messages whose subscriber and send time the child remembers
 
 
@@ -66,10 +69,10 @@ class RowWriter(FramedChild):
     gone = WriterUnavailable
     what = "tracking writer"
 
-    def __init__(self, path: str, pragmas: tuple[str, ...], *, after_send_s: int,
-                 promoting: frozenset[str]) -> None:
-        super().__init__("responder.tracking.writer", path, *pragmas,
-                         first=marshal.dumps((after_send_s, tuple(sorted(promoting)))))
+    def __init__(self, path: str, pragmas: tuple[str, ...], *, after_send_s: int, promoting: frozenset[str]) -> None:
+        super().__init__(
+            "responder.tracking.writer", path, *pragmas, first=marshal.dumps((after_send_s, tuple(sorted(promoting))))
+        )
 
     async def write(self, hits: list[tuple[Any, ...]]) -> dict[int, list[str]]:
         """Write the hits' events; the subscribers with human events of types some layer's
@@ -101,8 +104,7 @@ def stored_text(micros: int) -> str:
 class Batches:
     """The child's state: its connection, the settings the verdicts need, known messages."""
 
-    def __init__(self, conn: sqlite3.Connection, after_send_s: int,
-                 promoting: frozenset[str]) -> None:
+    def __init__(self, conn: sqlite3.Connection, after_send_s: int, promoting: frozenset[str]) -> None:
         self.conn = conn
         self.after_send_s = after_send_s
         self.promoting = promoting
@@ -118,15 +120,14 @@ class Batches:
         found = {pk: known[pk] for pk in pks if pk in known}
         ask = [pk for pk in pks if pk not in found]
         for start in range(0, len(ask), 500):
-            chunk = ask[start:start + 500]
+            chunk = ask[start : start + 500]
             for pk, subscriber_id, sent_at in self.conn.execute(
-                    f"SELECT id, subscriber_id, sent_at FROM messages WHERE id IN "
-                    f"({', '.join('?' * len(chunk))})", chunk):
+                f"SELECT id, subscriber_id, sent_at FROM messages WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+            ):
                 if sent_at is None:
                     found[pk] = (subscriber_id, None)
                 else:
-                    found[pk] = known[pk] = (
-                        subscriber_id, dt.datetime.fromisoformat(sent_at).replace(tzinfo=dt.UTC))
+                    found[pk] = known[pk] = (subscriber_id, dt.datetime.fromisoformat(sent_at).replace(tzinfo=dt.UTC))
         while len(known) > KNOWN_MESSAGES:
             known.popitem(last=False)
         return found
@@ -136,20 +137,25 @@ class Batches:
         events of promoting types some layer's rule watches (``watched``)."""
         made = EventRows(self.after_send_s, self.promoting, text_times=True)
         made.add(hits, self.messages({hit[0] for hit in hits}))
-        write_batch(self.conn, [(*row, row[1]) for row in made.in_index_order()],
-                    [(machine_data(reason), message_pk, _stored(at - reach(reason)),
-                      _stored(at + reach(reason))) for message_pk, at, reason in made.sweeps])
+        write_batch(
+            self.conn,
+            [(*row, row[1]) for row in made.in_index_order()],
+            [
+                (machine_data(reason), message_pk, _stored(at - reach(reason)), _stored(at + reach(reason)))
+                for message_pk, at, reason in made.sweeps
+            ],
+        )
         watched = self.watched(set().union(*made.human.values())) if made.human else set()
-        return {subscriber_id: sorted(kinds & watched)
-                for subscriber_id, kinds in made.human.items() if kinds & watched}
+        return {
+            subscriber_id: sorted(kinds & watched) for subscriber_id, kinds in made.human.items() if kinds & watched
+        }
 
     def watched(self, kinds: set[str]) -> set[str]:
         """Which of these event types some layer's promotion rule watches: the server judges
         promotion only for those, and by default no rule watches opens, the most of events.
         If the rules cannot be read, all of them (the server's judgement looks again)."""
         try:
-            rules = [json.loads(text) if text else {}
-                     for (text,) in self.conn.execute("SELECT rule FROM layers")]
+            rules = [json.loads(text) if text else {} for (text,) in self.conn.execute("SELECT rule FROM layers")]
             return {kind for kind in kinds if any(rule_watches(rule, kind) for rule in rules)}
         except Exception:
             return kinds
@@ -170,16 +176,16 @@ class EventRows:
         self.sweeps: list[tuple[int, dt.datetime, str]] = []
         self.human: dict[int, set[str]] = {}
 
-    def add(self, hits: list[tuple[Any, ...]],
-            messages: dict[int, tuple[int, dt.datetime | None]]) -> None:
+    def add(self, hits: list[tuple[Any, ...]], messages: dict[int, tuple[int, dt.datetime | None]]) -> None:
         for message_pk, kind, method, agent, ip, micros, trap, burst, url in hits:
             message = messages.get(message_pk)
             if message is None:  # a validly signed token for a message since deleted
                 continue
             subscriber_id, sent_at = message
             at = from_micros(micros)
-            verdict = classify(Request(kind, method, agent, ip, at, trap, burst), sent_at,
-                               after_send_s=self.after_send_s)
+            verdict = classify(
+                Request(kind, method, agent, ip, at, trap, burst), sent_at, after_send_s=self.after_send_s
+            )
             if verdict.machine:
                 data = machine_data(verdict.reason)
                 if verdict.reason in SWEEPING:
@@ -188,8 +194,19 @@ class EventRows:
                 data = "{}"
                 if kind in self.promoting:
                     self.human.setdefault(subscriber_id, set()).add(kind)
-            self.rows.append((subscriber_id, message_pk, kind, url, ip, agent or None,
-                              verdict.machine, data, stored_text(micros) if self.text_times else at))
+            self.rows.append(
+                (
+                    subscriber_id,
+                    message_pk,
+                    kind,
+                    url,
+                    ip,
+                    agent or None,
+                    verdict.machine,
+                    data,
+                    stored_text(micros) if self.text_times else at,
+                )
+            )
 
     def in_index_order(self) -> list[tuple[Any, ...]]:
         """The rows by subscriber and message, the keys of the events table's indexes: SQLite
@@ -202,8 +219,17 @@ class EventRows:
 def hit_of(message_pk: int, request: Request, url: str | None = None) -> tuple[Any, ...]:
     """One open or click as the tracking queue holds it: a tuple in ``HIT`` order. (The pixel
     builds its tuple in place: it answers most requests.)"""
-    return (message_pk, request.kind, request.method, request.user_agent, request.ip,
-            micros_of(request.at), request.trap, request.burst, url)
+    return (
+        message_pk,
+        request.kind,
+        request.method,
+        request.user_agent,
+        request.ip,
+        micros_of(request.at),
+        request.trap,
+        request.burst,
+        url,
+    )
 
 
 def _index_order(row: tuple[Any, ...]) -> tuple[int, int]:
@@ -214,8 +240,7 @@ def _stored(at: dt.datetime) -> str:
     return stored_text(micros_of(at))
 
 
-def write_batch(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
-                sweeps: list[tuple[Any, ...]]) -> None:
+def write_batch(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], sweeps: list[tuple[Any, ...]]) -> None:
     """One batch in one transaction: rows in ``COLUMNS`` order then the message id again,
     sweeps as ``SWEEP``'s parameters. No other thread shares this process, so the sqlite3
     module's lock hand-off around each row costs nothing and ``executemany`` is the cheapest."""

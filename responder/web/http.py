@@ -33,17 +33,24 @@ def wants_json(request: web.Request) -> bool:
     )
 
 
-def error_response(request: web.Request, status: int, code: str, message: str,
-                   field: str | None = None) -> web.Response:
+def error_response(
+    request: web.Request, status: int, code: str, message: str, field: str | None = None
+) -> web.Response:
     if wants_json(request):
         body = {"error": {"code": code, "message": message, "field": field}}
         return web.json_response(body, status=status)
     rt = request.app[RUNTIME]
-    title = {400: "Something is wrong with that", 401: "Sign in needed", 403: "Not allowed",
-             404: "Link not valid", 408: "That took too long", 413: "Too much data",
-             429: "Too many requests", 503: "Busy right now"}.get(status, "Something went wrong")
-    return render_page("message.html", status=status, title=title, message=message,
-                       sender_name=rt.settings.from_name)
+    title = {
+        400: "Something is wrong with that",
+        401: "Sign in needed",
+        403: "Not allowed",
+        404: "Link not valid",
+        408: "That took too long",
+        413: "Too much data",
+        429: "Too many requests",
+        503: "Busy right now",
+    }.get(status, "Something went wrong")
+    return render_page("message.html", status=status, title=title, message=message, sender_name=rt.settings.from_name)
 
 
 def error_for(request: web.Request, exc: Exception) -> web.Response:
@@ -56,17 +63,22 @@ def error_for(request: web.Request, exc: Exception) -> web.Response:
             response.headers["Retry-After"] = str(retry_after_s)
         return response
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
-        return error_response(request, 413, "too_large",
-                              f"request body is larger than {request.app[RUNTIME].settings.max_body_bytes} bytes")
+        return error_response(
+            request,
+            413,
+            "too_large",
+            f"request body is larger than {request.app[RUNTIME].settings.max_body_bytes} bytes",
+        )
     if isinstance(exc, web.HTTPException):
-        return error_response(request, exc.status, exc.reason.lower().replace(" ", "_"),
-                              exc.text or exc.reason)
+        return error_response(request, exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
     log.exception("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     return error_response(request, 500, "internal", "internal error; it has been logged")
 
 
-HTML_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
-            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+HTML_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 def secure_headers(response: web.StreamResponse) -> None:
@@ -122,4 +134,3 @@ def _within(address: str | None, networks: tuple[Any, ...]) -> bool | None:
     except ValueError:
         return None
     return any(ip in network for network in networks)
-

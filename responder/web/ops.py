@@ -26,27 +26,19 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     registry = CollectorRegistry()
-    messages = Gauge("responder_messages", "Messages in the outbox by state", ["state"],
-                     registry=registry)
-    events = Gauge("responder_events", "Events recorded by type and origin",
-                   ["type", "machine"], registry=registry)
-    subscribers = Gauge("responder_subscribers", "Subscribers by status", ["status"],
-                        registry=registry)
+    messages = Gauge("responder_messages", "Messages in the outbox by state", ["state"], registry=registry)
+    events = Gauge("responder_events", "Events recorded by type and origin", ["type", "machine"], registry=registry)
+    subscribers = Gauge("responder_subscribers", "Subscribers by status", ["status"], registry=registry)
     async with runtime(request).db.read() as session:
-        for state, count in await session.execute(
-            select(Message.state, func.count()).group_by(Message.state)
-        ):
+        for state, count in await session.execute(select(Message.state, func.count()).group_by(Message.state)):
             messages.labels(state).set(count)
         for type_, machine, count in await session.execute(
             select(Event.type, Event.machine, func.count()).group_by(Event.type, Event.machine)
         ):
             events.labels(type_, str(bool(machine)).lower()).set(count)
-        for status, count in await session.execute(
-            select(Subscriber.status, func.count()).group_by(Subscriber.status)
-        ):
+        for status, count in await session.execute(select(Subscriber.status, func.count()).group_by(Subscriber.status)):
             subscribers.labels(status).set(count)
     add_tracking_metrics(request, registry)
-    response = web.Response(
-        body=generate_latest(registry) + runtime(request).delivery_metrics.exposition())
+    response = web.Response(body=generate_latest(registry) + runtime(request).delivery_metrics.exposition())
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return response

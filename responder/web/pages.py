@@ -11,8 +11,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 @lru_cache(maxsize=1)
 def page_env() -> Environment:
-    return Environment(loader=PackageLoader("responder.web", "templates"),
-                       autoescape=select_autoescape(default=True))
+    return Environment(loader=PackageLoader("responder.web", "templates"), autoescape=select_autoescape(default=True))
 
 
 def render_page(name: str, *, status: int = 200, **context: Any) -> web.Response:

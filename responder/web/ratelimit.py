@@ -49,5 +49,4 @@ def check(limiter: SlidingWindow, key: str, now: float, what: str) -> None:
     """Record a hit or raise ``RateLimited`` with a whole number of seconds to wait."""
     wait = limiter.hit(key, now)
     if wait > 0:
-        raise RateLimited(f"too many requests for this {what}; try again later",
-                          retry_after_s=max(1, math.ceil(wait)))
+        raise RateLimited(f"too many requests for this {what}; try again later", retry_after_s=max(1, math.ceil(wait)))

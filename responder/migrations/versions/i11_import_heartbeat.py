@@ -3,6 +3,7 @@
 Revision ID: i11_import_heartbeat
 Revises: i10_enquiry_mail
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -18,8 +19,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("import_jobs", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("updated_at", responder.models.UTCDateTime(timezone=True),
-                                      nullable=True))
+        batch_op.add_column(sa.Column("updated_at", responder.models.UTCDateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:

@@ -3,6 +3,7 @@
 Revision ID: i5_delivery
 Revises: 0001
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa

@@ -4,6 +4,7 @@ webhooks
 Revision ID: i6_funnel
 Revises: i7_public
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -25,8 +26,7 @@ def upgrade() -> None:
     with op.batch_alter_table("subscribers") as batch_op:
         batch_op.add_column(sa.Column("referred_by_id", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("last_human_at", UTC, nullable=True))
-        batch_op.create_foreign_key("fk_subscribers_referred_by", "subscribers",
-                                    ["referred_by_id"], ["id"])
+        batch_op.create_foreign_key("fk_subscribers_referred_by", "subscribers", ["referred_by_id"], ["id"])
     with op.batch_alter_table("sequences") as batch_op:
         batch_op.add_column(sa.Column("product", sa.String(length=120), nullable=True))
     with op.batch_alter_table("steps") as batch_op:

@@ -3,6 +3,7 @@
 Revision ID: i8_admin
 Revises: i6_funnel
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa

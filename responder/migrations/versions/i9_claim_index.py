@@ -3,6 +3,7 @@
 Revision ID: i9_claim_index
 Revises: i8_admin
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -14,12 +15,16 @@ branch_labels = None
 depends_on = None
 
 
-
 def upgrade() -> None:
     # The text of models.MESSAGES_DUE_STATES_SQL, which the claim's queries repeat.
-    op.create_index("ix_messages_due_order", "messages", ["next_attempt_at", "id"], unique=False,
-                    sqlite_where=sa.text("+state IN ('queued', 'deferred')"),
-                    postgresql_where=sa.text("state IN ('queued', 'deferred')"))
+    op.create_index(
+        "ix_messages_due_order",
+        "messages",
+        ["next_attempt_at", "id"],
+        unique=False,
+        sqlite_where=sa.text("+state IN ('queued', 'deferred')"),
+        postgresql_where=sa.text("state IN ('queued', 'deferred')"),
+    )
 
 
 def downgrade() -> None:

@@ -19,8 +19,7 @@ from . import auth
 from .pages import dashboard, enquiries_page, layers, newsletters_page, settings_page, subscribers, templates_page
 from .render import NAV
 
-PAGES = (dashboard, subscribers, layers, templates_page, settings_page, newsletters_page,
-         enquiries_page)
+PAGES = (dashboard, subscribers, layers, templates_page, settings_page, newsletters_page, enquiries_page)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 

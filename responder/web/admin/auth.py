@@ -49,8 +49,7 @@ def same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return True  # not a browser form or fetch (curl, tests); the token check still applies
-    allowed = {origin_of(runtime(request).settings.base_url),
-               f"{request.scheme}://{request.host}".lower()}
+    allowed = {origin_of(runtime(request).settings.base_url), f"{request.scheme}://{request.host}".lower()}
     return origin.lower() in allowed
 
 
@@ -113,19 +112,22 @@ async def login(request: web.Request) -> web.Response:
     throttle = request.app[THROTTLE]
     wait_s = throttle.wait_s(username, rt.clock.now())
     if wait_s:
-        return render(request, "login.html", status=429, csrf=given,
-                      error=f"Too many failed sign-ins; try again in {wait_s // 60 + 1} minutes.")
+        return render(
+            request,
+            "login.html",
+            status=429,
+            csrf=given,
+            error=f"Too many failed sign-ins; try again in {wait_s // 60 + 1} minutes.",
+        )
     cookie = await sign_in(rt, username, password) if password and len(password) <= 1024 else None
     if cookie is None:
         throttle.failed(username, rt.clock.now())
-        response = render(request, "login.html", status=401, csrf=given,
-                          error="Wrong username or password.")
+        response = render(request, "login.html", status=401, csrf=given, error="Wrong username or password.")
         return response
     throttle.succeeded(username)
     response = see_other("/admin/")
     options = _cookie_options(request)
-    response.set_cookie(COOKIE, cookie, max_age=runtime(request).settings.admin_session_s,
-                        **options)  # type: ignore[arg-type]
+    response.set_cookie(COOKIE, cookie, max_age=runtime(request).settings.admin_session_s, **options)  # type: ignore[arg-type]
     response.del_cookie(LOGIN_COOKIE, path="/admin")
     return response
 

@@ -21,12 +21,15 @@ UP, DOWN, HUMAN, MACHINE, BAR = "#2d7a4f", "#b8453a", "#2d5b8a", "#a9b4c2", "#2d
 def _svg(height: int, body: str, label: str) -> Markup:
     return Markup(
         f'<svg class="chart" viewBox="0 0 {WIDTH} {height}" width="100%" role="img" '
-        f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">{body}</svg>')
+        f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">{body}</svg>'
+    )
 
 
 def _text(x: float, y: float, text: object, anchor: str = "start", fill: str = "#222") -> str:
-    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" fill="{fill}" '
-            f'font-size="15" font-family="sans-serif">{escape(str(text))}</text>')
+    return (
+        f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" fill="{fill}" '
+        f'font-size="15" font-family="sans-serif">{escape(str(text))}</text>'
+    )
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,10 @@ def funnel(rows: Sequence[Bar]) -> Markup:
         width = max(4.0, (WIDTH - 240) * row.value / peak)
         x = 120 + ((WIDTH - 240) - width) / 2
         y = i * ROW_H
-        body.append(f'<rect x="{x:.1f}" y="{y + 4}" width="{width:.1f}" height="{ROW_H - 8}" '
-                    f'rx="3" fill="{BAR}" opacity="{1 - i * 0.1:.2f}"/>')
+        body.append(
+            f'<rect x="{x:.1f}" y="{y + 4}" width="{width:.1f}" height="{ROW_H - 8}" '
+            f'rx="3" fill="{BAR}" opacity="{1 - i * 0.1:.2f}"/>'
+        )
         body.append(_text(4, y + ROW_H / 2 + 4, row.label[:18]))
         body.append(_text(WIDTH - 4, y + ROW_H / 2 + 4, row.shown, "end"))
     return _svg(max(ROW_H, len(rows) * ROW_H), "".join(body), "subscribers per layer")
@@ -57,8 +62,7 @@ def hbars(rows: Sequence[Bar], label: str, peak: float | None = None) -> Markup:
     for i, row in enumerate(rows):
         width = (WIDTH - 260) * min(row.value / peak, 1)
         y = i * ROW_H
-        body.append(f'<rect x="180" y="{y + 6}" width="{width:.1f}" height="{ROW_H - 12}" '
-                    f'fill="{DOWN}"/>')
+        body.append(f'<rect x="180" y="{y + 6}" width="{width:.1f}" height="{ROW_H - 12}" fill="{DOWN}"/>')
         body.append(_text(4, y + ROW_H / 2 + 4, row.label[:24]))
         body.append(_text(WIDTH - 4, y + ROW_H / 2 + 4, row.shown, "end"))
     return _svg(max(ROW_H, len(rows) * ROW_H), "".join(body), label)
@@ -75,9 +79,11 @@ def up_down_columns(weeks: Sequence[tuple[str, int, int]]) -> Markup:
         bar_w = slot * 0.33
         for offset, value, colour in ((0, up, UP), (bar_w, down, DOWN)):
             h = (base - 20) * value / peak
-            body.append(f'<rect x="{x + offset:.1f}" y="{base - h:.1f}" width="{bar_w:.1f}" '
-                        f'height="{h:.1f}" fill="{colour}"><title>{escape(week)}: '
-                        f'{value}</title></rect>')
+            body.append(
+                f'<rect x="{x + offset:.1f}" y="{base - h:.1f}" width="{bar_w:.1f}" '
+                f'height="{h:.1f}" fill="{colour}"><title>{escape(week)}: '
+                f"{value}</title></rect>"
+            )
             body.append(_text(x + offset + bar_w / 2, base - h - 4, value, "middle"))
         body.append(_text(x + bar_w, base + 18, week, "middle"))
     return _svg(height, "".join(body), "moves up and down per week")
@@ -91,11 +97,11 @@ def stacked(rows: Sequence[tuple[str, int, int]]) -> Markup:
         y = i * ROW_H
         human_w = (WIDTH - 260) * human / total
         machine_w = (WIDTH - 260) * machine / total if human + machine else 0
-        body.append(f'<rect x="100" y="{y + 6}" width="{human_w:.1f}" height="{ROW_H - 12}" '
-                    f'fill="{HUMAN}"/>')
-        body.append(f'<rect x="{100 + human_w:.1f}" y="{y + 6}" width="{machine_w:.1f}" '
-                    f'height="{ROW_H - 12}" fill="{MACHINE}"/>')
+        body.append(f'<rect x="100" y="{y + 6}" width="{human_w:.1f}" height="{ROW_H - 12}" fill="{HUMAN}"/>')
+        body.append(
+            f'<rect x="{100 + human_w:.1f}" y="{y + 6}" width="{machine_w:.1f}" '
+            f'height="{ROW_H - 12}" fill="{MACHINE}"/>'
+        )
         body.append(_text(4, y + ROW_H / 2 + 4, label))
-        body.append(_text(WIDTH - 4, y + ROW_H / 2 + 4, f"{human} human · {machine} machine",
-                          "end"))
+        body.append(_text(WIDTH - 4, y + ROW_H / 2 + 4, f"{human} human · {machine} machine", "end"))
     return _svg(len(rows) * ROW_H, "".join(body), "human versus machine")

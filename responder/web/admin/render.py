@@ -13,14 +13,17 @@ from .users import SignedIn
 
 NAV = web.AppKey("admin_nav", list)
 SIGNED_IN = web.RequestKey("admin_signed_in", SignedIn)
-ADMIN_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-             "connect-src 'self'; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+ADMIN_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 @lru_cache(maxsize=1)
 def admin_env() -> Environment:
-    env = Environment(loader=PackageLoader("responder.web.admin", "templates"), autoescape=True,
-                      undefined=StrictUndefined)
+    env = Environment(
+        loader=PackageLoader("responder.web.admin", "templates"), autoescape=True, undefined=StrictUndefined
+    )
     env.filters["pct"] = lambda value, digits=1: f"{value * 100:.{digits}f}%"
     env.filters["when"] = lambda value: value.strftime("%Y-%m-%d %H:%M") if value else ""
     return env
@@ -28,10 +31,17 @@ def admin_env() -> Environment:
 
 def render(request: web.Request, name: str, *, status: int = 200, **context: Any) -> web.Response:
     nav: list[NavItem] = request.app[NAV]
-    html = admin_env().get_template(name).render(
-        nav=nav, here=request.path, user=request.get(SIGNED_IN), **context)
-    return web.Response(text=html, status=status, content_type="text/html", charset="utf-8",
-                        headers={"Content-Security-Policy": ADMIN_CSP, "Cache-Control": "no-store",
-                                 # With "no-referrer" browsers send "Origin: null" on form posts,
-                                 # which the cross-origin check must refuse.
-                                 "Referrer-Policy": "same-origin"})
+    html = admin_env().get_template(name).render(nav=nav, here=request.path, user=request.get(SIGNED_IN), **context)
+    return web.Response(
+        text=html,
+        status=status,
+        content_type="text/html",
+        charset="utf-8",
+        headers={
+            "Content-Security-Policy": ADMIN_CSP,
+            "Cache-Control": "no-store",
+            # With "no-referrer" browsers send "Origin: null" on form posts,
+            # which the cross-origin check must refuse.
+            "Referrer-Policy": "same-origin",
+        },
+    )

@@ -20,9 +20,15 @@ from .tokens import create_token, list_tokens, revoke_token
 
 routes = web.RouteTableDef()
 
-TOKEN: dict[str, Any] = {"type": "object", "required": ["name", "scope"], "properties": {
-    "name": {"type": "string"}, "scope": {"enum": ["read", "write"]},
-    "created_at": {"type": ["string", "null"]}}}
+TOKEN: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "scope"],
+    "properties": {
+        "name": {"type": "string"},
+        "scope": {"enum": ["read", "write"]},
+        "created_at": {"type": ["string", "null"]},
+    },
+}
 
 
 @routes.get(PREFIX + "/tokens")
@@ -30,11 +36,18 @@ async def tokens(request: web.Request) -> web.Response:
     return web.json_response({"tokens": [t.json() for t in await list_tokens(runtime(request))]})
 
 
-describe(PREFIX + "/tokens", "get", {
-    "summary": "Named API tokens (never their secrets)",
-    "responses": {"200": json_body({"type": "object", "required": ["tokens"], "properties": {
-        "tokens": {"type": "array", "items": TOKEN}}})},
-})
+describe(
+    PREFIX + "/tokens",
+    "get",
+    {
+        "summary": "Named API tokens (never their secrets)",
+        "responses": {
+            "200": json_body(
+                {"type": "object", "required": ["tokens"], "properties": {"tokens": {"type": "array", "items": TOKEN}}}
+            )
+        },
+    },
+)
 
 
 @routes.post(PREFIX + "/tokens")
@@ -44,17 +57,40 @@ async def new_token(request: web.Request) -> web.Response:
     return web.json_response({**info.json(), "token": secret}, status=201)
 
 
-describe(PREFIX + "/tokens", "post", {
-    "summary": "Create a named token; its secret is in this answer only",
-    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["name", "scope"], "properties": {
-            "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
-            "scope": {"enum": ["read", "write"]}}}}}},
-    "responses": {"201": json_body({**TOKEN, "required": ["name", "scope", "token"],
-                                    "properties": {**TOKEN["properties"],
-                                                   "token": {"type": "string"}}}, "created"),
-                  "400": error("invalid name or scope"), "409": error("the name is taken")},
-})
+describe(
+    PREFIX + "/tokens",
+    "post",
+    {
+        "summary": "Create a named token; its secret is in this answer only",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["name", "scope"],
+                        "properties": {
+                            "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+                            "scope": {"enum": ["read", "write"]},
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            "201": json_body(
+                {
+                    **TOKEN,
+                    "required": ["name", "scope", "token"],
+                    "properties": {**TOKEN["properties"], "token": {"type": "string"}},
+                },
+                "created",
+            ),
+            "400": error("invalid name or scope"),
+            "409": error("the name is taken"),
+        },
+    },
+)
 
 
 @routes.delete(PREFIX + "/tokens/{name}")
@@ -63,12 +99,22 @@ async def delete_token(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-describe(PREFIX + "/tokens/{name}", "delete", {
-    "summary": "Revoke a named token; it stops working at once",
-    "parameters": [{"name": "name", "in": "path", "required": True,
-                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}}],
-    "responses": {"204": {"description": "revoked"}, "404": error("no such token")},
-})
+describe(
+    PREFIX + "/tokens/{name}",
+    "delete",
+    {
+        "summary": "Revoke a named token; it stops working at once",
+        "parameters": [
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+            }
+        ],
+        "responses": {"204": {"description": "revoked"}, "404": error("no such token")},
+    },
+)
 
 
 @routes.get(PREFIX + "/dashboard")
@@ -79,26 +125,71 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(figures.json())
 
 
-ENGAGEMENT = {"type": "object", "required": ["human", "machine"],
-              "properties": {"human": {"type": "integer"}, "machine": {"type": "integer"}}}
-describe(PREFIX + "/dashboard", "get", {
-    "summary": "Funnel figures: subscribers per layer, moves per week, churn per layer, human "
-               "versus machine opens and clicks, complaint rate and its alarm",
-    "responses": {"200": json_body({"type": "object", "required": [
-        "layers", "moves", "opens", "clicks", "sent", "complaints", "complaint_rate",
-        "complaint_alarm"], "properties": {
-        "layers": {"type": "array", "items": {"type": "object", "properties": {
-            "position": {"type": "integer"}, "name": {"type": "string"},
-            "label": {"type": "string"}, "subscribers": {"type": "integer"},
-            "churned": {"type": "integer"}, "churn_rate": {"type": "number"}}}},
-        "moves": {"type": "array", "items": {"type": "object", "properties": {
-            "week_start": {"type": "string"}, "up": {"type": "integer"},
-            "down": {"type": "integer"}}}},
-        "opens": ENGAGEMENT, "clicks": ENGAGEMENT, "sent": {"type": "integer"},
-        "complaints": {"type": "integer"}, "complaint_rate": {"type": "number"},
-        "complaint_alarm": {"type": "boolean"}, "window_days": {"type": "integer"},
-        "alarm_threshold": {"type": "number"}}})},
-})
+ENGAGEMENT = {
+    "type": "object",
+    "required": ["human", "machine"],
+    "properties": {"human": {"type": "integer"}, "machine": {"type": "integer"}},
+}
+describe(
+    PREFIX + "/dashboard",
+    "get",
+    {
+        "summary": "Funnel figures: subscribers per layer, moves per week, churn per layer, human "
+        "versus machine opens and clicks, complaint rate and its alarm",
+        "responses": {
+            "200": json_body(
+                {
+                    "type": "object",
+                    "required": [
+                        "layers",
+                        "moves",
+                        "opens",
+                        "clicks",
+                        "sent",
+                        "complaints",
+                        "complaint_rate",
+                        "complaint_alarm",
+                    ],
+                    "properties": {
+                        "layers": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "position": {"type": "integer"},
+                                    "name": {"type": "string"},
+                                    "label": {"type": "string"},
+                                    "subscribers": {"type": "integer"},
+                                    "churned": {"type": "integer"},
+                                    "churn_rate": {"type": "number"},
+                                },
+                            },
+                        },
+                        "moves": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "week_start": {"type": "string"},
+                                    "up": {"type": "integer"},
+                                    "down": {"type": "integer"},
+                                },
+                            },
+                        },
+                        "opens": ENGAGEMENT,
+                        "clicks": ENGAGEMENT,
+                        "sent": {"type": "integer"},
+                        "complaints": {"type": "integer"},
+                        "complaint_rate": {"type": "number"},
+                        "complaint_alarm": {"type": "boolean"},
+                        "window_days": {"type": "integer"},
+                        "alarm_threshold": {"type": "number"},
+                    },
+                }
+            )
+        },
+    },
+)
 
 
 @routes.get(PREFIX + "/events")
@@ -124,33 +215,63 @@ async def events(request: web.Request) -> web.Response:
     limit = page_limit(request)
     async with runtime(request).db.read() as session:
         rows = list((await session.execute(stmt.order_by(Event.id.desc()).limit(limit + 1))).scalars())
-    body = [{"id": e.id, "subscriber_id": e.subscriber_id, "message_id": e.message_id,
-             "type": e.type, "url": e.url, "machine": e.machine, "data": e.data,
-             "at": iso(e.created_at)} for e in rows[:limit]]
-    return web.json_response({"events": body, "next_cursor": encode_cursor(rows[limit - 1].id)
-                              if len(rows) > limit else None})
+    body = [
+        {
+            "id": e.id,
+            "subscriber_id": e.subscriber_id,
+            "message_id": e.message_id,
+            "type": e.type,
+            "url": e.url,
+            "machine": e.machine,
+            "data": e.data,
+            "at": iso(e.created_at),
+        }
+        for e in rows[:limit]
+    ]
+    return web.json_response(
+        {"events": body, "next_cursor": encode_cursor(rows[limit - 1].id) if len(rows) > limit else None}
+    )
 
 
-describe(PREFIX + "/events", "get", {
-    "summary": "The event log newest first, filtered by type, subscriber and origin",
-    "parameters": [
-        {"name": "type", "in": "query", "schema": {"enum": sorted(EVENT_TYPES)}},
-        {"name": "subscriber_id", "in": "query",
-         "schema": {"type": "integer", "minimum": 1, "maximum": 10**9 - 1}},
-        {"name": "machine", "in": "query", "schema": {"enum": ["true", "false"]}},
-        *PAGING],
-    "responses": {"200": json_body({"type": "object", "required": ["events", "next_cursor"],
-                                    "properties": {"events": {"type": "array", "items": {
-                                        "type": "object", "required": ["id", "type", "at"],
-                                        "properties": {
-                                            "id": {"type": "integer"},
-                                            "subscriber_id": {"type": "integer"},
-                                            "message_id": {"type": ["integer", "null"]},
-                                            "type": {"type": "string"},
-                                            "url": {"type": ["string", "null"]},
-                                            "machine": {"type": "boolean"},
-                                            "data": {"type": "object"},
-                                            "at": {"type": "string"}}}},
-                                        "next_cursor": {"type": ["string", "null"]}}}),
-                  "400": error("a filter or the cursor is invalid")},
-})
+describe(
+    PREFIX + "/events",
+    "get",
+    {
+        "summary": "The event log newest first, filtered by type, subscriber and origin",
+        "parameters": [
+            {"name": "type", "in": "query", "schema": {"enum": sorted(EVENT_TYPES)}},
+            {"name": "subscriber_id", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10**9 - 1}},
+            {"name": "machine", "in": "query", "schema": {"enum": ["true", "false"]}},
+            *PAGING,
+        ],
+        "responses": {
+            "200": json_body(
+                {
+                    "type": "object",
+                    "required": ["events", "next_cursor"],
+                    "properties": {
+                        "events": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["id", "type", "at"],
+                                "properties": {
+                                    "id": {"type": "integer"},
+                                    "subscriber_id": {"type": "integer"},
+                                    "message_id": {"type": ["integer", "null"]},
+                                    "type": {"type": "string"},
+                                    "url": {"type": ["string", "null"]},
+                                    "machine": {"type": "boolean"},
+                                    "data": {"type": "object"},
+                                    "at": {"type": "string"},
+                                },
+                            },
+                        },
+                        "next_cursor": {"type": ["string", "null"]},
+                    },
+                }
+            ),
+            "400": error("a filter or the cursor is invalid"),
+        },
+    },
+)

@@ -16,10 +16,18 @@ from .handlers import PREFIX
 from .openapi import describe, error, json_body
 
 routes = web.RouteTableDef()
-PROGRESS = {"type": "object", "required": ["id", "state", "total", "queued", "sent"],
-            "properties": {"id": {"type": "integer"}, "state": {"enum": list(newsletters.STATES)},
-                           "total": {"type": "integer"}, "queued": {"type": "integer"},
-                           "sent": {"type": "integer"}, "failed": {"type": "integer"}}}
+PROGRESS = {
+    "type": "object",
+    "required": ["id", "state", "total", "queued", "sent"],
+    "properties": {
+        "id": {"type": "integer"},
+        "state": {"enum": list(newsletters.STATES)},
+        "total": {"type": "integer"},
+        "queued": {"type": "integer"},
+        "sent": {"type": "integer"},
+        "failed": {"type": "integer"},
+    },
+}
 
 
 @routes.post(PREFIX + "/newsletters")
@@ -33,16 +41,29 @@ async def create_newsletter(request: web.Request) -> web.Response:
     return web.json_response(result, status=201)
 
 
-describe(PREFIX + "/newsletters", "post", {
-    "summary": "Compose a newsletter for one or more layers (required) and optional tags "
-               "(e.g. preferred); send_now or send_at schedules it, else it is a draft",
-    "requestBody": body({"type": "object", "required": ["name", "template", "layers"],
-                         "properties": {
-        "name": {"type": "string"}, "template": {"type": "string"},
-        "layers": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
-        "tags": {"type": "array", "items": {"type": "string"}},
-        "send_now": {"type": "boolean"}, "send_at": {"type": "string", "format": "date-time"}}}),
-    "responses": {"201": json_body(PROGRESS), "400": error("invalid input")}})
+describe(
+    PREFIX + "/newsletters",
+    "post",
+    {
+        "summary": "Compose a newsletter for one or more layers (required) and optional tags "
+        "(e.g. preferred); send_now or send_at schedules it, else it is a draft",
+        "requestBody": body(
+            {
+                "type": "object",
+                "required": ["name", "template", "layers"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "template": {"type": "string"},
+                    "layers": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+                    "tags": {"type": "array", "items": {"type": "string"}},
+                    "send_now": {"type": "boolean"},
+                    "send_at": {"type": "string", "format": "date-time"},
+                },
+            }
+        ),
+        "responses": {"201": json_body(PROGRESS), "400": error("invalid input")},
+    },
+)
 
 
 @routes.get(PREFIX + "/newsletters")
@@ -51,10 +72,16 @@ async def list_newsletters(request: web.Request) -> web.Response:
         return web.json_response({"newsletters": await newsletters.recent(session)})
 
 
-describe(PREFIX + "/newsletters", "get", {
-    "summary": "The newest 200 newsletters with their progress",
-    "responses": {"200": json_body({"type": "object", "properties": {
-        "newsletters": {"type": "array", "items": PROGRESS}}})}})
+describe(
+    PREFIX + "/newsletters",
+    "get",
+    {
+        "summary": "The newest 200 newsletters with their progress",
+        "responses": {
+            "200": json_body({"type": "object", "properties": {"newsletters": {"type": "array", "items": PROGRESS}}})
+        },
+    },
+)
 
 
 @routes.get(PREFIX + "/newsletters/{id}")
@@ -64,10 +91,15 @@ async def get_newsletter(request: web.Request) -> web.Response:
         return web.json_response(await newsletters.progress(session, newsletter))
 
 
-describe(PREFIX + "/newsletters/{id}", "get", {
-    "summary": "One newsletter's progress: total (audience fixed at start), queued, sent",
-    "parameters": params("id"),
-    "responses": {"200": json_body(PROGRESS), "404": error("no such newsletter")}})
+describe(
+    PREFIX + "/newsletters/{id}",
+    "get",
+    {
+        "summary": "One newsletter's progress: total (audience fixed at start), queued, sent",
+        "parameters": params("id"),
+        "responses": {"200": json_body(PROGRESS), "404": error("no such newsletter")},
+    },
+)
 
 
 async def newsletter_action(request: web.Request) -> web.Response:
@@ -82,24 +114,46 @@ async def newsletter_action(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
-for _action, _summary in (("schedule", "Send now, or at send_at"),
-                          ("pause", "Stop queueing further batches"),
-                          ("resume", "Continue where it stopped; nobody gets it twice"),
-                          ("cancel", "Stop for good; queued mails not yet sent are dropped")):
+for _action, _summary in (
+    ("schedule", "Send now, or at send_at"),
+    ("pause", "Stop queueing further batches"),
+    ("resume", "Continue where it stopped; nobody gets it twice"),
+    ("cancel", "Stop for good; queued mails not yet sent are dropped"),
+):
     # One route per action, so the routes and the OpenAPI document list the same paths.
     routes.post(PREFIX + "/newsletters/{id}/" + _action)(newsletter_action)
-    describe(PREFIX + "/newsletters/{id}/" + _action, "post", {
-        "summary": _summary, "parameters": params("id"),
-        **({"requestBody": body({"type": "object", "properties": {
-            "send_at": {"type": "string", "format": "date-time"}}})}
-           if _action == "schedule" else {}),
-        "responses": {"200": json_body(PROGRESS), "404": error("no such newsletter"),
-                      "409": error("not allowed in the newsletter's state")}})
+    describe(
+        PREFIX + "/newsletters/{id}/" + _action,
+        "post",
+        {
+            "summary": _summary,
+            "parameters": params("id"),
+            **(
+                {
+                    "requestBody": body(
+                        {"type": "object", "properties": {"send_at": {"type": "string", "format": "date-time"}}}
+                    )
+                }
+                if _action == "schedule"
+                else {}
+            ),
+            "responses": {
+                "200": json_body(PROGRESS),
+                "404": error("no such newsletter"),
+                "409": error("not allowed in the newsletter's state"),
+            },
+        },
+    )
 
 
 def webhook_json(hook: Webhook, *, secret: bool = False) -> dict[str, object]:
-    out: dict[str, object] = {"id": hook.id, "url": hook.url, "events": hook.events,
-                              "active": hook.active, "created_at": hook.created_at.isoformat()}
+    out: dict[str, object] = {
+        "id": hook.id,
+        "url": hook.url,
+        "events": hook.events,
+        "active": hook.active,
+        "created_at": hook.created_at.isoformat(),
+    }
     if secret:
         out["secret"] = hook.secret
     return out
@@ -114,26 +168,40 @@ async def add_webhook(request: web.Request) -> web.Response:
         return web.json_response(webhook_json(hook, secret=True), status=201)
 
 
-describe(PREFIX + "/webhooks", "post", {
-    "summary": "Register a URL for funnel events; bodies are signed with HMAC-SHA256 "
-               "(X-Responder-Signature over '<X-Responder-Timestamp>.<body>')",
-    "requestBody": body({"type": "object", "required": ["url"], "properties": {
-        "url": {"type": "string"}, "secret": {"type": "string"},
-        "events": {"type": "array", "items": {"enum": list(WEBHOOK_EVENTS)}}}}),
-    "responses": {"201": json_body(OBJECT, "registered; the secret is shown once"),
-                  "400": error("invalid input")}})
+describe(
+    PREFIX + "/webhooks",
+    "post",
+    {
+        "summary": "Register a URL for funnel events; bodies are signed with HMAC-SHA256 "
+        "(X-Responder-Signature over '<X-Responder-Timestamp>.<body>')",
+        "requestBody": body(
+            {
+                "type": "object",
+                "required": ["url"],
+                "properties": {
+                    "url": {"type": "string"},
+                    "secret": {"type": "string"},
+                    "events": {"type": "array", "items": {"enum": list(WEBHOOK_EVENTS)}},
+                },
+            }
+        ),
+        "responses": {"201": json_body(OBJECT, "registered; the secret is shown once"), "400": error("invalid input")},
+    },
+)
 
 
 @routes.get(PREFIX + "/webhooks")
 async def list_webhooks(request: web.Request) -> web.Response:
     async with runtime(request).db.read() as session:
-        hooks = (await session.execute(select(Webhook).where(Webhook.active.is_(True))
-                                       .order_by(Webhook.id))).scalars()
+        hooks = (await session.execute(select(Webhook).where(Webhook.active.is_(True)).order_by(Webhook.id))).scalars()
         return web.json_response({"webhooks": [webhook_json(h) for h in hooks]})
 
 
-describe(PREFIX + "/webhooks", "get", {"summary": "Active webhooks (secrets not shown)",
-                                       "responses": {"200": json_body(OBJECT)}})
+describe(
+    PREFIX + "/webhooks",
+    "get",
+    {"summary": "Active webhooks (secrets not shown)", "responses": {"200": json_body(OBJECT)}},
+)
 
 
 @routes.delete(PREFIX + "/webhooks/{id}")
@@ -144,23 +212,40 @@ async def remove_webhook(request: web.Request) -> web.Response:
     return web.json_response({"deleted": True})
 
 
-describe(PREFIX + "/webhooks/{id}", "delete", {
-    "summary": "Stop sending to a webhook (its delivery log stays)", "parameters": params("id"),
-    "responses": {"200": json_body(OBJECT), "404": error("no such webhook")}})
+describe(
+    PREFIX + "/webhooks/{id}",
+    "delete",
+    {
+        "summary": "Stop sending to a webhook (its delivery log stays)",
+        "parameters": params("id"),
+        "responses": {"200": json_body(OBJECT), "404": error("no such webhook")},
+    },
+)
 
 
 @routes.get(PREFIX + "/webhooks/{id}/deliveries")
 async def webhook_deliveries(request: web.Request) -> web.Response:
     async with runtime(request).db.read() as session:
-        rows = (await session.execute(
-            select(WebhookDelivery).where(WebhookDelivery.webhook_id == path_int(request, "id"))
-            .order_by(WebhookDelivery.id.desc()).limit(200))).scalars()
+        rows = (
+            await session.execute(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.webhook_id == path_int(request, "id"))
+                .order_by(WebhookDelivery.id.desc())
+                .limit(200)
+            )
+        ).scalars()
         return web.json_response({"deliveries": [delivery_json(d) for d in rows]})
 
 
-describe(PREFIX + "/webhooks/{id}/deliveries", "get", {
-    "summary": "The delivery log: the newest 200 attempts' outcomes", "parameters": params("id"),
-    "responses": {"200": json_body(OBJECT)}})
+describe(
+    PREFIX + "/webhooks/{id}/deliveries",
+    "get",
+    {
+        "summary": "The delivery log: the newest 200 attempts' outcomes",
+        "parameters": params("id"),
+        "responses": {"200": json_body(OBJECT)},
+    },
+)
 
 
 @routes.get(PREFIX + "/stats")
@@ -169,8 +254,13 @@ async def stats(request: web.Request) -> web.Response:
         return web.json_response(await funnel_stats(session))
 
 
-describe(PREFIX + "/stats", "get", {
-    "summary": "Funnel analytics: subscribers per layer, moves per week, conversion to the next "
-               "layer, median time in layer, churn per layer per month, human open and click "
-               "rates per step and per newsletter",
-    "responses": {"200": json_body(OBJECT)}})
+describe(
+    PREFIX + "/stats",
+    "get",
+    {
+        "summary": "Funnel analytics: subscribers per layer, moves per week, conversion to the next "
+        "layer, median time in layer, churn per layer per month, human open and click "
+        "rates per step and per newsletter",
+        "responses": {"200": json_body(OBJECT)},
+    },
+)

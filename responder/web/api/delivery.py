@@ -18,18 +18,26 @@ DELIVERY = {
     "type": "object",
     "required": ["paused", "reason", "since", "queue"],
     "properties": {
-        "paused": {"type": "boolean"}, "reason": {"type": "string"},
+        "paused": {"type": "boolean"},
+        "reason": {"type": "string"},
         "since": {"type": ["string", "null"]},
-        "queue": {"type": "object", "additionalProperties": {"type": "integer"},
-                  "description": "messages in the outbox by state"},
+        "queue": {
+            "type": "object",
+            "additionalProperties": {"type": "integer"},
+            "description": "messages in the outbox by state",
+        },
     },
 }
 
 
 async def _body(request: web.Request, state: PauseState) -> dict[str, Any]:
     queue = await queue_depth(runtime(request).db)
-    return {"paused": state.paused, "reason": state.reason,
-            "since": state.since.isoformat() if state.since else None, "queue": queue}
+    return {
+        "paused": state.paused,
+        "reason": state.reason,
+        "since": state.since.isoformat() if state.since else None,
+        "queue": queue,
+    }
 
 
 @routes.get(PREFIX + "/delivery")
@@ -56,12 +64,25 @@ async def resume(request: web.Request) -> web.Response:
 
 
 _STATE = {"200": json_body(DELIVERY)}
-describe(PREFIX + "/delivery", "get", {
-    "summary": "Whether sending is paused, and the outbox by state", "responses": dict(_STATE)})
-describe(PREFIX + "/delivery/pause", "post", {
-    "summary": "Pause all sending: no worker claims new messages; claimed ones finish",
-    "requestBody": {"required": False, "content": {"application/json": {"schema": {
-        "type": "object", "properties": {"reason": {"type": "string", "maxLength": 255}}}}}},
-    "responses": dict(_STATE, **{"400": error("invalid input")})})
-describe(PREFIX + "/delivery/resume", "post", {
-    "summary": "Resume sending at once", "responses": dict(_STATE)})
+describe(
+    PREFIX + "/delivery",
+    "get",
+    {"summary": "Whether sending is paused, and the outbox by state", "responses": dict(_STATE)},
+)
+describe(
+    PREFIX + "/delivery/pause",
+    "post",
+    {
+        "summary": "Pause all sending: no worker claims new messages; claimed ones finish",
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "properties": {"reason": {"type": "string", "maxLength": 255}}}
+                }
+            },
+        },
+        "responses": dict(_STATE, **{"400": error("invalid input")}),
+    },
+)
+describe(PREFIX + "/delivery/resume", "post", {"summary": "Resume sending at once", "responses": dict(_STATE)})

@@ -17,24 +17,48 @@ from .openapi import describe, error, json_body
 
 routes = web.RouteTableDef()
 
-ENQUIRY = {"type": "object", "required": ["id", "email", "body", "state"], "properties": {
-    "id": {"type": "integer"}, "email": {"type": "string"}, "name": {"type": "string"},
-    "subject": {"type": "string"}, "body": {"type": "string"},
-    "state": {"enum": list(STATES)}, "source": {"enum": ["form", "reply"]},
-    "subscriber_id": {"type": ["integer", "null"]}, "message_id": {"type": ["integer", "null"]},
-    "ack_state": {"type": "string"}, "answer": {"type": ["string", "null"]},
-    "created_at": {"type": "string"}, "acknowledged_at": {"type": ["string", "null"]},
-    "answered_at": {"type": ["string", "null"]}, "closed_at": {"type": ["string", "null"]}}}
-ID_PARAM = [{"name": "id", "in": "path", "required": True,
-             "schema": {"type": "integer", "minimum": 1}}]
+ENQUIRY = {
+    "type": "object",
+    "required": ["id", "email", "body", "state"],
+    "properties": {
+        "id": {"type": "integer"},
+        "email": {"type": "string"},
+        "name": {"type": "string"},
+        "subject": {"type": "string"},
+        "body": {"type": "string"},
+        "state": {"enum": list(STATES)},
+        "source": {"enum": ["form", "reply"]},
+        "subscriber_id": {"type": ["integer", "null"]},
+        "message_id": {"type": ["integer", "null"]},
+        "ack_state": {"type": "string"},
+        "answer": {"type": ["string", "null"]},
+        "created_at": {"type": "string"},
+        "acknowledged_at": {"type": ["string", "null"]},
+        "answered_at": {"type": ["string", "null"]},
+        "closed_at": {"type": ["string", "null"]},
+    },
+}
+ID_PARAM = [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}]
 
 
 def enquiry_json(e: Enquiry) -> dict[str, Any]:
-    return {"id": e.id, "email": e.email, "name": e.name, "subject": e.subject, "body": e.body,
-            "state": e.state, "source": e.source, "subscriber_id": e.subscriber_id,
-            "message_id": e.message_id, "ack_state": e.ack_state, "answer": e.answer,
-            "created_at": iso(e.created_at), "acknowledged_at": iso(e.acknowledged_at),
-            "answered_at": iso(e.answered_at), "closed_at": iso(e.closed_at)}
+    return {
+        "id": e.id,
+        "email": e.email,
+        "name": e.name,
+        "subject": e.subject,
+        "body": e.body,
+        "state": e.state,
+        "source": e.source,
+        "subscriber_id": e.subscriber_id,
+        "message_id": e.message_id,
+        "ack_state": e.ack_state,
+        "answer": e.answer,
+        "created_at": iso(e.created_at),
+        "acknowledged_at": iso(e.acknowledged_at),
+        "answered_at": iso(e.answered_at),
+        "closed_at": iso(e.closed_at),
+    }
 
 
 def _id(request: web.Request) -> int:
@@ -56,15 +80,31 @@ async def list_enquiries(request: web.Request) -> web.Response:
     return web.json_response({"enquiries": [enquiry_json(e) for e in rows]})
 
 
-describe(PREFIX + "/enquiries", "get", {
-    "summary": "The follow-up queue: enquiries in one state, oldest first",
-    "parameters": [
-        {"name": "state", "in": "query", "schema": {"enum": list(STATES), "default": "open"}},
-        {"name": "limit", "in": "query",
-         "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}}],
-    "responses": {"200": json_body({"type": "object", "required": ["enquiries"], "properties": {
-        "enquiries": {"type": "array", "items": ENQUIRY}}}), "400": error("bad state or limit")},
-})
+describe(
+    PREFIX + "/enquiries",
+    "get",
+    {
+        "summary": "The follow-up queue: enquiries in one state, oldest first",
+        "parameters": [
+            {"name": "state", "in": "query", "schema": {"enum": list(STATES), "default": "open"}},
+            {
+                "name": "limit",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
+            },
+        ],
+        "responses": {
+            "200": json_body(
+                {
+                    "type": "object",
+                    "required": ["enquiries"],
+                    "properties": {"enquiries": {"type": "array", "items": ENQUIRY}},
+                }
+            ),
+            "400": error("bad state or limit"),
+        },
+    },
+)
 
 
 @routes.post(PREFIX + "/enquiries/{id}/answer")
@@ -74,16 +114,31 @@ async def answer_enquiry(request: web.Request) -> web.Response:
     return web.json_response(enquiry_json(enquiry))
 
 
-describe(PREFIX + "/enquiries/{id}/answer", "post", {
-    "summary": "Answer an open enquiry: the answer is mailed to the customer and the enquiry "
-               "leaves the queue",
-    "parameters": ID_PARAM,
-    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["answer"],
-        "properties": {"answer": {"type": "string", "maxLength": MAX_ANSWER_LEN}}}}}},
-    "responses": {"200": json_body(ENQUIRY), "400": error("empty answer or not open"),
-                  "404": error("no such enquiry")},
-})
+describe(
+    PREFIX + "/enquiries/{id}/answer",
+    "post",
+    {
+        "summary": "Answer an open enquiry: the answer is mailed to the customer and the enquiry leaves the queue",
+        "parameters": ID_PARAM,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["answer"],
+                        "properties": {"answer": {"type": "string", "maxLength": MAX_ANSWER_LEN}},
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": json_body(ENQUIRY),
+            "400": error("empty answer or not open"),
+            "404": error("no such enquiry"),
+        },
+    },
+)
 
 
 @routes.post(PREFIX + "/enquiries/{id}/close")
@@ -92,8 +147,12 @@ async def close_enquiry(request: web.Request) -> web.Response:
     return web.json_response(enquiry_json(enquiry))
 
 
-describe(PREFIX + "/enquiries/{id}/close", "post", {
-    "summary": "Close an enquiry without a mailed answer (idempotent)",
-    "parameters": ID_PARAM,
-    "responses": {"200": json_body(ENQUIRY), "404": error("no such enquiry")},
-})
+describe(
+    PREFIX + "/enquiries/{id}/close",
+    "post",
+    {
+        "summary": "Close an enquiry without a mailed answer (idempotent)",
+        "parameters": ID_PARAM,
+        "responses": {"200": json_body(ENQUIRY), "404": error("no such enquiry")},
+    },
+)

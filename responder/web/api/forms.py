@@ -15,10 +15,16 @@ routes = web.RouteTableDef()
 
 
 def form_json(form: Form) -> dict[str, object]:
-    return {"id": form.id, "title": form.title, "consent": form.consent,
-            "consent_version": form.consent_version, "redirects": list(form.redirects),
-            "origins": list(form.origins), "attributes": list(form.attributes),
-            "pow_bits": form.pow_bits}
+    return {
+        "id": form.id,
+        "title": form.title,
+        "consent": form.consent,
+        "consent_version": form.consent_version,
+        "redirects": list(form.redirects),
+        "origins": list(form.origins),
+        "attributes": list(form.attributes),
+        "pow_bits": form.pow_bits,
+    }
 
 
 @routes.get(PREFIX + "/forms")
@@ -31,25 +37,63 @@ async def list_forms(request: web.Request) -> web.Response:
 async def form_snippet(request: web.Request) -> web.Response:
     form = request.app[PUBLIC].forms.get(clean_form_id(request.match_info["form"]))
     base_url = runtime(request).settings.base_url
-    return web.json_response({"form": form.id, "html": snippet(form, base_url),
-                              "hosted_url": f"{base_url}/subscribe/{form.id}"})
+    return web.json_response(
+        {"form": form.id, "html": snippet(form, base_url), "hosted_url": f"{base_url}/subscribe/{form.id}"}
+    )
 
 
-FORM = {"type": "object", "required": ["id"], "properties": {
-    "id": {"type": "string"}, "title": {"type": "string"}, "consent": {"type": "string"},
-    "consent_version": {"type": "string"}, "redirects": {"type": "array"},
-    "origins": {"type": "array"}, "attributes": {"type": "array"},
-    "pow_bits": {"type": "integer"}}}
-describe(PREFIX + "/forms", "get", {
-    "summary": "The opt-in forms configured in RESPONDER_FORMS_FILE (plus 'default')",
-    "responses": {"200": json_body({"type": "object", "required": ["forms"], "properties": {
-        "forms": {"type": "array", "items": FORM}}})},
-})
-describe(PREFIX + "/forms/{form}/snippet", "get", {
-    "summary": "The HTML a landing page pastes to subscribe through this form",
-    "parameters": [{"name": "form", "in": "path", "required": True,
-                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}],
-    "responses": {"200": json_body({"type": "object", "required": ["form", "html"], "properties": {
-        "form": {"type": "string"}, "html": {"type": "string"},
-        "hosted_url": {"type": "string"}}}), "404": error("no such form")},
-})
+FORM = {
+    "type": "object",
+    "required": ["id"],
+    "properties": {
+        "id": {"type": "string"},
+        "title": {"type": "string"},
+        "consent": {"type": "string"},
+        "consent_version": {"type": "string"},
+        "redirects": {"type": "array"},
+        "origins": {"type": "array"},
+        "attributes": {"type": "array"},
+        "pow_bits": {"type": "integer"},
+    },
+}
+describe(
+    PREFIX + "/forms",
+    "get",
+    {
+        "summary": "The opt-in forms configured in RESPONDER_FORMS_FILE (plus 'default')",
+        "responses": {
+            "200": json_body(
+                {"type": "object", "required": ["forms"], "properties": {"forms": {"type": "array", "items": FORM}}}
+            )
+        },
+    },
+)
+describe(
+    PREFIX + "/forms/{form}/snippet",
+    "get",
+    {
+        "summary": "The HTML a landing page pastes to subscribe through this form",
+        "parameters": [
+            {
+                "name": "form",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            }
+        ],
+        "responses": {
+            "200": json_body(
+                {
+                    "type": "object",
+                    "required": ["form", "html"],
+                    "properties": {
+                        "form": {"type": "string"},
+                        "html": {"type": "string"},
+                        "hosted_url": {"type": "string"},
+                    },
+                }
+            ),
+            "404": error("no such form"),
+        },
+    },
+)

@@ -42,16 +42,23 @@ def body(schema: dict[str, Any]) -> dict[str, Any]:
 
 async def _layers_body(session: Any) -> dict[str, Any]:
     counts = await layers.counts(session)
-    return {"layers": [layer_json(layer, counts.get(layer.id, 0))
-                       for layer in await layers.active_layers(session)]}
+    return {"layers": [layer_json(layer, counts.get(layer.id, 0)) for layer in await layers.active_layers(session)]}
 
 
-LAYERS_OUT = {"200": json_body({"type": "object", "properties": {"layers": {"type": "array"}}}),
-              "400": error("invalid input, or the 4..7 layer limit")}
-LAYER_IN = {"type": "object", "properties": {
-    "name": {"type": "string", "maxLength": 120}, "label": {"type": "string", "maxLength": 60},
-    "description": {"type": "string"}, "position": {"type": "integer"},
-    "rule": {"type": "object", "description": "see docs/rules.md"}}}
+LAYERS_OUT = {
+    "200": json_body({"type": "object", "properties": {"layers": {"type": "array"}}}),
+    "400": error("invalid input, or the 4..7 layer limit"),
+}
+LAYER_IN = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 120},
+        "label": {"type": "string", "maxLength": 60},
+        "description": {"type": "string"},
+        "position": {"type": "integer"},
+        "rule": {"type": "object", "description": "see docs/rules.md"},
+    },
+}
 
 
 @routes.post(PREFIX + "/layers")
@@ -63,10 +70,15 @@ async def create_layer(request: web.Request) -> web.Response:
         return web.json_response(await _layers_body(session), status=201)
 
 
-describe(PREFIX + "/layers", "post", {
-    "summary": "Add a layer (at most 7) at a position (default: the top), with an empty main "
-               "sequence", "requestBody": body({**LAYER_IN, "required": ["name", "label"]}),
-    "responses": {**LAYERS_OUT, "201": LAYERS_OUT["200"]}})
+describe(
+    PREFIX + "/layers",
+    "post",
+    {
+        "summary": "Add a layer (at most 7) at a position (default: the top), with an empty main sequence",
+        "requestBody": body({**LAYER_IN, "required": ["name", "label"]}),
+        "responses": {**LAYERS_OUT, "201": LAYERS_OUT["200"]},
+    },
+)
 
 
 @routes.patch(PREFIX + "/layers/{position}")
@@ -78,10 +90,16 @@ async def update_layer(request: web.Request) -> web.Response:
         return web.json_response(await _layers_body(session))
 
 
-describe(PREFIX + "/layers/{position}", "patch", {
-    "summary": "Rename a layer, change its label, description or rule",
-    "parameters": params("position"), "requestBody": body(LAYER_IN),
-    "responses": {**LAYERS_OUT, "404": error("no layer at that position")}})
+describe(
+    PREFIX + "/layers/{position}",
+    "patch",
+    {
+        "summary": "Rename a layer, change its label, description or rule",
+        "parameters": params("position"),
+        "requestBody": body(LAYER_IN),
+        "responses": {**LAYERS_OUT, "404": error("no layer at that position")},
+    },
+)
 
 
 @routes.delete(PREFIX + "/layers/{position}")
@@ -90,19 +108,25 @@ async def remove_layer(request: web.Request) -> web.Response:
     raw = request.query.get("move_to")
     move_to = int(raw) if raw and raw.isdigit() and len(raw) < 4 else None
     async with rt.db.transaction() as session:
-        moved = await layers.remove_layer(session, path_int(request, "position"), move_to,
-                                          rt.clock.now())
+        moved = await layers.remove_layer(session, path_int(request, "position"), move_to, rt.clock.now())
         result = await _layers_body(session)
     rt.wake_scheduler()
     return web.json_response({**result, "moved": moved})
 
 
-describe(PREFIX + "/layers/{position}", "delete", {
-    "summary": "Remove a layer (at least 4 remain); its subscribers move to ?move_to=<position>, "
-               "each move recorded",
-    "parameters": [*params("position"), {"name": "move_to", "in": "query", "required": True,
-                                         "schema": {"type": "integer"}}],
-    "responses": {**LAYERS_OUT, "404": error("no layer at that position")}})
+describe(
+    PREFIX + "/layers/{position}",
+    "delete",
+    {
+        "summary": "Remove a layer (at least 4 remain); its subscribers move to ?move_to=<position>, "
+        "each move recorded",
+        "parameters": [
+            *params("position"),
+            {"name": "move_to", "in": "query", "required": True, "schema": {"type": "integer"}},
+        ],
+        "responses": {**LAYERS_OUT, "404": error("no layer at that position")},
+    },
+)
 
 
 @routes.post(PREFIX + "/layers/order")
@@ -114,11 +138,21 @@ async def reorder_layers(request: web.Request) -> web.Response:
         return web.json_response(await _layers_body(session))
 
 
-describe(PREFIX + "/layers/order", "post", {
-    "summary": "Reorder the layers: order lists the current positions in their new order",
-    "requestBody": body({"type": "object", "required": ["order"], "properties": {
-        "order": {"type": "array", "items": {"type": "integer"}}}}),
-    "responses": LAYERS_OUT})
+describe(
+    PREFIX + "/layers/order",
+    "post",
+    {
+        "summary": "Reorder the layers: order lists the current positions in their new order",
+        "requestBody": body(
+            {
+                "type": "object",
+                "required": ["order"],
+                "properties": {"order": {"type": "array", "items": {"type": "integer"}}},
+            }
+        ),
+        "responses": LAYERS_OUT,
+    },
+)
 
 
 @routes.get(PREFIX + "/layer-history")
@@ -128,22 +162,42 @@ async def layer_history(request: web.Request) -> web.Response:
     after = min(int(raw), MAX_ID) if raw.isdigit() and len(raw) < 18 else 0
     async with rt.db.read() as session:
         positions = dict((await session.execute(select(Layer.id, Layer.position))).all())
-        rows = (await session.execute(
-            select(LayerHistory).where(LayerHistory.id > after).order_by(LayerHistory.id)
-            .limit(500))).scalars().all()
-        return web.json_response({"moves": [
-            {"id": h.id, "subscriber_id": h.subscriber_id,
-             "from_layer": positions.get(h.from_layer_id or 0),
-             "to_layer": positions.get(h.to_layer_id),
-             "reason": h.reason, "event_ids": h.event_ids, "at": h.created_at.isoformat()}
-            for h in rows]})
+        rows = (
+            (
+                await session.execute(
+                    select(LayerHistory).where(LayerHistory.id > after).order_by(LayerHistory.id).limit(500)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        return web.json_response(
+            {
+                "moves": [
+                    {
+                        "id": h.id,
+                        "subscriber_id": h.subscriber_id,
+                        "from_layer": positions.get(h.from_layer_id or 0),
+                        "to_layer": positions.get(h.to_layer_id),
+                        "reason": h.reason,
+                        "event_ids": h.event_ids,
+                        "at": h.created_at.isoformat(),
+                    }
+                    for h in rows
+                ]
+            }
+        )
 
 
-describe(PREFIX + "/layer-history", "get", {
-    "summary": "Every layer move with its rule and triggering events, 500 at a time",
-    "parameters": [{"name": "after_id", "in": "query", "schema": {"type": "integer"}}],
-    "responses": {"200": json_body({"type": "object", "properties": {
-        "moves": {"type": "array"}}})}})
+describe(
+    PREFIX + "/layer-history",
+    "get",
+    {
+        "summary": "Every layer move with its rule and triggering events, 500 at a time",
+        "parameters": [{"name": "after_id", "in": "query", "schema": {"type": "integer"}}],
+        "responses": {"200": json_body({"type": "object", "properties": {"moves": {"type": "array"}}})},
+    },
+)
 
 
 @routes.put(PREFIX + "/subscribers/{id}/preferred")
@@ -151,26 +205,37 @@ async def set_preferred(request: web.Request) -> web.Response:
     rt = runtime(request)
     data = await read_input(request)
     async with rt.db.transaction() as session:
-        subscriber = await layers.set_preferred(session, path_int(request, "id"),
-                                                data.get("preferred"))
+        subscriber = await layers.set_preferred(session, path_int(request, "id"), data.get("preferred"))
         return web.json_response({"id": subscriber.id, "tags": subscriber.tags})
 
 
-describe(PREFIX + "/subscribers/{id}/preferred", "put", {
-    "summary": "Give or take the 'preferred' tag by hand",
-    "parameters": params("id"),
-    "requestBody": body({"type": "object", "required": ["preferred"],
-                         "properties": {"preferred": {"type": "boolean"}}}),
-    "responses": {"200": json_body(OBJECT), "404": error("no such subscriber")}})
+describe(
+    PREFIX + "/subscribers/{id}/preferred",
+    "put",
+    {
+        "summary": "Give or take the 'preferred' tag by hand",
+        "parameters": params("id"),
+        "requestBody": body(
+            {"type": "object", "required": ["preferred"], "properties": {"preferred": {"type": "boolean"}}}
+        ),
+        "responses": {"200": json_body(OBJECT), "404": error("no such subscriber")},
+    },
+)
 
 
-STEP_IN = {"type": "object", "properties": {
-    "delay": {"type": "string", "examples": ["90s", "2h", "3d"]},
-    "template": {"type": "string"},
-    "purpose": {"enum": list(sequences.PURPOSES)},
-    "send_window": {"type": ["object", "null"], "examples": [
-        {"days": "mon-fri", "start": "09:00", "end": "17:00"}]},
-    "condition": {"type": ["object", "null"], "examples": [{"skip_if_purchased": True}]}}}
+STEP_IN = {
+    "type": "object",
+    "properties": {
+        "delay": {"type": "string", "examples": ["90s", "2h", "3d"]},
+        "template": {"type": "string"},
+        "purpose": {"enum": list(sequences.PURPOSES)},
+        "send_window": {
+            "type": ["object", "null"],
+            "examples": [{"days": "mon-fri", "start": "09:00", "end": "17:00"}],
+        },
+        "condition": {"type": ["object", "null"], "examples": [{"skip_if_purchased": True}]},
+    },
+}
 
 
 @routes.get(PREFIX + "/sequences")
@@ -179,10 +244,14 @@ async def list_sequences(request: web.Request) -> web.Response:
         return web.json_response({"sequences": await sequences.list_sequences(session)})
 
 
-describe(PREFIX + "/sequences", "get", {
-    "summary": "Every sequence (layers' main ones and triggered ones) with its steps",
-    "responses": {"200": json_body({"type": "object", "properties": {
-        "sequences": {"type": "array"}}})}})
+describe(
+    PREFIX + "/sequences",
+    "get",
+    {
+        "summary": "Every sequence (layers' main ones and triggered ones) with its steps",
+        "responses": {"200": json_body({"type": "object", "properties": {"sequences": {"type": "array"}}})},
+    },
+)
 
 
 @routes.post(PREFIX + "/sequences")
@@ -194,13 +263,27 @@ async def create_sequence(request: web.Request) -> web.Response:
         return web.json_response(await sequences.sequence_json(session, sequence), status=201)
 
 
-describe(PREFIX + "/sequences", "post", {
-    "summary": "Create a triggered sequence: purchase (back-end, optionally for one product), "
-               "enquiry (follow-up) or referral (thank-you)",
-    "requestBody": body({"type": "object", "required": ["name", "trigger"], "properties": {
-        "name": {"type": "string"}, "trigger": {"enum": ["purchase", "enquiry", "referral"]},
-        "product": {"type": "string"}, "steps": {"type": "array", "items": STEP_IN}}}),
-    "responses": {"201": json_body(OBJECT), "400": error("invalid input")}})
+describe(
+    PREFIX + "/sequences",
+    "post",
+    {
+        "summary": "Create a triggered sequence: purchase (back-end, optionally for one product), "
+        "enquiry (follow-up) or referral (thank-you)",
+        "requestBody": body(
+            {
+                "type": "object",
+                "required": ["name", "trigger"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "trigger": {"enum": ["purchase", "enquiry", "referral"]},
+                    "product": {"type": "string"},
+                    "steps": {"type": "array", "items": STEP_IN},
+                },
+            }
+        ),
+        "responses": {"201": json_body(OBJECT), "400": error("invalid input")},
+    },
+)
 
 
 @routes.post(PREFIX + "/sequences/{sequence}/steps")
@@ -212,11 +295,16 @@ async def add_step(request: web.Request) -> web.Response:
         return web.json_response(sequences.step_json(step), status=201)
 
 
-describe(PREFIX + "/sequences/{sequence}/steps", "post", {
-    "summary": "Append a step to a sequence", "parameters": params("sequence"),
-    "requestBody": body({**STEP_IN, "required": ["template", "purpose"]}),
-    "responses": {"201": json_body(OBJECT), "400": error("invalid input"),
-                  "404": error("no such sequence")}})
+describe(
+    PREFIX + "/sequences/{sequence}/steps",
+    "post",
+    {
+        "summary": "Append a step to a sequence",
+        "parameters": params("sequence"),
+        "requestBody": body({**STEP_IN, "required": ["template", "purpose"]}),
+        "responses": {"201": json_body(OBJECT), "400": error("invalid input"), "404": error("no such sequence")},
+    },
+)
 
 
 @routes.patch(PREFIX + "/sequences/{sequence}/steps/{step}")
@@ -224,28 +312,40 @@ async def update_step(request: web.Request) -> web.Response:
     rt = runtime(request)
     data = await read_input(request)
     async with rt.db.transaction() as session:
-        step = await sequences.update_step(session, path_int(request, "sequence"),
-                                           path_int(request, "step"), data)
+        step = await sequences.update_step(session, path_int(request, "sequence"), path_int(request, "step"), data)
         return web.json_response(sequences.step_json(step))
 
 
-describe(PREFIX + "/sequences/{sequence}/steps/{step}", "patch", {
-    "summary": "Change a step's delay, template, purpose, window or condition (nobody gets it "
-               "twice)", "parameters": params("sequence", "step"), "requestBody": body(STEP_IN),
-    "responses": {"200": json_body(OBJECT), "400": error("invalid input"),
-                  "404": error("no such step")}})
+describe(
+    PREFIX + "/sequences/{sequence}/steps/{step}",
+    "patch",
+    {
+        "summary": "Change a step's delay, template, purpose, window or condition (nobody gets it twice)",
+        "parameters": params("sequence", "step"),
+        "requestBody": body(STEP_IN),
+        "responses": {"200": json_body(OBJECT), "400": error("invalid input"), "404": error("no such step")},
+    },
+)
 
 
 @routes.delete(PREFIX + "/sequences/{sequence}/steps/{step}")
 async def delete_step(request: web.Request) -> web.Response:
     rt = runtime(request)
     async with rt.db.transaction() as session:
-        await sequences.delete_step(session, path_int(request, "sequence"),
-                                    path_int(request, "step"))
+        await sequences.delete_step(session, path_int(request, "sequence"), path_int(request, "step"))
     return web.json_response({"deleted": True})
 
 
-describe(PREFIX + "/sequences/{sequence}/steps/{step}", "delete", {
-    "summary": "Delete a step nobody has received yet", "parameters": params("sequence", "step"),
-    "responses": {"200": json_body(OBJECT), "404": error("no such step"),
-                  "409": error("the step was already sent")}})
+describe(
+    PREFIX + "/sequences/{sequence}/steps/{step}",
+    "delete",
+    {
+        "summary": "Delete a step nobody has received yet",
+        "parameters": params("sequence", "step"),
+        "responses": {
+            "200": json_body(OBJECT),
+            "404": error("no such step"),
+            "409": error("the step was already sent"),
+        },
+    },
+)

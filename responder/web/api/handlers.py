@@ -29,9 +29,7 @@ async def authorize(request: web.Request) -> None:
     if request.path == PREFIX + "/openapi.json":
         return
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    scope = await scope_of(runtime(request), given.strip()) if (
-        scheme.lower() == "bearer" and given.strip()
-    ) else None
+    scope = await scope_of(runtime(request), given.strip()) if (scheme.lower() == "bearer" and given.strip()) else None
     if scope is None:
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
     if request.method not in SAFE_METHODS and scope != "write":
@@ -43,8 +41,15 @@ def iso(value: Any) -> str | None:
 
 
 def layer_json(layer: Layer, subscribers: int) -> dict[str, Any]:
-    return {"id": layer.id, "position": layer.position, "name": layer.name, "label": layer.label,
-            "description": layer.description, "rule": layer.rule, "subscribers": subscribers}
+    return {
+        "id": layer.id,
+        "position": layer.position,
+        "name": layer.name,
+        "label": layer.label,
+        "description": layer.description,
+        "rule": layer.rule,
+        "subscribers": subscribers,
+    }
 
 
 @routes.get(PREFIX + "/openapi.json")
@@ -55,23 +60,32 @@ async def openapi(request: web.Request) -> web.Response:
 @routes.get(PREFIX + "/layers")
 async def list_layers(request: web.Request) -> web.Response:
     async with runtime(request).db.read() as session:
-        counts = dict((await session.execute(
-            select(Subscriber.layer_id, func.count()).where(Subscriber.status == "active")
-            .group_by(Subscriber.layer_id)
-        )).all())
-        layers = (await session.execute(
-            select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position))).scalars()
+        counts = dict(
+            (
+                await session.execute(
+                    select(Subscriber.layer_id, func.count())
+                    .where(Subscriber.status == "active")
+                    .group_by(Subscriber.layer_id)
+                )
+            ).all()
+        )
+        layers = (
+            await session.execute(select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position))
+        ).scalars()
         return web.json_response({"layers": [layer_json(layer, counts.get(layer.id, 0)) for layer in layers]})
 
 
 def subscriber_json(subscriber: Subscriber, layer: Layer | None) -> dict[str, Any]:
     return {
-        "id": subscriber.id, "email": subscriber.email, "name": subscriber.name,
+        "id": subscriber.id,
+        "email": subscriber.email,
+        "name": subscriber.name,
         "status": subscriber.status,
-        "layer": {"position": layer.position, "name": layer.name, "label": layer.label}
-        if layer else None,
-        "attributes": subscriber.attributes, "tags": subscriber.tags,
-        "created_at": iso(subscriber.created_at), "confirmed_at": iso(subscriber.confirmed_at),
+        "layer": {"position": layer.position, "name": layer.name, "label": layer.label} if layer else None,
+        "attributes": subscriber.attributes,
+        "tags": subscriber.tags,
+        "created_at": iso(subscriber.created_at),
+        "confirmed_at": iso(subscriber.confirmed_at),
         "unsubscribed_at": iso(subscriber.unsubscribed_at),
     }
 
@@ -88,22 +102,30 @@ async def get_subscriber(request: web.Request) -> web.Response:
     async with runtime(request).db.read() as session:
         subscriber = await get_or_404(session, Subscriber, _path_id(request), "subscriber")
         layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
-        history = (await session.execute(
-            select(LayerHistory).where(LayerHistory.subscriber_id == subscriber.id)
-            .order_by(LayerHistory.id)
-        )).scalars()
-        enrollments = (await session.execute(
-            select(Enrollment).where(Enrollment.subscriber_id == subscriber.id)
-            .order_by(Enrollment.id)
-        )).scalars()
+        history = (
+            await session.execute(
+                select(LayerHistory).where(LayerHistory.subscriber_id == subscriber.id).order_by(LayerHistory.id)
+            )
+        ).scalars()
+        enrollments = (
+            await session.execute(
+                select(Enrollment).where(Enrollment.subscriber_id == subscriber.id).order_by(Enrollment.id)
+            )
+        ).scalars()
         body = subscriber_json(subscriber, layer)
         body["layer_history"] = [
-            {"from_layer_id": h.from_layer_id, "to_layer_id": h.to_layer_id, "reason": h.reason,
-             "event_ids": h.event_ids, "at": iso(h.created_at)} for h in history
+            {
+                "from_layer_id": h.from_layer_id,
+                "to_layer_id": h.to_layer_id,
+                "reason": h.reason,
+                "event_ids": h.event_ids,
+                "at": iso(h.created_at),
+            }
+            for h in history
         ]
         body["enrollments"] = [
-            {"sequence_id": e.sequence_id, "state": e.state, "next_position": e.next_position,
-             "due_at": iso(e.due_at)} for e in enrollments
+            {"sequence_id": e.sequence_id, "state": e.state, "next_position": e.next_position, "due_at": iso(e.due_at)}
+            for e in enrollments
         ]
         return web.json_response(body)
 
@@ -121,15 +143,15 @@ async def post_event(request: web.Request) -> web.Response:
         raise ValidationError("data must be a JSON object under 4 KB", field="data")
     now = rt.clock.now()
     async with rt.db.transaction() as session:
-        subscriber = (await session.execute(
-            select(Subscriber).where(Subscriber.email == email)
-        )).scalar_one_or_none()
+        subscriber = (await session.execute(select(Subscriber).where(Subscriber.email == email))).scalar_one_or_none()
         if subscriber is None:
             raise NotFound(f"no subscriber with address {email}")
         recorded = await record_event(session, subscriber, type_, now, data=extra)
         event: Event = recorded.event
-        body = {"event": {"id": event.id, "type": event.type, "at": iso(event.created_at)},
-                "promoted_to": recorded.decision.target_position}
+        body = {
+            "event": {"id": event.id, "type": event.type, "at": iso(event.created_at)},
+            "promoted_to": recorded.decision.target_position,
+        }
     if recorded.history is not None:
         rt.wake_scheduler()
     return web.json_response(body, status=201)

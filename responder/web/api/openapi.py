@@ -7,29 +7,47 @@ from typing import Any
 ERROR = {
     "type": "object",
     "required": ["error"],
-    "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-        "code": {"type": "string"}, "message": {"type": "string"},
-        "field": {"type": ["string", "null"]}}}},
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": ["string", "null"]},
+            },
+        }
+    },
 }
 LAYER = {
     "type": "object",
     "required": ["id", "position", "name", "label", "subscribers"],
-    "properties": {"id": {"type": "integer"}, "position": {"type": "integer"},
-                   "name": {"type": "string"}, "label": {"type": "string"},
-                   "description": {"type": "string"}, "rule": {"type": "object"},
-                   "subscribers": {"type": "integer"}},
+    "properties": {
+        "id": {"type": "integer"},
+        "position": {"type": "integer"},
+        "name": {"type": "string"},
+        "label": {"type": "string"},
+        "description": {"type": "string"},
+        "rule": {"type": "object"},
+        "subscribers": {"type": "integer"},
+    },
 }
 SUBSCRIBER = {
     "type": "object",
     "required": ["id", "email", "status"],
     "properties": {
-        "id": {"type": "integer"}, "email": {"type": "string"}, "name": {"type": "string"},
+        "id": {"type": "integer"},
+        "email": {"type": "string"},
+        "name": {"type": "string"},
         "status": {"enum": ["pending", "active", "unsubscribed", "bounced", "complained"]},
-        "layer": {"type": ["object", "null"]}, "attributes": {"type": "object"},
-        "tags": {"type": "array"}, "created_at": {"type": "string"},
+        "layer": {"type": ["object", "null"]},
+        "attributes": {"type": "object"},
+        "tags": {"type": "array"},
+        "created_at": {"type": "string"},
         "confirmed_at": {"type": ["string", "null"]},
         "unsubscribed_at": {"type": ["string", "null"]},
-        "layer_history": {"type": "array"}, "enrollments": {"type": "array"},
+        "layer_history": {"type": "array"},
+        "enrollments": {"type": "array"},
     },
 }
 
@@ -53,8 +71,10 @@ def describe(path: str, method: str, operation: dict[str, Any]) -> None:
 
 
 def error(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
 
 
 def json_body(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
@@ -75,29 +95,66 @@ def document(base_url: str) -> dict[str, Any]:
     }
 
 
-describe("/api/v1/layers", "get", {
-    "summary": "The trust layers in order, with their active subscriber counts",
-    "responses": {"200": json_body({"type": "object", "required": ["layers"], "properties": {
-        "layers": {"type": "array", "items": {"$ref": "#/components/schemas/Layer"}}}})},
-})
-describe("/api/v1/subscribers/{id}", "get", {
-    "summary": "One subscriber with layer history and enrollments",
-    "parameters": [{"name": "id", "in": "path", "required": True,
-                    "schema": {"type": "integer", "minimum": 1}}],
-    "responses": {"200": json_body({"$ref": "#/components/schemas/Subscriber"}),
-                  "404": error("no such subscriber")},
-})
-describe("/api/v1/events", "post", {
-    "summary": "Record a purchase, referral, reply or enquiry for an address; promotion rules "
-               "run at once",
-    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["email", "type"], "properties": {
-            "email": {"type": "string", "maxLength": 254},
-            "type": {"enum": ["purchase", "referral", "reply", "enquiry"]},
-            "data": {"type": "object"}}}}}},
-    "responses": {"201": json_body({"type": "object", "required": ["event", "promoted_to"],
-                                    "properties": {"event": {"type": "object"},
-                                                   "promoted_to": {"type": ["integer", "null"]}}},
-                                   "recorded"),
-                  "400": error("invalid input"), "404": error("unknown address")},
-})
+describe(
+    "/api/v1/layers",
+    "get",
+    {
+        "summary": "The trust layers in order, with their active subscriber counts",
+        "responses": {
+            "200": json_body(
+                {
+                    "type": "object",
+                    "required": ["layers"],
+                    "properties": {"layers": {"type": "array", "items": {"$ref": "#/components/schemas/Layer"}}},
+                }
+            )
+        },
+    },
+)
+describe(
+    "/api/v1/subscribers/{id}",
+    "get",
+    {
+        "summary": "One subscriber with layer history and enrollments",
+        "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}],
+        "responses": {
+            "200": json_body({"$ref": "#/components/schemas/Subscriber"}),
+            "404": error("no such subscriber"),
+        },
+    },
+)
+describe(
+    "/api/v1/events",
+    "post",
+    {
+        "summary": "Record a purchase, referral, reply or enquiry for an address; promotion rules run at once",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["email", "type"],
+                        "properties": {
+                            "email": {"type": "string", "maxLength": 254},
+                            "type": {"enum": ["purchase", "referral", "reply", "enquiry"]},
+                            "data": {"type": "object"},
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            "201": json_body(
+                {
+                    "type": "object",
+                    "required": ["event", "promoted_to"],
+                    "properties": {"event": {"type": "object"}, "promoted_to": {"type": ["integer", "null"]}},
+                },
+                "recorded",
+            ),
+            "400": error("invalid input"),
+            "404": error("unknown address"),
+        },
+    },
+)

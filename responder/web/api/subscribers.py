@@ -33,30 +33,48 @@ ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"
 FILTERS = [
     {"name": "layer", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 99}},
     {"name": "tag", "in": "query", "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,40}$"}},
-    {"name": "status", "in": "query",
-     "schema": {"enum": ["pending", "active", "unsubscribed", "bounced", "complained"]}},
-    {"name": "q", "in": "query", "description": "text in the address or name",
-     "schema": {"type": "string", "maxLength": 200}},
+    {
+        "name": "status",
+        "in": "query",
+        "schema": {"enum": ["pending", "active", "unsubscribed", "bounced", "complained"]},
+    },
+    {
+        "name": "q",
+        "in": "query",
+        "description": "text in the address or name",
+        "schema": {"type": "string", "maxLength": 200},
+    },
 ]
 PAGING = [
     {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 200}},
-    {"name": "limit", "in": "query",
-     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}},
 ]
 SUBSCRIBER_REF = {"$ref": "#/components/schemas/Subscriber"}
 JOB = {
     "type": "object",
     "required": ["id", "state", "progress", "rows_read", "imported", "rejected", "rejected_rows"],
     "properties": {
-        "id": {"type": "integer"}, "state": {"enum": ["running", "done", "failed"]},
+        "id": {"type": "integer"},
+        "state": {"enum": ["running", "done", "failed"]},
         "consent_source": {"type": ["string", "null"]},
         "progress": {"type": "number", "minimum": 0, "maximum": 1},
-        "rows_read": {"type": "integer"}, "imported": {"type": "integer"},
+        "rows_read": {"type": "integer"},
+        "imported": {"type": "integer"},
         "rejected": {"type": "integer"},
-        "rejected_rows": {"type": "array", "items": {"type": "object", "properties": {
-            "row": {"type": "integer"}, "email": {"type": "string"},
-            "field": {"type": ["string", "null"]}, "reason": {"type": "string"}}}},
-        "error": {"type": ["string", "null"]}, "created_at": {"type": "string"},
+        "rejected_rows": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "row": {"type": "integer"},
+                    "email": {"type": "string"},
+                    "field": {"type": ["string", "null"]},
+                    "reason": {"type": "string"},
+                },
+            },
+        },
+        "error": {"type": ["string", "null"]},
+        "created_at": {"type": "string"},
         "finished_at": {"type": ["string", "null"]},
     },
 }
@@ -70,21 +88,33 @@ def page_limit(request: web.Request) -> int:
 async def search(request: web.Request) -> web.Response:
     flt = SubscriberFilter.from_query(request.query)
     async with runtime(request).db.read() as session:
-        page = await list_subscribers(session, flt, cursor=request.query.get("cursor"),
-                                      limit=page_limit(request))
-        return web.json_response({"subscribers": [subscriber_json(s, layer) for s, layer in page.items],
-                                  "next_cursor": page.next_cursor})
+        page = await list_subscribers(session, flt, cursor=request.query.get("cursor"), limit=page_limit(request))
+        return web.json_response(
+            {"subscribers": [subscriber_json(s, layer) for s, layer in page.items], "next_cursor": page.next_cursor}
+        )
 
 
-describe(PREFIX + "/subscribers", "get", {
-    "summary": "Subscribers newest first, filtered by layer, tag, status and text",
-    "parameters": FILTERS + PAGING,
-    "responses": {"200": json_body({"type": "object", "required": ["subscribers", "next_cursor"],
-                                    "properties": {"subscribers": {"type": "array",
-                                                                   "items": SUBSCRIBER_REF},
-                                                   "next_cursor": {"type": ["string", "null"]}}}),
-                  "400": error("a filter or the cursor is invalid")},
-})
+describe(
+    PREFIX + "/subscribers",
+    "get",
+    {
+        "summary": "Subscribers newest first, filtered by layer, tag, status and text",
+        "parameters": FILTERS + PAGING,
+        "responses": {
+            "200": json_body(
+                {
+                    "type": "object",
+                    "required": ["subscribers", "next_cursor"],
+                    "properties": {
+                        "subscribers": {"type": "array", "items": SUBSCRIBER_REF},
+                        "next_cursor": {"type": ["string", "null"]},
+                    },
+                }
+            ),
+            "400": error("a filter or the cursor is invalid"),
+        },
+    },
+)
 
 
 @routes.get(PREFIX + "/subscribers/{id}/timeline")
@@ -95,17 +125,39 @@ async def subscriber_timeline(request: web.Request) -> web.Response:
     return web.json_response({"items": [item.json() for item in items]})
 
 
-describe(PREFIX + "/subscribers/{id}/timeline", "get", {
-    "summary": "Events, messages and layer moves of one subscriber, newest first",
-    "parameters": [ID],
-    "responses": {"200": json_body({"type": "object", "required": ["items"], "properties": {
-        "items": {"type": "array", "items": {"type": "object", "required": [
-            "at", "kind", "type", "summary"], "properties": {
-            "at": {"type": "string"}, "kind": {"enum": ["event", "message", "layer"]},
-            "type": {"type": "string"}, "summary": {"type": "string"},
-            "machine": {"type": "boolean"}}}}}}),
-        "404": error("no such subscriber")},
-})
+describe(
+    PREFIX + "/subscribers/{id}/timeline",
+    "get",
+    {
+        "summary": "Events, messages and layer moves of one subscriber, newest first",
+        "parameters": [ID],
+        "responses": {
+            "200": json_body(
+                {
+                    "type": "object",
+                    "required": ["items"],
+                    "properties": {
+                        "items": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["at", "kind", "type", "summary"],
+                                "properties": {
+                                    "at": {"type": "string"},
+                                    "kind": {"enum": ["event", "message", "layer"]},
+                                    "type": {"type": "string"},
+                                    "summary": {"type": "string"},
+                                    "machine": {"type": "boolean"},
+                                },
+                            },
+                        }
+                    },
+                }
+            ),
+            "404": error("no such subscriber"),
+        },
+    },
+)
 
 
 async def _subscriber_body(request: web.Request, subscriber_id: int) -> dict[str, Any]:
@@ -118,49 +170,75 @@ async def _subscriber_body(request: web.Request, subscriber_id: int) -> dict[str
 @routes.post(PREFIX + "/subscribers/{id}/layer")
 async def move(request: web.Request) -> web.Response:
     data = await read_input(request)
-    subscriber, _ = await move_subscriber(runtime(request), _path_id(request),
-                                          data.get("position"), data.get("reason"))
+    subscriber, _ = await move_subscriber(runtime(request), _path_id(request), data.get("position"), data.get("reason"))
     return web.json_response(await _subscriber_body(request, subscriber.id))
 
 
-describe(PREFIX + "/subscribers/{id}/layer", "post", {
-    "summary": "Move an active subscriber to another layer: the old sequence ends, the new "
-               "layer's starts",
-    "parameters": [ID],
-    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["position"], "properties": {
-            "position": {"type": "integer", "minimum": 1, "maximum": 99},
-            "reason": {"type": "string", "maxLength": 200}}}}}},
-    "responses": {"200": json_body(SUBSCRIBER_REF, "moved"), "400": error("invalid input"),
-                  "404": error("no such subscriber"),
-                  "409": error("not active, or already in that layer")},
-})
+describe(
+    PREFIX + "/subscribers/{id}/layer",
+    "post",
+    {
+        "summary": "Move an active subscriber to another layer: the old sequence ends, the new layer's starts",
+        "parameters": [ID],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["position"],
+                        "properties": {
+                            "position": {"type": "integer", "minimum": 1, "maximum": 99},
+                            "reason": {"type": "string", "maxLength": 200},
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": json_body(SUBSCRIBER_REF, "moved"),
+            "400": error("invalid input"),
+            "404": error("no such subscriber"),
+            "409": error("not active, or already in that layer"),
+        },
+    },
+)
 
-TAG_PARAMS = [ID, {"name": "tag", "in": "path", "required": True,
-                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,40}$"}}]
+TAG_PARAMS = [
+    ID,
+    {"name": "tag", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,40}$"}},
+]
 
 
 @routes.put(PREFIX + "/subscribers/{id}/tags/{tag}")
 async def add_tag(request: web.Request) -> web.Response:
-    subscriber = await set_tag(runtime(request), _path_id(request), request.match_info["tag"],
-                               present=True)
+    subscriber = await set_tag(runtime(request), _path_id(request), request.match_info["tag"], present=True)
     return web.json_response(await _subscriber_body(request, subscriber.id))
 
 
 @routes.delete(PREFIX + "/subscribers/{id}/tags/{tag}")
 async def remove_tag(request: web.Request) -> web.Response:
-    subscriber = await set_tag(runtime(request), _path_id(request), request.match_info["tag"],
-                               present=False)
+    subscriber = await set_tag(runtime(request), _path_id(request), request.match_info["tag"], present=False)
     return web.json_response(await _subscriber_body(request, subscriber.id))
 
 
-for _method, _summary in (("put", "Tag a subscriber (e.g. 'preferred'); idempotent"),
-                          ("delete", "Remove a tag from a subscriber; idempotent")):
-    describe(PREFIX + "/subscribers/{id}/tags/{tag}", _method, {
-        "summary": _summary, "parameters": TAG_PARAMS,
-        "responses": {"200": json_body(SUBSCRIBER_REF), "400": error("not a valid tag"),
-                      "404": error("no such subscriber")},
-    })
+for _method, _summary in (
+    ("put", "Tag a subscriber (e.g. 'preferred'); idempotent"),
+    ("delete", "Remove a tag from a subscriber; idempotent"),
+):
+    describe(
+        PREFIX + "/subscribers/{id}/tags/{tag}",
+        _method,
+        {
+            "summary": _summary,
+            "parameters": TAG_PARAMS,
+            "responses": {
+                "200": json_body(SUBSCRIBER_REF),
+                "400": error("not a valid tag"),
+                "404": error("no such subscriber"),
+            },
+        },
+    )
 
 
 @routes.post(PREFIX + "/imports")
@@ -171,18 +249,28 @@ async def start_import(request: web.Request) -> web.Response:
     return web.json_response(job_json(await get_job(rt, job_id)), status=202)
 
 
-describe(PREFIX + "/imports", "post", {
-    "summary": "Import subscribers from CSV (header row; email, name, layer, tags, "
-               "consent_source, consented_at); runs in the background, follow its progress",
-    "parameters": [{"name": "consent_source", "in": "query",
-                    "description": "where these people consented; required unless every row "
-                                   "has a consent_source column",
-                    "schema": {"type": "string", "maxLength": 64}}],
-    "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}},
-    "responses": {"202": json_body(JOB, "started"),
-                  "400": error("empty file or invalid consent source"),
-                  "413": error("the file is too large")},
-})
+describe(
+    PREFIX + "/imports",
+    "post",
+    {
+        "summary": "Import subscribers from CSV (header row; email, name, layer, tags, "
+        "consent_source, consented_at); runs in the background, follow its progress",
+        "parameters": [
+            {
+                "name": "consent_source",
+                "in": "query",
+                "description": "where these people consented; required unless every row has a consent_source column",
+                "schema": {"type": "string", "maxLength": 64},
+            }
+        ],
+        "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}},
+        "responses": {
+            "202": json_body(JOB, "started"),
+            "400": error("empty file or invalid consent source"),
+            "413": error("the file is too large"),
+        },
+    },
+)
 
 
 @routes.get(PREFIX + "/imports/{id}")
@@ -192,26 +280,38 @@ async def import_status(request: web.Request) -> web.Response:
     return web.json_response(job_json(await get_job(runtime(request), job_id)))
 
 
-describe(PREFIX + "/imports/{id}", "get", {
-    "summary": "Progress of an import and the report of rejected rows",
-    "parameters": [ID],
-    "responses": {"200": json_body(JOB), "404": error("no such import")},
-})
+describe(
+    PREFIX + "/imports/{id}",
+    "get",
+    {
+        "summary": "Progress of an import and the report of rejected rows",
+        "parameters": [ID],
+        "responses": {"200": json_body(JOB), "404": error("no such import")},
+    },
+)
 
 
 def export_row(subscriber: Subscriber, layer_position: int | None) -> list[str]:
-    return [subscriber.email, subscriber.name, subscriber.status,
-            str(layer_position or ""), ";".join(subscriber.tags),
-            subscriber.created_at.isoformat(),
-            subscriber.confirmed_at.isoformat() if subscriber.confirmed_at else ""]
+    return [
+        subscriber.email,
+        subscriber.name,
+        subscriber.status,
+        str(layer_position or ""),
+        ";".join(subscriber.tags),
+        subscriber.created_at.isoformat(),
+        subscriber.confirmed_at.isoformat() if subscriber.confirmed_at else "",
+    ]
 
 
 @routes.get(PREFIX + "/subscribers.csv")
 async def export(request: web.Request) -> web.StreamResponse:
     flt = SubscriberFilter.from_query(request.query)
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/csv; charset=utf-8",
-        "Content-Disposition": 'attachment; filename="subscribers.csv"'})
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": 'attachment; filename="subscribers.csv"',
+        }
+    )
     await response.prepare(request)
     async for chunk in export_chunks(runtime(request), flt):
         await response.write(chunk)
@@ -226,8 +326,7 @@ async def export_chunks(rt: Any, flt: SubscriberFilter, batch: int = 2000):  # t
     writer.writerow(EXPORT_COLUMNS)
     after: int | None = None
     while True:
-        stmt = flt.apply(select(Subscriber, Layer.position)
-                         .outerjoin(Layer, Layer.id == Subscriber.layer_id))
+        stmt = flt.apply(select(Subscriber, Layer.position).outerjoin(Layer, Layer.id == Subscriber.layer_id))
         if after is not None:
             stmt = stmt.where(Subscriber.id > after)
         async with rt.db.read() as session:
@@ -242,9 +341,15 @@ async def export_chunks(rt: Any, flt: SubscriberFilter, batch: int = 2000):  # t
         after = rows[-1][0].id
 
 
-describe(PREFIX + "/subscribers.csv", "get", {
-    "summary": "Export subscribers as CSV, with the same filters as the list",
-    "parameters": FILTERS,
-    "responses": {"200": {"description": "CSV", "content": {"text/csv": {"schema": {
-        "type": "string"}}}}, "400": error("a filter is invalid")},
-})
+describe(
+    PREFIX + "/subscribers.csv",
+    "get",
+    {
+        "summary": "Export subscribers as CSV, with the same filters as the list",
+        "parameters": FILTERS,
+        "responses": {
+            "200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}},
+            "400": error("a filter is invalid"),
+        },
+    },
+)

@@ -24,15 +24,19 @@ MAX_UPLOAD_BYTES = 2 * MAX_SOURCE_BYTES + 64 * 1024
 routes = web.RouteTableDef()
 
 
-
 TEMPLATE = {
     "type": "object",
     "required": ["id", "name", "version", "subject", "format", "purpose", "text", "created_at"],
     "properties": {
-        "id": {"type": "integer"}, "name": {"type": "string"}, "version": {"type": "integer"},
-        "subject": {"type": "string"}, "format": {"enum": ["mjml", "html"]},
-        "purpose": {"type": "string"}, "text": {"enum": ["explicit", "generated"]},
-        "created_at": {"type": "string"}, "versions": {"type": "integer"},
+        "id": {"type": "integer"},
+        "name": {"type": "string"},
+        "version": {"type": "integer"},
+        "subject": {"type": "string"},
+        "format": {"enum": ["mjml", "html"]},
+        "purpose": {"type": "string"},
+        "text": {"enum": ["explicit", "generated"]},
+        "created_at": {"type": "string"},
+        "versions": {"type": "integer"},
     },
 }
 UPLOAD_FIELDS = {
@@ -103,30 +107,50 @@ async def upload(request: web.Request) -> web.Response:
     name = fields.get("name") or fields.get("_filename", "").rsplit(".", 1)[0].lower()
     if not fields.get("subject"):
         raise ValidationError("subject is required", field="subject")
-    stored = await service.upload_template(runtime(request), service.Upload(
-        name=name, subject=fields["subject"], source=fields.get("body", ""),
-        source_format=fields.get("format") or None, text=fields.get("text") or None,
-        purpose=fields.get("purpose", ""),
-    ))
+    stored = await service.upload_template(
+        runtime(request),
+        service.Upload(
+            name=name,
+            subject=fields["subject"],
+            source=fields.get("body", ""),
+            source_format=fields.get("format") or None,
+            text=fields.get("text") or None,
+            purpose=fields.get("purpose", ""),
+        ),
+    )
     return web.json_response(stored, status=201)
 
 
-describe(PREFIX, "post", {
-    "summary": "Upload a template (MJML or HTML with Jinja); an existing name gets a new version",
-    "description": "Compiled once and rendered against a sample subscriber before anything is "
-                   "stored; a template that fails either is refused with 422 naming the part, "
-                   "the line and the problem.",
-    "requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"type": "object", "required": ["name", "subject", "body"],
-                                        "properties": UPLOAD_FIELDS}},
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file", "subject"],
-                                           "properties": {**UPLOAD_FIELDS, "file": {
-                                               "type": "string", "format": "binary"}}}},
-    }},
-    "responses": {"201": json_body(TEMPLATE, "stored as a new version"),
-                  "400": error("malformed request"),
-                  "422": error("does not compile or render; nothing stored")},
-})
+describe(
+    PREFIX,
+    "post",
+    {
+        "summary": "Upload a template (MJML or HTML with Jinja); an existing name gets a new version",
+        "description": "Compiled once and rendered against a sample subscriber before anything is "
+        "stored; a template that fails either is refused with 422 naming the part, "
+        "the line and the problem.",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "required": ["name", "subject", "body"], "properties": UPLOAD_FIELDS}
+                },
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file", "subject"],
+                        "properties": {**UPLOAD_FIELDS, "file": {"type": "string", "format": "binary"}},
+                    }
+                },
+            },
+        },
+        "responses": {
+            "201": json_body(TEMPLATE, "stored as a new version"),
+            "400": error("malformed request"),
+            "422": error("does not compile or render; nothing stored"),
+        },
+    },
+)
 
 
 @routes.get(PREFIX)
@@ -134,24 +158,38 @@ async def list_templates(request: web.Request) -> web.Response:
     return web.json_response({"templates": await service.list_templates(runtime(request))})
 
 
-describe(PREFIX, "get", {
-    "summary": "Every template name with its newest version",
-    "responses": {"200": json_body({"type": "object", "required": ["templates"], "properties": {
-        "templates": {"type": "array", "items": TEMPLATE}}})},
-})
+describe(
+    PREFIX,
+    "get",
+    {
+        "summary": "Every template name with its newest version",
+        "responses": {
+            "200": json_body(
+                {
+                    "type": "object",
+                    "required": ["templates"],
+                    "properties": {"templates": {"type": "array", "items": TEMPLATE}},
+                }
+            )
+        },
+    },
+)
 
 
 @routes.get(PREFIX + "/{name}")
 async def get_template(request: web.Request) -> web.Response:
-    return web.json_response(await service.template_versions(runtime(request),
-                                                             request.match_info["name"]))
+    return web.json_response(await service.template_versions(runtime(request), request.match_info["name"]))
 
 
-describe(PREFIX + "/{name}", "get", {
-    "summary": "The newest version with its source and compiled HTML, and the version history",
-    "parameters": [NAME_PARAM],
-    "responses": {"200": json_body({"type": "object"}), "404": error("no such template")},
-})
+describe(
+    PREFIX + "/{name}",
+    "get",
+    {
+        "summary": "The newest version with its source and compiled HTML, and the version history",
+        "parameters": [NAME_PARAM],
+        "responses": {"200": json_body({"type": "object"}), "404": error("no such template")},
+    },
+)
 
 
 def _optional_int(request: web.Request, key: str) -> int | None:
@@ -166,29 +204,47 @@ def _optional_int(request: web.Request, key: str) -> int | None:
 
 @routes.get(PREFIX + "/{name}/preview")
 async def preview(request: web.Request) -> web.Response:
-    return web.json_response(await service.preview(
-        runtime(request), request.match_info["name"],
-        subscriber_id=_optional_int(request, "subscriber_id"),
-        version=_optional_int(request, "version"),
-    ))
+    return web.json_response(
+        await service.preview(
+            runtime(request),
+            request.match_info["name"],
+            subscriber_id=_optional_int(request, "subscriber_id"),
+            version=_optional_int(request, "version"),
+        )
+    )
 
 
-describe(PREFIX + "/{name}/preview", "get", {
-    "summary": "Subject, HTML and text as a subscriber (default: a sample subscriber) would get "
-               "them, links not tracked",
-    "parameters": [NAME_PARAM,
-                   {"name": "subscriber_id", "in": "query", "schema": {"type": "integer"}},
-                   {"name": "version", "in": "query", "schema": {"type": "integer"}}],
-    "responses": {"200": json_body({"type": "object", "required": ["subject", "html", "text"],
-                                    "properties": {"name": {"type": "string"},
-                                                   "version": {"type": "integer"},
-                                                   "subject": {"type": "string"},
-                                                   "html": {"type": "string"},
-                                                   "text": {"type": "string"}}}),
-                  "400": error("subscriber_id or version is not a whole number"),
-                  "404": error("no such template or subscriber"),
-                  "422": error("does not render for this subscriber")},
-})
+describe(
+    PREFIX + "/{name}/preview",
+    "get",
+    {
+        "summary": "Subject, HTML and text as a subscriber (default: a sample subscriber) would get "
+        "them, links not tracked",
+        "parameters": [
+            NAME_PARAM,
+            {"name": "subscriber_id", "in": "query", "schema": {"type": "integer"}},
+            {"name": "version", "in": "query", "schema": {"type": "integer"}},
+        ],
+        "responses": {
+            "200": json_body(
+                {
+                    "type": "object",
+                    "required": ["subject", "html", "text"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "version": {"type": "integer"},
+                        "subject": {"type": "string"},
+                        "html": {"type": "string"},
+                        "text": {"type": "string"},
+                    },
+                }
+            ),
+            "400": error("subscriber_id or version is not a whole number"),
+            "404": error("no such template or subscriber"),
+            "422": error("does not render for this subscriber"),
+        },
+    },
+)
 
 
 @routes.post(PREFIX + "/{name}/test")
@@ -200,25 +256,41 @@ async def test_send(request: web.Request) -> web.Response:
     if not isinstance(data, dict):
         raise ValidationError("body must be a JSON object")
     subscriber_id = data.get("subscriber_id")
-    if subscriber_id is not None and (isinstance(subscriber_id, bool)
-                                      or not isinstance(subscriber_id, int)):
+    if subscriber_id is not None and (isinstance(subscriber_id, bool) or not isinstance(subscriber_id, int)):
         raise ValidationError("subscriber_id must be a whole number", field="subscriber_id")
     try:
-        sent = await service.test_send(runtime(request), request.match_info["name"],
-                                       data.get("email"), subscriber_id=subscriber_id)
+        sent = await service.test_send(
+            runtime(request), request.match_info["name"], data.get("email"), subscriber_id=subscriber_id
+        )
     except DeliveryError as exc:
         raise MailUnavailable(f"the test mail was not accepted: {exc.message}") from exc
     return web.json_response(sent, status=202)
 
 
-describe(PREFIX + "/{name}/test", "post", {
-    "summary": "Send one test mail of the newest version to an address, subject marked [Test]",
-    "parameters": [NAME_PARAM],
-    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["email"],
-        "properties": {"email": {"type": "string"}, "subscriber_id": {"type": "integer"}}}}}},
-    "responses": {"202": json_body({"type": "object"}, "handed to the mail transport"),
-                  "400": error("invalid address"), "404": error("no such template"),
-                  "422": error("does not render"),
-                  "503": error("the mail server refused or could not be reached")},
-})
+describe(
+    PREFIX + "/{name}/test",
+    "post",
+    {
+        "summary": "Send one test mail of the newest version to an address, subject marked [Test]",
+        "parameters": [NAME_PARAM],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["email"],
+                        "properties": {"email": {"type": "string"}, "subscriber_id": {"type": "integer"}},
+                    }
+                }
+            },
+        },
+        "responses": {
+            "202": json_body({"type": "object"}, "handed to the mail transport"),
+            "400": error("invalid address"),
+            "404": error("no such template"),
+            "422": error("does not render"),
+            "503": error("the mail server refused or could not be reached"),
+        },
+    },
+)

@@ -48,8 +48,11 @@ class TokenInfo:
     created_at: dt.datetime | None
 
     def json(self) -> dict[str, object]:
-        return {"name": self.name, "scope": self.scope,
-                "created_at": self.created_at.isoformat() if self.created_at else None}
+        return {
+            "name": self.name,
+            "scope": self.scope,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+        }
 
 
 async def scope_of(rt: Runtime, given: str) -> str | None:
@@ -60,9 +63,9 @@ async def scope_of(rt: Runtime, given: str) -> str | None:
     if not given.startswith(TOKEN_PREFIX) or len(given) > 200:
         return None
     async with rt.db.read() as session:
-        scope = (await session.execute(
-            select(ApiToken.scope).where(ApiToken.token_hash == token_hash(given))
-        )).scalar_one_or_none()
+        scope = (
+            await session.execute(select(ApiToken.scope).where(ApiToken.token_hash == token_hash(given)))
+        ).scalar_one_or_none()
     return scope
 
 
@@ -75,8 +78,7 @@ async def create_token(rt: Runtime, name: object, scope: object) -> tuple[TokenI
         async with rt.db.transaction() as session:
             if (await session.execute(select(ApiToken.id).where(ApiToken.name == name))).first():
                 raise Conflict(f"a token named {name!r} exists; revoke it first", field="name")
-            session.add(ApiToken(name=name, scope=scope, token_hash=token_hash(secret),
-                                 created_at=now))
+            session.add(ApiToken(name=name, scope=scope, token_hash=token_hash(secret), created_at=now))
     except IntegrityError as exc:  # a concurrent create of the same name
         raise Conflict(f"a token named {name!r} exists; revoke it first", field="name") from exc
     return TokenInfo(name, scope, now), secret

@@ -33,10 +33,17 @@ async def _page(request: web.Request, *, done: str = "") -> web.Response:
     subscriber = await subscriber_for_token(rt, token)
     async with rt.db.read() as session:
         layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
-    return render_page("unsubscribe.html", title="Unsubscribe" if not done else "Done",
-                       email=subscriber.email, sub_status=subscriber.status, done=done,
-                       can_move_down=bool(layer and layer.position > 1), action=request.path,
-                       preferences=f"/preferences/{token}", sender_name=rt.settings.from_name)
+    return render_page(
+        "unsubscribe.html",
+        title="Unsubscribe" if not done else "Done",
+        email=subscriber.email,
+        sub_status=subscriber.status,
+        done=done,
+        can_move_down=bool(layer and layer.position > 1),
+        action=request.path,
+        preferences=f"/preferences/{token}",
+        sender_name=rt.settings.from_name,
+    )
 
 
 @routes.get("/unsubscribe/{token}")
@@ -48,21 +55,22 @@ async def unsubscribe_page(request: web.Request) -> web.Response:
 async def unsubscribe_post(request: web.Request) -> web.Response:
     rt = runtime(request)
     rt.tokens.read_unsubscribe(request.match_info["token"])  # a forged link is 404 before all else
-    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data",
-                                "application/json"):
+    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data", "application/json"):
         data = await read_body(request)
     else:  # some mail clients post the one-click body with another type: the URL decides
         await request.read()
         data = {"List-Unsubscribe": "One-Click"}
     one_click = data.get("List-Unsubscribe") == "One-Click"
     choice = "all" if one_click or not data.get("choice") else str(data["choice"])
-    subscriber = await with_deadline(request, preferences.choose(
-        rt, request.match_info["token"], choice, client_ip(request),
-        request.headers.get("User-Agent")))
+    subscriber = await with_deadline(
+        request,
+        preferences.choose(
+            rt, request.match_info["token"], choice, client_ip(request), request.headers.get("User-Agent")
+        ),
+    )
     if one_click:
         return web.Response(text="unsubscribed\n", content_type="text/plain")
-    return await _page(request, done=DONE[choice].format(email=subscriber.email,
-                                                         sender=rt.settings.from_name))
+    return await _page(request, done=DONE[choice].format(email=subscriber.email, sender=rt.settings.from_name))
 
 
 async def _preferences_page(request: web.Request, notice: str = "") -> web.Response:
@@ -72,13 +80,21 @@ async def _preferences_page(request: web.Request, notice: str = "") -> web.Respo
     async with rt.db.read() as session:
         layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
     return render_page(
-        "preferences.html", title="Your preferences", notice=notice, email=subscriber.email,
-        sub_name=subscriber.name, frequency=subscriber.frequency, sub_status=subscriber.status,
+        "preferences.html",
+        title="Your preferences",
+        notice=notice,
+        email=subscriber.email,
+        sub_name=subscriber.name,
+        frequency=subscriber.frequency,
+        sub_status=subscriber.status,
         layer=layer.label if layer else None,
         paused_until=subscriber.paused_until.date().isoformat() if subscriber.paused_until else None,
-        action=f"/preferences/{token}", export=f"/preferences/{token}/export",
-        erase_action=f"/preferences/{token}/erase", unsubscribe_action=f"/unsubscribe/{token}",
-        sender_name=rt.settings.from_name)
+        action=f"/preferences/{token}",
+        export=f"/preferences/{token}/export",
+        erase_action=f"/preferences/{token}/erase",
+        unsubscribe_action=f"/unsubscribe/{token}",
+        sender_name=rt.settings.from_name,
+    )
 
 
 @routes.get("/preferences/{token}")
@@ -89,18 +105,23 @@ async def preferences_page(request: web.Request) -> web.Response:
 @routes.post("/preferences/{token}")
 async def preferences_post(request: web.Request) -> web.Response:
     data = await read_body(request)
-    await with_deadline(request, preferences.update_preferences(
-        runtime(request), request.match_info["token"], name=data.get("name"),
-        frequency=data.get("frequency")))
+    await with_deadline(
+        request,
+        preferences.update_preferences(
+            runtime(request), request.match_info["token"], name=data.get("name"), frequency=data.get("frequency")
+        ),
+    )
     return await _preferences_page(request, notice="Saved.")
 
 
 @routes.get("/preferences/{token}/export")
 async def export(request: web.Request) -> web.Response:
     body = await preferences.export(runtime(request), request.match_info["token"])
-    return web.json_response(body, headers={
-        "Content-Disposition": 'attachment; filename="my-data.json"',
-        "Cache-Control": "no-store"}, dumps=_dumps)
+    return web.json_response(
+        body,
+        headers={"Content-Disposition": 'attachment; filename="my-data.json"', "Cache-Control": "no-store"},
+        dumps=_dumps,
+    )
 
 
 def _dumps(value: object) -> str:
@@ -114,6 +135,9 @@ async def erase(request: web.Request) -> web.Response:
     if data.get("confirm") != "yes":
         raise ValidationError("tick the box to confirm the erasure", field="confirm")
     await with_deadline(request, preferences.erase(rt, request.match_info["token"]))
-    return render_page("message.html", title="Erased",
-                       message="We have erased your data. This address will not be mailed again.",
-                       sender_name=rt.settings.from_name)
+    return render_page(
+        "message.html",
+        title="Erased",
+        message="We have erased your data. This address will not be mailed again.",
+        sender_name=rt.settings.from_name,
+    )

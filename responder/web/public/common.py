@@ -99,14 +99,20 @@ def add_tracking_metrics(request: web.Request, registry: CollectorRegistry) -> N
     if PUBLIC not in request.app:
         return
     stats = request.app[PUBLIC].tracker.stats
-    gauge = Gauge("responder_tracking_events", "Opens and clicks through the write queue, "
-                  "by outcome", ["outcome"], registry=registry)
+    gauge = Gauge(
+        "responder_tracking_events",
+        "Opens and clicks through the write queue, by outcome",
+        ["outcome"],
+        registry=registry,
+    )
     for outcome in ("queued", "written", "dropped"):
         gauge.labels(outcome).set(getattr(stats, outcome))
-    Gauge("responder_tracking_pending", "Opens and clicks waiting to be written",
-          registry=registry).set(request.app[PUBLIC].tracker.pending)
-    Gauge("responder_tracking_failed_flushes", "Batches the database refused (retried)",
-          registry=registry).set(stats.failed_flushes)
+    Gauge("responder_tracking_pending", "Opens and clicks waiting to be written", registry=registry).set(
+        request.app[PUBLIC].tracker.pending
+    )
+    Gauge("responder_tracking_failed_flushes", "Batches the database refused (retried)", registry=registry).set(
+        stats.failed_flushes
+    )
 
 
 def allowed_origin(request: web.Request) -> str | None:
@@ -114,7 +120,8 @@ def allowed_origin(request: web.Request) -> str | None:
     if not origin:
         return None
     cors_path = request.path in CORS_PATHS or (
-        request.path.startswith("/subscribe/") and request.path.endswith("/challenge"))
+        request.path.startswith("/subscribe/") and request.path.endswith("/challenge")
+    )
     if cors_path and PUBLIC in request.app and request.app[PUBLIC].forms.allows_origin(origin):
         return origin
     return None
@@ -131,11 +138,14 @@ def cors_headers(request: web.Request, headers: MutableMapping[str, str]) -> Non
 async def preflight(request: web.Request) -> web.Response:
     if allowed_origin(request) is None:
         return web.Response(status=403, text="origin not allowed")
-    return web.Response(status=204, headers={
-        "Access-Control-Allow-Methods": "POST",
-        "Access-Control-Allow-Headers": "Content-Type",
-        "Access-Control-Max-Age": "600",
-    })
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Methods": "POST",
+            "Access-Control-Allow-Headers": "Content-Type",
+            "Access-Control-Max-Age": "600",
+        },
+    )
 
 
 async def read_body(request: web.Request) -> dict[str, Any]:
@@ -147,7 +157,10 @@ async def read_body(request: web.Request) -> dict[str, Any]:
         raise TooLarge(f"request body is larger than {settings.max_body_bytes} bytes")
     is_json = request.content_type == "application/json"
     if not is_json and request.content_type not in (
-            "application/x-www-form-urlencoded", "multipart/form-data", "application/octet-stream"):
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+        "application/octet-stream",
+    ):
         raise ValidationError("send the form as application/x-www-form-urlencoded or JSON")
     try:
         async with asyncio.timeout(settings.body_timeout_s):
@@ -203,14 +216,14 @@ async def with_deadline(request: web.Request, work: Coroutine[Any, Any, T]) -> T
     task.add_done_callback(_finished)
     with database_guard():
         try:
-            return await asyncio.wait_for(asyncio.shield(task),
-                                          runtime(request).settings.form_write_timeout_s)
+            return await asyncio.wait_for(asyncio.shield(task), runtime(request).settings.form_write_timeout_s)
         except TimeoutError as exc:
             raise Busy("we are busy right now; please try again in a moment") from exc
 
 
 def _finished(task: asyncio.Task[Any]) -> None:
     _pending_writes.discard(task)
-    if not task.cancelled() and task.exception() is not None and not isinstance(
-            task.exception(), ResponderError):  # those reached the caller as a clear answer
+    if (
+        not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), ResponderError)
+    ):  # those reached the caller as a clear answer
         log.warning("a form write finished after its answer and failed: %r", task.exception())

@@ -25,19 +25,31 @@ async def enquiry_post(request: web.Request) -> web.StreamResponse:
         for key in ("email", "name", "subject"):
             if data.get(key) is not None and not isinstance(data.get(key), str):
                 raise ValidationError(f"{key} must be text", field=key)
-        await with_deadline(request, open_enquiry(runtime(request), EnquiryIn(
-            email=data.get("email") or "", name=data.get("name") or "",
-            subject=data.get("subject") or "", body=question, source="form")))
+        await with_deadline(
+            request,
+            open_enquiry(
+                runtime(request),
+                EnquiryIn(
+                    email=data.get("email") or "",
+                    name=data.get("name") or "",
+                    subject=data.get("subject") or "",
+                    body=question,
+                    source="form",
+                ),
+            ),
+        )
     if wants_json(request):
-        return web.json_response({"status": "received",
-                                  "message": "Thank you: we have your question."}, status=202)
+        return web.json_response({"status": "received", "message": "Thank you: we have your question."}, status=202)
     raise web.HTTPSeeOther(redirect or "/enquiry/thanks")
 
 
 @routes.get("/enquiry/thanks")
 async def enquiry_thanks(request: web.Request) -> web.Response:
     rt = runtime(request)
-    return render_page("message.html", title="Thank you",
-                       message="We have your question and have sent you a note to confirm it. "
-                               f"You will hear from us within {rt.settings.enquiry_answer_h} hours.",
-                       sender_name=rt.settings.from_name)
+    return render_page(
+        "message.html",
+        title="Thank you",
+        message="We have your question and have sent you a note to confirm it. "
+        f"You will hear from us within {rt.settings.enquiry_answer_h} hours.",
+        sender_name=rt.settings.from_name,
+    )

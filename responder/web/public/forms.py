@@ -88,8 +88,16 @@ def _form(name: str, spec: Any, path: Path | None) -> Form:
     where = f"{path}: form {name!r}"
     if not _NAME.match(name) or not isinstance(spec, dict):
         raise ConfigError(f"{where}: names are 1-64 letters, digits, '-' or '_'; values tables")
-    unknown = set(spec) - {"title", "intro", "consent", "consent_version", "redirects", "origins",
-                           "attributes", "pow_bits"}
+    unknown = set(spec) - {
+        "title",
+        "intro",
+        "consent",
+        "consent_version",
+        "redirects",
+        "origins",
+        "attributes",
+        "pow_bits",
+    }
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     redirects = tuple(spec.get("redirects", ()))
@@ -98,8 +106,7 @@ def _form(name: str, spec: Any, path: Path | None) -> Form:
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"{where}: redirect {url!r} is not an absolute http(s) URL")
     attributes = tuple(spec.get("attributes", ()))
-    if len(attributes) > MAX_ATTRIBUTES or not all(
-            isinstance(a, str) and _ATTRIBUTE.match(a) for a in attributes):
+    if len(attributes) > MAX_ATTRIBUTES or not all(isinstance(a, str) and _ATTRIBUTE.match(a) for a in attributes):
         raise ConfigError(f"{where}: attributes are up to {MAX_ATTRIBUTES} lower-case names")
     pow_bits = spec.get("pow_bits", 0)
     if not isinstance(pow_bits, int) or not 0 <= pow_bits <= MAX_POW_BITS:
@@ -109,10 +116,15 @@ def _form(name: str, spec: Any, path: Path | None) -> Form:
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc.message}") from exc
     return Form(
-        id=name, title=str(spec.get("title", "")), intro=str(spec.get("intro", Form.intro)),
+        id=name,
+        title=str(spec.get("title", "")),
+        intro=str(spec.get("intro", Form.intro)),
         consent=str(spec.get("consent", DEFAULT_CONSENT)),
-        consent_version=str(spec.get("consent_version", "1")), redirects=redirects,
-        origins=origins, attributes=attributes, pow_bits=pow_bits,
+        consent_version=str(spec.get("consent_version", "1")),
+        redirects=redirects,
+        origins=origins,
+        attributes=attributes,
+        pow_bits=pow_bits,
     )
 
 
@@ -123,11 +135,11 @@ def snippet(form: Form, base_url: str, *, nonce: str | None = None) -> str:
     """
     e = html.escape
     fields = "".join(
-        f'\n  <label>{e(a.replace("_", " ").capitalize())} '
+        f"\n  <label>{e(a.replace('_', ' ').capitalize())} "
         f'<input type="text" name="attr_{e(a)}" maxlength="200"></label>'
-        for a in form.attributes)
-    redirect = (f'\n  <input type="hidden" name="redirect" value="{e(form.redirects[0])}">'
-                if form.redirects else "")
+        for a in form.attributes
+    )
+    redirect = f'\n  <input type="hidden" name="redirect" value="{e(form.redirects[0])}">' if form.redirects else ""
     out = f"""<form class="responder-subscribe" method="post" action="{e(base_url)}/subscribe" \
 accept-charset="utf-8">
   <input type="hidden" name="form" value="{e(form.id)}">
@@ -141,10 +153,8 @@ accept-charset="utf-8">
   <button type="submit">Subscribe</button>
 </form>"""
     if form.pow_bits:
-        script = POW_SCRIPT if nonce is None else POW_SCRIPT.replace(
-            "<script>", f'<script nonce="{e(nonce)}">', 1)
-        out += script.replace("__BASE__", json.dumps(base_url)).replace(
-            "__FORM__", json.dumps(form.id))
+        script = POW_SCRIPT if nonce is None else POW_SCRIPT.replace("<script>", f'<script nonce="{e(nonce)}">', 1)
+        out += script.replace("__BASE__", json.dumps(base_url)).replace("__FORM__", json.dumps(form.id))
     return out
 
 

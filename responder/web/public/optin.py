@@ -25,8 +25,9 @@ routes.options("/subscribe")(preflight)
 
 
 def _page(request: web.Request, title: str, message: str, status: int = 200) -> web.Response:
-    return render_page("message.html", status=status, title=title, message=message,
-                       sender_name=runtime(request).settings.from_name)
+    return render_page(
+        "message.html", status=status, title=title, message=message, sender_name=runtime(request).settings.from_name
+    )
 
 
 @routes.get("/subscribe/{form}")
@@ -35,13 +36,17 @@ async def subscribe_form(request: web.Request) -> web.Response:
     form = public(request).forms.get(clean_form_id(request.match_info["form"]))
     nonce = secrets.token_urlsafe(12)
     response = render_page(
-        "subscribe_form.html", title=form.title or f"Subscribe to {rt.settings.from_name}",
-        intro=form.intro, snippet=snippet(form, rt.settings.base_url, nonce=nonce),
-        sender_name=rt.settings.from_name)
+        "subscribe_form.html",
+        title=form.title or f"Subscribe to {rt.settings.from_name}",
+        intro=form.intro,
+        snippet=snippet(form, rt.settings.base_url, nonce=nonce),
+        sender_name=rt.settings.from_name,
+    )
     response.headers["Content-Security-Policy"] = (
         f"default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
         f"script-src 'nonce-{nonce}'; connect-src 'self' {rt.settings.base_url}; "
-        f"form-action 'self' {rt.settings.base_url}; frame-ancestors 'none'; base-uri 'none'")
+        f"form-action 'self' {rt.settings.base_url}; frame-ancestors 'none'; base-uri 'none'"
+    )
     return response
 
 
@@ -49,8 +54,9 @@ async def subscribe_form(request: web.Request) -> web.Response:
 async def pow_challenge(request: web.Request) -> web.Response:
     state = public(request)
     form = state.forms.get(clean_form_id(request.match_info["form"]))
-    return web.json_response({"challenge": state.pow.challenge(form.id), "bits": form.pow_bits},
-                             headers={"Cache-Control": "no-store"})
+    return web.json_response(
+        {"challenge": state.pow.challenge(form.id), "bits": form.pow_bits}, headers={"Cache-Control": "no-store"}
+    )
 
 
 @routes.post("/subscribe")
@@ -62,42 +68,53 @@ async def subscribe_post(request: web.Request) -> web.StreamResponse:
         state.pow.verify(form.id, form.pow_bits, data.get("pow_challenge"), data.get("pow_nonce"))
     if not data.get(HONEYPOT):  # a bot filled the hidden field: same answer, nothing stored
         req = SubscribeRequest.from_input(
-            data, client_ip(request), request.headers.get("User-Agent"),
-            allowed_attributes=form.attributes, default_consent=form.consent,
-            default_version=form.consent_version)
+            data,
+            client_ip(request),
+            request.headers.get("User-Agent"),
+            allowed_attributes=form.attributes,
+            default_consent=form.consent,
+            default_version=form.consent_version,
+        )
         state.limit_address(request, req.email)
         await with_deadline(request, subscribe(rt, req))
     # The same answer whether the address is new, pending or already active: no enumeration.
     if wants_json(request):
         return web.json_response(
-            {"status": "pending", "message": "Check your inbox to confirm your subscription."},
-            status=202)
+            {"status": "pending", "message": "Check your inbox to confirm your subscription."}, status=202
+        )
     raise web.HTTPSeeOther(redirect or f"/subscribe/{form.id}/thanks")
 
 
 @routes.get("/subscribe/{form}/thanks")
 async def subscribe_thanks(request: web.Request) -> web.Response:
-    return _page(request, "Almost there",
-                 "We have sent you an email. Click the link in it to confirm your subscription.")
+    return _page(
+        request, "Almost there", "We have sent you an email. Click the link in it to confirm your subscription."
+    )
 
 
 @routes.get("/confirm/{token}")
 async def confirm_get(request: web.Request) -> web.Response:
     rt = runtime(request)
     try:
-        outcome = await confirm(rt, request.match_info["token"], client_ip(request),
-                                request.headers.get("User-Agent"))
+        outcome = await confirm(rt, request.match_info["token"], client_ip(request), request.headers.get("User-Agent"))
     except TokenRejected as exc:
         if exc.expired:
-            return render_page("confirm_expired.html", status=410, title="This link has expired",
-                               days=max(1, rt.settings.confirm_max_age_s // 86400),
-                               action=f"{request.path}/renew", sender_name=rt.settings.from_name)
+            return render_page(
+                "confirm_expired.html",
+                status=410,
+                title="This link has expired",
+                days=max(1, rt.settings.confirm_max_age_s // 86400),
+                action=f"{request.path}/renew",
+                sender_name=rt.settings.from_name,
+            )
         raise
     messages = {
         "confirmed": ("Welcome aboard", "Thank you for confirming. Your first email is on its way."),
         "already": ("Already confirmed", "Your subscription was already confirmed."),
-        "unsubscribed": ("Not subscribed", "This address has left the list. Subscribe again "
-                         "from our form if you want our emails."),
+        "unsubscribed": (
+            "Not subscribed",
+            "This address has left the list. Subscribe again from our form if you want our emails.",
+        ),
     }
     title, message = messages[outcome]
     return _page(request, title, message)
@@ -109,8 +126,9 @@ async def confirm_renew(request: web.Request) -> web.Response:
     state.limit_ip(request)
     await request.read()
     await with_deadline(request, renew_confirmation(runtime(request), request.match_info["token"]))
-    return _page(request, "Check your inbox",
-                 "If this address is still waiting for confirmation, a new link is on its way.")
+    return _page(
+        request, "Check your inbox", "If this address is still waiting for confirmation, a new link is on its way."
+    )
 
 
 @routes.get("/v/{token}")
@@ -118,14 +136,20 @@ async def view_online(request: web.Request) -> web.Response:
     rt = runtime(request)
     message_pk = rt.tokens.read_view(request.match_info["token"])
     async with rt.db.read() as session:
-        message = (await session.execute(
-            select(Message).where(Message.id == message_pk, Message.state.in_(("sending", "sent")))
-        )).scalar_one_or_none()
+        message = (
+            await session.execute(
+                select(Message).where(Message.id == message_pk, Message.state.in_(("sending", "sent")))
+            )
+        ).scalar_one_or_none()
         if message is None:
             raise InvalidToken("this mail cannot be shown")
         rendered = (await render_message(rt, session, message, tracked=False)).rendered
-    return web.Response(text=rendered.html, content_type="text/html", charset="utf-8",
-                        headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src *"})
+    return web.Response(
+        text=rendered.html,
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src *"},
+    )
 
 
 @routes.get("/r/{token}")
@@ -134,6 +158,7 @@ async def referral_link(request: web.Request) -> web.StreamResponse:
     token = request.match_info["token"]
     read_referral(rt, token)
     response = web.HTTPSeeOther("/subscribe/default")
-    response.set_cookie(REF_COOKIE, token, max_age=REF_COOKIE_MAX_AGE_S, httponly=True,
-                        samesite="Lax", secure=request.secure)
+    response.set_cookie(
+        REF_COOKIE, token, max_age=REF_COOKIE_MAX_AGE_S, httponly=True, samesite="Lax", secure=request.secure
+    )
     raise response

@@ -53,14 +53,14 @@ class ProofOfWork:
         return self._serializer.dumps([form_id, secrets.token_hex(8)])
 
     def verify(self, form_id: str, bits: int, challenge: object, nonce: object) -> None:
-        if not isinstance(challenge, str) or not isinstance(nonce, str) or len(nonce) > 32 \
-                or len(challenge) > 200:
+        if not isinstance(challenge, str) or not isinstance(nonce, str) or len(nonce) > 32 or len(challenge) > 200:
             raise ValidationError("this form needs a proof-of-work answer", field="pow_nonce")
         try:
             value = self._serializer.loads(challenge, max_age=MAX_AGE_S)
         except BadData as exc:
-            raise ValidationError("the proof-of-work challenge is not valid or has expired",
-                                  field="pow_challenge") from exc
+            raise ValidationError(
+                "the proof-of-work challenge is not valid or has expired", field="pow_challenge"
+            ) from exc
         if not (isinstance(value, list) and value and value[0] == form_id):
             raise ValidationError("the challenge belongs to another form", field="pow_challenge")
         if challenge in self._spent:

@@ -22,13 +22,14 @@ from ...tracking.writer import hit_of
 from ..http import RUNTIME, peer_address, runtime
 from .common import PUBLIC, public
 
-GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
-       b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+GIF = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
+    b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
 # The pixel's own headers: its type, and no caching anywhere (``no-store`` is what HTTP/1.1
 # caches and mail image proxies heed). The page headers (nosniff, Referrer-Policy, HTTP/1.0's
 # Pragma and Expires) do nothing for a GIF of fixed bytes and cost wrk-measured throughput.
-PIXEL_HEADERS = {"Content-Type": "image/gif",
-                 "Cache-Control": "no-store, no-cache, must-revalidate, max-age=0"}
+PIXEL_HEADERS = {"Content-Type": "image/gif", "Cache-Control": "no-store, no-cache, must-revalidate, max-age=0"}
 PIXEL_METHODS = ("GET", "HEAD")  # what the /o/{token} route answers
 RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -57,12 +58,16 @@ def agent_of(request: web.BaseRequest) -> str:
     return agent.encode("utf-8", "replace").decode("utf-8")
 
 
-def _request_facts(rt: Runtime, request: web.BaseRequest, kind: str, *,
-                   trap: bool = False) -> Request:
+def _request_facts(rt: Runtime, request: web.BaseRequest, kind: str, *, trap: bool = False) -> Request:
     """What the verdict needs to know of a request."""
-    return Request(kind=kind, method=request.method, user_agent=agent_of(request),
-                   ip=peer_address(request, rt.settings.trusted_proxies), at=rt.clock.now(),
-                   trap=trap)
+    return Request(
+        kind=kind,
+        method=request.method,
+        user_agent=agent_of(request),
+        ip=peer_address(request, rt.settings.trusted_proxies),
+        at=rt.clock.now(),
+        trap=trap,
+    )
 
 
 def answer_open(rt: Runtime, tracker: Tracker, request: web.BaseRequest, token: str) -> web.Response:
@@ -73,9 +78,19 @@ def answer_open(rt: Runtime, tracker: Tracker, request: web.BaseRequest, token: 
     except InvalidToken:
         pass
     else:
-        tracker.offer((message_pk, "open", request.method, agent_of(request),
-                       peer_address(request, rt.settings.trusted_proxies), rt.clock.micros(),
-                       False, False, None))
+        tracker.offer(
+            (
+                message_pk,
+                "open",
+                request.method,
+                agent_of(request),
+                peer_address(request, rt.settings.trusted_proxies),
+                rt.clock.micros(),
+                False,
+                False,
+                None,
+            )
+        )
     return web.Response(body=GIF, headers=PIXEL_HEADERS)
 
 
@@ -118,8 +133,7 @@ async def click(request: web.Request) -> web.Response:
         raise InvalidToken("this link is not valid")
     try:
         async with rt.db.read() as session:
-            exists = (await session.execute(
-                select(Message.id).where(Message.id == message_pk))).first() is not None
+            exists = (await session.execute(select(Message.id).where(Message.id == message_pk))).first() is not None
     except Exception:  # the token is ours and signed: a database blip must not strand a reader
         exists = True
     if not exists:

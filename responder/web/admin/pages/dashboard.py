@@ -21,14 +21,26 @@ async def dashboard(request: web.Request) -> web.Response:
         stats = await dashboard_stats(session, rt.clock.now())
     layers = stats.layers
     return render(
-        request, "dashboard.html", stats=stats,
-        funnel=funnel([Bar(f"{layer.position} {layer.label}", layer.subscribers,
-                           f"{layer.subscribers:,}") for layer in layers]),
-        moves=up_down_columns([(m.week_start.strftime("%d %b"), m.up, m.down)
-                               for m in stats.moves]),
-        churn=hbars([Bar(f"{layer.position} {layer.label}", layer.churn_rate,
-                         f"{layer.churn_rate * 100:.1f}% ({layer.churned})") for layer in layers],
-                    "churn per layer", peak=max([0.05, *(layer.churn_rate for layer in layers)])),
-        engagement=stacked([("opens", stats.opens.human, stats.opens.machine),
-                            ("clicks", stats.clicks.human, stats.clicks.machine)]),
+        request,
+        "dashboard.html",
+        stats=stats,
+        funnel=funnel(
+            [Bar(f"{layer.position} {layer.label}", layer.subscribers, f"{layer.subscribers:,}") for layer in layers]
+        ),
+        moves=up_down_columns([(m.week_start.strftime("%d %b"), m.up, m.down) for m in stats.moves]),
+        churn=hbars(
+            [
+                Bar(
+                    f"{layer.position} {layer.label}",
+                    layer.churn_rate,
+                    f"{layer.churn_rate * 100:.1f}% ({layer.churned})",
+                )
+                for layer in layers
+            ],
+            "churn per layer",
+            peak=max([0.05, *(layer.churn_rate for layer in layers)]),
+        ),
+        engagement=stacked(
+            [("opens", stats.opens.human, stats.opens.machine), ("clicks", stats.clicks.human, stats.clicks.machine)]
+        ),
     )

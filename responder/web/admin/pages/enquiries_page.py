@@ -21,15 +21,26 @@ def _id(request: web.Request) -> int:
     return int(raw) if raw.isdigit() and len(raw) < 10 else 0
 
 
-async def _queue(request: web.Request, *, status: int = 200, error: str | None = None,
-                 failed: int = 0, draft: str = "") -> web.Response:
+async def _queue(
+    request: web.Request, *, status: int = 200, error: str | None = None, failed: int = 0, draft: str = ""
+) -> web.Response:
     state = request.query.get("state", "open")
     if state not in enquiry_admin.STATES:
         state = "open"
     rows = await enquiry_admin.queue(runtime(request), state, 200)
-    return render(request, "enquiries.html", status=status, state=state, enquiries=rows,
-                  states=enquiry_admin.STATES, error=error, failed=failed, draft=draft,
-                  notice=request.query.get("notice"), now=runtime(request).clock.now())
+    return render(
+        request,
+        "enquiries.html",
+        status=status,
+        state=state,
+        enquiries=rows,
+        states=enquiry_admin.STATES,
+        error=error,
+        failed=failed,
+        draft=draft,
+        notice=request.query.get("notice"),
+        now=runtime(request).clock.now(),
+    )
 
 
 @routes.get("/enquiries")
@@ -44,8 +55,9 @@ async def answer(request: web.Request) -> web.Response:
         await enquiry_admin.answer(runtime(request), _id(request), form.get("answer"))
     except ValidationError as exc:
         text = form.get("answer")
-        return await _queue(request, status=400, error=exc.message, failed=_id(request),
-                            draft=text if isinstance(text, str) else "")
+        return await _queue(
+            request, status=400, error=exc.message, failed=_id(request), draft=text if isinstance(text, str) else ""
+        )
     return see_other(f"/admin/enquiries?notice=answered-{_id(request)}")
 
 

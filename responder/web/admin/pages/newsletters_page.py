@@ -31,8 +31,9 @@ def _id(request: web.Request) -> int:
 
 async def _layers(request: web.Request) -> list[Layer]:
     async with runtime(request).db.read() as session:
-        return list((await session.execute(
-            select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position))).scalars())
+        return list(
+            (await session.execute(select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position))).scalars()
+        )
 
 
 def _positions(layers: list[Layer], ids: list[Any]) -> str:
@@ -43,11 +44,14 @@ def _positions(layers: list[Layer], ids: list[Any]) -> str:
 def compose_input(form: Any) -> dict[str, Any]:
     """The compose form as the service's input: layers as positions, tags split on commas or
     spaces, a ``datetime-local`` time read as UTC."""
-    positions = [int(p) for p in form.getall("layers", []) if isinstance(p, str) and p.isdigit()
-                 and len(p) < 6]
+    positions = [int(p) for p in form.getall("layers", []) if isinstance(p, str) and p.isdigit() and len(p) < 6]
     tags = [t for t in re.split(r"[,\s]+", str(form.get("tags", ""))) if t]
-    data: dict[str, Any] = {"name": form.get("name"), "template": form.get("template"),
-                            "layers": positions, "tags": tags}
+    data: dict[str, Any] = {
+        "name": form.get("name"),
+        "template": form.get("template"),
+        "layers": positions,
+        "tags": tags,
+    }
     when = form.get("when", "now")
     if when == "now":
         data["send_now"] = True
@@ -59,16 +63,24 @@ def compose_input(form: Any) -> dict[str, Any]:
     return data
 
 
-async def _list(request: web.Request, *, status: int = 200, error: str | None = None,
-                form: dict[str, Any] | None = None) -> web.Response:
+async def _list(
+    request: web.Request, *, status: int = 200, error: str | None = None, form: dict[str, Any] | None = None
+) -> web.Response:
     layers = await _layers(request)
     async with runtime(request).db.read() as session:
         rows = await newsletters.recent(session)
     for row in rows:
         row["layers"] = _positions(layers, row["layer_ids"])
-    return render(request, "newsletters.html", status=status, error=error, newsletters=rows,
-                  layers=layers, templates=await service.list_templates(runtime(request)),
-                  form=form or {"layers": [], "when": "now"})
+    return render(
+        request,
+        "newsletters.html",
+        status=status,
+        error=error,
+        newsletters=rows,
+        layers=layers,
+        templates=await service.list_templates(runtime(request)),
+        form=form or {"layers": [], "when": "now"},
+    )
 
 
 @routes.get("/newsletters")
@@ -102,8 +114,7 @@ async def _progress(request: web.Request) -> dict[str, Any]:
 async def detail(request: web.Request) -> web.Response:
     progress = await _progress(request)
     progress["layers"] = _positions(await _layers(request), progress["layer_ids"])
-    return render(request, "newsletter.html", news=progress, error=None,
-                  notice=request.query.get("notice"))
+    return render(request, "newsletter.html", news=progress, error=None, notice=request.query.get("notice"))
 
 
 @routes.get("/newsletters/{id:\\d+}.json")
@@ -121,7 +132,6 @@ async def action(request: web.Request) -> web.Response:
     except Conflict as exc:
         progress = await _progress(request)
         progress["layers"] = _positions(await _layers(request), progress["layer_ids"])
-        return render(request, "newsletter.html", status=409, news=progress, error=exc.message,
-                      notice=None)
+        return render(request, "newsletter.html", status=409, news=progress, error=exc.message, notice=None)
     rt.wake_scheduler()
     return see_other(f"/admin/newsletters/{_id(request)}?notice={name}")

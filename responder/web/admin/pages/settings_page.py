@@ -16,15 +16,20 @@ routes = web.RouteTableDef()
 DKIM_SELECTOR = "responder"
 
 
-async def _page(request: web.Request, new_token: str | None = None,
-                new_token_name: str | None = None) -> web.Response:
+async def _page(request: web.Request, new_token: str | None = None, new_token_name: str | None = None) -> web.Response:
     rt = runtime(request)
     s = rt.settings
     return render(
-        request, "settings.html", sender=s.sender, base_url=s.base_url,
-        mail=mask_url_password(s.smtp_url), domain=s.sender_domain,
+        request,
+        "settings.html",
+        sender=s.sender,
+        base_url=s.base_url,
+        mail=mask_url_password(s.smtp_url),
+        domain=s.sender_domain,
         dkim_name=f"{DKIM_SELECTOR}._domainkey.{s.sender_domain}",
-        tokens=await list_tokens(rt), new_token=new_token, new_token_name=new_token_name,
+        tokens=await list_tokens(rt),
+        new_token=new_token,
+        new_token_name=new_token_name,
     )
 
 

@@ -43,8 +43,9 @@ async def search(request: web.Request) -> web.Response:
     async with runtime(request).db.read() as session:
         page = await list_subscribers(session, flt, cursor=request.query.get("cursor"))
     query = {k: v for k, v in request.query.items() if k != "cursor" and v}
-    return render(request, "subscribers.html", page=page, flt=flt, query=query,
-                  layers=await _layers(request), statuses=STATUSES)
+    return render(
+        request, "subscribers.html", page=page, flt=flt, query=query, layers=await _layers(request), statuses=STATUSES
+    )
 
 
 @routes.get("/subscribers/{id:\\d+}")
@@ -54,16 +55,22 @@ async def detail(request: web.Request) -> web.Response:
         items = await timeline(session, subscriber.id)
     layers = await _layers(request)
     current = next((layer for layer in layers if layer.id == subscriber.layer_id), None)
-    return render(request, "subscriber.html", subscriber=subscriber, layer=current,
-                  layers=layers, items=items, preferred=PREFERRED in subscriber.tags,
-                  notice=request.query.get("notice"))
+    return render(
+        request,
+        "subscriber.html",
+        subscriber=subscriber,
+        layer=current,
+        layers=layers,
+        items=items,
+        preferred=PREFERRED in subscriber.tags,
+        notice=request.query.get("notice"),
+    )
 
 
 @routes.post("/subscribers/{id:\\d+}/layer")
 async def move(request: web.Request) -> web.Response:
     form = await request.post()
-    _, target = await move_subscriber(runtime(request), _id(request), form.get("position"),
-                                      form.get("reason"))
+    _, target = await move_subscriber(runtime(request), _id(request), form.get("position"), form.get("reason"))
     return see_other(f"/admin/subscribers/{_id(request)}?notice=moved-{target.position}")
 
 

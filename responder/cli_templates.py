@@ -7,13 +7,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ResponderError
-from ..settings import Settings
-from .service import Upload, sync_folder, upload_template
+from .app import start_runtime
+from .errors import ResponderError
+from .settings import Settings
+from .templating.service import Upload, sync_folder, upload_template
 
 
-def add_parser(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-               add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parser(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    add_common: Callable[[argparse.ArgumentParser], None],
+) -> None:
     templates = sub.add_parser("templates", help="upload templates (MJML or HTML with Jinja)")
     commands = templates.add_subparsers(dest="templates_command", required=True)
     add = commands.add_parser("add", help="upload FILE as a new version of template NAME")
@@ -25,14 +28,15 @@ def add_parser(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     add.add_argument("--format", choices=("mjml", "html"), help="default: detected from FILE")
     add_common(add)
     sync = commands.add_parser(
-        "sync", help="upload every template of DIR (listed in DIR/starter.toml, or any .mjml/"
-                     ".html file with a title) whose content changed")
+        "sync",
+        help="upload every template of DIR (listed in DIR/starter.toml, or any .mjml/"
+        ".html file with a title) whose content changed",
+    )
     sync.add_argument("dir", type=Path)
     add_common(sync)
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    from ..app import start_runtime
 
     started = await start_runtime(settings)
     rt = started.runtime
@@ -44,9 +48,17 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             except (OSError, UnicodeDecodeError) as exc:
                 print(f"responder: error: {exc}", file=sys.stderr)
                 return 1
-            stored = await upload_template(rt, Upload(
-                name=args.name or args.file.stem.lower(), subject=args.subject, source=source,
-                source_format=args.format, text=text, purpose=args.purpose))
+            stored = await upload_template(
+                rt,
+                Upload(
+                    name=args.name or args.file.stem.lower(),
+                    subject=args.subject,
+                    source=source,
+                    source_format=args.format,
+                    text=text,
+                    purpose=args.purpose,
+                ),
+            )
             print(f"{stored['name']}: version {stored['version']} stored")
         else:
             for name, version, added in await sync_folder(rt, args.dir):

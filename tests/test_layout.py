@@ -1,0 +1,106 @@
+"""The package layout keeps its promises: ``core`` is pure, services never import the web
+layer, tracking never imports delivery, and no module imports another inside a function to
+hide a circle. Read from the source files, so nobody has to remember."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "responder"
+SERVICES = {"funnel", "audience", "tracking", "delivery", "inbound", "templating"}
+# Command-line entry points start what they run lazily, so ``responder --help`` stays fast.
+LAZY_ALLOWED = {"responder.cli", "responder.app"}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "migrations" in path.parts:
+            continue
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def imports(name: str, path: Path) -> list[tuple[str, bool]]:
+    """(imported module, imported inside a function) for every import in the file."""
+    is_package = path.name == "__init__.py"
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = name.split(".") if is_package else name.split(".")[:-1]
+                parts = parts[: len(parts) - node.level + 1]
+                target = ".".join(parts + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found += [(f"{target}.{alias.name}", node.col_offset > 0) for alias in node.names]
+            found.append((target, node.col_offset > 0))
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, node.col_offset > 0) for alias in node.names]
+    return found
+
+
+def area(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (PACKAGE / parts[-1]).is_dir() else "top"
+
+
+MODULES = modules()
+
+
+@pytest.mark.parametrize("name", sorted(m for m in MODULES if area(m) == "core"))
+def test_core_imports_only_the_standard_library_and_core(name: str) -> None:
+    for target, _ in imports(name, MODULES[name]):
+        top = target.split(".")[0]
+        if top == "responder":
+            assert area(target) == "core", f"{name} imports {target}"
+        else:
+            assert top in sys.stdlib_module_names or top == "__future__", f"{name} imports {target}"
+
+
+def test_services_do_not_import_web_and_tracking_not_delivery() -> None:
+    wrong = []
+    for name, path in MODULES.items():
+        for target, _ in imports(name, path):
+            if not target.startswith("responder.") or target not in MODULES:
+                continue
+            if area(name) in SERVICES and area(target) == "web":
+                wrong.append(f"{name} → {target}")
+            if area(name) == "tracking" and area(target) == "delivery":
+                wrong.append(f"{name} → {target}")
+    assert wrong == []
+
+
+def test_no_import_inside_a_function() -> None:
+    lazy = [
+        f"{name} → {target}"
+        for name, path in MODULES.items()
+        if name not in LAZY_ALLOWED
+        for target, inside in imports(name, path)
+        if inside and target.startswith("responder")
+    ]
+    assert lazy == []
+
+
+def test_no_circle_between_modules() -> None:
+    graph = {name: {t for t, _ in imports(name, path) if t in MODULES and t != name} for name, path in MODULES.items()}
+    done: set[str] = set()
+
+    def visit(node: str, trail: list[str]) -> None:
+        if node in trail:
+            raise AssertionError(" → ".join([*trail[trail.index(node) :], node]))
+        if node in done:
+            return
+        for nxt in sorted(graph[node]):
+            # A package's __init__ importing its own modules is how packages work, not a circle.
+            if not nxt.startswith(node + "."):
+                visit(nxt, [*trail, node])
+        done.add(node)
+
+    for name in sorted(graph):
+        visit(name, [])
