@@ -195,6 +195,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("worker_lanes", "4", "messages a worker sends concurrently", parse_int),
     Spec("worker_poll_s", "1.0", "seconds a worker waits between polls when idle", parse_float),
     Spec("scheduler_poll_s", "1.0", "seconds between scheduler runs when idle", parse_float),
+    Spec("sweep_every_s", "3600", "seconds between sweeps judging silence and ended minimum stays", parse_int),
     Spec("lease_s", "120", "seconds a claimed message stays leased to one worker", parse_int),
     Spec("smtp_timeout_s", "30", "seconds before an SMTP command times out", parse_float),
     Spec("max_body_bytes", "65536", "largest request body accepted by public endpoints", parse_int),
@@ -304,6 +305,7 @@ class Settings:
     worker_lanes: int
     worker_poll_s: float
     scheduler_poll_s: float
+    sweep_every_s: int
     lease_s: int
     smtp_timeout_s: float
     max_body_bytes: int
@@ -383,6 +385,7 @@ class Settings:
             worker_lanes=parsed["worker_lanes"],
             worker_poll_s=parsed["worker_poll_s"],
             scheduler_poll_s=parsed["scheduler_poll_s"],
+            sweep_every_s=parsed["sweep_every_s"],
             lease_s=parsed["lease_s"],
             smtp_timeout_s=parsed["smtp_timeout_s"],
             max_body_bytes=parsed["max_body_bytes"],

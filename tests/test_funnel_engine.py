@@ -61,7 +61,7 @@ async def test_events_start_their_sequences(rt: Runtime) -> None:
     assert await templates_sent(rt, ada.id) == ["layer1-welcome"]
 
     recorded = await record(rt, ada.id, "purchase", data={"product": "book", "value": 20})
-    assert recorded.decision.target_position == 2  # the default rule: a purchase promotes
+    assert recorded.promoted_to == 2  # the default rule: a purchase promotes
     await record(rt, ada.id, "enquiry")
     await record(rt, ada.id, "referral", data={"referred_id": 99})
     await tick(rt)
@@ -212,14 +212,14 @@ async def test_sweep_demotes_then_sunsets_and_machine_events_do_not_help(rt: Run
     await record(rt, dan.id, "click", message_id=message_id, machine=True)  # a link scanner
     rt.clock.advance(days=30)
     async with rt.db.transaction() as session:
-        assert await sweep(session, rt.clock.now()) == 1
+        assert len(await sweep(session, rt.clock.now())) == 1
     assert await layer_of(rt, dan.id) == 2
     rt.clock.advance(days=89)
     async with rt.db.transaction() as session:
-        assert await sweep(session, rt.clock.now()) == 0  # 89 days in layer 2: nothing yet
+        assert len(await sweep(session, rt.clock.now())) == 0  # 89 days in layer 2: nothing yet
     rt.clock.advance(days=1)
     async with rt.db.transaction() as session:
-        assert await sweep(session, rt.clock.now()) == 1  # 180 silent days: sunset
+        assert len(await sweep(session, rt.clock.now())) == 1  # 180 silent days: sunset
         subscriber = await session.get(Subscriber, dan.id)
         assert subscriber.status == "sunset"  # type: ignore[union-attr]
         assert (
@@ -230,10 +230,19 @@ async def test_sweep_demotes_then_sunsets_and_machine_events_do_not_help(rt: Run
     rt.clock.advance(days=30)
     await tick(rt)
     assert len(await templates_sent(rt, dan.id)) == before
-    # Coming back (a human reply) puts them back on their layer's sequence.
-    await record(rt, dan.id, "reply")
+    # Coming back (a human reply) makes them active again, and the reply is judged like any
+    # other event: the default rule promotes on a reply, so layer 2 → 3, whose next step goes.
+    recorded = await record(rt, dan.id, "reply")
+    assert recorded.promoted_to == 3
+    async with rt.db.read() as session:
+        assert (await session.get(Subscriber, dan.id)).status == "active"  # type: ignore[union-attr]
+    assert await layer_of(rt, dan.id) == 3
+    assert await active_enrollments(rt, dan.id) == 1
+    await tick(rt)  # layer 3's first step was sent before: passed over, the next one scheduled
+    rt.clock.advance(days=30)
     await tick(rt)
-    assert len(await templates_sent(rt, dan.id)) > before
+    sent = await templates_sent(rt, dan.id)
+    assert len(sent) > before and sent.count("layer3-mastery") == 1  # never a step twice
 
 
 async def test_hysteresis_then_the_sweep_promotes(rt: Runtime) -> None:
@@ -242,10 +251,10 @@ async def test_hysteresis_then_the_sweep_promotes(rt: Runtime) -> None:
     fay = await make_subscriber(rt, "fay@example.com", layer=2)
     rt.clock.advance(days=1)
     recorded = await record(rt, fay.id, "purchase", data={"value": 10})
-    assert not recorded.decision.moves
+    assert recorded.judged is None
     rt.clock.advance(days=6)
     async with rt.db.transaction() as session:
-        assert await sweep(session, rt.clock.now()) == 1
+        assert len(await sweep(session, rt.clock.now())) == 1
     assert await layer_of(rt, fay.id) == 3
 
 

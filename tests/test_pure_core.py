@@ -89,7 +89,9 @@ def click(i: int, message: int, minutes: int, machine: bool = False) -> EventFac
     ],
 )
 def test_default_rule(events: list[EventFact], target: int | None) -> None:
-    decision = evaluate(DEFAULT_RULE, position=1, top_position=5, entered_at=T0, events=events)
+    decision = evaluate(
+        DEFAULT_RULE, position=1, top_position=5, entered_at=T0, events=events, now=T0 + dt.timedelta(days=3)
+    )
     assert decision.target_position == target
     if target:
         assert decision.reason and decision.event_ids
@@ -97,7 +99,9 @@ def test_default_rule(events: list[EventFact], target: int | None) -> None:
 
 def test_top_layer_never_promotes() -> None:
     events = [EventFact(1, "purchase", T0 + dt.timedelta(minutes=1))]
-    assert not evaluate(DEFAULT_RULE, position=5, top_position=5, entered_at=T0, events=events).moves
+    assert not evaluate(
+        DEFAULT_RULE, position=5, top_position=5, entered_at=T0, events=events, now=T0 + dt.timedelta(days=3)
+    ).moves
 
 
 @pytest.mark.parametrize(

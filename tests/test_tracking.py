@@ -268,6 +268,8 @@ async def test_writer_process_writes_a_batch_in_one_transaction_or_not_at_all(tm
             " machine BOOLEAN NOT NULL, data TEXT NOT NULL, created_at TEXT NOT NULL);"
             "INSERT INTO messages VALUES (1, 7, '2025-12-31 23:00:00.000000'),"
             " (3, 8, '2025-12-31 23:59:30.000000');"
+            "CREATE TABLE subscribers (id INTEGER PRIMARY KEY, status TEXT NOT NULL, last_human_at TEXT);"
+            "INSERT INTO subscribers VALUES (7, 'active', '2025-12-01 00:00:00.000000'), (8, 'active', NULL);"
         )
     writer = RowWriter(str(path), ("journal_mode=WAL",), after_send_s=60, promoting=frozenset({"open", "click"}))
     at = 1_767_225_600_000_007  # 2026-01-01 00:00:00.000007 UTC
@@ -288,6 +290,11 @@ async def test_writer_process_writes_a_batch_in_one_transaction_or_not_at_all(tm
         ).fetchall() == [
             (7, 1, "open", 0, "{}", "2026-01-01 00:00:00.000007"),
             (8, 3, "click", 1, '{"machine_reason": "too_soon"}', "2026-01-01 00:00:00.000007"),
+        ]
+        # The human open is the subscriber's last activity; the machine click is nobody's.
+        assert conn.execute("SELECT id, last_human_at FROM subscribers ORDER BY id").fetchall() == [
+            (7, "2026-01-01 00:00:00.000007"),
+            (8, None),
         ]
 
 
@@ -310,6 +317,8 @@ async def test_the_writer_answers_only_subscribers_a_layer_rule_watches(tmp_path
             "CREATE TABLE layers (id INTEGER PRIMARY KEY, rule TEXT);"
             "INSERT INTO messages VALUES (1, 7, '2025-12-31 23:00:00.000000'),"
             " (3, 8, '2025-12-31 23:00:00.000000');"
+            "CREATE TABLE subscribers (id INTEGER PRIMARY KEY, status TEXT NOT NULL, last_human_at TEXT);"
+            "INSERT INTO subscribers VALUES (7, 'active', NULL), (8, 'active', NULL);"
         )
         conn.execute("INSERT INTO layers VALUES (1, ?), (2, NULL)", (json.dumps(DEFAULT_RULE),))
     writer = RowWriter(str(path), ("journal_mode=WAL",), after_send_s=60, promoting=frozenset({"open", "click"}))
@@ -319,7 +328,12 @@ async def test_the_writer_answers_only_subscribers_a_layer_rule_watches(tmp_path
     try:
         assert await writer.write([opened, clicked]) == {8: ["click"]}
         assert await writer.write([opened]) == {}
+        # A sunset subscriber's open is answered whatever the rules watch: it brings them back.
         with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE subscribers SET status = 'sunset' WHERE id = 7")
+        assert await writer.write([opened]) == {7: ["open"]}
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE subscribers SET status = 'active' WHERE id = 7")
             conn.execute("UPDATE layers SET rule = ? WHERE id = 2", (json.dumps({"promote": {"on_any": ["open"]}}),))
         assert await writer.write([opened, clicked]) == {7: ["open"], 8: ["click"]}
         with sqlite3.connect(path) as conn:
@@ -328,7 +342,7 @@ async def test_the_writer_answers_only_subscribers_a_layer_rule_watches(tmp_path
     finally:
         await writer.close()
     with sqlite3.connect(path) as conn:  # every batch was written, whatever it answered
-        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 6
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 7
 
 
 def test_the_writer_stores_event_times_as_the_column_does(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -520,7 +534,7 @@ async def _judged_again(papp: App, monkeypatch: pytest.MonkeyPatch) -> None:
     assert state(papp).tracker._writer is not None
     subscriber, first = await make_subscriber(papp)
     second_pk = await another_message(papp, subscriber)
-    real, failures = batch.judge_many, []
+    real, failures = batch.follow_activity, []
 
     async def refused_once(*args, **kwargs):  # type: ignore[no-untyped-def]
         if not failures:
@@ -528,7 +542,7 @@ async def _judged_again(papp: App, monkeypatch: pytest.MonkeyPatch) -> None:
             raise OperationalError("UPDATE subscribers", {}, Exception("database is locked"))
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "judge_many", refused_once)
+    monkeypatch.setattr(batch, "follow_activity", refused_once)
     for pk in (first, second_pk):
         papp.clock.advance(5)
         await papp.client.get(click_path(papp, pk, "https://a.example/"), headers=BROWSER, allow_redirects=False)
@@ -559,7 +573,7 @@ async def _judged_again(papp: App, monkeypatch: pytest.MonkeyPatch) -> None:
             await papp.client.get(click_path(papp, first, "https://b.example/"), headers=BROWSER, allow_redirects=False)
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "judge_many", judged_while_a_click_arrives)
+    monkeypatch.setattr(batch, "follow_activity", judged_while_a_click_arrives)
     papp.clock.advance(5)
     await papp.client.get(click_path(papp, first, "https://c.example/"), headers=BROWSER, allow_redirects=False)
     for _ in range(300):

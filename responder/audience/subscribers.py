@@ -10,10 +10,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..core.status import may_become
 from ..delivery import outbox
 from ..errors import InvalidToken, ValidationError
-from ..funnel.enrollments import end_enrollments, enroll
-from ..funnel.events import record_event
+from ..funnel.enrollments import enroll
+from ..funnel.events import STATUS_AFTER, record_event
+from ..funnel.ledger import set_status
 from ..funnel.referrals import credit_referral, referrer_id
 from ..models import ConsentRecord, Layer, Message, Subscriber
 from ..runtime import Runtime
@@ -102,7 +104,7 @@ async def subscribe(rt: Runtime, req: SubscribeRequest) -> None:
         elif subscriber.status in ("active", "bounced", "complained"):
             return
         elif subscriber.status in ("unsubscribed", "sunset"):
-            subscriber.status = "pending"
+            await set_status(session, [subscriber.id], "pending", now)
         if req.name:
             subscriber.name = req.name
         if req.attributes:
@@ -174,8 +176,6 @@ async def confirm(rt: Runtime, token: str, ip: str | None, user_agent: str | Non
         first = (
             await session.execute(select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position).limit(1))
         ).scalar_one()
-        subscriber.status = "active"
-        subscriber.confirmed_at = now
         subscriber.layer_id = first.id
         subscriber.layer_entered_at = now
         session.add(
@@ -189,7 +189,7 @@ async def confirm(rt: Runtime, token: str, ip: str | None, user_agent: str | Non
                 created_at=now,
             )
         )
-        await record_event(session, subscriber, "confirm", now, ip=ip, user_agent=user_agent)
+        await record_event(session, subscriber, "confirm", now, ip=ip, user_agent=user_agent)  # → active
         await enroll(session, subscriber, first.id, now)
         await credit_referral(session, subscriber, now)
     rt.wake_scheduler()
@@ -221,21 +221,17 @@ async def opt_out(
     subscriber: Subscriber,
     now: dt.datetime,
     *,
-    status: str = "unsubscribed",
     event: str = "unsubscribe",
     ip: str | None = None,
     user_agent: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> bool:
-    """Stop all mail to an active or pending subscriber (an unsubscribe, or a complaint);
-    False, changing nothing, if they were already out."""
-    if subscriber.status not in ("active", "pending"):
+    """Stop all mail to a subscriber (an unsubscribe, or a complaint); False, changing
+    nothing, if they were already out."""
+    if not may_become(subscriber.status, STATUS_AFTER[event]):
         return False
-    subscriber.status = status
-    subscriber.unsubscribed_at = now
-    await end_enrollments(session, subscriber.id, "stopped", now)
-    await record_event(session, subscriber, event, now, ip=ip, user_agent=user_agent, data=data)
-    return True
+    recorded = await record_event(session, subscriber, event, now, ip=ip, user_agent=user_agent, data=data)
+    return recorded.status_changed
 
 
 async def subscriber_for_token(rt: Runtime, token: str) -> Subscriber:

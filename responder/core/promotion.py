@@ -30,6 +30,9 @@ DEFAULT_RULE: dict[str, Any] = {
     "sunset": {"inactive_for": "180d"},
 }
 PROMOTING_TYPES = frozenset({"open", "click", "reply", "enquiry", "purchase", "referral"})
+# What counts as a sign of life: every human event of these types sets the subscriber's last
+# activity (demotion and sunset count the silence since) and brings a sunset subscriber back.
+ACTIVITY_TYPES = PROMOTING_TYPES | {"confirm"}
 RULE_KEYS = frozenset({"promote", "demote", "sunset", "min_stay", "preferred", "caps"})
 COLLISIONS = ("step_waits", "newsletter_waits")
 
@@ -42,14 +45,24 @@ INERT_RULE_KEYS = {"promote", "demote", "sunset", "min_stay", "caps", "preferred
 
 
 def rule_watches(rule: dict[str, Any], event_type: str) -> bool:
-    """Can an event of this type change what ``rule`` decides? True for any rule this code does
-    not fully understand, so a richer rule format is never judged too rarely."""
+    """Can an event of this type change what ``rule`` decides (a move, or the ``preferred``
+    tag)? True for any rule this code does not fully understand, so a richer rule format is
+    never judged too rarely."""
     promote = rule.get("promote", {}) if isinstance(rule, dict) else None
     if not isinstance(promote, dict) or set(promote) - KNOWN_PROMOTE_KEYS or set(rule) - INERT_RULE_KEYS:
         return True
-    return event_type in promote.get("on_any", ()) or (
-        event_type == "click" and bool(promote.get("clicked_messages") or promote.get("clicks"))
+    return (
+        event_type in promote.get("on_any", ())
+        or (event_type == "click" and bool(promote.get("clicked_messages") or promote.get("clicks")))
+        or (event_type in ("click", "purchase") and bool(rule.get("preferred")))  # earns the tag
     )
+
+
+def needs_step_times(rule: Mapping[str, Any]) -> bool:
+    """Whether judging ``rule`` needs to know when the layer's steps were sent (``after_step``)."""
+    promote = rule.get("promote") if isinstance(rule, Mapping) else None
+    clicks = promote.get("clicks") if isinstance(promote, Mapping) else None
+    return isinstance(clicks, Mapping) and bool(clicks.get("after_step"))
 
 
 @dataclass(frozen=True)
@@ -204,7 +217,7 @@ def evaluate(
     top_position: int,
     entered_at: dt.datetime,
     events: Iterable[EventFact],
-    now: dt.datetime | None = None,
+    now: dt.datetime,
     step_sent_at: Mapping[int, dt.datetime] | None = None,
     last_human_at: dt.datetime | None = None,
 ) -> Decision:
@@ -215,7 +228,6 @@ def evaluate(
     ``last_human_at`` is the subscriber's last human event in any layer (or, if none, when
     they confirmed).
     """
-    now = now or entered_at
     stay_s = _seconds(rule, "min_stay")
     if stay_s and now < entered_at + dt.timedelta(seconds=stay_s):
         return STAY  # hysteresis: no move of any kind before the minimum stay is over

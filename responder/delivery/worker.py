@@ -28,13 +28,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, literal, select, update
+from sqlalchemy import Table, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.retry import next_attempt
 from ..errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
-from ..funnel.enrollments import end_enrollments
+from ..funnel.events import record_event
+from ..funnel.ledger import SENT_EVENTS
 from ..loop import PollingLoop
-from ..models import Event, Layer, Message, Subscriber, Template
+from ..models import Layer, Message, Subscriber, Template
 from ..runtime import Runtime
 from . import outbox
 from .build import Sources, build_mail
@@ -111,7 +113,6 @@ class Ready:
     unsigned: tuple[bytes, bytes] | None = None  # DKIM header head and signed bytes, signature due
 
 
-EVENTS = cast(Table, Event.__table__)
 _s = cast(Table, Subscriber.__table__).c
 _l = cast(Table, Layer.__table__).c
 _t = cast(Table, Template.__table__).c
@@ -155,21 +156,6 @@ def _claim_shape(query: outbox.AnySelect) -> outbox.AnySelect:
         .outerjoin(Subscriber.__table__, _s.id == _m.subscriber_id)
         .outerjoin(Layer.__table__, _l.id == _s.layer_id)
     )
-
-
-_INSERT_SENT_EVENTS = insert(EVENTS).from_select(
-    ["subscriber_id", "message_id", "type", "machine", "data", "created_at"],
-    select(
-        _m.subscriber_id,
-        _m.id,
-        literal("sent", EVENTS.c.type.type),
-        literal(False, EVENTS.c.machine.type),
-        literal({}, EVENTS.c.data.type),
-        bindparam("now", type_=EVENTS.c.created_at.type),
-    )
-    .where(_m.id.in_(bindparam("ids", expanding=True)))
-    .order_by(_m.id),
-)
 
 
 def _claimed(row: Any, layers: dict[int, _Layer]) -> Claimed:
@@ -465,27 +451,22 @@ class DeliveryWorker(PollingLoop):
                             now,
                         )
             if sent:  # one statement, the rows made from the outbox's
-                await session.execute(_INSERT_SENT_EVENTS, {"ids": sent, "now": now})
+                await session.execute(SENT_EVENTS, {"ids": sent, "now": now})
         for state, count in recorded.items():
             self.metrics.outcomes.labels(state).inc(count)
 
 
 async def suppress_bounced(
-    session: Any, subscriber_id: int, message_pk: int | None, reply: str, now: dt.datetime, *, source: str = "smtp"
+    session: AsyncSession,
+    subscriber_id: int,
+    message_pk: int | None,
+    reply: str,
+    now: dt.datetime,
+    *,
+    source: str = "smtp",
 ) -> None:
-    """A hard bounce: record it, mark the address bounced, stop its sequences at once."""
-    session.add(
-        Event(
-            subscriber_id=subscriber_id,
-            message_id=message_pk,
-            type="bounce",
-            created_at=now,
-            data={"reply": reply[:500], "hard": True, "source": source},
-        )
-    )
-    await session.execute(
-        update(Subscriber)
-        .where(Subscriber.id == subscriber_id, Subscriber.status.in_(("active", "pending")))
-        .values(status="bounced")
-    )
-    await end_enrollments(session, subscriber_id, "stopped", now)
+    """A hard bounce: recorded, which marks the address bounced and stops its sequences."""
+    subscriber = await session.get(Subscriber, subscriber_id)
+    if subscriber is not None:
+        data = {"reply": reply[:500], "hard": True, "source": source}
+        await record_event(session, subscriber, "bounce", now, message_id=message_pk, data=data)

@@ -8,13 +8,15 @@ reads their inputs from the database and writes their outcomes back.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.schedule import StepPlan, first_due
-from ..models import Enrollment, Event, Layer, LayerHistory, Sequence, Step, Subscriber
+from ..models import Enrollment, Layer, LayerHistory, Sequence, Step, Subscriber
 from . import webhooks
+from .ledger import add_event, add_events, set_status
 
 
 async def layer_sequence(session: AsyncSession, layer_id: int) -> Sequence | None:
@@ -106,14 +108,7 @@ async def move_layer(
     await end_enrollments(session, subscriber.id, "handed_off", now, layer_only=True)
     subscriber.layer_id = to_layer.id
     subscriber.layer_entered_at = now
-    session.add(
-        Event(
-            subscriber_id=subscriber.id,
-            type="promoted",
-            created_at=now,
-            data={"to_layer": to_layer.position, "reason": reason},
-        )
-    )
+    await add_event(session, subscriber.id, "promoted", now, data={"to_layer": to_layer.position, "reason": reason})
     if subscriber.status == "active":
         await enroll(session, subscriber, to_layer.id, now)
     await webhooks.emit(
@@ -132,29 +127,46 @@ async def move_layer(
     return history
 
 
-async def sunset(session: AsyncSession, subscriber: Subscriber, reason: str, now: dt.datetime) -> None:
-    """Stop mailing a long-silent subscriber; the record, layer and history stay."""
-    subscriber.status = "sunset"
-    await end_enrollments(session, subscriber.id, "stopped", now)
-    session.add(Event(subscriber_id=subscriber.id, type="sunset", created_at=now, data={"reason": reason}))
-    await session.flush()
+async def sunset(session: AsyncSession, reasons: Mapping[int, str], now: dt.datetime) -> list[int]:
+    """Stop mailing long-silent subscribers (subscriber id → the reason) in a few statements:
+    their status, their running sequences stopped, a ``sunset`` event each. The record, layer
+    and history stay. The ids sunset (those still active)."""
+    changed = await set_status(session, reasons, "sunset", now)
+    if changed:
+        await session.execute(
+            update(Enrollment)
+            .where(Enrollment.subscriber_id.in_(changed), Enrollment.state == "active")
+            .values(state="stopped", ended_at=now, due_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        await add_events(
+            session,
+            [
+                {"subscriber_id": i, "type": "sunset", "created_at": now, "data": {"reason": reasons[i]}}
+                for i in changed
+            ],
+        )
+    return changed
 
 
-async def sunset_many(session: AsyncSession, subscriber_ids: list[int], reason: str, now: dt.datetime) -> None:
-    """``sunset`` for many subscribers in three statements (the daily sweep)."""
-    await session.execute(
-        update(Subscriber)
-        .where(Subscriber.id.in_(subscriber_ids))
-        .values(status="sunset")
-        .execution_options(synchronize_session="fetch")
-    )
-    await session.execute(
-        update(Enrollment)
-        .where(Enrollment.subscriber_id.in_(subscriber_ids), Enrollment.state == "active")
-        .values(state="stopped", ended_at=now, due_at=None)
-        .execution_options(synchronize_session=False)
-    )
-    session.add_all(
-        [Event(subscriber_id=i, type="sunset", created_at=now, data={"reason": reason}) for i in subscriber_ids]
-    )
-    await session.flush()
+async def resume(session: AsyncSession, subscriber: Subscriber, now: dt.datetime) -> None:
+    """Mail a subscriber back from sunset: their layer's sequence goes on from the step it had
+    reached (the outbox never holds a step twice), or starts if they had none running."""
+    if subscriber.layer_id is None:
+        return
+    sequence = await layer_sequence(session, subscriber.layer_id)
+    if sequence is None:
+        return
+    stopped = (
+        await session.execute(
+            select(Enrollment)
+            .where(Enrollment.subscriber_id == subscriber.id, Enrollment.sequence_id == sequence.id)
+            .order_by(Enrollment.id.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if stopped is None:
+        await enroll_in(session, subscriber, sequence, now)
+    elif stopped.state == "stopped":
+        stopped.state, stopped.due_at, stopped.ended_at = "active", now, None
+        await session.flush()

@@ -9,13 +9,14 @@ from ..loop import PollingLoop
 from ..runtime import Runtime
 from . import newsletters
 from .stepper import run_due_steps
-from .sweep import SWEEP_EVERY, sweep
+from .sweep import sweep
 
 SCHEDULER_LOCK = 0x72657370  # advisory lock key shared by every scheduler of one database
 
 
 class Scheduler(PollingLoop):
-    """Moves due sequence steps and newsletter batches into the outbox; sweeps once a day."""
+    """Moves due sequence steps and newsletter batches into the outbox; sweeps at start and then
+    every ``sweep_every_s``."""
 
     name = "scheduler"
 
@@ -23,7 +24,7 @@ class Scheduler(PollingLoop):
         super().__init__(rt.scheduler_wake, rt.settings.scheduler_poll_s)
         self.rt = rt
         self.batch_size = batch_size
-        self.next_sweep_at: dt.datetime | None = None
+        self.swept_at: dt.datetime | None = None  # this process's last sweep
 
     async def run_once(self) -> int:
         # Many `responder worker` processes may share one PostgreSQL: their ticks take turns,
@@ -39,10 +40,11 @@ class Scheduler(PollingLoop):
             batches = await newsletters.advance(session, now, domain=rt.settings.sender_domain)
         async with rt.db.transaction() as session:
             done = await run_due_steps(session, now, limit=self.batch_size, domain=rt.settings.sender_domain)
-        if self.next_sweep_at is None or now >= self.next_sweep_at:
+        every = dt.timedelta(seconds=rt.settings.sweep_every_s)
+        if self.swept_at is None or now >= self.swept_at + every:
             async with rt.db.transaction() as session:
-                await sweep(session, now)
-            self.next_sweep_at = now + SWEEP_EVERY
+                await sweep(session, now, since=self.swept_at)
+            self.swept_at = now
         if done.queued or batches:
             rt.wake_outbox()
         rt.wake_webhooks()

@@ -1,9 +1,12 @@
-"""The daily sweep: silence is not an event, so inactivity (demotion, sunset) and promotions
-held back by a layer's minimum stay are judged once a day for the subscribers they may concern.
+"""The sweep: silence is not an event, so inactivity (demotion, sunset) and promotions held
+back by a layer's minimum stay are judged on a schedule (at start, then every
+``RESPONDER_SWEEP_EVERY_S``, an hour by default) and on demand (``responder funnel sweep``,
+``POST /api/v1/funnel/sweep``), for the subscribers they may concern.
 
-Only candidates are read: per layer, active subscribers silent for longer than the layer's
-demotion or sunset threshold, plus, for layers with a minimum stay, those with a human event
-since entering whose stay ended since the previous sweep.
+The sweep only picks candidates; the decision is the one judge's (``judge``), as for events.
+Candidates, per layer: active subscribers silent for longer than the layer's demotion or
+sunset duration, and, for layers with a minimum stay, those with a human event since entering
+whose stay ended since the previous sweep (every such stay on a process's first sweep).
 """
 
 from __future__ import annotations
@@ -16,10 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.schedule import parse_duration
 from ..models import Layer, Subscriber
-from .enrollments import sunset_many, top_position
-from .events import judge
+from .judge import Judged, judge
 
-SWEEP_EVERY = dt.timedelta(days=1)
 CHUNK = 500
 
 
@@ -30,41 +31,37 @@ def _seconds(rule: dict[str, Any], *path: str) -> int | None:
     return parse_duration(value) if isinstance(value, str) else None
 
 
-async def sweep(session: AsyncSession, now: dt.datetime) -> int:
-    """Judge every candidate at ``now``; the number of subscribers moved or sunset."""
-
-    moved = 0
-    top = await top_position(session)
+async def sweep(session: AsyncSession, now: dt.datetime, *, since: dt.datetime | None = None) -> list[Judged]:
+    """Judge every candidate at ``now`` (minimum stays ended after ``since``, or all when
+    None); the moves and sunsets made."""
+    made: list[Judged] = []
     layers = (await session.execute(select(Layer).where(Layer.removed_at.is_(None)))).scalars()
     for layer in list(layers):
         rule = layer.rule or {}
-        demote_s = _seconds(rule, "demote", "inactive_for") if layer.position > 1 else None
-        sunset_s = _seconds(rule, "sunset", "inactive_for")
-        stay_s = _seconds(rule, "min_stay")
         wanted = []
+        demote_s = _seconds(rule, "demote", "inactive_for") if layer.position > 1 else None
         if demote_s:
             since_entry = func.coalesce(Subscriber.last_human_at, Subscriber.layer_entered_at)
             wanted.append(since_entry <= now - dt.timedelta(seconds=demote_s))
+        sunset_s = _seconds(rule, "sunset", "inactive_for")
         if sunset_s:
-            moved += await _sunset_silent(session, layer, sunset_s, stay_s, now)
+            since_any = func.coalesce(Subscriber.last_human_at, Subscriber.confirmed_at, Subscriber.created_at)
+            wanted.append(since_any <= now - dt.timedelta(seconds=sunset_s))
+        stay_s = _seconds(rule, "min_stay")
         if stay_s:
-            # Only stays that ended since the last sweep: later events are judged as they come.
             ended = now - dt.timedelta(seconds=stay_s)
-            wanted.append(
-                and_(
-                    Subscriber.last_human_at > Subscriber.layer_entered_at,
-                    Subscriber.layer_entered_at <= ended,
-                    Subscriber.layer_entered_at > ended - SWEEP_EVERY,
-                )
-            )
+            stays = [Subscriber.last_human_at > Subscriber.layer_entered_at, Subscriber.layer_entered_at <= ended]
+            if since is not None:
+                stays.append(Subscriber.layer_entered_at > since - dt.timedelta(seconds=stay_s))
+            wanted.append(and_(*stays))
         if not wanted:
             continue
         last_id = 0
         while True:
-            batch = list(
+            ids = list(
                 (
                     await session.execute(
-                        select(Subscriber)
+                        select(Subscriber.id)
                         .where(
                             Subscriber.layer_id == layer.id,
                             Subscriber.status == "active",
@@ -76,37 +73,8 @@ async def sweep(session: AsyncSession, now: dt.datetime) -> int:
                     )
                 ).scalars()
             )
-            for subscriber in batch:
-                decision, _history = await judge(session, subscriber, now, top=top)
-                moved += decision.moves
-            if len(batch) < CHUNK:
+            made += await judge(session, ids, now)
+            if len(ids) < CHUNK:
                 break
-            last_id = batch[-1].id
-    return moved
-
-
-async def _sunset_silent(
-    session: AsyncSession, layer: Layer, sunset_s: int, stay_s: int | None, now: dt.datetime
-) -> int:
-    """Sunset the layer's long-silent subscribers in bulk (the rule's first test after the
-    minimum stay, so no per-subscriber judging is needed); how many."""
-    since_any = func.coalesce(Subscriber.last_human_at, Subscriber.confirmed_at, Subscriber.created_at)
-    conditions = [
-        Subscriber.layer_id == layer.id,
-        Subscriber.status == "active",
-        since_any <= now - dt.timedelta(seconds=sunset_s),
-    ]
-    if stay_s:
-        conditions.append(Subscriber.layer_entered_at <= now - dt.timedelta(seconds=stay_s))
-    total = 0
-    while True:
-        ids = list(
-            (
-                await session.execute(select(Subscriber.id).where(*conditions).order_by(Subscriber.id).limit(CHUNK))
-            ).scalars()
-        )
-        if ids:
-            await sunset_many(session, ids, f"sunset: no human event for {layer.rule['sunset']['inactive_for']}", now)
-        total += len(ids)
-        if len(ids) < CHUNK:
-            return total
+            last_id = ids[-1]
+    return made

@@ -29,7 +29,7 @@ from ..core.inbound import Report, classify
 from ..delivery.verp import Addresses, Tagged, addresses_for
 from ..delivery.worker import suppress_bounced
 from ..funnel.events import record_event
-from ..models import Event, Message, Subscriber
+from ..models import Message, Subscriber
 from ..runtime import Runtime
 from .replies import Reply, handle_reply
 
@@ -113,12 +113,9 @@ def _headers(data: bytes) -> dict[str, str]:
 
 
 async def _complaint(session: AsyncSession, subscriber: Subscriber, message: Message, report: Report, now: Any) -> None:
+    # Always on record; the status becomes ``complained`` from anything but a bounce.
     data = {"feedback_type": report.feedback_type or "abuse", "via": "arf"}
-    if not await opt_out(session, subscriber, now, status="complained", event="complaint", data=data):
-        # Already out (e.g. unsubscribed): still on record, and never mailed again.
-        if subscriber.status == "unsubscribed":
-            subscriber.status = "complained"
-        await record_event(session, subscriber, "complaint", now, message_id=message.id, data=data)
+    await record_event(session, subscriber, "complaint", now, message_id=message.id, data=data)
 
 
 async def _bounce(session: AsyncSession, subscriber: Subscriber, message: Message, report: Report, now: Any) -> str:
@@ -131,14 +128,13 @@ async def _bounce(session: AsyncSession, subscriber: Subscriber, message: Messag
             message.last_error = reply
         return "hard bounce"
     status = report.recipients[0].status if report.recipients else ""
-    session.add(
-        Event(
-            subscriber_id=subscriber.id,
-            message_id=message.id,
-            type="bounce",
-            created_at=now,
-            data={"hard": False, "status": status, "source": "dsn"},
-        )
+    await record_event(
+        session,
+        subscriber,
+        "bounce",
+        now,
+        message_id=message.id,
+        data={"hard": False, "status": status, "source": "dsn"},
     )
     return "soft bounce"
 

@@ -4,7 +4,7 @@ flushes in a single transaction every ``track_flush_ms`` or ``track_batch`` even
 The endpoints never wait for the database: when it is locked or down the queue keeps what it
 holds (retrying the same batch) and, once full, drops new events and counts them, so memory
 stays bounded and the pixel keeps answering. Each flush judges, once per subscriber, whether
-the batch's human events promote them (``judge_many``), so promotion happens within a flush of
+the batch's human events promote them (``funnel.events.follow_activity``), so promotion happens within a flush of
 the event.
 
 On a SQLite file a child process (``writer.RowWriter``) turns the batch's hits into rows (the
@@ -35,7 +35,8 @@ from ..clock import from_micros
 from ..core.machine import BURST_WINDOW_S, reach
 from ..core.promotion import PROMOTING_TYPES
 from ..db import SQLITE_PRAGMAS, WRITER_PRAGMAS
-from ..funnel.events import judge_many
+from ..funnel.events import follow_activity
+from ..funnel.ledger import touch_activity
 from ..models import Event, Message
 from ..runtime import Runtime
 from .writer import COLUMNS, KNOWN_MESSAGES, EventRows, RowWriter, WriteFailed, WriterUnavailable
@@ -224,12 +225,13 @@ class Tracker:
             async for part in self._in_turns(batch):
                 made.add(part, messages)
             if not written:
+                await touch_activity(session, made.latest)
                 if made.rows:
                     await insert_events(session, made.in_index_order(), sqlite=sqlite)
                 for message_pk, at, reason in made.sweeps:
                     await self._mark_neighbours(session, message_pk, at, reason)
             human = self._with_unjudged(made.human)
-            moves = await judge_many(session, set(human), rt.clock.now(), human)
+            moves = await follow_activity(session, human, rt.clock.now())
         self._unjudged, self._judge_pause = {}, RETRY_PAUSE_S
         if moves:
             rt.wake_scheduler()
@@ -272,7 +274,7 @@ class Tracker:
             return
         try:
             async with rt.db.transaction() as session:
-                moves = await judge_many(session, set(human), rt.clock.now(), human)
+                moves = await follow_activity(session, human, rt.clock.now())
         except Exception:
             log.exception("tracking: judging %d subscribers for promotion failed; again shortly", len(human))
             self._unjudged = human
@@ -286,7 +288,7 @@ class Tracker:
         human, self._unjudged = self._unjudged, {}
         try:
             async with self.rt.db.transaction() as session:
-                moves = await judge_many(session, set(human), self.rt.clock.now(), human)
+                moves = await follow_activity(session, human, self.rt.clock.now())
         except Exception as exc:
             if self._judge_pause == RETRY_PAUSE_S:  # the traceback once, then a line per try
                 log.exception("tracking: judging %d subscribers for promotion failed again", len(human))

@@ -49,6 +49,8 @@ SWEEP = (
     "UPDATE events SET machine = 1, data = ? WHERE message_id = ? AND type = 'click'"
     " AND machine = 0 AND created_at >= ? AND created_at <= ?"
 )
+# Each subscriber's last human activity, never moved backwards (as ``funnel.ledger.touch_activity``).
+TOUCH = "UPDATE subscribers SET last_human_at = ? WHERE id = ? AND (last_human_at IS NULL OR last_human_at < ?)"
 KNOWN_MESSAGES = 100_000  # sent messages whose subscriber and send time the child remembers
 
 
@@ -144,11 +146,30 @@ class Batches:
                 (machine_data(reason), message_pk, _stored(at - reach(reason)), _stored(at + reach(reason)))
                 for message_pk, at, reason in made.sweeps
             ],
+            [(_stored(at), subscriber_id, _stored(at)) for subscriber_id, at in made.latest.items()],
         )
         watched = self.watched(set().union(*made.human.values())) if made.human else set()
+        back = self.sunset(list(made.human))
         return {
-            subscriber_id: sorted(kinds & watched) for subscriber_id, kinds in made.human.items() if kinds & watched
+            subscriber_id: sorted(kinds if subscriber_id in back else kinds & watched)
+            for subscriber_id, kinds in made.human.items()
+            if kinds & watched or subscriber_id in back
         }
+
+    def sunset(self, subscriber_ids: list[int]) -> set[int]:
+        """Which of these subscribers are sunset: their human event brings them back, which
+        the server does (``funnel.events.follow_activity``)."""
+        found: set[int] = set()
+        for start in range(0, len(subscriber_ids), 500):
+            chunk = subscriber_ids[start : start + 500]
+            found.update(
+                subscriber_id
+                for (subscriber_id,) in self.conn.execute(
+                    f"SELECT id FROM subscribers WHERE status = 'sunset' AND id IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                )
+            )
+        return found
 
     def watched(self, kinds: set[str]) -> set[str]:
         """Which of these event types some layer's promotion rule watches: the server judges
@@ -175,6 +196,7 @@ class EventRows:
         self.rows: list[tuple[Any, ...]] = []
         self.sweeps: list[tuple[int, dt.datetime, str]] = []
         self.human: dict[int, set[str]] = {}
+        self.latest: dict[int, dt.datetime] = {}  # each subscriber's latest human event
 
     def add(self, hits: list[tuple[Any, ...]], messages: dict[int, tuple[int, dt.datetime | None]]) -> None:
         for message_pk, kind, method, agent, ip, micros, trap, burst, url in hits:
@@ -194,6 +216,8 @@ class EventRows:
                 data = "{}"
                 if kind in self.promoting:
                     self.human.setdefault(subscriber_id, set()).add(kind)
+                    if subscriber_id not in self.latest or self.latest[subscriber_id] < at:
+                        self.latest[subscriber_id] = at
             self.rows.append(
                 (
                     subscriber_id,
@@ -240,15 +264,22 @@ def _stored(at: dt.datetime) -> str:
     return stored_text(micros_of(at))
 
 
-def write_batch(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], sweeps: list[tuple[Any, ...]]) -> None:
+def write_batch(
+    conn: sqlite3.Connection,
+    rows: list[tuple[Any, ...]],
+    sweeps: list[tuple[Any, ...]],
+    touches: list[tuple[Any, ...]],
+) -> None:
     """One batch in one transaction: rows in ``COLUMNS`` order then the message id again,
-    sweeps as ``SWEEP``'s parameters. No other thread shares this process, so the sqlite3
-    module's lock hand-off around each row costs nothing and ``executemany`` is the cheapest."""
+    sweeps as ``SWEEP``'s parameters, subscribers' latest human events as ``TOUCH``'s. No
+    other thread shares this process, so the sqlite3 module's lock hand-off around each row
+    costs nothing and ``executemany`` is the cheapest."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.executemany(INSERT, rows)
         for sweep in sweeps:
             conn.execute(SWEEP, sweep)
+        conn.executemany(TOUCH, touches)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -150,7 +150,7 @@ async def post_event(request: web.Request) -> web.Response:
         event: Event = recorded.event
         body = {
             "event": {"id": event.id, "type": event.type, "at": iso(event.created_at)},
-            "promoted_to": recorded.decision.target_position,
+            "promoted_to": recorded.promoted_to,
         }
     if recorded.history is not None:
         rt.wake_scheduler()
