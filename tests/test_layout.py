@@ -104,3 +104,34 @@ def test_no_circle_between_modules() -> None:
 
     for name in sorted(graph):
         visit(name, [])
+
+
+def _writes_outside_the_ledger(name: str, path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Event":
+            found.append(f"{name}:{node.lineno} builds an Event row")
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Attribute) and target.attr in ("status", "last_human_at"):
+                    owner = ast.unparse(target.value)
+                    if "subscriber" in owner or owner in ("s", "sub"):
+                        found.append(f"{name}:{node.lineno} sets {owner}.{target.attr}")
+        if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(".values"):
+            chain = ast.unparse(node.func)
+            keys = {k.arg for k in node.keywords}
+            if "update(Subscriber)" in chain and keys & {"status", "last_human_at"}:
+                found.append(f"{name}:{node.lineno} updates subscribers' {sorted(keys)}")
+    return found
+
+
+def test_events_statuses_and_activity_have_one_writer() -> None:
+    """An event row, a subscriber's status and their last activity are written by
+    ``funnel/ledger.py`` only (its docstring names the bulk paths of tracking and delivery)."""
+    wrong = [
+        line
+        for name, path in MODULES.items()
+        if name != "responder.funnel.ledger"
+        for line in _writes_outside_the_ledger(name, path)
+    ]
+    assert wrong == []

@@ -26,9 +26,9 @@ from sqlalchemy import insert as insert_rows
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..core.schedule import StepPlan, first_due
+from ..core.schedule import StepPlan
 from ..errors import NotFound, TooLarge, ValidationError
-from ..funnel.enrollments import layer_sequence, step_plans
+from ..funnel.enrollments import enrollment_values, layer_sequence, step_plans
 from ..models import ConsentRecord, Enrollment, ImportJob, Layer, Subscriber
 from ..runtime import Runtime
 from ..validation import clean_email, clean_name
@@ -202,8 +202,7 @@ async def _report(progress: Progress | None, state: ImportProgress) -> None:
 class LayerPlan:
     layer_id: int
     sequence_id: int | None
-    first_position: int
-    first_delay_s: int | None
+    steps: list[StepPlan]
 
 
 async def _layers(rt: Runtime) -> dict[int, LayerPlan]:
@@ -213,10 +212,7 @@ async def _layers(rt: Runtime) -> dict[int, LayerPlan]:
             sequence = await layer_sequence(session, layer.id)
             steps = await step_plans(session, sequence.id) if sequence else []
             plans[layer.position] = LayerPlan(
-                layer.id,
-                sequence.id if sequence else None,
-                steps[0].position if steps else 1,
-                steps[0].delay_s if steps else None,
+                layer.id, sequence.id if sequence else None, [StepPlan(s.position, s.delay_s) for s in steps]
             )
     return plans
 
@@ -279,22 +275,7 @@ async def _insert(
             )
             plan = layers[row.position]
             if plan.sequence_id is not None:
-                due = (
-                    first_due([StepPlan(plan.first_position, plan.first_delay_s or 0)], now)
-                    if plan.first_delay_s is not None
-                    else None
-                )
-                enrollments.append(
-                    {
-                        "subscriber_id": subscriber_id,
-                        "sequence_id": plan.sequence_id,
-                        "state": "active" if due else "completed",
-                        "next_position": plan.first_position,
-                        "due_at": due,
-                        "started_at": now,
-                        "ended_at": None if due else now,
-                    }
-                )
+                enrollments.append(enrollment_values(subscriber_id, plan.sequence_id, plan.steps, now))
         if consents:
             await session.execute(insert_rows(ConsentRecord), consents)
         if enrollments:

@@ -14,6 +14,7 @@ from sqlalchemy import delete, or_, select, update
 
 from ..errors import ValidationError
 from ..funnel.enrollments import end_enrollments, move_layer
+from ..funnel.ledger import set_status
 from ..funnel.stepper import COUNTED_KINDS
 from ..models import (
     ConsentRecord,
@@ -190,5 +191,5 @@ async def erase(rt: Runtime, token: str) -> None:
         s.name = ""
         s.attributes = {}
         s.tags = []
-        s.status = "unsubscribed"
+        await set_status(session, [s.id], "unsubscribed", now)  # a bounce or complaint stays on record
         s.unsubscribed_at = s.unsubscribed_at or now

@@ -8,23 +8,25 @@ reads their inputs from the database and writes their outcomes back.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.schedule import StepPlan, first_due
-from ..models import Enrollment, Layer, LayerHistory, Sequence, Step, Subscriber
+from ..models import Enrollment, Layer, LayerHistory, Step, Subscriber
+from ..models import Sequence as DripSequence
 from . import webhooks
 from .ledger import add_event, add_events, set_status
 
 
-async def layer_sequence(session: AsyncSession, layer_id: int) -> Sequence | None:
+async def layer_sequence(session: AsyncSession, layer_id: int) -> DripSequence | None:
     return (
         await session.execute(
-            select(Sequence)
-            .where(Sequence.layer_id == layer_id, Sequence.trigger == "layer")
-            .order_by(Sequence.id)
+            select(DripSequence)
+            .where(DripSequence.layer_id == layer_id, DripSequence.trigger == "layer")
+            .order_by(DripSequence.id)
             .limit(1)
         )
     ).scalar_one_or_none()
@@ -44,18 +46,30 @@ async def enroll(session: AsyncSession, subscriber: Subscriber, layer_id: int, n
     return await enroll_in(session, subscriber, sequence, now)
 
 
-async def enroll_in(session: AsyncSession, subscriber: Subscriber, sequence: Sequence, now: dt.datetime) -> Enrollment:
+def enrollment_values(
+    subscriber_id: int, sequence_id: int, steps: Sequence[StepPlan], now: dt.datetime
+) -> dict[str, Any]:
+    """The enrollment row starting ``steps`` at ``now``: its first step due after its delay (a
+    sequence without steps is completed at once). Enrolling one subscriber and importing many
+    both build it here."""
+    due = first_due(steps, now)
+    return {
+        "subscriber_id": subscriber_id,
+        "sequence_id": sequence_id,
+        "state": "active" if due else "completed",
+        "next_position": steps[0].position if steps else 1,
+        "due_at": due,
+        "started_at": now,
+        "ended_at": None if due else now,
+    }
+
+
+async def enroll_in(
+    session: AsyncSession, subscriber: Subscriber, sequence: DripSequence, now: dt.datetime
+) -> Enrollment:
     steps = await step_plans(session, sequence.id)
-    due = first_due([StepPlan(s.position, s.delay_s) for s in steps], now)
-    enrollment = Enrollment(
-        subscriber_id=subscriber.id,
-        sequence_id=sequence.id,
-        state="active" if due else "completed",
-        next_position=steps[0].position if steps else 1,
-        due_at=due,
-        started_at=now,
-        ended_at=None if due else now,
-    )
+    plans = [StepPlan(s.position, s.delay_s) for s in steps]
+    enrollment = Enrollment(**enrollment_values(subscriber.id, sequence.id, plans, now))
     session.add(enrollment)
     await session.flush()
     return enrollment
@@ -67,7 +81,7 @@ async def end_enrollments(
     """End the subscriber's active enrollments (only the layer's main one with ``layer_only``)."""
     condition = [Enrollment.subscriber_id == subscriber_id, Enrollment.state == "active"]
     if layer_only:
-        condition.append(Enrollment.sequence_id.in_(select(Sequence.id).where(Sequence.trigger == "layer")))
+        condition.append(Enrollment.sequence_id.in_(select(DripSequence.id).where(DripSequence.trigger == "layer")))
     await session.execute(
         update(Enrollment)
         .where(*condition)
