@@ -1,4 +1,5 @@
-"""``responder layers …``, ``responder newsletters …`` and ``responder stats``: the funnel from
+"""``responder layers …``, ``responder newsletters …``, ``responder funnel sweep`` and
+``responder stats``: the funnel from
 the command line, straight on the database (the same service functions as the API)."""
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from .errors import ResponderError
 from .funnel import layers as layers
 from .funnel import newsletters
 from .funnel.analytics import format_stats, funnel_stats
+from .funnel.scheduler import moves_json, sweep_on_demand
 from .models import Newsletter
 from .settings import Settings
 
-COMMANDS = ("layers", "newsletters", "stats")
+COMMANDS = ("layers", "newsletters", "funnel", "stats")
 BAR_WIDTH = 30
 
 
@@ -69,6 +71,11 @@ def add_commands(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]
         if action == "progress":
             parser.add_argument("--watch", action="store_true", help="redraw a progress bar until sending ends")
         add_common(parser)
+    funnel = sub.add_parser("funnel", help="the funnel's engine: sweep now")
+    funnel_sub = funnel.add_subparsers(dest="funnel_command", required=True)
+    sweep = funnel_sub.add_parser("sweep", help="judge silence and ended minimum stays now; print the moves")
+    sweep.add_argument("--json", action="store_true", help="the API's JSON instead of lines")
+    add_common(sweep)
     stats = sub.add_parser("stats", help="funnel analytics")
     stats.add_argument("--json", action="store_true", help="the API's JSON instead of a table")
     add_common(stats)
@@ -101,6 +108,16 @@ async def _dispatch(args: argparse.Namespace, db: Database, settings: Settings) 
         async with db.read() as session:
             result = await funnel_stats(session)
         print(json.dumps(result, indent=2) if args.json else format_stats(result))
+        return 0
+    if args.command == "funnel":
+        moves = moves_json(await sweep_on_demand(db, now))
+        if args.json:
+            print(json.dumps({"moves": moves}, indent=2))
+        for move in [] if args.json else moves:
+            where = "sunset" if move["sunset"] else f"to layer {move['to_layer']}"
+            print(f"subscriber {move['subscriber_id']} {where}: {move['reason']}")
+        if not args.json:
+            print(f"{len(moves)} moved or sunset")
         return 0
     if args.command == "layers":
         async with db.transaction() as session:

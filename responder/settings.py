@@ -455,6 +455,7 @@ class Settings:
             "worker_lanes": str(self.worker_lanes),
             "worker_poll_s": str(self.worker_poll_s),
             "scheduler_poll_s": str(self.scheduler_poll_s),
+            "sweep_every_s": str(self.sweep_every_s),
             "lease_s": str(self.lease_s),
             "smtp_timeout_s": str(self.smtp_timeout_s),
             "max_body_bytes": str(self.max_body_bytes),

@@ -241,7 +241,7 @@ async def test_an_upload_left_by_a_killed_server_is_removed_at_the_next_start(
             sys.executable,
             "-c",
             "import asyncio, os, signal\n"
-            "from responder.importer import spool\n"
+            "from responder.audience.importer import spool\n"
             "async def chunks():\n    yield b'email\\nzoe@example.com\\n'\n"
             "print(asyncio.run(spool(chunks(), 1000)), flush=True)\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n",

@@ -5,13 +5,35 @@ from __future__ import annotations
 
 import datetime as dt
 
+from ..db import Database
 from ..loop import PollingLoop
 from ..runtime import Runtime
 from . import newsletters
+from .judge import Judged
 from .stepper import run_due_steps
 from .sweep import sweep
 
 SCHEDULER_LOCK = 0x72657370  # advisory lock key shared by every scheduler of one database
+
+
+async def sweep_on_demand(db: Database, now: dt.datetime) -> list[Judged]:
+    """A whole sweep now (``responder funnel sweep``, ``POST /api/v1/funnel/sweep``), taking
+    the schedulers' turn so it never judges a subscriber at the same time as one of them."""
+    async with db.exclusive(SCHEDULER_LOCK), db.transaction() as session:
+        return await sweep(session, now)
+
+
+def moves_json(made: list[Judged]) -> list[dict[str, object]]:
+    """The moves and sunsets a sweep made, as the API and the command line show them."""
+    return [
+        {
+            "subscriber_id": j.subscriber_id,
+            "to_layer": j.decision.target_position,
+            "sunset": j.decision.sunset,
+            "reason": j.decision.reason,
+        }
+        for j in made
+    ]
 
 
 class Scheduler(PollingLoop):

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from ...errors import NotFound
 from ...funnel import layers as layers
 from ...funnel import sequences as sequences
+from ...funnel.scheduler import moves_json, sweep_on_demand
 from ...models import Layer, LayerHistory
 from ...validation import MAX_ID, parse_id
 from ..http import read_input, runtime
@@ -151,6 +152,45 @@ describe(
             }
         ),
         "responses": LAYERS_OUT,
+    },
+)
+
+
+@routes.post(PREFIX + "/funnel/sweep")
+async def sweep_now(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    made = await sweep_on_demand(rt.db, rt.clock.now())
+    if any(j.history is not None for j in made):
+        rt.wake_scheduler()  # the new layers' first steps
+    return web.json_response({"moves": moves_json(made)})
+
+
+describe(
+    PREFIX + "/funnel/sweep",
+    "post",
+    {
+        "summary": "Judge silence (demotion, sunset) and ended minimum stays now, as the hourly sweep does",
+        "responses": {
+            "200": json_body(
+                {
+                    "type": "object",
+                    "properties": {
+                        "moves": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "subscriber_id": {"type": "integer"},
+                                    "to_layer": {"type": ["integer", "null"]},
+                                    "sunset": {"type": "boolean"},
+                                    "reason": {"type": "string"},
+                                },
+                            },
+                        }
+                    },
+                }
+            )
+        },
     },
 )
 
