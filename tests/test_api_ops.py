@@ -13,7 +13,7 @@ from .conftest import App, confirm_path
 async def active_subscriber(app: App, email: str = "ada@example.com") -> int:
     await app.client.post("/subscribe", json={"email": email, "name": "Ada"})
     [confirmation] = await app.smtp.wait_for(1, email)
-    assert (await app.client.get(confirm_path(confirmation))).status == 200
+    assert (await app.client.post(confirm_path(confirmation))).status == 200
     async with app.rt.db.read() as session:
         return (await session.execute(select(Subscriber.id).where(Subscriber.email == email))).scalar_one()
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from responder.clock import FakeClock
-from responder.models import Message, Subscriber
+from responder.models import Enrollment, Event, Message, Subscriber
 
 from .conftest import App, SmtpSink, running_app
 
@@ -111,8 +111,9 @@ async def test_forged_and_altered_confirm_tokens(papp: App) -> None:
     good = papp.rt.tokens.confirm(1)
     altered = good[:-5] + ("A" if good[-5] != "A" else "B") + good[-4:]
     for token in ("x", altered, good + "A", papp.rt.tokens.unsubscribe(1), papp.rt.tokens.confirm(999), "." * 500):
-        resp = await papp.client.get(f"/confirm/{token}")
-        assert resp.status == 404, token
+        for method in ("GET", "POST"):
+            resp = await papp.client.request(method, f"/confirm/{token}")
+            assert resp.status == 404, (method, token)
         resp = await papp.client.post(f"/confirm/{token}/renew")
         assert resp.status in (200, 404), token  # a valid signature for a gone id says nothing
     async with papp.rt.db.read() as session:
@@ -142,10 +143,11 @@ async def test_confirm_is_idempotent_and_an_expired_link_offers_a_new_one(papp: 
     link = re.search(r"/confirm/[\w.\-]+", first.message.get_body(("plain",)).get_content())
     assert link
     papp.clock.advance(days=8)
-    resp = await papp.client.get(link.group(0))
-    page = await resp.text()
-    assert resp.status == 410 and "Send me a new link" in page
-    assert f'action="{link.group(0)}/renew"' in page
+    for method in ("GET", "POST"):
+        resp = await papp.client.request(method, link.group(0))
+        page = await resp.text()
+        assert resp.status == 410 and "Send me a new link" in page
+        assert f'action="{link.group(0)}/renew"' in page
     for _ in range(3):
         resp = await papp.client.post(f"{link.group(0)}/renew")
         assert resp.status == 200
@@ -158,5 +160,13 @@ async def test_confirm_is_idempotent_and_an_expired_link_offers_a_new_one(papp: 
     fresh = re.search(r"/confirm/[\w.\-]+", second.message.get_body(("plain",)).get_content())
     assert fresh
     for expected in ("Welcome aboard", "Already confirmed"):
-        resp = await papp.client.get(fresh.group(0))
+        resp = await papp.client.post(fresh.group(0))
         assert resp.status == 200 and expected in await resp.text()
+    resp = await papp.client.get(fresh.group(0))
+    assert resp.status == 200 and "Already confirmed" in await resp.text() and "<form" not in await resp.text()
+    async with papp.rt.db.read() as session:
+        enrollments = (await session.execute(select(func.count()).select_from(Enrollment))).scalar_one()
+        confirm_events = (
+            await session.execute(select(func.count()).select_from(Event).where(Event.type == "confirm"))
+        ).scalar_one()
+    assert (enrollments, confirm_events) == (1, 1)  # the second press changed nothing

@@ -53,7 +53,11 @@ async def test_whole_loop(app: App) -> None:
     confirm_url = re.search(r"https://news\.example\.com/confirm/[\w.\-]+", text_part(confirmation))
     assert confirm_url, text_part(confirmation)
 
+    # The link opens a page with a button; only the button's POST confirms.
     resp = await client.get(app.path(confirm_url.group(0)))
+    assert resp.status == 200
+    assert f'<form method="post" action="{app.path(confirm_url.group(0))}">' in await resp.text()
+    resp = await client.post(app.path(confirm_url.group(0)))
     assert resp.status == 200
     assert "Welcome aboard" in await resp.text()
 

@@ -87,7 +87,7 @@ async def test_honeypot_answers_like_success_and_stores_nothing(app: App) -> Non
 async def test_active_address_gets_the_same_answer_and_no_mail(app: App) -> None:
     first = await app.client.post("/subscribe", json={"email": "ada@example.com"})
     [confirmation] = await app.smtp.wait_for(1)
-    assert (await app.client.get(confirm_path(confirmation))).status == 200
+    assert (await app.client.post(confirm_path(confirmation))).status == 200
     await app.smtp.wait_for(2)
     again = await app.client.post("/subscribe", json={"email": "ada@example.com"})
     assert (again.status, await again.json()) == (first.status, await first.json())
@@ -163,7 +163,7 @@ async def test_expired_confirmation_link_offers_a_new_one(app: App) -> None:
 async def test_preferences_page_shows_status_and_level(app: App) -> None:
     await app.client.post("/subscribe", json={"email": "ada@example.com"})
     [confirmation] = await app.smtp.wait_for(1)
-    await app.client.get(confirm_path(confirmation))
+    await app.client.post(confirm_path(confirmation))
     async with app.rt.db.read() as session:
         sid = (await session.execute(select(Subscriber.id))).scalar_one()
     resp = await app.client.get(f"/preferences/{app.rt.tokens.unsubscribe(sid)}")

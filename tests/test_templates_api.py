@@ -195,7 +195,7 @@ async def test_sent_message_records_newest_version_and_views_online(app: App, sm
     text = confirmation.message.get_body(("plain",)).get_content()
     confirm = re.search(r"https://news\.example\.com/confirm/[\w.\-]+", text)
     assert confirm
-    await app.client.get(app.path(confirm.group(0)))
+    await app.client.post(app.path(confirm.group(0)))
     welcome = (await smtp.wait_for(2, "cy@example.com"))[1]
     assert welcome.message["Subject"] == "Welcome v2, Cy"
     template = await sent_template(app, "layer1-welcome")

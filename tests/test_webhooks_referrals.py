@@ -150,7 +150,7 @@ async def test_referral_link_credits_the_referrer_on_confirm(app: App) -> None:
             .scalars()
             .all()
         )
-    resp = await client.get(app.path(confirm_url.group(0)))
+    resp = await client.post(app.path(confirm_url.group(0)))
     assert resp.status == 200
     async with app.rt.db.read() as session:
         [credit] = (

@@ -165,14 +165,33 @@ async def renew_confirmation(rt: Runtime, token: str) -> None:
     rt.wake_outbox()
 
 
+def confirmation_state(status: str) -> str:
+    """What a confirmation link meets: 'pending' (can confirm), 'already' or 'unsubscribed'."""
+    return {"pending": "pending", "active": "already"}.get(status, "unsubscribed")
+
+
+async def confirmation_page_state(rt: Runtime, token: str) -> str:
+    """The state the confirmation page shows, read only: a GET, a HEAD or a mail scanner
+    following the link never confirms (``TokenRejected`` for a forged or expired token)."""
+    subscriber_id = rt.tokens.read_confirm(token)
+    async with rt.db.read() as session:
+        subscriber = await get_subscriber(session, subscriber_id, "this confirmation link is not valid")
+        return confirmation_state(subscriber.status)
+
+
 async def confirm(rt: Runtime, token: str, ip: str | None, user_agent: str | None) -> str:
-    """Double opt-in: 'confirmed', 'already' (idempotent) or 'unsubscribed'."""
+    """Double opt-in, from the button on the confirmation page: 'confirmed', 'already'
+    (idempotent) or 'unsubscribed'. The consent record holds this request's address and agent."""
     subscriber_id = rt.tokens.read_confirm(token)
     now = rt.clock.now()
     async with rt.db.transaction() as session:
-        subscriber = await get_subscriber(session, subscriber_id, "this confirmation link is not valid")
-        if subscriber.status != "pending":
-            return "already" if subscriber.status == "active" else "unsubscribed"
+        # Locked: two presses at once (PostgreSQL) confirm, enroll and welcome once.
+        subscriber = await get_subscriber(
+            session, subscriber_id, "this confirmation link is not valid", for_update=True
+        )
+        state = confirmation_state(subscriber.status)
+        if state != "pending":
+            return state
         first = (
             await session.execute(select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position).limit(1))
         ).scalar_one()
@@ -207,10 +226,11 @@ async def unsubscribe(rt: Runtime, token: str, ip: str | None, user_agent: str |
 
 
 async def get_subscriber(
-    session: AsyncSession, subscriber_id: int, message: str = "this link is not valid"
+    session: AsyncSession, subscriber_id: int, message: str = "this link is not valid", *, for_update: bool = False
 ) -> Subscriber:
-    """The subscriber a verified token names; ``InvalidToken`` if it is gone."""
-    subscriber = await session.get(Subscriber, subscriber_id)
+    """The subscriber a verified token names (its row locked ``for_update``); ``InvalidToken``
+    if it is gone."""
+    subscriber = await session.get(Subscriber, subscriber_id, with_for_update=for_update)
     if subscriber is None:
         raise InvalidToken(message)
     return subscriber

@@ -1,5 +1,6 @@
-"""HTTP plumbing shared by every route: typed app state, and errors mapped to status codes in
-one middleware (JSON for the API and JSON callers, a page a person can act on otherwise)."""
+"""HTTP plumbing shared by every route: typed app state, errors mapped to status codes in one
+middleware (JSON for the API and JSON callers, a page a person can act on otherwise), the
+client's address, and the same-origin check of state-changing browser requests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -106,6 +108,25 @@ async def read_input(request: web.Request) -> dict[str, Any]:
     except ValueError as exc:  # e.g. multipart/form-data without a boundary
         raise ValidationError(f"body is not a valid form: {exc}") from exc
     return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def same_origin(request: web.Request) -> bool:
+    """False when the browser tells us the request came from another site (a page sending
+    ``Referrer-Policy: no-referrer`` makes its own form posts say ``Origin: null``: pages with
+    such forms send ``same-origin``)."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser form or fetch (curl, tests); the token check still applies
+    allowed = {origin_of(runtime(request).settings.base_url), f"{request.scheme}://{request.host}".lower()}
+    return origin.lower() in allowed
 
 
 def client_ip(request: web.Request) -> str | None:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from ...errors import Forbidden
-from ..http import Handler, runtime
+from ..http import Handler, runtime, same_origin
 from .render import SIGNED_IN, render
 from .throttle import SignInThrottle
 from .users import current, sign_in, sign_out
@@ -34,23 +33,6 @@ THROTTLE = web.AppKey("sign_in_throttle", SignInThrottle)
 
 def see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
-
-
-def origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
-
-
-def same_origin(request: web.Request) -> bool:
-    """False when the browser tells us the request came from another site."""
-    fetch_site = request.headers.get("Sec-Fetch-Site")
-    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
-        return False
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True  # not a browser form or fetch (curl, tests); the token check still applies
-    allowed = {origin_of(runtime(request).settings.base_url), f"{request.scheme}://{request.host}".lower()}
-    return origin.lower() in allowed
 
 
 def _cookie_options(request: web.Request) -> dict[str, object]:

@@ -1,5 +1,6 @@
-"""Public endpoints of the opt-in: hosted form, subscribe, proof-of-work challenge, confirm,
-a fresh link for an expired confirmation, a sent mail viewed online, and the referral link
+"""Public endpoints of the opt-in: hosted form, subscribe, proof-of-work challenge, confirm (a
+page whose button confirms: opening the link never does, as mail scanners open every link), a
+fresh link for an expired confirmation, a sent mail viewed online, and the referral link
 (``/r/{token}``: sets the referral cookie and leads to the form)."""
 
 from __future__ import annotations
@@ -9,13 +10,19 @@ import secrets
 from aiohttp import web
 from sqlalchemy import select
 
-from ...audience.subscribers import SubscribeRequest, confirm, renew_confirmation, subscribe
+from ...audience.subscribers import (
+    SubscribeRequest,
+    confirm,
+    confirmation_page_state,
+    renew_confirmation,
+    subscribe,
+)
 from ...delivery.build import render_message
-from ...errors import InvalidToken, TokenRejected
+from ...errors import Forbidden, InvalidToken, TokenRejected
 from ...funnel.referrals import REF_COOKIE, REF_COOKIE_MAX_AGE_S, read_referral
 from ...models import Message
 from ...validation import clean_form_id
-from ..http import client_ip, runtime, wants_json
+from ..http import client_ip, runtime, same_origin, wants_json
 from ..pages import render_page
 from .common import preflight, public, with_deadline
 from .forms import HONEYPOT, snippet
@@ -88,36 +95,75 @@ async def subscribe_post(request: web.Request) -> web.StreamResponse:
 @routes.get("/subscribe/{form}/thanks")
 async def subscribe_thanks(request: web.Request) -> web.Response:
     return _page(
-        request, "Almost there", "We have sent you an email. Click the link in it to confirm your subscription."
+        request,
+        "Almost there",
+        "We have sent you an email. Open the link in it and press the button on the page to confirm.",
+    )
+
+
+CONFIRM_PAGES = {
+    "confirmed": ("Welcome aboard", "Thank you for confirming. Your first email is on its way."),
+    "already": ("Already confirmed", "Your subscription is confirmed. There is nothing more to do."),
+    "unsubscribed": (
+        "Not subscribed",
+        "This address has left the list. Subscribe again from our form if you want our emails.",
+    ),
+}
+
+
+def _expired_page(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    return render_page(
+        "confirm_expired.html",
+        status=410,
+        title="This link has expired",
+        days=max(1, rt.settings.confirm_max_age_s // 86400),
+        action=f"/confirm/{request.match_info['token']}/renew",
+        sender_name=rt.settings.from_name,
     )
 
 
 @routes.get("/confirm/{token}")
-async def confirm_get(request: web.Request) -> web.Response:
+async def confirm_page(request: web.Request) -> web.Response:
+    """The page the confirmation mail's link opens: a button that POSTs here. Only looks: mail
+    scanners, link previews and prefetches fetch every link in a mail (GET or HEAD)."""
     rt = runtime(request)
     try:
-        outcome = await confirm(rt, request.match_info["token"], client_ip(request), request.headers.get("User-Agent"))
+        state = await confirmation_page_state(rt, request.match_info["token"])
     except TokenRejected as exc:
         if exc.expired:
-            return render_page(
-                "confirm_expired.html",
-                status=410,
-                title="This link has expired",
-                days=max(1, rt.settings.confirm_max_age_s // 86400),
-                action=f"{request.path}/renew",
-                sender_name=rt.settings.from_name,
-            )
+            return _expired_page(request)
         raise
-    messages = {
-        "confirmed": ("Welcome aboard", "Thank you for confirming. Your first email is on its way."),
-        "already": ("Already confirmed", "Your subscription was already confirmed."),
-        "unsubscribed": (
-            "Not subscribed",
-            "This address has left the list. Subscribe again from our form if you want our emails.",
-        ),
-    }
-    title, message = messages[outcome]
-    return _page(request, title, message)
+    if state == "pending":
+        response = render_page(
+            "confirm.html", title="Confirm your subscription", action=request.path, sender_name=rt.settings.from_name
+        )
+    else:
+        response = _page(request, *CONFIRM_PAGES[state])
+    # The button's POST must carry this origin (no-referrer would make it "Origin: null").
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Robots-Tag"] = "noindex"
+    return response
+
+
+@routes.post("/confirm/{token}")
+async def confirm_post(request: web.Request) -> web.Response:
+    """The page's button: confirms, once; the consent record holds this request's address and agent."""
+    if not same_origin(request):
+        raise Forbidden("cross-origin request refused")
+    rt = runtime(request)
+    await request.read()
+    try:
+        outcome = await with_deadline(
+            request,
+            confirm(rt, request.match_info["token"], client_ip(request), request.headers.get("User-Agent")),
+        )
+    except TokenRejected as exc:
+        if exc.expired:
+            return _expired_page(request)
+        raise
+    return _page(request, *CONFIRM_PAGES[outcome])
 
 
 @routes.post("/confirm/{token}/renew")
