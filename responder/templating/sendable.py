@@ -18,6 +18,7 @@ from ..models import Newsletter, Step, Template
 from ..settings import Settings
 from .context import KIND_NAMES, sample_context
 from .render import render_mail
+from .sandbox import html_env, render_string, text_env
 
 # A newsletter in these states will still render its template (the newest version at send time).
 UNFINISHED = ("draft", "scheduled", "sending", "paused")
@@ -26,12 +27,23 @@ UNFINISHED = ("draft", "scheduled", "sending", "paused")
 def check_renders(settings: Settings, template: Template, kind: str) -> None:
     """Raise ``TemplateError`` (422) naming the template, the part and the problem if
     ``template`` does not render as a ``kind`` mail."""
+    context = sample_context(settings, kind)
+    parts = (
+        ("subject", template.subject, text_env()),
+        ("body", template.source, html_env()),
+        ("text", template.text, text_env()),
+    )
     try:
+        # The source first, as at upload, so a failure names the line the author wrote; then
+        # what sending renders.
+        for part, source, env in parts:
+            if source is not None:
+                render_string(env, source, context, part)
         render_mail(
             subject=template.subject,
             html=template.html,
             text=template.text,
-            context=sample_context(settings, kind),
+            context=context,
             track_link=None,
             open_pixel_url=None,
             base_url=settings.base_url,
