@@ -161,6 +161,7 @@ async def _dispatch(args: argparse.Namespace, db: Database, settings: Settings) 
                     "send_now": args.send_now,
                 },
                 now,
+                settings,
             )
         elif command == "send":
             newsletter = await newsletters.schedule(session, args.id, args.at, now)

@@ -16,6 +16,7 @@ from responder.funnel.enrollments import enroll
 from responder.funnel.scheduler import Scheduler
 from responder.models import Enrollment, Layer, Message, Subscriber
 from responder.runtime import Runtime
+from responder.templating.service import Upload, upload_template
 
 from .conftest import make_settings
 
@@ -106,6 +107,13 @@ async def active_enrollments(rt: Runtime, subscriber_id: int) -> int:
                 )
             ).scalar_one()
         )
+
+
+async def add_template(
+    rt: Runtime, name: str, body: str = "<p>Hello {{ subscriber.first_name }}</p>", **kw: str
+) -> None:
+    """Upload a small HTML template through the service an admin's upload goes through."""
+    await upload_template(rt, Upload(name=name, subject=kw.pop("subject", f"About {name}"), source=body, **kw))
 
 
 def at(text: str) -> dt.datetime:

@@ -16,6 +16,7 @@ from responder.runtime import Runtime
 
 from .funnel_fixtures import (  # noqa: F401
     active_enrollments,
+    add_template,
     layer_of,
     make_subscriber,
     mark_sent,
@@ -26,6 +27,8 @@ from .funnel_fixtures import (  # noqa: F401
 
 
 async def add_sequence(rt: Runtime, trigger: str, template: str, **extra: object) -> int:
+    for name in (template, template + "-2"):
+        await add_template(rt, name)
     async with rt.db.transaction() as session:
         sequence = await sequences_service.create_sequence(
             session,
@@ -39,6 +42,7 @@ async def add_sequence(rt: Runtime, trigger: str, template: str, **extra: object
                 ],
             },
             rt.clock.now(),
+            rt.settings,
         )
         return sequence.id
 
@@ -137,14 +141,17 @@ async def test_hand_off_never_sends_a_step_twice(rt: Runtime) -> None:
 async def test_editing_a_sequence_never_resends(rt: Runtime) -> None:
     eve = await make_subscriber(rt, "eve@example.com")
     await tick(rt)
+    await add_template(rt, "extra")
     async with rt.db.transaction() as session:
         main = (await session.execute(select(Sequence).where(Sequence.name.like("New customer%")))).scalar_one()
         seq = await sequences_service.sequence_json(session, main)
         first = seq["steps"][0]
         await sequences_service.update_step(
-            session, main.id, first["id"], {"template": "layer1-first-step", "delay": "1h"}
+            session, main.id, first["id"], {"template": "layer1-first-step", "delay": "1h"}, rt.settings
         )
-        await sequences_service.add_step(session, main.id, {"delay": "1d", "template": "extra", "purpose": "offer"})
+        await sequences_service.add_step(
+            session, main.id, {"delay": "1d", "template": "extra", "purpose": "offer"}, rt.settings
+        )
     for _ in range(5):
         rt.clock.advance(days=2)
         await tick(rt)
@@ -174,6 +181,7 @@ async def test_caps_postpone_and_windows_and_conditions(rt: Runtime) -> None:
                 "send_window": {"days": "mon-fri", "start": "09:00", "end": "17:00"},
                 "condition": {"skip_if_purchased": True},
             },
+            rt.settings,
         )
     ann = await make_subscriber(rt, "ann@example.com")
     cat = await make_subscriber(rt, "cat@example.com")

@@ -41,7 +41,7 @@ async def recipients(rt: Runtime, newsletter_id: int) -> list[int]:
 async def create(rt: Runtime, **data: object) -> Newsletter:
     async with rt.db.transaction() as session:
         return await newsletters.create(
-            session, {"name": "Spring", "template": "layer2-how-to", **data}, rt.clock.now()
+            session, {"name": "Spring", "template": "layer2-how-to", **data}, rt.clock.now(), rt.settings
         )
 
 
@@ -139,13 +139,13 @@ async def test_newsletter_over_http_with_delivery_and_cli_progress(app: App, cap
     assert await asyncio.to_thread(main, ["newsletters", "progress", str(news_id), "--database-url", url]) == 0
     out = capsys.readouterr().out
     assert f"[{'#' * 30}] 4/4 sent" in out
-    assert (
-        await asyncio.to_thread(
-            main, ["newsletters", "create", "Draft", "--template", "x", "--layers", "1", "--database-url", url]
-        )
-        == 0
-    )
-    assert "(draft)" in capsys.readouterr().out
+    for template, code in (("x", 1), ("enquiry-ack", 1), ("layer2-how-to", 0)):
+        create = ["newsletters", "create", "Draft", "--template", template, "--layers", "1", "--database-url", url]
+        assert await asyncio.to_thread(main, create) == code
+    captured = capsys.readouterr()
+    assert "no template named 'x'" in captured.err
+    assert "'enquiry-ack' cannot be sent as a newsletter" in captured.err and "'enquiry' is undefined" in captured.err
+    assert "(draft)" in captured.out
     async with app.rt.db.read() as session:
         assert (await session.execute(select(func.count()).select_from(Newsletter))).scalar_one() == 2
 

@@ -13,7 +13,7 @@ from responder.templating.compile import compile_template
 from responder.templating.context import sample_context
 from responder.templating.sandbox import html_env, render_string
 
-SAMPLE = sample_context(Settings.from_env({}))
+SAMPLE = sample_context(Settings.from_env({}), "newsletter")
 
 PAYLOADS = {
     "class mro": ("{{ ''.__class__.__mro__ }}", "unsafe"),
@@ -58,7 +58,7 @@ def test_payload_fails_safely(payload: str, problem: str) -> None:
 @pytest.mark.parametrize("payload", [PAYLOADS["class mro"][0], PAYLOADS["huge repeat"][0]])
 def test_upload_of_a_payload_is_refused(payload: str) -> None:
     with pytest.raises(TemplateError) as caught:
-        compile_template(f"<p>{payload}</p>", "Hi", sample=SAMPLE)
+        compile_template(f"<p>{payload}</p>", "Hi", samples=[SAMPLE])
     assert caught.value.status == 422 and "body, line 1" in caught.value.message
 
 

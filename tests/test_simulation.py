@@ -111,6 +111,7 @@ async def test_simulation_invariants(rt: Runtime) -> None:
                     session,
                     {"name": f"day {day}", "template": "layer2-how-to", "layers": [1, 2, 3], "send_now": True},
                     now,
+                    rt.settings,
                 )
             recent = (
                 await session.execute(

@@ -13,7 +13,7 @@ import pytest
 
 from responder.settings import Settings
 from responder.templating.compile import compile_template
-from responder.templating.context import sample_context
+from responder.templating.context import sample_context, template_kinds
 from responder.templating.render import NO_UNSUBSCRIBE_PURPOSES, Footer, Rendered, render_mail
 
 STARTER = Path(__file__).resolve().parent.parent / "templates" / "email"
@@ -31,13 +31,17 @@ ENTRIES = {entry["name"]: entry for entry in MANIFEST["templates"]}
 
 def render_starter(name: str, position: int) -> Rendered:
     entry = ENTRIES[name]
-    context = sample_context(SETTINGS)
-    context["subscriber"] = {
-        **context["subscriber"],
-        "layer": {"position": position, "name": f"layer {position}", "label": LABELS[position]},
-    }
-    compiled = compile_template((STARTER / entry["file"]).read_text(), entry["subject"], sample=context)
-    unsubscribe = None if entry.get("purpose") in NO_UNSUBSCRIBE_PURPOSES else context["links"]["unsubscribe"]
+    kind = template_kinds(name, entry.get("purpose", ""))[0]
+    context = sample_context(SETTINGS, kind)
+    footer = None  # the acknowledgement is sent without one, and goes to no subscriber
+    if kind != "enquiry-ack":
+        context["subscriber"] = {
+            **context["subscriber"],
+            "layer": {"position": position, "name": f"layer {position}", "label": LABELS[position]},
+        }
+        unsubscribe = None if entry.get("purpose") in NO_UNSUBSCRIBE_PURPOSES else context["links"]["unsubscribe"]
+        footer = Footer(SETTINGS.from_name, SETTINGS.postal_address, unsubscribe)
+    compiled = compile_template((STARTER / entry["file"]).read_text(), entry["subject"], samples=[context])
     return render_mail(
         subject=compiled.subject,
         html=compiled.html,
@@ -46,7 +50,7 @@ def render_starter(name: str, position: int) -> Rendered:
         track_link=lambda url: url,
         open_pixel_url=None,
         base_url=SETTINGS.base_url,
-        footer=Footer(SETTINGS.from_name, SETTINGS.postal_address, unsubscribe),
+        footer=footer,
     )
 
 
@@ -68,7 +72,7 @@ def test_starter_compiles_and_renders(name: str, position: int) -> None:
     assert "Acme &amp; Sons" in mail.html and "Acme & Sons" in mail.text
     assert "1 Market Street, Springfield" in mail.html and "1 Market Street" in mail.text
     assert "<mj-" not in mail.html and 'name="viewport"' in mail.html
-    if ENTRIES[name].get("purpose") not in NO_UNSUBSCRIBE_PURPOSES:
+    if ENTRIES[name].get("purpose") not in (*NO_UNSUBSCRIBE_PURPOSES, "enquiry"):
         assert "https://news.example.com/unsubscribe/sample" in mail.text
     assert len(mail.text.splitlines()) > 5
 

@@ -25,7 +25,7 @@ SETTINGS = Settings.from_env(
         "RESPONDER_POSTAL_ADDRESS": "1 Market Street, Springfield",
     }
 )
-SAMPLE = sample_context(SETTINGS)
+SAMPLE = sample_context(SETTINGS, "newsletter")
 
 MJML = """<mjml>
   <mj-head><mj-title>For {{ subscriber.first_name }}</mj-title>
@@ -71,7 +71,7 @@ def render(compiled, ctx, *, tracked: bool = True, footer: Footer | None = None)
 
 
 def test_jinja_survives_mjml_in_text_attributes_and_hrefs() -> None:
-    compiled = compile_template(MJML, "Hi {{ subscriber.first_name }}", sample=SAMPLE)
+    compiled = compile_template(MJML, "Hi {{ subscriber.first_name }}", samples=[SAMPLE])
     html = compiled.html
     for tag in (
         "{{ subscriber.first_name }}",
@@ -96,7 +96,7 @@ def test_jinja_survives_mjml_in_text_attributes_and_hrefs() -> None:
 
 
 def test_css_is_inlined_once_at_upload_and_media_queries_kept() -> None:
-    compiled = compile_template(MJML, "Hi", sample=SAMPLE)
+    compiled = compile_template(MJML, "Hi", samples=[SAMPLE])
     big = re.search(r'<td class="big"[^>]*>', compiled.html)
     assert big and "background-color: #fef3c7" in big.group(0)
     # Rules for classes Jinja picks per recipient cannot be inlined at upload; the <style> stays
@@ -137,7 +137,7 @@ def test_css_is_inlined_once_at_upload_and_media_queries_kept() -> None:
 )
 def test_refusals_name_part_line_and_problem(source: str, subject: str, expected: str) -> None:
     with pytest.raises(TemplateError) as caught:
-        compile_template(source, subject, sample=SAMPLE)
+        compile_template(source, subject, samples=[SAMPLE])
     assert expected in caught.value.message
     assert caught.value.status == 422
 
@@ -148,7 +148,7 @@ def test_every_mail_gets_tracked_links_pixel_footer_and_text() -> None:
         '<p>Hi {{ subscriber.first_name }}, read <a href="https://acme.example/a?x=1&amp;y=2">'
         'the guide</a> or <a href="{{ links.preferences }}">preferences</a>.</p></body></html>'
     )
-    compiled = compile_template(source, "Hi", sample=SAMPLE)
+    compiled = compile_template(source, "Hi", samples=[SAMPLE])
     footer = Footer("Acme", "1 Market Street, Springfield", SAMPLE["links"]["unsubscribe"])
     mail = render(compiled, SAMPLE, footer=footer)
     assert '<p style="color: #123456;">Hi Sam' in mail.html
@@ -168,7 +168,7 @@ def test_no_footer_when_the_template_has_one_and_explicit_text_wins() -> None:
         source,
         "Hi",
         text="Hi {{ subscriber.first_name }} & co.\nLeave: {{ links.unsubscribe }}\n{{ sender.postal_address }}",
-        sample=SAMPLE,
+        samples=[SAMPLE],
     )
     mail = render(compiled, SAMPLE, footer=Footer("Acme", SETTINGS.postal_address, SAMPLE["links"]["unsubscribe"]))
     assert mail.html.count(SAMPLE["links"]["unsubscribe"]) == 1
@@ -182,7 +182,7 @@ def test_subject_is_one_line_and_not_escaped() -> None:
 
 
 def test_text_part_follows_blocks_per_recipient() -> None:
-    compiled = compile_template(MJML, "Hi", sample=SAMPLE)
+    compiled = compile_template(MJML, "Hi", samples=[SAMPLE])
     low, high = render(compiled, context(1)).text, render(compiled, context(3, ["vip"])).text
     assert "Hello Sam & welcome." in low and "tagged" not in low and "tagged" in high
     assert "[Go](https://acme.example/start)" in low and "[Go](https://acme.example/pro)" in high
@@ -192,7 +192,7 @@ def test_text_part_falls_back_when_conversion_moves_jinja() -> None:
     # inscriptis lays tables out cell by cell: the loop's tags would leave the row they wrap, so
     # the text part is converted from each recipient's rendered HTML instead.
     source = '<table>{% for t in ["a", "b"] %}<tr><td>row {{ t }}</td></tr>{% endfor %}</table>'
-    compiled = compile_template(source, "Hi", sample=SAMPLE)
+    compiled = compile_template(source, "Hi", samples=[SAMPLE])
     assert generated_text(compiled.html) is None
     mail = render(compiled, SAMPLE, tracked=False)
     assert "row a" in mail.text and "row b" in mail.text
@@ -209,7 +209,7 @@ def test_blocks_between_mjml_components_survive() -> None:
         '{% if subscriber.tags %}<mj-button href="https://x.example">Tagged</mj-button>'
         "{% endif %}</mj-column></mj-section></mj-body></mjml>"
     )
-    compiled = compile_template(source, "Hi", sample=SAMPLE)
+    compiled = compile_template(source, "Hi", samples=[SAMPLE])
     plain, tagged = render(compiled, context(1), tracked=False), render(compiled, context(1, ["t"]), tracked=False)
     assert re.findall(r"item \d", plain.html) == ["item 1", "item 2", "item 3"]
     assert "Tagged" not in plain.html and "Tagged" in tagged.html

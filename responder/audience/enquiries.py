@@ -34,7 +34,8 @@ from ..funnel.events import record_event
 from ..loop import PollingLoop
 from ..models import Enquiry, Subscriber
 from ..runtime import Runtime
-from ..templating.context import first_name
+from ..settings import Settings
+from ..templating.context import enquiry_context
 from ..templating.render import render_mail
 from ..validation import clean_email, clean_name, clean_text
 
@@ -174,6 +175,18 @@ async def open_enquiry(rt: Runtime, data: EnquiryIn) -> int:
 def answer_by(now: dt.datetime, hours: int) -> str:
     due = now + dt.timedelta(hours=hours)
     return f"{due:%A} {due.day} {due:%B} {due:%Y}"
+
+
+def ack_context(settings: Settings, enquiry: Enquiry) -> dict[str, Any]:
+    """What the acknowledgement of ``enquiry`` is rendered against (``templating.context``)."""
+    return enquiry_context(
+        settings,
+        name=enquiry.name,
+        email=enquiry.email,
+        subject=enquiry.subject,
+        body=enquiry.body,
+        answer_by=answer_by(enquiry.created_at, settings.enquiry_answer_h),
+    )
 
 
 @dataclass
@@ -334,23 +347,7 @@ class EnquiryLoop(PollingLoop):
     def ack_mail(self, enquiry: Enquiry, subject: str, body: str, text: str | None) -> Mail:
         rt = self.rt
         s = rt.settings
-        context = {
-            "enquiry": {
-                "name": enquiry.name,
-                "first_name": first_name(enquiry.name),
-                "email": enquiry.email,
-                "subject": enquiry.subject,
-                "body": enquiry.body,
-                "answer_by": answer_by(enquiry.created_at, s.enquiry_answer_h),
-                "answer_within_h": s.enquiry_answer_h,
-            },
-            "sender": {
-                "name": s.from_name,
-                "email": s.from_email,
-                "website": s.website,
-                "postal_address": s.postal_address,
-            },
-        }
+        context = ack_context(s, enquiry)
         rendered = render_mail(
             subject=subject,
             html=body,

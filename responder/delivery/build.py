@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -81,9 +81,8 @@ async def render_message(
     if sources is None:
         assert session is not None
         sources = await load_sources(session, message)
-    subscriber, layer, template = sources.subscriber, sources.layer, sources.template
-    confirm_url = rt.url(f"/confirm/{rt.tokens.confirm(subscriber.id)}") if message.kind == "confirm" else None
-    context = recipient_context(rt, subscriber, layer, message_pk=message.id, confirm_url=confirm_url)
+    subscriber, template = sources.subscriber, sources.template
+    context = message_context(rt, message, sources)
     rendered = render_mail(
         subject=template.subject,
         html=template.html,
@@ -102,6 +101,11 @@ async def render_message(
         trap_url = rt.url(f"/c/{rt.tokens.click(message.id, TRAP)}")
         rendered = replace(rendered, html=add_trap(rendered.html, trap_url))
     return RenderedMessage(rendered, template, subscriber, context["links"])
+
+
+def message_context(rt: Runtime, message: Message, sources: Sources) -> dict[str, Any]:
+    """What the template of ``message`` is rendered against (``templating.context``)."""
+    return recipient_context(rt, sources.subscriber, sources.layer, message.kind, message_pk=message.id)
 
 
 def click_link(rt: Runtime, message_pk: int) -> Callable[[str], str | None]:

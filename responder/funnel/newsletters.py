@@ -8,6 +8,8 @@ per tick, queueing outbox rows and moving a cursor in the same transaction. The 
 twice. Pausing stops new batches; rows already queued (at most one batch) still go.
 A subscriber who paused their mail is skipped by a newsletter sent during the pause; one who
 chose fewer mails gets it only when their weekly limit allows (``sequences.pacing.mail_at``).
+A newsletter names a template that exists and renders as a newsletter (``templating.sendable``),
+or it is not written.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from ..core.pacing import caps_for, mail_at
 from ..dbutil import get_or_404
 from ..errors import Conflict, NotFound, ValidationError
 from ..models import Layer, Message, Newsletter, NewsletterRecipient, Subscriber
+from ..settings import Settings
+from ..templating.sendable import sendable_template
 from ..validation import clean_text
 from .stepper import enqueue_many, outbox_row, recent_mail
 
@@ -73,8 +77,9 @@ def _tags(value: Any) -> list[str]:
     return sorted(set(value))
 
 
-async def create(session: AsyncSession, data: dict[str, Any], now: dt.datetime) -> Newsletter:
-    """A draft, or with ``send_at`` (or ``send_now: true``) a scheduled newsletter."""
+async def create(session: AsyncSession, data: dict[str, Any], now: dt.datetime, settings: Settings) -> Newsletter:
+    """A draft, or with ``send_at`` (or ``send_now: true``) a scheduled newsletter; refused
+    (``TemplateError``, 422) if its template does not exist or does not render as a newsletter."""
     name = clean_text(data.get("name"), "name", max_len=200, required=True)
     template = clean_text(data.get("template"), "template", max_len=120, required=True)
     newsletter = Newsletter(
@@ -89,6 +94,7 @@ async def create(session: AsyncSession, data: dict[str, Any], now: dt.datetime) 
         cursor=0,
     )
     send_at = _parse_time(data.get("send_at"))
+    await sendable_template(session, settings, template, "newsletter")
     if send_at is not None or data.get("send_now") is True:
         newsletter.state, newsletter.scheduled_at = "scheduled", send_at or now
     session.add(newsletter)

@@ -3,7 +3,8 @@
 Editing is safe for people already on the way: the outbox keeps each (subscriber, step) pair
 once, and an enrollment only moves forward by position, so a changed delay, template or
 condition applies to who has not had the step yet and nobody gets a step twice. A step that was
-sent to someone cannot be deleted (the outbox points at it); change it instead.
+sent to someone cannot be deleted (the outbox points at it); change it instead. A step names a
+template that exists and renders as a step (``templating.sendable``), or it is not written.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from ..core.schedule import format_duration, parse_duration
 from ..dbutil import get_or_404
 from ..errors import Conflict, NotFound, ValidationError
 from ..models import Layer, Message, Sequence, Step
+from ..settings import Settings
+from ..templating.sendable import sendable_template
 from ..validation import clean_text
 from .triggers import TRIGGERS
 
@@ -62,8 +65,10 @@ async def get_sequence(session: AsyncSession, sequence_id: int) -> Sequence:
     return sequence
 
 
-async def create_sequence(session: AsyncSession, data: dict[str, Any], now: dt.datetime) -> Sequence:
-    """A triggered sequence (layers' main sequences come with their layers)."""
+async def create_sequence(
+    session: AsyncSession, data: dict[str, Any], now: dt.datetime, settings: Settings
+) -> Sequence:
+    """A triggered sequence (layers' main sequences come with their layers), with its steps."""
     name = clean_text(data.get("name"), "name", max_len=120, required=True)
     trigger = data.get("trigger")
     if trigger not in TRIGGERS:
@@ -79,7 +84,7 @@ async def create_sequence(session: AsyncSession, data: dict[str, Any], now: dt.d
     session.add(sequence)
     await session.flush()
     for step in data.get("steps") or []:
-        await add_step(session, sequence.id, step)
+        await add_step(session, sequence.id, step, settings)
     return sequence
 
 
@@ -105,10 +110,11 @@ def _step_values(data: Any, *, partial: bool) -> dict[str, Any]:
     return values
 
 
-async def add_step(session: AsyncSession, sequence_id: int, data: Any) -> Step:
+async def add_step(session: AsyncSession, sequence_id: int, data: Any, settings: Settings) -> Step:
     """Append a step (positions only grow, so enrollments never go back over a sent step)."""
     await get_sequence(session, sequence_id)
     values = _step_values(data, partial=False)
+    await sendable_template(session, settings, values["template_name"], "step")
     last = (await session.execute(select(func.max(Step.position)).where(Step.sequence_id == sequence_id))).scalar()
     step = Step(sequence_id=sequence_id, position=(last or 0) + 1, **values)
     session.add(step)
@@ -123,9 +129,12 @@ async def _step(session: AsyncSession, sequence_id: int, step_id: int) -> Step:
     return step
 
 
-async def update_step(session: AsyncSession, sequence_id: int, step_id: int, data: Any) -> Step:
+async def update_step(session: AsyncSession, sequence_id: int, step_id: int, data: Any, settings: Settings) -> Step:
     step = await _step(session, sequence_id, step_id)
-    for key, value in _step_values(data, partial=True).items():
+    values = _step_values(data, partial=True)
+    if "template_name" in values:
+        await sendable_template(session, settings, values["template_name"], "step")
+    for key, value in values.items():
         setattr(step, key, value)
     await session.flush()
     return step

@@ -1,16 +1,17 @@
 """Turning an uploaded template into the stored, still-Jinja HTML; refusing what cannot work.
 
-Once, at upload: check the Jinja of every part, render every part against a sample subscriber
-(so a misspelt variable is refused now, with its line, rather than at send time), compile MJML
-to HTML with mjml-python and inline the CSS with css-inline. Jinja tags are carried through both
-tools by ``protect``; a tag a tool dropped is reported with its source line. Per recipient only
-the Jinja render, link rewriting and the text part remain (see ``render``).
+Once, at upload: check the Jinja of every part, render every part against the sample context of
+each kind of mail it is for (so a misspelt variable is refused now, with its line, rather than at
+send time), compile MJML to HTML with mjml-python and inline the CSS with css-inline. Jinja tags
+are carried through both tools by ``protect``; a tag a tool dropped is reported with its source
+line. Per recipient only the Jinja render, link rewriting and the text part remain (see
+``render``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from html.parser import HTMLParser
@@ -50,11 +51,12 @@ def compile_template(
     source_format: str | None = None,
     text: str | None = None,
     *,
-    sample: Mapping[str, Any] | None = None,
+    samples: Sequence[Mapping[str, Any]] = (),
 ) -> Compiled:
     """Check and compile; raises ``TemplateError`` naming the part, the line and the problem.
 
-    With ``sample`` (a recipient context) every part must also render against it.
+    Every part must also render against each of ``samples`` (the contexts of the kinds of mail
+    the template is for: ``context.sample_context``).
     """
     if len(source.encode()) > MAX_SOURCE_BYTES:
         raise TemplateError(f"template is larger than {MAX_SOURCE_BYTES // 1024} KB", field="body")
@@ -68,13 +70,13 @@ def compile_template(
         parts.append(("text", text, text_env()))
     for part, part_source, env in parts:
         check_jinja(part_source, part, env)
-    if sample is not None:
+    for sample in samples:
         # The source itself is rendered, so a failure names the line the author wrote.
         for part, part_source, env in parts:
             render_string(env, part_source, sample, part)
     html = compile_html(source, source_format)
     check_jinja(html, "compiled body")
-    if sample is not None:
+    for sample in samples:
         render_string(html_env(), html, sample, "compiled body")
     return Compiled(subject, source_format, source, html, text)
 

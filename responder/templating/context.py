@@ -1,4 +1,16 @@
-"""The plain data a template sees for one recipient: subscriber, sender and links."""
+"""The plain data a template sees, for each kind of mail: who it is for, who sends it, their links.
+
+Every kind of mail renders its template against one context shape (``KINDS``):
+
+- ``step`` and ``newsletter`` (list mail): ``subscriber``, ``sender``, ``links`` (unsubscribe,
+  preferences, view, referral);
+- ``confirm`` (the double opt-in mail): the same, plus ``links.confirm``;
+- ``enquiry-ack`` (the acknowledgement of a question): ``enquiry`` and ``sender`` only.
+
+The real context (``recipient_context``, ``enquiry_context``) and the sample one that uploads,
+previews and the checks of newsletters and steps render against (``sample_context``) are built
+by the same functions here, so a template that renders against the sample renders when sent.
+"""
 
 from __future__ import annotations
 
@@ -9,34 +21,63 @@ from ..models import Layer, Subscriber
 from ..runtime import Runtime
 from ..settings import Settings
 
+KINDS = ("step", "newsletter", "confirm", "enquiry-ack")
+# How a message names each kind in an error ("cannot be sent as a newsletter").
+KIND_NAMES = {
+    "step": "a sequence step",
+    "newsletter": "a newsletter",
+    "confirm": "the confirmation mail",
+    "enquiry-ack": "the enquiry acknowledgement",
+}
+# The templates the confirmation and the acknowledgement are sent with, by name.
+KIND_OF_NAME = {"confirm": "confirm", "enquiry-ack": "enquiry-ack"}
+KIND_OF_PURPOSE = {"confirm": "confirm", "enquiry": "enquiry-ack"}
+
 
 def first_name(name: str) -> str:
     return name.split()[0] if name.strip() else ""
 
 
+def template_kinds(name: str, purpose: str) -> tuple[str, ...]:
+    """The kinds of mail a template is written for: the confirmation and the acknowledgement by
+    their names (what sends them) or purposes, any other template for list mail."""
+    kind = KIND_OF_NAME.get(name) or KIND_OF_PURPOSE.get(purpose)
+    return (kind,) if kind else ("step", "newsletter")
+
+
 def recipient_context(
-    rt: Runtime,
-    subscriber: Subscriber,
-    layer: Layer | None,
-    *,
-    message_pk: int | None = None,
-    confirm_url: str | None = None,
+    rt: Runtime, subscriber: Subscriber, layer: Layer | None, kind: str, *, message_pk: int | None = None
 ) -> dict[str, Any]:
-    settings = rt.settings
+    """The context of a ``step``, ``newsletter`` or ``confirm`` mail to ``subscriber``;
+    ``message_pk`` None (a preview, not a sent message) leaves ``links.view`` empty."""
     unsubscribe_token = rt.tokens.unsubscribe(subscriber.id)
-    links: dict[str, str] = {
-        "unsubscribe": rt.url(f"/unsubscribe/{unsubscribe_token}"),
-        "preferences": rt.url(f"/preferences/{unsubscribe_token}"),
-        "view": rt.url(f"/v/{rt.tokens.view(message_pk)}") if message_pk is not None else "",
-        "referral": referral_url(rt, subscriber.id),
-    }
-    if confirm_url is not None:
-        links["confirm"] = confirm_url
+    links = links_context(
+        unsubscribe=rt.url(f"/unsubscribe/{unsubscribe_token}"),
+        preferences=rt.url(f"/preferences/{unsubscribe_token}"),
+        view=rt.url(f"/v/{rt.tokens.view(message_pk)}") if message_pk is not None else "",
+        referral=referral_url(rt, subscriber.id),
+        confirm=rt.url(f"/confirm/{rt.tokens.confirm(subscriber.id)}") if kind == "confirm" else None,
+    )
+    return mail_context(rt.settings, subscriber, layer, links)
+
+
+def mail_context(
+    settings: Settings, subscriber: Subscriber, layer: Layer | None, links: dict[str, str]
+) -> dict[str, Any]:
     return {
         "subscriber": subscriber_context(subscriber, layer),
         "sender": sender_context(settings),
         "links": links,
     }
+
+
+def links_context(
+    *, unsubscribe: str, preferences: str, view: str, referral: str, confirm: str | None
+) -> dict[str, str]:
+    links = {"unsubscribe": unsubscribe, "preferences": preferences, "view": view, "referral": referral}
+    if confirm is not None:
+        links["confirm"] = confirm
+    return links
 
 
 def subscriber_context(subscriber: Subscriber, layer: Layer | None) -> dict[str, Any]:
@@ -63,36 +104,54 @@ def sender_context(settings: Settings) -> dict[str, str]:
     }
 
 
-SAMPLE_SUBSCRIBER = {
-    "email": "sam.sample@example.com",
-    "name": "Sam Sample",
-    "first_name": "Sam",
-    "layer": {"position": 1, "name": "New customer", "label": "Welcome"},
-    "attributes": {},
-    "tags": [],
-}
-
-
-def sample_context(settings: Settings, subscriber: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A recipient context for checks, previews and test sends: links lead to harmless pages."""
-    base = settings.base_url
+def enquiry_context(
+    settings: Settings, *, name: str, email: str, subject: str, body: str, answer_by: str
+) -> dict[str, Any]:
+    """The context of the acknowledgement of an enquiry (there may be no subscriber behind it)."""
     return {
-        "subscriber": subscriber or SAMPLE_SUBSCRIBER,
-        "sender": sender_context(settings),
-        "links": {
-            "unsubscribe": f"{base}/unsubscribe/sample",
-            "preferences": f"{base}/preferences/sample",
-            "view": f"{base}/v/sample",
-            "confirm": f"{base}/confirm/sample",
-        },
-        # What the enquiry acknowledgement sees (see enquiries.py); harmless for other templates.
         "enquiry": {
-            "name": "Ada Lovelace",
-            "first_name": "Ada",
-            "email": "ada@example.com",
-            "subject": "A question about my order",
-            "body": "Could you tell me when the next workshop is?",
-            "answer_by": "Wednesday 4 March",
-            "answer_within_h": 48,
+            "name": name,
+            "first_name": first_name(name),
+            "email": email,
+            "subject": subject,
+            "body": body,
+            "answer_by": answer_by,
+            "answer_within_h": settings.enquiry_answer_h,
         },
+        "sender": sender_context(settings),
     }
+
+
+def sample_subscriber() -> tuple[Subscriber, Layer]:
+    """A subscriber with no attributes and no tags (a template must not count on either)."""
+    return (
+        Subscriber(id=0, email="sam.sample@example.com", name="Sam Sample", attributes={}, tags=[]),
+        Layer(id=0, position=1, name="New customer", label="Welcome"),
+    )
+
+
+def sample_context(settings: Settings, kind: str) -> dict[str, Any]:
+    """The context a ``kind`` mail gets, for a sample recipient: every variable a real one has,
+    links to harmless pages. Uploads, previews and the checks of newsletters and steps all
+    render against it."""
+    if kind not in KINDS:
+        raise ValueError(f"no kind of mail {kind!r}")
+    if kind == "enquiry-ack":
+        return enquiry_context(
+            settings,
+            name="Ada Lovelace",
+            email="ada@example.com",
+            subject="A question about my order",
+            body="Could you tell me when the next workshop is?",
+            answer_by="Wednesday 4 March 2026",
+        )
+    base = settings.base_url
+    subscriber, layer = sample_subscriber()
+    links = links_context(
+        unsubscribe=f"{base}/unsubscribe/sample",
+        preferences=f"{base}/preferences/sample",
+        view=f"{base}/v/sample",
+        referral=f"{base}/r/sample",
+        confirm=f"{base}/confirm/sample" if kind == "confirm" else None,
+    )
+    return mail_context(settings, subscriber, layer, links)

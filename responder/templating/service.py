@@ -20,8 +20,9 @@ from ..models import Layer, Subscriber, Template
 from ..runtime import Runtime
 from ..validation import clean_email
 from .compile import Compiled, compile_template, detect_format
-from .context import recipient_context, sample_context
+from .context import recipient_context, sample_context, template_kinds
 from .render import NO_UNSUBSCRIBE_PURPOSES, Footer, Rendered, render_mail
+from .sendable import check_renders, kinds_in_use
 from .store import add_version
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,119}")
@@ -71,20 +72,30 @@ def template_json(template: Template, *, versions: int | None = None, with_sourc
 
 
 def compile_upload(rt: Runtime, upload: Upload) -> Compiled:
-    """Compile and render against a sample subscriber: raises ``TemplateError`` (422) if either
-    fails, before anything is stored."""
+    """Compile and render against the sample context of each kind of mail the template is for
+    (``context.template_kinds``): raises ``TemplateError`` (422) if either fails, before
+    anything is stored."""
     upload = upload.checked()
-    return compile_template(
-        upload.source, upload.subject, upload.source_format, upload.text, sample=sample_context(rt.settings)
-    )
+    samples = [sample_context(rt.settings, kind) for kind in template_kinds(upload.name, upload.purpose)]
+    return compile_template(upload.source, upload.subject, upload.source_format, upload.text, samples=samples)
+
+
+async def store_version(rt: Runtime, session: AsyncSession, upload: Upload, compiled: Compiled) -> Template:
+    """Add the new version, refused (and rolled back with the transaction) if it does not render
+    as a kind of mail that sends its name already: a step or an unfinished newsletter."""
+    template = await add_version(session, upload.name, compiled, upload.purpose, rt.clock.now())
+    own = template_kinds(upload.name, upload.purpose)
+    for kind in await kinds_in_use(session, upload.name):
+        if kind not in own:
+            check_renders(rt.settings, template, kind)
+    return template
 
 
 async def upload_template(rt: Runtime, upload: Upload) -> dict[str, Any]:
     """Store a new version of ``upload.name``; versions count up from 1."""
     compiled = compile_upload(rt, upload)
     async with rt.db.transaction() as session:
-        template = await add_version(session, upload.name, compiled, upload.purpose, rt.clock.now())
-        return template_json(template)
+        return template_json(await store_version(rt, session, upload, compiled))
 
 
 def _same(template: Template | None, upload: Upload) -> bool:
@@ -156,7 +167,7 @@ async def sync_folder(rt: Runtime, folder: Path) -> list[tuple[str, int, bool]]:
                 assert newest is not None
                 results.append((upload.name, newest.version, False))
                 continue
-            template = await add_version(session, upload.name, done, upload.purpose, rt.clock.now())
+            template = await store_version(rt, session, upload, done)
             results.append((upload.name, template.version, True))
     return results
 
@@ -207,17 +218,20 @@ async def _template(session: AsyncSession, name: str, version: int | None) -> Te
 async def render_preview(
     rt: Runtime, name: str, *, subscriber_id: int | None = None, version: int | None = None
 ) -> tuple[Rendered, Template]:
-    """Render a template as a subscriber (or the sample subscriber) would get it, links untracked."""
+    """Render a template as a subscriber (or the sample recipient) would get it in the first kind
+    of mail it is for, links untracked. The enquiry acknowledgement has no subscriber: always
+    the sample enquiry."""
     async with rt.db.read() as session:
         template = await _template(session, name, version)
-        if subscriber_id is None:
-            context = sample_context(rt.settings)
+        kind = template_kinds(template.name, template.purpose)[0]
+        if subscriber_id is None or kind == "enquiry-ack":
+            context = sample_context(rt.settings, kind)
         else:
             subscriber = await session.get(Subscriber, subscriber_id)
             if subscriber is None:
                 raise NotFound(f"no subscriber with id {subscriber_id}")
             layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
-            context = recipient_context(rt, subscriber, layer)
+            context = recipient_context(rt, subscriber, layer, kind)
     rendered = render_mail(
         subject=template.subject,
         html=template.html,
@@ -226,10 +240,15 @@ async def render_preview(
         track_link=None,
         open_pixel_url=None,
         base_url=rt.settings.base_url,
-        footer=Footer(
+        # As sent: the acknowledgement has no footer, the confirmation no unsubscribe link.
+        footer=None
+        if kind == "enquiry-ack"
+        else Footer(
             rt.settings.from_name,
             rt.settings.postal_address,
-            None if template.purpose in NO_UNSUBSCRIBE_PURPOSES else context["links"]["unsubscribe"],
+            None
+            if kind == "confirm" or template.purpose in NO_UNSUBSCRIBE_PURPOSES
+            else context["links"]["unsubscribe"],
         ),
     )
     return rendered, template

@@ -35,7 +35,7 @@ async def create_newsletter(request: web.Request) -> web.Response:
     rt = runtime(request)
     data = await read_input(request)
     async with rt.db.transaction() as session:
-        newsletter = await newsletters.create(session, data, rt.clock.now())
+        newsletter = await newsletters.create(session, data, rt.clock.now(), rt.settings)
         result = await newsletters.progress(session, newsletter)
     rt.wake_scheduler()
     return web.json_response(result, status=201)
@@ -61,7 +61,11 @@ describe(
                 },
             }
         ),
-        "responses": {"201": json_body(PROGRESS), "400": error("invalid input")},
+        "responses": {
+            "201": json_body(PROGRESS),
+            "400": error("invalid input"),
+            "422": error("no such template, or it does not render as a newsletter; nothing written"),
+        },
     },
 )
 

@@ -299,7 +299,7 @@ async def create_sequence(request: web.Request) -> web.Response:
     rt = runtime(request)
     data = await read_input(request)
     async with rt.db.transaction() as session:
-        sequence = await sequences.create_sequence(session, data, rt.clock.now())
+        sequence = await sequences.create_sequence(session, data, rt.clock.now(), rt.settings)
         return web.json_response(await sequences.sequence_json(session, sequence), status=201)
 
 
@@ -321,7 +321,11 @@ describe(
                 },
             }
         ),
-        "responses": {"201": json_body(OBJECT), "400": error("invalid input")},
+        "responses": {
+            "201": json_body(OBJECT),
+            "400": error("invalid input"),
+            "422": error("a step's template does not exist or does not render as a step; nothing written"),
+        },
     },
 )
 
@@ -331,7 +335,7 @@ async def add_step(request: web.Request) -> web.Response:
     rt = runtime(request)
     data = await read_input(request)
     async with rt.db.transaction() as session:
-        step = await sequences.add_step(session, path_int(request, "sequence"), data)
+        step = await sequences.add_step(session, path_int(request, "sequence"), data, rt.settings)
         return web.json_response(sequences.step_json(step), status=201)
 
 
@@ -342,7 +346,12 @@ describe(
         "summary": "Append a step to a sequence",
         "parameters": params("sequence"),
         "requestBody": body({**STEP_IN, "required": ["template", "purpose"]}),
-        "responses": {"201": json_body(OBJECT), "400": error("invalid input"), "404": error("no such sequence")},
+        "responses": {
+            "201": json_body(OBJECT),
+            "400": error("invalid input"),
+            "404": error("no such sequence"),
+            "422": error("a step's template does not exist or does not render as a step; nothing written"),
+        },
     },
 )
 
@@ -352,7 +361,9 @@ async def update_step(request: web.Request) -> web.Response:
     rt = runtime(request)
     data = await read_input(request)
     async with rt.db.transaction() as session:
-        step = await sequences.update_step(session, path_int(request, "sequence"), path_int(request, "step"), data)
+        step = await sequences.update_step(
+            session, path_int(request, "sequence"), path_int(request, "step"), data, rt.settings
+        )
         return web.json_response(sequences.step_json(step))
 
 
@@ -363,7 +374,12 @@ describe(
         "summary": "Change a step's delay, template, purpose, window or condition (nobody gets it twice)",
         "parameters": params("sequence", "step"),
         "requestBody": body(STEP_IN),
-        "responses": {"200": json_body(OBJECT), "400": error("invalid input"), "404": error("no such step")},
+        "responses": {
+            "200": json_body(OBJECT),
+            "400": error("invalid input"),
+            "404": error("no such step"),
+            "422": error("a step's template does not exist or does not render as a step; nothing written"),
+        },
     },
 )
 

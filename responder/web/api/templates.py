@@ -126,9 +126,11 @@ describe(
     "post",
     {
         "summary": "Upload a template (MJML or HTML with Jinja); an existing name gets a new version",
-        "description": "Compiled once and rendered against a sample subscriber before anything is "
-        "stored; a template that fails either is refused with 422 naming the part, "
-        "the line and the problem.",
+        "description": "Compiled once and rendered against the sample context of the kind of mail it "
+        "is for (the confirmation if named or purposed confirm, the enquiry acknowledgement if named "
+        "enquiry-ack or purposed enquiry, else list mail) and of every step or unfinished newsletter "
+        "that sends its name, before anything is stored; a template that fails is refused with 422 "
+        "naming the part, the line and the problem.",
         "requestBody": {
             "required": True,
             "content": {

@@ -10,10 +10,11 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
-from ....errors import Conflict, ValidationError
+from ....errors import Conflict, TemplateError, ValidationError
 from ....funnel import newsletters
 from ....models import Layer
 from ....templating import service
+from ....templating.context import template_kinds
 from ...http import runtime
 from ..auth import see_other
 from ..nav import NavItem
@@ -78,7 +79,12 @@ async def _list(
         error=error,
         newsletters=rows,
         layers=layers,
-        templates=await service.list_templates(runtime(request)),
+        # Only templates written for list mail: not the confirmation or the acknowledgement.
+        templates=[
+            t
+            for t in await service.list_templates(runtime(request))
+            if "newsletter" in template_kinds(t["name"], t["purpose"])
+        ],
         form=form or {"layers": [], "when": "now"},
     )
 
@@ -95,12 +101,14 @@ async def compose(request: web.Request) -> web.Response:
     try:
         data = compose_input(form)
         async with rt.db.transaction() as session:
-            newsletter = await newsletters.create(session, data, rt.clock.now())
+            newsletter = await newsletters.create(session, data, rt.clock.now(), rt.settings)
             newsletter_id = newsletter.id
-    except ValidationError as exc:
+    except (ValidationError, TemplateError) as exc:
+        # Shown beside the form, which keeps what was typed: 400 for bad input, 422 for a
+        # template that is missing or does not render as a newsletter.
         kept = {k: str(form.get(k, "")) for k in ("name", "template", "tags", "when", "send_at")}
         kept["layers"] = [str(p) for p in form.getall("layers", [])]  # type: ignore[assignment]
-        return await _list(request, status=400, error=exc.message, form=kept)
+        return await _list(request, status=exc.status, error=exc.message, form=kept)
     rt.wake_scheduler()
     return see_other(f"/admin/newsletters/{newsletter_id}")
 

@@ -1,0 +1,75 @@
+"""Whether a template can be sent as a kind of mail: it exists, and its newest version renders
+against that kind's sample context (``context.sample_context``) through the same sandboxed
+``render_mail`` the delivery worker uses.
+
+Newsletters and sequence steps check the template they name before they are written; an upload
+checks the new version against every kind of mail that sends its name now (``kinds_in_use``),
+so a new version cannot break a step or a newsletter on its way.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..delivery.build import newest_template
+from ..errors import TemplateError
+from ..models import Newsletter, Step, Template
+from ..settings import Settings
+from .context import KIND_NAMES, sample_context
+from .render import render_mail
+from .sandbox import html_env, render_string, text_env
+
+# A newsletter in these states will still render its template (the newest version at send time).
+UNFINISHED = ("draft", "scheduled", "sending", "paused")
+
+
+def check_renders(settings: Settings, template: Template, kind: str) -> None:
+    """Raise ``TemplateError`` (422) naming the template, the part and the problem if
+    ``template`` does not render as a ``kind`` mail."""
+    context = sample_context(settings, kind)
+    parts = (
+        ("subject", template.subject, text_env()),
+        ("body", template.source, html_env()),
+        ("text", template.text, text_env()),
+    )
+    try:
+        # The source first, as at upload, so a failure names the line the author wrote; then
+        # what sending renders.
+        for part, source, env in parts:
+            if source is not None:
+                render_string(env, source, context, part)
+        render_mail(
+            subject=template.subject,
+            html=template.html,
+            text=template.text,
+            context=context,
+            track_link=None,
+            open_pixel_url=None,
+            base_url=settings.base_url,
+        )
+    except TemplateError as exc:
+        raise TemplateError(
+            f"template {template.name!r} cannot be sent as {KIND_NAMES[kind]}: {exc.message}", field="template"
+        ) from exc
+
+
+async def sendable_template(session: AsyncSession, settings: Settings, name: str, kind: str) -> Template:
+    """The newest version of ``name`` if it renders as a ``kind`` mail, else ``TemplateError``."""
+    template = await newest_template(session, name)
+    if template is None:
+        raise TemplateError(f"no template named {name!r}: upload it first", field="template")
+    check_renders(settings, template, kind)
+    return template
+
+
+async def kinds_in_use(session: AsyncSession, name: str) -> list[str]:
+    """The kinds of list mail that send template ``name``: a step names it, or a newsletter not
+    yet finished."""
+    kinds = []
+    if (await session.execute(select(Step.id).where(Step.template_name == name).limit(1))).first():
+        kinds.append("step")
+    unfinished = select(Newsletter.id).where(Newsletter.template_name == name, Newsletter.state.in_(UNFINISHED))
+    if (await session.execute(unfinished.limit(1))).first():
+        kinds.append("newsletter")
+    return kinds
