@@ -113,7 +113,10 @@ PREFETCH = ("prefetch", "prerender", "preview")  # values of the purpose headers
 WINDOW_S = 10.0  # default reach of a trap hit and span of a sweep (``RESPONDER_MACHINE_WINDOW_S``)
 BURST_S = 1.0  # two different links of one mail within this: nobody clicks that fast
 PIXEL_SWEEP_S = 1.0  # the pixel and a link from one address within this: nobody reads that fast
-SWEEP_LINKS = 3  # this many different links of one mail from one address within the window
+# "Most of a mail's links": the number of links a mail carries is not stored, and the starter
+# mails carry two tracked ones, so two different links of one mail from one address within the
+# window is a sweep. A person opening a second article within seconds of the first is the cost.
+SWEEP_LINKS = 2
 
 
 @dataclass(slots=True)  # not frozen: built on every click request, and frozen init is slower
@@ -239,8 +242,9 @@ def neighbours(seen: Sequence[Seen], *, window_s: float = WINDOW_S) -> dict[int,
     - ``trap_window``: within ``window_s`` before or after a trap hit on the same mail;
     - ``sweep``: two different links within ``BURST_S`` (from anywhere: the mail has one
       reader); or, from one address, ``SWEEP_LINKS`` different links within ``window_s``
-      (whatever the spacing inside it), or the pixel and a link within ``PIXEL_SWEEP_S``. Every
-      hit of that address inside the sweep's span is part of it.
+      (whatever the spacing inside it: a browser-driven scanner paces its clicks), or the pixel
+      and a link within ``PIXEL_SWEEP_S``. Every hit of that address inside the sweep's span is
+      part of it.
     """
     order = sorted(range(len(seen)), key=lambda i: seen[i].at)
     turned: dict[int, str] = {}
