@@ -136,6 +136,12 @@ class Verdict:
     reason: str
 
 
+# One of each: a frozen dataclass costs a microsecond to build, and the writer judges every hit.
+_VERDICTS = {reason: Verdict(False, reason) for reason in HUMAN_REASONS} | {
+    reason: Verdict(True, reason) for reason in REASONS
+}
+
+
 def _ipv4(ip: str) -> str:
     return ip.removeprefix("::ffff:")
 
@@ -203,20 +209,22 @@ def classify(req: Request, sent_at: dt.datetime | None, *, after_send_s: float) 
     """One request's verdict from what it carries; ``neighbours`` may still turn it machine."""
     agent, safari, agent_reason = _agent(req.user_agent)
     if req.method == "HEAD":
-        return Verdict(True, "head")
-    if req.prefetch:
-        return Verdict(True, "prefetch")
-    if req.trap:
-        return Verdict(True, "trap")
-    if _in_apple(req.ip) and (agent in ("", "Mozilla/5.0") or not safari):
-        return Verdict(True, "apple_mpp")
-    if agent_reason == "scanner_agent":
-        return Verdict(True, agent_reason)
-    if req.ip is not None and _ipv4(req.ip) in _SCANNERS:
-        return Verdict(True, "scanner_network")
-    if sent_at is not None and (req.at - sent_at).total_seconds() < after_send_s:
-        return Verdict(True, "too_soon")
-    return Verdict(False, agent_reason or HUMAN)
+        reason = "head"
+    elif req.prefetch:
+        reason = "prefetch"
+    elif req.trap:
+        reason = "trap"
+    elif _in_apple(req.ip) and (agent in ("", "Mozilla/5.0") or not safari):
+        reason = "apple_mpp"
+    elif agent_reason == "scanner_agent":
+        reason = agent_reason
+    elif req.ip is not None and _ipv4(req.ip) in _SCANNERS:
+        reason = "scanner_network"
+    elif sent_at is not None and (req.at - sent_at).total_seconds() < after_send_s:
+        reason = "too_soon"
+    else:
+        reason = agent_reason or HUMAN
+    return _VERDICTS[reason]
 
 
 @dataclass(frozen=True, slots=True)

@@ -237,9 +237,10 @@ class EventRows:
         self.window = dt.timedelta(seconds=window_s)
         self.promoting = promoting
         self.text_times = text_times
-        self.rows: list[list[Any]] = []
+        self.rows: list[tuple[Any, ...]] = []
         self.remarks: list[tuple[str, int]] = []
-        self._seen: list[tuple[int, Seen]] = []  # per row: its message and what neighbours see
+        self._times: list[dt.datetime] = []  # per row: its time (the row may hold it as text)
+        self._checked: set[int] = set()  # the mails ``to_check`` asked to read
 
     def add(self, hits: list[tuple[Any, ...]], messages: dict[int, tuple[int, dt.datetime | None]]) -> None:
         for message_pk, kind, method, agent, ip, micros, trap, prefetch, url in hits:
@@ -251,9 +252,9 @@ class EventRows:
             verdict = classify(
                 Request(kind, method, agent, ip, at, trap, prefetch), sent_at, after_send_s=self.after_send_s
             )
-            self._seen.append((message_pk, Seen(kind, url, ip, at, verdict.reason)))
+            self._times.append(at)
             self.rows.append(
-                [
+                (
                     subscriber_id,
                     message_pk,
                     kind,
@@ -264,33 +265,34 @@ class EventRows:
                     verdict.reason,
                     "{}",
                     stored_text(micros) if self.text_times else at,
-                ]
+                )
             )
 
     def to_check(self, recent: RecentClicks) -> tuple[list[int], dt.datetime, dt.datetime] | None:
         """The mails whose stored opens and clicks may change a verdict (those clicked in this
         batch, and those opened here and clicked lately), and the times to read them between."""
-        for message_pk, seen in self._seen:
-            if seen.kind == "click":
-                recent.note(message_pk, seen.at)
-        checked = [
-            (message_pk, seen.at)
-            for message_pk, seen in self._seen
-            if seen.kind == "click" or recent.near(message_pk, seen.at, self.window)
+        rows, times = self.rows, self._times
+        clicked = [n for n, row in enumerate(rows) if row[2] == "click"]
+        for n in clicked:
+            recent.note(rows[n][1], times[n])
+        checked = clicked + [
+            n for n, row in enumerate(rows) if row[2] == "open" and recent.near(row[1], times[n], self.window)
         ]
         if not checked:
             return None
-        times = [at for _, at in checked]
-        return sorted({message_pk for message_pk, _ in checked}), min(times) - self.window, max(times) + self.window
+        self._checked = {rows[n][1] for n in checked}
+        span = [times[n] for n in checked]
+        return sorted(self._checked), min(span) - self.window, max(span) + self.window
 
     def mark(self, stored: Iterable[Stored]) -> None:
         """Judge each checked mail's hits beside its stored opens and clicks: the new rows and
         the stored events that ``neighbours`` turns machine."""
-        mails: dict[int, tuple[list[Seen], list[int]]] = {}  # per mail: what is seen, and whose
-        for n, (message_pk, seen) in enumerate(self._seen):
-            seen_list, owners = mails.setdefault(message_pk, ([], []))
-            seen_list.append(seen)
-            owners.append(n)
+        mails: dict[int, tuple[list[Seen], list[int]]] = {pk: ([], []) for pk in self._checked}
+        for n, row in enumerate(self.rows):  # per mail: what is seen, and whose (row, or -event id)
+            mail = mails.get(row[1])
+            if mail is not None:
+                mail[0].append(Seen(row[2], row[3], row[4], self._times[n], row[VERDICT]))
+                mail[1].append(n)
         for event_id, stored_pk, kind, url, ip, machine, verdict, at in stored:
             mail = mails.get(stored_pk) if stored_pk is not None else None
             if mail is not None:
@@ -305,8 +307,8 @@ class EventRows:
                 if owner < 0:
                     self.remarks.append((reason, -owner))
                 else:
-                    self.rows[owner][MACHINE] = True
-                    self.rows[owner][VERDICT] = reason
+                    row = self.rows[owner]
+                    self.rows[owner] = (*row[:MACHINE], True, reason, *row[VERDICT + 1 :])
 
     def human(self) -> dict[int, set[str]]:
         """The subscribers with human events of promoting types, by type."""
@@ -319,8 +321,9 @@ class EventRows:
     def in_index_order(self) -> list[tuple[Any, ...]]:
         """The rows by subscriber and message, the keys of the events table's indexes: SQLite
         then spends about 10 µs a row on a 400,000-event table instead of 17 µs for the same
-        rows in arrival order."""
-        return [tuple(row) for row in sorted(self.rows, key=_index_order)]
+        rows in arrival order. Call it last: ``mark`` finds rows by their place."""
+        self.rows.sort(key=_index_order)
+        return self.rows
 
 
 def hit_of(message_pk: int, request: Request, url: str | None = None) -> tuple[Any, ...]:
@@ -339,7 +342,7 @@ def hit_of(message_pk: int, request: Request, url: str | None = None) -> tuple[A
     )
 
 
-def _index_order(row: list[Any]) -> tuple[int, int]:
+def _index_order(row: tuple[Any, ...]) -> tuple[int, int]:
     return row[0], row[1]
 
 
