@@ -236,6 +236,9 @@ class Event(Base):
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(512))
     machine: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Why an open or click is human or machine (``core.machine``: ``human``, ``gmail_proxy``,
+    # ``trap``, ``sweep`` …), and ``auto_reply`` for an automatic reply; NULL for the rest.
+    verdict: Mapped[str | None] = mapped_column(String(16))
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime]
 

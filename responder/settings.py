@@ -271,6 +271,13 @@ SPECS: tuple[Spec, ...] = (
         parse_track_writer,
     ),
     Spec("machine_after_send_s", "10", "opens and clicks sooner than this after delivery count as machine", parse_int),
+    Spec(
+        "machine_window_s",
+        "10",
+        "a mail's opens and clicks this close to a trap hit, or in one sweep of its links, count as machine;"
+        " human ones are judged for promotion this long after they happen",
+        parse_float,
+    ),
     Spec("enquiry_answer_h", "48", "hours within which the acknowledgement promises an answer", parse_int),
     Spec(
         "enquiry_digest_to",
@@ -334,6 +341,7 @@ class Settings:
     track_queue_max: int = 20000
     track_writer: str = "process"
     machine_after_send_s: int = 10
+    machine_window_s: float = 10.0
     enquiry_answer_h: int = 48
     enquiry_digest_to: str = ""
     enquiry_digest_after_s: int = 86400
@@ -414,6 +422,7 @@ class Settings:
             track_queue_max=parsed["track_queue_max"],
             track_writer=parsed["track_writer"],
             machine_after_send_s=parsed["machine_after_send_s"],
+            machine_window_s=parsed["machine_window_s"],
             enquiry_answer_h=parsed["enquiry_answer_h"],
             enquiry_digest_to=parsed["enquiry_digest_to"] or from_email,
             enquiry_digest_after_s=parsed["enquiry_digest_after_s"],
@@ -484,6 +493,7 @@ class Settings:
             "track_queue_max": str(self.track_queue_max),
             "track_writer": self.track_writer,
             "machine_after_send_s": str(self.machine_after_send_s),
+            "machine_window_s": str(self.machine_window_s),
             "enquiry_answer_h": str(self.enquiry_answer_h),
             "enquiry_digest_to": self.enquiry_digest_to,
             "enquiry_digest_after_s": str(self.enquiry_digest_after_s),

@@ -6,11 +6,11 @@ import datetime as dt
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from responder.db import Database, alembic_config
-from responder.models import ConsentRecord, Subscriber
+from responder.models import ConsentRecord, Event, Subscriber
 
 
 @pytest.fixture
@@ -137,6 +137,62 @@ async def test_enquiry_mails_stuck_sending_before_leases_fail_on_upgrade(databas
         assert [tuple(row) for row in rows] == [
             ("a@example.com", "failed", "failed", None),
             ("b@example.com", "due", None, None),
+        ]
+    finally:
+        await database.dispose()
+
+
+async def test_verdicts_move_from_data_to_their_column_on_upgrade(database_url: str) -> None:
+    """i16 keeps each open's and click's verdict reason in ``events.verdict``: machine reasons
+    leave ``data``, the old ``burst`` is a ``sweep``, human ones are ``human``, and opens through
+    Gmail's and Yahoo's image proxies, once counted machine, become the human opens they are."""
+    from alembic import command
+
+    database = Database(database_url)
+    try:
+
+        def upgrade_to(target: str) -> object:
+            def run(connection: object) -> None:
+                cfg = alembic_config()
+                cfg.attributes["connection"] = connection
+                command.upgrade(cfg, target)
+
+            return run
+
+        async with database.writer.begin() as conn:
+            await conn.run_sync(upgrade_to("i11_import_heartbeat"))
+            await conn.execute(
+                text(
+                    "INSERT INTO subscribers (id, email, name, status, attributes, tags, created_at)"
+                    " VALUES (1, 'a@example.com', '', 'active', '{}', '[]', '2026-01-01 00:00:00')"
+                )
+            )
+            rows = [
+                ("open", False, "{}"),
+                ("open", True, '{"machine_reason": "gmail_proxy"}'),
+                ("open", True, '{"machine_reason": "apple_mpp"}'),
+                ("click", True, '{"machine_reason": "burst", "kept": 1}'),
+                ("click", False, "{}"),
+                ("reply", False, '{"subject": "hi"}'),
+            ]
+            for n, (type_, machine, data) in enumerate(rows, start=1):
+                await conn.execute(
+                    text(
+                        "INSERT INTO events (id, subscriber_id, type, machine, data, created_at)"
+                        " VALUES (:id, 1, :type, :machine, :data, '2026-01-01 00:00:00')"
+                    ),
+                    {"id": n, "type": type_, "machine": machine, "data": data},
+                )
+        await database.migrate()
+        async with database.read() as session:
+            events = (await session.execute(select(Event).order_by(Event.id))).scalars().all()
+        assert [(e.type, e.machine, e.verdict, e.data) for e in events] == [
+            ("open", False, "human", {}),
+            ("open", False, "gmail_proxy", {}),
+            ("open", True, "apple_mpp", {}),
+            ("click", True, "sweep", {"kept": 1}),
+            ("click", False, "human", {}),
+            ("reply", False, None, {"subject": "hi"}),
         ]
     finally:
         await database.dispose()

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from sqlalchemy import select
 
 from responder.app import start_runtime
-from responder.audience.enquiries import MAX_ACK_ATTEMPTS, EnquiryIn, EnquiryLoop, is_automatic, open_enquiry
+from responder.audience.enquiries import MAX_ACK_ATTEMPTS, EnquiryIn, EnquiryLoop, open_enquiry
 from responder.audience.enquiry_admin import answer
 from responder.clock import FakeClock
 from responder.delivery.transport import make_transport
@@ -29,28 +28,6 @@ async def acknowledged(app: App, count: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"expected {count} acknowledgements recorded")
-
-
-@pytest.mark.parametrize(
-    "email, headers, reason",
-    [
-        ("ann@example.com", {}, ""),
-        ("ann@example.com", {"Auto-Submitted": "no"}, ""),
-        ("ann@example.com", {"Auto-Submitted": "auto-replied"}, "auto-submitted"),
-        ("ann@example.com", {"auto-submitted": "Auto-Generated"}, "auto-submitted"),
-        ("ann@example.com", {"Precedence": "bulk"}, "precedence"),
-        ("ann@example.com", {"Precedence": "list"}, "precedence"),
-        ("ann@example.com", {"Return-Path": "<>"}, "null sender"),
-        ("ann@example.com", {"Content-Type": "multipart/report; report-type=delivery-status"}, "delivery report"),
-        ("ann@example.com", {"List-Id": "<news.example.com>"}, "list-id"),
-        ("ann@example.com", {"X-Autoreply": "yes"}, "x-autoreply"),
-        ("MAILER-DAEMON@example.com", {}, "robot address"),
-        ("noreply@example.com", {}, "robot address"),
-        ("bounces+123@example.com", {}, "robot address"),
-    ],
-)
-def test_is_automatic(email: str, headers: dict[str, str], reason: str) -> None:
-    assert is_automatic(email, headers) == reason
 
 
 async def test_form_enquiry_is_acknowledged_with_the_question_quoted(papp: App) -> None:
@@ -137,11 +114,17 @@ async def test_reply_enquiry_is_acknowledged_once_and_never_answers_robots(papp:
     async with papp.rt.db.read() as session:
         rows = {e.id: e for e in (await session.execute(select(Enquiry))).scalars()}
         events = (await session.execute(select(Event).where(Event.type == "enquiry"))).scalars().all()
-    assert rows[auto].ack_state == "skipped" and rows[real].ack_state == "sent"
+    assert auto is None and list(rows) == [real]  # an automatic reply is never an enquiry
+    assert rows[real].ack_state == "sent"
     assert rows[real].message_id == message and rows[real].subscriber_id == subscriber
     assert events == []
     acks = [r for r in papp.smtp.to("cy@example.com") if r.message["Auto-Submitted"]]
     assert len(acks) == 1  # the out-of-office reply got no acknowledgement
+    # A form's question typed with a robot's address is kept, but never acknowledged.
+    robot = await open_enquiry(papp.rt, EnquiryIn(email="noreply@example.com", body="Prices?"))
+    async with papp.rt.db.read() as session:
+        kept = await session.get(Enquiry, robot)
+    assert kept is not None and kept.ack_state == "skipped"
 
 
 async def test_follow_up_queue_answer_close_and_digest(papp: App) -> None:

@@ -13,6 +13,7 @@ from responder.funnel.scheduler import Scheduler
 from responder.models import Event, LayerHistory, Message, Subscriber
 
 from .conftest import App
+from .public_fixtures import flushed
 
 LINK = re.compile(r'href="([^"]+)"')
 
@@ -106,6 +107,10 @@ async def test_whole_loop(app: App) -> None:
         app.path(second_click.replace("&amp;", "&")), allow_redirects=False, headers={"User-Agent": "Mozilla/5.0"}
     )
     assert resp.status == 302
+    # Judged once no late trap hit or sweep can turn the click machine (machine_window_s).
+    await flushed(app)
+    app.clock.advance(11)
+    await flushed(app)
 
     layer2 = (await smtp.wait_for(4, "ada@example.com"))[3]
     assert layer2.message["Subject"] == "Getting the most from what you already have"

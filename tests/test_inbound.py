@@ -1,17 +1,20 @@
 """The inbound SMTP server inside the app: DSN bounces (hard and soft), ARF complaints, mailto
-unsubscribes, human replies as ``reply`` events, automatic replies never counted, and mail for
+unsubscribes, human replies as ``reply`` events, automatic replies kept as machine replies that
+never promote nor open an enquiry (one verdict, ``auto_reply``, on every path), and mail for
 anyone else refused at RCPT."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import aiosmtplib
 import pytest
 from sqlalchemy import select
 
-from responder.core.inbound import classify
-from responder.models import Enquiry, Event, Message
+from responder.audience.enquiries import EnquiryIn, open_enquiry
+from responder.core.inbound import auto_reply, classify
+from responder.models import Enquiry, Event, LayerHistory, Message
 
 from .conftest import App, free_port, running_app
 from .delivery_fixtures import message, queue_newsletter, subscriber
@@ -191,14 +194,19 @@ async def test_human_reply_is_a_reply_event_and_auto_replies_are_not(inbound_app
         inbound_app, "eli@example.org", got.mail_from, plain(got.mail_from, "Away", "Away.", X_Autoreply="yes")
     )
     await deliver(inbound_app, "", reply_to, plain(reply_to, "Vacation", "gone"))
-    assert await events(inbound_app, "reply") == []
+    automatic = await events(inbound_app, "reply")
+    assert [(e.machine, e.data["auto_reply"]) for e in automatic] == [
+        (True, "auto-submitted"),
+        (True, "x-autoreply"),
+        (True, "null sender"),
+    ]
     await deliver(
         inbound_app,
         "eli@example.org",
         reply_to,
         plain(reply_to, "Re: hello", "Thanks, this helped. How do I start?", In_Reply_To=got.message["Message-ID"]),
     )
-    [reply] = await events(inbound_app, "reply")
+    [reply] = [e for e in await events(inbound_app, "reply") if not e.machine]
     eli = await subscriber(inbound_app.rt, "eli@example.org")
     assert (reply.subscriber_id, reply.message_id, reply.machine) == (eli.id, pk, False)
     assert reply.data["subject"] == "Re: hello" and "How do I start?" in reply.data["snippet"]
@@ -228,20 +236,101 @@ async def test_mail_for_other_or_forged_addresses_is_refused(inbound_app: App) -
         assert refused.value.recipients[0].code == 550
 
 
+OUT_OF_OFFICE = {"Subject": "Automatic reply: Welcome to Acme", "X-Auto-Response-Suppress": "All"}
+
+
+async def test_an_out_of_office_reply_without_auto_submitted_neither_promotes_nor_opens_an_enquiry(
+    inbound_app: App,
+) -> None:
+    """Exchange's automatic replies carry ``X-Auto-Response-Suppress`` and an "Automatic
+    reply:" subject but no ``Auto-Submitted``. The default rule promotes on any reply: this one
+    is a machine reply, the subscriber stays where they are, and no enquiry is opened (the
+    enquiry queue asks the same verdict)."""
+    pk, got = await sent_to(inbound_app, "gus@example.org")
+    reply_to = got.message["Reply-To"].addresses[0].addr_spec
+    inbound_app.clock.advance(60)  # a reply after entering the layer promotes: a person's would
+    await deliver(
+        inbound_app,
+        "gus@example.org",
+        reply_to,
+        plain(
+            reply_to,
+            OUT_OF_OFFICE["Subject"],
+            "I am out of the office until 12 January.",
+            X_Auto_Response_Suppress="All",
+            In_Reply_To=got.message["Message-ID"],
+        ),
+    )
+    [reply] = await events(inbound_app, "reply")
+    assert (reply.message_id, reply.machine, reply.data["auto_reply"]) == (pk, True, "x-auto-response-suppress")
+    gus = await subscriber(inbound_app.rt, "gus@example.org")
+    async with inbound_app.rt.db.read() as session:
+        assert (await session.execute(select(LayerHistory))).first() is None
+        assert (await session.execute(select(Enquiry))).first() is None
+    assert gus.last_human_at is None
+    enquiry = EnquiryIn(
+        email="gus@example.org", body="I am out of the office.", source="reply", subscriber_id=gus.id, message_id=pk
+    )
+    assert await open_enquiry(inbound_app.rt, replace(enquiry, headers=OUT_OF_OFFICE)) is None
+    await deliver(inbound_app, "gus@example.org", reply_to, plain(reply_to, "Re: Welcome to Acme", "Thanks!"))
+    async with inbound_app.rt.db.read() as session:
+        [move] = (await session.execute(select(LayerHistory))).scalars().all()  # a person's reply does
+        [opened] = (await session.execute(select(Enquiry))).scalars().all()
+    assert move.subscriber_id == gus.id and opened.subject == "Re: Welcome to Acme"
+
+
 @pytest.mark.parametrize(
-    ("headers", "kind"),
+    ("fields", "sender", "reason"),
     [
-        ("Auto-Submitted: auto-replied\n", "auto"),
-        ("Auto-Submitted: auto-generated\n", "auto"),
-        ("Auto-Submitted: no\n", "human"),
-        ("Precedence: bulk\n", "auto"),
-        ("X-Autorespond: yes\n", "auto"),
-        ("", "human"),
+        ({"Subject": "Re: hello"}, "ann@example.org", ""),
+        ({"Auto-Submitted": "no"}, "ann@example.org", ""),
+        ({"Auto-Submitted": "auto-replied"}, "ann@example.org", "auto-submitted"),
+        ({"auto-submitted": "Auto-Generated"}, "ann@example.org", "auto-submitted"),
+        ({"Precedence": "bulk"}, None, "precedence"),
+        ({"Precedence": "list"}, None, "precedence"),
+        ({"Precedence": "auto_reply"}, None, "precedence"),
+        ({"X-Auto-Response-Suppress": "All"}, None, "x-auto-response-suppress"),
+        ({"X-Autoreply": "yes"}, None, "x-autoreply"),
+        ({"X-Autorespond": "yes"}, None, "x-autorespond"),
+        ({"List-Id": "<news.example.com>"}, None, "list-id"),
+        ({"List-Unsubscribe": "<mailto:u@example.com>"}, None, "list-unsubscribe"),
+        ({}, "", "null sender"),
+        ({}, "<>", "null sender"),
+        ({"Return-Path": "<>"}, None, "null sender"),
+        ({"Content-Type": "multipart/report; report-type=disposition-notification"}, None, "report"),
+        ({}, "MAILER-DAEMON@example.com", "robot address"),
+        ({}, "noreply@example.com", "robot address"),
+        ({}, "bounces+123@example.com", "robot address"),
+        ({"From": "Shop <no-reply@shop.example>"}, "x@shop.example", "robot address"),
+        ({"Subject": "Automatic reply: Welcome"}, None, "subject"),
+        ({"Subject": "AutoReply: Welcome"}, None, "subject"),
+        ({"Subject": "Auto: Welcome"}, None, "subject"),
+        ({"Subject": "Out of Office: Welcome"}, None, "subject"),
+        ({"Subject": "[Auto-Reply] Welcome"}, None, "subject"),
+        ({"Subject": "Abwesenheitsnotiz: Willkommen"}, None, "subject"),
+        ({"Subject": "Automatische Antwort: Willkommen"}, None, "subject"),
+        ({"Subject": "Réponse automatique : Bienvenue"}, None, "subject"),
+        ({"Subject": "=?utf-8?q?R=C3=A9ponse_automatique_:_Bienvenue?="}, None, "subject"),
+        ({"Subject": "Respuesta automática: Bienvenido"}, None, "subject"),
+        ({"Subject": "Risposta automatica: Benvenuto"}, None, "subject"),
+        ({"Subject": "Automatisch antwoord: Welkom"}, None, "subject"),
+        ({"Subject": "Autosvar: Välkommen"}, None, "subject"),
+        ({"Subject": "Odpowiedź automatyczna: Witamy"}, None, "subject"),
+        ({"Subject": "Автоматический ответ: Добро пожаловать"}, None, "subject"),
+        ({"Subject": "自動応答: ようこそ"}, None, "subject"),
+        ({"Subject": "Re: Out of office plans"}, None, ""),  # a person writing about one
+        ({"Subject": "Re: Automatic reply settings"}, None, ""),
     ],
 )
-def test_rfc3834_auto_submitted(headers: str, kind: str) -> None:
-    data = f"From: a@b.example\nSubject: s\n{headers}\nbody\n".encode()
-    assert classify(data).kind == kind
+def test_auto_reply_verdict(fields: dict[str, str], sender: str | None, reason: str) -> None:
+    assert auto_reply(fields, sender) == reason
+    if sender is not None and "Return-Path" not in fields:  # the same verdict from the raw mail
+        headers = "".join(f"{name}: {value}\n" for name, value in fields.items())
+        data = f"From: a@b.example\nTo: r@x.example\n{headers}\nbody\n".encode()
+        if "From" in fields:
+            data = data.replace(b"From: a@b.example\n", b"", 1)
+        report = classify(data, sender=sender)
+        assert (report.kind, report.auto_reason) == (("auto", reason) if reason else ("human", ""))
 
 
 def test_dsn_and_arf_parsing() -> None:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from responder.db import Database
-from responder.models import LayerHistory
+from responder.models import Layer, LayerHistory
 from responder.tracking.links import TRAP
 from responder.tracking.writer import RowWriter, WriteFailed
 from responder.web.public.track import GIF
@@ -26,6 +26,9 @@ from .conftest import App, FakeClock, SmtpSink, running_app
 from .public_fixtures import another_message, events, flushed, make_subscriber, state
 
 BROWSER = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0"}
+GMAIL = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+YAHOO = "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html"
+WINDOW_S = 10  # RESPONDER_MACHINE_WINDOW_S: judgements wait this long after the events
 
 
 def open_path(app: App, message_pk: int) -> str:
@@ -34,6 +37,25 @@ def open_path(app: App, message_pk: int) -> str:
 
 def click_path(app: App, message_pk: int, url: str) -> str:
     return f"/c/{app.rt.tokens.click(message_pk, url)}"
+
+
+async def moves(app: App) -> list[LayerHistory]:
+    async with app.rt.db.read() as session:
+        return list((await session.execute(select(LayerHistory).order_by(LayerHistory.id))).scalars())
+
+
+async def watch_opens(app: App) -> None:
+    """Layer 1 promotes on any human open."""
+    async with app.rt.db.transaction() as session:
+        layer = (await session.execute(select(Layer).where(Layer.position == 1))).scalar_one()
+        layer.rule = {"promote": {"on_any": ["open"]}}
+
+
+async def judged(app: App) -> None:
+    """Move the clock past the window the judgement of the events so far waits, and let it run."""
+    await flushed(app)
+    app.clock.advance(WINDOW_S + 1)
+    await flushed(app)
 
 
 async def test_pixel_always_answers_the_gif(papp: App) -> None:
@@ -103,8 +125,8 @@ async def test_pixel_answered_ahead_of_the_router_behaves_as_the_route(papp: App
     assert resp.status == 405
     await flushed(papp)
     opens = await events(papp, type="open")
-    assert [(e.machine, e.data.get("machine_reason"), e.ip) for e in opens] == [
-        (False, None, "127.0.0.1"),
+    assert [(e.machine, e.verdict, e.ip) for e in opens] == [
+        (False, "human", "127.0.0.1"),
         (True, "head", "127.0.0.1"),
     ]
 
@@ -160,28 +182,79 @@ async def test_click_redirects_and_bad_tokens_never_redirect(papp: App) -> None:
 
 
 async def test_machine_signals_are_recorded_with_their_reason(papp: App) -> None:
-    _, message = await make_subscriber(papp)
+    subscriber, message = await make_subscriber(papp)
     _, fresh = await make_subscriber(papp, "fresh@example.com", sent_ago_s=2)
     client = papp.client
-    await client.head(click_path(papp, message, "https://a.example/"), allow_redirects=False)
-    await client.get(click_path(papp, message, TRAP), headers=BROWSER)
-    await client.get(
-        open_path(papp, message),
-        headers={
-            "User-Agent": "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
-        },
-    )
-    await client.get(open_path(papp, message), headers={"User-Agent": "python-requests/2.32"})
     await client.get(open_path(papp, fresh), headers=BROWSER)
     await flushed(papp)
-    reasons = [(e.type, e.data.get("machine_reason")) for e in await events(papp) if e.machine]
-    assert reasons == [
-        ("click", "head"),
-        ("click", "trap"),
-        ("open", "gmail_proxy"),
-        ("open", "scanner_agent"),
-        ("open", "too_soon"),
+    requests = [
+        (client.head, click_path(papp, message, "https://a.example/"), {}),
+        (client.get, click_path(papp, message, "https://a.example/"), {**BROWSER, "Sec-Purpose": "prefetch"}),
+        (client.get, open_path(papp, message), {**BROWSER, "Purpose": "prefetch"}),
+        (client.get, open_path(papp, message), {**BROWSER, "X-Moz": "prefetch"}),
+        (client.get, open_path(papp, message), {"User-Agent": "python-requests/2.32"}),
+        (client.get, open_path(papp, message), {"User-Agent": ""}),
+        # Not behind a trusted proxy, so the forwarded address is not believed: a person.
+        (client.get, open_path(papp, message), {**BROWSER, "X-Forwarded-For": "40.94.29.7"}),
     ]
+    for method, path, headers in requests:
+        papp.clock.advance(2)  # apart: no sweep
+        await method(path, headers=headers, allow_redirects=False)
+    await flushed(papp)
+    papp.clock.advance(60)
+    await client.get(click_path(papp, await another_message(papp, subscriber), TRAP), headers=BROWSER)
+    await flushed(papp)
+    assert [(e.type, e.machine, e.verdict) for e in await events(papp)] == [
+        ("open", True, "too_soon"),
+        ("click", True, "head"),
+        ("click", True, "prefetch"),
+        ("open", True, "prefetch"),
+        ("open", True, "prefetch"),
+        ("open", True, "scanner_agent"),
+        ("open", True, "scanner_agent"),
+        ("open", False, "human"),
+        ("click", True, "trap"),
+    ]
+
+
+async def test_scanner_networks_and_apple_prefetch_are_machine_behind_a_trusted_proxy(
+    database_url: str, smtp: SmtpSink, clock: FakeClock
+) -> None:
+    async with running_app(database_url, smtp, clock, RESPONDER_TRUSTED_PROXIES="127.0.0.1") as app:
+        _, message = await make_subscriber(app)
+        for address, agent in (
+            ("40.94.29.7", BROWSER["User-Agent"]),  # Microsoft Safe Links
+            ("148.163.150.2", BROWSER["User-Agent"]),  # Proofpoint
+            ("17.58.101.4", "Mozilla/5.0"),  # Apple Mail Privacy Protection
+            ("203.0.113.5", "Mozilla/5.0"),  # a bare agent elsewhere is a person's client
+        ):
+            app.clock.advance(60)
+            await app.client.get(open_path(app, message), headers={"User-Agent": agent, "X-Forwarded-For": address})
+        await flushed(app)
+        opens = await events(app, type="open")
+        assert [(e.ip, e.machine, e.verdict) for e in opens] == [
+            ("40.94.29.7", True, "scanner_network"),
+            ("148.163.150.2", True, "scanner_network"),
+            ("17.58.101.4", True, "apple_mpp"),
+            ("203.0.113.5", False, "human"),
+        ]
+
+
+async def test_webmail_image_proxies_are_the_reader_opening_the_mail(papp: App) -> None:
+    """Gmail and Yahoo fetch the pixel through their proxies when the reader opens the mail:
+    a human open, with the proxy as its reason, and one a rule watching opens promotes on."""
+    subscriber, message = await make_subscriber(papp)
+    second = await another_message(papp, subscriber)
+    await watch_opens(papp)
+    papp.clock.advance(60)
+    await papp.client.get(open_path(papp, message), headers={"User-Agent": GMAIL})
+    await papp.client.get(open_path(papp, second), headers={"User-Agent": YAHOO})
+    await flushed(papp)
+    opens = await events(papp, type="open")
+    assert [(e.machine, e.verdict) for e in opens] == [(False, "gmail_proxy"), (False, "yahoo_proxy")]
+    papp.clock.advance(11)
+    await flushed(papp)
+    assert [m.subscriber_id for m in await moves(papp)] == [subscriber]
 
 
 async def test_many_links_of_one_mail_within_a_second_is_a_scanner(papp: App) -> None:
@@ -195,11 +268,11 @@ async def test_many_links_of_one_mail_within_a_second_is_a_scanner(papp: App) ->
         )
     await flushed(papp)
     clicks = await events(papp, type="click")
-    assert [(c.machine, c.data.get("machine_reason")) for c in clicks] == [(True, "burst")] * 3
-    papp.clock.advance(5)  # a person clicking again later is a person
+    assert [(c.machine, c.verdict) for c in clicks] == [(True, "sweep")] * 3
+    papp.clock.advance(15)  # a person clicking again later is a person
     await papp.client.get(click_path(papp, message, "https://a.example/4"), headers=BROWSER, allow_redirects=False)
     await flushed(papp)
-    assert not (await events(papp, type="click"))[-1].machine
+    assert (await events(papp, type="click"))[-1].verdict == "human"
 
 
 async def test_human_clicks_promote_when_the_batch_is_flushed(papp: App) -> None:
@@ -215,8 +288,9 @@ async def test_human_clicks_promote_when_the_batch_is_flushed(papp: App) -> None
         papp.clock.advance(5)
         await papp.client.get(click_path(papp, pk, "https://a.example/"), headers=BROWSER, allow_redirects=False)
     await flushed(papp)
-    async with papp.rt.db.read() as session:
-        [move] = (await session.execute(select(LayerHistory))).scalars().all()
+    assert await moves(papp) == []  # not before a late trap hit or sweep could still say machine
+    await judged(papp)
+    [move] = await moves(papp)
     assert "clicked in 2 mails" in move.reason
 
 
@@ -265,13 +339,15 @@ async def test_writer_process_writes_a_batch_in_one_transaction_or_not_at_all(tm
             " sent_at TEXT);"
             "CREATE TABLE events (id INTEGER PRIMARY KEY, subscriber_id INTEGER NOT NULL,"
             " message_id INTEGER, type TEXT NOT NULL, url TEXT, ip TEXT, user_agent TEXT,"
-            " machine BOOLEAN NOT NULL, data TEXT NOT NULL, created_at TEXT NOT NULL);"
+            " machine BOOLEAN NOT NULL, verdict TEXT, data TEXT NOT NULL, created_at TEXT NOT NULL);"
             "INSERT INTO messages VALUES (1, 7, '2025-12-31 23:00:00.000000'),"
             " (3, 8, '2025-12-31 23:59:30.000000');"
             "CREATE TABLE subscribers (id INTEGER PRIMARY KEY, status TEXT NOT NULL, last_human_at TEXT);"
             "INSERT INTO subscribers VALUES (7, 'active', '2025-12-01 00:00:00.000000'), (8, 'active', NULL);"
         )
-    writer = RowWriter(str(path), ("journal_mode=WAL",), after_send_s=60, promoting=frozenset({"open", "click"}))
+    writer = RowWriter(
+        str(path), ("journal_mode=WAL",), after_send_s=60, window_s=10, promoting=frozenset({"open", "click"})
+    )
     at = 1_767_225_600_000_007  # 2026-01-01 00:00:00.000007 UTC
     hit = (1, "open", "GET", BROWSER["User-Agent"], "127.0.0.1", at, False, False, None)
     try:
@@ -286,10 +362,10 @@ async def test_writer_process_writes_a_batch_in_one_transaction_or_not_at_all(tm
     await writer.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute(
-            "SELECT subscriber_id, message_id, type, machine, data, created_at FROM events ORDER BY id"
+            "SELECT subscriber_id, message_id, type, machine, verdict, data, created_at FROM events ORDER BY id"
         ).fetchall() == [
-            (7, 1, "open", 0, "{}", "2026-01-01 00:00:00.000007"),
-            (8, 3, "click", 1, '{"machine_reason": "too_soon"}', "2026-01-01 00:00:00.000007"),
+            (7, 1, "open", 0, "human", "{}", "2026-01-01 00:00:00.000007"),
+            (8, 3, "click", 1, "too_soon", "{}", "2026-01-01 00:00:00.000007"),
         ]
         # The human open is the subscriber's last activity; the machine click is nobody's.
         assert conn.execute("SELECT id, last_human_at FROM subscribers ORDER BY id").fetchall() == [
@@ -313,7 +389,7 @@ async def test_the_writer_answers_only_subscribers_a_layer_rule_watches(tmp_path
             " sent_at TEXT);"
             "CREATE TABLE events (id INTEGER PRIMARY KEY, subscriber_id INTEGER NOT NULL,"
             " message_id INTEGER, type TEXT NOT NULL, url TEXT, ip TEXT, user_agent TEXT,"
-            " machine BOOLEAN NOT NULL, data TEXT NOT NULL, created_at TEXT NOT NULL);"
+            " machine BOOLEAN NOT NULL, verdict TEXT, data TEXT NOT NULL, created_at TEXT NOT NULL);"
             "CREATE TABLE layers (id INTEGER PRIMARY KEY, rule TEXT);"
             "INSERT INTO messages VALUES (1, 7, '2025-12-31 23:00:00.000000'),"
             " (3, 8, '2025-12-31 23:00:00.000000');"
@@ -321,7 +397,9 @@ async def test_the_writer_answers_only_subscribers_a_layer_rule_watches(tmp_path
             "INSERT INTO subscribers VALUES (7, 'active', NULL), (8, 'active', NULL);"
         )
         conn.execute("INSERT INTO layers VALUES (1, ?), (2, NULL)", (json.dumps(DEFAULT_RULE),))
-    writer = RowWriter(str(path), ("journal_mode=WAL",), after_send_s=60, promoting=frozenset({"open", "click"}))
+    writer = RowWriter(
+        str(path), ("journal_mode=WAL",), after_send_s=60, window_s=10, promoting=frozenset({"open", "click"})
+    )
     at = 1_767_225_600_000_007  # 2026-01-01 00:00:00.000007 UTC
     opened = (1, "open", "GET", BROWSER["User-Agent"], "127.0.0.1", at, False, False, None)
     clicked = (3, "click", "GET", BROWSER["User-Agent"], "127.0.0.1", at, False, False, "https://a.example/")
@@ -523,7 +601,7 @@ async def test_a_failed_promotion_judgement_is_retried_without_another_event(
 ) -> None:
     """The events of a flush are written by the writer process, its judgement fails (the
     database refuses it once): the subscribers are judged again shortly, not only when a later
-    event happens to arrive. (On PostgreSQL rows and judgement share one transaction.)"""
+    event happens to arrive."""
     async with running_app(sqlite_url, smtp, clock, RESPONDER_TRACK_FLUSH_MS="20") as papp:
         await _judged_again(papp, monkeypatch)
 
@@ -546,7 +624,7 @@ async def _judged_again(papp: App, monkeypatch: pytest.MonkeyPatch) -> None:
     for pk in (first, second_pk):
         papp.clock.advance(5)
         await papp.client.get(click_path(papp, pk, "https://a.example/"), headers=BROWSER, allow_redirects=False)
-    await flushed(papp)
+    await judged(papp)
     assert failures == [1]
     assert len(await events(papp, type="click")) == 2
     for _ in range(200):  # retried RETRY_PAUSE_S after the failure, with no event since
@@ -576,6 +654,7 @@ async def _judged_again(papp: App, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(batch, "follow_activity", judged_while_a_click_arrives)
     papp.clock.advance(5)
     await papp.client.get(click_path(papp, first, "https://c.example/"), headers=BROWSER, allow_redirects=False)
+    await judged(papp)
     for _ in range(300):
         if len(await events(papp, type="click")) == 4 and not tracker.pending:
             break
@@ -600,7 +679,7 @@ async def test_a_message_read_before_its_send_is_recorded_is_read_again(papp: Ap
     await papp.client.get(open_path(papp, pk), headers=BROWSER)
     await flushed(papp)
     opens = sorted((e for e in await events(papp, type="open") if e.message_id == pk), key=lambda e: e.id)
-    assert [(e.machine, e.data) for e in opens] == [(False, {}), (True, {"machine_reason": "too_soon"})]
+    assert [(e.machine, e.verdict) for e in opens] == [(False, "human"), (True, "too_soon")]
 
 
 def writer_dies_after_commit(tracker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -641,11 +720,10 @@ async def test_a_batch_the_writer_committed_before_dying_is_still_judged(
                     url="https://a.example/",
                 )
             )
-        await flushed(papp)
+        await judged(papp)
         assert tracker._writer is None
         assert len(await events(papp, type="click")) == 2
-        async with papp.rt.db.read() as session:
-            [move] = (await session.execute(select(LayerHistory))).scalars().all()
+        [move] = await moves(papp)
         assert move.subscriber_id == subscriber and "clicked in 2 mails" in move.reason
 
 

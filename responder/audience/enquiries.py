@@ -2,8 +2,10 @@
 and kept in a follow-up queue until answered or closed.
 
 ``open_enquiry`` is the one way in (the form handler and the inbound reply handler both call it).
-The ``EnquiryLoop`` sends what is due: acknowledgements (``Auto-Submitted: auto-replied``, never
-to auto-replies, bounces or list mail, so two robots never talk to each other), answers written
+An automatic reply (``core.inbound.auto_reply``, the verdict the inbound server also asks) is
+never an enquiry. The ``EnquiryLoop`` sends what is due: acknowledgements
+(``Auto-Submitted: auto-replied``, never to robots' addresses, so two robots never talk to each
+other), answers written
 by an admin, and a digest of enquiries left open too long. Each mail is leased to the worker
 sending it (``ack_at``/``answer_at`` hold when the lease lapses) and a temporary failure waits
 for the delivery backoff, so a worker that dies mid-send delays a mail but never loses it.
@@ -25,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
 
+from ..core.inbound import auto_reply
 from ..core.retry import next_attempt
 from ..delivery.build import newest_template
 from ..delivery.mime import Mail, compose, new_message_id
@@ -43,28 +46,6 @@ MAX_BODY_LEN = 10_000
 MAX_ACK_ATTEMPTS = 5
 DIGEST_CHECK_S = 60.0
 SOURCES = ("form", "reply")
-AUTO_LOCALPARTS = (
-    "mailer-daemon",
-    "postmaster",
-    "noreply",
-    "no-reply",
-    "do-not-reply",
-    "donotreply",
-    "bounce",
-    "bounces",
-    "auto-reply",
-    "autoreply",
-)
-AUTO_HEADERS = (
-    "x-autoreply",
-    "x-autorespond",
-    "x-auto-response-suppress",
-    "list-id",
-    "list-unsubscribe",
-    "list-post",
-    "x-loop",
-    "feedback-id",
-)
 log = logging.getLogger(__name__)
 
 
@@ -78,26 +59,6 @@ class EnquiryIn:
     subscriber_id: int | None = None
     message_id: int | None = None  # the outbox row a reply answers
     headers: Mapping[str, str] = field(default_factory=dict)  # of an inbound reply
-
-
-def is_automatic(email: str, headers: Mapping[str, str]) -> str:
-    """Why a mail must not be answered automatically ('' if it may): RFC 3834 and common habits."""
-    lowered = {k.lower(): v.strip().lower() for k, v in headers.items()}
-    if lowered.get("auto-submitted", "no") != "no":
-        return "auto-submitted"
-    if lowered.get("precedence") in ("bulk", "list", "junk", "auto_reply"):
-        return "precedence"
-    if lowered.get("return-path") == "<>":
-        return "null sender"
-    if lowered.get("content-type", "").startswith("multipart/report"):
-        return "delivery report"
-    for name in AUTO_HEADERS:
-        if name in lowered:
-            return name
-    local = email.rpartition("@")[0].lower()
-    if local in AUTO_LOCALPARTS or local.startswith(("bounce+", "bounces+", "bounce-")):
-        return "robot address"
-    return ""
 
 
 def clean_enquiry(data: EnquiryIn) -> EnquiryIn:
@@ -123,15 +84,19 @@ def clean_enquiry(data: EnquiryIn) -> EnquiryIn:
     )
 
 
-async def open_enquiry(rt: Runtime, data: EnquiryIn) -> int:
-    """Record an enquiry and queue its acknowledgement; the enquiry's id.
+async def open_enquiry(rt: Runtime, data: EnquiryIn) -> int | None:
+    """Record an enquiry and queue its acknowledgement; the enquiry's id, or None for an
+    automatic reply, which is never an enquiry.
 
     A subscriber who asks is showing interest: the enquiry is a human ``enquiry`` event and
-    their promotion rule is judged at once.
+    their promotion rule is judged at once. A form's question from a robot's address (the
+    address typed in) is kept, but neither acknowledged nor counted.
     """
     data = clean_enquiry(data)
     now = rt.clock.now()
-    automatic = is_automatic(data.email, data.headers)
+    automatic = auto_reply(data.headers, data.email)
+    if automatic and data.source == "reply":
+        return None
     moved = False
     async with rt.db.transaction() as session:
         subscriber = (

@@ -3,20 +3,111 @@
 - a delivery status notification (RFC 3464) — hard when a recipient ``failed`` with a 5.x.x
   status, soft otherwise (``delayed``, 4.x.x);
 - an abuse report in ARF (RFC 5965);
-- an automatic reply (RFC 3834 ``Auto-Submitted``, or the older vacation-program headers),
-  which is never a human reply;
+- an automatic reply (out of office, vacation, list and robot mail: ``auto_reply``), which is
+  never a person's reply;
 - a mail from a person.
+
+``auto_reply`` is the one out-of-office verdict: the inbound server (replies) and the enquiry
+queue (acknowledgements) both ask it, so one mail is automatic on every path or on none.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
+from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
+from email.utils import parseaddr
 
 _STATUS = re.compile(r"\b([245])\.\d{1,3}\.\d{1,3}\b")
-_AUTO_PRECEDENCE = {"auto_reply", "bulk", "junk", "list"}
+AUTO_PRECEDENCE = {"auto_reply", "bulk", "junk", "list"}
+# Fields only automatic mail carries: the vacation programs' own, Exchange's request that
+# nobody answer (its automatic replies carry it), list and bulk mail, loop guards.
+AUTO_FIELDS = (
+    "x-auto-response-suppress",
+    "x-autoreply",
+    "x-autorespond",
+    "list-id",
+    "list-unsubscribe",
+    "list-post",
+    "x-loop",
+    "feedback-id",
+)
+ROBOT_LOCALPARTS = (
+    "mailer-daemon",
+    "postmaster",
+    "noreply",
+    "no-reply",
+    "do-not-reply",
+    "donotreply",
+    "bounce",
+    "bounces",
+    "auto-reply",
+    "autoreply",
+)
+# How out-of-office and automatic replies begin their subject, in the languages mail programs
+# speak (compared case-folded, after any leading bracket).
+AUTO_SUBJECTS = (
+    "automatic reply",
+    "auto reply",
+    "auto-reply",
+    "autoreply",
+    "auto response",
+    "auto-response",
+    "autoresponse",
+    "automatic response",
+    "automated response",
+    "auto:",
+    "out of office",
+    "out of the office",
+    "vacation reply",
+    "abwesenheitsnotiz",
+    "automatische antwort",
+    "abwesend",
+    "réponse automatique",
+    "reponse automatique",
+    "absence du bureau",
+    "absent du bureau",
+    "message d'absence",
+    "respuesta automática",
+    "respuesta automatica",
+    "fuera de la oficina",
+    "fuera de oficina",
+    "risposta automatica",
+    "fuori sede",
+    "fuori ufficio",
+    "resposta automática",
+    "resposta automatica",
+    "fora do escritório",
+    "automatisch antwoord",
+    "afwezig",
+    "autosvar",
+    "automatiskt svar",
+    "automatisk svar",
+    "frånvaro",
+    "fravær",
+    "automaattinen vastaus",
+    "odpowiedź automatyczna",
+    "automatyczna odpowiedź",
+    "automatická odpověď",
+    "automatikus válasz",
+    "otomatik yanıt",
+    "otomatik cevap",
+    "автоматический ответ",
+    "автоответ",
+    "αυτόματη απάντηση",
+    "răspuns automat",
+    "自動応答",
+    "自動返信",
+    "自动回复",
+    "自動回覆",
+    "自動回復",
+    "자동 회신",
+    "자동 응답",
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +131,7 @@ class Report:
     subject: str = ""
     text: str = ""
     in_reply_to: tuple[str, ...] = field(default_factory=tuple)
+    auto_reason: str = ""  # why an ``auto`` mail is automatic (``auto_reply``)
 
     @property
     def hard(self) -> bool:
@@ -50,16 +142,51 @@ def parse(data: bytes) -> EmailMessage:
     return message_from_bytes(data, policy=policy.default)  # type: ignore[return-value]
 
 
-def is_auto_submitted(msg: Message) -> bool:
-    auto = str(msg.get("Auto-Submitted", "")).strip().lower()
+def auto_reply(fields: Mapping[str, str] | Message, sender: str | None = None) -> str:
+    """Why a mail is automatic, never a person's ('' when it is a person's), from its header
+    fields and its sender (the envelope's, when known; a null sender is ``<>`` or empty):
+
+    ``Auto-Submitted`` other than ``no`` (RFC 3834); ``Precedence: auto_reply|bulk|junk|list``;
+    a field only automatic mail carries (``AUTO_FIELDS``: ``X-Auto-Response-Suppress``,
+    ``X-Autoreply``, ``X-Autorespond``, ``List-Id``, ``List-Unsubscribe`` …); a null sender; a
+    report (``multipart/report``: delivery, read receipts); a robot's address as sender or
+    ``From``; or a subject an automatic reply begins with (``AUTO_SUBJECTS``).
+    """
+    lowered = {name.lower(): str(value).strip() for name, value in fields.items()}
+    auto = lowered.get("auto-submitted", "").lower()
     if auto and not auto.startswith("no"):
-        return True
-    if str(msg.get("Precedence", "")).strip().lower() in _AUTO_PRECEDENCE:
-        return True
-    return any(msg.get(name) is not None for name in ("X-Autoreply", "X-Autorespond"))
+        return "auto-submitted"
+    if lowered.get("precedence", "").lower() in AUTO_PRECEDENCE:
+        return "precedence"
+    for name in AUTO_FIELDS:
+        if name in lowered:
+            return name
+    if (sender is not None and sender.strip() in ("", "<>")) or lowered.get("return-path") == "<>":
+        return "null sender"
+    if lowered.get("content-type", "").lower().startswith("multipart/report"):
+        return "report"
+    for address in (sender or "", parseaddr(lowered.get("from", ""))[1]):
+        local = address.strip("<> ").rpartition("@")[0].lower()
+        if local in ROBOT_LOCALPARTS or local.startswith(("bounce+", "bounces+", "bounce-")):
+            return "robot address"
+    if _subject(lowered.get("subject", "")).startswith(AUTO_SUBJECTS):
+        return "subject"
+    return ""
 
 
-def classify(data: bytes, *, null_sender: bool = False) -> Report:
+def _subject(value: str) -> str:
+    """The subject as text (encoded words decoded), case-folded, leading brackets dropped."""
+    if "=?" in value:
+        try:
+            value = str(make_header(decode_header(value)))
+        except (LookupError, ValueError):
+            pass
+    return unicodedata.normalize("NFC", " ".join(value.split())).casefold().lstrip("[( ")
+
+
+def classify(data: bytes, *, sender: str | None = None) -> Report:
+    """What the mail is; ``sender`` is the envelope's, when known (empty or ``<>``: a null
+    sender)."""
     msg = parse(data)
     subject = str(msg.get("Subject", ""))[:998]
     references = tuple(re.findall(r"<[^<>\s]+>", f"{msg.get('In-Reply-To', '')} {msg.get('References', '')}"))
@@ -73,8 +200,15 @@ def classify(data: bytes, *, null_sender: bool = False) -> Report:
             return Report(
                 "arf", feedback_type=_feedback_type(msg), original_message_id=_original_message_id(msg), subject=subject
             )
-    if null_sender or is_auto_submitted(msg):
-        return Report("auto", original_message_id=references[-1] if references else None, subject=subject)
+    automatic = auto_reply(msg, sender)
+    if automatic:
+        return Report(
+            "auto",
+            original_message_id=references[-1] if references else None,
+            subject=subject,
+            text=_text(msg),
+            auto_reason=automatic,
+        )
     return Report("human", subject=subject, text=_text(msg), in_reply_to=references)
 
 

@@ -1,5 +1,6 @@
 """The dashboard's figures: subscribers per layer, weekly moves up and down, churn per layer,
-human versus machine opens and clicks, complaint rate with its alarm.
+human versus machine opens and clicks and the reasons of their verdicts, complaint rate with
+its alarm.
 
 The arithmetic is pure (``weekly_moves``, ``rate``, ``complaint_alarm``); ``dashboard_stats``
 reads its inputs with a few grouped queries.
@@ -16,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from ..core.machine import HUMAN, HUMAN_REASONS, REASONS
 from ..models import Event, Layer, LayerHistory, Message, Subscriber
 
 WEEKS = 8
@@ -48,11 +50,23 @@ class Engagement:
 
 
 @dataclass(frozen=True)
+class ReasonCount:
+    """Opens and clicks whose verdict had this reason (``core.machine``)."""
+
+    reason: str
+    machine: bool
+    meaning: str
+    opens: int = 0
+    clicks: int = 0
+
+
+@dataclass(frozen=True)
 class Stats:
     layers: list[LayerFigures]
     moves: list[WeekMoves]
     opens: Engagement
     clicks: Engagement
+    reasons: list[ReasonCount]  # machine reasons first, most events first
     sent: int
     complaints: int
     complaint_rate: float
@@ -139,16 +153,18 @@ async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
             .where(LayerHistory.created_at >= week_from)
         )
     ).all()
-    by_type: dict[tuple[str, bool], int] = {
-        (type_, bool(machine)): count
-        for type_, machine, count in (
-            await session.execute(
-                select(Event.type, Event.machine, func.count())
-                .where(Event.created_at >= since, Event.type.in_(("open", "click", "sent", "complaint")))
-                .group_by(Event.type, Event.machine)
-            )
-        )
-    }
+    by_type: dict[tuple[str, bool], int] = {}
+    by_reason: dict[tuple[str, bool], dict[str, int]] = {}
+    for type_, machine, verdict, count in await session.execute(
+        select(Event.type, Event.machine, Event.verdict, func.count())
+        .where(Event.created_at >= since, Event.type.in_(("open", "click", "sent", "complaint")))
+        .group_by(Event.type, Event.machine, Event.verdict)
+    ):
+        by_type[type_, bool(machine)] = by_type.get((type_, bool(machine)), 0) + count
+        if type_ in ("open", "click"):
+            reason = verdict or ("unknown" if machine else HUMAN)  # recorded without a verdict
+            counts = by_reason.setdefault((reason, bool(machine)), {})
+            counts[type_] = counts.get(type_, 0) + count
     sent = by_type.get(("sent", False), 0) + by_type.get(("sent", True), 0)
     complaints = by_type.get(("complaint", False), 0) + by_type.get(("complaint", True), 0)
     return Stats(
@@ -156,11 +172,27 @@ async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
         moves=weekly_moves(moves, now),
         opens=Engagement(by_type.get(("open", False), 0), by_type.get(("open", True), 0)),
         clicks=Engagement(by_type.get(("click", False), 0), by_type.get(("click", True), 0)),
+        reasons=reason_counts(by_reason),
         sent=sent,
         complaints=complaints,
         complaint_rate=rate(complaints, sent),
         complaint_alarm=complaint_alarm(complaints, sent),
     )
+
+
+def reason_counts(by_reason: dict[tuple[str, bool], dict[str, int]]) -> list[ReasonCount]:
+    """(reason, machine) → {type: count} as rows: machine reasons first, most events first."""
+    rows = [
+        ReasonCount(
+            reason,
+            machine,
+            (REASONS if machine else HUMAN_REASONS).get(reason, "recorded without a reason"),
+            counts.get("open", 0),
+            counts.get("click", 0),
+        )
+        for (reason, machine), counts in by_reason.items()
+    ]
+    return sorted(rows, key=lambda row: (not row.machine, -(row.opens + row.clicks), row.reason))
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ see ``delivery.verp``) and turns each mail into what it means:
 - a DSN: hard → bounce event, address suppressed, message marked bounced; soft → counted;
 - an ARF abuse report → complaint, the address stops receiving mail;
 - a person writing to an ``unsubscribe+`` address → unsubscribed;
-- a person replying → ``reply`` event (``replies.handle_reply``);
-- an automatic reply (RFC 3834) → nothing counted.
+- a person replying → ``reply`` event (``replies.handle_reply``), and an enquiry to follow up;
+- an automatic reply (out of office, vacation, list or robot mail; ``core.inbound.auto_reply``)
+  to one of our mails → a machine ``reply`` event with its reason: never a promotion, never an
+  enquiry; to an ``unsubscribe+`` address → nothing.
 
 A mail that cannot be recorded gets a 451, so the sending server tries again later.
 """
@@ -65,7 +67,7 @@ class InboundHandler:
 
 async def process(rt: Runtime, tagged: Tagged, mail_from: str, data: bytes) -> str:
     """Record what one inbound mail to one of our addresses means; a word on what was done."""
-    report = classify(data, null_sender=mail_from in ("", "<>"))
+    report = classify(data, sender=mail_from)
     now = rt.clock.now()
     promoted = False
     async with rt.db.transaction() as session:
@@ -86,7 +88,8 @@ async def process(rt: Runtime, tagged: Tagged, mail_from: str, data: bytes) -> s
         if report.kind == "dsn":
             return await _bounce(session, subscriber, message, report, now)
         if report.kind == "auto":
-            return "automatic reply, not counted"
+            await handle_reply(session, Reply(subscriber, message, mail_from, report), now)
+            return f"automatic reply ({report.auto_reason}), recorded as machine"
         recorded = await handle_reply(session, Reply(subscriber, message, mail_from, report), now)
         promoted = recorded.history is not None
         enquiry = EnquiryIn(

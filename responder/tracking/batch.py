@@ -3,14 +3,16 @@ flushes in a single transaction every ``track_flush_ms`` or ``track_batch`` even
 
 The endpoints never wait for the database: when it is locked or down the queue keeps what it
 holds (retrying the same batch) and, once full, drops new events and counts them, so memory
-stays bounded and the pixel keeps answering. Each flush judges, once per subscriber, whether
-the batch's human events promote them (``funnel.events.follow_activity``), so promotion happens within a flush of
-the event.
+stays bounded and the pixel keeps answering. Whether a batch's human events promote their
+subscribers is judged once per subscriber (``funnel.events.follow_activity``), but only when no later hit can turn
+those events machine any more: ``machine_window_s`` after the batch's last hit, once every hit
+up to then is written (a trap hit or the end of a sweep seconds later re-marks clicks already
+written, and the judgement must see that, not undo a promotion).
 
 On a SQLite file a child process (``writer.RowWriter``) turns the batch's hits into rows (the
-verdicts included) and writes them, and the judgement follows here in a transaction of its own;
-on PostgreSQL, or when that child is gone, this process builds the rows and writes them with the
-judgement in one transaction.
+verdicts included) and writes them; on PostgreSQL, or when that child is gone, this process
+builds the rows and writes them. Either way the judgement follows here, in a transaction of its
+own.
 """
 
 from __future__ import annotations
@@ -32,21 +34,28 @@ from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..clock import from_micros
-from ..core.machine import BURST_WINDOW_S, reach
 from ..core.promotion import PROMOTING_TYPES
 from ..db import SQLITE_PRAGMAS, WRITER_PRAGMAS
 from ..funnel.events import follow_activity
 from ..funnel.ledger import touch_activity
 from ..models import Event, Message
 from ..runtime import Runtime
-from .writer import COLUMNS, KNOWN_MESSAGES, EventRows, RowWriter, WriteFailed, WriterUnavailable
+from .writer import (
+    COLUMNS,
+    KNOWN_MESSAGES,
+    EventRows,
+    RecentClicks,
+    RowWriter,
+    Stored,
+    WriteFailed,
+    WriterUnavailable,
+)
 
 log = logging.getLogger(__name__)
 RETRY_PAUSE_S = 0.25
 REFUSALS_BEFORE_SPLIT = 3
 JUDGE_PAUSE_MAX_S = 60.0  # a judgement failing again and again is retried at most this far apart
 BACKLOG_FACTOR = 10
-RECENT_MESSAGES = 10_000
 
 
 Hit = tuple[Any, ...]  # one open or click, in ``writer.HIT`` order (``writer.hit_of``)
@@ -75,12 +84,16 @@ class Tracker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
-        self._recent_clicks: OrderedDict[int, deque[tuple[dt.datetime, str]]] = OrderedDict()
+        self.window = dt.timedelta(seconds=settings.machine_window_s)
+        self._recent = RecentClicks()
         # message id -> (subscriber id, sent at): fixed once a mail is sent, so a flush asks the
         # database only about messages it has not seen (opens cluster on recent mails).
         self._known: OrderedDict[int, tuple[int, dt.datetime | None]] = OrderedDict()
         self._writer = _row_writer(self.rt)
         self._unjudged: dict[int, set[str]] = {}
+        # (judge after, subscribers with human events by type): held until no later hit can
+        # turn those events machine (``_take_due``).
+        self._held: deque[tuple[dt.datetime, dict[int, set[str]]]] = deque()
         self._judge_pause = RETRY_PAUSE_S  # doubles while judging the left subscribers fails
 
     def offer(self, hit: Hit) -> bool:
@@ -98,23 +111,39 @@ class Tracker:
             self._arrived.set()
         return True
 
-    def is_burst(self, message_pk: int, url: str, at: dt.datetime) -> bool:
-        """Another link of the same mail was clicked within a second: a scanner's sweep."""
-        recent = self._recent_clicks.setdefault(message_pk, deque(maxlen=16))
-        self._recent_clicks.move_to_end(message_pk)
-        while len(self._recent_clicks) > RECENT_MESSAGES:
-            self._recent_clicks.popitem(last=False)
-        burst = any(abs((at - when).total_seconds()) < BURST_WINDOW_S and other != url for when, other in recent)
-        recent.append((at, url))
-        return burst
-
     @property
     def pending(self) -> int:
         return len(self._items)
 
     async def drained(self) -> None:
-        """Wait until everything queued so far is on disk (tests and shutdown)."""
+        """Wait until everything queued so far is on disk, and the judgements due by now are
+        done (tests and shutdown; a moved fake clock makes judgements due without waking the
+        writer, so this wakes it)."""
+        if self._held and self._held[0][0] < self._horizon():
+            self._idle.clear()
+            self._arrived.set()
         await self._idle.wait()
+
+    def _hold(self, human: dict[int, set[str]], batch: list[Hit]) -> None:
+        """Hold the batch's judgement until ``window`` after its last hit (``_take_due``)."""
+        if human:
+            self._held.append((from_micros(max(hit[5] for hit in batch)) + self.window, human))
+
+    def _horizon(self) -> dt.datetime:
+        """Every hit before this time is written: the oldest one queued, or now."""
+        return from_micros(self._items[0][5]) if self._items else self.rt.clock.now()
+
+    def _take_due(self) -> None:
+        """Move the held judgements no later hit can change any more to those to judge now."""
+        horizon = self._horizon()
+        while self._held and self._held[0][0] < horizon:
+            self._unjudged = self._with_unjudged(self._held.popleft()[1])
+
+    def _until_due_s(self) -> float | None:
+        """Seconds until the first held judgement is due, if one is held."""
+        if not self._held:
+            return None
+        return max((self._held[0][0] - self.rt.clock.now()).total_seconds(), 0.0) + 0.01
 
     async def run(self) -> None:
         if self._writer is not None:
@@ -122,6 +151,7 @@ class Tracker:
         refusals = 0  # times in a row the database refused the batch for what it holds
         while True:
             if not self._items:
+                self._take_due()
                 if self._unjudged:
                     if await self._judge_left() or self._items:
                         continue  # events may have arrived while it judged
@@ -138,9 +168,16 @@ class Tracker:
                     )
                 self._idle.set()
                 if self._stopping:
+                    if self._held:
+                        log.error(
+                            "tracking: stopping with %d batches' judgements held; their subscribers' next event"
+                            " judges them",
+                            len(self._held),
+                        )
                     return
                 self._arrived.clear()
-                await self._arrived.wait()
+                with contextlib.suppress(TimeoutError):  # until new events, or a held judgement is due
+                    await asyncio.wait_for(self._arrived.wait(), self._until_due_s())
                 continue
             if len(self._items) < self.batch and not self._stopping:
                 # Let a batch gather, but never hold the first event longer than flush_s.
@@ -169,6 +206,9 @@ class Tracker:
             for _ in batch:
                 self._items.popleft()
             self.stats.written += len(batch)
+            self._take_due()
+            if self._unjudged:
+                await self._judge_left()
 
     async def _flush_one_by_one(self, batch: list[Hit], exc: Exception) -> None:
         """A batch refused again and again for what it holds: write its events one by one and
@@ -221,20 +261,23 @@ class Tracker:
         sqlite = rt.db.is_sqlite
         async with rt.db.transaction() as session:
             messages = await self._messages(session, {hit[0] for hit in batch}, sqlite)
-            made = EventRows(rt.settings.machine_after_send_s, PROMOTING_TYPES, text_times=sqlite)
+            made = EventRows(
+                rt.settings.machine_after_send_s, rt.settings.machine_window_s, PROMOTING_TYPES, text_times=sqlite
+            )
             async for part in self._in_turns(batch):
                 made.add(part, messages)
+            check = made.to_check(self._recent)
+            if check is not None:
+                made.mark(await stored_events(session, *check))
             if not written:
-                await touch_activity(session, made.latest)
+                await touch_activity(session, made.latest())
                 if made.rows:
                     await insert_events(session, made.in_index_order(), sqlite=sqlite)
-                for message_pk, at, reason in made.sweeps:
-                    await self._mark_neighbours(session, message_pk, at, reason)
-            human = self._with_unjudged(made.human)
-            moves = await follow_activity(session, human, rt.clock.now())
-        self._unjudged, self._judge_pause = {}, RETRY_PAUSE_S
-        if moves:
-            rt.wake_scheduler()
+                if made.remarks:
+                    await session.execute(
+                        update(Event), [{"id": pk, "machine": True, "verdict": reason} for reason, pk in made.remarks]
+                    )
+        self._hold(made.human(), batch)
 
     async def _committed(self, batch: list[Hit]) -> bool:
         """Whether a batch the writer process died holding is on disk already (it may die
@@ -261,37 +304,23 @@ class Tracker:
 
     async def _flush_through_writer(self, batch: list[Hit]) -> None:
         """SQLite: the hits go to the writer process, which turns them into rows and writes
-        them; promotion is judged here afterwards, in a transaction of its own, for the
-        subscribers it answers (those with human events some layer's rule watches). A
-        judgement that fails is retried on its own shortly (``_judge_left``) or with the next
-        flush: the events are on disk and are not written twice."""
+        them; promotion is judged here later (``_hold``), in a transaction of its own, for the
+        subscribers it answers (those with human events some layer's rule watches)."""
         assert self._writer is not None
-        rt = self.rt
         written = await self._writer.write(batch)
-        human = self._with_unjudged({subscriber_id: set(kinds) for subscriber_id, kinds in written.items()})
-        self._unjudged, self._judge_pause = {}, RETRY_PAUSE_S
-        if not human:
-            return
-        try:
-            async with rt.db.transaction() as session:
-                moves = await follow_activity(session, human, rt.clock.now())
-        except Exception:
-            log.exception("tracking: judging %d subscribers for promotion failed; again shortly", len(human))
-            self._unjudged = human
-            return
-        if moves:
-            rt.wake_scheduler()
+        self._hold({subscriber_id: set(kinds) for subscriber_id, kinds in written.items()}, batch)
 
     async def _judge_left(self) -> bool:
-        """Judge the subscribers a failed judgement left, without waiting for another event
-        (a quiet list may see none for hours); False if it failed again."""
+        """Judge the subscribers whose judgement is due (``_take_due``) or a failed judgement
+        left, without waiting for another event (a quiet list may see none for hours); False if
+        it failed."""
         human, self._unjudged = self._unjudged, {}
         try:
             async with self.rt.db.transaction() as session:
                 moves = await follow_activity(session, human, self.rt.clock.now())
         except Exception as exc:
             if self._judge_pause == RETRY_PAUSE_S:  # the traceback once, then a line per try
-                log.exception("tracking: judging %d subscribers for promotion failed again", len(human))
+                log.exception("tracking: judging %d subscribers for promotion failed; again shortly", len(human))
             else:
                 log.warning("tracking: judging %d subscribers for promotion failed again: %s", len(human), exc)
             self._unjudged = self._with_unjudged(human)
@@ -346,20 +375,31 @@ class Tracker:
             known.popitem(last=False)
         return {pk: known[pk] for pk in pks if pk in known} | found
 
-    async def _mark_neighbours(self, session: object, message_pk: int, at: dt.datetime, reason: str) -> None:
-        """Clicks already written that belong to the same sweep become machine clicks too."""
-        span = reach(reason)
-        await session.execute(  # type: ignore[attr-defined]
-            update(Event)
-            .where(
-                Event.message_id == message_pk,
-                Event.type == "click",
-                Event.machine.is_(False),
-                Event.created_at >= at - span,
-                Event.created_at <= at + span,
+
+async def stored_events(session: AsyncSession, pks: list[int], since: dt.datetime, until: dt.datetime) -> list[Stored]:
+    """The opens and clicks already written of these mails between the two times."""
+    found: list[Stored] = []
+    for start in range(0, len(pks), 5000):
+        found += (
+            await session.execute(
+                select(
+                    Event.id,
+                    Event.message_id,
+                    Event.type,
+                    Event.url,
+                    Event.ip,
+                    Event.machine,
+                    Event.verdict,
+                    Event.created_at,
+                ).where(
+                    Event.message_id.in_(pks[start : start + 5000]),
+                    Event.type.in_(("open", "click")),
+                    Event.created_at >= since,
+                    Event.created_at <= until,
+                )
             )
-            .values(machine=True, data={"machine_reason": reason})
-        )
+        ).all()
+    return found
 
 
 # Rows per statement on SQLite: a batch goes in chunks of these sizes, largest first, so the
@@ -400,7 +440,11 @@ def _row_writer(rt: Runtime) -> RowWriter | None:
     ):
         return None
     return RowWriter(
-        path, SQLITE_PRAGMAS + WRITER_PRAGMAS, after_send_s=rt.settings.machine_after_send_s, promoting=PROMOTING_TYPES
+        path,
+        SQLITE_PRAGMAS + WRITER_PRAGMAS,
+        after_send_s=rt.settings.machine_after_send_s,
+        window_s=rt.settings.machine_window_s,
+        promoting=PROMOTING_TYPES,
     )
 
 

@@ -135,7 +135,7 @@ describe(
     "get",
     {
         "summary": "Funnel figures: subscribers per layer, moves per week, churn per layer, human "
-        "versus machine opens and clicks, complaint rate and its alarm",
+        "versus machine opens and clicks and the reasons of their verdicts, complaint rate and its alarm",
         "responses": {
             "200": json_body(
                 {
@@ -145,6 +145,7 @@ describe(
                         "moves",
                         "opens",
                         "clicks",
+                        "reasons",
                         "sent",
                         "complaints",
                         "complaint_rate",
@@ -178,6 +179,21 @@ describe(
                         },
                         "opens": ENGAGEMENT,
                         "clicks": ENGAGEMENT,
+                        "reasons": {
+                            "type": "array",
+                            "description": "opens and clicks by the reason of their human-or-machine verdict",
+                            "items": {
+                                "type": "object",
+                                "required": ["reason", "machine", "meaning", "opens", "clicks"],
+                                "properties": {
+                                    "reason": {"type": "string"},
+                                    "machine": {"type": "boolean"},
+                                    "meaning": {"type": "string"},
+                                    "opens": {"type": "integer"},
+                                    "clicks": {"type": "integer"},
+                                },
+                            },
+                        },
                         "sent": {"type": "integer"},
                         "complaints": {"type": "integer"},
                         "complaint_rate": {"type": "number"},
@@ -223,6 +239,7 @@ async def events(request: web.Request) -> web.Response:
             "type": e.type,
             "url": e.url,
             "machine": e.machine,
+            "verdict": e.verdict,
             "data": e.data,
             "at": iso(e.created_at),
         }
@@ -262,6 +279,10 @@ describe(
                                     "type": {"type": "string"},
                                     "url": {"type": ["string", "null"]},
                                     "machine": {"type": "boolean"},
+                                    "verdict": {
+                                        "type": ["string", "null"],
+                                        "description": "why an open or click counted as human or machine",
+                                    },
                                     "data": {"type": "object"},
                                     "at": {"type": "string"},
                                 },
