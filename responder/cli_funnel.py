@@ -20,6 +20,7 @@ from .funnel import newsletters
 from .funnel.analytics import format_stats, funnel_stats
 from .models import Newsletter
 from .settings import Settings
+from .validation import clean_since
 
 COMMANDS = ("layers", "newsletters", "stats")
 BAR_WIDTH = 30
@@ -71,6 +72,7 @@ def add_commands(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]
         add_common(parser)
     stats = sub.add_parser("stats", help="funnel analytics")
     stats.add_argument("--json", action="store_true", help="the API's JSON instead of a table")
+    stats.add_argument("--since", help="start of the period: a date (2026-03-01) or a time with a zone")
     add_common(stats)
 
 
@@ -98,8 +100,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 async def _dispatch(args: argparse.Namespace, db: Database, settings: Settings) -> int:
     now = SystemClock().now()
     if args.command == "stats":
+        since = clean_since(args.since, now)
         async with db.read() as session:
-            result = await funnel_stats(session)
+            result = await funnel_stats(session, now, since)
         print(json.dumps(result, indent=2) if args.json else format_stats(result))
         return 0
     if args.command == "layers":

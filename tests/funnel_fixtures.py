@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from responder.app import start_runtime
 from responder.clock import FakeClock
-from responder.funnel.enrollments import enroll
+from responder.funnel.enrollments import enroll, record_entries
 from responder.funnel.scheduler import Scheduler
 from responder.models import Enrollment, Layer, Message, Subscriber
 from responder.runtime import Runtime
@@ -51,6 +51,7 @@ async def make_subscriber(rt: Runtime, email: str, *, layer: int = 1, **fields: 
         )
         session.add(subscriber)
         await session.flush()
+        await record_entries(session, [(subscriber.id, target)], "test: placed", now)
         await enroll(session, subscriber, target.id, now)
     return subscriber
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..delivery import outbox
 from ..errors import InvalidToken, ValidationError
-from ..funnel.enrollments import end_enrollments, enroll
+from ..funnel.enrollments import end_enrollments, enroll, record_entries
 from ..funnel.events import record_event
 from ..funnel.referrals import credit_referral, referrer_id
 from ..models import ConsentRecord, Layer, Message, Subscriber
@@ -189,6 +189,7 @@ async def confirm(rt: Runtime, token: str, ip: str | None, user_agent: str | Non
                 created_at=now,
             )
         )
+        await record_entries(session, [(subscriber.id, first)], "confirmed the subscription", now)
         await record_event(session, subscriber, "confirm", now, ip=ip, user_agent=user_agent)
         await enroll(session, subscriber, first.id, now)
         await credit_referral(session, subscriber, now)

@@ -1,5 +1,6 @@
 """Enrollments and layer moves: enrolling subscribers in sequences, ending enrollments, moving
-subscribers between layers and sunsetting them.
+subscribers between layers, sunsetting and reviving them, and the layer history row each of
+these (and a first placement: a confirmation, an import) leaves for analytics.
 
 The decisions are made by the pure functions in ``schedule`` and ``promotion``; this module
 reads their inputs from the database and writes their outcomes back.
@@ -8,10 +9,13 @@ reads their inputs from the database and writes their outcomes back.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence as Seq
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..core.promotion import revival_reason
 from ..core.schedule import StepPlan, first_due
 from ..models import Enrollment, Event, Layer, LayerHistory, Sequence, Step, Subscriber
 from . import webhooks
@@ -80,6 +84,40 @@ async def top_position(session: AsyncSession) -> int:
     )
 
 
+def history_row(
+    subscriber_id: int,
+    kind: str,
+    from_layer: Layer | None,
+    to_layer: Layer,
+    reason: str,
+    now: dt.datetime,
+    event_ids: Seq[int] = (),
+) -> dict[str, Any]:
+    """A ``LayerHistory`` row's values: the layers by id, with their position and name now."""
+    return {
+        "subscriber_id": subscriber_id,
+        "kind": kind,
+        "from_layer_id": from_layer.id if from_layer else None,
+        "from_position": from_layer.position if from_layer else None,
+        "from_name": from_layer.name if from_layer else None,
+        "to_layer_id": to_layer.id,
+        "to_position": to_layer.position,
+        "to_name": to_layer.name,
+        "reason": reason[:255],
+        "event_ids": list(event_ids),
+        "created_at": now,
+    }
+
+
+async def record_entries(session: AsyncSession, entries: Seq[tuple[int, Layer]], reason: str, now: dt.datetime) -> None:
+    """The history rows of subscribers placed in a layer without a move (subscriber id, layer):
+    confirming puts one in the first layer, an import many in theirs."""
+    if entries:
+        await session.execute(
+            insert(LayerHistory), [history_row(i, "enter", None, layer, reason, now) for i, layer in entries]
+        )
+
+
 async def move_layer(
     session: AsyncSession,
     subscriber: Subscriber,
@@ -94,14 +132,9 @@ async def move_layer(
     Triggered sequences (back-end, follow-up, thank-you) keep running across the move.
     """
     from_layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
-    history = LayerHistory(
-        subscriber_id=subscriber.id,
-        from_layer_id=subscriber.layer_id,
-        to_layer_id=to_layer.id,
-        reason=reason,
-        event_ids=list(event_ids),
-        created_at=now,
-    )
+    # Someone not active (unsubscribed, sunset) only follows a removed layer's subscribers.
+    kind = "move" if subscriber.status == "active" else "relocate"
+    history = LayerHistory(**history_row(subscriber.id, kind, from_layer, to_layer, reason, now, event_ids))
     session.add(history)
     await end_enrollments(session, subscriber.id, "handed_off", now, layer_only=True)
     subscriber.layer_id = to_layer.id
@@ -137,11 +170,39 @@ async def sunset(session: AsyncSession, subscriber: Subscriber, reason: str, now
     subscriber.status = "sunset"
     await end_enrollments(session, subscriber.id, "stopped", now)
     session.add(Event(subscriber_id=subscriber.id, type="sunset", created_at=now, data={"reason": reason}))
+    layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
+    if layer is not None:
+        session.add(LayerHistory(**history_row(subscriber.id, "sunset", layer, layer, reason, now)))
     await session.flush()
 
 
+async def revive(session: AsyncSession, subscriber: Subscriber, event_type: str, now: dt.datetime) -> None:
+    """A sunset subscriber did something human: mailed again from their layer's first step.
+    Call before ``last_human_at`` is set to now: the silence it ends is part of the reason."""
+    layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
+    if layer is None:
+        return
+    silent_since = subscriber.last_human_at or subscriber.confirmed_at or subscriber.created_at
+    reason = revival_reason(event_type, (now - silent_since).total_seconds())
+    session.add(LayerHistory(**history_row(subscriber.id, "revive", layer, layer, reason, now)))
+    subscriber.status = "active"
+    subscriber.layer_entered_at = now
+    await enroll(session, subscriber, layer.id, now)
+
+
 async def sunset_many(session: AsyncSession, subscriber_ids: list[int], reason: str, now: dt.datetime) -> None:
-    """``sunset`` for many subscribers in three statements (the daily sweep)."""
+    """``sunset`` for many subscribers in five statements (the daily sweep)."""
+    placed = (
+        await session.execute(
+            select(Subscriber.id, Layer)
+            .join(Layer, Layer.id == Subscriber.layer_id)
+            .where(Subscriber.id.in_(subscriber_ids))
+        )
+    ).all()
+    if placed:
+        await session.execute(
+            insert(LayerHistory), [history_row(i, "sunset", layer, layer, reason, now) for i, layer in placed]
+        )
     await session.execute(
         update(Subscriber)
         .where(Subscriber.id.in_(subscriber_ids))

@@ -24,7 +24,7 @@ from ..core.promotion import (
 )
 from ..models import Event, Layer, LayerHistory, Message, Step, Subscriber
 from . import webhooks
-from .enrollments import enroll, layer_sequence, move_layer, sunset, top_position
+from .enrollments import layer_sequence, move_layer, revive, sunset, top_position
 from .triggers import TRIGGERS, start_triggered
 
 EVENT_TYPES = frozenset(
@@ -96,12 +96,9 @@ async def record_event(
         )
     if machine or type not in PROMOTING_TYPES:
         return Recorded(event, Decision(None), None)
+    if subscriber.status == "sunset":
+        await revive(session, subscriber, type, now)
     subscriber.last_human_at = now
-    if subscriber.status == "sunset" and subscriber.layer_id is not None:
-        # A sunset subscriber who comes back is mailed again, from their layer's first step.
-        subscriber.status = "active"
-        subscriber.layer_entered_at = now
-        await enroll(session, subscriber, subscriber.layer_id, now)
     if type in TRIGGERS:
         product = (data or {}).get("product")
         await start_triggered(session, subscriber, type, now, product=product if isinstance(product, str) else None)

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..core.promotion import silence_reason
 from ..core.schedule import parse_duration
 from ..models import Layer, Subscriber
 from .enrollments import sunset_many, top_position
@@ -106,7 +107,7 @@ async def _sunset_silent(
             ).scalars()
         )
         if ids:
-            await sunset_many(session, ids, f"sunset: no human event for {layer.rule['sunset']['inactive_for']}", now)
+            await sunset_many(session, ids, silence_reason("sunset", sunset_s, sunset_s), now)
         total += len(ids)
         if len(ids) < CHUNK:
             return total
