@@ -44,7 +44,7 @@ async def make_subscriber(rt: Runtime, email: str, *, layer: int = 1, **fields: 
             layer_id=target.id,
             layer_entered_at=now,
             attributes={},
-            tags=[],
+            tags=fields.pop("tags", []),
             created_at=now,
             confirmed_at=now,
             **fields,

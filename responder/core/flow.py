@@ -11,8 +11,8 @@ per layer over a period (from a given time on, or all time):
 * ``moved_up`` — those of them who left that stay for a higher layer, whenever that was, so
   ``conversion_to_next`` is ``moved_up / entered``;
 * ``present`` — subscribers in the layer (and active) at some time in the period;
-* ``left`` — stays that ended in the period by unsubscribe, bounce, complaint or sunset, so
-  ``churn_rate`` is their number over ``present``;
+* ``churned`` — those who left the layer in the period by unsubscribe, bounce, complaint or
+  sunset (``left`` counts them by how), so ``churn_rate`` is ``churned / present``;
 * ``stay_s`` — how long stays lasted that ended in the period with a move.
 
 Moves up and down are counted per week (Monday), and churn per month with the subscribers
@@ -83,12 +83,9 @@ class LayerFlow:
     entered: int = 0
     moved_up: int = 0
     present: int = 0
-    left: Counter[str] = field(default_factory=Counter)
+    churned: int = 0  # subscribers who left (one who left twice, or two ways, counts once)
+    left: Counter[str] = field(default_factory=Counter)  # subscribers who left, by how
     stay_s: list[float] = field(default_factory=list)
-
-    @property
-    def churned(self) -> int:
-        return sum(self.left.values())
 
     @property
     def conversion_to_next(self) -> float | None:
@@ -117,14 +114,14 @@ def week_start(day: dt.date) -> dt.date:
 
 class FlowTally:
     """Figures per layer id from ``since`` on (None: from the start), as of ``now`` (the month
-    stays still open reach), fed one
-    subscriber's changes at a time, so memory holds the totals, not the history."""
+    stays still open reach), fed one subscriber's changes at a time, so memory holds the totals,
+    not the history. Every count is of subscribers, not of stays."""
 
     def __init__(self, since: dt.datetime | None, now: dt.datetime) -> None:
         self.since, self.now = since, now
         self.layers: dict[int, LayerFlow] = defaultdict(LayerFlow)
         self.moves: dict[dt.date, Counter[str]] = defaultdict(Counter)  # week's Monday → up/down
-        self.left_by_month: dict[int, dict[int, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+        self.monthly: dict[int, dict[int, LayerFlow]] = defaultdict(lambda: defaultdict(LayerFlow))
         # Subscribers present per layer and month, as a difference array over month indexes.
         self._present_delta: dict[int, Counter[int]] = defaultdict(Counter)
 
@@ -139,6 +136,7 @@ class FlowTally:
         entered: set[int] = set()
         moved_up: set[int] = set()
         present: set[int] = set()
+        left: set[tuple[int, int, str]] = set()  # (month, layer, how)
         last_month: dict[int, int] = {}
         for stay in stays(changes):
             flow = self.layers[stay.layer_id]
@@ -154,8 +152,7 @@ class FlowTally:
                     flow.stay_s.append((stay.end - stay.start).total_seconds())
                 else:
                     assert stay.ended_by is not None
-                    flow.left[stay.ended_by] += 1
-                    self.left_by_month[month_index(stay.end)][stay.layer_id][stay.ended_by] += 1
+                    left.add((month_index(stay.end), stay.layer_id, stay.ended_by))
             first = month_index(max(stay.start, self.since) if self.since else stay.start)
             last = month_index(stay.end or max(self.now, stay.start))
             first = max(first, last_month.get(stay.layer_id, first - 1) + 1)  # counted once a month
@@ -169,6 +166,14 @@ class FlowTally:
             self.layers[layer_id].moved_up += 1
         for layer_id in present:
             self.layers[layer_id].present += 1
+        for layer_id, how in {(layer_id, how) for _, layer_id, how in left}:
+            self.layers[layer_id].left[how] += 1
+        for layer_id in {layer_id for _, layer_id, _ in left}:
+            self.layers[layer_id].churned += 1
+        for month, layer_id, how in left:
+            self.monthly[month][layer_id].left[how] += 1
+        for month, layer_id in {(month, layer_id) for month, layer_id, _ in left}:
+            self.monthly[month][layer_id].churned += 1
 
     def add_present(self, layer_id: int, count: int) -> None:
         """``count`` subscribers who were in the layer the whole period and changed nothing in it
@@ -182,15 +187,15 @@ class FlowTally:
         return sum(n for m, n in self._present_delta[layer_id].items() if m <= month)
 
     def churn_per_month(self) -> list[tuple[str, dict[int, LayerFlow]]]:
-        """Months with churn, oldest first: per layer id, the stays that ended how, and the
-        subscribers present in the layer that month."""
+        """Months with churn, oldest first: per layer id, who left and how, and the subscribers
+        present in the layer that month."""
         return [
             (
                 month_name(month),
                 {
-                    layer_id: LayerFlow(present=self.present_in(layer_id, month), left=left)
-                    for layer_id, left in sorted(by_layer.items())
+                    layer_id: LayerFlow(present=self.present_in(layer_id, month), churned=flow.churned, left=flow.left)
+                    for layer_id, flow in sorted(by_layer.items())
                 },
             )
-            for month, by_layer in sorted(self.left_by_month.items())
+            for month, by_layer in sorted(self.monthly.items())
         ]
