@@ -40,7 +40,7 @@ BEFORE = [
     "INSERT INTO layer_history (subscriber_id, from_layer_id, to_layer_id, reason, event_ids, created_at)"
     " VALUES (1, 3, 2, 'layer 1 (Old) removed', '[]', '2026-01-20 00:00:00')",
     "INSERT INTO events (subscriber_id, type, machine, data, created_at) VALUES"
-    ' (3, \'sunset\', false, \'{"reason": "sunset: no human event for 180d"}\', \'2026-01-10 00:00:00\')',
+    " (3, 'sunset', false, '{\"reason\": \"sunset: no human event for 180d\"}', '2026-01-10 00:00:00')",
     "INSERT INTO newsletters (id, name, template_name, layer_ids, tags, state, created_at)"
     " VALUES (1, 'Spring', 'x', '[1, 3]', '[]', 'sent', '2026-01-05 00:00:00')",
 ]
