@@ -88,6 +88,10 @@ def clean_since(value: Any, now: dt.datetime, field: str = "since") -> dt.dateti
         ) from exc
     if since.tzinfo is None:
         raise ValidationError(f"{field} must carry a time zone (e.g. Z or +02:00)", field=field)
+    try:
+        since = since.astimezone(dt.UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise ValidationError(f"{field} is out of range", field=field) from exc
     if since > now:
         raise ValidationError(f"{field} is in the future", field=field)
-    return since.astimezone(dt.UTC)
+    return since
