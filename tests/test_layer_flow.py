@@ -76,6 +76,8 @@ async def test_imported_subscribers_count_as_entering_their_layer(app: App, caps
     dashboard = await get(app, "/api/v1/dashboard")
     assert [layer["conversion_to_next"] for layer in dashboard["layers"]] == [1.0, 0.0, 0.5, 0.0, None]
     assert [layer["entered"] for layer in dashboard["layers"]] == [3, 3, 2, 1, 0]
+    page = await (await (await signed_in(app.rt, app.client)).get("/admin/")).text()
+    assert "Conversion to the next layer" in page and "100.0% of 3" in page and "50.0% of 2" in page
 
     # A period that starts after the import: only the moves entered layers in it.
     since = (app.clock.now() - dt.timedelta(days=2)).isoformat()

@@ -216,7 +216,9 @@ async def move_subscriber(
     now = rt.clock.now()
     async with rt.db.transaction() as session:
         subscriber = await get_subscriber(session, subscriber_id)
-        target = (await session.execute(select(Layer).where(Layer.position == position))).scalar_one_or_none()
+        target = (
+            await session.execute(select(Layer).where(Layer.position == position, Layer.removed_at.is_(None)))
+        ).scalar_one_or_none()
         if target is None:
             raise ValidationError(f"there is no layer {position}", field="position")
         if subscriber.status != "active":
