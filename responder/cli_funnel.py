@@ -22,6 +22,7 @@ from .funnel.analytics import format_stats, funnel_stats
 from .funnel.scheduler import moves_json, sweep_on_demand
 from .models import Newsletter
 from .settings import Settings
+from .validation import clean_since
 
 COMMANDS = ("layers", "newsletters", "funnel", "stats")
 BAR_WIDTH = 30
@@ -78,6 +79,7 @@ def add_commands(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]
     add_common(sweep)
     stats = sub.add_parser("stats", help="funnel analytics")
     stats.add_argument("--json", action="store_true", help="the API's JSON instead of a table")
+    stats.add_argument("--since", help="start of the period: a date (2026-03-01) or a time with a zone")
     add_common(stats)
 
 
@@ -105,8 +107,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 async def _dispatch(args: argparse.Namespace, db: Database, settings: Settings) -> int:
     now = SystemClock().now()
     if args.command == "stats":
+        since = clean_since(args.since, now)
         async with db.read() as session:
-            result = await funnel_stats(session)
+            result = await funnel_stats(session, now, since)
         print(json.dumps(result, indent=2) if args.json else format_stats(result))
         return 0
     if args.command == "funnel":

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from sqlalchemy import Boolean, String, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
 
 from .errors import NotFound
 from .models import Base
@@ -28,3 +34,29 @@ async def insert_ignore(session: AsyncSession, model: type[Base], values: dict[s
     stmt = insert(model).values(**values).on_conflict_do_nothing().returning(model.id)  # type: ignore[attr-defined]
     result = await session.execute(stmt)
     return result.scalar_one_or_none()
+
+
+class has_element(FunctionElement[bool]):
+    """``column`` (a JSON list, e.g. a subscriber's tags) has an element equal to the string
+    ``value``: compared as a value, never as a pattern, so ``vip_gold`` does not match
+    ``vipXgold`` and a ``%``, ``"``, ``\\`` or non-ASCII letter matches only itself. SQLite reads
+    the list with ``json_each``; PostgreSQL asks ``jsonb`` containment."""
+
+    type = Boolean()
+    name = "has_element"
+    inherit_cache = True
+
+    def __init__(self, column: ColumnElement[Any] | InstrumentedAttribute[Any], value: str) -> None:
+        super().__init__(column, bindparam(None, value, type_=String()))
+
+
+@compiles(has_element, "sqlite")
+def _has_element_sqlite(element: has_element, compiler: SQLCompiler, **kw: Any) -> str:
+    column, value = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"EXISTS (SELECT 1 FROM json_each({column}) AS e WHERE e.type = 'text' AND e.value = {value})"
+
+
+@compiles(has_element, "postgresql")
+def _has_element_postgresql(element: has_element, compiler: SQLCompiler, **kw: Any) -> str:
+    column, value = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"(CAST({column} AS JSONB) @> jsonb_build_array(CAST({value} AS TEXT)))"

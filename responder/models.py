@@ -165,6 +165,9 @@ class Newsletter(Base):
     name: Mapped[str] = mapped_column(String(200))
     template_name: Mapped[str] = mapped_column(String(120))
     layer_ids: Mapped[list[Any]] = mapped_column(default=list)
+    # The target layers as they were when composed and when sending started: [{"id", "position",
+    # "name"}], so a newsletter still names the layers it went to after they are renamed or removed.
+    layer_snapshot: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
     tags: Mapped[list[Any]] = mapped_column(default=list)
     # draft | scheduled | sending | paused | sent | cancelled
     state: Mapped[str] = mapped_column(String(16))
@@ -283,13 +286,32 @@ class Suppression(Base):
 
 
 class LayerHistory(Base):
-    """Every layer move: from where to where, why, and which events triggered it."""
+    """Every change of a subscriber's place in the funnel: from where to where, why, and which
+    events triggered it.
+
+    ``kind`` says what happened: ``enter`` (placed in a layer on confirming or by an import; no
+    from layer), ``move`` (promoted, demoted, moved by an admin or by a layer's removal),
+    ``relocate`` (a subscriber who is not active carried along when their layer is removed),
+    ``sunset`` (mail stopped after long silence; from and to are the layer they stay in) and
+    ``revive`` (a sunset subscriber came back; from and to are that layer). Layers are kept by id;
+    their position and name at the time are copied, so removing, reordering or renaming a layer
+    later changes neither which way a move went nor how it reads.
+    """
 
     __tablename__ = "layer_history"
+    __table_args__ = (
+        Index("ix_layer_history_subscriber_time", "subscriber_id", "created_at"),
+        Index("ix_layer_history_created_at", "created_at"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="move", server_default="move")
     from_layer_id: Mapped[int | None] = mapped_column(ForeignKey("layers.id"))
     to_layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id"))
+    from_position: Mapped[int | None] = mapped_column(Integer)
+    to_position: Mapped[int | None] = mapped_column(Integer)
+    from_name: Mapped[str | None] = mapped_column(String(120))
+    to_name: Mapped[str | None] = mapped_column(String(120))
     reason: Mapped[str] = mapped_column(String(255))
     event_ids: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[dt.datetime]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -66,3 +67,31 @@ def parse_id(raw: str) -> int | None:
     if not raw.isdigit() or len(raw) > 10 or int(raw) > MAX_ID:
         return None
     return int(raw)
+
+
+def clean_since(value: Any, now: dt.datetime, field: str = "since") -> dt.datetime | None:
+    """The start of a reporting period: a date (``2026-03-01``, midnight UTC) or an ISO 8601
+    time with a zone, not after ``now``; None when not given."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or len(value) > 40:
+        raise ValidationError(f"{field} must be a date (2026-03-01) or an ISO 8601 time with a zone", field=field)
+    try:
+        since = (
+            dt.datetime.combine(dt.date.fromisoformat(value), dt.time(), dt.UTC)
+            if len(value) == 10
+            else dt.datetime.fromisoformat(value)
+        )
+    except ValueError as exc:
+        raise ValidationError(
+            f"{field} must be a date (2026-03-01) or an ISO 8601 time with a zone", field=field
+        ) from exc
+    if since.tzinfo is None:
+        raise ValidationError(f"{field} must carry a time zone (e.g. Z or +02:00)", field=field)
+    try:
+        since = since.astimezone(dt.UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise ValidationError(f"{field} is out of range", field=field) from exc
+    if since > now:
+        raise ValidationError(f"{field} is in the future", field=field)
+    return since

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
+from responder.funnel.enrollments import record_entries
 from responder.models import Layer, Subscriber
 from responder.runtime import Runtime
 from responder.web.admin.users import create_user
@@ -28,9 +29,14 @@ async def make_subscriber(
 ) -> int:
     now = rt.clock.now()
     async with rt.db.transaction() as session:
-        layer_id = (
-            (await session.execute(select(Layer.id).where(Layer.position == layer))).scalar_one() if layer else None
+        target = (
+            (
+                await session.execute(select(Layer).where(Layer.position == layer, Layer.removed_at.is_(None)))
+            ).scalar_one()
+            if layer
+            else None
         )
+        layer_id = target.id if target else None
         subscriber = Subscriber(
             email=email,
             name=name,
@@ -44,6 +50,8 @@ async def make_subscriber(
         )
         session.add(subscriber)
         await session.flush()
+        if target is not None and status == "active":
+            await record_entries(session, [(subscriber.id, target)], "test: placed", now)
         return subscriber.id
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from responder.app import start_runtime
 from responder.clock import FakeClock
-from responder.funnel.enrollments import enroll
+from responder.funnel.enrollments import enroll, record_entries
 from responder.funnel.scheduler import Scheduler
 from responder.models import Enrollment, Layer, Message, Subscriber
 from responder.runtime import Runtime
@@ -45,13 +45,14 @@ async def make_subscriber(rt: Runtime, email: str, *, layer: int = 1, **fields: 
             layer_id=target.id,
             layer_entered_at=now,
             attributes={},
-            tags=[],
+            tags=fields.pop("tags", []),
             created_at=now,
             confirmed_at=now,
             **fields,
         )
         session.add(subscriber)
         await session.flush()
+        await record_entries(session, [(subscriber.id, target)], "test: placed", now)
         await enroll(session, subscriber, target.id, now)
     return subscriber
 

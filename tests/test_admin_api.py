@@ -125,10 +125,13 @@ async def test_move_layer_tags_and_timeline(app: App) -> None:
 
     resp = await app.client.get(f"/api/v1/subscribers/{subscriber_id}/timeline", headers=app.auth)
     items = (await resp.json())["items"]
-    [move] = [item for item in items if item["kind"] == "layer"]
+    [move, enter] = [item for item in items if item["kind"] == "layer"]
     assert "bought the course" in move["summary"] and move["type"] == "up"
-    assert items.index(move) < items.index(items[-1])
-    assert {"kind": "event", "type": "open", "machine": True}.items() <= items[-1].items()
+    assert move["summary"].startswith("layer 1 (New customer) → layer 3 (Mastery)")
+    assert enter["type"] == "enter" and enter["summary"].startswith("enter layer 1 (New customer)")
+    assert items.index(move) < items.index(enter)
+    opened = next(item for item in items if item["type"] == "open")
+    assert opened["machine"] is True and items.index(move) < items.index(opened)
 
 
 async def test_events_list_and_stats(app: App) -> None:

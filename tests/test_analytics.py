@@ -74,7 +74,7 @@ async def test_stats_api_and_cli(rt: Runtime, client: TestClient, capsys) -> Non
     assert welcome["open_rate"] == 0.25  # the machine open does not count
     assert welcome["click_rate"] == 0.25
     async with rt.db.read() as session:
-        assert (await funnel_stats(session))["layers"] == stats["layers"]
+        assert (await funnel_stats(session, rt.clock.now()))["layers"] == stats["layers"]
 
     url = rt.settings.database_url
     assert await asyncio.to_thread(main, ["stats", "--database-url", url]) == 0

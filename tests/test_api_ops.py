@@ -64,7 +64,10 @@ async def test_purchase_promotes_at_once_and_the_next_layer_mails(app: App) -> N
     third = (await app.smtp.wait_for(3, "ada@example.com"))[2]
     assert third.message["Subject"] == "Getting the most from what you already have"
     body = await (await app.client.get(f"/api/v1/subscribers/{sid}", headers=app.auth)).json()
-    assert body["layer_history"][0]["reason"] == "purchase in layer 1"
+    assert [(h["kind"], h["reason"]) for h in body["layer_history"]] == [
+        ("enter", "confirmed the subscription"),
+        ("move", "purchase in layer 1"),
+    ]
 
 
 @pytest.mark.parametrize(

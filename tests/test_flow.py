@@ -116,7 +116,9 @@ async def test_whole_loop(app: App) -> None:
     assert layer2.message["Subject"] == "Getting the most from what you already have"
     async with app.rt.db.read() as session:
         ada = (await session.execute(select(Subscriber).where(Subscriber.email == "ada@example.com"))).scalar_one()
-        [move] = (await session.execute(select(LayerHistory))).scalars().all()
+        [enter, move] = (await session.execute(select(LayerHistory).order_by(LayerHistory.id))).scalars().all()
+        assert (enter.kind, enter.to_position, enter.reason) == ("enter", 1, "confirmed the subscription")
+        assert move.kind == "move" and (move.from_position, move.to_position) == (1, 2)
         assert "clicked in 2 mails" in move.reason
         assert len(move.event_ids) == 2
 

@@ -128,7 +128,9 @@ async def test_hand_off_never_sends_a_step_twice(rt: Runtime) -> None:
         moves = (
             (
                 await session.execute(
-                    select(LayerHistory).where(LayerHistory.subscriber_id == bob.id).order_by(LayerHistory.id)
+                    select(LayerHistory)
+                    .where(LayerHistory.subscriber_id == bob.id, LayerHistory.kind == "move")
+                    .order_by(LayerHistory.id)
                 )
             )
             .scalars()

@@ -84,7 +84,13 @@ async def test_layer_crud_with_validation(app: App) -> None:
     assert resp.status == 400 and "at least 4" in (await resp.json())["error"]["message"]
     async with app.rt.db.read() as session:
         [move] = (
-            (await session.execute(select(LayerHistory).where(LayerHistory.subscriber_id == ada.id))).scalars().all()
+            (
+                await session.execute(
+                    select(LayerHistory).where(LayerHistory.subscriber_id == ada.id, LayerHistory.kind == "move")
+                )
+            )
+            .scalars()
+            .all()
         )
         assert "removed" in move.reason
         subscriber = await session.get(Subscriber, ada.id)
@@ -92,7 +98,12 @@ async def test_layer_crud_with_validation(app: App) -> None:
 
     resp = await client.get("/api/v1/layer-history", headers=auth)
     moves = (await resp.json())["moves"]
-    assert moves and moves[0]["subscriber_id"] == ada.id and moves[0]["to_layer"] == 1
+    # As it was then: ada entered layer 1 and moved to layer 2, which is at position 1 now.
+    entered, moved = (m for m in moves if m["subscriber_id"] == ada.id)
+    assert (entered["kind"], entered["from_layer"], entered["to_layer"]) == ("enter", None, 1)
+    assert (moved["kind"], moved["from_layer"], moved["to_layer"]) == ("move", 1, 2)
+    assert (moved["from_name"], moved["to_name"]) == ("Curious", "Newcomer")  # its name then, not "(removed …)"
+    assert moved["to_layer_id"] == move.to_layer_id
 
 
 async def test_manual_move_hands_off_and_is_recorded(app: App) -> None:
@@ -107,7 +118,7 @@ async def test_manual_move_hands_off_and_is_recorded(app: App) -> None:
     resp = await app.client.get(f"/api/v1/subscribers/{bob.id}", headers=app.auth)
     body = await resp.json()
     assert [e["state"] for e in body["enrollments"]] == ["handed_off", "active"]
-    assert body["layer_history"][0]["reason"] == "admin: met at the conference"
+    assert body["layer_history"][-1]["reason"] == "admin: met at the conference"
     resp = await app.client.post(f"/api/v1/subscribers/{bob.id}/layer", headers=app.auth, json={"position": 9})
     assert resp.status == 400
     resp = await app.client.put(f"/api/v1/subscribers/{bob.id}/preferred", headers=app.auth, json={"preferred": True})

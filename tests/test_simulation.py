@@ -150,7 +150,11 @@ async def test_simulation_invariants(rt: Runtime) -> None:
                 )
             )
         ).all()
-        moves = (await session.execute(select(LayerHistory).order_by(LayerHistory.id))).scalars().all()
+        moves = (
+            (await session.execute(select(LayerHistory).where(LayerHistory.kind == "move").order_by(LayerHistory.id)))
+            .scalars()
+            .all()
+        )
         machine_ids = set((await session.execute(select(Event.id).where(Event.machine.is_(True)))).scalars())
         promoted_events = (
             await session.execute(select(func.count()).select_from(Event).where(Event.type == "promoted"))

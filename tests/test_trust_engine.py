@@ -55,6 +55,13 @@ async def click(app: App, message_pk: int, url: str = "https://a.example/") -> N
     await flushed(app)
 
 
+async def judged(app: App) -> None:
+    """Past the machine window for which the judgement of tracked hits waits, and judged."""
+    await flushed(app)
+    app.clock.advance(app.rt.settings.machine_window_s + 1)
+    await flushed(app)
+
+
 async def confirmed_now(app: App, *subscriber_ids: int) -> None:
     """Their silence starts now (the factory confirms a day ago)."""
     async with app.rt.db.transaction() as session:
@@ -126,7 +133,7 @@ async def test_a_hit_on_an_old_mail_brings_a_sunset_subscriber_back(papp: App) -
         assert (await subscriber(papp, subscriber_id)).status == "sunset"
     await click(papp, ids["clicks"][1])
     assert (await papp.client.get(open_path(papp, ids["opens"][1]), headers=BROWSER)).status == 200
-    await flushed(papp)
+    await judged(papp)
 
     async def steps_queued(subscriber_id: int) -> list[int]:
         async with papp.rt.db.read() as session:
@@ -205,6 +212,7 @@ async def test_tracked_clicks_are_judged_as_the_recording_service_judges_them(pa
             reader = await session.get(Subscriber, twin)
             assert reader is not None
             await record_event(session, reader, "click", papp.clock.now(), message_id=mails[twin], url="https://a/")
+        await judged(papp)
     assert await layer_position(papp, tracked) == expected
     assert await layer_position(papp, twin) == expected
 
@@ -245,4 +253,5 @@ async def test_the_sweep_runs_every_sweep_every_s(database_url: str, smtp: Any, 
                 break
         assert (await subscriber(app, quiet)).status == "sunset"
         async with app.rt.db.read() as session:
-            assert (await session.execute(select(LayerHistory))).first() is None  # a sunset, not a move
+            [row] = (await session.execute(select(LayerHistory).where(LayerHistory.subscriber_id == quiet))).scalars()
+            assert (row.kind, row.reason) == ("sunset", "sunset: no human event for 2 days")

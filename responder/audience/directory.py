@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import String, cast, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
-from ..dbutil import get_or_404
+from ..dbutil import get_or_404, has_element
 from ..errors import Conflict, ValidationError
 from ..funnel.enrollments import move_layer
 from ..models import Event, Layer, LayerHistory, Message, Subscriber
@@ -91,9 +91,7 @@ class SubscriberFilter:
         if self.status is not None:
             stmt = stmt.where(Subscriber.status == self.status)
         if self.tag is not None:
-            # Tags are a JSON list of names from TAG's alphabet, so the quoted name can only
-            # match a whole element; this works on SQLite and PostgreSQL alike.
-            stmt = stmt.where(cast(Subscriber.tags, String).like(f'%"{self.tag}"%'))
+            stmt = stmt.where(has_element(Subscriber.tags, self.tag))
         if self.text is not None:
             pattern = "%" + self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             stmt = stmt.where(
@@ -146,7 +144,6 @@ class TimelineItem:
 
 async def timeline(session: AsyncSession, subscriber_id: int, limit: int = TIMELINE_LIMIT) -> list[TimelineItem]:
     """Events, messages and layer moves of one subscriber, newest first."""
-    positions = dict((await session.execute(select(Layer.id, Layer.position))).all())
     items: list[TimelineItem] = []
     for event in (
         await session.execute(
@@ -181,12 +178,29 @@ async def timeline(session: AsyncSession, subscriber_id: int, limit: int = TIMEL
             .limit(limit)
         )
     ).scalars():
-        start = positions.get(move.from_layer_id) if move.from_layer_id else None
-        end = positions.get(move.to_layer_id)
-        direction = "up" if start is None or (end or 0) > start else "down"
-        items.append(TimelineItem(move.created_at, "layer", direction, f"layer {start or '-'} → {end}: {move.reason}"))
+        items.append(TimelineItem(move.created_at, "layer", _change_type(move), _change_summary(move)))
     items.sort(key=lambda item: item.at, reverse=True)
     return items[:limit]
+
+
+def _layer_name(position: int | None, name: str | None) -> str:
+    return f"layer {position if position is not None else '?'}" + (f" ({name})" if name else "")
+
+
+def _change_type(move: LayerHistory) -> str:
+    """up | down (a move), or the kind: enter, relocate, sunset, revive."""
+    if move.kind != "move":
+        return move.kind
+    start, end = move.from_position, move.to_position
+    return "down" if start is not None and end is not None and end < start else "up"
+
+
+def _change_summary(move: LayerHistory) -> str:
+    """The change as it read then: positions and names are the layers' at the time."""
+    to = _layer_name(move.to_position, move.to_name)
+    if move.kind in ("enter", "sunset", "revive"):
+        return f"{move.kind} {to}: {move.reason}"
+    return f"{_layer_name(move.from_position, move.from_name)} → {to}: {move.reason}"
 
 
 async def move_subscriber(
@@ -202,7 +216,9 @@ async def move_subscriber(
     now = rt.clock.now()
     async with rt.db.transaction() as session:
         subscriber = await get_subscriber(session, subscriber_id)
-        target = (await session.execute(select(Layer).where(Layer.position == position))).scalar_one_or_none()
+        target = (
+            await session.execute(select(Layer).where(Layer.position == position, Layer.removed_at.is_(None)))
+        ).scalar_one_or_none()
         if target is None:
             raise ValidationError(f"there is no layer {position}", field="position")
         if subscriber.status != "active":

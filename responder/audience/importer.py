@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..core.schedule import StepPlan
 from ..errors import NotFound, TooLarge, ValidationError
-from ..funnel.enrollments import enrollment_values, layer_sequence, step_plans
+from ..funnel.enrollments import enrollment_values, layer_sequence, record_entries, step_plans
 from ..models import ConsentRecord, Enrollment, ImportJob, Layer, Subscriber
 from ..runtime import Runtime
 from ..validation import clean_email, clean_name
@@ -200,7 +200,7 @@ async def _report(progress: Progress | None, state: ImportProgress) -> None:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    layer_id: int
+    layer: Layer
     sequence_id: int | None
     steps: list[StepPlan]
 
@@ -208,11 +208,11 @@ class LayerPlan:
 async def _layers(rt: Runtime) -> dict[int, LayerPlan]:
     plans: dict[int, LayerPlan] = {}
     async with rt.db.read() as session:
-        for layer in (await session.execute(select(Layer))).scalars():
+        for layer in (await session.execute(select(Layer).where(Layer.removed_at.is_(None)))).scalars():
             sequence = await layer_sequence(session, layer.id)
             steps = await step_plans(session, sequence.id) if sequence else []
             plans[layer.position] = LayerPlan(
-                layer.id, sequence.id if sequence else None, [StepPlan(s.position, s.delay_s) for s in steps]
+                layer, sequence.id if sequence else None, [StepPlan(s.position, s.delay_s) for s in steps]
             )
     return plans
 
@@ -242,7 +242,7 @@ async def _insert(
                             "email": r.email,
                             "name": r.name,
                             "status": "active",
-                            "layer_id": layers[r.position].layer_id,
+                            "layer_id": layers[r.position].layer.id,
                             "layer_entered_at": now,
                             "attributes": {},
                             "tags": r.tags,
@@ -256,12 +256,13 @@ async def _insert(
             ).all()
         )
         by_email = {email: id_ for id_, email in created.items()}
-        consents, enrollments = [], []
+        consents, enrollments, entries = [], [], []
         for row_no, row in batch:
             subscriber_id = by_email.get(row.email)
             if subscriber_id is None:
                 state.reject(row_no, row.email, "email", "already a subscriber; left unchanged")
                 continue
+            entries.append((subscriber_id, layers[row.position].layer))
             consents.append(
                 {
                     "subscriber_id": subscriber_id,
@@ -278,6 +279,7 @@ async def _insert(
                 enrollments.append(enrollment_values(subscriber_id, plan.sequence_id, plan.steps, now))
         if consents:
             await session.execute(insert_rows(ConsentRecord), consents)
+            await record_entries(session, entries, "imported", now)
         if enrollments:
             await session.execute(insert_rows(Enrollment), enrollments)
         state.imported += len(consents)

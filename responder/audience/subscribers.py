@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..core.status import may_become
 from ..delivery import outbox
 from ..errors import InvalidToken, ValidationError
-from ..funnel.enrollments import enroll
+from ..funnel.enrollments import enroll, record_entries
 from ..funnel.events import STATUS_AFTER, record_event
 from ..funnel.ledger import set_status
 from ..funnel.referrals import credit_referral, referrer_id
@@ -208,6 +208,7 @@ async def confirm(rt: Runtime, token: str, ip: str | None, user_agent: str | Non
                 created_at=now,
             )
         )
+        await record_entries(session, [(subscriber.id, first)], "confirmed the subscription", now)
         await record_event(session, subscriber, "confirm", now, ip=ip, user_agent=user_agent)  # → active
         await enroll(session, subscriber, first.id, now)
         await credit_referral(session, subscriber, now)

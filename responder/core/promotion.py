@@ -210,6 +210,36 @@ def _seconds(rule: Mapping[str, Any], *path: str) -> int | None:
     return parse_duration(value) if isinstance(value, str) else None
 
 
+_SPOKEN_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
+def spoken_duration(seconds: float, counted_in: int | None = None) -> str:
+    """A duration in words, in whole units rounded down: ``"91 days"``, ``"36 hours"``, ``"1 minute"``.
+
+    The unit is the largest that divides ``counted_in`` (a rule's threshold: ``"90d"`` counts
+    in days, ``"36h"`` in hours, ``"90s"`` in seconds), so a silence judged against a rule reads
+    in the rule's terms and is never "0 days"; without it, the largest unit ``seconds`` reaches.
+    """
+    whole = max(int(seconds), 0)
+    if counted_in:
+        name, size = next((n, s) for n, s in _SPOKEN_UNITS if counted_in % s == 0)
+    else:
+        name, size = next(((n, s) for n, s in _SPOKEN_UNITS if whole >= s), _SPOKEN_UNITS[-1])
+    count = whole // size
+    return f"{count} {name}{'' if count == 1 else 's'}"
+
+
+def silence_reason(action: str, silent_s: float, threshold_s: int) -> str:
+    """Why a subscriber was sunset or demoted: ``"sunset: no human event for 91 days"``, the
+    silence counted in the unit of the rule's threshold."""
+    return f"{action}: no human event for {spoken_duration(silent_s, threshold_s)}"
+
+
+def revival_reason(event_type: str, silent_s: float) -> str:
+    """Why a sunset subscriber is mailed again: ``"revived: click after no human event for 200 days"``."""
+    return f"revived: {event_type} after no human event for {spoken_duration(silent_s)}"
+
+
 def evaluate(
     rule: Mapping[str, Any],
     *,
@@ -236,7 +266,7 @@ def evaluate(
     silent = now - max(entered_at, last_human_at or entered_at)
     sunset_s = _seconds(rule, "sunset", "inactive_for")
     if sunset_s and silent_overall >= dt.timedelta(seconds=sunset_s):
-        return Decision(None, f"sunset: no human event for {silent_overall.days} days", sunset=True)
+        return Decision(None, silence_reason("sunset", silent_overall.total_seconds(), sunset_s), sunset=True)
     human = sorted((e for e in events if not e.machine and e.created_at > entered_at), key=lambda e: e.created_at)
     if position < top_position:
         promoted = _promotion(rule.get("promote", {}), position, human, now, step_sent_at or {})
@@ -244,7 +274,7 @@ def evaluate(
             return promoted
     demote_s = _seconds(rule, "demote", "inactive_for")
     if position > 1 and demote_s and silent >= dt.timedelta(seconds=demote_s):
-        return Decision(position - 1, f"demoted: no human event for {silent.days} days")
+        return Decision(position - 1, silence_reason("demoted", silent.total_seconds(), demote_s))
     return STAY
 
 

@@ -1,30 +1,40 @@
 """Funnel analytics: where subscribers are, how they move, and what they open and click.
 
-Counts are aggregated in the database; only layer history (one row per move) and unsubscribe
-events are walked row by row, streamed, to compute weekly moves, conversion, median time in
-layer and monthly churn. Rates count human events only.
+Counts are aggregated in the database; the layer flow (entries, conversion to the next layer,
+time in layer, moves per week, churn per layer and month) is read subscriber by subscriber by
+``flow.layer_flow`` and added up by ``core.flow``. Rates count human events only.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import statistics
-from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import distinct, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..models import Event, Layer, LayerHistory, Message, Newsletter, Step, Subscriber
+from ..core.flow import CHURN_KINDS, LayerFlow
+from ..core.flow import ratio as _ratio
+from ..models import Event, Layer, Message, Newsletter, Step, Subscriber
+from .flow import layer_flow
+
+# How each way of leaving is named in the figures.
+LEFT_AS = {"unsubscribe": "unsubscribed", "bounce": "bounced", "complaint": "complained", "sunset": "sunset"}
 
 
-def _week(at: dt.datetime) -> str:
-    year, week, _ = at.isocalendar()
+def _week(monday: dt.date) -> str:
+    year, week, _ = monday.isocalendar()
     return f"{year}-W{week:02d}"
 
 
-def _ratio(part: int, whole: int) -> float | None:
-    return round(part / whole, 4) if whole else None
+def churn_json(flow: LayerFlow) -> dict[str, Any]:
+    """How many left a layer and how, and the share of those in the layer that is."""
+    return {
+        **{LEFT_AS[kind]: flow.left.get(kind, 0) for kind in CHURN_KINDS},
+        "churned": flow.churned,
+        "in_layer": flow.present,
+        "rate": flow.churn_rate,
+    }
 
 
 async def _rates(session: AsyncSession, key: Any) -> dict[int, dict[str, Any]]:
@@ -54,11 +64,11 @@ async def _rates(session: AsyncSession, key: Any) -> dict[int, dict[str, Any]]:
     return out
 
 
-async def funnel_stats(session: AsyncSession) -> dict[str, Any]:
+async def funnel_stats(session: AsyncSession, now: dt.datetime, since: dt.datetime | None = None) -> dict[str, Any]:
+    """The figures from ``since`` (None: all time) to ``now``."""
     layers = list(
         (await session.execute(select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position))).scalars()
     )
-    position = {layer.id: layer.position for layer in layers}
     active = dict(
         (
             await session.execute(
@@ -68,58 +78,22 @@ async def funnel_stats(session: AsyncSession) -> dict[str, Any]:
             )
         ).all()
     )
-
-    moves: dict[str, dict[str, int]] = defaultdict(lambda: {"up": 0, "down": 0})
-    entered: dict[int, set[int]] = defaultdict(set)
-    promoted: dict[int, set[int]] = defaultdict(set)
-    durations: dict[int, list[float]] = defaultdict(list)
-    confirmed = await session.stream(
-        select(Subscriber.id, Subscriber.confirmed_at).where(Subscriber.confirmed_at.is_not(None))
-    )
-    since: dict[int, dt.datetime] = {}
-    first = layers[0].id if layers else None
-    async for subscriber_id, at in confirmed:
-        since[subscriber_id] = at  # type: ignore[assignment]  # confirmed_at IS NOT NULL
-        if first is not None:
-            entered[first].add(subscriber_id)
-    history = await session.stream(
-        select(
-            LayerHistory.subscriber_id, LayerHistory.from_layer_id, LayerHistory.to_layer_id, LayerHistory.created_at
-        ).order_by(LayerHistory.id)
-    )
-    async for subscriber_id, from_id, to_id, at in history:
-        if from_id is not None:
-            src, dst = position.get(from_id), position.get(to_id)
-            if src is not None and dst is not None:
-                moves[_week(at)]["up" if dst > src else "down"] += 1
-                if dst == src + 1:
-                    promoted[from_id].add(subscriber_id)
-            if subscriber_id in since:
-                durations[from_id].append((at - since[subscriber_id]).total_seconds())
-        since[subscriber_id] = at
-        entered[to_id].add(subscriber_id)
-
-    churn: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    unsubscribes = await session.stream(
-        select(Event.created_at, Subscriber.layer_id).join(Subscriber).where(Event.type == "unsubscribe")
-    )
-    async for at, layer_id in unsubscribes:
-        if layer_id in position:
-            churn[at.strftime("%Y-%m")][position[layer_id]] += 1
-
+    flow = await layer_flow(session, now, since)
+    position = {layer.id: layer.position for layer in layers}
     per_layer = []
     for layer in layers:
-        times = durations.get(layer.id)
+        figures = flow.layers.get(layer.id, LayerFlow())
         per_layer.append(
             {
                 "position": layer.position,
                 "name": layer.name,
                 "label": layer.label,
                 "subscribers": active.get(layer.id, 0),
-                "conversion_to_next": _ratio(len(promoted[layer.id]), len(entered[layer.id]))
-                if layer.position < len(layers)
-                else None,
-                "median_days_in_layer": round(statistics.median(times) / 86400, 2) if times else None,
+                "entered": figures.entered,
+                "moved_up": figures.moved_up,
+                "conversion_to_next": figures.conversion_to_next if layer.position < len(layers) else None,
+                "median_days_in_layer": figures.median_days,
+                "churn": churn_json(figures),
             }
         )
     step_rates = await _rates(session, Message.step_id)
@@ -127,18 +101,19 @@ async def funnel_stats(session: AsyncSession) -> dict[str, Any]:
     newsletter_rates = await _rates(session, Message.newsletter_id)
     names = dict((await session.execute(select(Newsletter.id, Newsletter.name))).all())
     return {
+        "since": since.isoformat() if since else None,
+        "until": now.isoformat(),
         "layers": per_layer,
-        "moves_per_week": [{"week": w, **m} for w, m in sorted(moves.items())],
+        "moves_per_week": [
+            {"week": _week(monday), "up": moves["up"], "down": moves["down"]}
+            for monday, moves in sorted(flow.moves.items())
+        ],
         "churn_per_month": [
             {
                 "month": month,
-                "layers": {
-                    str(p): {"unsubscribed": n, "rate": _ratio(n, n + active.get(lid, 0))}
-                    for lid, p in position.items()
-                    if (n := by_layer.get(p, 0))
-                },
+                "layers": {str(position[lid]): churn_json(f) for lid, f in by_layer.items() if lid in position},
             }
-            for month, by_layer in sorted(churn.items())
+            for month, by_layer in flow.churn_per_month()
         ],
         "steps": [
             {
@@ -161,20 +136,25 @@ def format_stats(stats: dict[str, Any]) -> str:
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value * 100:.1f}%"
 
-    lines = [f"{'layer':<44} {'active':>7} {'to next':>8} {'median days':>12}"]
+    lines = [f"{'layer':<44} {'active':>7} {'entered':>8} {'to next':>8} {'churn':>7} {'median days':>12}"]
     for row in stats["layers"]:
         days = "-" if row["median_days_in_layer"] is None else f"{row['median_days_in_layer']:.1f}"
         lines.append(
-            f"{row['position']}. {row['name'][:41]:<41} {row['subscribers']:>7} "
-            f"{pct(row['conversion_to_next']):>8} {days:>12}"
+            f"{row['position']}. {row['name'][:41]:<41} {row['subscribers']:>7} {row['entered']:>8} "
+            f"{pct(row['conversion_to_next']):>8} {pct(row['churn']['rate']):>7} {days:>12}"
         )
     if stats["moves_per_week"]:
         lines += ["", "moves per week (up / down)"]
         lines += [f"  {m['week']}  {m['up']:>6} / {m['down']}" for m in stats["moves_per_week"]]
     if stats["churn_per_month"]:
-        lines += ["", "churn per month (layer: unsubscribed, rate)"]
+        lines += ["", "churn per month (layer: left of those in it, rate; how they left)"]
         for month in stats["churn_per_month"]:
-            parts = [f"{p}: {c['unsubscribed']} ({pct(c['rate'])})" for p, c in month["layers"].items()]
+            parts = [
+                f"{p}: {c['churned']}/{c['in_layer']} ({pct(c['rate'])}; "
+                + ", ".join(f"{c[name]} {name}" for name in LEFT_AS.values() if c[name])
+                + ")"
+                for p, c in month["layers"].items()
+            ]
             lines.append(f"  {month['month']}  " + ", ".join(parts))
     if stats["steps"]:
         lines += ["", "steps (sent, human open rate, human click rate)"]

@@ -1,9 +1,10 @@
-"""The dashboard's figures: subscribers per layer, weekly moves up and down, churn per layer,
-human versus machine opens and clicks and the reasons of their verdicts, complaint rate with
-its alarm.
+"""The dashboard's figures: subscribers per layer, weekly moves up and down, conversion to the
+next layer and churn per layer, human versus machine opens and clicks and the reasons of their
+verdicts, complaint rate with its alarm.
 
-The arithmetic is pure (``weekly_moves``, ``rate``, ``complaint_alarm``); ``dashboard_stats``
-reads its inputs with a few grouped queries.
+The arithmetic is pure (``weekly_moves``, ``rate``, ``complaint_alarm``, and ``core.flow`` for
+conversion and churn); ``dashboard_stats`` reads its inputs with a few grouped queries and the
+history of the subscribers who changed layer or left in the window (``flow.layer_flow``).
 """
 
 from __future__ import annotations
@@ -15,25 +16,31 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
+from ..core.flow import CHURN_KINDS, LayerFlow, week_start
 from ..core.machine import HUMAN, HUMAN_REASONS, REASONS
 from ..models import Event, Layer, LayerHistory, Message, Subscriber
+from .flow import layer_flow
 
 WEEKS = 8
 WINDOW_DAYS = 30
 COMPLAINT_ALARM_RATE = 0.003  # mailbox providers start filtering above 0.3 %
-CHURN_TYPES = ("unsubscribe", "bounce", "complaint")
 
 
 @dataclass(frozen=True)
 class LayerFigures:
+    """One layer over the window: who entered it, the share of them who moved up since, and
+    who left it (unsubscribed, bounced, complained, sunset) out of everyone in it."""
+
     position: int
     name: str
     label: str
     subscribers: int
     churned: int
     churn_rate: float
+    entered: int = 0
+    conversion_to_next: float | None = None
+    left: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,21 +87,18 @@ class Stats:
         return body
 
 
-def week_start(day: dt.date) -> dt.date:
-    return day - dt.timedelta(days=day.weekday())
-
-
 def weekly_moves(
-    moves: Iterable[tuple[dt.datetime, int | None, int]], now: dt.datetime, weeks: int = WEEKS
+    moves: Iterable[tuple[dt.datetime, int | None, int | None]], now: dt.datetime, weeks: int = WEEKS
 ) -> list[WeekMoves]:
     """(when, from position, to position) → up/down counts for each of the last ``weeks``
-    weeks (Monday starts), oldest first. A first placement (no from) is not a move."""
+    weeks (Monday starts), oldest first. A first placement (no from) is not a move, nor is one
+    whose positions are not known."""
     current = week_start(now.date())
     starts = [current - dt.timedelta(weeks=weeks - 1 - i) for i in range(weeks)]
     counts = {start: [0, 0] for start in starts}
     for at, start, end in moves:
         bucket = counts.get(week_start(at.date()))
-        if bucket is None or start is None or start == end:
+        if bucket is None or start is None or end is None or start == end:
             continue
         bucket[0 if end > start else 1] += 1
     return [WeekMoves(start, *counts[start]) for start in starts]
@@ -110,7 +114,9 @@ def complaint_alarm(complaints: int, sent: int) -> bool:
 
 async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
     since = now - dt.timedelta(days=WINDOW_DAYS)
-    layers = list((await session.execute(select(Layer).order_by(Layer.position))).scalars())
+    layers = list(
+        (await session.execute(select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position))).scalars()
+    )
     active = dict(
         (
             await session.execute(
@@ -120,37 +126,31 @@ async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
             )
         ).all()
     )
-    # Churn: subscribers who left (unsubscribed, bounced, complained) in the window, counted in
-    # the layer they were in; the rate is over those plus the ones still active there.
-    churned = dict(
-        (
-            await session.execute(
-                select(Subscriber.layer_id, func.count(func.distinct(Event.subscriber_id)))
-                .join(Subscriber, Subscriber.id == Event.subscriber_id)
-                .where(Event.type.in_(CHURN_TYPES), Event.created_at >= since, Subscriber.status != "active")
-                .group_by(Subscriber.layer_id)
+    # Churn counts those who left in the window, in the layer they were in then, out of all who
+    # were in that layer at some time in the window.
+    flow = await layer_flow(session, now, since)
+    figures = []
+    for layer in layers:
+        counts = flow.layers.get(layer.id, LayerFlow())
+        figures.append(
+            LayerFigures(
+                layer.position,
+                layer.name,
+                layer.label,
+                active.get(layer.id, 0),
+                counts.churned,
+                rate(counts.churned, counts.present),
+                counts.entered,
+                counts.conversion_to_next if layer.position < len(layers) else None,
+                {kind: counts.left.get(kind, 0) for kind in CHURN_KINDS},
             )
-        ).all()
-    )
-    figures = [
-        LayerFigures(
-            layer.position,
-            layer.name,
-            layer.label,
-            active.get(layer.id, 0),
-            churned.get(layer.id, 0),
-            rate(churned.get(layer.id, 0), active.get(layer.id, 0) + churned.get(layer.id, 0)),
         )
-        for layer in layers
-    ]
-    start_layer, end_layer = aliased(Layer), aliased(Layer)
-    week_from = now - dt.timedelta(weeks=WEEKS)
+    # Which way a move went is as recorded then: removing or reordering layers since changes nothing.
     moves = (
         await session.execute(
-            select(LayerHistory.created_at, start_layer.position, end_layer.position)
-            .outerjoin(start_layer, start_layer.id == LayerHistory.from_layer_id)
-            .join(end_layer, end_layer.id == LayerHistory.to_layer_id)
-            .where(LayerHistory.created_at >= week_from)
+            select(LayerHistory.created_at, LayerHistory.from_position, LayerHistory.to_position).where(
+                LayerHistory.kind == "move", LayerHistory.created_at >= now - dt.timedelta(weeks=WEEKS)
+            )
         )
     ).all()
     by_type: dict[tuple[str, bool], int] = {}
@@ -163,8 +163,8 @@ async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
         by_type[type_, bool(machine)] = by_type.get((type_, bool(machine)), 0) + count
         if type_ in ("open", "click"):
             reason = verdict or ("unknown" if machine else HUMAN)  # recorded without a verdict
-            counts = by_reason.setdefault((reason, bool(machine)), {})
-            counts[type_] = counts.get(type_, 0) + count
+            per_type = by_reason.setdefault((reason, bool(machine)), {})
+            per_type[type_] = per_type.get(type_, 0) + count
     sent = by_type.get(("sent", False), 0) + by_type.get(("sent", True), 0)
     complaints = by_type.get(("complaint", False), 0) + by_type.get(("complaint", True), 0)
     return Stats(

@@ -1,5 +1,6 @@
 """Enrollments and layer moves: enrolling subscribers in sequences, ending enrollments, moving
-subscribers between layers and sunsetting them.
+subscribers between layers, sunsetting and reviving them, and the layer history row each of
+these (and a first placement: a confirmation, an import) leaves for analytics.
 
 The decisions are made by the pure functions in ``schedule`` and ``promotion``; this module
 reads their inputs from the database and writes their outcomes back.
@@ -11,11 +12,12 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..core.promotion import ACTIVITY_TYPES, revival_reason
 from ..core.schedule import StepPlan, first_due
-from ..models import Enrollment, Layer, LayerHistory, Step, Subscriber
+from ..models import Enrollment, Event, Layer, LayerHistory, Step, Subscriber
 from ..models import Sequence as DripSequence
 from . import webhooks
 from .ledger import add_event, add_events, set_status
@@ -96,6 +98,42 @@ async def top_position(session: AsyncSession) -> int:
     )
 
 
+def history_row(
+    subscriber_id: int,
+    kind: str,
+    from_layer: Layer | None,
+    to_layer: Layer,
+    reason: str,
+    now: dt.datetime,
+    event_ids: Sequence[int] = (),
+) -> dict[str, Any]:
+    """A ``LayerHistory`` row's values: the layers by id, with their position and name now."""
+    return {
+        "subscriber_id": subscriber_id,
+        "kind": kind,
+        "from_layer_id": from_layer.id if from_layer else None,
+        "from_position": from_layer.position if from_layer else None,
+        "from_name": from_layer.name if from_layer else None,
+        "to_layer_id": to_layer.id,
+        "to_position": to_layer.position,
+        "to_name": to_layer.name,
+        "reason": reason[:255],
+        "event_ids": list(event_ids),
+        "created_at": now,
+    }
+
+
+async def record_entries(
+    session: AsyncSession, entries: Sequence[tuple[int, Layer]], reason: str, now: dt.datetime
+) -> None:
+    """The history rows of subscribers placed in a layer without a move (subscriber id, layer):
+    confirming puts one in the first layer, an import many in theirs."""
+    if entries:
+        await session.execute(
+            insert(LayerHistory), [history_row(i, "enter", None, layer, reason, now) for i, layer in entries]
+        )
+
+
 async def move_layer(
     session: AsyncSession,
     subscriber: Subscriber,
@@ -110,14 +148,9 @@ async def move_layer(
     Triggered sequences (back-end, follow-up, thank-you) keep running across the move.
     """
     from_layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
-    history = LayerHistory(
-        subscriber_id=subscriber.id,
-        from_layer_id=subscriber.layer_id,
-        to_layer_id=to_layer.id,
-        reason=reason,
-        event_ids=list(event_ids),
-        created_at=now,
-    )
+    # Someone not active (unsubscribed, sunset) only follows a removed layer's subscribers.
+    kind = "move" if subscriber.status == "active" else "relocate"
+    history = LayerHistory(**history_row(subscriber.id, kind, from_layer, to_layer, reason, now, event_ids))
     session.add(history)
     await end_enrollments(session, subscriber.id, "handed_off", now, layer_only=True)
     subscriber.layer_id = to_layer.id
@@ -143,8 +176,8 @@ async def move_layer(
 
 async def sunset(session: AsyncSession, reasons: Mapping[int, str], now: dt.datetime) -> list[int]:
     """Stop mailing long-silent subscribers (subscriber id → the reason) in a few statements:
-    their status, their running sequences stopped, a ``sunset`` event each. The record, layer
-    and history stay. The ids sunset (those still active)."""
+    their status, their running sequences stopped, a ``sunset`` event and a history row each.
+    The record and layer stay. The ids sunset (those still active)."""
     changed = await set_status(session, reasons, "sunset", now)
     if changed:
         await session.execute(
@@ -160,16 +193,52 @@ async def sunset(session: AsyncSession, reasons: Mapping[int, str], now: dt.date
                 for i in changed
             ],
         )
+        placed = (
+            await session.execute(
+                select(Subscriber.id, Layer)
+                .join(Layer, Layer.id == Subscriber.layer_id)
+                .where(Subscriber.id.in_(changed))
+            )
+        ).all()
+        if placed:
+            await session.execute(
+                insert(LayerHistory),
+                [history_row(i, "sunset", layer, layer, reasons[i], now) for i, layer in placed],
+            )
     return changed
 
 
-async def resume(session: AsyncSession, subscriber: Subscriber, now: dt.datetime) -> None:
-    """Mail a subscriber back from sunset: their layer's sequence goes on from the step it had
-    reached (the outbox never holds a step twice), or starts if they had none running."""
+async def resume(session: AsyncSession, subscriber: Subscriber, event_type: str, now: dt.datetime) -> None:
+    """Mail a subscriber back from sunset (already ``active`` again): a history row saying how
+    long the silence was, and their layer's sequence goes on from the step it had reached (the
+    outbox never holds a step twice), or starts if they had none running."""
     if subscriber.layer_id is None:
         return
+    layer = await session.get(Layer, subscriber.layer_id)
+    assert layer is not None
+    # The silence this event ends: since the last human event before the sunset (the event
+    # itself has already set ``last_human_at``), or since confirming.
+    sunset_at = (
+        await session.execute(
+            select(func.max(Event.created_at)).where(Event.subscriber_id == subscriber.id, Event.type == "sunset")
+        )
+    ).scalar_one()
+    before = (
+        await session.execute(
+            select(func.max(Event.created_at)).where(
+                Event.subscriber_id == subscriber.id,
+                Event.type.in_(ACTIVITY_TYPES),
+                Event.machine.is_(False),
+                Event.created_at < (sunset_at or now),
+            )
+        )
+    ).scalar_one()
+    silent_since = before or subscriber.confirmed_at or subscriber.created_at
+    reason = revival_reason(event_type, (now - silent_since).total_seconds())
+    session.add(LayerHistory(**history_row(subscriber.id, "revive", layer, layer, reason, now)))
     sequence = await layer_sequence(session, subscriber.layer_id)
     if sequence is None:
+        await session.flush()
         return
     stopped = (
         await session.execute(
@@ -183,4 +252,4 @@ async def resume(session: AsyncSession, subscriber: Subscriber, now: dt.datetime
         await enroll_in(session, subscriber, sequence, now)
     elif stopped.state == "stopped":
         stopped.state, stopped.due_at, stopped.ended_at = "active", now, None
-        await session.flush()
+    await session.flush()

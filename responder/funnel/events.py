@@ -51,6 +51,8 @@ WEBHOOK_NAMES = {"purchase": "purchase", "referral": "referral", "enquiry": "enq
 # The status an event of a type leads to (a bounce only when hard: ``status_after``).
 STATUS_AFTER = {"unsubscribe": "unsubscribed", "complaint": "complained", "confirm": "active"}
 PREFERRED = "preferred"
+# Which of a revived subscriber's event types the history names (the most telling first).
+REVIVAL_ORDER = ("reply", "purchase", "enquiry", "referral", "click", "open", "confirm")
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ async def follow_activity(
     )
     for subscriber in subscribers:
         if subscriber.status == "sunset" and await set_status(session, [subscriber.id], "active", now):
-            await resume(session, subscriber, now)
+            await resume(session, subscriber, min(types[subscriber.id], key=REVIVAL_ORDER.index), now)
     rules = {layer.id: layer.rule or {} for layer in (await session.execute(select(Layer))).scalars()}
     for subscriber in subscribers:
         for trigger in types[subscriber.id] & set(TRIGGERS):

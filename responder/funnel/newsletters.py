@@ -18,11 +18,11 @@ import datetime as dt
 import re
 from typing import Any
 
-from sqlalchemy import Integer, String, cast, func, insert, literal, select, update
+from sqlalchemy import Integer, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.pacing import caps_for, mail_at
-from ..dbutil import get_or_404
+from ..dbutil import get_or_404, has_element
 from ..errors import Conflict, NotFound, ValidationError
 from ..models import Layer, Message, Newsletter, NewsletterRecipient, Subscriber
 from ..settings import Settings
@@ -47,7 +47,7 @@ def _parse_time(value: Any) -> dt.datetime | None:
     return parsed.astimezone(dt.UTC)
 
 
-async def _layer_ids(session: AsyncSession, positions: Any) -> list[int]:
+async def _target_layers(session: AsyncSession, positions: Any) -> list[Layer]:
     if (
         not isinstance(positions, list)
         or not positions
@@ -56,17 +56,38 @@ async def _layer_ids(session: AsyncSession, positions: Any) -> list[int]:
         raise ValidationError(
             "layers is required: a list of layer positions (there is no 'everyone' default)", field="layers"
         )
-    rows = dict(
-        (
-            await session.execute(
-                select(Layer.position, Layer.id).where(Layer.position.in_(positions), Layer.removed_at.is_(None))
-            )
-        ).all()
-    )
+    rows = {
+        layer.position: layer
+        for layer in (
+            await session.execute(select(Layer).where(Layer.position.in_(positions), Layer.removed_at.is_(None)))
+        ).scalars()
+    }
     missing = sorted(set(positions) - set(rows))
     if missing:
         raise ValidationError(f"no layer at position {missing[0]}", field="layers")
     return [rows[p] for p in sorted(set(positions))]
+
+
+def _snapshot(layers: list[Layer]) -> list[dict[str, Any]]:
+    return [{"id": layer.id, "position": layer.position, "name": layer.name} for layer in layers]
+
+
+async def target_layers(session: AsyncSession, newsletter: Newsletter) -> list[dict[str, Any]]:
+    """The layers a newsletter is for, by id, with position and name: as they were when sending
+    started, or for one not yet started as they are now (a removed one as it was composed)."""
+    kept = {entry["id"]: entry for entry in newsletter.layer_snapshot or []}
+    if newsletter.started_at is not None:
+        return [kept.get(i, {"id": i, "position": None, "name": None}) for i in newsletter.layer_ids]
+    current = {
+        layer.id: layer
+        for layer in (
+            await session.execute(select(Layer).where(Layer.id.in_(newsletter.layer_ids), Layer.removed_at.is_(None)))
+        ).scalars()
+    }
+    return [
+        _snapshot([current[i]])[0] if i in current else kept.get(i, {"id": i, "position": None, "name": None})
+        for i in newsletter.layer_ids
+    ]
 
 
 def _tags(value: Any) -> list[str]:
@@ -82,10 +103,12 @@ async def create(session: AsyncSession, data: dict[str, Any], now: dt.datetime, 
     (``TemplateError``, 422) if its template does not exist or does not render as a newsletter."""
     name = clean_text(data.get("name"), "name", max_len=200, required=True)
     template = clean_text(data.get("template"), "template", max_len=120, required=True)
+    layers = await _target_layers(session, data.get("layers"))
     newsletter = Newsletter(
         name=name,
         template_name=template,
-        layer_ids=await _layer_ids(session, data.get("layers")),
+        layer_ids=[layer.id for layer in layers],
+        layer_snapshot=_snapshot(layers),
         tags=_tags(data.get("tags")),
         state="draft",
         scheduled_at=None,
@@ -163,6 +186,7 @@ async def progress(session: AsyncSession, newsletter: Newsletter) -> dict[str, A
         "template": newsletter.template_name,
         "state": newsletter.state,
         "layer_ids": newsletter.layer_ids,
+        "layers": await target_layers(session, newsletter),
         "tags": newsletter.tags,
         "scheduled_at": _iso(newsletter.scheduled_at),
         "started_at": _iso(newsletter.started_at),
@@ -203,12 +227,14 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 async def fix_audience(session: AsyncSession, newsletter: Newsletter, now: dt.datetime) -> None:
-    """Copy the matching active subscribers into the recipient list, inside the database."""
+    """Copy the matching active subscribers into the recipient list, inside the database, and
+    keep the target layers' names and positions as they are now."""
     audience = select(literal(newsletter.id, Integer), Subscriber.id).where(
         Subscriber.status == "active", Subscriber.layer_id.in_(newsletter.layer_ids)
     )
     for tag in newsletter.tags or []:
-        audience = audience.where(cast(Subscriber.tags, String).like(f'%"{tag}"%'))
+        audience = audience.where(has_element(Subscriber.tags, tag))
+    newsletter.layer_snapshot = await target_layers(session, newsletter)
     await session.execute(insert(NewsletterRecipient).from_select(["newsletter_id", "subscriber_id"], audience))
     newsletter.total = (
         await session.execute(

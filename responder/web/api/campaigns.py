@@ -10,6 +10,7 @@ from ...funnel import newsletters
 from ...funnel.analytics import funnel_stats
 from ...funnel.webhooks import WEBHOOK_EVENTS, create_webhook, delete_webhook, delivery_json
 from ...models import Webhook, WebhookDelivery
+from ...validation import clean_since
 from ..http import read_input, runtime
 from .funnel import OBJECT, body, params, path_int
 from .handlers import PREFIX
@@ -254,17 +255,30 @@ describe(
 
 @routes.get(PREFIX + "/stats")
 async def stats(request: web.Request) -> web.Response:
-    async with runtime(request).db.read() as session:
-        return web.json_response(await funnel_stats(session))
+    rt = runtime(request)
+    now = rt.clock.now()
+    since = clean_since(request.query.get("since"), now)
+    async with rt.db.read() as session:
+        return web.json_response(await funnel_stats(session, now, since))
 
 
 describe(
     PREFIX + "/stats",
     "get",
     {
-        "summary": "Funnel analytics: subscribers per layer, moves per week, conversion to the next "
-        "layer, median time in layer, churn per layer per month, human open and click "
-        "rates per step and per newsletter",
-        "responses": {"200": json_body(OBJECT)},
+        "summary": "Funnel analytics: subscribers per layer; of those who entered each layer in the "
+        "period (confirmed, imported, moved, revived), how many moved up since (conversion to the next "
+        "layer); median time in layer; moves per week; churn (unsubscribed, bounced, complained, "
+        "sunset) per layer of those in it, in all and per month; human open and click rates per step "
+        "and per newsletter",
+        "parameters": [
+            {
+                "name": "since",
+                "in": "query",
+                "description": "start of the period (a date, or a time with a zone); default: all time",
+                "schema": {"type": "string"},
+            }
+        ],
+        "responses": {"200": json_body(OBJECT), "400": error("since is not a date or is in the future")},
     },
 )

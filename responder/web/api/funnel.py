@@ -15,10 +15,10 @@ from ...errors import NotFound
 from ...funnel import layers as layers
 from ...funnel import sequences as sequences
 from ...funnel.scheduler import moves_json, sweep_on_demand
-from ...models import Layer, LayerHistory
+from ...models import LayerHistory
 from ...validation import MAX_ID, parse_id
 from ..http import read_input, runtime
-from .handlers import PREFIX, layer_json
+from .handlers import PREFIX, history_json, layer_json
 from .openapi import describe, error, json_body
 
 routes = web.RouteTableDef()
@@ -201,7 +201,6 @@ async def layer_history(request: web.Request) -> web.Response:
     raw = request.query.get("after_id", "0")
     after = min(int(raw), MAX_ID) if raw.isdigit() and len(raw) < 18 else 0
     async with rt.db.read() as session:
-        positions = dict((await session.execute(select(Layer.id, Layer.position))).all())
         rows = (
             (
                 await session.execute(
@@ -211,31 +210,46 @@ async def layer_history(request: web.Request) -> web.Response:
             .scalars()
             .all()
         )
-        return web.json_response(
-            {
-                "moves": [
-                    {
-                        "id": h.id,
-                        "subscriber_id": h.subscriber_id,
-                        "from_layer": positions.get(h.from_layer_id or 0),
-                        "to_layer": positions.get(h.to_layer_id),
-                        "reason": h.reason,
-                        "event_ids": h.event_ids,
-                        "at": h.created_at.isoformat(),
-                    }
-                    for h in rows
-                ]
-            }
-        )
+        return web.json_response({"moves": [history_json(h) for h in rows]})
 
 
 describe(
     PREFIX + "/layer-history",
     "get",
     {
-        "summary": "Every layer move with its rule and triggering events, 500 at a time",
+        "summary": "Every change of layer, 500 at a time: entering (confirmed, imported), moves with "
+        "their rule and triggering events, sunsets and revivals; layers by id, with their position "
+        "and name as they were then",
         "parameters": [{"name": "after_id", "in": "query", "schema": {"type": "integer"}}],
-        "responses": {"200": json_body({"type": "object", "properties": {"moves": {"type": "array"}}})},
+        "responses": {
+            "200": json_body(
+                {
+                    "type": "object",
+                    "properties": {
+                        "moves": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "id": {"type": "integer"},
+                                    "subscriber_id": {"type": "integer"},
+                                    "kind": {"enum": ["enter", "move", "relocate", "sunset", "revive"]},
+                                    "from_layer": {"type": ["integer", "null"]},
+                                    "to_layer": {"type": ["integer", "null"]},
+                                    "from_layer_id": {"type": ["integer", "null"]},
+                                    "to_layer_id": {"type": "integer"},
+                                    "from_name": {"type": ["string", "null"]},
+                                    "to_name": {"type": ["string", "null"]},
+                                    "reason": {"type": "string"},
+                                    "event_ids": {"type": "array", "items": {"type": "integer"}},
+                                    "at": {"type": "string"},
+                                },
+                            },
+                        }
+                    },
+                }
+            )
+        },
     },
 )
 

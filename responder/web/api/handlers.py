@@ -90,6 +90,24 @@ def subscriber_json(subscriber: Subscriber, layer: Layer | None) -> dict[str, An
     }
 
 
+def history_json(h: LayerHistory) -> dict[str, Any]:
+    """A layer history row: positions and names are the layers' when it happened."""
+    return {
+        "id": h.id,
+        "subscriber_id": h.subscriber_id,
+        "kind": h.kind,
+        "from_layer": h.from_position,
+        "to_layer": h.to_position,
+        "from_layer_id": h.from_layer_id,
+        "to_layer_id": h.to_layer_id,
+        "from_name": h.from_name,
+        "to_name": h.to_name,
+        "reason": h.reason,
+        "event_ids": h.event_ids,
+        "at": iso(h.created_at),
+    }
+
+
 def _path_id(request: web.Request) -> int:
     value = parse_id(request.match_info["id"])
     if value is None:
@@ -113,16 +131,7 @@ async def get_subscriber(request: web.Request) -> web.Response:
             )
         ).scalars()
         body = subscriber_json(subscriber, layer)
-        body["layer_history"] = [
-            {
-                "from_layer_id": h.from_layer_id,
-                "to_layer_id": h.to_layer_id,
-                "reason": h.reason,
-                "event_ids": h.event_ids,
-                "at": iso(h.created_at),
-            }
-            for h in history
-        ]
+        body["layer_history"] = [history_json(h) for h in history]
         body["enrollments"] = [
             {"sequence_id": e.sequence_id, "state": e.state, "next_position": e.next_position, "due_at": iso(e.due_at)}
             for e in enrollments

@@ -28,6 +28,20 @@ async def dashboard(request: web.Request) -> web.Response:
             [Bar(f"{layer.position} {layer.label}", layer.subscribers, f"{layer.subscribers:,}") for layer in layers]
         ),
         moves=up_down_columns([(m.week_start.strftime("%d %b"), m.up, m.down) for m in stats.moves]),
+        conversion=hbars(
+            [
+                Bar(
+                    f"{layer.position} {layer.label}",
+                    layer.conversion_to_next or 0.0,
+                    "-"
+                    if layer.conversion_to_next is None
+                    else f"{layer.conversion_to_next * 100:.1f}% of {layer.entered}",
+                )
+                for layer in layers[:-1]
+            ],
+            "conversion to the next layer",
+            peak=1.0,
+        ),
         churn=hbars(
             [
                 Bar(

@@ -37,9 +37,13 @@ async def _layers(request: web.Request) -> list[Layer]:
         )
 
 
-def _positions(layers: list[Layer], ids: list[Any]) -> str:
-    by_id = {layer.id: layer.position for layer in layers}
-    return ", ".join(str(by_id.get(i, "?")) for i in ids)
+def _layer_names(progress: dict[str, Any]) -> str:
+    """The newsletter's layers by name, as they were when it started sending (see
+    ``newsletters.target_layers``): a layer removed since keeps its place."""
+    return ", ".join(
+        f"{entry['position'] if entry['position'] is not None else '?'} · {entry['name'] or 'unknown'}"
+        for entry in progress["layers"]
+    )
 
 
 def compose_input(form: Any) -> dict[str, Any]:
@@ -71,7 +75,7 @@ async def _list(
     async with runtime(request).db.read() as session:
         rows = await newsletters.recent(session)
     for row in rows:
-        row["layers"] = _positions(layers, row["layer_ids"])
+        row["layers"] = _layer_names(row)
     return render(
         request,
         "newsletters.html",
@@ -121,7 +125,7 @@ async def _progress(request: web.Request) -> dict[str, Any]:
 @routes.get("/newsletters/{id:\\d+}")
 async def detail(request: web.Request) -> web.Response:
     progress = await _progress(request)
-    progress["layers"] = _positions(await _layers(request), progress["layer_ids"])
+    progress["layers"] = _layer_names(progress)
     return render(request, "newsletter.html", news=progress, error=None, notice=request.query.get("notice"))
 
 
@@ -139,7 +143,7 @@ async def action(request: web.Request) -> web.Response:
             await newsletters.act(session, _id(request), name, rt.clock.now())
     except Conflict as exc:
         progress = await _progress(request)
-        progress["layers"] = _positions(await _layers(request), progress["layer_ids"])
+        progress["layers"] = _layer_names(progress)
         return render(request, "newsletter.html", status=409, news=progress, error=exc.message, notice=None)
     rt.wake_scheduler()
     return see_other(f"/admin/newsletters/{_id(request)}?notice={name}")
