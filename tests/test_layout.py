@@ -106,7 +106,7 @@ def test_no_circle_between_modules() -> None:
         visit(name, [])
 
 
-def _writes_outside_the_ledger(name: str, path: Path) -> list[str]:
+def _writes_outside_facts(name: str, path: Path) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Event":
@@ -127,11 +127,11 @@ def _writes_outside_the_ledger(name: str, path: Path) -> list[str]:
 
 def test_events_statuses_and_activity_have_one_writer() -> None:
     """An event row, a subscriber's status and their last activity are written by
-    ``funnel/ledger.py`` only (its docstring names the bulk paths of tracking and delivery)."""
+    ``funnel/facts.py`` only (its docstring names the bulk paths of tracking and delivery)."""
     wrong = [
         line
         for name, path in MODULES.items()
-        if name != "responder.funnel.ledger"
-        for line in _writes_outside_the_ledger(name, path)
+        if name != "responder.funnel.facts"
+        for line in _writes_outside_facts(name, path)
     ]
     assert wrong == []

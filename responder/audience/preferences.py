@@ -14,7 +14,7 @@ from sqlalchemy import delete, or_, select, update
 
 from ..errors import ValidationError
 from ..funnel.enrollments import end_enrollments, move_layer
-from ..funnel.ledger import set_status
+from ..funnel.facts import set_status
 from ..funnel.stepper import COUNTED_KINDS
 from ..models import (
     ConsentRecord,

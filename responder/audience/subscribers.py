@@ -15,7 +15,7 @@ from ..delivery import outbox
 from ..errors import InvalidToken, ValidationError
 from ..funnel.enrollments import enroll, record_entries
 from ..funnel.events import STATUS_AFTER, record_event
-from ..funnel.ledger import set_status
+from ..funnel.facts import set_status
 from ..funnel.referrals import credit_referral, referrer_id
 from ..models import ConsentRecord, Layer, Message, Subscriber
 from ..runtime import Runtime

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..core.retry import next_attempt
 from ..errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
 from ..funnel.events import record_event
-from ..funnel.ledger import SENT_EVENTS
+from ..funnel.facts import SENT_EVENTS
 from ..loop import PollingLoop
 from ..models import Layer, Message, Subscriber, Template
 from ..runtime import Runtime

@@ -20,7 +20,7 @@ from ..core.schedule import StepPlan, first_due
 from ..models import Enrollment, Event, Layer, LayerHistory, Step, Subscriber
 from ..models import Sequence as DripSequence
 from . import webhooks
-from .ledger import add_event, add_events, set_status
+from .facts import add_event, add_events, set_status
 
 
 async def layer_sequence(session: AsyncSession, layer_id: int) -> DripSequence | None:

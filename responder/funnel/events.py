@@ -2,7 +2,7 @@
 decided what follows from it, the same way whichever path it came by (API, inbound mail, forms,
 delivery, imports, and the tracking writer's batches of opens and clicks).
 
-An event is written (``ledger``), changes the subscriber's status when its type says so
+An event is written (``facts``), changes the subscriber's status when its type says so
 (unsubscribe, complaint, hard bounce, confirm), queues the webhooks that want it, and, when it
 is human activity, counts as a sign of life: it sets ``last_human_at``, brings a sunset
 subscriber back, starts the sequences it triggers (a purchase its back-end sequence, an enquiry
@@ -24,8 +24,8 @@ from ..core.promotion import ACTIVITY_TYPES, earns_preferred, rule_watches
 from ..models import Event, Layer, LayerHistory, Subscriber
 from . import webhooks
 from .enrollments import end_enrollments, resume
+from .facts import add_event, set_status, touch_activity
 from .judge import Judged, judge
-from .ledger import add_event, set_status, touch_activity
 from .triggers import TRIGGERS, start_triggered
 
 EVENT_TYPES = frozenset(

@@ -37,7 +37,7 @@ from ..clock import from_micros
 from ..core.promotion import PROMOTING_TYPES
 from ..db import SQLITE_PRAGMAS, WRITER_PRAGMAS
 from ..funnel.events import follow_activity
-from ..funnel.ledger import touch_activity
+from ..funnel.facts import touch_activity
 from ..models import Event, Message
 from ..runtime import Runtime
 from .writer import (

@@ -65,7 +65,7 @@ NEIGHBOURS = (
     "SELECT id, message_id, type, url, ip, machine, verdict, created_at FROM events"
     " WHERE message_id IN ({marks}) AND type IN ('open', 'click') AND created_at >= ? AND created_at <= ?"
 )
-# Each subscriber's last human activity, never moved backwards (as ``funnel.ledger.touch_activity``).
+# Each subscriber's last human activity, never moved backwards (as ``funnel.facts.touch_activity``).
 TOUCH = "UPDATE subscribers SET last_human_at = ? WHERE id = ? AND (last_human_at IS NULL OR last_human_at < ?)"
 KNOWN_MESSAGES = 100_000  # sent messages whose subscriber and send time the child remembers
 RECENT_MESSAGES = 10_000  # mails clicked lately, whose opens are checked against their clicks
