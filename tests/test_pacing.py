@@ -44,6 +44,7 @@ def news(at: dt.datetime) -> Sent:
 
 
 NW = {"collision": "newsletter_waits"}
+CAPS_3 = {"max_per_week": 3, "min_gap": "1d"}
 
 
 @pytest.mark.parametrize(
@@ -99,6 +100,16 @@ NW = {"collision": "newsletter_waits"}
 )
 def test_plan(sent: list[Sent], held: list[Held], caps: dict[str, Any], expected: list[dt.datetime]) -> None:
     assert plan(sent, held, day(0), caps) == expected
+
+
+@pytest.mark.parametrize(
+    ("caps", "expected"), [(CAPS_3, [day(8) + HOUR, day(7)]), ({**CAPS_3, **NW}, [day(7), day(8) + HOUR])]
+)
+def test_the_example_of_the_docs(caps: dict[str, Any], expected: list[dt.datetime]) -> None:
+    """docs/rules.md: mails on Monday 09:00, Tuesday 10:00 and Thursday 09:00; a step and a
+    newsletter due on Friday 09:00."""
+    sent = [step(day(0)), news(day(1) + HOUR), step(day(3))]
+    assert plan(sent, [Held("step", day(4)), Held("newsletter", day(4))], day(4), caps) == expected
 
 
 def test_a_stream_of_newsletters_never_starves_a_step() -> None:
