@@ -112,8 +112,10 @@ class _Limits:
 
     def first_fit(self, placed: Sequence[Sent], kind: str, start: dt.datetime) -> dt.datetime:
         """The earliest moment at or after ``start`` that fits: a gap or a week after a placed
-        mail is where a run of unfitting moments can end, so only those are tried."""
-        ends = {start}
+        mail is where a run of unfitting moments can end, so only those are tried after it."""
+        if self.fits(placed, kind, start):
+            return start
+        ends: set[dt.datetime] = set()
         for mail in placed:
             gap = self.gap(kind, mail.kind)
             if gap:

@@ -25,15 +25,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, case, func, or_, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.pacing import COLLISION_GAP, WEEK, Held, Sent, plan, skips_newsletter, zone
 from ..core.schedule import parse_duration
-from ..models import Enrollment, Layer, Message, Newsletter, NewsletterRecipient, Step, Subscriber
+from ..models import Enrollment, Layer, Message, Newsletter, NewsletterRecipient, Step, Subscriber, UTCDateTime
 
 COUNTED_KINDS = ("step", "newsletter")  # transactional mail is never counted nor held
 NOT_RECEIVED = ("failed", "bounced")  # never reached the subscriber: not counted
+# One typed time a row (most rows are sent mail: their time is all the caps need), and for mail
+# not yet sent when it was queued (its turn, when the caps held it).
+MAIL_AT = type_coerce(func.coalesce(Message.sent_at, Message.next_attempt_at), UTCDateTime).label("at")
+QUEUED_AT = type_coerce(case((Message.sent_at.is_(None), Message.created_at)), UTCDateTime).label("queued_at")
 # What the ledger needs of each subscriber; callers read their batch with these columns.
 PACED = (
     Subscriber.id,
@@ -106,7 +110,9 @@ def lookback(layers: Iterable[Layer]) -> dt.timedelta:
     return max([WEEK, COLLISION_GAP, *gaps])
 
 
-async def read_ledger(session: AsyncSession, subscribers: Mapping[int, Any], now: dt.datetime) -> Ledger:
+async def read_ledger(
+    session: AsyncSession, subscribers: Mapping[int, Any], now: dt.datetime, *, walking: int | None = None
+) -> Ledger:
     """The books of these subscribers (rows of ``PACED``), in six queries."""
     layers = list((await session.execute(select(Layer))).scalars())
     caps = {layer.id: (layer.rule or {}).get("caps") for layer in layers}
@@ -114,15 +120,7 @@ async def read_ledger(session: AsyncSession, subscribers: Mapping[int, Any], now
     ids = set(books)
     since = now - lookback(layers)
     for row in await session.execute(
-        select(
-            Message.id,
-            Message.subscriber_id,
-            Message.kind,
-            Message.state,
-            Message.next_attempt_at,
-            Message.sent_at,
-            Message.created_at,
-        ).where(
+        select(Message.id, Message.subscriber_id, Message.kind, Message.state, MAIL_AT, QUEUED_AT).where(
             Message.subscriber_id.in_(ids),
             Message.kind.in_(COUNTED_KINDS),
             Message.state.not_in(NOT_RECEIVED),
@@ -130,14 +128,11 @@ async def read_ledger(session: AsyncSession, subscribers: Mapping[int, Any], now
         )
     ):
         book = books[row.subscriber_id]
-        if row.sent_at is not None:
-            book.sent.append(Sent(row.sent_at, row.kind))
-        elif _movable(row.state, row.next_attempt_at, book.subscriber.paused_until, now):
-            turn = row.created_at if row.state == "queued" else row.next_attempt_at
-            book.waiting[("row", row.id)] = Held(row.kind, turn)
-            book.rows_at[row.id] = row.next_attempt_at
-        else:  # queued for now, being sent, or a retry's next attempt: bound to go then
-            book.sent.append(Sent(row.next_attempt_at, row.kind))
+        if row.queued_at is not None and _movable(row.state, row.at, book.subscriber.paused_until, now):
+            book.waiting[("row", row.id)] = Held(row.kind, row.queued_at if row.state == "queued" else row.at)
+            book.rows_at[row.id] = row.at
+        else:  # sent; or queued for now, being sent, a retry's next attempt: bound to go then
+            book.sent.append(Sent(row.at, row.kind))
     enrollments = (
         await session.execute(
             select(
@@ -164,7 +159,7 @@ async def read_ledger(session: AsyncSession, subscribers: Mapping[int, Any], now
             ledger.expect_step(
                 books[e.subscriber_id], e.id, e.sequence_id, e.next_position, e.waiting_since or e.due_at
             )
-    await _coming_newsletters(session, books, now)
+    await _coming_newsletters(session, books, now, walking)
     return ledger
 
 
@@ -174,14 +169,18 @@ def _movable(state: str, next_attempt_at: dt.datetime, paused_until: dt.datetime
     return state == "queued" and next_attempt_at > now
 
 
-async def _coming_newsletters(session: AsyncSession, books: dict[int, Book], now: dt.datetime) -> None:
+async def _coming_newsletters(
+    session: AsyncSession, books: dict[int, Book], now: dt.datetime, walking: int | None
+) -> None:
     """Newsletters on their way to these subscribers: being walked towards them (due now), or
-    scheduled to start within a day and meant for them (due at their start)."""
+    scheduled to start within a day and meant for them (due at their start). ``walking``, the
+    newsletter whose batch this is, is left to its caller."""
     for newsletter_id, subscriber_id in await session.execute(
         select(NewsletterRecipient.newsletter_id, NewsletterRecipient.subscriber_id)
         .join(Newsletter, Newsletter.id == NewsletterRecipient.newsletter_id)
         .where(
             Newsletter.state == "sending",
+            Newsletter.id != (walking or 0),
             NewsletterRecipient.subscriber_id.in_(set(books)),
             NewsletterRecipient.subscriber_id > Newsletter.cursor,
         )

@@ -257,7 +257,7 @@ async def send_batch(
         return 0
     # Left since the audience was fixed, or paused now: skipped (a pause does not hold it).
     reached = {r.id: r for r in rows if r.status == "active" and not skips_newsletter(r.paused_until, now)}
-    ledger = await read_ledger(session, reached, now)
+    ledger = await read_ledger(session, reached, now, walking=newsletter.id)
     queue = []
     moves = []
     key = ("newsletter", newsletter.id)
