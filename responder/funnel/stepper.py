@@ -163,8 +163,8 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
             _move_on(ledger, enrollment, plan, now)
     rows: list[dict[str, object]] = []
     moves: list[tuple[int, dt.datetime]] = []
-    for subscriber_id, due in sending.items():
-        book = ledger.books[subscriber_id]
+    for subscriber_id, book in ledger.books.items():
+        due = sending.get(subscriber_id, [])
         times = book.plan(now)
         held = []
         for enrollment, plan, template_name, step_id in due:
@@ -175,7 +175,7 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
             else:
                 held.append(enrollment)
         # Again, with the steps just queued fixed and their enrollments' next steps expected:
-        # when the held steps and the held outbox rows go.
+        # when the held steps and the subscriber's held outbox rows go.
         times = book.plan(now) if len(held) < len(due) else times
         for enrollment in held:
             enrollment.hold(times[("enrollment", enrollment.id)])
