@@ -62,6 +62,11 @@ class Book:
     waiting: dict[Key, Held] = field(default_factory=dict)
     rows_at: dict[int, dt.datetime] = field(default_factory=dict)  # held outbox rows' times now
 
+    @property
+    def tz(self) -> dt.tzinfo:
+        """The subscriber's time zone, for their steps' send windows."""
+        return zone((self.subscriber.attributes or {}).get("timezone"))
+
     def plan(self, now: dt.datetime) -> dict[Key, dt.datetime]:
         """When each waiting mail goes (``now``: at once)."""
         keys = list(self.waiting)
@@ -96,8 +101,7 @@ class Ledger:
         if step is None:
             book.waiting.pop(key, None)
             return
-        tz = zone((book.subscriber.attributes or {}).get("timezone"))
-        book.waiting[key] = Held("step", due_at, step.send_window, tz)
+        book.waiting[key] = Held("step", due_at, step.send_window, book.tz if step.send_window else dt.UTC)
 
 
 def lookback(layers: Iterable[Layer]) -> dt.timedelta:

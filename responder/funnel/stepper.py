@@ -176,7 +176,8 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
                 held.append(enrollment)
         # Again, with the steps just queued fixed and their enrollments' next steps expected:
         # when the held steps and the subscriber's held outbox rows go.
-        times = book.plan(now) if len(held) < len(due) else times
+        if len(held) < len(due) and (held or book.rows_at):
+            times = book.plan(now)
         for enrollment in held:
             enrollment.hold(times[("enrollment", enrollment.id)])
         moves += book.moved(times)
