@@ -2,11 +2,15 @@
 
     .venv/bin/python bench/schedule.py [--sizes 10000,1000000] [--due 1000] [--events 1000]
 
-For each size: a fresh SQLite file with that many active enrollments (and subscribers), of which
-``--due`` are due now; a scheduler tick (``Scheduler.run_once`` with a batch as large as the due
-set) is timed five times (the same rows made due again in between, untimed), then an idle
-tick. The cost of a tick should follow the due rows, not all rows, so the ratio against the
-smallest size (the reference, measured in the same run) should stay near 1. Then the p50/p99
+For each size: a fresh SQLite file with that many active enrollments (and subscribers), each
+with three drip mails sent in the week before (what the caps read), of which ``--due`` are due
+now; a scheduler tick (``Scheduler.run_once`` with a batch as large as the due set) is timed
+five times (the same rows made due again in between, untimed), then an idle tick, then the
+ticks that walk a newsletter to every subscriber (one batch of 500 each; the median of the
+first ten). Each tick's CPU time (the process's, SQLite's thread included) is printed beside
+its wall time: on a shared machine it moves less. The cost of a tick should follow the due
+rows, not all rows, so the ratio against the smallest size (the reference, measured in the same
+run) should stay near 1. Then the p50/p99
 time to record one human click and evaluate the layer rules on it, as the tracking endpoint
 does (one transaction per event), against the pure rule function alone.
 """
@@ -31,12 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from responder.app import start_runtime
 from responder.clock import FakeClock
 from responder.core.promotion import DEFAULT_RULE, EventFact, evaluate
+from responder.funnel import newsletters
 from responder.funnel.events import record_event
+from responder.funnel.layers import update_layer
 from responder.funnel.scheduler import Scheduler
 from responder.models import Message, Subscriber
 from responder.settings import Settings
 
 ROUNDS = 5
+NEWSLETTER_TICKS = 10
+HISTORY_DAYS = (6, 4, 2)  # each subscriber's drip mails sent this many days before the start
+CAPS = {"max_per_week": 5, "min_gap": "1h"}  # read and applied, but nothing here exceeds them
 START = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)
 
 
@@ -74,6 +83,15 @@ def fill(path: Path, size: int, due: int) -> None:
                 for i in range(1, size + 1)
             ),
         )
+        conn.executemany(
+            "INSERT INTO messages (subscriber_id, kind, template_name, state, attempts, next_attempt_at, "
+            "message_id, created_at, sent_at) VALUES (?, 'step', 'layer1-welcome', 'sent', 1, ?, ?, ?, ?)",
+            (
+                (i, sent_at, f"<h{i}.{d}@bench>", sent_at, sent_at)
+                for d, sent_at in ((d, stamp(START - dt.timedelta(days=d))) for d in HISTORY_DAYS)
+                for i in range(1, size + 1)
+            ),
+        )
     conn.execute("ANALYZE")
     conn.close()
 
@@ -90,7 +108,7 @@ def settings_for(path: Path) -> Settings:
     )
 
 
-async def tick_for(size: int, due: int, workdir: Path) -> tuple[float, float, int]:
+async def tick_for(size: int, due: int, workdir: Path) -> tuple[float, float, float, float, float, int]:
     path = workdir / f"bench-{size}.db"
     started = await start_runtime(settings_for(path), FakeClock(START))
     await started.runtime.db.dispose()
@@ -99,28 +117,33 @@ async def tick_for(size: int, due: int, workdir: Path) -> tuple[float, float, in
     started = await start_runtime(settings_for(path), clock)
     rt = started.runtime
     try:
+        async with rt.db.transaction() as session:
+            await update_layer(session, 1, {"rule": {"caps": CAPS}})
         scheduler = Scheduler(rt, batch_size=due)
         scheduler.next_sweep_at = START + dt.timedelta(days=1)  # time the tick, not the sweep
         await scheduler.run_once()  # warm up connections and statement caches: nothing due yet
         clock.advance(seconds=1)
-        ticks = []
+        ticks, tick_cpu = [], []
         for _ in range(ROUNDS):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             processed = await scheduler.run_once()
             ticks.append(time.perf_counter() - t0)
+            tick_cpu.append(time.process_time() - c0)
             async with rt.db.read() as session:
-                queued = (await session.execute(select(func.count()).select_from(Message))).scalar_one()
+                queued = (
+                    await session.execute(select(func.count()).select_from(Message).where(Message.created_at >= START))
+                ).scalar_one()
             assert processed == queued == due, (processed, queued)
             async with rt.db.transaction() as session:  # the same rows due again, untimed
                 await session.execute(
                     text(
                         "UPDATE enrollments SET due_at = :due, next_position = 1 WHERE id IN "
                         "(SELECT e.id FROM enrollments e JOIN messages m "
-                        "ON m.subscriber_id = e.subscriber_id)"
+                        "ON m.subscriber_id = e.subscriber_id WHERE m.created_at >= :start)"
                     ),
-                    {"due": stamp(clock.now())},
+                    {"due": stamp(clock.now()), "start": stamp(START)},
                 )
-                await session.execute(text("DELETE FROM messages"))
+                await session.execute(text("DELETE FROM messages WHERE created_at >= :start"), {"start": stamp(START)})
         clock.advance(seconds=1)
         async with rt.db.transaction() as session:
             await session.execute(
@@ -130,7 +153,32 @@ async def tick_for(size: int, due: int, workdir: Path) -> tuple[float, float, in
         t0 = time.perf_counter()
         await scheduler.run_once()
         idle_s = time.perf_counter() - t0
-        return statistics.median(ticks), idle_s, due
+        async with rt.db.transaction() as session:
+            await newsletters.create(
+                session, {"name": "bench", "template": "layer1-welcome", "layers": [1], "send_now": True}, clock.now()
+            )
+        walks, walk_cpu = [], []
+        for _ in range(NEWSLETTER_TICKS):
+            t0, c0 = time.perf_counter(), time.process_time()
+            await scheduler.run_once()
+            walks.append(time.perf_counter() - t0)
+            walk_cpu.append(time.process_time() - c0)
+        async with rt.db.read() as session:
+            walked = (
+                await session.execute(
+                    select(func.count()).select_from(Message).where(Message.newsletter_id.is_not(None))
+                )
+            ).scalar_one()
+        assert walked == min(size, NEWSLETTER_TICKS * newsletters.BATCH), walked
+        # The first walk also fixes the audience (one INSERT … SELECT of every subscriber).
+        return (
+            statistics.median(ticks),
+            statistics.median(tick_cpu),
+            idle_s,
+            statistics.median(walks[1:]),
+            statistics.median(walk_cpu[1:]),
+            due,
+        )
     finally:
         await rt.db.dispose()
 
@@ -184,13 +232,14 @@ async def main() -> None:
         print(f"scheduler tick, SQLite, {args.due} due enrollments (median of {ROUNDS} ticks)")
         for size in sizes:
             t0 = time.perf_counter()
-            tick_s, idle_s, processed = await tick_for(size, args.due, workdir)
-            setup_s = time.perf_counter() - t0 - tick_s - idle_s
-            reference = reference or tick_s
+            tick_s, tick_cpu_s, idle_s, walk_s, walk_cpu_s, processed = await tick_for(size, args.due, workdir)
+            setup_s = time.perf_counter() - t0
+            reference = reference or (tick_s, walk_s)
             print(
-                f"  {size:>9,} enrollments: tick {tick_s * 1000:7.1f} ms for {processed} due "
-                f"(x{tick_s / reference:.2f} vs {sizes[0]:,}), idle tick "
-                f"{idle_s * 1000:5.1f} ms, setup {setup_s:.0f} s"
+                f"  {size:>9,} enrollments: tick {tick_s * 1000:7.1f} ms (CPU {tick_cpu_s * 1000:.1f}) for "
+                f"{processed} due (x{tick_s / reference[0]:.2f} vs {sizes[0]:,}), idle tick "
+                f"{idle_s * 1000:5.1f} ms, newsletter tick {walk_s * 1000:6.1f} ms (CPU {walk_cpu_s * 1000:.1f}) "
+                f"per {newsletters.BATCH} (x{walk_s / reference[1]:.2f}), setup and all {setup_s:.0f} s"
             )
         timings, pure = await events_p99(args.events, workdir)
         print(

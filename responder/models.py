@@ -138,6 +138,9 @@ class Enrollment(Base):
     state: Mapped[str] = mapped_column(String(16))
     next_position: Mapped[int] = mapped_column(Integer, default=1)
     due_at: Mapped[dt.datetime | None]
+    # When the step now held by the caps first fell due (its turn among waiting mail); None
+    # while the step waits only for its delay.
+    waiting_since: Mapped[dt.datetime | None]
     started_at: Mapped[dt.datetime]
     ended_at: Mapped[dt.datetime | None]
 

@@ -1,8 +1,10 @@
 """Fixtures for the funnel tests: a runtime without background loops (the tests run the
-scheduler by hand) and a small subscriber factory."""
+scheduler by hand), a small subscriber factory, and ``settle`` for the running app (its own
+scheduler and outbox done with everything due now)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,11 +16,11 @@ from responder.app import start_runtime
 from responder.clock import FakeClock
 from responder.funnel.enrollments import enroll, record_entries
 from responder.funnel.scheduler import Scheduler
-from responder.models import Enrollment, Layer, Message, Subscriber
+from responder.models import Enrollment, Layer, Message, Newsletter, Subscriber
 from responder.runtime import Runtime
 from responder.templating.service import Upload, upload_template
 
-from .conftest import make_settings
+from .conftest import App, make_settings
 
 
 @pytest.fixture
@@ -44,7 +46,7 @@ async def make_subscriber(rt: Runtime, email: str, *, layer: int = 1, **fields: 
             status="active",
             layer_id=target.id,
             layer_entered_at=now,
-            attributes={},
+            attributes=fields.pop("attributes", {}),
             tags=fields.pop("tags", []),
             created_at=now,
             confirmed_at=now,
@@ -64,6 +66,46 @@ async def tick(rt: Runtime) -> int:
     while done := await scheduler.run_once():
         total += done
     return total
+
+
+async def settle(app: App) -> None:
+    """Wake the server's scheduler and wait until it and the outbox have done all that is due now
+    (one scheduler only: two would race to start the same newsletter)."""
+    now = app.clock.now()
+    for _ in range(1000):
+        app.rt.wake_scheduler()
+        app.rt.wake_outbox()
+        async with app.rt.db.read() as session:
+            # Upstream first: work the scheduler commits between two counts shows in the later.
+            waiting = sum(
+                [
+                    (
+                        await session.execute(
+                            select(func.count())
+                            .select_from(Newsletter)
+                            .where(Newsletter.state.in_(("scheduled", "sending")), Newsletter.scheduled_at <= now)
+                        )
+                    ).scalar_one(),
+                    (
+                        await session.execute(
+                            select(func.count())
+                            .select_from(Enrollment)
+                            .where(Enrollment.state == "active", Enrollment.due_at <= now)
+                        )
+                    ).scalar_one(),
+                    (
+                        await session.execute(
+                            select(func.count())
+                            .select_from(Message)
+                            .where(Message.state.in_(("queued", "sending", "deferred")), Message.next_attempt_at <= now)
+                        )
+                    ).scalar_one(),
+                ]
+            )
+        if not waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the scheduler and the outbox did not finish")
 
 
 async def mark_sent(rt: Runtime) -> int:

@@ -17,7 +17,7 @@ from responder.models import Message, Newsletter, Subscriber
 from responder.runtime import Runtime
 
 from .conftest import App
-from .funnel_fixtures import make_subscriber, rt  # noqa: F401
+from .funnel_fixtures import make_subscriber, rt, settle  # noqa: F401
 
 
 async def advance(rt: Runtime, batch: int = 3) -> int:
@@ -115,6 +115,8 @@ async def test_targeted_batched_pause_resume_cancel(rt: Runtime) -> None:
 async def test_newsletter_over_http_with_delivery_and_cli_progress(app: App, capsys) -> None:  # type: ignore[no-untyped-def]
     people = [await make_subscriber(app.rt, f"p{i}@example.com", layer=2) for i in range(4)]
     await app.smtp.wait_for(4)  # their layer-2 welcome step
+    await settle(app)  # recorded as sent (at the clock's time then)
+    app.clock.advance(days=1)  # a drip step and a newsletter never go within a day of each other
     resp = await app.client.post(
         "/api/v1/newsletters",
         headers=app.auth,

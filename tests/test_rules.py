@@ -1,4 +1,5 @@
-"""The pure rules: promotion, demotion, sunset, hysteresis, preferred, caps, windows, conditions."""
+"""The pure rules: promotion, demotion, sunset, hysteresis, preferred, windows, conditions (caps and
+collisions: ``test_pacing.py``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,8 @@ import datetime as dt
 import pytest
 
 from responder.core.pacing import (
-    Sent,
     condition_holds,
     in_window,
-    next_allowed,
     validate_condition,
     validate_window,
     zone,
@@ -148,42 +147,6 @@ def test_preferred(total, clicks, expect) -> None:  # type: ignore[no-untyped-de
     rule = {"preferred": {"purchase_value": 500, "human_clicks": 10}}
     assert earns_preferred(rule, purchase_total=total, human_clicks=clicks) is expect
     assert not earns_preferred({}, purchase_total=10**6, human_clicks=10**6)
-
-
-CAPS = {"max_per_week": 2, "min_gap": "1d"}
-
-
-@pytest.mark.parametrize(
-    "sent, caps, kind, expect",
-    [
-        ([], CAPS, "step", day(0)),
-        ([Sent(day(-0.5), "step")], CAPS, "step", day(0.5)),
-        ([Sent(day(-6), "step"), Sent(day(-3), "step")], CAPS, "step", day(1)),
-        ([Sent(day(-6), "step"), Sent(day(-3), "step")], {"max_per_week": 3}, "step", day(0)),
-        # collision: a step waits a day after a newsletter; a newsletter goes (step_waits)
-        ([Sent(day(-0.25), "newsletter")], {}, "step", day(0.75)),
-        ([Sent(day(-0.25), "step")], {}, "newsletter", day(0)),
-        ([Sent(day(-6), "step"), Sent(day(-3), "step")], CAPS, "newsletter", day(0)),
-        # newsletter_waits: the newsletter is held, the step is not
-        ([Sent(day(-0.25), "step")], {"collision": "newsletter_waits"}, "newsletter", day(0.75)),
-        ([Sent(day(-0.25), "newsletter")], {"collision": "newsletter_waits"}, "step", day(0)),
-    ],
-)
-def test_caps(sent, caps, kind, expect) -> None:  # type: ignore[no-untyped-def]
-    assert next_allowed(sent, day(0), caps, kind) == expect
-
-
-def test_caps_never_allow_more_than_max_per_week_in_any_window() -> None:
-    caps = {"max_per_week": 3}
-    sent: list[Sent] = []
-    now = day(0)
-    for _ in range(30):
-        now = next_allowed(sent, now, caps, "step")
-        sent.append(Sent(now, "step"))
-        now += dt.timedelta(hours=5)
-    times = [s.at for s in sent]
-    for t in times:
-        assert sum(1 for u in times if t <= u < t + dt.timedelta(days=7)) <= 3
 
 
 WINDOW = {"days": "mon-fri", "start": "09:00", "end": "17:00"}

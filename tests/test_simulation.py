@@ -169,16 +169,14 @@ async def test_simulation_invariants(rt: Runtime) -> None:
     step_pairs = [(m.subscriber_id, m.step_id) for m in messages if m.kind == "step"]
     # No step twice.
     assert len(step_pairs) == len(set(step_pairs))
-    # Caps: when a drip step was queued, fewer than max_per_week mails in the 7 days before,
-    # and none within min_gap.
+    # Caps: when a drip step or a newsletter was to go, fewer than max_per_week mails in the 7
+    # days before, and none within min_gap.
     by_subscriber: dict[int, list[tuple[dt.datetime, str]]] = defaultdict(list)
     for m in messages:
         by_subscriber[m.subscriber_id].append((m.next_attempt_at, m.kind))
     for mails in by_subscriber.values():
         mails.sort()
-        for i, (at, kind) in enumerate(mails):
-            if kind != "step":
-                continue
+        for i, (at, _kind) in enumerate(mails):
             before = [t for t, _ in mails[:i] if at - dt.timedelta(days=7) < t <= at]
             assert len(before) < CAPS["max_per_week"]
             assert all(at - t >= dt.timedelta(days=1) for t in before)
@@ -204,5 +202,5 @@ async def test_simulation_invariants(rt: Runtime) -> None:
         f"\nsimulation: {len(messages)} mails, {counted_events} events, {ups} promotions, "
         f"{downs} demotions, statuses {dict(statuses)}, {steps} steps"
     )
-    assert ups > 50 and downs > 50 and statuses["sunset"] > 0 and len(left_at) > 40
+    assert ups > 50 and downs > 40 and statuses["sunset"] > 0 and len(left_at) > 40
     assert sum(1 for m in messages if m.kind == "newsletter") > 500

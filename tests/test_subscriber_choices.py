@@ -4,18 +4,17 @@ times, then the whole server on SQLite and PostgreSQL with the clock moved day b
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from responder.core.pacing import Sent, caps_for, mail_at
-from responder.models import Enrollment, Message, Newsletter
+from responder.core.pacing import Held, Sent, caps_for, plan, skips_newsletter
+from responder.models import Message
 
 from .conftest import App
-from .funnel_fixtures import make_subscriber
+from .funnel_fixtures import make_subscriber, settle
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
 
@@ -27,22 +26,22 @@ def day(n: float) -> dt.datetime:
 @pytest.mark.parametrize(
     ("caps", "frequency", "expected"),
     [
-        (None, "normal", None),
+        (None, "normal", {}),
         ({"max_per_week": 3, "min_gap": "1d"}, "normal", {"max_per_week": 3, "min_gap": "1d"}),
-        (None, "fewer", {"max_per_week": 1, "collision": "newsletter_waits"}),
+        (None, "fewer", {"max_per_week": 1}),
         (
             {"max_per_week": 3, "min_gap": "1d", "collision": "step_waits"},
             "fewer",
-            {"max_per_week": 1, "min_gap": "1d", "collision": "newsletter_waits"},
+            {"max_per_week": 1, "min_gap": "1d", "collision": "step_waits"},
         ),
         (
-            {"max_per_week": 1, "min_gap": "10d"},
+            {"max_per_week": 1, "min_gap": "10d", "collision": "newsletter_waits"},
             "fewer",
             {"max_per_week": 1, "min_gap": "10d", "collision": "newsletter_waits"},
         ),
     ],
 )
-def test_caps_for_frequency(caps: dict[str, Any] | None, frequency: str, expected: dict[str, Any] | None) -> None:
+def test_caps_for_frequency(caps: dict[str, Any] | None, frequency: str, expected: dict[str, Any]) -> None:
     assert caps_for(caps, frequency) == expected
 
 
@@ -52,74 +51,39 @@ LAYER = {"max_per_week": 3, "min_gap": "1d", "collision": "step_waits"}
 @pytest.mark.parametrize(
     ("sent", "now", "kind", "frequency", "paused_until", "expected"),
     [
-        # Paused: a step waits for the end of the pause, a newsletter is skipped.
+        # Paused: a step (or a mail held in the outbox) waits for the end of the pause.
         ([], day(0), "step", "normal", day(30), day(30)),
-        ([], day(0), "newsletter", "normal", day(30), None),
-        ([], day(29.9), "newsletter", "normal", day(30), None),
+        ([], day(0), "newsletter", "normal", day(30), day(30)),
         # The pause is over (exactly at its end, or later): as if never paused.
-        ([], day(30), "newsletter", "normal", day(30), day(30)),
         ([], day(31), "step", "normal", day(30), day(31)),
         # Paused and "fewer": after the pause, still the weekly limit.
         ([Sent(day(28), "step")], day(0), "step", "fewer", day(30), day(35)),
-        # Normal frequency keeps the layer's caps: a newsletter goes at once under step_waits.
-        ([Sent(day(0), "step")], day(0.5), "newsletter", "normal", None, day(0.5)),
+        # Normal frequency keeps the layer's caps, for newsletters as for steps.
+        ([Sent(day(0), "step")], day(0.5), "newsletter", "normal", None, day(1)),
         ([Sent(day(0), "step")], day(0.5), "step", "normal", None, day(1)),
-        # Fewer: one mail of any kind in any 7 days; the newsletter waits too.
+        # Fewer: one mail of any kind in any 7 days.
         ([Sent(day(0), "step")], day(0.5), "newsletter", "fewer", None, day(7)),
         ([Sent(day(0), "newsletter")], day(2), "step", "fewer", None, day(7)),
         ([Sent(day(0), "step"), Sent(day(7), "newsletter")], day(2), "step", "fewer", None, day(14)),
         ([Sent(day(0), "step")], day(8), "step", "fewer", None, day(8)),
     ],
 )
-def test_mail_at(
+def test_choices_in_the_plan(
     sent: list[Sent],
     now: dt.datetime,
     kind: str,
     frequency: str,
     paused_until: dt.datetime | None,
-    expected: dt.datetime | None,
+    expected: dt.datetime,
 ) -> None:
-    assert mail_at(sent, now, LAYER, kind, frequency=frequency, paused_until=paused_until) == expected
+    held = [Held(kind, now)]
+    assert plan(sent, held, now, LAYER, frequency=frequency, paused_until=paused_until) == [expected]
 
 
-async def settle(app: App) -> None:
-    """Wake the server's scheduler and wait until it and the outbox have done all that is due now
-    (one scheduler only: two would race to start the same newsletter)."""
-    now = app.clock.now()
-    for _ in range(1000):
-        app.rt.wake_scheduler()
-        app.rt.wake_outbox()
-        async with app.rt.db.read() as session:
-            # Upstream first: work the scheduler commits between two counts shows in the later.
-            waiting = sum(
-                [
-                    (
-                        await session.execute(
-                            select(func.count())
-                            .select_from(Newsletter)
-                            .where(Newsletter.state.in_(("scheduled", "sending")), Newsletter.scheduled_at <= now)
-                        )
-                    ).scalar_one(),
-                    (
-                        await session.execute(
-                            select(func.count())
-                            .select_from(Enrollment)
-                            .where(Enrollment.state == "active", Enrollment.due_at <= now)
-                        )
-                    ).scalar_one(),
-                    (
-                        await session.execute(
-                            select(func.count())
-                            .select_from(Message)
-                            .where(Message.state.in_(("queued", "sending", "deferred")), Message.next_attempt_at <= now)
-                        )
-                    ).scalar_one(),
-                ]
-            )
-        if not waiting:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the scheduler and the outbox did not finish")
+@pytest.mark.parametrize(("now", "skips"), [(day(0), True), (day(29.9), True), (day(30), False), (day(31), False)])
+def test_a_newsletter_reaching_a_paused_subscriber_skips_them(now: dt.datetime, skips: bool) -> None:
+    assert skips_newsletter(day(30), now) is skips
+    assert skips_newsletter(None, now) is False
 
 
 async def newsletter(app: App) -> None:
@@ -198,8 +162,10 @@ async def test_pause_holds_mail_already_queued_but_not_transactional(app: App) -
                 )
             ).all()
         )
+    # Both wait for the pause's end, then the caps pace them: the newsletter first (its turn
+    # under step_waits), the step a day later (never within a day of a newsletter).
     assert held == {
         "newsletter": now + dt.timedelta(days=30),
-        "step": now + dt.timedelta(days=30),
+        "step": now + dt.timedelta(days=31),
         "confirm": now + dt.timedelta(days=1),
     }

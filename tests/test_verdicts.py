@@ -90,7 +90,7 @@ def click(app: App, message_pk: int, url: str) -> str:
 
 async def moves(app: App) -> list[LayerHistory]:
     async with app.rt.db.read() as session:
-        return list((await session.execute(select(LayerHistory))).scalars())
+        return list((await session.execute(select(LayerHistory).where(LayerHistory.kind == "move"))).scalars())
 
 
 async def test_a_browser_driven_scanner_pacing_its_clicks_over_every_link_promotes_nobody(app: App) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import delete, or_, select, update
 from ..errors import ValidationError
 from ..funnel.enrollments import end_enrollments, move_layer
 from ..funnel.facts import set_status
-from ..funnel.stepper import COUNTED_KINDS
+from ..funnel.ledger import replan
 from ..models import (
     ConsentRecord,
     Enquiry,
@@ -62,18 +62,8 @@ async def choose(rt: Runtime, token: str, choice: str, ip: str | None, user_agen
                 .values(due_at=until)
             )
             # Drip and newsletter mail already queued for them (held by caps, or not yet sent)
-            # waits too; transactional mail does not.
-            await session.execute(
-                update(Message)
-                .where(
-                    Message.subscriber_id == subscriber.id,
-                    Message.kind.in_(COUNTED_KINDS),
-                    Message.state.in_(("queued", "deferred")),
-                    Message.next_attempt_at < until,
-                )
-                .values(next_attempt_at=until)
-                .execution_options(synchronize_session=False)
-            )
+            # waits too, paced by the caps after it; transactional mail does not.
+            await replan(session, {subscriber.id}, now)
         elif choice == "fewer":
             subscriber.frequency = "fewer"
         elif choice == "down":

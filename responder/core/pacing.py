@@ -1,25 +1,34 @@
-"""When a mail may go: frequency caps, send windows and step conditions, as pure functions.
+"""When a mail may go: frequency caps, collisions, send windows and step conditions, as pure
+functions.
 
 * Caps (per layer, in the layer rule's ``caps``): at most ``max_per_week`` drip and newsletter
-  mails in any 7 days, at least ``min_gap`` between two. A mail under the cap is postponed to
-  the first moment it fits, never dropped. Transactional mail is never counted or held.
-* Collision: a drip step and a newsletter never go out within one day of each other; which
-  one waits is ``caps.collision`` (``step_waits``, the default, or ``newsletter_waits``).
+  mails in any 7 days (two mails less than 7 days apart share a week), at least ``min_gap``
+  between any two. Transactional mail is never counted or held.
+* Collision: a drip step and a newsletter never go within one day of each other. Which one
+  waits when they fall due within a day of each other is ``caps.collision``: ``step_waits``
+  (the default) or ``newsletter_waits``. The caps bind both kinds in both modes.
+* ``plan`` is the one answer to "when may each mail waiting for this subscriber go, given what
+  was sent": every path that queues a counted mail (due drip steps, a newsletter's batch, a
+  pause) asks it. Waiting mails take their turn in the order they fell due, the kind that waits
+  a day later (so the mode decides mails due within a day of each other, and a mail that has
+  waited longer than that is not overtaken again: nothing starves); each goes at the first
+  moment it fits around what was sent and what takes its turn before it, inside its send
+  window. Nothing is dropped.
 * Send window (per step): ``{"days": "mon-fri", "start": "09:00", "end": "17:00"}`` in the
   subscriber's time zone (``attributes.timezone``) when known, else UTC.
 * Condition (per step): ``{"skip_if_purchased": true, "require_tags": [..],
   "skip_if_tags": [..]}``; a step whose condition fails is skipped, not postponed.
-* The subscriber's own choices (unsubscribe page, preference center), through the same caps:
-  ``frequency == "fewer"`` tightens the layer's caps to at most one drip or newsletter mail a
-  week (newsletters included: they wait like steps); ``paused_until`` postpones drip steps to
-  the end of the pause and skips newsletters sent during it (a stale newsletter is not held).
+* The subscriber's own choices (unsubscribe page, preference center): ``frequency == "fewer"``
+  tightens the layer's caps to at most one drip or newsletter mail a week; ``paused_until``
+  holds every counted mail until the pause ends, and a newsletter that reaches them during it
+  skips them (a stale newsletter is not held).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -32,77 +41,125 @@ COLLISION_GAP = dt.timedelta(days=1)
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 CONDITION_KEYS = frozenset({"skip_if_purchased", "require_tags", "skip_if_tags"})
-
-
 FEWER_PER_WEEK = 1
+NO_GAP = dt.timedelta(0)
 
 
 @dataclass(frozen=True)
 class Sent:
-    """One counted mail to a subscriber: when, and whether it was a drip step or a newsletter."""
+    """A counted mail that went, or is bound to go, at ``at``: a drip step or a newsletter."""
 
     at: dt.datetime
     kind: str  # step | newsletter
 
 
-def next_allowed(
-    sent: Iterable[Sent],
-    now: dt.datetime,
-    caps: Mapping[str, Any] | None,
-    kind: str,
-) -> dt.datetime:
-    """The earliest time at or after ``now`` a mail of ``kind`` may go under the layer's caps."""
-    caps = caps or {}
-    collision = caps.get("collision", "step_waits")
-    waits = (kind == "step") == (collision == "step_waits")
-    history = sorted(s.at for s in sent)
-    others = [s.at for s in sent if s.kind != kind]
-    at = now
-    if waits and others:
-        at = max(at, max(others) + COLLISION_GAP)
-    # Under "step_waits" a newsletter is not held by the caps either: it is the one that goes.
-    if kind == "newsletter" and collision == "step_waits":
-        return at
-    if caps.get("min_gap") and history:
-        at = max(at, history[-1] + dt.timedelta(seconds=parse_duration(caps["min_gap"])))
-    limit = caps.get("max_per_week")
-    if limit:
-        while True:
-            in_week = [t for t in history if at - WEEK < t <= at]
-            if len(in_week) < limit:
-                break
-            at = in_week[len(in_week) - limit] + WEEK
-    return at
+@dataclass(frozen=True)
+class Held:
+    """A counted mail waiting to go: its kind, when it fell due (its turn), and for a drip step
+    its send window in the subscriber's time zone."""
+
+    kind: str  # step | newsletter
+    due_at: dt.datetime
+    window: Mapping[str, Any] | None = None
+    tz: dt.tzinfo = dt.UTC
 
 
-def caps_for(caps: Mapping[str, Any] | None, frequency: str | None) -> Mapping[str, Any] | None:
+def caps_for(caps: Mapping[str, Any] | None, frequency: str | None) -> Mapping[str, Any]:
     """The layer's caps as they apply to a subscriber who chose ``frequency``."""
+    caps = caps or {}
     if frequency != "fewer":
         return caps
-    limit = (caps or {}).get("max_per_week")
-    # Newsletters wait too, so the weekly limit holds for every counted mail.
-    return {
-        **(caps or {}),
-        "collision": "newsletter_waits",
-        "max_per_week": min(limit, FEWER_PER_WEEK) if limit else FEWER_PER_WEEK,
-    }
+    limit = caps.get("max_per_week")
+    return {**caps, "max_per_week": min(limit, FEWER_PER_WEEK) if limit else FEWER_PER_WEEK}
 
 
-def mail_at(
-    sent: Iterable[Sent],
+def skips_newsletter(paused_until: dt.datetime | None, now: dt.datetime) -> bool:
+    """A newsletter reaching a subscriber during their pause skips them (it is not held)."""
+    return paused_until is not None and now < paused_until
+
+
+def waiting_kind(caps: Mapping[str, Any] | None) -> str:
+    """The kind that waits when a drip step and a newsletter fall due within a day."""
+    return "newsletter" if (caps or {}).get("collision") == "newsletter_waits" else "step"
+
+
+def turn(mail: Held, waits: str) -> tuple[dt.datetime, int]:
+    """A waiting mail's place in the queue: when it fell due, one collision gap later for the
+    kind that waits (and after the other kind on a tie)."""
+    if mail.kind == waits:
+        return mail.due_at + COLLISION_GAP, 1
+    return mail.due_at, 0
+
+
+@dataclass(frozen=True)
+class _Limits:
+    per_week: int | None
+    min_gap: dt.timedelta
+
+    def gap(self, kind: str, other: str) -> dt.timedelta:
+        return max(self.min_gap, COLLISION_GAP) if kind != other else self.min_gap
+
+    def fits(self, placed: Sequence[Sent], kind: str, at: dt.datetime) -> bool:
+        for mail in placed:
+            gap = self.gap(kind, mail.kind)
+            if gap and abs(at - mail.at) < gap:
+                return False
+        if self.per_week is None:
+            return True
+        # Every run of mails less than a week apart that holds ``at`` starts at one of them.
+        near = sorted([mail.at for mail in placed if abs(mail.at - at) < WEEK] + [at])
+        return all(sum(1 for t in near if first <= t < first + WEEK) <= self.per_week for first in near if first <= at)
+
+    def first_fit(self, placed: Sequence[Sent], kind: str, start: dt.datetime) -> dt.datetime:
+        """The earliest moment at or after ``start`` that fits: a gap or a week after a placed
+        mail is where a run of unfitting moments can end, so only those are tried after it."""
+        if self.fits(placed, kind, start):
+            return start
+        ends: set[dt.datetime] = set()
+        for mail in placed:
+            gap = self.gap(kind, mail.kind)
+            if gap:
+                ends.add(mail.at + gap)
+            if self.per_week is not None:
+                ends.add(mail.at + WEEK)
+        for at in sorted(t for t in ends if t >= start):
+            if self.fits(placed, kind, at):
+                return at
+        raise AssertionError("a week and a gap after every placed mail always fits")
+
+
+def plan(
+    sent: Sequence[Sent],
+    held: Sequence[Held],
     now: dt.datetime,
     caps: Mapping[str, Any] | None,
-    kind: str,
     *,
     frequency: str | None = "normal",
     paused_until: dt.datetime | None = None,
-) -> dt.datetime | None:
-    """When a mail of ``kind`` may go to this subscriber; None: a newsletter skipped (paused)."""
-    if paused_until is not None and now < paused_until:
-        if kind == "newsletter":
-            return None
-        now = paused_until
-    return next_allowed(sent, now, caps_for(caps, frequency), kind)
+) -> list[dt.datetime]:
+    """When each mail waiting for one subscriber may go (at or after ``now``), in ``held``'s
+    order. A time at ``now`` means "send it now"; a later one is when to look again."""
+    own = caps_for(caps, frequency)
+    limits = _Limits(
+        own.get("max_per_week"),
+        dt.timedelta(seconds=parse_duration(own["min_gap"])) if own.get("min_gap") else NO_GAP,
+    )
+    start = max(now, paused_until) if paused_until else now
+    waits = waiting_kind(own)
+    placed = list(sent)
+    times: dict[int, dt.datetime] = {}
+    for index in sorted(range(len(held)), key=lambda i: turn(held[i], waits)):
+        mail = held[index]
+        at = max(mail.due_at, start)
+        while True:
+            at = limits.first_fit(placed, mail.kind, at)
+            opens = in_window(mail.window, at, mail.tz)
+            if opens == at:
+                break
+            at = opens
+        times[index] = at
+        placed.append(Sent(at, mail.kind))
+    return [times[i] for i in range(len(held))]
 
 
 def _days(value: Any) -> frozenset[int]:

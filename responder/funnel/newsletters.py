@@ -6,8 +6,10 @@ process never holds the list), then the scheduler walks it in subscriber-id orde
 per tick, queueing outbox rows and moving a cursor in the same transaction. The outbox keeps a
 (subscriber, newsletter) pair once, so a resume, a crash or a second scheduler never sends
 twice. Pausing stops new batches; rows already queued (at most one batch) still go.
-A subscriber who paused their mail is skipped by a newsletter sent during the pause; one who
-chose fewer mails gets it only when their weekly limit allows (``sequences.pacing.mail_at``).
+Each recipient's copy is planned with everything else counted for them (``ledger``): it is
+queued for now, or for the first moment the layer's caps, the collision with drip steps and
+the subscriber's own choice of fewer mails allow (held, never dropped). A subscriber who paused
+their mail is skipped by a newsletter that reaches them during the pause.
 A newsletter names a template that exists and renders as a newsletter (``templating.sendable``),
 or it is not written.
 """
@@ -21,14 +23,15 @@ from typing import Any
 from sqlalchemy import Integer, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..core.pacing import caps_for, mail_at
+from ..core.pacing import Held, skips_newsletter
 from ..dbutil import get_or_404, has_element
 from ..errors import Conflict, NotFound, ValidationError
 from ..models import Layer, Message, Newsletter, NewsletterRecipient, Subscriber
 from ..settings import Settings
 from ..templating.sendable import sendable_template
 from ..validation import clean_text
-from .stepper import enqueue_many, outbox_row, recent_mail
+from .ledger import PACED, move_held_rows, read_ledger
+from .stepper import enqueue_many, outbox_row
 
 BATCH = 500
 TAG = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
@@ -274,7 +277,7 @@ async def send_batch(
 ) -> int:
     rows = (
         await session.execute(
-            select(Subscriber.id, Subscriber.status, Subscriber.layer_id, Subscriber.frequency, Subscriber.paused_until)
+            select(*PACED)
             .join(NewsletterRecipient, NewsletterRecipient.subscriber_id == Subscriber.id)
             .where(NewsletterRecipient.newsletter_id == newsletter.id, Subscriber.id > newsletter.cursor)
             .order_by(Subscriber.id)
@@ -284,41 +287,29 @@ async def send_batch(
     if not rows:
         newsletter.state, newsletter.finished_at = "sent", now
         return 0
-    caps = {layer.id: (layer.rule or {}).get("caps") for layer in (await session.execute(select(Layer))).scalars()}
-
-    def waits(row: Any) -> bool:  # this subscriber's newsletter may be held by the caps
-        own = caps_for(caps.get(row.layer_id or 0), row.frequency)
-        return (own or {}).get("collision") == "newsletter_waits"
-
-    held = {r.id for r in rows if waits(r)}
-    sent = await recent_mail(session, held, now - dt.timedelta(days=7)) if held else {}
+    # Left since the audience was fixed, or paused now: skipped (a pause does not hold it).
+    reached = {r.id: r for r in rows if r.status == "active" and not skips_newsletter(r.paused_until, now)}
+    ledger = await read_ledger(session, reached, now, walking=newsletter.id)
     queue = []
-    for row in rows:
-        if row.status != "active":  # left since the audience was fixed
-            continue
-        # Not held by the caps: now, unless paused (then skipped; see sequences.pacing).
-        send_at = mail_at(
-            sent.get(row.id, []),
-            now,
-            caps.get(row.layer_id or 0),
-            "newsletter",
-            frequency=row.frequency,
-            paused_until=row.paused_until,
-        )
-        if send_at is None:
-            continue
+    moves = []
+    key = ("newsletter", newsletter.id)
+    for subscriber_id, book in ledger.books.items():
+        book.waiting[key] = Held("newsletter", now)
+        times = book.plan(now)
         queue.append(
             outbox_row(
-                row.id,
+                subscriber_id,
                 "newsletter",
                 newsletter.template_name,
                 now,
                 domain,
                 newsletter_id=newsletter.id,
-                send_at=send_at,
+                send_at=times[key],
             )
         )
+        moves += book.moved(times)
     queued = await enqueue_many(session, queue)
+    await move_held_rows(session, moves)
     newsletter.cursor = rows[-1].id
     if len(rows) < batch:
         newsletter.state, newsletter.finished_at = "sent", now

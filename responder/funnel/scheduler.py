@@ -57,7 +57,7 @@ class Scheduler(PollingLoop):
     async def _tick(self) -> int:
         rt = self.rt
         now = rt.clock.now()
-        # Newsletters first: a drip step due in the same tick then sees them and waits.
+        # Either order would do: each plans with the other's mail, queued, due or coming.
         async with rt.db.transaction() as session:
             batches = await newsletters.advance(session, now, domain=rt.settings.sender_domain)
         async with rt.db.transaction() as session:

@@ -1,6 +1,7 @@
 """Running due enrollments: one batch of due rows read with a handful of queries, each one
-checked against its step's condition, send window and the layer's frequency caps, then either
-queued, skipped, or postponed (never dropped).
+checked against its step's condition, then planned with everything else counted for its
+subscriber (``ledger``: the caps, collisions and send windows) and either queued, skipped, or
+held until the moment it fits (never dropped).
 
 No step is sent twice: the outbox keeps a (subscriber, step) pair once, so an enrollment that
 reaches a step its subscriber already got (after a demotion and a promotion, or an edit) just
@@ -13,61 +14,21 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..core.pacing import Sent, condition_holds, in_window, mail_at, zone
-from ..core.schedule import StepPlan, advance, parse_duration
+from ..core.pacing import Sent, condition_holds
+from ..core.schedule import Advance, StepPlan, advance
 from ..delivery.mime import new_message_id
-from ..models import (
-    Enrollment,
-    Event,
-    Layer,
-    Message,
-    Newsletter,
-    NewsletterRecipient,
-    Step,
-    Subscriber,
-)
-
-COUNTED_KINDS = ("step", "newsletter")  # transactional mail is exempt from caps
-MAIL_TIME = func.coalesce(Message.sent_at, Message.next_attempt_at)
+from ..models import Enrollment, Event, Message, Subscriber
+from .ledger import PACED, Ledger, move_held_rows, read_ledger
 
 
 @dataclass(frozen=True)
 class Done:
     processed: int
     queued: int
-
-
-async def recent_mail(session: AsyncSession, subscriber_ids: set[int], since: dt.datetime) -> dict[int, list[Sent]]:
-    rows = await session.execute(
-        select(Message.subscriber_id, Message.kind, MAIL_TIME).where(
-            Message.subscriber_id.in_(subscriber_ids), Message.kind.in_(COUNTED_KINDS), MAIL_TIME > since
-        )
-    )
-    sent: dict[int, list[Sent]] = defaultdict(list)
-    for subscriber_id, kind, at in rows:
-        sent[subscriber_id].append(Sent(_aware(at), kind))
-    return sent
-
-
-async def newsletters_under_way(
-    session: AsyncSession, subscriber_ids: set[int], now: dt.datetime
-) -> dict[int, list[Sent]]:
-    """Newsletters still walking their audience towards these subscribers count as sent now,
-    so a drip step does not slip in just before one."""
-    rows = await session.execute(
-        select(NewsletterRecipient.subscriber_id)
-        .join(Newsletter, Newsletter.id == NewsletterRecipient.newsletter_id)
-        .where(
-            Newsletter.state == "sending",
-            NewsletterRecipient.subscriber_id.in_(subscriber_ids),
-            NewsletterRecipient.subscriber_id > Newsletter.cursor,
-        )
-    )
-    return {subscriber_id: [Sent(now, "newsletter")] for subscriber_id in rows.scalars()}
 
 
 def outbox_row(
@@ -109,22 +70,6 @@ async def enqueue_many(session: AsyncSession, rows: list[dict[str, object]]) -> 
     return len(result.all())
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    # coalesce() loses the column type, so SQLite hands back naive UTC datetimes (or text).
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-def lookback(layers: dict[int, Layer]) -> dt.timedelta:
-    gaps = [
-        parse_duration(layer.rule["caps"]["min_gap"])
-        for layer in layers.values()
-        if (layer.rule or {}).get("caps", {}).get("min_gap")
-    ]
-    return max([dt.timedelta(days=7), *(dt.timedelta(seconds=g) for g in gaps)])
-
-
 @dataclass
 class Due:
     """One due enrollment and what becomes of it (written back in one executemany)."""
@@ -133,12 +78,29 @@ class Due:
     subscriber_id: int
     sequence_id: int
     next_position: int
+    due_at: dt.datetime | None
+    waiting_since: dt.datetime | None
     state: str = "active"
-    due_at: dt.datetime | None = None
     ended_at: dt.datetime | None = None
 
+    @property
+    def turn(self) -> dt.datetime:
+        """When its step first fell due: its place among the mail waiting for the subscriber."""
+        assert self.due_at is not None
+        return self.waiting_since or self.due_at
+
     def end(self, state: str, now: dt.datetime) -> None:
-        self.state, self.ended_at, self.due_at = state, now, None
+        self.state, self.ended_at, self.due_at, self.waiting_since = state, now, None, None
+
+    def move_on(self, plan: Advance, now: dt.datetime) -> None:
+        """Its step was sent (or skipped): wait for the next one."""
+        self.next_position, self.due_at, self.waiting_since = plan.next_position, plan.next_due_at, None
+        if plan.next_due_at is None:
+            self.end("completed", now)
+
+    def hold(self, until: dt.datetime) -> None:
+        """Its step waits until ``until`` (keeping its turn)."""
+        self.waiting_since, self.due_at = self.turn, until
 
 
 async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, domain: str) -> Done:
@@ -146,7 +108,14 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
         Due(*row)
         for row in (
             await session.execute(
-                select(Enrollment.id, Enrollment.subscriber_id, Enrollment.sequence_id, Enrollment.next_position)
+                select(
+                    Enrollment.id,
+                    Enrollment.subscriber_id,
+                    Enrollment.sequence_id,
+                    Enrollment.next_position,
+                    Enrollment.due_at,
+                    Enrollment.waiting_since,
+                )
                 .where(Enrollment.state == "active", Enrollment.due_at <= now)
                 .order_by(Enrollment.due_at)
                 .limit(limit)
@@ -158,34 +127,11 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
         return Done(0, 0)
     subscriber_ids = {e.subscriber_id for e in enrollments}
     subscribers = {
-        row.id: row
-        for row in (
-            await session.execute(
-                select(
-                    Subscriber.id,
-                    Subscriber.status,
-                    Subscriber.layer_id,
-                    Subscriber.attributes,
-                    Subscriber.tags,
-                    Subscriber.frequency,
-                    Subscriber.paused_until,
-                ).where(Subscriber.id.in_(subscriber_ids))
-            )
-        ).all()
+        row.id: row for row in (await session.execute(select(*PACED).where(Subscriber.id.in_(subscriber_ids)))).all()
     }
-    steps: dict[int, list[Step]] = defaultdict(list)
-    for step in (
-        await session.execute(
-            select(Step).where(Step.sequence_id.in_({e.sequence_id for e in enrollments})).order_by(Step.position)
-        )
-    ).scalars():
-        steps[step.sequence_id].append(step)
-    layers = {layer.id: layer for layer in (await session.execute(select(Layer))).scalars()}
-    sent = await recent_mail(session, subscriber_ids, now - lookback(layers))
-    for subscriber_id, coming in (await newsletters_under_way(session, subscriber_ids, now)).items():
-        sent[subscriber_id].extend(coming)
+    ledger = await read_ledger(session, subscribers, now)
     purchased: set[int] = set()
-    if any((s.condition or {}).get("skip_if_purchased") for group in steps.values() for s in group):
+    if any((s.condition or {}).get("skip_if_purchased") for group in ledger.steps.values() for s in group):
         purchased = set(
             (
                 await session.execute(
@@ -195,44 +141,48 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
                 )
             ).scalars()
         )
-    rows: list[dict[str, object]] = []
+    # What each due enrollment does: end, skip its step, or send it now or later (planned).
+    sending: dict[int, list[tuple[Due, Advance, str, int]]] = defaultdict(list)
     for enrollment in enrollments:
         subscriber = subscribers[enrollment.subscriber_id]
+        book = ledger.books[subscriber.id]
         if subscriber.status != "active":
             enrollment.end("stopped", now)
+            book.waiting.pop(("enrollment", enrollment.id), None)
             continue
-        sequence_steps = steps[enrollment.sequence_id]
+        sequence_steps = ledger.steps[enrollment.sequence_id]
         plan = advance([StepPlan(s.position, s.delay_s) for s in sequence_steps], enrollment.next_position, now)
         if plan is None:
             enrollment.end("completed", now)
+            book.waiting.pop(("enrollment", enrollment.id), None)
             continue
         step = next(s for s in sequence_steps if s.position == plan.send_position)
-        send = condition_holds(step.condition, purchased=subscriber.id in purchased, tags=subscriber.tags or [])
-        if send:
-            tz = zone((subscriber.attributes or {}).get("timezone"))
-            layer = layers.get(subscriber.layer_id) if subscriber.layer_id else None
-            caps = (layer.rule or {}).get("caps") if layer else None
-            allowed = mail_at(
-                sent[subscriber.id],
-                now,
-                caps,
-                "step",
-                frequency=subscriber.frequency,
-                paused_until=subscriber.paused_until,
-            )
-            assert allowed is not None  # only newsletters are ever skipped
-            at = max(in_window(step.send_window, now, tz), allowed)
-            if at > now:
-                # Postponed, not dropped; a window re-check at that time may move it again.
-                enrollment.due_at = at
-                continue
-            rows.append(outbox_row(subscriber.id, "step", step.template_name, now, domain, step_id=step.id))
-            sent[subscriber.id].append(Sent(now, "step"))
-        enrollment.next_position = plan.next_position
-        enrollment.due_at = plan.next_due_at
-        if plan.next_due_at is None:
-            enrollment.end("completed", now)
+        if condition_holds(step.condition, purchased=subscriber.id in purchased, tags=subscriber.tags or []):
+            sending[subscriber.id].append((enrollment, plan, step.template_name, step.id))
+        else:
+            _move_on(ledger, enrollment, plan, now)
+    rows: list[dict[str, object]] = []
+    moves: list[tuple[int, dt.datetime]] = []
+    for subscriber_id, book in ledger.books.items():
+        due = sending.get(subscriber_id, [])
+        times = book.plan(now)
+        held = []
+        for enrollment, plan, template_name, step_id in due:
+            if times[("enrollment", enrollment.id)] <= now:
+                rows.append(outbox_row(subscriber_id, "step", template_name, now, domain, step_id=step_id))
+                book.sent.append(Sent(now, "step"))
+                _move_on(ledger, enrollment, plan, now)
+            else:
+                held.append(enrollment)
+        # Again, with the steps just queued fixed and their enrollments' next steps expected:
+        # when the held steps and the subscriber's held outbox rows go.
+        if len(held) < len(due) and (held or book.rows_at):
+            times = book.plan(now)
+        for enrollment in held:
+            enrollment.hold(times[("enrollment", enrollment.id)])
+        moves += book.moved(times)
     queued = await enqueue_many(session, rows)
+    await move_held_rows(session, moves)
     table: Table = Enrollment.__table__  # type: ignore[assignment]
     await session.execute(
         update(table)
@@ -241,6 +191,7 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
             state=bindparam("state"),
             next_position=bindparam("next_position"),
             due_at=bindparam("due_at"),
+            waiting_since=bindparam("waiting_since"),
             ended_at=bindparam("ended_at"),
         ),
         [
@@ -249,9 +200,20 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
                 "state": e.state,
                 "next_position": e.next_position,
                 "due_at": e.due_at,
+                "waiting_since": e.waiting_since,
                 "ended_at": e.ended_at,
             }
             for e in enrollments
         ],
     )
     return Done(len(enrollments), queued)
+
+
+def _move_on(ledger: Ledger, enrollment: Due, plan: Advance, now: dt.datetime) -> None:
+    """The enrollment's step went (or was skipped): the next one is what it waits for now."""
+    enrollment.move_on(plan, now)
+    book = ledger.books[enrollment.subscriber_id]
+    if enrollment.due_at is None:
+        book.waiting.pop(("enrollment", enrollment.id), None)
+    else:
+        ledger.expect_step(book, enrollment.id, enrollment.sequence_id, enrollment.next_position, enrollment.due_at)
