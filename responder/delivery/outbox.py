@@ -25,6 +25,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import text as sql_text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import ReturningUpdate
 
@@ -40,8 +41,48 @@ AnySelect = Select[*tuple[Any, ...]]
 AnyRow = Row[*tuple[Any, ...]]
 
 
+def outbox_row(
+    subscriber_id: int,
+    kind: str,
+    template_name: str,
+    now: dt.datetime,
+    domain: str,
+    *,
+    step_id: int | None = None,
+    newsletter_id: int | None = None,
+    send_at: dt.datetime | None = None,
+) -> dict[str, object]:
+    """One outbox row: the only place one is built (one mail now, or a batch of steps or a
+    newsletter's recipients through ``enqueue_many``)."""
+    return {
+        "subscriber_id": subscriber_id,
+        "kind": kind,
+        "step_id": step_id,
+        "newsletter_id": newsletter_id,
+        "template_name": template_name,
+        "state": "queued",
+        "attempts": 0,
+        "next_attempt_at": send_at or now,
+        "message_id": new_message_id(domain),
+        "created_at": now,
+    }
+
+
+async def enqueue_many(session: AsyncSession, rows: list[dict[str, object]]) -> int:
+    """Queue many messages in one statement; pairs already queued are skipped (the outbox's
+    unique keys). The number of rows queued."""
+    if not rows:
+        return 0
+    insert = sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
+    # One compiled statement, executed for many parameter sets (batched by SQLAlchemy's
+    # "insertmanyvalues"): far cheaper than compiling one huge VALUES list per batch.
+    table: Table = Message.__table__  # type: ignore[assignment]
+    result = await session.execute(insert(table).on_conflict_do_nothing().returning(table.c.id), rows)
+    return len(result.all())
+
+
 async def enqueue(
-    session: object,
+    session: AsyncSession,
     *,
     subscriber_id: int,
     kind: str,
@@ -52,22 +93,8 @@ async def enqueue(
     newsletter_id: int | None = None,
 ) -> int | None:
     """Queue one message; None if this subscriber already has this step or newsletter."""
-    return await insert_ignore(
-        session,  # type: ignore[arg-type]
-        Message,
-        {
-            "subscriber_id": subscriber_id,
-            "kind": kind,
-            "step_id": step_id,
-            "newsletter_id": newsletter_id,
-            "template_name": template_name,
-            "state": "queued",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "message_id": new_message_id(domain),
-            "created_at": now,
-        },
-    )
+    row = outbox_row(subscriber_id, kind, template_name, now, domain, step_id=step_id, newsletter_id=newsletter_id)
+    return await insert_ignore(session, Message, row)
 
 
 MESSAGES = cast(Table, Message.__table__)

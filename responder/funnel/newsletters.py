@@ -25,13 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.pacing import Held, skips_newsletter
 from ..dbutil import get_or_404, has_element
+from ..delivery.outbox import enqueue_many, outbox_row
 from ..errors import Conflict, NotFound, ValidationError
 from ..models import Layer, Message, Newsletter, NewsletterRecipient, Subscriber
 from ..settings import Settings
 from ..templating.sendable import sendable_template
 from ..validation import clean_text
 from .ledger import PACED, move_held_rows, read_ledger
-from .stepper import enqueue_many, outbox_row
 
 BATCH = 500
 TAG = re.compile(r"^[A-Za-z0-9_-]{1,40}$")

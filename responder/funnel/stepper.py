@@ -15,13 +15,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from sqlalchemy import Table, bindparam, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.pacing import Sent, condition_holds
 from ..core.schedule import Advance, StepPlan, advance
-from ..delivery.mime import new_message_id
-from ..models import Enrollment, Event, Message, Subscriber
+from ..delivery.outbox import enqueue_many, outbox_row
+from ..models import Enrollment, Event, Subscriber
 from .ledger import PACED, Ledger, move_held_rows, read_ledger
 
 
@@ -29,45 +28,6 @@ from .ledger import PACED, Ledger, move_held_rows, read_ledger
 class Done:
     processed: int
     queued: int
-
-
-def outbox_row(
-    subscriber_id: int,
-    kind: str,
-    template_name: str,
-    now: dt.datetime,
-    domain: str,
-    *,
-    step_id: int | None = None,
-    newsletter_id: int | None = None,
-    send_at: dt.datetime | None = None,
-) -> dict[str, object]:
-    """One outbox row as ``delivery.outbox.enqueue`` writes it, for queueing many at once."""
-    return {
-        "subscriber_id": subscriber_id,
-        "kind": kind,
-        "step_id": step_id,
-        "newsletter_id": newsletter_id,
-        "template_name": template_name,
-        "state": "queued",
-        "attempts": 0,
-        "next_attempt_at": send_at or now,
-        "message_id": new_message_id(domain),
-        "created_at": now,
-    }
-
-
-async def enqueue_many(session: AsyncSession, rows: list[dict[str, object]]) -> int:
-    """Queue many messages in one statement; pairs already queued are skipped (the outbox's
-    unique keys). The number of rows queued."""
-    if not rows:
-        return 0
-    insert = sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
-    # One compiled statement, executed for many parameter sets (batched by SQLAlchemy's
-    # "insertmanyvalues"): far cheaper than compiling one huge VALUES list per batch.
-    table: Table = Message.__table__  # type: ignore[assignment]
-    result = await session.execute(insert(table).on_conflict_do_nothing().returning(table.c.id), rows)
-    return len(result.all())
 
 
 @dataclass
