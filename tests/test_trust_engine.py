@@ -255,3 +255,29 @@ async def test_the_sweep_runs_every_sweep_every_s(database_url: str, smtp: Any, 
         async with app.rt.db.read() as session:
             [row] = (await session.execute(select(LayerHistory).where(LayerHistory.subscriber_id == quiet))).scalars()
             assert (row.kind, row.reason) == ("sunset", "sunset: no human event for 2 days")
+
+
+async def test_an_imported_list_is_silent_from_its_import_not_from_its_old_consent(app: App) -> None:
+    """Consent given elsewhere two years ago is on record, but the silence the sweep counts
+    starts when the list was imported: the first sweep sunsets nobody."""
+    csv = "email,name,consented_at\nold-consent@example.com,Olga,2024-01-05T09:00:00+00:00\n"
+    resp = await app.client.post(
+        "/api/v1/imports?consent_source=fair", data=csv, headers={**app.auth, "Content-Type": "text/csv"}
+    )
+    assert resp.status == 202, await resp.text()
+    for _ in range(200):
+        job = await (await app.client.get(f"/api/v1/imports/{(await resp.json())['id']}", headers=app.auth)).json()
+        if job["state"] != "running":
+            break
+        await asyncio.sleep(0.02)
+    assert job["imported"] == 1
+    async with app.rt.db.read() as session:
+        olga = (
+            await session.execute(select(Subscriber).where(Subscriber.email == "old-consent@example.com"))
+        ).scalar_one()
+    assert olga.confirmed_at is not None and olga.confirmed_at.year == 2024
+    assert await sweep_api(app) == []
+    assert (await subscriber(app, olga.id)).status == "active"
+    app.clock.advance(181 * DAY)  # the default rule: sunset after 180 days of silence
+    await sweep_api(app)
+    assert (await subscriber(app, olga.id)).status == "sunset"

@@ -3,9 +3,10 @@ carried out. A click flushed by the tracker, an event posted through the API, a 
 the sweep all come here, so they cannot disagree.
 
 The facts (each subscriber's layer, entry time, last human event, human events since entering,
-and when the layer's steps were sent to them) are read in a few queries for the whole lot; the
-decision is ``core.promotion.evaluate`` with the same ``now``; the outcome is written by the
-functions that own it (``enrollments.move_layer``, ``enrollments.sunset``).
+and when the layer's steps were sent to them; with no human event yet, silence counts from
+joining the list: confirming, or being imported, whose consent may be years older) are read in
+a few queries for the whole lot; the decision is ``core.promotion.evaluate`` with the same
+``now``; the outcome is written by the functions that own it (``enrollments.move_layer``, ``enrollments.sunset``).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ async def judge(session: AsyncSession, subscriber_ids: Iterable[int], now: dt.da
                 events=events.get(row.id, []),
                 now=now,
                 step_sent_at=step_times.get(row.id, {}),
-                last_human_at=row.last_human_at or row.confirmed_at or row.created_at,
+                last_human_at=row.last_human_at or max(row.confirmed_at or row.created_at, row.created_at),
             )
             if not decision.moves:
                 continue

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.schedule import parse_duration
@@ -22,6 +22,9 @@ from ..models import Layer, Subscriber
 from .judge import Judged, judge
 
 CHUNK = 500
+# When a subscriber joined the list, as the judge counts it: confirming, or being imported
+# (``created_at``, later than a consent given elsewhere).
+JOINED = case((Subscriber.confirmed_at > Subscriber.created_at, Subscriber.confirmed_at), else_=Subscriber.created_at)
 
 
 def _seconds(rule: dict[str, Any], *path: str) -> int | None:
@@ -45,7 +48,7 @@ async def sweep(session: AsyncSession, now: dt.datetime, *, since: dt.datetime |
             wanted.append(since_entry <= now - dt.timedelta(seconds=demote_s))
         sunset_s = _seconds(rule, "sunset", "inactive_for")
         if sunset_s:
-            since_any = func.coalesce(Subscriber.last_human_at, Subscriber.confirmed_at, Subscriber.created_at)
+            since_any = func.coalesce(Subscriber.last_human_at, JOINED)
             wanted.append(since_any <= now - dt.timedelta(seconds=sunset_s))
         stay_s = _seconds(rule, "min_stay")
         if stay_s:
