@@ -16,7 +16,7 @@ from . import cli_admin, cli_funnel
 from . import cli_templates as templates_commands
 from .app import init_app, start_runner, start_runtime
 from .errors import ConfigError
-from .settings import Settings
+from .settings import Settings, reference_markdown
 
 log = logging.getLogger("responder")
 
@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(worker)
     config = sub.add_parser("config", help="print the effective configuration, secrets masked")
     _add_common(config)
+    config.add_argument(
+        "--reference", action="store_true", help="print the reference of every setting (docs/configuration.md)"
+    )
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser("upgrade", help="apply schema migrations")
@@ -79,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.command == "config" and args.reference:
+        print(reference_markdown(), end="")
+        return 0
     try:
         settings = _settings(args)
         if args.command == "config":

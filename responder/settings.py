@@ -504,6 +504,27 @@ class Settings:
         return [(spec.env, values[spec.field], spec.help) for spec in SPECS]
 
 
+def reference_markdown() -> str:
+    """docs/configuration.md: every setting with its environment variable, default and meaning."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Every setting is read from the environment when responder starts (`responder config` prints",
+        "the effective values, secrets masked). This page is generated from `responder/settings.py`",
+        "by `responder config --reference > docs/configuration.md`; a test fails when they differ.",
+        "",
+        "| Variable | Default | Meaning |",
+        "| --- | --- | --- |",
+    ]
+    for spec in SPECS:
+        default = "(unset)" if spec.default is None else f"`{spec.default}`" if spec.default else "(empty)"
+        meaning = spec.help.replace("|", "\\|")
+        if spec.secret:
+            meaning += " (secret: masked by `responder config`)"
+        lines.append(f"| `{spec.env}` | {default} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
 def mask(secret: str | None) -> str:
     if not secret:
         return "(not set: generated and stored on first start)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from responder.errors import ConfigError
-from responder.settings import Settings
+from responder.settings import SPECS, Settings, reference_markdown
 
 
 def test_defaults_are_the_embedded_setup() -> None:
@@ -99,3 +100,26 @@ def test_cli_bad_value_is_one_line_and_exit_2() -> None:
     assert done.stderr.count("\n") == 1
     assert done.stderr.startswith("responder: error: RESPONDER_SMTP_URL:")
     assert "Traceback" not in done.stderr
+
+
+def test_configuration_reference_is_generated_from_the_settings() -> None:
+    """docs/configuration.md lists every setting with its default; regenerate it when a setting changes."""
+    root = Path(__file__).resolve().parent.parent
+    printed = subprocess.run(
+        [sys.executable, "-m", "responder", "config", "--reference"], capture_output=True, text=True, check=True
+    ).stdout
+    assert printed == reference_markdown()
+    assert (root / "docs" / "configuration.md").read_text() == printed, (
+        "docs/configuration.md is stale: responder config --reference > docs/configuration.md"
+    )
+    for spec in SPECS:
+        assert f"| `{spec.env}` |" in printed
+
+
+def test_every_documented_variable_is_a_setting() -> None:
+    """A RESPONDER_* name in the README or docs/ that no setting reads is a documentation error."""
+    root = Path(__file__).resolve().parent.parent
+    known = {spec.env for spec in SPECS} | {"RESPONDER_X"}  # RESPONDER_X: a placeholder in docs/benchmarks.md
+    texts = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    named = {name for path in texts for name in re.findall(r"RESPONDER_[A-Z_]+[A-Z]", path.read_text())}
+    assert {name for name in named - known if not name.startswith("RESPONDER_TEST_")} == set()
