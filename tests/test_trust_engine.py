@@ -14,10 +14,15 @@ import pytest
 from sqlalchemy import select
 
 from responder.cli import main
+from responder.funnel import layers as layers_service
 from responder.funnel.events import record_event
+from responder.funnel.scheduler import Scheduler
 from responder.models import Enrollment, Layer, LayerHistory, Message, Sequence, Step, Subscriber
+from responder.runtime import Runtime
 
 from .conftest import App, running_app
+from .funnel_fixtures import make_subscriber as funnel_subscriber
+from .funnel_fixtures import mark_sent, rt  # noqa: F401
 from .public_fixtures import another_message, flushed, make_subscriber
 from .test_tracking import BROWSER, click_path, open_path
 
@@ -281,3 +286,22 @@ async def test_an_imported_list_is_silent_from_its_import_not_from_its_old_conse
     app.clock.advance(181 * DAY)  # the default rule: sunset after 180 days of silence
     await sweep_api(app)
     assert (await subscriber(app, olga.id)).status == "sunset"
+
+
+async def test_a_tick_sweeps_before_it_queues_mail(rt: Runtime) -> None:
+    """Someone whose silence ran out while their next step fell due is sunset by the tick, not
+    sent that step first (the sweep runs before the stepper and the newsletters)."""
+    async with rt.db.transaction() as session:
+        await layers_service.update_layer(session, 1, {"rule": {"sunset": {"inactive_for": "36h"}}})
+    quiet = await funnel_subscriber(rt, "quiet@example.com")
+    scheduler = Scheduler(rt)
+    while await scheduler.run_once():
+        pass
+    assert await mark_sent(rt) == 1  # the welcome step
+    rt.clock.advance(2 * DAY)  # the second step is due, and 48 h of silence > 36 h
+    await scheduler.run_once()
+    async with rt.db.read() as session:
+        found = await session.get(Subscriber, quiet.id)
+        assert found is not None and found.status == "sunset"
+        kinds = (await session.execute(select(Message.state).where(Message.subscriber_id == quiet.id))).scalars()
+        assert list(kinds) == ["sent"]

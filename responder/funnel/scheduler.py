@@ -57,16 +57,18 @@ class Scheduler(PollingLoop):
     async def _tick(self) -> int:
         rt = self.rt
         now = rt.clock.now()
-        # Either order would do: each plans with the other's mail, queued, due or coming.
-        async with rt.db.transaction() as session:
-            batches = await newsletters.advance(session, now, domain=rt.settings.sender_domain)
-        async with rt.db.transaction() as session:
-            done = await run_due_steps(session, now, limit=self.batch_size, domain=rt.settings.sender_domain)
+        # The sweep goes first: whoever it sunsets or moves gets no mail of their old standing
+        # in the same tick.
         every = dt.timedelta(seconds=rt.settings.sweep_every_s)
         if self.swept_at is None or now >= self.swept_at + every:
             async with rt.db.transaction() as session:
                 await sweep(session, now, since=self.swept_at)
             self.swept_at = now
+        # Either order would do for these two: each plans with the other's mail, queued, due or coming.
+        async with rt.db.transaction() as session:
+            batches = await newsletters.advance(session, now, domain=rt.settings.sender_domain)
+        async with rt.db.transaction() as session:
+            done = await run_due_steps(session, now, limit=self.batch_size, domain=rt.settings.sender_domain)
         if done.queued or batches:
             rt.wake_outbox()
         rt.wake_webhooks()
