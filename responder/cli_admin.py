@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .app import start_runtime
 from .audience.directory import SubscriberFilter
-from .audience.importer import ImportProgress, import_csv
+from .audience.importer import Enroll, ImportProgress, import_csv
 from .errors import ResponderError
 from .settings import Settings
 from .web.admin.users import create_user
@@ -53,6 +53,14 @@ def add_parsers(
     imp = subscribers.add_parser("import", help="import a CSV of consented subscribers")
     imp.add_argument("file", type=Path)
     imp.add_argument("--consent-source", help="where they consented, for rows without a consent_source column")
+    imp.add_argument(
+        "--enroll",
+        choices=("none", "next", "start"),
+        default="none",
+        help="what they get of their layer's sequence: none (newsletters only; the default), "
+        "next (the steps after the welcome) or start (every step)",
+    )
+    imp.add_argument("--spread", help="spread their first sequence mail evenly over this long (e.g. 7d)")
     imp.add_argument("--report", type=Path, help="write the rejected rows to this CSV file")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     exp = subscribers.add_parser("export", help="export subscribers as CSV")
@@ -115,6 +123,7 @@ def _read_password(from_stdin: bool) -> str:
 
 
 async def _import(rt, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    enroll = Enroll.parse(args.enroll, args.spread)
     size = args.file.stat().st_size
     with tqdm(total=size, unit="B", unit_scale=True, disable=args.quiet, desc="importing", file=sys.stderr) as bar:
 
@@ -124,9 +133,10 @@ async def _import(rt, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
 
         with args.file.open("rb") as binary:
             state = await import_csv(
-                rt, binary, consent_source=args.consent_source, bytes_total=size, progress=progress
+                rt, binary, consent_source=args.consent_source, enroll=enroll, bytes_total=size, progress=progress
             )
     print(f"{state.rows_read} rows: {state.imported} imported, {state.rejected} rejected")
+    print(f"they get {enroll.describe()}")
     if args.report and state.rejected_rows:
         with args.report.open("w", newline="") as report:
             writer = csv.DictWriter(report, ["row", "email", "field", "reason"])

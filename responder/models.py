@@ -407,6 +407,9 @@ class ImportJob(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     state: Mapped[str] = mapped_column(String(16))  # running | done | failed
     consent_source: Mapped[str] = mapped_column(String(64), default="")
+    # What the imported get of their layer's sequence: none | next | start, spread over spread_s.
+    enroll: Mapped[str] = mapped_column(String(16), default="none")
+    spread_s: Mapped[int] = mapped_column(Integer, default=0)
     bytes_total: Mapped[int] = mapped_column(Integer, default=0)
     bytes_read: Mapped[int] = mapped_column(Integer, default=0)
     rows_read: Mapped[int] = mapped_column(Integer, default=0)

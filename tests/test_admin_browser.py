@@ -95,10 +95,15 @@ async def test_import_shows_progress_then_the_report(
     data.write_text("email,name\n" + "".join(f"n{i}@example.com,N{i}\n" for i in range(300)) + "nonsense,Bad\n")
     await page.goto(live.url + "/admin/imports/new")
     await page.fill("#consent_source", "spring fair")
+    await expect(page.locator("input[name=enroll][value=none]")).to_be_checked()  # mails nobody by default
+    await page.check("input[name=enroll][value=next]")
+    await page.fill("#spread", "5d")
     await page.set_input_files("#file", str(data))
     await page.click("#import-form button")
     await expect(page.locator("#import-state")).to_have_text("done")
     await expect(page.locator("#import-imported")).to_have_text("300")
+    await expect(page.locator("#import-they-get")).to_contain_text("from its second step on")
+    await expect(page.locator("#import-they-get")).to_contain_text("spread evenly over 5d")
     await expect(page.locator("table")).to_contain_text("nonsense")
     shots = SCREENSHOTS / request.node.callspec.id
     shots.mkdir(parents=True, exist_ok=True)

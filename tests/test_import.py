@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
 import io
 from pathlib import Path
 
@@ -71,7 +72,8 @@ async def test_api_import_reports_each_rejected_row(app: App) -> None:
                 select(func.count()).select_from(Enrollment).where(Enrollment.subscriber_id == ada.id)
             )
         ).scalar_one()
-        assert enrolled == 1
+        assert enrolled == 0  # by default the imported get their layer's newsletters, no sequence mail
+        assert job["enroll"] == {"mode": "none", "spread_s": 0}
         old = (await session.execute(select(Subscriber).where(Subscriber.email == "old@example.com"))).scalar_one()
         assert old.name == "Old"  # left unchanged
 
@@ -145,9 +147,15 @@ def test_cli_users_tokens_import_and_export(
     data = tmp_path / "people.csv"
     data.write_text("email,name\n" + "".join(f"p{i}@example.com,P {i}\n" for i in range(50)) + "broken,X\n")
     report = tmp_path / "rejected.csv"
-    assert main(["subscribers", "import", str(data), "--consent-source", "webinar", "--report", str(report)]) == 0
+    argv = ["subscribers", "import", str(data), "--consent-source", "webinar", "--report", str(report)]
+    with pytest.raises(SystemExit):  # refused by the parser: nothing imported
+        main([*argv, "--enroll", "sometimes"])
+    assert main([*argv, "--enroll", "start", "--spread", "soon"]) == 1
+    assert "not a duration" in capsys.readouterr().err
+    assert main([*argv, "--enroll", "start", "--spread", "3d"]) == 0
     captured = capsys.readouterr()
     assert "51 rows: 50 imported, 1 rejected" in captured.out
+    assert "their first mail spread evenly over 3d" in captured.out
     assert "importing" in captured.err  # the progress bar
     assert "broken" in report.read_text()
 
@@ -265,3 +273,53 @@ async def test_an_upload_left_by_a_killed_server_is_removed_at_the_next_start(
     assert not left.exists() and mine.exists() and other.exists()
     await jobs.close()
     mine.unlink()
+
+
+async def _import(app: App, csv_text: str, query: str) -> dict:  # type: ignore[type-arg]
+    resp = await app.client.post(
+        f"/api/v1/imports?consent_source=fair&{query}", data=csv_text, headers={**app.auth, "Content-Type": "text/csv"}
+    )
+    assert resp.status == 202, await resp.text()
+    return await wait_for_job(app, (await resp.json())["id"])
+
+
+async def _enrollments(app: App) -> list[Enrollment]:
+    async with app.rt.db.read() as session:
+        return list((await session.execute(select(Enrollment).order_by(Enrollment.subscriber_id))).scalars())
+
+
+async def test_an_import_mails_nobody_unless_asked_and_then_spreads_its_first_mails(app: App) -> None:
+    """Importing a list and starting the server does not mail the whole list at once: by
+    default the imported get their layer's newsletters only; ``next`` starts them after the
+    welcome, ``start`` from the welcome, and ``spread`` spreads their first mails evenly."""
+    people = "email\n" + "".join(f"n{i}@example.com\n" for i in range(40))
+    job = await _import(app, people, "")
+    assert (job["imported"], job["they_get"]) == (40, "their layer's newsletters only, no sequence mail")
+    assert await _enrollments(app) == []
+
+    job = await _import(app, people.replace("n", "x"), "enroll=next")
+    assert job["enroll"] == {"mode": "next", "spread_s": 0}
+    rows = await _enrollments(app)
+    now = app.clock.now()
+    # Layer 1's starter sequence: welcome at once, then 2 d, then 4 d; "next" skips the welcome.
+    assert {(e.next_position, e.due_at) for e in rows} == {(2, now + dt.timedelta(days=2))}
+
+    job = await _import(app, people.replace("n", "s"), "enroll=start&spread=4d")
+    assert "spread evenly over 4d" in job["they_get"]
+    spread = [e for e in await _enrollments(app) if e.next_position == 1]
+    assert len(spread) == 40
+    offsets = sorted((e.due_at - now).total_seconds() / 86400 for e in spread)
+    assert 0 <= offsets[0] and offsets[-1] < 4
+    per_day = [sum(1 for o in offsets if day <= o < day + 1) for day in range(4)]
+    assert max(per_day) <= 20, per_day  # spread over the days, not all on one
+
+    resp = await app.client.post(
+        "/api/v1/imports?consent_source=fair&enroll=always",
+        data=people.replace("n", "b"),
+        headers={**app.auth, "Content-Type": "text/csv"},
+    )
+    assert resp.status == 400 and "enroll must be one of" in (await resp.json())["error"]["message"]
+    async with app.rt.db.read() as session:
+        assert (
+            await session.execute(select(func.count()).select_from(Subscriber).where(Subscriber.email.like("b%")))
+        ).scalar_one() == 0

@@ -13,6 +13,7 @@ from responder.core.schedule import (
     advance,
     first_due,
     format_duration,
+    imported_start,
     parse_duration,
 )
 from responder.errors import ValidationError
@@ -132,3 +133,17 @@ def test_retry_jitter_stays_within_a_quarter(jitter: float) -> None:
     when = next_attempt(1, T0, T0, jitter=jitter)
     assert when is not None
     assert dt.timedelta(minutes=3.75) <= when - T0 <= dt.timedelta(minutes=6.25)
+
+
+def test_imported_start_chooses_steps_and_spreads_starts() -> None:
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    steps = [StepPlan(2, 172800), StepPlan(1, 0), StepPlan(3, 345600)]
+    assert imported_start(steps, "none", 0, 7, now) is None
+    assert imported_start(steps, "next", 0, 7, now) == ([StepPlan(2, 172800), StepPlan(3, 345600)], now)
+    assert imported_start(steps, "start", 0, 7, now) == (sorted(steps, key=lambda s: s.position), now)
+    starts = [imported_start(steps, "start", 86400, key, now)[1] for key in range(1, 1001)]  # type: ignore[index]
+    assert all(now <= at < now + dt.timedelta(days=1) for at in starts)
+    hours = {at.hour for at in starts}
+    assert len(hours) == 24  # consecutive ids spread over the whole day
+    with pytest.raises(ValidationError, match="enroll must be one of"):
+        imported_start(steps, "all", 0, 1, now)

@@ -4,7 +4,9 @@ inserted in batches, with a report of every rejected row and why.
 Columns (header row required, any order): ``email`` (required), ``name``, ``layer`` (position,
 default the first layer), ``tags`` (separated by ``;``), ``consent_source`` (required unless the
 import gives one for all rows), ``consented_at`` (ISO 8601, default now). Imported subscribers
-are active and enrolled in their layer's sequence.
+are active in their layer and get its newsletters; what they get of its sequence is the
+import's choice (``enroll``: none, the steps after the welcome, or all of them, optionally
+spread over a period), so importing a list never mails all of it at once unless asked to.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from sqlalchemy import insert as insert_rows
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..core.schedule import StepPlan
+from ..core.schedule import StepPlan, format_duration, imported_start, parse_duration
 from ..errors import NotFound, TooLarge, ValidationError
 from ..funnel.enrollments import enrollment_values, layer_sequence, record_entries, step_plans
 from ..models import ConsentRecord, Enrollment, ImportJob, Layer, Subscriber
@@ -138,17 +140,45 @@ class CountingLines:
 Progress = Callable[[ImportProgress], Awaitable[None] | None]
 
 
+@dataclass(frozen=True)
+class Enroll:
+    """What imported subscribers get of their layer's sequence (core.schedule.imported_start)."""
+
+    mode: str = "none"
+    spread_s: int = 0
+
+    @classmethod
+    def parse(cls, mode: str | None, spread: str | None) -> Enroll:
+        """From a form, the API or the command line: ``mode`` none|next|start, ``spread`` a
+        duration such as 7d (empty: at once); refused with a clear error otherwise."""
+        enroll = cls(mode=(mode or "none").strip(), spread_s=parse_duration(spread) if spread else 0)
+        imported_start([], enroll.mode, enroll.spread_s, 0, dt.datetime.now(dt.UTC))  # validates
+        return enroll
+
+    def describe(self) -> str:
+        what = {
+            "none": "their layer's newsletters only, no sequence mail",
+            "next": "their layer's sequence from its second step on (no welcome)",
+            "start": "their layer's whole sequence from its first step",
+        }[self.mode]
+        if self.mode != "none" and self.spread_s:
+            what += f", their first mail spread evenly over {format_duration(self.spread_s)}"
+        return what
+
+
 async def import_csv(
     rt: Runtime,
     binary: IO[bytes],
     *,
     consent_source: str | None,
+    enroll: Enroll | None = None,
     bytes_total: int = 0,
     progress: Progress | None = None,
     batch_rows: int = BATCH_ROWS,
 ) -> ImportProgress:
     """Read, validate and insert; ``progress`` is called after every batch."""
     default_source = clean_source(consent_source) if consent_source else None
+    enroll = enroll or Enroll()
     lines = CountingLines(binary)
     reader = csv.DictReader(lines)
     header = reader.fieldnames or []
@@ -179,12 +209,12 @@ async def import_csv(
         seen[row.email] = row_no
         batch.append((row_no, row))
         if len(batch) >= batch_rows:
-            await _insert(rt, batch, layers, state, now)
+            await _insert(rt, batch, layers, state, now, enroll)
             batch = []
             state.bytes_read = lines.bytes_read
             await _report(progress, state)
     if batch:
-        await _insert(rt, batch, layers, state, now)
+        await _insert(rt, batch, layers, state, now, enroll)
     state.bytes_read = lines.bytes_read
     await _report(progress, state)
     return state
@@ -223,6 +253,7 @@ async def _insert(
     layers: dict[int, LayerPlan],
     state: ImportProgress,
     now: dt.datetime,
+    enroll: Enroll,
 ) -> None:
     """One transaction per batch: new subscribers, their consent records and enrollments.
     Addresses already on the list are left untouched and reported."""
@@ -275,8 +306,10 @@ async def _insert(
                 }
             )
             plan = layers[row.position]
-            if plan.sequence_id is not None:
-                enrollments.append(enrollment_values(subscriber_id, plan.sequence_id, plan.steps, now))
+            start = imported_start(plan.steps, enroll.mode, enroll.spread_s, subscriber_id, now)
+            if plan.sequence_id is not None and start is not None:
+                steps, starts_at = start
+                enrollments.append(enrollment_values(subscriber_id, plan.sequence_id, steps, starts_at))
         if consents:
             await session.execute(insert_rows(ConsentRecord), consents)
             await record_entries(session, entries, "imported", now)
@@ -287,7 +320,9 @@ async def _insert(
         rt.wake_scheduler()
 
 
-async def run_job(rt: Runtime, job_id: int, path: Path, consent_source: str | None) -> None:
+async def run_job(
+    rt: Runtime, job_id: int, path: Path, consent_source: str | None, enroll: Enroll | None = None
+) -> None:
     """Import a spooled upload, writing progress to its job row; the file is removed after."""
 
     async def save(progress: ImportProgress, **extra: Any) -> None:
@@ -311,7 +346,12 @@ async def run_job(rt: Runtime, job_id: int, path: Path, consent_source: str | No
     try:
         with path.open("rb") as binary:
             state = await import_csv(
-                rt, binary, consent_source=consent_source, bytes_total=state.bytes_total, progress=save
+                rt,
+                binary,
+                consent_source=consent_source,
+                enroll=enroll or Enroll(),
+                bytes_total=state.bytes_total,
+                progress=save,
             )
         await settle(state, state="done", finished_at=rt.clock.now())
     except _Abandoned:
@@ -344,6 +384,8 @@ def job_json(job: ImportJob) -> dict[str, Any]:
         "id": job.id,
         "state": job.state,
         "consent_source": job.consent_source or None,
+        "enroll": {"mode": job.enroll, "spread_s": job.spread_s},
+        "they_get": Enroll(job.enroll, job.spread_s).describe(),
         "progress": 1.0 if job.state == "done" else round(min(done, 1.0), 4),
         "rows_read": job.rows_read,
         "imported": job.imported,
@@ -387,12 +429,15 @@ class ImportJobs:
         self.tasks: set[asyncio.Task[None]] = set()
         remove_orphaned_spools()
 
-    async def start(self, rt: Runtime, path: Path, consent_source: str | None) -> int:
+    async def start(self, rt: Runtime, path: Path, consent_source: str | None, enroll: Enroll | None = None) -> int:
         source = clean_source(consent_source) if consent_source else None
+        enroll = enroll or Enroll()
         async with rt.db.transaction() as session:
             job = ImportJob(
                 state="running",
                 consent_source=source or "",
+                enroll=enroll.mode,
+                spread_s=enroll.spread_s,
                 bytes_total=path.stat().st_size,
                 rejected_rows=[],
                 created_at=rt.clock.now(),
@@ -401,7 +446,7 @@ class ImportJobs:
             session.add(job)
             await session.flush()
             job_id = job.id
-        task = asyncio.create_task(run_job(rt, job_id, path, source), name=f"import-{job_id}")
+        task = asyncio.create_task(run_job(rt, job_id, path, source, enroll), name=f"import-{job_id}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return job_id

@@ -50,6 +50,30 @@ def first_due(steps: Sequence[StepPlan], started_at: dt.datetime) -> dt.datetime
     return started_at + dt.timedelta(seconds=steps[0].delay_s)
 
 
+ENROLL_MODES = ("none", "next", "start")
+_GOLDEN = 0x9E3779B1  # Knuth's multiplicative hash: consecutive ids land far apart in [0, 1)
+
+
+def imported_start(
+    steps: Sequence[StepPlan], mode: str, spread_s: int, key: int, now: dt.datetime
+) -> tuple[list[StepPlan], dt.datetime] | None:
+    """What an imported subscriber gets of their layer's sequence, and from when: ``none``
+    nothing (their layer's newsletters only), ``next`` every step after the first (the welcome
+    is for people who just signed up), ``start`` every step. Their start is put off by a share
+    of ``spread_s`` that ``key`` (the subscriber id) picks, so a list is spread evenly over that
+    time instead of being mailed at once."""
+    if mode not in ENROLL_MODES:
+        raise ValidationError(f"enroll must be one of {', '.join(ENROLL_MODES)}, not {mode!r}", field="enroll")
+    if spread_s < 0:
+        raise ValidationError("spread cannot be negative", field="spread")
+    if mode == "none":
+        return None
+    ordered = sorted(steps, key=lambda s: s.position)
+    chosen = ordered[1:] if mode == "next" else ordered
+    share = ((key * _GOLDEN) & 0xFFFFFFFF) / 2**32
+    return chosen, now + dt.timedelta(seconds=int(spread_s * share))
+
+
 def advance(steps: Sequence[StepPlan], next_position: int, now: dt.datetime) -> Advance | None:
     """The enrollment is due at ``now`` with step ``next_position`` waiting; None if none is left.
 

@@ -19,7 +19,7 @@ from ...audience.directory import (
     set_tag,
     timeline,
 )
-from ...audience.importer import ImportJobs, get_job, job_json, spool
+from ...audience.importer import Enroll, ImportJobs, get_job, job_json, spool
 from ...models import Layer, Subscriber
 from ..http import read_input, runtime
 from .handlers import PREFIX, _path_id, subscriber_json
@@ -57,6 +57,11 @@ JOB = {
         "id": {"type": "integer"},
         "state": {"enum": ["running", "done", "failed"]},
         "consent_source": {"type": ["string", "null"]},
+        "enroll": {
+            "type": "object",
+            "properties": {"mode": {"enum": ["none", "next", "start"]}, "spread_s": {"type": "integer"}},
+        },
+        "they_get": {"type": "string", "description": "what the imported get of their layer's sequence"},
         "progress": {"type": "number", "minimum": 0, "maximum": 1},
         "rows_read": {"type": "integer"},
         "imported": {"type": "integer"},
@@ -244,8 +249,9 @@ for _method, _summary in (
 @routes.post(PREFIX + "/imports")
 async def start_import(request: web.Request) -> web.Response:
     rt = runtime(request)
+    enroll = Enroll.parse(request.query.get("enroll"), request.query.get("spread"))
     path = await spool(request.content.iter_chunked(65536), rt.settings.import_max_bytes)
-    job_id = await request.app[IMPORTS].start(rt, path, request.query.get("consent_source"))
+    job_id = await request.app[IMPORTS].start(rt, path, request.query.get("consent_source"), enroll)
     return web.json_response(job_json(await get_job(rt, job_id)), status=202)
 
 
@@ -261,12 +267,25 @@ describe(
                 "in": "query",
                 "description": "where these people consented; required unless every row has a consent_source column",
                 "schema": {"type": "string", "maxLength": 64},
-            }
+            },
+            {
+                "name": "enroll",
+                "in": "query",
+                "description": "what the imported get of their layer's sequence: none (default: newsletters only), "
+                "next (every step after the welcome) or start (every step)",
+                "schema": {"enum": ["none", "next", "start"], "default": "none"},
+            },
+            {
+                "name": "spread",
+                "in": "query",
+                "description": "spread their first sequence mail evenly over this long (e.g. 7d)",
+                "schema": {"type": "string", "pattern": "^[0-9]+[smhdw]$"},
+            },
         ],
         "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}},
         "responses": {
             "202": json_body(JOB, "started"),
-            "400": error("empty file or invalid consent source"),
+            "400": error("empty file, invalid consent source, enroll or spread"),
             "413": error("the file is too large"),
         },
     },

@@ -14,7 +14,8 @@ from ....audience.directory import (
     set_tag,
     timeline,
 )
-from ....audience.importer import get_job, job_json, spool
+from ....audience.importer import Enroll, get_job, job_json, spool
+from ....errors import ValidationError
 from ....models import Layer
 from ...api.subscribers import IMPORTS
 from ...http import runtime
@@ -91,16 +92,24 @@ async def start_import(request: web.Request) -> web.Response:
     rt = runtime(request)
     reader = await request.multipart()
     source: str | None = None
+    fields: dict[str, str] = {}
     path = None
     try:
         async for part in reader:
             if part.name == "consent_source":  # type: ignore[union-attr]
                 source = (await part.text())[:200]  # type: ignore[union-attr]
+            elif part.name in ("enroll", "spread"):  # type: ignore[union-attr,operator]
+                fields[str(part.name)] = (await part.text())[:16]  # type: ignore[union-attr]
             elif part.name == "file" and path is None:  # type: ignore[union-attr]
                 path = await spool(_chunks(part), rt.settings.import_max_bytes)
         if path is None:
             return render(request, "import_new.html", status=400, error="Choose a CSV file.")
-        job_id = await request.app[IMPORTS].start(rt, path, source)
+        try:
+            enroll = Enroll.parse(fields.get("enroll"), fields.get("spread"))
+        except ValidationError as exc:
+            path.unlink(missing_ok=True)
+            return render(request, "import_new.html", status=400, error=exc.message)
+        job_id = await request.app[IMPORTS].start(rt, path, source, enroll)
     except BaseException:
         if path is not None:
             path.unlink(missing_ok=True)
