@@ -279,7 +279,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--lanes", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=50, help="messages claimed per lease")
+    parser.add_argument(
+        "--batch", type=int, default=100, help="messages one worker has claimed at most (RESPONDER_WORKER_BATCH)"
+    )
     parser.add_argument("--dkim", choices=("rsa", "ed25519", "none"), default="rsa")
     parser.add_argument("--sink", choices=("aiosmtpd", "smtp-sink"), default="aiosmtpd")
     parser.add_argument(

@@ -200,7 +200,13 @@ SPECS: tuple[Spec, ...] = (
     Spec("smtp_timeout_s", "30", "seconds before an SMTP command times out", parse_float),
     Spec("max_body_bytes", "65536", "largest request body accepted by public endpoints", parse_int),
     Spec("confirm_max_age_s", "604800", "seconds a confirmation link stays valid", parse_int),
-    Spec("worker_batch", "50", "messages a worker claims per lease", parse_int),
+    Spec(
+        "worker_batch",
+        "100",
+        "messages one worker process has claimed at most (its two pipelines claim half each); "
+        "also the most a killed worker can send twice",
+        parse_int,
+    ),
     Spec("send_rate_per_s", "0", "messages per second over all lanes of one worker process (0: no limit)", parse_float),
     Spec("domain_concurrency", "0", "messages sent at once to one recipient domain (0: no limit)", parse_int),
     Spec(
@@ -317,7 +323,7 @@ class Settings:
     smtp_timeout_s: float
     max_body_bytes: int
     confirm_max_age_s: int
-    worker_batch: int = 50
+    worker_batch: int = 100
     send_rate_per_s: float = 0.0
     domain_concurrency: int = 0
     domain_rate_per_min: int = 0

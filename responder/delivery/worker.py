@@ -8,9 +8,10 @@
 A batch costs two transactions and four statements, whatever its size: the claim's select and
 update, then one update per outcome group and one insert of the sent events.
 
-Two batches are in flight at once, so lanes keep sending while the other batch is claimed,
-built or recorded. A batch is the most a crash can send twice: its outcomes are written after
-its sends. Pausing stops new claims; stopping lets the claimed batches finish.
+Two pipelines are in flight at once, so lanes keep sending while the other one claims, builds
+or records; they share ``worker_batch``, each claiming its half. A batch's outcomes are written
+after its sends, so what a killed worker can send twice is what it had claimed: at most
+``worker_batch`` messages. Pausing stops new claims; stopping lets the claimed batches finish.
 """
 
 from __future__ import annotations
@@ -219,6 +220,9 @@ class DeliveryWorker(PollingLoop):
         self.rt = rt
         self.transport = transport
         self.batch_size = batch_size or settings.worker_batch
+        # The pipelines share the batch, so a crash sends at most ``batch_size`` messages twice.
+        self.pipelines = max(1, min(PIPELINES, self.batch_size))
+        self.claim_size = self.batch_size // self.pipelines
         self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{id(self) & 0xFFFFFF:x}"
         self.signer = signer or signer_from_settings(settings)
         # RSA signatures are made by a child process beside the event loop (see signing.py).
@@ -240,7 +244,7 @@ class DeliveryWorker(PollingLoop):
 
     async def run(self) -> None:
         try:
-            await asyncio.gather(*(super(DeliveryWorker, self).run() for _ in range(PIPELINES)))
+            await asyncio.gather(*(super(DeliveryWorker, self).run() for _ in range(self.pipelines)))
         finally:
             await self.close()
 
@@ -282,7 +286,7 @@ class DeliveryWorker(PollingLoop):
                 session,
                 owner=self.owner,
                 now=rt.clock.now(),
-                limit=self.batch_size,
+                limit=self.claim_size,
                 lease_s=rt.settings.lease_s,
                 shape=_claim_shape,
             )
