@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -39,6 +40,9 @@ from .web.public.track import QuietTrackingLog, pixels_first
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
+# What a process runs besides HTTP: the scheduler (steps, newsletters, the sweep; one at a time
+# per database, by an advisory lock) and delivery (outbox, enquiry mail, webhooks; any number).
+ROLES = frozenset({"scheduler", "delivery"})
 
 
 @dataclass
@@ -86,7 +90,12 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def init_app(
-    rt: Runtime, *, transport: Transport | None = None, background: bool = True, http: bool = True
+    rt: Runtime,
+    *,
+    transport: Transport | None = None,
+    background: bool = True,
+    http: bool = True,
+    roles: frozenset[str] = ROLES,
 ) -> web.Application:
     app = web.Application(
         middlewares=[edge_middleware],
@@ -108,10 +117,10 @@ def init_app(
         app.add_routes(funnel_api.routes)
         app.add_routes(campaigns_api.routes)
         setup_admin(app)
-    if background:
-        app.cleanup_ctx.append(_loops(rt, transport or make_transport(rt.settings)))
-        if rt.settings.inbound is not None:
-            app.cleanup_ctx.append(_inbound(rt))
+    if background and roles:
+        app.cleanup_ctx.append(_loops(rt, transport or make_transport(rt.settings), roles))
+    if background and http and rt.settings.inbound is not None:
+        app.cleanup_ctx.append(_inbound(rt))  # a listener, like HTTP: one per host and port
     return app
 
 
@@ -132,9 +141,11 @@ def serve_pixels_first(runner: web.AppRunner) -> None:
         server.request_handler = pixels_first(runner.app, server.request_handler)
 
 
-def _loops(rt: Runtime, transport: Transport):  # type: ignore[no-untyped-def]
+def _loops(rt: Runtime, transport: Transport, roles: frozenset[str]):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        loops = [Scheduler(rt), DeliveryWorker(rt, transport), EnquiryLoop(rt, transport), WebhookSender(rt)]
+        loops: list[Any] = [Scheduler(rt)] if "scheduler" in roles else []
+        if "delivery" in roles:
+            loops += [DeliveryWorker(rt, transport), EnquiryLoop(rt, transport), WebhookSender(rt)]
         tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in loops]
         app[BACKGROUND] = loops
         yield

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from . import cli_admin, cli_funnel
 from . import cli_templates as templates_commands
-from .app import init_app, start_runner, start_runtime
+from .app import ROLES, init_app, start_runner, start_runtime
 from .errors import ConfigError
 from .settings import Settings, reference_markdown
 
@@ -40,9 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="HTTP server, scheduler and delivery workers in one process")
     serve.add_argument("--host", help="overrides RESPONDER_HOST (default 127.0.0.1)")
     serve.add_argument("--port", help="overrides RESPONDER_PORT (default 8080)")
+    serve.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="HTTP (and the inbound server) only: scheduling and delivery run in other processes",
+    )
     _add_common(serve)
-    worker = sub.add_parser("worker", help="scheduler and delivery workers only, no HTTP")
+    worker = sub.add_parser("worker", help="delivery only: sends the outbox, enquiry mail and webhooks; run any number")
     _add_common(worker)
+    scheduler = sub.add_parser(
+        "scheduler", help="the scheduler only: queues steps and newsletters, sweeps; one is active at a time"
+    )
+    _add_common(scheduler)
     config = sub.add_parser("config", help="print the effective configuration, secrets masked")
     _add_common(config)
     config.add_argument(
@@ -111,7 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "forms":
             return _forms_snippet(settings, args.form)
-        return asyncio.run(_run(settings, http=args.command == "serve"))
+        if args.command == "serve":
+            roles = frozenset() if args.no_workers else ROLES
+        else:
+            roles = frozenset({"delivery" if args.command == "worker" else "scheduler"})
+        return asyncio.run(_run(settings, http=args.command == "serve", roles=roles))
     except ConfigError as exc:
         print(f"responder: error: {exc.message}", file=sys.stderr)
         return 2
@@ -142,10 +155,10 @@ async def _db_upgrade(settings: Settings) -> int:
     return 0
 
 
-async def _run(settings: Settings, *, http: bool) -> int:
+async def _run(settings: Settings, *, http: bool, roles: frozenset[str]) -> int:
     started = await start_runtime(settings)
     rt = started.runtime
-    app = init_app(rt, http=http)
+    app = init_app(rt, http=http, roles=roles)
     runner = await start_runner(app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -155,7 +168,7 @@ async def _run(settings: Settings, *, http: bool) -> int:
         if http:
             site = web.TCPSite(runner, rt.settings.host, rt.settings.port)
             await site.start()
-        _banner(started, http=http)
+        _banner(started, http=http, roles=roles)
         # What start-up built (modules, mappings, templates) lives as long as the process: out
         # of the collector's sight, a full collection no longer walks it mid-request.
         gc.freeze()
@@ -167,13 +180,17 @@ async def _run(settings: Settings, *, http: bool) -> int:
     return 0
 
 
-def _banner(started, *, http: bool) -> None:  # type: ignore[no-untyped-def]
+def _banner(started, *, http: bool, roles: frozenset[str]) -> None:  # type: ignore[no-untyped-def]
     s = started.runtime.settings
     lines = []
     if http:
         lines.append(f"responder listening on http://{s.host}:{s.port} (public URL {s.base_url})")
+        if not roles:
+            lines.append("no workers: run `responder scheduler` and `responder worker` beside it")
+    elif "delivery" in roles:
+        lines.append("responder worker running (delivery: outbox, enquiry mail, webhooks)")
     else:
-        lines.append("responder worker running (scheduler and delivery)")
+        lines.append("responder scheduler running (steps, newsletters, sweeps; one active at a time)")
     lines.append(f"database: {s.describe()[0][1]}")
     mail = f"files in {s.smtp.path}/" if s.smtp.is_file else f"{s.smtp.scheme}://{s.smtp.host}:{s.smtp.port}"
     lines.append(f"mail goes to: {mail}")

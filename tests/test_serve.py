@@ -14,7 +14,9 @@ import aiohttp
 from .conftest import SmtpSink, free_port
 
 
-async def start(tmp_path: Path, env: dict[str, str], port: int) -> tuple[asyncio.subprocess.Process, list[str]]:
+async def start(
+    tmp_path: Path, env: dict[str, str], port: int, *flags: str
+) -> tuple[asyncio.subprocess.Process, list[str]]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -22,6 +24,7 @@ async def start(tmp_path: Path, env: dict[str, str], port: int) -> tuple[asyncio
         "serve",
         "--port",
         str(port),
+        *flags,
         cwd=tmp_path,
         env={"PATH": os.environ["PATH"], **env},
         stdout=asyncio.subprocess.PIPE,
@@ -74,6 +77,43 @@ async def test_first_start_with_embedded_defaults(tmp_path: Path) -> None:
     assert await stop(proc) == 0
     assert f"admin token: {token}\n" in lines
     assert not any("first start" in line for line in lines)
+
+
+async def test_roles_in_separate_processes(tmp_path: Path) -> None:
+    """``serve --no-workers`` answers HTTP and queues mail but sends none; a ``responder
+    scheduler`` beside it sends none either; a ``responder worker`` sends it."""
+    port = free_port()
+    env = {"RESPONDER_WORKER_POLL_S": "0.05", "RESPONDER_SCHEDULER_POLL_S": "0.05"}
+    proc, lines = await start(tmp_path, env, port, "--no-workers")
+    scheduler = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "responder",
+        "scheduler",
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert scheduler.stdout is not None
+        banner = b""
+        while b"responder scheduler running" not in banner:
+            line = await asyncio.wait_for(scheduler.stdout.readline(), timeout=30)
+            assert line, "the scheduler exited early:\n" + banner.decode()
+            banner += line
+        assert any("no workers" in line for line in lines)
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            resp = await http.post("/subscribe", json={"email": "ada@example.com"})
+            assert resp.status == 202
+        await asyncio.sleep(1.0)  # twenty polls of a worker, had one been running
+        assert not list((tmp_path / "outbox").glob("*.eml"))
+        db = sqlite3.connect(tmp_path / "responder.db")
+        assert db.execute("select state from messages").fetchall() == [("queued",)]
+        db.close()
+    finally:
+        assert await stop(scheduler) == 0
+        assert await stop(proc) == 0
 
 
 async def test_sigterm_lets_the_in_flight_send_finish(tmp_path: Path, smtp: SmtpSink) -> None:
