@@ -112,8 +112,8 @@ async def test_roles_in_separate_processes(tmp_path: Path) -> None:
         assert db.execute("select state from messages").fetchall() == [("queued",)]
         db.close()
     finally:
-        assert await stop(scheduler) == 0
-        assert await stop(proc) == 0
+        codes = (await stop(scheduler), await stop(proc))
+    assert codes == (0, 0)
 
 
 async def test_sigterm_lets_the_in_flight_send_finish(tmp_path: Path, smtp: SmtpSink) -> None:
