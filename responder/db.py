@@ -111,14 +111,21 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+        """Bring the schema to the newest Alembic revision. On PostgreSQL processes starting
+        together take turns (a transaction advisory lock): the first migrates, the others then
+        find the schema up to date instead of failing on tables that already exist."""
         async with self.writer.begin() as conn:
+            if not self.is_sqlite:
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             await conn.run_sync(_upgrade)
 
     async def dispose(self) -> None:
         await self.writer.dispose()
         if self.reader is not self.writer:
             await self.reader.dispose()
+
+
+MIGRATION_LOCK = 0x72657371  # advisory lock key of migrations (the scheduler's is 0x72657370)
 
 
 def alembic_config() -> Config:

@@ -194,3 +194,21 @@ async def test_schedulers_queue_each_newsletter_once_and_one_takes_over_when_the
     finally:
         stop(schedulers)
     assert "Traceback" not in log.read_text()
+
+
+async def test_processes_starting_together_on_a_fresh_database_migrate_once(pg_database: str, tmp_path: Path) -> None:
+    """Four processes started at once on an empty PostgreSQL database: one migrates, the others
+    wait for it and find the schema up to date (none fails on a table that already exists)."""
+    await reset_pg(pg_database)
+    env = {**os.environ, "RESPONDER_DATABASE_URL": pg_database, "RESPONDER_SECRET_KEY": "k"}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "responder", "db", "upgrade"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(4)
+    ]
+    outputs = [run.communicate(timeout=120)[0].decode() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0, 0], outputs
