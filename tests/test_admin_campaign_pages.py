@@ -3,6 +3,8 @@ the form, state conflicts, and every state-changing route refused without the CS
 
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy import func, select
 
 from responder.audience.enquiries import EnquiryIn, open_enquiry
@@ -31,7 +33,8 @@ async def test_compose_a_draft_then_send_pause_and_cancel(app: App) -> None:
         "/admin/newsletters",
         {"name": "Spring", "template": "layer2-quick-wins", "when": "at", "send_at": "soon", "layers": "2"},
     )
-    assert resp.status == 400 and "send_at must be" in await resp.text()
+    assert resp.status == 400 and "not a date and time" in await resp.text()
+    assert await newsletter_count(app) == 0
 
     resp = await browser.client.post(
         "/admin/newsletters",
@@ -116,3 +119,35 @@ async def test_enquiries_oldest_first_answer_close_and_the_token(app: App) -> No
     [_, answer] = await app.smtp.wait_for(2, "q0@example.com")
     assert "Yes, we do." in answer.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert (await browser.post("/admin/enquiries/999/answer", {"answer": "x"})).status == 404
+
+
+async def test_sending_asks_to_confirm_the_count_and_reads_times_in_the_admins_zone(app: App) -> None:
+    """Send now or at a time shows a page naming how many it reaches; only its button sends.
+    A time typed in Europe/Berlin is stored as UTC."""
+    browser = await signed_in(app.rt, app.client)
+    for i in range(4):
+        await make_subscriber(app.rt, f"two{i}@example.com", layer=2, tags=["vip"] if i < 3 else [])
+    counted = await (await browser.get("/admin/newsletters/audience.json?layers=2&tags=vip")).json()
+    assert counted == {"count": 3}
+    assert (await (await browser.get("/admin/newsletters/audience.json?layers=9")).json())["count"] is None
+    form = {"name": "Winter", "template": "layer2-quick-wins", "layers": "2", "tags": "vip", "when": "now"}
+    resp = await browser.post("/admin/newsletters", form)
+    text = await resp.text()
+    assert resp.status == 200 and 'id="confirm-count">3<' in text and 'id="confirm-when">now<' in text
+    assert await newsletter_count(app) == 0  # nothing written, nothing sent yet
+    resp = await browser.post("/admin/newsletters", {**form, "confirmed": "yes"})
+    assert resp.status == 303
+    async with app.rt.db.read() as session:
+        [news] = (await session.execute(select(Newsletter))).scalars()
+    assert news.state == "scheduled" and news.tags == ["vip"]
+
+    later = {**form, "name": "Later", "when": "at", "send_at": "2030-07-01T09:30", "tz": "Europe/Berlin"}
+    text = await (await browser.post("/admin/newsletters", later)).text()
+    assert 'id="confirm-when">2030-07-01 09:30<' in text and "(2030-07-01 07:30 UTC)" in text
+    assert (await browser.post("/admin/newsletters", {**later, "confirmed": "yes"})).status == 303
+    async with app.rt.db.read() as session:
+        scheduled = (await session.execute(select(Newsletter).where(Newsletter.name == "Later"))).scalar_one()
+    assert scheduled.scheduled_at is not None
+    assert scheduled.scheduled_at.astimezone(dt.UTC).isoformat() == "2030-07-01T07:30:00+00:00"
+    resp = await browser.post("/admin/newsletters", {**later, "template": "confirm"})
+    assert resp.status == 422 and await newsletter_count(app) == 2  # refused before any confirmation

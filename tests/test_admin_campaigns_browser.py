@@ -36,9 +36,23 @@ async def test_newsletter_for_layer_2_reaches_100_percent(
     await expect(page.locator("h1")).to_have_text("Newsletters")
     await page.fill("#n-name", "Quick wins for layer 2")
     await page.select_option("#n-template", "layer2-quick-wins")
+    # The picker shows subjects as people read them, not as Jinja.
+    assert "{{" not in (await page.locator("#n-template").inner_text())
+    await expect(page.locator("input[name=when][value=draft]")).to_be_checked()  # nothing goes by default
+    await expect(page.locator("#n-audience")).to_have_text("Choose at least one layer.")
     await page.check("#n-layers input[value='2']")
+    await expect(page.locator("#n-audience")).to_have_text("Reaches 3 active subscribers now.")
+    await page.check("#n-layers input[value='3']")
+    await expect(page.locator("#n-audience")).to_have_text("Reaches 6 active subscribers now.")
+    await page.uncheck("#n-layers input[value='3']")
+    await expect(page.locator("#n-audience")).to_have_text("Reaches 3 active subscribers now.")
     await page.check("input[name=when][value=now]")
     await page.click("#compose-form button")
+    # Nothing is sent before the page naming the count is confirmed.
+    await expect(page.locator("#confirm-count")).to_have_text("3")
+    await expect(page.locator("#confirm-when")).to_have_text("now")
+    assert len(smtp.received) == 0
+    await page.click("#confirm-form button")
 
     await expect(page.locator("#nl-pct")).to_have_text("100%")
     await expect(page.locator("#nl-state")).to_have_text("sent")

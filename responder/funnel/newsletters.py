@@ -229,14 +229,29 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def _audience(columns: Any, layer_ids: list[int], tags: list[str]) -> Any:
+    """The active subscribers of ``layer_ids`` carrying every one of ``tags``: the one
+    definition of a newsletter's audience, for counting it and for fixing it."""
+    audience = select(*columns).where(Subscriber.status == "active", Subscriber.layer_id.in_(layer_ids))
+    for tag in tags:
+        audience = audience.where(has_element(Subscriber.tags, tag))
+    return audience
+
+
+async def count_audience(session: AsyncSession, positions: Any, tags: Any) -> int:
+    """How many a newsletter to these layers (positions) and tags would reach if it started
+    now; the compose form shows it, and asks to confirm it, before anything is sent."""
+    layers = await _target_layers(session, positions)
+    query = _audience([func.count()], [layer.id for layer in layers], _tags(tags))
+    return int((await session.execute(query)).scalar_one())
+
+
 async def fix_audience(session: AsyncSession, newsletter: Newsletter, now: dt.datetime) -> None:
     """Copy the matching active subscribers into the recipient list, inside the database, and
     keep the target layers' names and positions as they are now."""
-    audience = select(literal(newsletter.id, Integer), Subscriber.id).where(
-        Subscriber.status == "active", Subscriber.layer_id.in_(newsletter.layer_ids)
+    audience = _audience(
+        [literal(newsletter.id, Integer), Subscriber.id], list(newsletter.layer_ids), list(newsletter.tags or [])
     )
-    for tag in newsletter.tags or []:
-        audience = audience.where(has_element(Subscriber.tags, tag))
     newsletter.layer_snapshot = await target_layers(session, newsletter)
     await session.execute(insert(NewsletterRecipient).from_select(["newsletter_id", "subscriber_id"], audience))
     newsletter.total = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -26,7 +27,15 @@ def admin_env() -> Environment:
     )
     env.filters["pct"] = lambda value, digits=1: f"{value * 100:.{digits}f}%"
     env.filters["when"] = lambda value: value.strftime("%Y-%m-%d %H:%M") if value else ""
+    env.filters["plain_subject"] = plain_subject
     return env
+
+
+def plain_subject(subject: str) -> str:
+    """A template's subject as a marketer reads it in a picker: each ``{{ … }}`` shown as "…"
+    and the ``{% … %}`` tags left out ("Welcome to {{ sender.name }}" → "Welcome to …")."""
+    text = re.sub(r"\{%.*?%\}", "", re.sub(r"\{\{.*?\}\}", "…", subject, flags=re.S), flags=re.S)
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def render(request: web.Request, name: str, *, status: int = 200, **context: Any) -> web.Response:

@@ -1,11 +1,15 @@
 """Newsletters: the list with state and progress, compose from a template for chosen layers
-(required) and tags, send now, at a time or keep as a draft; one newsletter's live progress and
-its pause / resume / cancel buttons. Calls the same service functions as the API."""
+(required) and tags with the audience counted as they are chosen, keep as a draft (the default),
+send now or at a time in the admin's own time zone — both only after a page naming how many it
+will reach; one newsletter's live progress and its pause / resume / cancel buttons. Calls the
+same service functions as the API."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 from sqlalchemy import select
@@ -15,6 +19,7 @@ from ....funnel import newsletters
 from ....models import Layer
 from ....templating import service
 from ....templating.context import template_kinds
+from ....templating.sendable import sendable_template
 from ...http import runtime
 from ..auth import see_other
 from ..nav import NavItem
@@ -46,26 +51,59 @@ def _layer_names(progress: dict[str, Any]) -> str:
     )
 
 
+def admin_zone(form: Any) -> ZoneInfo:
+    """The admin's time zone, as their browser names it in the form (``tz``); UTC without it."""
+    name = str(form.get("tz", "") or "UTC")
+    try:
+        return ZoneInfo(name) if re.fullmatch(r"[A-Za-z0-9_+/-]{1,64}", name) else ZoneInfo("UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _positions(form: Any) -> list[int]:
+    return [int(p) for p in form.getall("layers", []) if isinstance(p, str) and p.isdigit() and len(p) < 6]
+
+
+def _tag_list(form: Any) -> list[str]:
+    return [t for t in re.split(r"[,\s]+", str(form.get("tags", ""))) if t]
+
+
 def compose_input(form: Any) -> dict[str, Any]:
     """The compose form as the service's input: layers as positions, tags split on commas or
-    spaces, a ``datetime-local`` time read as UTC."""
-    positions = [int(p) for p in form.getall("layers", []) if isinstance(p, str) and p.isdigit() and len(p) < 6]
-    tags = [t for t in re.split(r"[,\s]+", str(form.get("tags", ""))) if t]
+    spaces, a ``datetime-local`` time read in the admin's time zone (stored as UTC)."""
+    positions = _positions(form)
+    tags = _tag_list(form)
     data: dict[str, Any] = {
         "name": form.get("name"),
         "template": form.get("template"),
         "layers": positions,
         "tags": tags,
     }
-    when = form.get("when", "now")
+    when = form.get("when", "draft")
     if when == "now":
         data["send_now"] = True
     elif when == "at":
         send_at = str(form.get("send_at", "")).strip()
         if not send_at:
             raise ValidationError("choose the time to send at", field="send_at")
-        data["send_at"] = send_at if re.search(r"(Z|[+-]\d\d:\d\d)$", send_at) else send_at + "+00:00"
+        if re.search(r"(Z|[+-]\d\d:\d\d)$", send_at):
+            data["send_at"] = send_at
+        else:
+            try:
+                local = dt.datetime.fromisoformat(send_at).replace(tzinfo=admin_zone(form))
+            except ValueError as exc:
+                raise ValidationError("the time to send at is not a date and time", field="send_at") from exc
+            data["send_at"] = local.astimezone(dt.UTC).isoformat()
     return data
+
+
+KEPT = ("name", "template", "tags", "when", "send_at", "tz")
+
+
+def _kept(form: Any) -> dict[str, Any]:
+    kept: dict[str, Any] = {k: str(form.get(k, "")) for k in KEPT}
+    kept["layers"] = [str(p) for p in form.getall("layers", [])]
+    return kept
 
 
 async def _list(
@@ -89,7 +127,7 @@ async def _list(
             for t in await service.list_templates(runtime(request))
             if "newsletter" in template_kinds(t["name"], t["purpose"])
         ],
-        form=form or {"layers": [], "when": "now"},
+        form=form or {"layers": [], "when": "draft"},
     )
 
 
@@ -98,23 +136,55 @@ async def index(request: web.Request) -> web.Response:
     return await _list(request)
 
 
+@routes.get("/newsletters/audience.json")
+async def audience(request: web.Request) -> web.Response:
+    """How many the compose form's layers and tags reach now (the form shows it as they change)."""
+    try:
+        async with runtime(request).db.read() as session:
+            count = await newsletters.count_audience(session, _positions(request.query), _tag_list(request.query))
+    except ValidationError as exc:
+        return web.json_response({"count": None, "message": exc.message}, headers={"Cache-Control": "no-store"})
+    return web.json_response({"count": count}, headers={"Cache-Control": "no-store"})
+
+
 @routes.post("/newsletters")
 async def compose(request: web.Request) -> web.Response:
     rt = runtime(request)
     form = await request.post()
     try:
         data = compose_input(form)
+        if "send_now" in data or "send_at" in data:
+            async with rt.db.read() as session:
+                count = await newsletters.count_audience(session, data["layers"], data["tags"])
+                await sendable_template(session, rt.settings, str(data["template"] or ""), "newsletter")
+            if form.get("confirmed") != "yes":
+                return _confirm(request, form, data, count)
         async with rt.db.transaction() as session:
             newsletter = await newsletters.create(session, data, rt.clock.now(), rt.settings)
             newsletter_id = newsletter.id
     except (ValidationError, TemplateError) as exc:
         # Shown beside the form, which keeps what was typed: 400 for bad input, 422 for a
         # template that is missing or does not render as a newsletter.
-        kept = {k: str(form.get(k, "")) for k in ("name", "template", "tags", "when", "send_at")}
-        kept["layers"] = [str(p) for p in form.getall("layers", [])]  # type: ignore[assignment]
-        return await _list(request, status=exc.status, error=exc.message, form=kept)
+        return await _list(request, status=exc.status, error=exc.message, form=_kept(form))
     rt.wake_scheduler()
     return see_other(f"/admin/newsletters/{newsletter_id}")
+
+
+def _confirm(request: web.Request, form: Any, data: dict[str, Any], count: int) -> web.Response:
+    """The page between composing and sending: what goes, to how many, when (in the admin's
+    time zone and in UTC); its button posts the same form once more, confirmed."""
+    zone = admin_zone(form)
+    when_utc = dt.datetime.fromisoformat(data["send_at"]) if "send_at" in data else None
+    return render(
+        request,
+        "newsletter_confirm.html",
+        form=_kept(form),
+        count=count,
+        zone=str(zone),
+        local=when_utc.astimezone(zone).strftime("%Y-%m-%d %H:%M") if when_utc else None,
+        utc=when_utc.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M") if when_utc else None,
+        data=data,
+    )
 
 
 async def _progress(request: web.Request) -> dict[str, Any]:

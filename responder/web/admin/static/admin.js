@@ -60,3 +60,41 @@ const newsletter = document.getElementById("newsletter");
 if (newsletter && (["scheduled", "sending"].includes(newsletter.dataset.state) || newsletter.dataset.pending !== "0")) {
   followNewsletter(newsletter);
 }
+
+// Compose: the form learns the admin's time zone (times are typed in it, stored as UTC), and
+// says how many the chosen layers and tags reach as they change.
+const compose = document.getElementById("compose-form");
+if (compose) {
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  if (!compose.elements.tz.value || compose.elements.tz.value === "UTC") compose.elements.tz.value = zone;
+  document.getElementById("n-tz-name").textContent = compose.elements.tz.value;
+  const audience = document.getElementById("n-audience");
+  let asked = 0;
+  const count = async () => {
+    const query = new URLSearchParams();
+    for (const box of compose.querySelectorAll("input[name=layers]:checked")) query.append("layers", box.value);
+    query.set("tags", compose.elements.tags.value);
+    if (!query.has("layers")) {
+      audience.textContent = "Choose at least one layer.";
+      return;
+    }
+    const mine = ++asked;
+    const response = await fetch(`/admin/newsletters/audience.json?${query}`, { headers: { Accept: "application/json" } });
+    if (!response.ok || mine !== asked) return;
+    const answer = await response.json();
+    audience.textContent =
+      answer.count === null ? answer.message : `Reaches ${answer.count.toLocaleString()} active subscriber${answer.count === 1 ? "" : "s"} now.`;
+  };
+  compose.addEventListener("change", count);
+  compose.elements.tags.addEventListener("input", count);
+  count();
+}
+
+// Times stored in UTC are shown in the reader's own time zone where the page marks them.
+for (const time of document.querySelectorAll("time[datetime]")) {
+  const at = new Date(time.getAttribute("datetime"));
+  if (!Number.isNaN(at.getTime())) {
+    time.textContent = at.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+    time.title = `${time.getAttribute("datetime")} (UTC)`;
+  }
+}
