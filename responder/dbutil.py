@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, TypeVar
 
-from sqlalchemy import Boolean, String, bindparam
+from sqlalchemy import Boolean, Integer, String, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
@@ -14,7 +15,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
 from .errors import NotFound
-from .models import Base
+from .models import Base, UTCDateTime
 
 RowT = TypeVar("RowT", bound=Base)
 
@@ -60,3 +61,28 @@ def _has_element_sqlite(element: has_element, compiler: SQLCompiler, **kw: Any) 
 def _has_element_postgresql(element: has_element, compiler: SQLCompiler, **kw: Any) -> str:
     column, value = (compiler.process(clause, **kw) for clause in element.clauses)
     return f"(CAST({column} AS JSONB) @> jsonb_build_array(CAST({value} AS TEXT)))"
+
+
+class hours_since(FunctionElement[int]):
+    """Whole hours from ``start`` (an aware datetime) to ``column``: the bucket of a figure over
+    time, counted by the database (``julianday`` on SQLite, ``EXTRACT(EPOCH …)`` on
+    PostgreSQL) so a report never carries its rows into the process."""
+
+    type = Integer()
+    name = "hours_since"
+    inherit_cache = True
+
+    def __init__(self, column: ColumnElement[Any] | InstrumentedAttribute[Any], start: dt.datetime) -> None:
+        super().__init__(column, bindparam(None, start, type_=UTCDateTime()))
+
+
+@compiles(hours_since, "sqlite")
+def _hours_since_sqlite(element: hours_since, compiler: SQLCompiler, **kw: Any) -> str:
+    column, start = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"CAST((julianday({column}) - julianday({start})) * 24 AS INTEGER)"
+
+
+@compiles(hours_since, "postgresql")
+def _hours_since_postgresql(element: hours_since, compiler: SQLCompiler, **kw: Any) -> str:
+    column, start = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"CAST(FLOOR(EXTRACT(EPOCH FROM ({column} - {start})) / 3600) AS INTEGER)"

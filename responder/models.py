@@ -336,6 +336,8 @@ class NewsletterRecipient(Base):
     __tablename__ = "newsletter_recipients"
     newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletters.id"), primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), primary_key=True)
+    # The recipient's layer when sending started, for the report by layer (NULL before i19).
+    layer_id: Mapped[int | None] = mapped_column(ForeignKey("layers.id"))
 
 
 class Webhook(Base):

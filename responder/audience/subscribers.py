@@ -246,12 +246,31 @@ async def opt_out(
     ip: str | None = None,
     user_agent: str | None = None,
     data: dict[str, Any] | None = None,
+    message_id: int | None = None,
 ) -> bool:
     """Stop all mail to a subscriber (an unsubscribe, or a complaint); False, changing
-    nothing, if they were already out."""
+    nothing, if they were already out. The event names the mail it came from when the caller
+    knows it, else the newest drip or newsletter mail delivered to them (what they were reading
+    when they left, as far as can be told): newsletter reports and step figures count it."""
     if not may_become(subscriber.status, STATUS_AFTER[event]):
         return False
-    recorded = await record_event(session, subscriber, event, now, ip=ip, user_agent=user_agent, data=data)
+    if message_id is None:
+        message_id = (
+            await session.execute(
+                select(Message.id)
+                .where(
+                    Message.subscriber_id == subscriber.id,
+                    Message.state == "sent",
+                    Message.kind.in_(("step", "newsletter")),
+                    Message.sent_at <= now,
+                )
+                .order_by(Message.sent_at.desc(), Message.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+    recorded = await record_event(
+        session, subscriber, event, now, message_id=message_id, ip=ip, user_agent=user_agent, data=data
+    )
     return recorded.status_changed
 
 

@@ -250,10 +250,14 @@ async def fix_audience(session: AsyncSession, newsletter: Newsletter, now: dt.da
     """Copy the matching active subscribers into the recipient list, inside the database, and
     keep the target layers' names and positions as they are now."""
     audience = _audience(
-        [literal(newsletter.id, Integer), Subscriber.id], list(newsletter.layer_ids), list(newsletter.tags or [])
+        [literal(newsletter.id, Integer), Subscriber.id, Subscriber.layer_id],
+        list(newsletter.layer_ids),
+        list(newsletter.tags or []),
     )
     newsletter.layer_snapshot = await target_layers(session, newsletter)
-    await session.execute(insert(NewsletterRecipient).from_select(["newsletter_id", "subscriber_id"], audience))
+    await session.execute(
+        insert(NewsletterRecipient).from_select(["newsletter_id", "subscriber_id", "layer_id"], audience)
+    )
     newsletter.total = (
         await session.execute(
             select(func.count())

@@ -70,23 +70,33 @@ def hbars(rows: Sequence[Bar], label: str, peak: float | None = None) -> Markup:
 
 def up_down_columns(weeks: Sequence[tuple[str, int, int]]) -> Markup:
     """Per week, a green column of moves up and a red one of moves down."""
+    return paired_columns(weeks, (UP, DOWN), "moves up and down per week")
+
+
+def paired_columns(
+    rows: Sequence[tuple[str, int, int]], colours: tuple[str, str], label: str, every: int = 1
+) -> Markup:
+    """Per row, two columns side by side (e.g. moves up and down, opens and clicks); with many
+    rows only every ``every``-th label and no figures are printed, each column keeps a tooltip."""
     height, base = 180, 150
-    peak = max((max(up, down) for _, up, down in weeks), default=0) or 1
-    slot = WIDTH / max(len(weeks), 1)
+    peak = max((max(a, b) for _, a, b in rows), default=0) or 1
+    slot = WIDTH / max(len(rows), 1)
     body = []
-    for i, (week, up, down) in enumerate(weeks):
+    for i, (name, first, second) in enumerate(rows):
         x = i * slot + slot * 0.15
         bar_w = slot * 0.33
-        for offset, value, colour in ((0, up, UP), (bar_w, down, DOWN)):
+        for offset, value, colour in ((0, first, colours[0]), (bar_w, second, colours[1])):
             h = (base - 20) * value / peak
             body.append(
                 f'<rect x="{x + offset:.1f}" y="{base - h:.1f}" width="{bar_w:.1f}" '
-                f'height="{h:.1f}" fill="{colour}"><title>{escape(week)}: '
+                f'height="{h:.1f}" fill="{colour}"><title>{escape(name)}: '
                 f"{value}</title></rect>"
             )
-            body.append(_text(x + offset + bar_w / 2, base - h - 4, value, "middle"))
-        body.append(_text(x + bar_w, base + 18, week, "middle"))
-    return _svg(height, "".join(body), "moves up and down per week")
+            if every == 1:
+                body.append(_text(x + offset + bar_w / 2, base - h - 4, value, "middle"))
+        if i % every == 0:
+            body.append(_text(x + bar_w, base + 18, name, "middle"))
+    return _svg(height, "".join(body), label)
 
 
 def stacked(rows: Sequence[tuple[str, int, int]]) -> Markup:

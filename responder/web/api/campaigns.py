@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from ...funnel import newsletters
 from ...funnel.analytics import funnel_stats
+from ...funnel.reports import newsletter_report
 from ...funnel.webhooks import WEBHOOK_EVENTS, create_webhook, delete_webhook, delivery_json
 from ...models import Webhook, WebhookDelivery
 from ...validation import clean_since
@@ -103,6 +104,67 @@ describe(
         "summary": "One newsletter's progress: total (audience fixed at start), queued, sent",
         "parameters": params("id"),
         "responses": {"200": json_body(PROGRESS), "404": error("no such newsletter")},
+    },
+)
+
+
+FIGURES = {
+    "type": "object",
+    "properties": {
+        **{
+            name: {"type": "integer"}
+            for name in (
+                "delivered",
+                "bounced",
+                "failed",
+                "waiting",
+                "opened",
+                "clicked",
+                "unsubscribed",
+                "complained",
+                "machine_hits",
+            )
+        },
+        **{
+            name: {"type": ["number", "null"]}
+            for name in ("open_rate", "click_rate", "unsubscribe_rate", "complaint_rate")
+        },
+    },
+}
+REPORT = {
+    "type": "object",
+    "required": ["newsletter_id", "total", "layers", "machine_by_verdict", "hourly"],
+    "properties": {
+        "newsletter_id": {"type": "integer"},
+        "name": {"type": "string"},
+        "state": {"enum": list(newsletters.STATES)},
+        "started_at": {"type": ["string", "null"], "format": "date-time"},
+        "recipients": {"type": "integer"},
+        "total": FIGURES,
+        "layers": {"type": "array", "items": FIGURES},
+        "machine_by_verdict": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "hourly": {"type": "array", "items": {"type": "object"}},
+        "later": {"type": "object"},
+    },
+}
+
+
+@routes.get(PREFIX + "/newsletters/{id}/report")
+async def get_newsletter_report(request: web.Request) -> web.Response:
+    async with runtime(request).db.read() as session:
+        newsletter = await newsletters.get(session, path_int(request, "id"))
+        return web.json_response(await newsletter_report(session, newsletter))
+
+
+describe(
+    PREFIX + "/newsletters/{id}/report",
+    "get",
+    {
+        "summary": "One newsletter's report: delivered, bounced, human opens and clicks (distinct mails), "
+        "unsubscribes, complaints and machine hits, in total and per layer the recipients were in when "
+        "sending started, machine hits by verdict, and human opens and clicks hour by hour",
+        "parameters": params("id"),
+        "responses": {"200": json_body(REPORT), "404": error("no such newsletter")},
     },
 )
 

@@ -16,12 +16,14 @@ from sqlalchemy import select
 
 from ....errors import Conflict, TemplateError, ValidationError
 from ....funnel import newsletters
+from ....funnel.reports import HOURS, newsletter_report
 from ....models import Layer
 from ....templating import service
 from ....templating.context import template_kinds
 from ....templating.sendable import sendable_template
 from ...http import runtime
 from ..auth import see_other
+from ..charts import HUMAN, UP, paired_columns
 from ..nav import NavItem
 from ..render import render
 
@@ -192,11 +194,26 @@ async def _progress(request: web.Request) -> dict[str, Any]:
         return await newsletters.progress(session, await newsletters.get(session, _id(request)))
 
 
+async def _report_context(request: web.Request) -> dict[str, Any]:
+    async with runtime(request).db.read() as session:
+        report = await newsletter_report(session, await newsletters.get(session, _id(request)))
+    rows = [(f"{row['hour']}h", row["open"], row["click"]) for row in report["hourly"]]
+    chart = paired_columns(rows, (HUMAN, UP), "human opens and clicks by the hour", every=max(1, len(rows) // 12))
+    return {"report": report, "hourly_chart": chart, "hours": HOURS}
+
+
 @routes.get("/newsletters/{id:\\d+}")
 async def detail(request: web.Request) -> web.Response:
     progress = await _progress(request)
     progress["layers"] = _layer_names(progress)
-    return render(request, "newsletter.html", news=progress, error=None, notice=request.query.get("notice"))
+    return render(
+        request,
+        "newsletter.html",
+        news=progress,
+        error=None,
+        notice=request.query.get("notice"),
+        **await _report_context(request),
+    )
 
 
 @routes.get("/newsletters/{id:\\d+}.json")
@@ -214,6 +231,14 @@ async def action(request: web.Request) -> web.Response:
     except Conflict as exc:
         progress = await _progress(request)
         progress["layers"] = _layer_names(progress)
-        return render(request, "newsletter.html", status=409, news=progress, error=exc.message, notice=None)
+        return render(
+            request,
+            "newsletter.html",
+            status=409,
+            news=progress,
+            error=exc.message,
+            notice=None,
+            **await _report_context(request),
+        )
     rt.wake_scheduler()
     return see_other(f"/admin/newsletters/{_id(request)}?notice={name}")

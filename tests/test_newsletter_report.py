@@ -1,0 +1,80 @@
+"""One newsletter's report through real parts: sent to layers 2 and 3 through the SMTP sink,
+opened and clicked through the real tracker (a scanner among the readers), unsubscribed with
+the one-click POST; the API and the admin page count each, in total and per layer."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+
+from responder.models import Message
+
+from .admin_fixtures import make_subscriber, signed_in
+from .conftest import App
+from .funnel_fixtures import settle
+from .public_fixtures import flushed
+from .test_tracking import BROWSER, click_path, judged, open_path
+
+
+async def test_a_newsletter_report_counts_people_and_machines_per_layer(papp: App) -> None:
+    people = {}
+    for layer, name in ((2, "ann"), (2, "bot"), (3, "cat"), (3, "dan")):
+        people[name] = await make_subscriber(papp.rt, f"{name}@example.com", layer=layer)
+    resp = await papp.client.post(
+        "/api/v1/newsletters",
+        json={"name": "Winter", "template": "layer2-quick-wins", "layers": [2, 3], "send_now": True},
+        headers=papp.auth,
+    )
+    assert resp.status == 201, await resp.text()
+    newsletter_id = (await resp.json())["id"]
+    await settle(papp)
+    received = await papp.smtp.wait_for(4)
+    async with papp.rt.db.read() as session:
+        mail = dict(
+            (await session.execute(select(Message.subscriber_id, Message.id).where(Message.state == "sent"))).all()
+        )
+    assert set(mail) == set(people.values())
+
+    papp.clock.advance(60)
+    client = papp.client
+    await client.get(open_path(papp, mail[people["ann"]]), headers=BROWSER)
+    papp.clock.advance(15)
+    click = await client.get(
+        click_path(papp, mail[people["ann"]], "https://acme.example.com/"), headers=BROWSER, allow_redirects=False
+    )
+    assert click.status == 302
+    await client.get(open_path(papp, mail[people["bot"]]), headers={"User-Agent": "python-requests/2.32"})
+    for _ in range(2):  # two opens of one mail: one mail opened
+        papp.clock.advance(15)
+        await client.get(open_path(papp, mail[people["cat"]]), headers=BROWSER)
+    dans = next(r for r in received if "dan@example.com" in r.rcpt_tos)
+    unsubscribe = re.search(r"<(https://[^>]+)>", dans.message["List-Unsubscribe"])
+    assert unsubscribe
+    resp = await client.post(papp.path(unsubscribe.group(1)), data="List-Unsubscribe=One-Click")
+    assert resp.status == 200
+    await judged(papp)
+    await flushed(papp)
+
+    resp = await client.get(f"/api/v1/newsletters/{newsletter_id}/report", headers=papp.auth)
+    assert resp.status == 200, await resp.text()
+    report = await resp.json()
+    total = report["total"]
+    assert (total["delivered"], total["bounced"], total["opened"], total["clicked"]) == (4, 0, 2, 1)
+    assert (total["unsubscribed"], total["complained"], total["machine_hits"]) == (1, 0, 1)
+    assert total["open_rate"] == 0.5 and total["click_rate"] == 0.25
+    assert report["machine_by_verdict"] == {"scanner_agent": 1}
+    by_layer = {row["position"]: row for row in report["layers"]}
+    assert (by_layer[2]["delivered"], by_layer[2]["opened"], by_layer[2]["clicked"]) == (2, 1, 1)
+    assert (by_layer[3]["delivered"], by_layer[3]["opened"], by_layer[3]["unsubscribed"]) == (2, 1, 1)
+    assert by_layer[2]["machine_hits"] == 1 and by_layer[3]["machine_hits"] == 0
+    assert report["hourly"] == [{"hour": 0, "open": 2, "click": 1}]
+    missing = await client.get("/api/v1/newsletters/999/report", headers=papp.auth)
+    assert missing.status == 404
+
+    browser = await signed_in(papp.rt, papp.client)
+    page = await (await browser.get(f"/admin/newsletters/{newsletter_id}")).text()
+    assert 'id="report-total"' in page and "scanner agent 1" in page
+    assert 'aria-label="human opens and clicks by the hour"' in page
+    layers_table = page[page.index('id="report-layers"') :]
+    assert "2 · " in layers_table and "3 · " in layers_table
