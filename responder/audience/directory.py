@@ -16,6 +16,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
+from ..core.status import STATUSES
 from ..dbutil import get_or_404, has_element
 from ..errors import Conflict, ValidationError
 from ..funnel.enrollments import move_layer
@@ -24,7 +25,6 @@ from ..runtime import Runtime
 from ..validation import clean_text
 
 _S = TypeVar("_S", bound=Select)  # type: ignore[type-arg]
-STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
 TAG = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
@@ -145,10 +145,11 @@ class TimelineItem:
 async def timeline(session: AsyncSession, subscriber_id: int, limit: int = TIMELINE_LIMIT) -> list[TimelineItem]:
     """Events, messages and layer moves of one subscriber, newest first."""
     items: list[TimelineItem] = []
+    # A delivered mail is its message's line; its "sent" event would say the same again.
     for event in (
         await session.execute(
             select(Event)
-            .where(Event.subscriber_id == subscriber_id, Event.type != "promoted")
+            .where(Event.subscriber_id == subscriber_id, Event.type.not_in(("promoted", "sent")))
             .order_by(Event.created_at.desc(), Event.id.desc())
             .limit(limit)
         )
@@ -167,7 +168,7 @@ async def timeline(session: AsyncSession, subscriber_id: int, limit: int = TIMEL
                 message.sent_at or message.created_at,
                 "message",
                 message.state,
-                f"{message.kind} '{message.template_name}': {message.state}",
+                f"{message.kind} '{message.template_name}': {_message_state(message)}",
             )
         )
     for move in (
@@ -181,6 +182,17 @@ async def timeline(session: AsyncSession, subscriber_id: int, limit: int = TIMEL
         items.append(TimelineItem(move.created_at, "layer", _change_type(move), _change_summary(move)))
     items.sort(key=lambda item: item.at, reverse=True)
     return items[:limit]
+
+
+def _message_state(message: Message) -> str:
+    """What became of a mail, with its times: when it was queued, and when it goes if it waits."""
+    queued = f"queued {message.created_at:%Y-%m-%d %H:%M} UTC"
+    if message.state == "sent" and message.sent_at is not None:
+        return f"delivered {message.sent_at:%Y-%m-%d %H:%M} UTC ({queued})"
+    if message.state in ("queued", "deferred") and message.next_attempt_at > message.created_at:
+        when = "goes" if message.state == "queued" else "next try"  # held (caps, window, pause) or retried
+        return f"{message.state}, {when} {message.next_attempt_at:%Y-%m-%d %H:%M} UTC ({queued})"
+    return f"{message.state} ({queued})"
 
 
 def _layer_name(position: int | None, name: str | None) -> str:

@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..core.schedule import StepPlan, format_duration, imported_start, parse_duration
-from ..errors import NotFound, TooLarge, ValidationError
+from ..errors import Conflict, NotFound, TooLarge, ValidationError
 from ..funnel.enrollments import enrollment_values, layer_sequence, record_entries, step_plans
 from ..models import ConsentRecord, Enrollment, ImportJob, Layer, Subscriber
 from ..runtime import Runtime
@@ -254,6 +254,7 @@ async def _insert(
     state: ImportProgress,
     now: dt.datetime,
     enroll: Enroll,
+    action: str = "import",
 ) -> None:
     """One transaction per batch: new subscribers, their consent records and enrollments.
     Addresses already on the list are left untouched and reported."""
@@ -297,7 +298,7 @@ async def _insert(
             consents.append(
                 {
                     "subscriber_id": subscriber_id,
-                    "action": "import",
+                    "action": action,
                     "form": row.consent_source,
                     "wording_sha256": None,
                     "ip": None,
@@ -318,6 +319,28 @@ async def _insert(
         state.imported += len(consents)
     if enrollments:
         rt.wake_scheduler()
+
+
+async def add_one(
+    rt: Runtime, fields: dict[str, Any], *, consent_source: str | None, enroll: Enroll | None = None
+) -> int:
+    """One subscriber added by an admin (the API, the admin page): checked as an import row is
+    (address, name, layer position, tags, a consent source saying where they agreed), active
+    at once, consent recorded as ``admin``; the new id, or ``Conflict`` if the address is on
+    the list already (left unchanged)."""
+    layers = await _layers(rt)
+    if not layers:
+        raise ValidationError("there are no layers to add to", field="layer")
+    now = rt.clock.now()
+    raw = {key: str(fields.get(key) or "") for key in ("email", "name", "layer", "tags", "consented_at")}
+    default_source = clean_source(consent_source) if consent_source else None
+    row = parse_row(raw, positions=set(layers), default_position=min(layers), default_source=default_source, now=now)
+    state = ImportProgress()
+    await _insert(rt, [(1, row)], layers, state, now, enroll or Enroll(), action="admin")
+    if not state.imported:
+        raise Conflict(f"{row.email} is already a subscriber; left unchanged", field="email")
+    async with rt.db.read() as session:
+        return int((await session.execute(select(Subscriber.id).where(Subscriber.email == row.email))).scalar_one())
 
 
 async def run_job(

@@ -19,7 +19,8 @@ from ...audience.directory import (
     set_tag,
     timeline,
 )
-from ...audience.importer import Enroll, ImportJobs, get_job, job_json, spool
+from ...audience.importer import Enroll, ImportJobs, add_one, get_job, job_json, spool
+from ...errors import ValidationError
 from ...models import Layer, Subscriber
 from ..http import read_input, runtime
 from .handlers import PREFIX, _path_id, subscriber_json
@@ -170,6 +171,60 @@ async def _subscriber_body(request: web.Request, subscriber_id: int) -> dict[str
         subscriber = await get_subscriber(session, subscriber_id)
         layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
         return subscriber_json(subscriber, layer)
+
+
+@routes.post(PREFIX + "/subscribers")
+async def add(request: web.Request) -> web.Response:
+    data = await read_input(request)
+    enroll = Enroll.parse(_text(data.get("enroll")), _text(data.get("spread")))
+    tags = data.get("tags")
+    if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+        raise ValidationError("tags must be a list of tags", field="tags")
+    fields = {**data, "tags": ";".join(tags or [])}
+    subscriber_id = await add_one(
+        runtime(request), fields, consent_source=_text(data.get("consent_source")), enroll=enroll
+    )
+    return web.json_response(await _subscriber_body(request, subscriber_id), status=201)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+describe(
+    PREFIX + "/subscribers",
+    "post",
+    {
+        "summary": "Add one subscriber who agreed elsewhere (a shop, an event): active at once, the consent "
+        "source on record; what they get of their layer's sequence as for an import",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["email", "consent_source"],
+                        "properties": {
+                            "email": {"type": "string", "format": "email"},
+                            "name": {"type": "string", "maxLength": 200},
+                            "layer": {"type": "integer", "minimum": 1, "maximum": 99},
+                            "tags": {"type": "array", "items": {"type": "string"}},
+                            "consent_source": {"type": "string", "maxLength": 64},
+                            "consented_at": {"type": "string", "format": "date-time"},
+                            "enroll": {"enum": ["none", "next", "start"], "default": "none"},
+                            "spread": {"type": "string"},
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            "201": json_body({"$ref": "#/components/schemas/Subscriber"}, "added"),
+            "400": error("a field is not valid (named in the error)"),
+            "409": error("the address is already a subscriber"),
+        },
+    },
+)
 
 
 @routes.post(PREFIX + "/subscribers/{id}/layer")

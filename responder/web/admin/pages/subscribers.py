@@ -1,6 +1,9 @@
-"""Subscribers: search, one subscriber's timeline, move layer, tag preferred, CSV import."""
+"""Subscribers: search, add one by hand, one subscriber's timeline, move layer, tag preferred,
+CSV import."""
 
 from __future__ import annotations
+
+import re
 
 from aiohttp import web
 from sqlalchemy import select
@@ -14,8 +17,8 @@ from ....audience.directory import (
     set_tag,
     timeline,
 )
-from ....audience.importer import Enroll, get_job, job_json, spool
-from ....errors import ValidationError
+from ....audience.importer import Enroll, add_one, get_job, job_json, spool
+from ....errors import Conflict, ValidationError
 from ....models import Layer
 from ...api.subscribers import IMPORTS
 from ...http import runtime
@@ -47,6 +50,36 @@ async def search(request: web.Request) -> web.Response:
     return render(
         request, "subscribers.html", page=page, flt=flt, query=query, layers=await _layers(request), statuses=STATUSES
     )
+
+
+ADD_FIELDS = ("email", "name", "layer", "tags", "consent_source", "enroll")
+
+
+@routes.get("/subscribers/new")
+async def add_form(request: web.Request) -> web.Response:
+    return render(request, "subscriber_new.html", layers=await _layers(request), form={}, error=None, error_field=None)
+
+
+@routes.post("/subscribers/new")
+async def add(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    form = await request.post()
+    kept = {key: str(form.get(key, ""))[:400] for key in ADD_FIELDS}
+    try:
+        enroll = Enroll.parse(kept["enroll"], None)
+        fields = {**kept, "tags": ";".join(t for t in re.split(r"[,\s]+", kept["tags"]) if t)}
+        subscriber_id = await add_one(rt, fields, consent_source=kept["consent_source"], enroll=enroll)
+    except (ValidationError, Conflict) as exc:
+        return render(
+            request,
+            "subscriber_new.html",
+            status=exc.status,
+            layers=await _layers(request),
+            form=kept,
+            error=exc.message,
+            error_field=exc.field,
+        )
+    return see_other(f"/admin/subscribers/{subscriber_id}?notice=added")
 
 
 @routes.get("/subscribers/{id:\\d+}")
