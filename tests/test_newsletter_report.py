@@ -12,6 +12,7 @@ from responder.models import Message
 
 from .admin_fixtures import make_subscriber, signed_in
 from .conftest import App
+from .funnel_fixtures import make_subscriber as funnel_subscriber
 from .funnel_fixtures import settle
 from .public_fixtures import flushed
 from .test_tracking import BROWSER, click_path, judged, open_path
@@ -78,3 +79,19 @@ async def test_a_newsletter_report_counts_people_and_machines_per_layer(papp: Ap
     assert 'aria-label="human opens and clicks by the hour"' in page
     layers_table = page[page.index('id="report-layers"') :]
     assert "2 · " in layers_table and "3 · " in layers_table
+
+
+async def test_the_dashboard_shows_the_steps_people_leave_from(papp: App) -> None:
+    for name in ("eve", "fay"):
+        await funnel_subscriber(papp.rt, f"{name}@example.com")
+    await settle(papp)
+    welcomes = await papp.smtp.wait_for(2)
+    eve = next(r for r in welcomes if "eve@example.com" in r.rcpt_tos)
+    unsubscribe = re.search(r"<(https://[^>]+)>", eve.message["List-Unsubscribe"])
+    assert unsubscribe
+    assert (await papp.client.post(papp.path(unsubscribe.group(1)), data="List-Unsubscribe=One-Click")).status == 200
+    browser = await signed_in(papp.rt, papp.client)
+    page = await (await browser.get("/admin/")).text()
+    leaving = page[page.index('id="leaving"') :]
+    assert 'aria-label="unsubscribes per step"' in leaving
+    assert "layer1-welcome · layer 1" in leaving and "50.0% (1 of 2)" in leaving

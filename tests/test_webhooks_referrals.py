@@ -17,6 +17,7 @@ from sqlalchemy import select
 from responder.funnel.referrals import referral_url
 from responder.models import Event, Subscriber, WebhookDelivery
 
+from .admin_fixtures import signed_in
 from .conftest import App
 from .funnel_fixtures import make_subscriber
 
@@ -193,3 +194,51 @@ async def test_every_funnel_event_reaches_the_log(app: App) -> None:
 
     app.rt.wake_webhooks()
     await wait_until(retried)
+
+
+async def test_the_admin_pages_show_endpoints_failures_and_who_brought_whom(app: App, receiver: Receiver) -> None:
+    browser = await signed_in(app.rt, app.client)
+    page = await (await browser.get("/admin/webhooks")).text()
+    assert "No endpoints yet" in page
+    resp = await browser.post("/admin/webhooks", {"url": "ftp://nowhere", "events": "purchase"})
+    assert resp.status == 400 and "absolute http or https URL" in await resp.text()
+    resp = await browser.post("/admin/webhooks", {"url": receiver.url, "events": "purchase"})
+    added = await resp.text()
+    assert resp.status == 201 and 'id="webhook-secret"' in added
+    receiver.fail_first = 1
+    await make_subscriber(app.rt, "ada@example.com")
+    resp = await app.client.post(
+        "/api/v1/events", headers=app.auth, json={"email": "ada@example.com", "type": "purchase", "data": {"value": 5}}
+    )
+    assert resp.status == 201
+    app.rt.wake_webhooks()
+
+    async def failed_once() -> bool:
+        async with app.rt.db.read() as session:
+            return any(d.last_status == 503 for d in (await session.execute(select(WebhookDelivery))).scalars())
+
+    await wait_until(failed_once)
+    page = await (await browser.get("/admin/webhooks")).text()
+    listed = page[page.index('id="webhook-list"') :]
+    assert receiver.url in listed and "503" in listed and "Nothing sent yet" not in page
+    assert 'id="webhook-secret"' not in page  # shown once, on the answer to adding it
+    hook = re.search(r'action="(/admin/webhooks/\d+/remove)"', page)
+    assert hook
+    assert (await browser.post(hook.group(1), {})).status == 303
+    page = await (await browser.get("/admin/webhooks?notice=removed")).text()
+    assert "(removed)" in page
+
+    ben = await make_subscriber(app.rt, "ben@example.com")
+    brought = {
+        status: await make_subscriber(app.rt, email)
+        for email, status in (("cy@example.com", "active"), ("dee@example.com", "pending"))
+    }
+    async with app.rt.db.transaction() as session:
+        for status, referred in brought.items():
+            row = await session.get(Subscriber, referred.id)
+            assert row is not None
+            row.referred_by_id, row.status = ben.id, status
+    page = await (await browser.get("/admin/referrals")).text()
+    row = page[page.index(f'id="referrer-{ben.id}"') :]
+    assert "ben@example.com</a>" in row and "<td>1</td><td>1</td>" in row
+    assert "cy@example.com" in page and "dee@example.com" in page

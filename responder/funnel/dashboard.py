@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.flow import CHURN_KINDS, LayerFlow, week_start
 from ..core.machine import HUMAN, HUMAN_REASONS, REASONS
-from ..models import Event, Layer, LayerHistory, Message, Subscriber
+from ..models import Event, Layer, LayerHistory, Message, Sequence, Step, Subscriber
 from .flow import layer_flow
 
 WEEKS = 8
@@ -200,6 +200,7 @@ class StepFigures:
     sent: int = 0
     opened: int = 0  # messages with at least one human open
     clicked: int = 0  # messages with at least one human click
+    unsubscribed: int = 0  # unsubscribes that came from this step's mails
 
     @property
     def open_rate(self) -> float:
@@ -208,6 +209,40 @@ class StepFigures:
     @property
     def click_rate(self) -> float:
         return rate(self.clicked, self.sent)
+
+    @property
+    def unsubscribe_rate(self) -> float:
+        return rate(self.unsubscribed, self.sent)
+
+
+@dataclass(frozen=True)
+class StepLeaving:
+    label: str  # "layer2-how-to · layer 2 step 3"
+    figures: StepFigures
+
+
+async def unsubscribes_per_step(session: AsyncSession, most: int = 10) -> list[StepLeaving]:
+    """The steps people leave from: unsubscribes per step of the layers' and triggered
+    sequences, the highest rate first (steps that sent nothing are left out)."""
+    figures = await step_figures(session)
+    rows = (
+        await session.execute(
+            select(Step.id, Step.position, Step.template_name, Sequence.name, Sequence.trigger, Layer.position)
+            .join(Sequence, Sequence.id == Step.sequence_id)
+            .outerjoin(Layer, Layer.id == Sequence.layer_id)
+            .where(Step.id.in_(list(figures)))
+        )
+    ).all()
+    leaving = [
+        StepLeaving(
+            f"{template} · {f'layer {layer}' if trigger == 'layer' and layer is not None else sequence}"
+            f" step {position}",
+            figures[step_id],
+        )
+        for step_id, position, template, sequence, trigger, layer in rows
+    ]
+    leaving.sort(key=lambda s: (-s.figures.unsubscribe_rate, -s.figures.unsubscribed, s.label))
+    return leaving[:most]
 
 
 async def step_figures(session: AsyncSession) -> dict[int, StepFigures]:
@@ -227,13 +262,22 @@ async def step_figures(session: AsyncSession) -> dict[int, StepFigures]:
             await session.execute(
                 select(Message.step_id, Event.type, func.count(func.distinct(Event.message_id)))
                 .join(Message, Message.id == Event.message_id)
-                .where(Message.step_id.is_not(None), Event.type.in_(("open", "click")), Event.machine.is_(False))
+                .where(
+                    Message.step_id.is_not(None),
+                    Event.type.in_(("open", "click", "unsubscribe")),
+                    Event.machine.is_(False),
+                )
                 .group_by(Message.step_id, Event.type)
             )
         ).all()
     }
     return {
-        step_id: StepFigures(count, engaged.get((step_id, "open"), 0), engaged.get((step_id, "click"), 0))
+        step_id: StepFigures(
+            count,
+            engaged.get((step_id, "open"), 0),
+            engaged.get((step_id, "click"), 0),
+            engaged.get((step_id, "unsubscribe"), 0),
+        )
         for step_id, count in sent.items()
         if step_id is not None
     }

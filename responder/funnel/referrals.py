@@ -9,9 +9,13 @@ send it as ``ref``); it is signed, so nobody can credit an address they do not h
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
+from typing import Any
 
 from itsdangerous import BadData, URLSafeSerializer
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from ..errors import InvalidToken
 from ..models import Subscriber
@@ -69,3 +73,47 @@ async def credit_referral(session: AsyncSession, subscriber: Subscriber, now: dt
     await record_event(
         session, referrer, "referral", now, data={"referred_id": subscriber.id, "referred_email": subscriber.email}
     )
+
+
+@dataclass(frozen=True)
+class Referrer:
+    id: int
+    email: str
+    name: str
+    confirmed: int  # people they brought who confirmed
+    pending: int  # who signed up through their link and have not confirmed yet
+
+
+async def referral_overview(session: AsyncSession, limit: int = 200) -> tuple[list[Referrer], list[Any]]:
+    """Who referred whom: each referrer with the people they brought (confirmed and not yet),
+    most first, and the newest referred subscribers with their referrer."""
+    referred = aliased(Subscriber)
+    counts = await session.execute(
+        select(
+            Subscriber.id,
+            Subscriber.email,
+            Subscriber.name,
+            func.count().filter(referred.status != "pending"),
+            func.count().filter(referred.status == "pending"),
+        )
+        .join(referred, referred.referred_by_id == Subscriber.id)
+        .where(referred.id != Subscriber.id)
+        .group_by(Subscriber.id, Subscriber.email, Subscriber.name)
+        .order_by(func.count().desc(), Subscriber.id)
+        .limit(limit)
+    )
+    referrers = [Referrer(*row) for row in counts]
+    pairs = list(
+        (
+            await session.execute(
+                select(
+                    referred.id, referred.email, referred.status, referred.created_at, Subscriber.id, Subscriber.email
+                )
+                .join(Subscriber, Subscriber.id == referred.referred_by_id)
+                .where(referred.id != Subscriber.id)
+                .order_by(referred.id.desc())
+                .limit(limit)
+            )
+        ).all()
+    )
+    return referrers, pairs

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..dbutil import get_or_404
@@ -199,3 +199,46 @@ class WebhookSender(PollingLoop):
             await super().run()
         finally:
             await self.close()
+
+
+async def overview(session: AsyncSession, recent: int = 50) -> dict[str, Any]:
+    """The admin page's view: every endpoint with its deliveries counted by state and its last
+    failure, and the newest deliveries across all of them."""
+    hooks = list((await session.execute(select(Webhook).order_by(Webhook.active.desc(), Webhook.id))).scalars())
+    counts: dict[int, dict[str, int]] = {}
+    for webhook_id, state, count in await session.execute(
+        select(WebhookDelivery.webhook_id, WebhookDelivery.state, func.count()).group_by(
+            WebhookDelivery.webhook_id, WebhookDelivery.state
+        )
+    ):
+        counts.setdefault(webhook_id, {})[state] = count
+    failures = {
+        d.webhook_id: d
+        for d in (
+            await session.execute(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.last_error.is_not(None))
+                .order_by(WebhookDelivery.id.desc())
+                .limit(200)
+            )
+        ).scalars()
+    }
+    latest = list(
+        (await session.execute(select(WebhookDelivery).order_by(WebhookDelivery.id.desc()).limit(recent))).scalars()
+    )
+    return {
+        "webhooks": [
+            {
+                "id": hook.id,
+                "url": hook.url,
+                "events": hook.events,
+                "active": hook.active,
+                "created_at": hook.created_at,
+                "counts": counts.get(hook.id, {}),
+                "last_failure": failures.get(hook.id),
+            }
+            for hook in hooks
+        ],
+        "deliveries": latest,
+        "urls": {hook.id: hook.url for hook in hooks},
+    }

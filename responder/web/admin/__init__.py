@@ -16,10 +16,30 @@ from ..api import admin as admin_api
 from ..api import subscribers as subscribers_api
 from ..http import RUNTIME
 from . import auth
-from .pages import dashboard, enquiries_page, layers, newsletters_page, settings_page, subscribers, templates_page
+from .pages import (
+    dashboard,
+    enquiries_page,
+    layers,
+    newsletters_page,
+    referrals_page,
+    settings_page,
+    subscribers,
+    templates_page,
+    webhooks_page,
+)
 from .render import NAV
 
-PAGES = (dashboard, subscribers, layers, templates_page, settings_page, newsletters_page, enquiries_page)
+PAGES = (
+    dashboard,
+    subscribers,
+    layers,
+    templates_page,
+    settings_page,
+    newsletters_page,
+    enquiries_page,
+    referrals_page,
+    webhooks_page,
+)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ....funnel.dashboard import dashboard_stats
+from ....funnel.dashboard import dashboard_stats, unsubscribes_per_step
 from ...http import runtime
 from ..charts import Bar, funnel, hbars, stacked, up_down_columns
 from ..nav import NavItem
@@ -19,6 +19,7 @@ async def dashboard(request: web.Request) -> web.Response:
     rt = runtime(request)
     async with rt.db.read() as session:
         stats = await dashboard_stats(session, rt.clock.now())
+        leaving = await unsubscribes_per_step(session)
     layers = stats.layers
     return render(
         request,
@@ -53,6 +54,19 @@ async def dashboard(request: web.Request) -> web.Response:
             ],
             "churn per layer",
             peak=max([0.05, *(layer.churn_rate for layer in layers)]),
+        ),
+        leaving=leaving,
+        leaving_chart=hbars(
+            [
+                Bar(
+                    s.label,
+                    s.figures.unsubscribe_rate,
+                    f"{s.figures.unsubscribe_rate * 100:.1f}% ({s.figures.unsubscribed} of {s.figures.sent})",
+                )
+                for s in leaving
+            ],
+            "unsubscribes per step",
+            peak=max([0.02, *(s.figures.unsubscribe_rate for s in leaving)]),
         ),
         engagement=stacked(
             [("opens", stats.opens.human, stats.opens.machine), ("clicks", stats.clicks.human, stats.clicks.machine)]
