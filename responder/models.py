@@ -85,6 +85,9 @@ class Subscriber(Base):
     unsubscribed_at: Mapped[dt.datetime | None]
     # Subscriber choices from the unsubscribe page and preference center.
     paused_until: Mapped[dt.datetime | None]
+    # A human reply holds their counted mail until the enquiry is answered or this time
+    # (core.hold; written by funnel.holds only).
+    held_until: Mapped[dt.datetime | None]
     frequency: Mapped[str] = mapped_column(String(16), default="normal", server_default="normal")
     referred_by_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id"))
     last_human_at: Mapped[dt.datetime | None]  # last human open/click/reply/…: for the sweep

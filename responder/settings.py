@@ -284,6 +284,13 @@ SPECS: tuple[Spec, ...] = (
         " human ones are judged for promotion this long after they happen",
         parse_float,
     ),
+    Spec(
+        "reply_hold_s",
+        "259200",
+        "a person's reply holds their drip steps and newsletters until its enquiry is answered or closed,"
+        " or this many seconds at most (0: replies hold nothing)",
+        parse_int,
+    ),
     Spec("enquiry_answer_h", "48", "hours within which the acknowledgement promises an answer", parse_int),
     Spec(
         "enquiry_digest_to",
@@ -348,6 +355,7 @@ class Settings:
     track_writer: str = "process"
     machine_after_send_s: int = 10
     machine_window_s: float = 10.0
+    reply_hold_s: int = 259200
     enquiry_answer_h: int = 48
     enquiry_digest_to: str = ""
     enquiry_digest_after_s: int = 86400
@@ -429,6 +437,7 @@ class Settings:
             track_writer=parsed["track_writer"],
             machine_after_send_s=parsed["machine_after_send_s"],
             machine_window_s=parsed["machine_window_s"],
+            reply_hold_s=parsed["reply_hold_s"],
             enquiry_answer_h=parsed["enquiry_answer_h"],
             enquiry_digest_to=parsed["enquiry_digest_to"] or from_email,
             enquiry_digest_after_s=parsed["enquiry_digest_after_s"],
@@ -500,6 +509,7 @@ class Settings:
             "track_writer": self.track_writer,
             "machine_after_send_s": str(self.machine_after_send_s),
             "machine_window_s": str(self.machine_window_s),
+            "reply_hold_s": str(self.reply_hold_s),
             "enquiry_answer_h": str(self.enquiry_answer_h),
             "enquiry_digest_to": self.enquiry_digest_to,
             "enquiry_digest_after_s": str(self.enquiry_digest_after_s),

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.inbound import auto_reply
 from ..core.retry import next_attempt
@@ -92,49 +93,57 @@ async def open_enquiry(rt: Runtime, data: EnquiryIn) -> int | None:
     their promotion rule is judged at once. A form's question from a robot's address (the
     address typed in) is kept, but neither acknowledged nor counted.
     """
-    data = clean_enquiry(data)
     now = rt.clock.now()
-    automatic = auto_reply(data.headers, data.email)
-    if automatic and data.source == "reply":
-        return None
-    moved = False
     async with rt.db.transaction() as session:
-        subscriber = (
-            await session.get(Subscriber, data.subscriber_id)
-            if data.subscriber_id
-            else (await session.execute(select(Subscriber).where(Subscriber.email == data.email))).scalar_one_or_none()
-        )
-        enquiry = Enquiry(
-            subscriber_id=subscriber.id if subscriber else None,
-            email=data.email,
-            name=data.name,
-            subject=data.subject,
-            body=data.body,
-            state="open",
-            source=data.source,
-            message_id=data.message_id,
-            ack_state="skipped" if automatic else "due",
-            ack_attempts=0,
-            created_at=now,
-        )
-        session.add(enquiry)
-        await session.flush()
-        # A reply was already recorded as a ``reply`` event when it arrived: one signal, not two.
-        if subscriber is not None and not automatic and data.source != "reply":
-            recorded = await record_event(
-                session,
-                subscriber,
-                "enquiry",
-                now,
-                message_id=data.message_id,
-                data={"enquiry_id": enquiry.id, "source": data.source},
-            )
-            moved = recorded.history is not None
-        enquiry_id = enquiry.id
+        enquiry_id, moved = await add_enquiry(session, data, now)
     if moved:
         rt.wake_scheduler()
-    rt.wake_outbox()
+    if enquiry_id is not None:
+        rt.wake_outbox()
     return enquiry_id
+
+
+async def add_enquiry(session: AsyncSession, data: EnquiryIn, now: dt.datetime) -> tuple[int | None, bool]:
+    """``open_enquiry`` inside the caller's transaction (an inbound reply records its ``reply``
+    event and its enquiry together): the enquiry's id (None for an automatic reply), and
+    whether its event moved the subscriber."""
+    data = clean_enquiry(data)
+    automatic = auto_reply(data.headers, data.email)
+    if automatic and data.source == "reply":
+        return None, False
+    moved = False
+    subscriber = (
+        await session.get(Subscriber, data.subscriber_id)
+        if data.subscriber_id
+        else (await session.execute(select(Subscriber).where(Subscriber.email == data.email))).scalar_one_or_none()
+    )
+    enquiry = Enquiry(
+        subscriber_id=subscriber.id if subscriber else None,
+        email=data.email,
+        name=data.name,
+        subject=data.subject,
+        body=data.body,
+        state="open",
+        source=data.source,
+        message_id=data.message_id,
+        ack_state="skipped" if automatic else "due",
+        ack_attempts=0,
+        created_at=now,
+    )
+    session.add(enquiry)
+    await session.flush()
+    # A reply was already recorded as a ``reply`` event when it arrived: one signal, not two.
+    if subscriber is not None and not automatic and data.source != "reply":
+        recorded = await record_event(
+            session,
+            subscriber,
+            "enquiry",
+            now,
+            message_id=data.message_id,
+            data={"enquiry_id": enquiry.id, "source": data.source},
+        )
+        moved = recorded.history is not None
+    return enquiry.id, moved
 
 
 def answer_by(now: dt.datetime, hours: int) -> str:

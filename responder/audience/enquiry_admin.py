@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..dbutil import get_or_404
 from ..errors import ValidationError
+from ..funnel.holds import release_after_settling
 from ..models import Enquiry
 from ..runtime import Runtime
 
@@ -41,8 +45,17 @@ async def answer(rt: Runtime, enquiry_id: int, text: object) -> Enquiry:
         enquiry.state = "answered"
         enquiry.answered_at = now
         enquiry.closed_at = now
+        await _settled(rt, session, enquiry, now)
     rt.wake_outbox()
     return enquiry
+
+
+async def _settled(rt: Runtime, session: AsyncSession, enquiry: Enquiry, now: dt.datetime) -> None:
+    """A reply answered or closed: the hold it put on the subscriber's mail ends (core.hold)."""
+    if enquiry.source == "reply" and enquiry.subscriber_id is not None:
+        await session.flush()
+        await release_after_settling(session, enquiry.subscriber_id, now, rt.settings.reply_hold_s)
+        rt.wake_scheduler()
 
 
 async def close(rt: Runtime, enquiry_id: int) -> Enquiry:
@@ -52,4 +65,6 @@ async def close(rt: Runtime, enquiry_id: int) -> Enquiry:
         if enquiry.state == "open":
             enquiry.state = "closed"
             enquiry.closed_at = rt.clock.now()
+            await _settled(rt, session, enquiry, enquiry.closed_at)
+    rt.wake_outbox()
     return enquiry

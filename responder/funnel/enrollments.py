@@ -253,3 +253,20 @@ async def resume(session: AsyncSession, subscriber: Subscriber, event_type: str,
     elif stopped.state == "stopped":
         stopped.state, stopped.due_at, stopped.ended_at = "active", now, None
     await session.flush()
+
+
+async def look_again(session: AsyncSession, subscriber_id: int, now: dt.datetime) -> int:
+    """Steps of theirs that wait (held by the caps, a pause or a hold, ``waiting_since`` set)
+    are due again now, so the next run plans them anew: after a hold ends early they go at the
+    first moment that fits instead of when the hold would have ended. They keep their turn."""
+    result = await session.execute(
+        update(Enrollment)
+        .where(
+            Enrollment.subscriber_id == subscriber_id,
+            Enrollment.state == "active",
+            Enrollment.waiting_since.is_not(None),
+            Enrollment.due_at > now,
+        )
+        .values(due_at=now)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

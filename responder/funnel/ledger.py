@@ -47,6 +47,7 @@ PACED = (
     Subscriber.tags,
     Subscriber.frequency,
     Subscriber.paused_until,
+    Subscriber.held_until,
 )
 
 Key = tuple[str, int]  # ("row", message id) | ("enrollment", id) | ("newsletter", id)
@@ -63,6 +64,13 @@ class Book:
     rows_at: dict[int, dt.datetime] = field(default_factory=dict)  # held outbox rows' times now
 
     @property
+    def not_before(self) -> dt.datetime | None:
+        """Until when nothing counted goes: their own pause, or the hold a reply of theirs put
+        on their mail (core.hold), whichever ends later."""
+        ends = [t for t in (self.subscriber.paused_until, self.subscriber.held_until) if t is not None]
+        return max(ends, default=None)
+
+    @property
     def tz(self) -> dt.tzinfo:
         """The subscriber's time zone, for their steps' send windows."""
         return zone((self.subscriber.attributes or {}).get("timezone"))
@@ -76,7 +84,7 @@ class Book:
             now,
             self.caps,
             frequency=self.subscriber.frequency,
-            paused_until=self.subscriber.paused_until,
+            paused_until=self.not_before,
         )
         return dict(zip(keys, times, strict=True))
 
@@ -132,7 +140,7 @@ async def read_ledger(
         )
     ):
         book = books[row.subscriber_id]
-        if row.queued_at is not None and _movable(row.state, row.at, book.subscriber.paused_until, now):
+        if row.queued_at is not None and _movable(row.state, row.at, book.not_before, now):
             book.waiting[("row", row.id)] = Held(row.kind, row.queued_at if row.state == "queued" else row.at)
             book.rows_at[row.id] = row.at
         else:  # sent; or queued for now, being sent, a retry's next attempt: bound to go then

@@ -25,12 +25,13 @@ from typing import Any
 from aiosmtpd.smtp import SMTP
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..audience.enquiries import EnquiryIn, open_enquiry
+from ..audience.enquiries import EnquiryIn, add_enquiry
 from ..audience.subscribers import opt_out
 from ..core.inbound import Report, classify
 from ..delivery.verp import Addresses, Tagged, addresses_for
 from ..delivery.worker import suppress_bounced
 from ..funnel.events import record_event
+from ..funnel.holds import hold_for_reply
 from ..models import Message, Subscriber
 from ..runtime import Runtime
 from .replies import Reply, handle_reply
@@ -92,6 +93,10 @@ async def process(rt: Runtime, tagged: Tagged, mail_from: str, data: bytes) -> s
             return f"automatic reply ({report.auto_reason}), recorded as machine"
         recorded = await handle_reply(session, Reply(subscriber, message, mail_from, report), now)
         promoted = recorded.history is not None
+        # Every reply is followed up: it waits in the enquiry queue and is acknowledged (the
+        # acknowledgement itself is never sent to lists or automatic mail, see enquiries.py),
+        # recorded with its event in this one transaction; until it is answered, the
+        # subscriber's drip steps and newsletters wait (core.hold).
         enquiry = EnquiryIn(
             email=subscriber.email,
             name=subscriber.name,
@@ -102,11 +107,12 @@ async def process(rt: Runtime, tagged: Tagged, mail_from: str, data: bytes) -> s
             message_id=message.id,
             headers=_headers(data),
         )
+        enquiry_id, _ = await add_enquiry(session, enquiry, now)
+        if enquiry_id is not None:
+            await hold_for_reply(session, subscriber, now, rt.settings.reply_hold_s)
     if promoted:
         rt.wake_scheduler()
-    # Every reply is followed up: it waits in the enquiry queue and is acknowledged (the
-    # acknowledgement itself is never sent to lists or automatic mail, see enquiries.py).
-    await open_enquiry(rt, enquiry)
+    rt.wake_outbox()
     return "reply"
 
 

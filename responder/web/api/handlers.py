@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from ...dbutil import get_or_404
 from ...errors import Forbidden, NotFound, Unauthorized, ValidationError
 from ...funnel.events import API_EVENT_TYPES, record_event
+from ...funnel.holds import hold_for_reply
 from ...models import Enrollment, Event, Layer, LayerHistory, Subscriber
 from ...validation import clean_email, parse_id
 from ..http import read_input, runtime
@@ -156,6 +157,8 @@ async def post_event(request: web.Request) -> web.Response:
         if subscriber is None:
             raise NotFound(f"no subscriber with address {email}")
         recorded = await record_event(session, subscriber, type_, now, data=extra)
+        if type_ == "reply":  # a conversation started elsewhere (a help desk): their mail waits
+            await hold_for_reply(session, subscriber, now, rt.settings.reply_hold_s)
         event: Event = recorded.event
         body = {
             "event": {"id": event.id, "type": event.type, "at": iso(event.created_at)},
