@@ -33,6 +33,7 @@ from .web.api import templates as api_templates
 from .web.http import RUNTIME, Handler, error_for, secure_headers
 from .web.public import choices as tracking_choices
 from .web.public import enquiry_form as tracking_enquiry
+from .web.public import keep as tracking_keep
 from .web.public import optin as tracking
 from .web.public import track as tracking_track
 from .web.public.common import PUBLIC, cors_headers, setup_public
@@ -106,6 +107,7 @@ def init_app(
         app.add_routes(tracking.routes)
         app.add_routes(tracking_track.routes)
         app.add_routes(tracking_choices.routes)
+        app.add_routes(tracking_keep.routes)
         app.add_routes(tracking_enquiry.routes)
         app.add_routes(api_enquiries.routes)
         app.add_routes(api_forms.routes)

@@ -113,7 +113,7 @@ async def _dispatch(args: argparse.Namespace, db: Database, settings: Settings) 
         print(json.dumps(result, indent=2) if args.json else format_stats(result))
         return 0
     if args.command == "funnel":
-        moves = moves_json(await sweep_on_demand(db, now))
+        moves = moves_json(await sweep_on_demand(db, now, settings.sender_domain))
         if args.json:
             print(json.dumps({"moves": moves}, indent=2))
         for move in [] if args.json else moves:

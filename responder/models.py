@@ -88,6 +88,9 @@ class Subscriber(Base):
     # A human reply holds their counted mail until the enquiry is answered or this time
     # (core.hold; written by funnel.holds only).
     held_until: Mapped[dt.datetime | None]
+    # When the re-permission mail ("do you still want to hear from us?") was last queued: one per
+    # silence (core.promotion.should_ask; written by funnel.sweep).
+    asked_at: Mapped[dt.datetime | None]
     frequency: Mapped[str] = mapped_column(String(16), default="normal", server_default="normal")
     referred_by_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id"))
     last_human_at: Mapped[dt.datetime | None]  # last human open/click/reply/…: for the sweep

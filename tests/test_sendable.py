@@ -5,6 +5,7 @@ context, which has exactly the variables a real recipient's context has."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from sqlalchemy import func, select
@@ -13,7 +14,8 @@ from responder.audience.enquiries import EnquiryIn, ack_context, open_enquiry
 from responder.audience.subscribers import SubscribeRequest, subscribe
 from responder.delivery.build import load_sources, message_context
 from responder.funnel import newsletters
-from responder.models import Enquiry, Message, Newsletter, Sequence, Step, Template
+from responder.funnel.sweep import sweep
+from responder.models import Enquiry, Layer, Message, Newsletter, Sequence, Step, Subscriber, Template
 from responder.runtime import Runtime
 from responder.templating.context import KINDS, sample_context
 
@@ -47,6 +49,12 @@ async def real_contexts(rt: Runtime) -> dict[str, dict[str, Any]]:
         )
         await newsletters.advance(session, rt.clock.now(), domain="acme.example.com")
     enquiry_id = await open_enquiry(rt, EnquiryIn(email="q@example.com", body="When?", name="Quinn Asker"))
+    async with rt.db.transaction() as session:  # ann, silent for 24 days, is asked before her sunset
+        layer = (await session.execute(select(Layer).where(Layer.position == 2))).scalar_one()
+        layer.rule = {"sunset": {"inactive_for": "30d", "ask_before": "7d"}}
+        ann = (await session.execute(select(Subscriber).where(Subscriber.email == "ann@example.com"))).scalar_one()
+        ann.confirmed_at = ann.created_at = rt.clock.now() - dt.timedelta(days=24)
+        await sweep(session, rt.clock.now(), domain="acme.example.com")
     contexts = {}
     async with rt.db.read() as session:
         for message in (await session.execute(select(Message).order_by(Message.id))).scalars():
@@ -96,7 +104,7 @@ async def test_upload_checks_against_the_sample_of_its_kind(app: App) -> None:
     assert "'subscriber' is undefined" in await error_of(resp)
     resp = await upload(app, "confirm-2", '<a href="{{ links.confirm }}">Yes</a>', purpose="confirm")
     assert resp.status == 201
-    assert await count(app, Template) == 20 + 2  # the starter's, plus the two that render
+    assert await count(app, Template) == 21 + 2  # the starter's, plus the two that render
 
 
 async def test_a_newsletter_with_an_unsendable_template_is_refused(app: App) -> None:

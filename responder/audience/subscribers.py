@@ -281,3 +281,19 @@ async def subscriber_for_token(rt: Runtime, token: str) -> Subscriber:
     if subscriber is None:
         raise InvalidToken("this link is not valid")
     return subscriber
+
+
+async def keep(rt: Runtime, token: str, ip: str | None, user_agent: str | None) -> str:
+    """The "yes, keep me" button of the re-permission mail: a human ``keep`` event, which is
+    activity (their silence starts again; a sunset subscriber is active again, their sequence
+    going on where it stopped). ``kept``, ``revived``, or ``gone`` for someone who left."""
+    subscriber_id = rt.tokens.read_keep(token)
+    now = rt.clock.now()
+    async with rt.db.transaction() as session:
+        subscriber = await get_subscriber(session, subscriber_id, for_update=True)
+        if subscriber.status not in ("active", "sunset"):
+            return "gone"
+        was = subscriber.status
+        await record_event(session, subscriber, "keep", now, ip=ip, user_agent=user_agent)
+    rt.wake_scheduler()
+    return "revived" if was == "sunset" else "kept"

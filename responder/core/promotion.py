@@ -32,7 +32,8 @@ DEFAULT_RULE: dict[str, Any] = {
 PROMOTING_TYPES = frozenset({"open", "click", "reply", "enquiry", "purchase", "referral"})
 # What counts as a sign of life: every human event of these types sets the subscriber's last
 # activity (demotion and sunset count the silence since) and brings a sunset subscriber back.
-ACTIVITY_TYPES = PROMOTING_TYPES | {"confirm"}
+# ``keep``: the "yes, keep me" button of the re-permission mail sent before a sunset.
+ACTIVITY_TYPES = PROMOTING_TYPES | {"confirm", "keep"}
 RULE_KEYS = frozenset({"promote", "demote", "sunset", "min_stay", "preferred", "caps"})
 COLLISIONS = ("step_waits", "newsletter_waits")
 
@@ -42,6 +43,24 @@ KNOWN_PROMOTE_KEYS = {"on_any", "clicked_messages", "clicks"}
 # (an event only shortens it), the minimum stay only holds a move back, caps pace sending, and
 # ``preferred`` is granted elsewhere.
 INERT_RULE_KEYS = {"promote", "demote", "sunset", "min_stay", "caps", "preferred"}
+
+
+def should_ask(
+    rule: Mapping[str, Any], silent_since: dt.datetime, asked_at: dt.datetime | None, now: dt.datetime
+) -> bool:
+    """Re-permission before sunset: with ``sunset.ask_before``, a subscriber silent since
+    ``silent_since`` is asked once "do you still want to hear from us?" when the sunset is that
+    close, and never twice in one silence (``asked_at`` before ``silent_since`` was another)."""
+    sunset = rule.get("sunset") if isinstance(rule, Mapping) else None
+    if not isinstance(sunset, Mapping) or not sunset.get("ask_before") or not sunset.get("inactive_for"):
+        return False
+    if asked_at is not None and asked_at >= silent_since:
+        return False
+    ask_at = silent_since + dt.timedelta(
+        seconds=parse_duration(sunset["inactive_for"]) - parse_duration(sunset["ask_before"])
+    )
+    sunset_at = silent_since + dt.timedelta(seconds=parse_duration(sunset["inactive_for"]))
+    return ask_at <= now < sunset_at
 
 
 def rule_watches(rule: dict[str, Any], event_type: str) -> bool:
@@ -173,6 +192,15 @@ def validate_rule(rule: Any) -> dict[str, Any]:
         after = _duration(part.get("inactive_for"), f"{key}.inactive_for")
         if after is not None:
             out[key] = {"inactive_for": after}
+    ask = _duration(_object(rule, "sunset").get("ask_before"), "sunset.ask_before")
+    if ask is not None:
+        if "sunset" not in out:
+            raise _fail("sunset.ask_before needs sunset.inactive_for")
+        if parse_duration(ask) >= parse_duration(out["sunset"]["inactive_for"]):
+            raise _fail(
+                "sunset.ask_before must be shorter than sunset.inactive_for (it is how long before the sunset to ask)"
+            )
+        out["sunset"]["ask_before"] = ask
     stay = _duration(rule.get("min_stay"), "min_stay")
     if stay is not None:
         out["min_stay"] = stay

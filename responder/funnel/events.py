@@ -52,7 +52,7 @@ WEBHOOK_NAMES = {"purchase": "purchase", "referral": "referral", "enquiry": "enq
 STATUS_AFTER = {"unsubscribe": "unsubscribed", "complaint": "complained", "confirm": "active"}
 PREFERRED = "preferred"
 # Which of a revived subscriber's event types the history names (the most telling first).
-REVIVAL_ORDER = ("reply", "purchase", "enquiry", "referral", "click", "open", "confirm")
+REVIVAL_ORDER = ("reply", "purchase", "enquiry", "referral", "keep", "click", "open", "confirm")
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ from .sweep import sweep
 SCHEDULER_LOCK = 0x72657370  # advisory lock key shared by every scheduler of one database
 
 
-async def sweep_on_demand(db: Database, now: dt.datetime) -> list[Judged]:
+async def sweep_on_demand(db: Database, now: dt.datetime, domain: str) -> list[Judged]:
     """A whole sweep now (``responder funnel sweep``, ``POST /api/v1/funnel/sweep``), taking
     the schedulers' turn so it never judges a subscriber at the same time as one of them."""
     async with db.exclusive(SCHEDULER_LOCK), db.transaction() as session:
-        return await sweep(session, now)
+        return await sweep(session, now, domain=domain)
 
 
 def moves_json(made: list[Judged]) -> list[dict[str, object]]:
@@ -62,7 +62,7 @@ class Scheduler(PollingLoop):
         every = dt.timedelta(seconds=rt.settings.sweep_every_s)
         if self.swept_at is None or now >= self.swept_at + every:
             async with rt.db.transaction() as session:
-                await sweep(session, now, since=self.swept_at)
+                await sweep(session, now, since=self.swept_at, domain=rt.settings.sender_domain)
             self.swept_at = now
         # Either order would do for these two: each plans with the other's mail, queued, due or coming.
         async with rt.db.transaction() as session:

@@ -7,6 +7,11 @@ The sweep only picks candidates; the decision is the one judge's (``judge``), as
 Candidates, per layer: active subscribers silent for longer than the layer's demotion or
 sunset duration, and, for layers with a minimum stay, those with a human event since entering
 whose stay ended since the previous sweep (every such stay on a process's first sweep).
+
+Before the sunset, a layer whose rule has ``sunset.ask_before`` asks: each subscriber that close
+to it gets one "do you still want to hear from us?" mail (kind ``ask``, template ``sunset-ask``)
+per silence (``core.promotion.should_ask``); its "yes, keep me" button (``/keep/{token}``) is a
+human event, so it keeps them; silence lets the sunset happen.
 """
 
 from __future__ import annotations
@@ -14,14 +19,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..core.promotion import should_ask
 from ..core.schedule import parse_duration
+from ..delivery.outbox import enqueue
 from ..models import Layer, Subscriber
 from .judge import Judged, judge
 
 CHUNK = 500
+ASK_TEMPLATE = "sunset-ask"
 # When a subscriber joined the list, as the judge counts it: confirming, or being imported
 # (``created_at``, later than a consent given elsewhere).
 JOINED = case((Subscriber.confirmed_at > Subscriber.created_at, Subscriber.confirmed_at), else_=Subscriber.created_at)
@@ -34,13 +42,17 @@ def _seconds(rule: dict[str, Any], *path: str) -> int | None:
     return parse_duration(value) if isinstance(value, str) else None
 
 
-async def sweep(session: AsyncSession, now: dt.datetime, *, since: dt.datetime | None = None) -> list[Judged]:
+async def sweep(
+    session: AsyncSession, now: dt.datetime, *, since: dt.datetime | None = None, domain: str = "localhost"
+) -> list[Judged]:
     """Judge every candidate at ``now`` (minimum stays ended after ``since``, or all when
-    None); the moves and sunsets made."""
+    None), and ask those near a sunset whether to keep mailing them (the ask's Message-ID is on
+    ``domain``); the moves and sunsets made."""
     made: list[Judged] = []
     layers = (await session.execute(select(Layer).where(Layer.removed_at.is_(None)))).scalars()
     for layer in list(layers):
         rule = layer.rule or {}
+        await _ask(session, layer, now, domain)
         wanted = []
         demote_s = _seconds(rule, "demote", "inactive_for") if layer.position > 1 else None
         if demote_s:
@@ -81,3 +93,39 @@ async def sweep(session: AsyncSession, now: dt.datetime, *, since: dt.datetime |
                 break
             last_id = ids[-1]
     return made
+
+
+async def _ask(session: AsyncSession, layer: Layer, now: dt.datetime, domain: str) -> int:
+    """Queue the re-permission mail for this layer's subscribers whose sunset is within
+    ``sunset.ask_before`` and who were not asked in this silence; how many were asked."""
+    rule = layer.rule or {}
+    sunset_s, ask_s = _seconds(rule, "sunset", "inactive_for"), _seconds(rule, "sunset", "ask_before")
+    if not sunset_s or not ask_s:
+        return 0
+    silent_since = func.coalesce(Subscriber.last_human_at, JOINED)
+    rows = (
+        await session.execute(
+            select(Subscriber.id, silent_since.label("silent_since"), Subscriber.asked_at).where(
+                Subscriber.layer_id == layer.id,
+                Subscriber.status == "active",
+                silent_since <= now - dt.timedelta(seconds=sunset_s - ask_s),
+                silent_since > now - dt.timedelta(seconds=sunset_s),
+                or_(Subscriber.asked_at.is_(None), Subscriber.asked_at < silent_since),
+            )
+        )
+    ).all()
+    asked = [row.id for row in rows if should_ask(rule, _aware(row.silent_since), row.asked_at, now)]
+    for subscriber_id in asked:
+        await enqueue(
+            session, subscriber_id=subscriber_id, kind="ask", template_name=ASK_TEMPLATE, now=now, domain=domain
+        )
+    if asked:
+        await session.execute(update(Subscriber).where(Subscriber.id.in_(asked)).values(asked_at=now))
+    return len(asked)
+
+
+def _aware(value: Any) -> dt.datetime:
+    """A time the database computed (``coalesce`` loses the column's type on SQLite)."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)

@@ -5,6 +5,7 @@ Every kind of mail renders its template against one context shape (``KINDS``):
 - ``step`` and ``newsletter`` (list mail): ``subscriber``, ``sender``, ``links`` (unsubscribe,
   preferences, view, referral);
 - ``confirm`` (the double opt-in mail): the same, plus ``links.confirm``;
+- ``ask`` (the re-permission mail sent before a sunset): the same, plus ``links.keep``;
 - ``enquiry-ack`` (the acknowledgement of a question): ``enquiry`` and ``sender`` only.
 
 The real context (``recipient_context``, ``enquiry_context``) and the sample one that uploads,
@@ -21,17 +22,18 @@ from ..models import Layer, Subscriber
 from ..runtime import Runtime
 from ..settings import Settings
 
-KINDS = ("step", "newsletter", "confirm", "enquiry-ack")
+KINDS = ("step", "newsletter", "confirm", "ask", "enquiry-ack")
 # How a message names each kind in an error ("cannot be sent as a newsletter").
 KIND_NAMES = {
     "step": "a sequence step",
     "newsletter": "a newsletter",
     "confirm": "the confirmation mail",
+    "ask": "the re-permission mail",
     "enquiry-ack": "the enquiry acknowledgement",
 }
 # The templates the confirmation and the acknowledgement are sent with, by name.
-KIND_OF_NAME = {"confirm": "confirm", "enquiry-ack": "enquiry-ack"}
-KIND_OF_PURPOSE = {"confirm": "confirm", "enquiry": "enquiry-ack"}
+KIND_OF_NAME = {"confirm": "confirm", "enquiry-ack": "enquiry-ack", "sunset-ask": "ask"}
+KIND_OF_PURPOSE = {"confirm": "confirm", "enquiry": "enquiry-ack", "ask": "ask"}
 
 
 def first_name(name: str) -> str:
@@ -57,6 +59,7 @@ def recipient_context(
         view=rt.url(f"/v/{rt.tokens.view(message_pk)}") if message_pk is not None else "",
         referral=referral_url(rt, subscriber.id),
         confirm=rt.url(f"/confirm/{rt.tokens.confirm(subscriber.id)}") if kind == "confirm" else None,
+        keep=rt.url(f"/keep/{rt.tokens.keep(subscriber.id)}") if kind == "ask" else None,
     )
     return mail_context(rt.settings, subscriber, layer, links)
 
@@ -72,11 +75,13 @@ def mail_context(
 
 
 def links_context(
-    *, unsubscribe: str, preferences: str, view: str, referral: str, confirm: str | None
+    *, unsubscribe: str, preferences: str, view: str, referral: str, confirm: str | None, keep: str | None = None
 ) -> dict[str, str]:
     links = {"unsubscribe": unsubscribe, "preferences": preferences, "view": view, "referral": referral}
     if confirm is not None:
         links["confirm"] = confirm
+    if keep is not None:
+        links["keep"] = keep
     return links
 
 
@@ -153,5 +158,6 @@ def sample_context(settings: Settings, kind: str) -> dict[str, Any]:
         view=f"{base}/v/sample",
         referral=f"{base}/r/sample",
         confirm=f"{base}/confirm/sample" if kind == "confirm" else None,
+        keep=f"{base}/keep/sample" if kind == "ask" else None,
     )
     return mail_context(settings, subscriber, layer, links)

@@ -121,6 +121,7 @@ class Tokens:
         self._click = _Serializer(secret_key, salt="click")
         self._unsubscribe = _Serializer(secret_key, salt="unsubscribe")
         self._view = _Serializer(secret_key, salt="view")
+        self._keep = _Serializer(secret_key, salt="keep")
         self._confirm_max_age_s = confirm_max_age_s
         # The pixel reads an open token on every request and a mail's images reload: tokens
         # already verified answer from memory. Only tokens that pass are kept (a raised
@@ -167,6 +168,13 @@ class Tokens:
         if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], str)):
             raise InvalidToken("malformed link")
         return _as_int(value[0]), value[1]
+
+    def keep(self, subscriber_id: int) -> str:
+        """The "yes, keep me" link of the re-permission mail sent before a sunset."""
+        return self._keep.dumps(subscriber_id)
+
+    def read_keep(self, token: str) -> int:
+        return _as_int(_loads(self._keep, token))
 
     def unsubscribe(self, subscriber_id: int) -> str:
         return self._unsubscribe.dumps(subscriber_id)

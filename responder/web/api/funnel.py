@@ -159,7 +159,8 @@ describe(
 @routes.post(PREFIX + "/funnel/sweep")
 async def sweep_now(request: web.Request) -> web.Response:
     rt = runtime(request)
-    made = await sweep_on_demand(rt.db, rt.clock.now())
+    made = await sweep_on_demand(rt.db, rt.clock.now(), rt.settings.sender_domain)
+    rt.wake_outbox()  # the re-permission mails it queued
     if any(j.history is not None for j in made):
         rt.wake_scheduler()  # the new layers' first steps
     return web.json_response({"moves": moves_json(made)})
