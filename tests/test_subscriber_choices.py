@@ -13,6 +13,7 @@ from sqlalchemy import select
 from responder.core.pacing import Held, Sent, caps_for, plan, skips_newsletter
 from responder.models import Message
 
+from .admin_fixtures import make_subscriber as listed_subscriber
 from .conftest import App
 from .funnel_fixtures import make_subscriber, settle
 
@@ -132,7 +133,9 @@ async def test_pause_and_fewer_through_the_unsubscribe_page(app: App) -> None:
 
 
 async def test_pause_holds_mail_already_queued_but_not_transactional(app: App) -> None:
-    ida = await make_subscriber(app.rt, "ida@example.com")
+    # Not enrolled: only the rows below wait for her (a running scheduler planning her welcome
+    # step at the same moment as the pause is a race of its own, see the trust-engine notes).
+    ida_id = await listed_subscriber(app.rt, "ida@example.com")
     now = app.clock.now()
     async with app.rt.db.transaction() as session:
         for kind, at in (
@@ -142,7 +145,7 @@ async def test_pause_holds_mail_already_queued_but_not_transactional(app: App) -
         ):
             session.add(
                 Message(
-                    subscriber_id=ida.id,
+                    subscriber_id=ida_id,
                     kind=kind,
                     template_name="layer1-welcome",
                     state="queued",
@@ -152,7 +155,7 @@ async def test_pause_holds_mail_already_queued_but_not_transactional(app: App) -
                     created_at=now,
                 )
             )
-    resp = await app.client.post(f"/unsubscribe/{app.rt.tokens.unsubscribe(ida.id)}", data={"choice": "pause"})
+    resp = await app.client.post(f"/unsubscribe/{app.rt.tokens.unsubscribe(ida_id)}", data={"choice": "pause"})
     assert resp.status == 200
     async with app.rt.db.read() as session:
         held = dict(
