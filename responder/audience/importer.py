@@ -28,7 +28,7 @@ from sqlalchemy import insert as insert_rows
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..core.schedule import StepPlan, format_duration, imported_start, parse_duration
+from ..core.schedule import StepPlan, check_enroll, format_duration, imported_start, parse_duration
 from ..errors import Conflict, NotFound, TooLarge, ValidationError
 from ..funnel.enrollments import enrollment_values, layer_sequence, record_entries, step_plans
 from ..models import ConsentRecord, Enrollment, ImportJob, Layer, Subscriber
@@ -152,7 +152,7 @@ class Enroll:
         """From a form, the API or the command line: ``mode`` none|next|start, ``spread`` a
         duration such as 7d (empty: at once); refused with a clear error otherwise."""
         enroll = cls(mode=(mode or "none").strip(), spread_s=parse_duration(spread) if spread else 0)
-        imported_start([], enroll.mode, enroll.spread_s, 0, dt.datetime.now(dt.UTC))  # validates
+        check_enroll(enroll.mode, enroll.spread_s)
         return enroll
 
     def describe(self) -> str:

@@ -54,6 +54,14 @@ ENROLL_MODES = ("none", "next", "start")
 _GOLDEN = 0x9E3779B1  # Knuth's multiplicative hash: consecutive ids land far apart in [0, 1)
 
 
+def check_enroll(mode: str, spread_s: int) -> None:
+    """An import's choice of what its subscribers get (``imported_start``), or ``ValidationError``."""
+    if mode not in ENROLL_MODES:
+        raise ValidationError(f"enroll must be one of {', '.join(ENROLL_MODES)}, not {mode!r}", field="enroll")
+    if spread_s < 0:
+        raise ValidationError("spread cannot be negative", field="spread")
+
+
 def imported_start(
     steps: Sequence[StepPlan], mode: str, spread_s: int, key: int, now: dt.datetime
 ) -> tuple[list[StepPlan], dt.datetime] | None:
@@ -62,10 +70,7 @@ def imported_start(
     is for people who just signed up), ``start`` every step. Their start is put off by a share
     of ``spread_s`` that ``key`` (the subscriber id) picks, so a list is spread evenly over that
     time instead of being mailed at once."""
-    if mode not in ENROLL_MODES:
-        raise ValidationError(f"enroll must be one of {', '.join(ENROLL_MODES)}, not {mode!r}", field="enroll")
-    if spread_s < 0:
-        raise ValidationError("spread cannot be negative", field="spread")
+    check_enroll(mode, spread_s)
     if mode == "none":
         return None
     ordered = sorted(steps, key=lambda s: s.position)

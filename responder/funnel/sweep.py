@@ -19,13 +19,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.promotion import should_ask
 from ..core.schedule import parse_duration
 from ..delivery.outbox import enqueue
-from ..models import Layer, Subscriber
+from ..models import Layer, Subscriber, UTCDateTime
 from .judge import Judged, judge
 
 CHUNK = 500
@@ -102,7 +102,7 @@ async def _ask(session: AsyncSession, layer: Layer, now: dt.datetime, domain: st
     sunset_s, ask_s = _seconds(rule, "sunset", "inactive_for"), _seconds(rule, "sunset", "ask_before")
     if not sunset_s or not ask_s:
         return 0
-    silent_since = func.coalesce(Subscriber.last_human_at, JOINED)
+    silent_since = type_coerce(func.coalesce(Subscriber.last_human_at, JOINED), UTCDateTime)
     rows = (
         await session.execute(
             select(Subscriber.id, silent_since.label("silent_since"), Subscriber.asked_at).where(
@@ -114,7 +114,7 @@ async def _ask(session: AsyncSession, layer: Layer, now: dt.datetime, domain: st
             )
         )
     ).all()
-    asked = [row.id for row in rows if should_ask(rule, _aware(row.silent_since), row.asked_at, now)]
+    asked = [row.id for row in rows if should_ask(rule, row.silent_since, row.asked_at, now)]
     for subscriber_id in asked:
         await enqueue(
             session, subscriber_id=subscriber_id, kind="ask", template_name=ASK_TEMPLATE, now=now, domain=domain
@@ -122,10 +122,3 @@ async def _ask(session: AsyncSession, layer: Layer, now: dt.datetime, domain: st
     if asked:
         await session.execute(update(Subscriber).where(Subscriber.id.in_(asked)).values(asked_at=now))
     return len(asked)
-
-
-def _aware(value: Any) -> dt.datetime:
-    """A time the database computed (``coalesce`` loses the column's type on SQLite)."""
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
