@@ -158,6 +158,8 @@ def _loops(rt: Runtime, transport: Transport, roles: frozenset[str]):  # type: i
         done, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
         for task in pending:
             task.cancel()
+        if pending:  # let the cancelled loops hand their connections back before the pool goes
+            await asyncio.wait(pending, timeout=STOP_GRACE_S)
         await transport.close()
 
     return ctx

@@ -294,6 +294,17 @@ class Suppression(Base):
     created_at: Mapped[dt.datetime]
 
 
+class InboundMail(Base):
+    """One inbound mail already recorded, by its ``Message-ID`` and the address it came to (a
+    keyed digest of both): the same mail delivered twice is recorded once."""
+
+    __tablename__ = "inbound_mail"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    outcome: Mapped[str] = mapped_column(String(80))
+    received_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
 class LayerHistory(Base):
     """Every change of a subscriber's place in the funnel: from where to where, why, and which
     events triggered it.

@@ -12,7 +12,9 @@ from .errors import ValidationError
 
 MAX_EMAIL_LEN = 254
 MAX_NAME_LEN = 200
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+# C0 and C1 controls, DEL, the Unicode line and paragraph separators: refused in any one-line
+# input (names, subjects, addresses), which may end up in a mail header.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _FORM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 

@@ -195,6 +195,8 @@ def make_settings(database_url: str, smtp_url: str, **env: str) -> Settings:
         "RESPONDER_SECRET_KEY": "test-secret-key",
         "RESPONDER_WORKER_POLL_S": "0.05",
         "RESPONDER_SCHEDULER_POLL_S": "0.05",
+        # A loaded CI machine can take seconds over a write; the 503 paths set their own.
+        "RESPONDER_FORM_WRITE_TIMEOUT_S": "30",
         **env,
     }
     return Settings.from_env(environ)

@@ -132,6 +132,7 @@ class Report:
     text: str = ""
     in_reply_to: tuple[str, ...] = field(default_factory=tuple)
     auto_reason: str = ""  # why an ``auto`` mail is automatic (``auto_reply``)
+    message_id: str = ""  # the inbound mail's own Message-ID ('' when it has none)
 
     @property
     def hard(self) -> bool:
@@ -184,21 +185,68 @@ def _subject(value: str) -> str:
     return unicodedata.normalize("NFC", " ".join(value.split())).casefold().lstrip("[( ")
 
 
+# What never reaches a record or an answer from inbound text: C0 controls but tab and newline,
+# DEL, C1 controls, the Unicode line and paragraph separators, and U+FFFE/FFFF.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufffe\uffff]")
+MAX_SUBJECT = 200
+MAX_TEXT = 10_000
+
+
+def one_line(value: str, limit: int = MAX_SUBJECT) -> str:
+    """Inbound header text as one clean line: encoded words decoded (by the parser, or here
+    when left raw), every control character and line break a space, runs of space one, cut to
+    ``limit`` characters. Never refuses."""
+    if "=?" in value:
+        try:
+            value = str(make_header(decode_header(value)))
+        except (LookupError, ValueError, UnicodeError):
+            pass
+    value = _UNSAFE.sub(" ", value.replace("\ufffd", " "))
+    return " ".join(value.split())[:limit]
+
+
+def plain_text(value: str, limit: int = MAX_TEXT) -> str:
+    """Inbound body text safe to store and quote: line ends made ``\\n``, control characters
+    (but tab and newline) dropped, cut to ``limit`` characters. Never refuses."""
+    value = value.replace("\r\n", "\n").replace("\r", "\n")
+    return _UNSAFE.sub("", value)[:limit]
+
+
+def _own_message_id(msg: EmailMessage) -> str:
+    try:
+        found = re.search(r"<[^<>\s]{1,900}>", str(msg.get("Message-ID", "")))
+    except (ValueError, TypeError):
+        return ""
+    return found.group(0) if found else ""
+
+
 def classify(data: bytes, *, sender: str | None = None) -> Report:
     """What the mail is; ``sender`` is the envelope's, when known (empty or ``<>``: a null
-    sender)."""
+    sender). Its subject and text come cleaned (``one_line``, ``plain_text``)."""
     msg = parse(data)
-    subject = str(msg.get("Subject", ""))[:998]
+    try:
+        subject = one_line(str(msg.get("Subject", "")))
+    except (ValueError, TypeError):  # a header the parser cannot even read
+        subject = ""
+    own_id = _own_message_id(msg)
     references = tuple(re.findall(r"<[^<>\s]+>", f"{msg.get('In-Reply-To', '')} {msg.get('References', '')}"))
     if msg.get_content_type() == "multipart/report":
         report_type = str(msg.get_param("report-type", "")).lower()
         if report_type == "delivery-status":
             return Report(
-                "dsn", tuple(_dsn_recipients(msg)), original_message_id=_original_message_id(msg), subject=subject
+                "dsn",
+                tuple(_dsn_recipients(msg)),
+                original_message_id=_original_message_id(msg),
+                subject=subject,
+                message_id=own_id,
             )
         if report_type == "feedback-report":
             return Report(
-                "arf", feedback_type=_feedback_type(msg), original_message_id=_original_message_id(msg), subject=subject
+                "arf",
+                feedback_type=_feedback_type(msg),
+                original_message_id=_original_message_id(msg),
+                subject=subject,
+                message_id=own_id,
             )
     automatic = auto_reply(msg, sender)
     if automatic:
@@ -208,8 +256,9 @@ def classify(data: bytes, *, sender: str | None = None) -> Report:
             subject=subject,
             text=_text(msg),
             auto_reason=automatic,
+            message_id=own_id,
         )
-    return Report("human", subject=subject, text=_text(msg), in_reply_to=references)
+    return Report("human", subject=subject, text=_text(msg), in_reply_to=references, message_id=own_id)
 
 
 def _fields(part: Message) -> list[Message]:
@@ -273,6 +322,6 @@ def _text(msg: EmailMessage) -> str:
     if body is None:
         return ""
     try:
-        return str(body.get_content())[:20_000]
-    except (LookupError, ValueError):
+        return plain_text(str(body.get_content()))
+    except (LookupError, ValueError, UnicodeError):
         return ""

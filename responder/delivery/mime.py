@@ -17,7 +17,8 @@ from email.utils import format_datetime, formataddr
 
 from ..errors import ValidationError
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls, DEL and the Unicode line and paragraph separators: never in a header.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _FIELD_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # printable ASCII except ':' (RFC 5322 2.2)
 
 
@@ -70,15 +71,22 @@ class Mail:
 def _address(display_name: str, email: str, header: str) -> str:
     check_header_value(header, display_name)
     check_header_value(header, email)
+    if "=?" in display_name:
+        # Text that looks like an encoded word is itself encoded, so a reader decodes it to the
+        # literal text given (RFC 2047 6.2: decoded text is not decoded again), never to what
+        # the look-alike says (a CR LF, another header).
+        encoded = Header(display_name, "utf-8").encode(linesep="\r\n", maxlinelen=76)
+        return f"{encoded} <{email}>"
     # formataddr quotes specials and turns a non-ASCII name into an RFC 2047 encoded word.
     return formataddr((display_name, email), charset="utf-8")
 
 
 def _unstructured(name: str, value: str) -> str:
-    """A free-text header (Subject): as is when short ASCII, else folded encoded words."""
-    if value.isascii() and len(name) + len(value) < 76:
+    """A free-text header (Subject): as is when short ASCII, else folded encoded words; text
+    that looks like an encoded word (``=?``) is always encoded, never passed through."""
+    if value.isascii() and len(name) + len(value) < 76 and "=?" not in value:
         return value
-    charset = "us-ascii" if value.isascii() else "utf-8"
+    charset = "us-ascii" if value.isascii() and "=?" not in value else "utf-8"
     # RFC 2047 2: a line holding encoded words is at most 76 characters (the default is 78).
     return Header(value, charset, header_name=name).encode(linesep="\r\n", maxlinelen=76)
 

@@ -11,28 +11,35 @@ see ``delivery.verp``) and turns each mail into what it means:
   to one of our mails → a machine ``reply`` event with its reason: never a promotion, never an
   enquiry; to an ``unsubscribe+`` address → nothing.
 
-A mail that cannot be recorded gets a 451, so the sending server tries again later.
+Content never gets a mail refused: subjects and text are cleaned and cut (``core.inbound``),
+never rejected. Only a fault of ours (the database away) answers 451, so the sending server
+tries again later; and a mail delivered again (same ``Message-ID``, same address) is recorded
+once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import email.policy
+import hashlib
 import logging
 from email.parser import BytesHeaderParser
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..audience.enquiries import EnquiryIn, add_enquiry
 from ..audience.subscribers import opt_out
-from ..core.inbound import Report, classify
+from ..core.inbound import Report, classify, one_line, plain_text
 from ..delivery.verp import Addresses, Tagged, addresses_for
 from ..delivery.worker import suppress_bounced
+from ..errors import Busy, MailUnavailable, ResponderError
 from ..funnel.events import record_event
 from ..funnel.holds import hold_for_reply
-from ..models import Message, Subscriber
+from ..models import InboundMail, Message, Subscriber
 from ..runtime import Runtime
 from .replies import Reply, handle_reply
 
@@ -58,7 +65,13 @@ class InboundHandler:
             for address in envelope.rcpt_tos:
                 tagged = self.addresses.parse(address)
                 assert tagged is not None
-                outcome = await process(self.rt, tagged, envelope.mail_from or "", data)
+                try:
+                    outcome = await process(self.rt, tagged, envelope.mail_from or "", data)
+                except (Busy, MailUnavailable):
+                    raise
+                except ResponderError as exc:  # about the content: kept out, never refused
+                    outcome = f"not recorded: {exc}"
+                    log.warning("inbound mail to %s could not be recorded: %s", address, exc)
                 log.info("inbound mail to %s: %s", address, outcome)
         except Exception:
             log.exception("inbound mail could not be recorded")
@@ -66,54 +79,82 @@ class InboundHandler:
         return "250 OK"
 
 
+def read(data: bytes, mail_from: str) -> Report:
+    """``classify``, and a person's mail with its bytes as text if the parser itself fails."""
+    try:
+        return classify(data, sender=mail_from)
+    except Exception:  # a parser fault must not refuse the mail forever
+        log.exception("inbound mail could not be parsed; kept as a person's mail")
+        return Report("human", text=plain_text(data.decode("utf-8", "replace")))
+
+
 async def process(rt: Runtime, tagged: Tagged, mail_from: str, data: bytes) -> str:
     """Record what one inbound mail to one of our addresses means; a word on what was done."""
-    report = classify(data, sender=mail_from)
+    report = read(data, mail_from)
     now = rt.clock.now()
-    promoted = False
     async with rt.db.transaction() as session:
-        if tagged.kind == "unsubscribe":
-            subscriber = await session.get(Subscriber, tagged.id)
-            if subscriber is None or report.kind != "human":
-                return f"ignored ({report.kind})"
-            done = await opt_out(session, subscriber, now, data={"via": "mailto"})
-            return "unsubscribed" if done else "already unsubscribed"
-        message = await session.get(Message, tagged.id)
-        if message is None:
-            return "ignored (no such message)"
-        subscriber = await session.get(Subscriber, message.subscriber_id)
-        assert subscriber is not None
-        if report.kind == "arf":
-            await _complaint(session, subscriber, message, report, now)
-            return "complaint"
-        if report.kind == "dsn":
-            return await _bounce(session, subscriber, message, report, now)
-        if report.kind == "auto":
-            await handle_reply(session, Reply(subscriber, message, mail_from, report), now)
-            return f"automatic reply ({report.auto_reason}), recorded as machine"
-        recorded = await handle_reply(session, Reply(subscriber, message, mail_from, report), now)
-        promoted = recorded.history is not None
-        # Every reply is followed up: it waits in the enquiry queue and is acknowledged (the
-        # acknowledgement itself is never sent to lists or automatic mail, see enquiries.py),
-        # recorded with its event in this one transaction; until it is answered, the
-        # subscriber's drip steps and newsletters wait (core.hold).
-        enquiry = EnquiryIn(
-            email=subscriber.email,
-            name=subscriber.name,
-            subject=report.subject[:300],
-            body=report.text.strip() or "(no text)",
-            source="reply",
-            subscriber_id=subscriber.id,
-            message_id=message.id,
-            headers=_headers(data),
-        )
-        enquiry_id, _ = await add_enquiry(session, enquiry, now)
-        if enquiry_id is not None:
-            await hold_for_reply(session, subscriber, now, rt.settings.reply_hold_s)
-    if promoted:
+        if report.message_id:
+            digest = hashlib.sha256(f"{tagged.kind}:{tagged.id}:{report.message_id}".encode()).hexdigest()
+            seen = (
+                await session.execute(select(InboundMail.outcome).where(InboundMail.digest == digest))
+            ).scalar_one_or_none()
+            if seen is not None:
+                return f"already recorded ({seen})"
+            # Flushed first: a copy arriving at the same moment waits on (or fails at) this
+            # row and, retried, finds it.
+            session.add(InboundMail(digest=digest, outcome="recording", received_at=now))
+            await session.flush()
+        outcome = await _record(rt, session, tagged, mail_from, data, report, now)
+        if report.message_id:
+            await session.execute(update(InboundMail).where(InboundMail.digest == digest).values(outcome=outcome[:80]))
+    if outcome.startswith("promoted"):
         rt.wake_scheduler()
+        outcome = "reply"
     rt.wake_outbox()
-    return "reply"
+    return outcome
+
+
+async def _record(
+    rt: Runtime, session: AsyncSession, tagged: Tagged, mail_from: str, data: bytes, report: Report, now: dt.datetime
+) -> str:
+    if tagged.kind == "unsubscribe":
+        subscriber = await session.get(Subscriber, tagged.id)
+        if subscriber is None or report.kind != "human":
+            return f"ignored ({report.kind})"
+        done = await opt_out(session, subscriber, now, data={"via": "mailto"})
+        return "unsubscribed" if done else "already unsubscribed"
+    message = await session.get(Message, tagged.id)
+    if message is None:
+        return "ignored (no such message)"
+    subscriber = await session.get(Subscriber, message.subscriber_id)
+    assert subscriber is not None
+    if report.kind == "arf":
+        await _complaint(session, subscriber, message, report, now)
+        return "complaint"
+    if report.kind == "dsn":
+        return await _bounce(session, subscriber, message, report, now)
+    if report.kind == "auto":
+        await handle_reply(session, Reply(subscriber, message, mail_from, report), now)
+        return f"automatic reply ({report.auto_reason}), recorded as machine"
+    recorded = await handle_reply(session, Reply(subscriber, message, mail_from, report), now)
+    # Every reply is followed up: it waits in the enquiry queue and is acknowledged (the
+    # acknowledgement itself is never sent to lists or automatic mail, see enquiries.py),
+    # recorded with its event in this one transaction; until it is answered, the
+    # subscriber's drip steps and newsletters wait (core.hold).
+    enquiry = EnquiryIn(
+        email=subscriber.email,
+        name=one_line(subscriber.name),
+        subject=report.subject,
+        body=report.text.strip() or "(no text)",
+        source="reply",
+        subscriber_id=subscriber.id,
+        message_id=message.id,
+        headers=_headers(data),
+    )
+    enquiry_id, _ = await add_enquiry(session, enquiry, now)
+    if enquiry_id is not None:
+        await hold_for_reply(session, subscriber, now, rt.settings.reply_hold_s)
+    return "promoted by reply" if recorded.history is not None else "reply"
 
 
 def _headers(data: bytes) -> dict[str, str]:

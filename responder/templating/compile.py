@@ -62,6 +62,8 @@ def compile_template(
         raise TemplateError(f"template is larger than {MAX_SOURCE_BYTES // 1024} KB", field="body")
     if not subject.strip() or len(subject) > MAX_SUBJECT_CHARS or "\n" in subject.strip():
         raise TemplateError(f"subject must be one line of 1 to {MAX_SUBJECT_CHARS} characters", field="subject")
+    if _HEADER_UNSAFE.search(subject.strip()):
+        raise TemplateError("subject contains a control character; a mail header cannot carry it", field="subject")
     source_format = source_format or detect_format(source)
     if source_format not in FORMATS:
         raise TemplateError(f"unknown template format {source_format!r}: use mjml or html", field="format")
@@ -73,12 +75,21 @@ def compile_template(
     for sample in samples:
         # The source itself is rendered, so a failure names the line the author wrote.
         for part, part_source, env in parts:
-            render_string(env, part_source, sample, part)
+            rendered = render_string(env, part_source, sample, part)
+            if part == "subject" and _HEADER_UNSAFE.search(rendered.strip()):
+                raise TemplateError(
+                    "subject renders with a control character; a mail header cannot carry it", field="subject"
+                )
     html = compile_html(source, source_format)
     check_jinja(html, "compiled body")
     for sample in samples:
         render_string(html_env(), html, sample, "compiled body")
     return Compiled(subject, source_format, source, html, text)
+
+
+# What no header may carry (as ``delivery.mime`` checks at send): C0 and C1 controls, DEL,
+# U+2028/2029.
+_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @lru_cache(maxsize=64)

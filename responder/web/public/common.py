@@ -91,7 +91,21 @@ async def _run_tracker(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait_for(asyncio.shield(task), timeout=5)
     except TimeoutError:
         task.cancel()
+        await asyncio.wait([task], timeout=5)
     await tracker.close()
+    await _settle_pending_writes()
+
+
+async def _settle_pending_writes() -> None:
+    """Let form writes that outlived their answer finish (or cancel them) before the pool goes."""
+    pending = set(_pending_writes)
+    if not pending:
+        return
+    _done, late = await asyncio.wait(pending, timeout=5)
+    for task in late:
+        task.cancel()
+    if late:
+        await asyncio.wait(late, timeout=5)
 
 
 def add_tracking_metrics(request: web.Request, registry: CollectorRegistry) -> None:
