@@ -63,7 +63,8 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Start
     settings = secrets.settings
     assert settings.secret_key is not None
     tokens = Tokens(settings.secret_key, clock, settings.confirm_max_age_s)
-    return Started(Runtime(settings, db, clock, tokens), secrets.generated, seeded)
+    runtime = Runtime(settings, db, clock, tokens, admin_token_hash=secrets.admin_token_hash)
+    return Started(runtime, secrets.generated, seeded)
 
 
 BACKGROUND = web.AppKey("background", list)

@@ -199,8 +199,12 @@ def _banner(started, *, http: bool, roles: frozenset[str]) -> None:  # type: ign
     if "secret_key" in started.generated:
         lines.append("WARNING: no RESPONDER_SECRET_KEY set; generated one and stored it in the database")
     if http:
-        token_note = " (generated and stored on first start)" if "admin_token" in started.generated else ""
-        lines.append(f"admin token: {s.admin_token}{token_note}")
+        if "admin_token" in started.generated:  # shown this once: only its digest is stored
+            lines.append(f"admin token: {s.admin_token} (generated now and shown once: keep it)")
+        elif started.runtime.admin_token_hash:
+            lines.append("admin token: the one shown at first start (`responder tokens create NAME` makes more)")
+        else:
+            lines.append("admin token: from RESPONDER_ADMIN_TOKEN")
         lines.append(f"subscribe form: {s.base_url}/subscribe/default")
         lines.append(f"admin UI: {s.base_url}/admin/ (accounts: responder admin create-user NAME)")
     print("\n".join(lines), flush=True)

@@ -23,6 +23,8 @@ class Runtime:
     outbox_wake: asyncio.Event = field(default_factory=asyncio.Event)
     delivery_metrics: DeliveryMetrics = field(default_factory=DeliveryMetrics)
     webhook_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # The SHA-256 of the admin token generated on first start (None when one is configured).
+    admin_token_hash: str | None = None
 
     def wake_scheduler(self) -> None:
         self.scheduler_wake.set()

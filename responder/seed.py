@@ -4,6 +4,7 @@ sequences and templates (``templates/email/starter.toml``)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import secrets
 import tomllib
 from dataclasses import dataclass
@@ -26,23 +27,49 @@ from .templating.store import add_version
 class Secrets:
     settings: Settings
     generated: tuple[str, ...]  # names of the secrets created just now
+    admin_token_hash: str | None = None  # the stored bootstrap token's digest, when not configured
+
+
+ADMIN_TOKEN_HASH = "admin_token_hash"
 
 
 async def ensure_secrets(db: Database, settings: Settings) -> Secrets:
-    """Fill in a missing secret key or admin token from the database, creating them once."""
+    """Fill in a missing secret key from the database, creating it once; and when no admin token
+    is configured, create one on first start.
+
+    The generated admin token is stored only as its SHA-256 digest (as named API tokens are):
+    ``settings.admin_token`` holds it in this process alone, so it can be shown once. A token
+    stored in plain text by an earlier version is replaced by its digest here.
+    """
     generated: list[str] = []
     values: dict[str, str] = {}
+    admin_hash: str | None = None
     async with db.transaction() as session:
-        for name in ("secret_key", "admin_token"):
-            if getattr(settings, name):
-                continue
-            stored = await session.get(AppSecret, name)
+        if not settings.secret_key:
+            stored = await session.get(AppSecret, "secret_key")
             if stored is None:
-                stored = AppSecret(name=name, value=secrets.token_urlsafe(32))
+                stored = AppSecret(name="secret_key", value=secrets.token_urlsafe(32))
                 session.add(stored)
-                generated.append(name)
-            values[name] = stored.value
-    return Secrets(settings.replace(**values), tuple(generated))
+                generated.append("secret_key")
+            values["secret_key"] = stored.value
+        if not settings.admin_token:
+            digest = await session.get(AppSecret, ADMIN_TOKEN_HASH)
+            plain = await session.get(AppSecret, "admin_token")
+            if digest is None:
+                if plain is not None:
+                    token = plain.value
+                else:
+                    token = secrets.token_urlsafe(32)
+                    values["admin_token"] = token
+                    generated.append("admin_token")
+                digest = AppSecret(
+                    name=ADMIN_TOKEN_HASH, value=hashlib.sha256(token.encode()).hexdigest()
+                )  # as API tokens
+                session.add(digest)
+            if plain is not None:
+                await session.delete(plain)
+            admin_hash = digest.value
+    return Secrets(settings.replace(**values), tuple(generated), admin_hash)
 
 
 async def seed_defaults(db: Database, templates_dir: Path, now: dt.datetime) -> bool:

@@ -51,7 +51,7 @@ async def test_first_start_with_embedded_defaults(tmp_path: Path) -> None:
         banner = "".join(lines)
         assert f"listening on http://127.0.0.1:{port}" in banner
         assert "mail goes to: files in outbox/" in banner
-        assert "admin token: " in banner and "generated and stored" in banner
+        assert "admin token: " in banner and "shown once" in banner
         assert f"subscribe form: http://127.0.0.1:{port}/subscribe/default" in banner
         token = next(line for line in lines if line.startswith("admin token:")).split()[2]
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
@@ -72,11 +72,35 @@ async def test_first_start_with_embedded_defaults(tmp_path: Path) -> None:
         assert await stop(proc) == 0
     assert (tmp_path / "responder.db").exists()
 
-    # The second start keeps the stored token and seeds nothing new.
+    # The second start keeps the token (its digest: the token itself is stored nowhere and
+    # never shown again) and seeds nothing new; tokens in paths reach the access log cut short.
+    secret_path = "/unsubscribe/" + "A" * 40
     proc, lines = await start(tmp_path, {}, port)
+    try:
+        assert not any(token in line for line in lines)
+        assert any(line.startswith("admin token: the one shown at first start") for line in lines)
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            resp = await http.get("/api/v1/layers", headers={"Authorization": f"Bearer {token}"})
+            assert resp.status == 200
+            resp = await http.get("/api/v1/layers", headers={"Authorization": f"Bearer {token[:-1]}x"})
+            assert resp.status == 401
+            assert (await http.get(secret_path)).status == 404
+    finally:
+        assert await stop(proc) == 0
+    assert proc.stdout is not None
+    log = "".join(lines) + (await proc.stdout.read()).decode()
+    assert "GET /unsubscribe/AAAAAAAA… " in log and "A" * 9 not in log
+    assert not any(line.startswith("first start") for line in lines)
+    stored = sqlite3.connect(tmp_path / "responder.db").execute("SELECT name, value FROM app_secrets").fetchall()
+    assert {name for name, _ in stored} == {"secret_key", "admin_token_hash"}
+    assert token not in {value for _, value in stored}
+
+
+async def test_a_given_admin_token_is_never_printed(tmp_path: Path) -> None:
+    proc, lines = await start(tmp_path, {"RESPONDER_ADMIN_TOKEN": "given-token-1234567890"}, free_port())
     assert await stop(proc) == 0
-    assert f"admin token: {token}\n" in lines
-    assert not any("first start" in line for line in lines)
+    assert "admin token: from RESPONDER_ADMIN_TOKEN\n" in lines
+    assert not any("given-token" in line for line in lines)
 
 
 async def test_roles_in_separate_processes(tmp_path: Path) -> None:

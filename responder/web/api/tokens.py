@@ -60,6 +60,8 @@ async def scope_of(rt: Runtime, given: str) -> str | None:
     bootstrap = rt.settings.admin_token or ""
     if bootstrap and hmac.compare_digest(given.encode(), bootstrap.encode()):
         return "write"
+    if rt.admin_token_hash and len(given) <= 200 and hmac.compare_digest(token_hash(given), rt.admin_token_hash):
+        return "write"  # the token generated on first start, kept as its digest
     if not given.startswith(TOKEN_PREFIX) or len(given) > 200:
         return None
     async with rt.db.read() as session:

@@ -6,12 +6,14 @@ a prefetch or preview says so in a purpose header). The verdict itself is the tr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.abc import BaseRequest
 from aiohttp.web_log import AccessLogger
 from sqlalchemy import select
+from yarl import URL
 
 from ...core.machine import Request, is_prefetch
 from ...errors import InvalidToken
@@ -37,9 +39,24 @@ RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 routes = web.RouteTableDef()
 
 
+# Paths whose next segment is a signed token: confirm, unsubscribe and preference tokens open
+# someone's subscription (export, erase), so the log keeps only their first characters.
+TOKEN_PATHS = ("/o/", "/c/", "/confirm/", "/unsubscribe/", "/preferences/", "/keep/", "/v/", "/r/")
+_TOKEN_IN_PATH = re.compile(r"^(/(?:o|c|confirm|unsubscribe|preferences|keep|v|r)/[^/?]{8})[^/?]+")
+LOGGED_TOKEN_CHARS = 8
+
+
+def logged_path(path: str) -> str:
+    """The request target as the access log shows it: a token cut to its first 8 characters
+    (``…`` marks the cut), the query string dropped when a token is in the path."""
+    cut = _TOKEN_IN_PATH.sub(r"\1…", path, count=1)
+    return cut.split("?", 1)[0] if cut != path else path
+
+
 class QuietTrackingLog(AccessLogger):
     """The access log without opens and clicks: each is already an event in the database, and
-    formatting a log line costs about as much as answering the pixel."""
+    formatting a log line costs about as much as answering the pixel. Tokens in paths are cut
+    to their first characters (``logged_path``)."""
 
     def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
         path = request.raw_path  # as sent; an absolute-form target is decoded to its path
@@ -47,6 +64,10 @@ class QuietTrackingLog(AccessLogger):
             path = request.path
         if path.startswith(("/o/", "/c/")) and response.status < 500:
             return
+        if path.startswith(TOKEN_PATHS):
+            shown = logged_path(path)
+            if shown != path:
+                request = request.clone(rel_url=URL.build(path=shown, encoded=True))
         super().log(request, response, time)
 
 
