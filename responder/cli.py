@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import gc
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from aiohttp import web
+from sqlalchemy.engine import make_url
 
 from . import cli_admin, cli_funnel
 from . import cli_templates as templates_commands
@@ -124,10 +128,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             roles = frozenset() if args.no_workers else ROLES
         else:
             roles = frozenset({"delivery" if args.command == "worker" else "scheduler"})
-        return asyncio.run(_run(settings, http=args.command == "serve", roles=roles))
+        with only_one(settings, args.command):
+            return asyncio.run(_run(settings, http=args.command == "serve", roles=roles))
     except ConfigError as exc:
         print(f"responder: error: {exc.message}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def only_one(settings: Settings, command: str) -> Iterator[None]:
+    """On an SQLite file, one ``command`` (serve, worker, scheduler) at a time: a lock file
+    beside the database, held while the process runs and freed by the system when it ends,
+    however it ends. A second one stops at once with a ``ConfigError`` (exit code 2)."""
+    url = make_url(settings.database_url)
+    if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
+        yield
+        return
+    path = Path(url.database).resolve()
+    lock_path = path.with_name(f"{path.name}.{command}.lock")
+    try:
+        handle = open(lock_path, "a+")  # noqa: SIM115  (held for the process's life)
+    except OSError as exc:
+        raise ConfigError(f"cannot open the lock file {lock_path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        handle.close()
+        raise ConfigError(f"another `responder {command}` is running on {path} (lock {lock_path})") from exc
+    try:
+        yield
+    finally:
+        handle.close()
 
 
 def _forms_snippet(settings: Settings, form_id: str) -> int:
@@ -167,7 +198,13 @@ async def _run(settings: Settings, *, http: bool, roles: frozenset[str]) -> int:
     try:
         if http:
             site = web.TCPSite(runner, rt.settings.host, rt.settings.port)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {rt.settings.host}:{rt.settings.port}: {exc.strerror or exc}"
+                    " (is another server running there? RESPONDER_PORT or --port picks another)"
+                ) from exc
         _banner(started, http=http, roles=roles)
         # What start-up built (modules, mappings, templates) lives as long as the process: out
         # of the collector's sight, a full collection no longer walks it mid-request.
