@@ -25,9 +25,10 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, pass_eval_context
+from jinja2 import StrictUndefined, Template, nodes, pass_eval_context
 from jinja2 import TemplateError as JinjaTemplateError
-from jinja2.filters import do_center, do_format, do_indent, do_replace
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.filters import do_center, do_format, do_indent, do_join, do_replace
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from ..errors import TemplateError
@@ -36,6 +37,9 @@ MAX_SOURCE_BYTES = 512 * 1024
 MAX_RENDERED_CHARS = 2 * 1024 * 1024
 RENDER_TIME_LIMIT_S = 2.0
 MAX_EXPONENT_BITS = 4096
+# An integer product past this many bits is refused: one C-level multiplication, division or
+# conversion of numbers that size takes milliseconds, and squaring doubles the size each time.
+MAX_INT_BITS = 4096
 # A width or precision in a format string ("%9999999d", "{:>9999999}") larger than this is refused.
 _BIG_WIDTH = re.compile(r"\d{6,}")
 
@@ -83,10 +87,62 @@ def _safe_format(value: Any, *args: Any, **kwargs: Any) -> Any:
     return do_format(value, *args, **kwargs)
 
 
+def _joined_size(sep: str, items: list[Any]) -> int:
+    return sum(len(str(item)) for item in items) + len(sep) * max(len(items) - 1, 0)
+
+
+@pass_eval_context
+def _safe_join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
+    items = list(value) if not isinstance(value, (str, list, tuple)) else value
+    if _too_big(_joined_size(str(d), list(items))):
+        raise SecurityError("join would produce too large a value")
+    return do_join(eval_ctx, items, d, attribute)
+
+
+def _str_method_size(method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """How long the result of a ``str`` method called from a template would be, worked out
+    before calling it (0 when it cannot grow the text)."""
+    text: str = method.__self__  # type: ignore[attr-defined]
+    name = method.__name__
+    if name == "replace" and len(args) >= 2:
+        old, new = str(args[0]), str(args[1])
+        hits = text.count(old) if old else len(text) + 1
+        if len(args) > 2 and isinstance(args[2], int) and args[2] >= 0:
+            hits = min(hits, args[2])
+        return len(text) + hits * max(0, len(new) - len(old))
+    if name == "join" and args:
+        return _joined_size(text, list(args[0]))
+    if name in ("center", "ljust", "rjust", "zfill") and args and isinstance(args[0], int):
+        return max(args[0], len(text))
+    if name == "expandtabs":
+        size = args[0] if args else kwargs.get("tabsize", 8)
+        return len(text) + text.count("\t") * max(int(size), 0)
+    return 0
+
+
+class _SizedConcat(CodeGenerator):
+    """Compiles ``a ~ b`` through ``MailEnvironment.sized_concat``, so chained concatenation
+    (each step doubling a value) is refused past the size limit like ``+`` and ``*``."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.sized_concat(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+
 class MailEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox with size checks on the operators and calls that can blow up memory."""
+    """The sandbox with size checks on the operators and calls that can blow up memory or spend
+    seconds in one C-level step: ``*``, ``**``, ``%``, ``+``, ``~``, string methods and filters
+    that pad, replace, join or expand."""
 
     intercepted_binops = frozenset(["*", "**", "%", "+"])
+    code_generator_class = _SizedConcat
+
+    @staticmethod
+    def sized_concat(value: Any) -> Any:
+        if _too_big(len(value)):
+            raise SecurityError("concatenation would produce too large a value")
+        return value
 
     def __init__(self, *, autoescape: bool) -> None:
         super().__init__(autoescape=autoescape, undefined=StrictUndefined)
@@ -96,12 +152,19 @@ class MailEnvironment(ImmutableSandboxedEnvironment):
         self.filters["center"] = _width_checked("center", do_center)
         self.filters["indent"] = _width_checked("indent", do_indent)
         self.filters["format"] = _safe_format
+        self.filters["join"] = _safe_join
 
     def call_binop(self, context: Any, op: str, left: Any, right: Any) -> Any:
         if op == "*":
             for seq, times in ((left, right), (right, left)):
                 if _sized(seq) and isinstance(times, int) and _too_big(_sized(seq) * times):
                     raise SecurityError("multiplication would produce too large a value")
+            if (
+                isinstance(left, int)
+                and isinstance(right, int)
+                and left.bit_length() + right.bit_length() > MAX_INT_BITS
+            ):
+                raise SecurityError("multiplication would produce too large a number")
         elif op == "**":
             if (
                 isinstance(left, int)
@@ -121,6 +184,8 @@ class MailEnvironment(ImmutableSandboxedEnvironment):
                 raise SecurityError("argument too large")
             if _too_big(_sized(arg)):
                 raise SecurityError("argument too large")
+        if isinstance(getattr(obj, "__self__", None), str) and _too_big(_str_method_size(obj, args, kwargs)):
+            raise SecurityError(f"{obj.__name__} would produce too large a value")
         return super().call(context, obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
