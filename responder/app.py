@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from .audience.enquiries import EnquiryLoop
 from .clock import Clock, SystemClock
@@ -30,7 +31,7 @@ from .web.api import forms as api_forms
 from .web.api import funnel as funnel_api
 from .web.api import handlers as api
 from .web.api import templates as api_templates
-from .web.http import RUNTIME, Handler, error_for, secure_headers
+from .web.http import RUNTIME, Handler, error_for, secure_headers, within
 from .web.public import choices as tracking_choices
 from .web.public import enquiry_form as tracking_enquiry
 from .web.public import keep as tracking_keep
@@ -128,11 +129,69 @@ def init_app(
 
 
 async def start_runner(app: web.Application) -> web.AppRunner:
-    """The app set up for serving: quiet access log, open pixels answered ahead of routing."""
-    runner = web.AppRunner(app, handle_signals=False, access_log_class=QuietTrackingLog)
+    """The app set up for serving: quiet access log, open pixels answered ahead of routing, and
+    a connection that has not sent a whole request head within ``header_timeout_s`` (or sits
+    idle that long between requests) closed: aiohttp's keep-alive timer, which also runs from
+    the moment a connection opens."""
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log_class=QuietTrackingLog,
+        keepalive_timeout=app[RUNTIME].settings.header_timeout_s,
+    )
     await runner.setup()
     serve_pixels_first(runner)
     return runner
+
+
+class CappedSite(web.TCPSite):
+    """A TCP site that refuses a client address its ``per_ip + 1``-th open connection (closed at
+    once, before a byte is read); trusted proxies are not capped, since every client comes
+    through them."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, *, per_ip: int, trusted: tuple[Any, ...]) -> None:
+        super().__init__(runner, host, port)
+        self.per_ip, self.trusted = per_ip, trusted
+        self.open: dict[str, int] = {}
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        site = self
+
+        class Handler(RequestHandler):
+            peer = ""
+            made = False
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                peer = transport.get_extra_info("peername")
+                address = str(peer[0]) if peer else ""
+                if address and not within(address, site.trusted):
+                    if site.open.get(address, 0) >= site.per_ip:
+                        transport.close()  # connection_lost follows; nothing was counted
+                        return
+                    site.open[address] = site.open.get(address, 0) + 1
+                    self.peer = address
+                self.made = True
+                super().connection_made(transport)
+
+            def connection_lost(self, exc: BaseException | None) -> None:
+                if self.peer:
+                    left = site.open.get(self.peer, 1) - 1
+                    if left > 0:
+                        site.open[self.peer] = left
+                    else:
+                        site.open.pop(self.peer, None)
+                    self.peer = ""
+                if self.made:
+                    super().connection_lost(exc)
+
+        loop = asyncio.get_running_loop()
+        kwargs = server._kwargs  # the runner's handler arguments (timeouts, access log)
+        self._server = await loop.create_server(
+            lambda: Handler(server, loop=loop, **kwargs), self._host, self._port, reuse_address=True
+        )
 
 
 def serve_pixels_first(runner: web.AppRunner) -> None:

@@ -13,12 +13,11 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from aiohttp import web
 from sqlalchemy.engine import make_url
 
 from . import cli_admin, cli_funnel
 from . import cli_templates as templates_commands
-from .app import ROLES, init_app, start_runner, start_runtime
+from .app import ROLES, CappedSite, init_app, start_runner, start_runtime
 from .errors import ConfigError
 from .settings import Settings, reference_markdown
 
@@ -197,7 +196,13 @@ async def _run(settings: Settings, *, http: bool, roles: frozenset[str]) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         if http:
-            site = web.TCPSite(runner, rt.settings.host, rt.settings.port)
+            site = CappedSite(
+                runner,
+                rt.settings.host,
+                rt.settings.port,
+                per_ip=rt.settings.max_connections_per_ip,
+                trusted=rt.settings.trusted_proxies,
+            )
             try:
                 await site.start()
             except OSError as exc:

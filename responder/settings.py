@@ -261,6 +261,13 @@ SPECS: tuple[Spec, ...] = (
     Spec("confirm_resend_s", "600", "seconds before a pending address may get another confirmation mail", parse_int),
     Spec("confirm_per_day", "3", "confirmation mails one address may get per day", parse_int),
     Spec("body_timeout_s", "10", "seconds a client may take to send a request body", parse_float),
+    Spec(
+        "header_timeout_s",
+        "10",
+        "seconds a connection may stay without a whole request head (and idle between requests)",
+        parse_float,
+    ),
+    Spec("max_connections_per_ip", "256", "open HTTP connections one client address may hold", parse_int),
     Spec("form_write_timeout_s", "5", "seconds a form waits for the database before answering 503", parse_float),
     Spec("track_flush_ms", "250", "tracking events are written at least this often", parse_int),
     Spec("track_batch", "500", "tracking events written per transaction at most", parse_int),
@@ -348,6 +355,8 @@ class Settings:
     confirm_resend_s: int = 600
     confirm_per_day: int = 3
     body_timeout_s: float = 10.0
+    header_timeout_s: float = 10.0
+    max_connections_per_ip: int = 256
     form_write_timeout_s: float = 5.0
     track_flush_ms: int = 250
     track_batch: int = 500
@@ -430,6 +439,8 @@ class Settings:
             confirm_resend_s=parsed["confirm_resend_s"],
             confirm_per_day=parsed["confirm_per_day"],
             body_timeout_s=parsed["body_timeout_s"],
+            header_timeout_s=parsed["header_timeout_s"],
+            max_connections_per_ip=parsed["max_connections_per_ip"],
             form_write_timeout_s=parsed["form_write_timeout_s"],
             track_flush_ms=parsed["track_flush_ms"],
             track_batch=parsed["track_batch"],
@@ -502,6 +513,8 @@ class Settings:
             "confirm_resend_s": str(self.confirm_resend_s),
             "confirm_per_day": str(self.confirm_per_day),
             "body_timeout_s": str(self.body_timeout_s),
+            "header_timeout_s": str(self.header_timeout_s),
+            "max_connections_per_ip": str(self.max_connections_per_ip),
             "form_write_timeout_s": str(self.form_write_timeout_s),
             "track_flush_ms": str(self.track_flush_ms),
             "track_batch": str(self.track_batch),

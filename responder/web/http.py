@@ -139,16 +139,16 @@ def client_ip(request: web.Request) -> str | None:
 def peer_address(request: web.BaseRequest, trusted: tuple[Any, ...]) -> str | None:
     """``client_ip`` for a request that has not been routed (no ``request.app`` yet)."""
     peer = request.remote
-    if not trusted or not _within(peer, trusted):
+    if not trusted or not within(peer, trusted):
         return peer
     hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
     for hop in reversed([hop for hop in hops if hop]):
-        if not _within(hop, trusted):
-            return hop if _within(hop, ()) is not None else peer
+        if not within(hop, trusted):
+            return hop if within(hop, ()) is not None else peer
     return peer
 
 
-def _within(address: str | None, networks: tuple[Any, ...]) -> bool | None:
+def within(address: str | None, networks: tuple[Any, ...]) -> bool | None:
     """Whether ``address`` is in one of ``networks``; None if it is not an IP address."""
     try:
         ip = ipaddress.ip_address(address or "")
