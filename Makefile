@@ -17,8 +17,10 @@ serve: $(BIN)/.installed
 deps:
 	scripts/test-deps
 
+# Two processes (the suite waits on SMTP, databases and browsers more than it computes); a
+# test that hangs fails after 10 minutes with every thread's stack instead of stalling CI.
 test: $(BIN)/.installed deps
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --timeout 600
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check responder tests bench
