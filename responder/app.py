@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from .audience.enquiries import EnquiryLoop
 from .clock import Clock, SystemClock
-from .db import Database
+from .db import REQUEST_WRITE_DEADLINE, Database
 from .delivery.transport import Transport, make_transport
 from .delivery.worker import DeliveryWorker
 from .funnel.scheduler import Scheduler
@@ -76,6 +77,9 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """The one middleware every routed request passes: API authorisation, errors turned into a
     page or JSON, security and CORS headers (open pixels are answered before routing, see
     ``serve_pixels_first``)."""
+    wait = None
+    if request.method not in ("GET", "HEAD", "OPTIONS"):  # a write: a locked database is a 503
+        wait = REQUEST_WRITE_DEADLINE.set(time.monotonic() + request.app[RUNTIME].settings.form_write_timeout_s)
     try:
         if request.path.startswith(api.PREFIX + "/"):
             await api.authorize(request)
@@ -87,6 +91,9 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response = error_for(request, exc)
     except Exception as exc:
         response = error_for(request, exc)
+    finally:
+        if wait is not None:
+            REQUEST_WRITE_DEADLINE.reset(wait)
     secure_headers(response)
     cors_headers(request, response.headers)
     return response

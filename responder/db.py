@@ -8,8 +8,10 @@ their own pool and, thanks to WAL, never wait for the writer. On PostgreSQL one 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -25,6 +28,18 @@ from sqlalchemy.ext.asyncio import (
 )
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Until when (``time.monotonic()``) a write a request started may wait for the database: for the
+# in-process writer connection and for the lock (None: as long as the database's own timeouts
+# allow). Set by the HTTP middleware for every state-changing request, so a locked database
+# answers 503 within seconds; the background loops keep the long waits.
+REQUEST_WRITE_DEADLINE: ContextVar[float | None] = ContextVar("request_write_deadline", default=None)
+
+
+def _remaining_ms() -> int | None:
+    deadline = REQUEST_WRITE_DEADLINE.get()
+    return None if deadline is None else max(int((deadline - time.monotonic()) * 1000), 1)
+
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_PRAGMAS = ("journal_mode=WAL", f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", "foreign_keys=ON", "synchronous=NORMAL")
 
@@ -50,7 +65,24 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int, pragmas: tuple[str, 
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
+        remaining = _remaining_ms()
+        busy_ms = SQLITE_BUSY_TIMEOUT_MS if remaining is None else remaining
+        if conn.info.get("busy_ms", SQLITE_BUSY_TIMEOUT_MS) != busy_ms:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={busy_ms}")
+            conn.info["busy_ms"] = busy_ms
         conn.exec_driver_sql(begin)
+
+    return engine
+
+
+def _postgresql_engine(url: str) -> AsyncEngine:
+    engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        remaining = _remaining_ms()
+        if remaining is not None:  # this transaction only: a row or table lock waited for at most this
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{remaining}ms'")
 
     return engine
 
@@ -65,7 +97,7 @@ class Database:
             self.writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1, pragmas=WRITER_PRAGMAS)
             self.reader = _sqlite_engine(url, begin="BEGIN", pool_size=4)
         else:
-            self.writer = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+            self.writer = _postgresql_engine(url)
             self.reader = self.writer
         self._local_lock = asyncio.Lock()
         self._write_sessions = async_sessionmaker(self.writer, expire_on_commit=False)
@@ -77,8 +109,20 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A write transaction: committed when the block ends, rolled back if it raises."""
+        """A write transaction: committed when the block ends, rolled back if it raises.
+
+        Within a request's deadline (``REQUEST_WRITE_DEADLINE``) the wait for SQLite's one
+        writer connection is bounded too: past it, ``sqlalchemy.exc.TimeoutError`` (a 503)."""
         async with self._write_sessions() as session, session.begin():
+            deadline = REQUEST_WRITE_DEADLINE.get()
+            if deadline is not None and self.is_sqlite:
+                # A second more than the lock's own wait (the busy timeout set in the begin
+                # hook), so a BEGIN under way ends by itself rather than being cancelled.
+                try:
+                    async with asyncio.timeout(max(deadline - time.monotonic(), 0) + 1):
+                        await session.connection()
+                except TimeoutError as exc:
+                    raise PoolTimeout("the database's writer stayed busy") from exc
             yield session
 
     @asynccontextmanager

@@ -12,6 +12,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..errors import ResponderError, ValidationError
 from ..runtime import Runtime
@@ -55,6 +57,21 @@ def error_response(
     return render_page("message.html", status=status, title=title, message=message, sender_name=rt.settings.from_name)
 
 
+BUSY_RETRY_AFTER_S = 5
+# What a database says when it is locked, full or away, rather than that the request was wrong.
+_UNAVAILABLE = ("locked", "lock timeout", "disk", "full", "no space", "connection", "closed", "timeout")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """A locked, full or unreachable database (so: try again), not a bug or bad input."""
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)):
+        return True
+    # e.g. asyncpg's lock_timeout or disk-full errors
+    if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError):
+        return any(word in str(exc.orig).lower() for word in _UNAVAILABLE)
+    return False
+
+
 def error_for(request: web.Request, exc: Exception) -> web.Response:
     """The response for an error a handler raised: ``ResponderError`` by its status, aiohttp's
     4xx/5xx exceptions by theirs, anything else a logged 500."""
@@ -63,6 +80,11 @@ def error_for(request: web.Request, exc: Exception) -> web.Response:
         retry_after_s = getattr(exc, "retry_after_s", None)  # 429 and 503 say when to come back
         if retry_after_s is not None:
             response.headers["Retry-After"] = str(retry_after_s)
+        return response
+    if database_unavailable(exc):
+        log.warning("database busy or unavailable on %s %s: %s", request.method, request.path, str(exc)[:300])
+        response = error_response(request, 503, "busy", "the database is busy right now; please try again shortly")
+        response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
         return response
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return error_response(
