@@ -60,11 +60,11 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Start
     clock = clock or SystemClock()
     db = Database(settings.database_url)
     await db.migrate()
-    secrets: Secrets = await ensure_secrets(db, settings)
+    secrets: Secrets = await ensure_secrets(db, settings, clock.now())
     seeded = await seed_defaults(db, settings.templates_dir, clock.now())
     settings = secrets.settings
     assert settings.secret_key is not None
-    tokens = Tokens(settings.secret_key, clock, settings.confirm_max_age_s)
+    tokens = Tokens(settings.secret_key, clock, settings.confirm_max_age_s, settings.previous_secret_keys)
     runtime = Runtime(settings, db, clock, tokens, admin_token_hash=secrets.admin_token_hash)
     return Started(runtime, secrets.generated, seeded)
 

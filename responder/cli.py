@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser("upgrade", help="apply schema migrations")
     _add_common(upgrade)
+    rotate = sub.add_parser(
+        "rotate-secret", help="replace the stored secret key; links already mailed keep working for a grace period"
+    )
+    rotate.add_argument("--grace-days", type=int, default=30, help="days the old key still verifies (default 30)")
+    _add_common(rotate)
     cli_admin.add_parsers(sub, _add_common)
     templates_commands.add_parser(sub, _add_common)
     delivery = sub.add_parser("delivery", help="pause, resume or show the state of all sending")
@@ -109,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(cli_admin.run(args, settings))
         if args.command == "db":
             return asyncio.run(_db_upgrade(settings))
+        if args.command == "rotate-secret":
+            return asyncio.run(_rotate_secret(settings, args.grace_days))
         if args.command == "templates":
             return asyncio.run(templates_commands.run(args, settings))
         if args.command == "delivery":
@@ -170,6 +177,32 @@ def _forms_snippet(settings: Settings, form_id: str) -> int:
         print(f"responder: error: {exc.message}", file=sys.stderr)
         return 2
     print(snippet(form, settings.base_url))
+    return 0
+
+
+async def _rotate_secret(settings: Settings, grace_days: int) -> int:
+    import datetime as dt
+
+    from .db import Database
+    from .seed import rotate_secret
+
+    if settings.secret_key:
+        raise ConfigError(
+            "the secret key comes from RESPONDER_SECRET_KEY: set the new key there and the old one in "
+            "RESPONDER_PREVIOUS_SECRET_KEYS for as long as links already mailed should work"
+        )
+    if not 0 <= grace_days <= 3650:
+        raise ConfigError("--grace-days must be between 0 and 3650")
+    db = Database(settings.database_url)
+    try:
+        await db.migrate()
+        until = await rotate_secret(db, dt.datetime.now(dt.UTC), dt.timedelta(days=grace_days))
+    finally:
+        await db.dispose()
+    print(
+        f"new secret key stored; links and reply addresses made with the old one work until {until:%Y-%m-%d %H:%M} UTC"
+    )
+    print("restart every responder process (serve, worker, scheduler) to sign with the new key")
     return 0
 
 

@@ -33,7 +33,26 @@ class Secrets:
 ADMIN_TOKEN_HASH = "admin_token_hash"
 
 
-async def ensure_secrets(db: Database, settings: Settings) -> Secrets:
+PREVIOUS_KEY = "previous_secret_key_"  # + the Unix time its grace period ends
+
+
+async def rotate_secret(db: Database, now: dt.datetime, grace: dt.timedelta) -> dt.datetime:
+    """Replace the stored secret key with a new one; the old one still verifies tokens and reply
+    addresses until the returned time (links already mailed keep working meanwhile)."""
+    until = now + grace
+    async with db.transaction() as session:
+        stored = await session.get(AppSecret, "secret_key")
+        if stored is None:
+            raise ConfigError("no secret key is stored in the database (is RESPONDER_SECRET_KEY set?)")
+        name = f"{PREVIOUS_KEY}{int(until.timestamp())}"
+        while await session.get(AppSecret, name) is not None:  # rotated twice within a second
+            name += "x"
+        session.add(AppSecret(name=name[:64], value=stored.value))
+        stored.value = secrets.token_urlsafe(32)
+    return until
+
+
+async def ensure_secrets(db: Database, settings: Settings, now: dt.datetime | None = None) -> Secrets:
     """Fill in a missing secret key from the database, creating it once; and when no admin token
     is configured, create one on first start.
 
@@ -69,7 +88,15 @@ async def ensure_secrets(db: Database, settings: Settings) -> Secrets:
             if plain is not None:
                 await session.delete(plain)
             admin_hash = digest.value
-    return Secrets(settings.replace(**values), tuple(generated), admin_hash)
+        previous = list(settings.previous_secret_keys)
+        rows = (await session.execute(select(AppSecret).where(AppSecret.name.startswith(PREVIOUS_KEY)))).scalars()
+        for row in sorted(rows, key=lambda r: r.name, reverse=True):  # the most recent first
+            ends = int(row.name[len(PREVIOUS_KEY) :].rstrip("x") or 0)
+            if now is not None and ends <= now.timestamp():
+                await session.delete(row)  # its grace period is over
+            elif row.value not in previous:
+                previous.append(row.value)
+    return Secrets(settings.replace(**values, previous_secret_keys=tuple(previous)), tuple(generated), admin_hash)
 
 
 async def seed_defaults(db: Database, templates_dir: Path, now: dt.datetime) -> bool:

@@ -128,6 +128,10 @@ def parse_origins(value: str) -> tuple[str, ...]:
     return tuple(origins)
 
 
+def parse_keys(value: str) -> tuple[str, ...]:
+    return tuple(key.strip() for key in value.split(",") if key.strip())
+
+
 def parse_int(value: str) -> int:
     try:
         return int(value)
@@ -185,6 +189,13 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("base_url", None, "public URL used in every link (default http://HOST:PORT)", parse_http_url),
     Spec("secret_key", None, "signs tokens; generated and stored in the database if absent", secret=True),
+    Spec(
+        "previous_secret_keys",
+        "",
+        "earlier secret keys whose tokens and reply addresses are still accepted, comma-separated (rotation)",
+        parse_keys,
+        secret=True,
+    ),
     Spec("admin_token", None, "bearer token for /api/v1/; generated and stored if absent", secret=True),
     Spec("from", "Responder <newsletter@example.com>", "sender: 'Name <address>'", parse_sender),
     Spec("website", None, "the business's website, offered to templates (default: base URL)", parse_http_url),
@@ -356,6 +367,7 @@ class Settings:
     confirm_per_day: int = 3
     body_timeout_s: float = 10.0
     header_timeout_s: float = 10.0
+    previous_secret_keys: tuple[str, ...] = ()
     max_connections_per_ip: int = 256
     form_write_timeout_s: float = 5.0
     track_flush_ms: int = 250
@@ -405,6 +417,7 @@ class Settings:
             smtp_url=raw["smtp_url"] or "",
             base_url=base_url,
             secret_key=parsed["secret_key"],
+            previous_secret_keys=parsed["previous_secret_keys"],
             admin_token=parsed["admin_token"],
             from_name=from_name,
             from_email=from_email,
@@ -480,6 +493,7 @@ class Settings:
             "smtp_url": mask_url_password(self.smtp_url),
             "base_url": self.base_url,
             "secret_key": mask(self.secret_key),
+            "previous_secret_keys": mask(",".join(self.previous_secret_keys) or None),
             "admin_token": mask(self.admin_token),
             "from": self.sender,
             "website": self.website,

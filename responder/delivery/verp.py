@@ -33,12 +33,14 @@ class Tagged:
 
 
 class Addresses:
-    def __init__(self, secret_key: str, domain: str) -> None:
+    def __init__(self, secret_key: str, domain: str, previous: tuple[str, ...] = ()) -> None:
         self._key = hashlib.sha256(b"verp:" + secret_key.encode()).digest()
+        # Addresses made with an earlier key (a rotation's grace period) are still read.
+        self._earlier = [hashlib.sha256(b"verp:" + key.encode()).digest() for key in previous]
         self.domain = domain.lower()
 
-    def _mac(self, kind: str, number: int) -> str:
-        digest = hmac.new(self._key, f"{kind}:{number}".encode(), hashlib.sha256).hexdigest()
+    def _mac(self, kind: str, number: int, key: bytes | None = None) -> str:
+        digest = hmac.new(key or self._key, f"{kind}:{number}".encode(), hashlib.sha256).hexdigest()
         return digest[:_MAC_CHARS]
 
     def address(self, kind: str, number: int) -> str:
@@ -67,11 +69,12 @@ class Addresses:
             number = int(number_text, 36)
         except ValueError:
             return None
-        if not hmac.compare_digest(mac, self._mac(kind, number)):
-            return None
-        return Tagged(kind, number)
+        for key in (self._key, *self._earlier):
+            if hmac.compare_digest(mac, self._mac(kind, number, key)):
+                return Tagged(kind, number)
+        return None
 
 
 @functools.lru_cache(maxsize=8)
-def addresses_for(secret_key: str, domain: str) -> Addresses:
-    return Addresses(secret_key, domain)
+def addresses_for(secret_key: str, domain: str, previous: tuple[str, ...] = ()) -> Addresses:
+    return Addresses(secret_key, domain, previous)

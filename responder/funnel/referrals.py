@@ -29,7 +29,9 @@ REF_COOKIE_MAX_AGE_S = 30 * 86400
 
 def _serializer(rt: Runtime) -> URLSafeSerializer:
     assert rt.settings.secret_key is not None
-    return URLSafeSerializer(rt.settings.secret_key, salt="referral")
+    # Signs with the last key, reads with any: earlier keys are a rotation's grace period.
+    keys = [*reversed(rt.settings.previous_secret_keys), rt.settings.secret_key]
+    return URLSafeSerializer(keys, salt="referral")
 
 
 def referral_token(rt: Runtime, subscriber_id: int) -> str:

@@ -51,7 +51,9 @@ class InboundHandler:
     def __init__(self, rt: Runtime) -> None:
         assert rt.settings.secret_key is not None
         self.rt = rt
-        self.addresses: Addresses = addresses_for(rt.settings.secret_key, rt.settings.verp_domain)
+        self.addresses: Addresses = addresses_for(
+            rt.settings.secret_key, rt.settings.verp_domain, rt.settings.previous_secret_keys
+        )
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
         if self.addresses.parse(address) is None:

@@ -104,6 +104,28 @@ class _Serializer(URLSafeSerializer):
             raise BadPayload("payload is not JSON") from exc
 
 
+class _Rotating:
+    """``dumps`` with the current key; ``loads`` with it, then with each earlier one."""
+
+    def __init__(self, secret_key: str, previous: tuple[str, ...], salt: str) -> None:
+        self.current = _Serializer(secret_key, salt)
+        self.earlier = [_Serializer(key, salt) for key in previous]
+
+    def dumps(self, obj: Any) -> str:
+        return self.current.dumps(obj)
+
+    def loads(self, token: str) -> Any:
+        try:
+            return self.current.loads(token)
+        except BadSignature:
+            for serializer in self.earlier:
+                try:
+                    return serializer.loads(token)
+                except BadSignature:
+                    continue
+            raise
+
+
 @functools.lru_cache(maxsize=16)
 def url_serializer(secret_key: str, salt: str) -> URLSafeSerializer:
     """A ``URLSafeSerializer`` for ``salt`` with the fast ``dumps`` and ``loads`` above."""
@@ -111,17 +133,22 @@ def url_serializer(secret_key: str, salt: str) -> URLSafeSerializer:
 
 
 class Tokens:
-    def __init__(self, secret_key: str, clock: Clock, confirm_max_age_s: int) -> None:
+    """Every signed token: made with the secret key; read with it or, during a rotation's grace
+    period, with one of ``previous`` keys (``responder rotate-secret``)."""
+
+    def __init__(self, secret_key: str, clock: Clock, confirm_max_age_s: int, previous: tuple[str, ...] = ()) -> None:
         class _ClockSigner(TimestampSigner):
             def get_timestamp(self) -> int:
                 return int(clock.now().timestamp())
 
-        self._confirm = URLSafeTimedSerializer(secret_key, salt="confirm", signer=_ClockSigner)
-        self._open = _Serializer(secret_key, salt="open")
-        self._click = _Serializer(secret_key, salt="click")
-        self._unsubscribe = _Serializer(secret_key, salt="unsubscribe")
-        self._view = _Serializer(secret_key, salt="view")
-        self._keep = _Serializer(secret_key, salt="keep")
+        # itsdangerous signs with the last key of a list and accepts any of them.
+        keys = [*reversed(previous), secret_key]
+        self._confirm = URLSafeTimedSerializer(keys, salt="confirm", signer=_ClockSigner)
+        self._open = _Rotating(secret_key, previous, "open")
+        self._click = _Rotating(secret_key, previous, "click")
+        self._unsubscribe = _Rotating(secret_key, previous, "unsubscribe")
+        self._view = _Rotating(secret_key, previous, "view")
+        self._keep = _Rotating(secret_key, previous, "keep")
         self._confirm_max_age_s = confirm_max_age_s
         # The pixel reads an open token on every request and a mail's images reload: tokens
         # already verified answer from memory. Only tokens that pass are kept (a raised
@@ -192,7 +219,7 @@ class Tokens:
 MAX_TOKEN_LEN = 4096 + 512  # a click token carries its target URL (at most 4096 characters)
 
 
-def _loads(serializer: URLSafeSerializer, token: str) -> Any:
+def _loads(serializer: _Rotating | URLSafeSerializer, token: str) -> Any:
     if len(token) > MAX_TOKEN_LEN:
         raise InvalidToken("this link is not valid")
     try:
