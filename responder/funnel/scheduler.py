@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+from sqlalchemy import delete
+
 from ..db import Database
 from ..loop import PollingLoop
+from ..models import InboundMail
 from ..runtime import Runtime
 from . import newsletters
 from .judge import Judged
@@ -36,6 +39,9 @@ def moves_json(made: list[Judged]) -> list[dict[str, object]]:
     ]
 
 
+INBOUND_REMEMBERED = dt.timedelta(days=30)  # how long inbound Message-IDs are kept to spot copies
+
+
 class Scheduler(PollingLoop):
     """Moves due sequence steps and newsletter batches into the outbox; sweeps at start and then
     every ``sweep_every_s``."""
@@ -63,6 +69,8 @@ class Scheduler(PollingLoop):
         if self.swept_at is None or now >= self.swept_at + every:
             async with rt.db.transaction() as session:
                 await sweep(session, now, since=self.swept_at, domain=rt.settings.sender_domain)
+                # A mail delivered again is one the sender retried within days, not months.
+                await session.execute(delete(InboundMail).where(InboundMail.received_at < now - INBOUND_REMEMBERED))
             self.swept_at = now
         # Either order would do for these two: each plans with the other's mail, queued, due or coming.
         async with rt.db.transaction() as session:

@@ -5,13 +5,15 @@ recorded, with one reply event and one enquiry; the same mail delivered twice (s
 
 from __future__ import annotations
 
+import asyncio
+
 import aiosmtplib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from responder.core.inbound import classify, one_line, plain_text
-from responder.models import Enquiry, Event
+from responder.models import Enquiry, Event, InboundMail
 
 from ..test_inbound import deliver, inbound_app, sent_to  # noqa: F401  (fixture)
 
@@ -62,6 +64,17 @@ async def test_odd_replies_are_cleaned_not_refused_and_a_redelivery_counts_once(
     again = reply_bytes(reply_to, "Re: controls", b"bell \x07 start", "<ctl@example.org>")
     await send(inbound_app, reply_to, again)
     assert await counts(inbound_app) == (4, 4)
+
+    # What is remembered to spot copies goes after 30 days, with the scheduler's hourly sweep.
+    inbound_app.clock.advance(days=31)
+    inbound_app.rt.wake_scheduler()
+    for _ in range(250):
+        async with inbound_app.rt.db.read() as session:
+            left = (await session.execute(select(func.count()).select_from(InboundMail))).scalar()
+        if left == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert left == 0
 
 
 def test_classify_cleans_what_it_reports() -> None:
