@@ -20,7 +20,7 @@ from .delivery.worker import DeliveryWorker
 from .funnel.scheduler import Scheduler
 from .funnel.webhooks import WebhookSender
 from .runtime import Runtime
-from .seed import Secrets, ensure_secrets, seed_defaults
+from .seed import Secrets, add_missing_system_templates, ensure_secrets, seed_defaults
 from .settings import Settings
 from .tracking.tokens import Tokens
 from .web import ops
@@ -62,6 +62,8 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Start
     await db.migrate()
     secrets: Secrets = await ensure_secrets(db, settings, clock.now())
     seeded = await seed_defaults(db, settings.templates_dir, clock.now())
+    if not seeded:
+        await add_missing_system_templates(db, settings.templates_dir, clock.now())
     settings = secrets.settings
     assert settings.secret_key is not None
     tokens = Tokens(settings.secret_key, clock, settings.confirm_max_age_s, settings.previous_secret_keys)

@@ -17,7 +17,7 @@ from .core.promotion import DEFAULT_RULE
 from .core.schedule import parse_duration
 from .db import Database
 from .errors import ConfigError
-from .models import AppSecret, Layer, Sequence, Step
+from .models import AppSecret, Layer, Sequence, Step, Template
 from .settings import Settings
 from .templating.compile import compile_template
 from .templating.store import add_version
@@ -106,6 +106,31 @@ async def seed_defaults(db: Database, templates_dir: Path, now: dt.datetime) -> 
             return False
         await load_starter(session, templates_dir, now)
     return True
+
+
+SYSTEM_PURPOSES = ("confirm", "ask", "privacy", "enquiry")  # mails responder itself sends
+
+
+async def add_missing_system_templates(db: Database, templates_dir: Path, now: dt.datetime) -> list[str]:
+    """Add the starter's templates of the mails responder sends itself (confirmation,
+    re-permission, data link, acknowledgement) that a database seeded by an earlier version
+    lacks; the names added."""
+    manifest_path = templates_dir / "starter.toml"
+    try:
+        manifest = tomllib.loads(manifest_path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read starter templates {manifest_path}: {exc}") from exc
+    wanted = [entry for entry in manifest["templates"] if entry.get("purpose") in SYSTEM_PURPOSES]
+    added = []
+    async with db.transaction() as session:
+        present = set((await session.execute(select(Template.name))).scalars())
+        for entry in wanted:
+            if entry["name"] in present:
+                continue
+            compiled = compile_template((templates_dir / entry["file"]).read_text(), entry["subject"])
+            await add_version(session, entry["name"], compiled, entry.get("purpose", ""), now)
+            added.append(entry["name"])
+    return added
 
 
 async def load_starter(session: AsyncSession, templates_dir: Path, now: dt.datetime) -> None:

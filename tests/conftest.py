@@ -8,6 +8,7 @@ database ``test``); each run creates its own database and drops it at the end.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import socket
@@ -281,3 +282,11 @@ def confirm_path(received: Received) -> str:
     match = re.search(r"/confirm/[\w.\-]+", text)
     assert match, text
     return match.group(0)
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_at_teardown() -> Iterator[None]:
+    """A connection a test leaves unreturned is collected (and reported) in that test's own
+    teardown, not in whichever test the collector happens to run in later."""
+    yield
+    gc.collect()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from sqlalchemy import func, select
 
@@ -104,16 +105,35 @@ async def test_preferences_name_frequency_export_and_erase(papp: App) -> None:
     for bad in ({"name": "x\r\nBcc: a@b", "frequency": "fewer"}, {"name": "G", "frequency": "x"}):
         assert (await papp.client.post(f"/preferences/{token}", data=bad)).status == 400
 
-    resp = await papp.client.get(f"/preferences/{token}/export")
+    # Download and erasure: the preference link only mails a link that opens them, for an hour.
+    assert (await papp.client.get(f"/preferences/{token}/export")).status in (404, 405)
+    resp = await papp.client.post(f"/preferences/{token}/privacy", headers={"Origin": "https://evil.example"})
+    assert resp.status == 403
+    resp = await papp.client.post(f"/preferences/{token}/privacy")
+    assert resp.status == 200 and "grace@example.com" in await resp.text()
+    await papp.client.post(f"/preferences/{token}/privacy")  # a second ask within 10 minutes: one mail
+    [mail] = await papp.smtp.wait_for(1, "grace@example.com")
+    assert mail.message["List-Unsubscribe"] is None  # asked for, not list mail
+    text = mail.message.get_body(("plain",)).get_content()
+    match = re.search(r"https://news\.example\.com(/privacy/[\w.\-]+)", text)
+    assert match, text
+    link = match.group(1)
+    resp = await papp.client.get(link)  # a scanner opening it changes nothing
+    assert resp.status == 200 and 'action="' + link + '/erase"' in await resp.text()
+    resp = await papp.client.post(link + "/export")
     assert resp.headers["Content-Disposition"].startswith("attachment")
     data = json.loads(await resp.text())
     assert data["subscriber"]["email"] == "grace@example.com"
     assert {"consent", "events", "enquiries"} <= set(data)
 
-    assert (await papp.client.post(f"/preferences/{token}/erase", data={})).status == 400
+    assert (await papp.client.post(link + "/erase", data={})).status == 400
+    assert (
+        await papp.client.post(link + "/erase", data={"confirm": "yes"}, headers={"Origin": "https://evil.example"})
+    ).status == 403
     assert (await subscriber(papp, pk)).email == "grace@example.com"
-    resp = await papp.client.post(f"/preferences/{token}/erase", data={"confirm": "yes"})
+    resp = await papp.client.post(link + "/erase", data={"confirm": "yes"})
     assert resp.status == 200 and "erased" in (await resp.text()).lower()
+    assert (await papp.client.get(link)).status == 404  # nothing left to open
     s = await subscriber(papp, pk)
     assert "grace" not in s.email and s.name == "" and s.status == "unsubscribed"
     async with papp.rt.db.read() as session:
@@ -141,9 +161,22 @@ async def test_forged_tokens_show_a_page_and_change_nothing(papp: App) -> None:
             ("GET", f"/unsubscribe/{token}"),
             ("POST", f"/unsubscribe/{token}"),
             ("GET", f"/preferences/{token}"),
-            ("GET", f"/preferences/{token}/export"),
-            ("POST", f"/preferences/{token}/erase"),
+            ("POST", f"/preferences/{token}/privacy"),
+            ("GET", f"/privacy/{token}"),
+            ("POST", f"/privacy/{token}/export"),
+            ("POST", f"/privacy/{token}/erase"),
         ):
             resp = await papp.client.request(method, path, data={"confirm": "yes"})
             assert resp.status == 404, (method, path)
     assert (await subscriber(papp, pk)).status == "active"
+
+
+async def test_the_data_link_expires_after_an_hour(papp: App) -> None:
+    pk, _ = await make_subscriber(papp, "hal@example.com")
+    link = f"/privacy/{papp.rt.tokens.privacy(pk)}"
+    assert (await papp.client.get(link)).status == 200
+    papp.clock.advance(seconds=3601)
+    resp = await papp.client.get(link)
+    assert resp.status == 404 and "expired" in await resp.text()
+    assert (await papp.client.post(link + "/erase", data={"confirm": "yes"})).status == 404
+    assert (await subscriber(papp, pk)).email == "hal@example.com"

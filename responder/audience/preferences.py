@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import delete, or_, select, update
 
+from ..delivery.outbox import enqueue
 from ..errors import ValidationError
 from ..funnel.enrollments import end_enrollments, move_layer
 from ..funnel.facts import set_status
@@ -92,9 +93,46 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-async def export(rt: Runtime, token: str) -> dict[str, Any]:
-    """Everything kept about the subscriber, as plain JSON data."""
+PRIVACY_MAIL_EVERY = dt.timedelta(minutes=10)  # one such mail per subscriber at most this often
+
+
+async def request_privacy_link(rt: Runtime, token: str) -> str:
+    """Mail the subscriber of a preference ``token`` the short-lived link that opens their data
+    for download or erasure (``Tokens.privacy``): the preference link alone, which does not
+    expire and may be forwarded, never does either. The address it went to, for the page."""
     subscriber_id = rt.tokens.read_unsubscribe(token)
+    now = rt.clock.now()
+    async with rt.db.transaction() as session:
+        subscriber = await get_subscriber(session, subscriber_id)
+        if subscriber.email.endswith("@erased.invalid"):
+            raise ValidationError("this address has been erased already")
+        recent = (
+            await session.execute(
+                select(Message.id)
+                .where(
+                    Message.subscriber_id == subscriber.id,
+                    Message.kind == "privacy",
+                    Message.created_at > now - PRIVACY_MAIL_EVERY,
+                )
+                .limit(1)
+            )
+        ).first()
+        if recent is None:
+            await enqueue(
+                session,
+                subscriber_id=subscriber.id,
+                kind="privacy",
+                template_name="privacy",
+                now=now,
+                domain=rt.settings.sender_domain,
+            )
+        email = subscriber.email
+    rt.wake_outbox()
+    return email
+
+
+async def export(rt: Runtime, subscriber_id: int) -> dict[str, Any]:
+    """Everything kept about the subscriber, as plain JSON data."""
     async with rt.db.read() as session:
         s = await get_subscriber(session, subscriber_id)
         layer = await session.get(Layer, s.layer_id) if s.layer_id else None
@@ -152,12 +190,11 @@ async def export(rt: Runtime, token: str) -> dict[str, Any]:
         }
 
 
-async def erase(rt: Runtime, token: str) -> None:
+async def erase(rt: Runtime, subscriber_id: int) -> None:
     """Remove personal data, keep a suppression hash so the address is never mailed again.
 
     The row stays (anonymised) so counts and layer history keep adding up.
     """
-    subscriber_id = rt.tokens.read_unsubscribe(token)
     assert rt.settings.secret_key is not None
     now = rt.clock.now()
     async with rt.db.transaction() as session:

@@ -94,13 +94,17 @@ async def render_message(
         footer=Footer(
             rt.settings.from_name,
             rt.settings.postal_address,
-            context["links"]["unsubscribe"] if message.kind != "confirm" else None,
+            context["links"]["unsubscribe"] if message.kind not in UNTRACKED else None,
         ),
     )
     if tracked:  # a hidden link only scanners follow (see tracking/machine.py)
         trap_url = rt.url(f"/c/{rt.tokens.click(message.id, TRAP)}")
         rendered = replace(rendered, html=add_trap(rendered.html, trap_url))
     return RenderedMessage(rendered, template, subscriber, context["links"])
+
+
+# Mails someone asked for, not list mail: no tracking, no list headers, no unsubscribe footer.
+UNTRACKED = ("confirm", "privacy")
 
 
 def message_context(rt: Runtime, message: Message, sources: Sources) -> dict[str, Any]:
@@ -127,7 +131,7 @@ async def build_mail(
     rt: Runtime, session: AsyncSession | None, message: Message, sources: Sources | None = None
 ) -> Built:
     """``sources`` already loaded, or read through ``session``."""
-    tracked = message.kind != "confirm"
+    tracked = message.kind not in UNTRACKED
     rendered, template, subscriber, links = await render_message(rt, session, message, tracked=tracked, sources=sources)
     settings = rt.settings
     layer_part = f"layer{subscriber.layer_id}" if subscriber.layer_id else message.kind

@@ -49,7 +49,13 @@ from .transport import Transport
 
 log = logging.getLogger(__name__)
 
-SENDABLE_STATUS = {"confirm": ("pending",), "step": ("active",), "newsletter": ("active",)}
+SENDABLE_STATUS = {
+    "confirm": ("pending",),
+    "step": ("active",),
+    "newsletter": ("active",),
+    # asked for by the subscriber, whatever their standing, unless the address refuses mail
+    "privacy": ("pending", "active", "unsubscribed", "sunset"),
+}
 PIPELINES = 2
 TEMPLATE_CACHE = 256  # template versions a worker keeps in memory
 

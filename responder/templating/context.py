@@ -22,18 +22,19 @@ from ..models import Layer, Subscriber
 from ..runtime import Runtime
 from ..settings import Settings
 
-KINDS = ("step", "newsletter", "confirm", "ask", "enquiry-ack")
+KINDS = ("step", "newsletter", "confirm", "ask", "privacy", "enquiry-ack")
 # How a message names each kind in an error ("cannot be sent as a newsletter").
 KIND_NAMES = {
     "step": "a sequence step",
     "newsletter": "a newsletter",
     "confirm": "the confirmation mail",
     "ask": "the re-permission mail",
+    "privacy": "the mail with the link to download or erase one's data",
     "enquiry-ack": "the enquiry acknowledgement",
 }
 # The templates the confirmation and the acknowledgement are sent with, by name.
-KIND_OF_NAME = {"confirm": "confirm", "enquiry-ack": "enquiry-ack", "sunset-ask": "ask"}
-KIND_OF_PURPOSE = {"confirm": "confirm", "enquiry": "enquiry-ack", "ask": "ask"}
+KIND_OF_NAME = {"confirm": "confirm", "enquiry-ack": "enquiry-ack", "sunset-ask": "ask", "privacy": "privacy"}
+KIND_OF_PURPOSE = {"confirm": "confirm", "enquiry": "enquiry-ack", "ask": "ask", "privacy": "privacy"}
 
 
 def first_name(name: str) -> str:
@@ -60,6 +61,7 @@ def recipient_context(
         referral=referral_url(rt, subscriber.id),
         confirm=rt.url(f"/confirm/{rt.tokens.confirm(subscriber.id)}") if kind == "confirm" else None,
         keep=rt.url(f"/keep/{rt.tokens.keep(subscriber.id)}") if kind == "ask" else None,
+        privacy=rt.url(f"/privacy/{rt.tokens.privacy(subscriber.id)}") if kind == "privacy" else None,
     )
     return mail_context(rt.settings, subscriber, layer, links)
 
@@ -75,13 +77,22 @@ def mail_context(
 
 
 def links_context(
-    *, unsubscribe: str, preferences: str, view: str, referral: str, confirm: str | None, keep: str | None = None
+    *,
+    unsubscribe: str,
+    preferences: str,
+    view: str,
+    referral: str,
+    confirm: str | None,
+    keep: str | None = None,
+    privacy: str | None = None,
 ) -> dict[str, str]:
     links = {"unsubscribe": unsubscribe, "preferences": preferences, "view": view, "referral": referral}
     if confirm is not None:
         links["confirm"] = confirm
     if keep is not None:
         links["keep"] = keep
+    if privacy is not None:
+        links["privacy"] = privacy
     return links
 
 
@@ -159,5 +170,6 @@ def sample_context(settings: Settings, kind: str) -> dict[str, Any]:
         referral=f"{base}/r/sample",
         confirm=f"{base}/confirm/sample" if kind == "confirm" else None,
         keep=f"{base}/keep/sample" if kind == "ask" else None,
+        privacy=f"{base}/privacy/sample" if kind == "privacy" else None,
     )
     return mail_context(settings, subscriber, layer, links)

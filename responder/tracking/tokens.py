@@ -144,6 +144,7 @@ class Tokens:
         # itsdangerous signs with the last key of a list and accepts any of them.
         keys = [*reversed(previous), secret_key]
         self._confirm = URLSafeTimedSerializer(keys, salt="confirm", signer=_ClockSigner)
+        self._privacy = URLSafeTimedSerializer(keys, salt="privacy", signer=_ClockSigner)
         self._open = _Rotating(secret_key, previous, "open")
         self._click = _Rotating(secret_key, previous, "click")
         self._unsubscribe = _Rotating(secret_key, previous, "unsubscribe")
@@ -176,6 +177,25 @@ class Tokens:
             value = self._confirm.loads(token)
         except BadData as exc:
             raise InvalidToken("this confirmation link is not valid") from exc
+        return _as_int(value)
+
+    def privacy(self, subscriber_id: int) -> str:
+        """The link of the mail a subscriber asks for to download or erase their data: it opens
+        their data for ``PRIVACY_LINK_S`` only, unlike the preference link."""
+        return self._privacy.dumps(subscriber_id)
+
+    def read_privacy(self, token: str) -> int:
+        if len(token) > MAX_TOKEN_LEN:
+            raise InvalidToken("this link is not valid")
+        try:
+            value = self._privacy.loads(token, max_age=PRIVACY_LINK_S)
+        except BadData as exc:
+            expired = exc.__class__.__name__ == "SignatureExpired"
+            raise InvalidToken(
+                "this link has expired: ask for a new one from your preference page"
+                if expired
+                else "this link is not valid"
+            ) from exc
         return _as_int(value)
 
     def open(self, message_id: int) -> str:
@@ -216,6 +236,7 @@ class Tokens:
         return _as_int(_loads(self._view, token))
 
 
+PRIVACY_LINK_S = 3600  # how long the link to download or erase one's data works
 MAX_TOKEN_LEN = 4096 + 512  # a click token carries its target URL (at most 4096 characters)
 
 

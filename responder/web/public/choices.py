@@ -12,9 +12,9 @@ from aiohttp import web
 
 from ...audience import preferences
 from ...audience.subscribers import subscriber_for_token
-from ...errors import ValidationError
-from ...models import Layer
-from ..http import client_ip, runtime
+from ...errors import Forbidden, InvalidToken, ValidationError
+from ...models import Layer, Subscriber
+from ..http import client_ip, runtime, same_origin
 from ..pages import render_page
 from .common import read_body, with_deadline
 
@@ -90,8 +90,7 @@ async def _preferences_page(request: web.Request, notice: str = "") -> web.Respo
         layer=layer.label if layer else None,
         paused_until=subscriber.paused_until.date().isoformat() if subscriber.paused_until else None,
         action=f"/preferences/{token}",
-        export=f"/preferences/{token}/export",
-        erase_action=f"/preferences/{token}/erase",
+        privacy_action=f"/preferences/{token}/privacy",
         unsubscribe_action=f"/unsubscribe/{token}",
         sender_name=rt.settings.from_name,
     )
@@ -114,9 +113,53 @@ async def preferences_post(request: web.Request) -> web.Response:
     return await _preferences_page(request, notice="Saved.")
 
 
-@routes.get("/preferences/{token}/export")
+@routes.post("/preferences/{token}/privacy")
+async def privacy_request(request: web.Request) -> web.Response:
+    """Mail the link that opens download and erasure: the preference link alone does neither."""
+    rt = runtime(request)
+    if not same_origin(request):
+        raise Forbidden("cross-origin request refused")
+    await read_body(request)
+    email = await with_deadline(request, preferences.request_privacy_link(rt, request.match_info["token"]))
+    return render_page(
+        "message.html",
+        title="Check your mail",
+        message=f"We have mailed a link to {email}. It opens your data for download or erasure and works for an hour.",
+        sender_name=rt.settings.from_name,
+    )
+
+
+async def _privacy_subscriber(request: web.Request) -> Subscriber:
+    rt = runtime(request)
+    subscriber_id = rt.tokens.read_privacy(request.match_info["token"])
+    async with rt.db.read() as session:
+        subscriber = await session.get(Subscriber, subscriber_id)
+    if subscriber is None or subscriber.email.endswith("@erased.invalid"):
+        raise InvalidToken("this link is not valid")
+    return subscriber
+
+
+@routes.get("/privacy/{token}")
+async def privacy_page(request: web.Request) -> web.Response:
+    """Shows the buttons only: a mail scanner opening the link downloads and erases nothing."""
+    subscriber = await _privacy_subscriber(request)
+    token = request.match_info["token"]
+    return render_page(
+        "privacy.html",
+        title="Your data",
+        email=subscriber.email,
+        export_action=f"/privacy/{token}/export",
+        erase_action=f"/privacy/{token}/erase",
+        sender_name=runtime(request).settings.from_name,
+    )
+
+
+@routes.post("/privacy/{token}/export")
 async def export(request: web.Request) -> web.Response:
-    body = await preferences.export(runtime(request), request.match_info["token"])
+    if not same_origin(request):
+        raise Forbidden("cross-origin request refused")
+    subscriber = await _privacy_subscriber(request)
+    body = await preferences.export(runtime(request), subscriber.id)
     return web.json_response(
         body,
         headers={"Content-Disposition": 'attachment; filename="my-data.json"', "Cache-Control": "no-store"},
@@ -128,13 +171,16 @@ def _dumps(value: object) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
 
 
-@routes.post("/preferences/{token}/erase")
+@routes.post("/privacy/{token}/erase")
 async def erase(request: web.Request) -> web.Response:
     rt = runtime(request)
+    if not same_origin(request):
+        raise Forbidden("cross-origin request refused")
+    subscriber = await _privacy_subscriber(request)
     data = await read_body(request)
     if data.get("confirm") != "yes":
         raise ValidationError("tick the box to confirm the erasure", field="confirm")
-    await with_deadline(request, preferences.erase(rt, request.match_info["token"]))
+    await with_deadline(request, preferences.erase(rt, subscriber.id))
     return render_page(
         "message.html",
         title="Erased",
