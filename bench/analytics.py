@@ -142,7 +142,7 @@ async def run(count: int, folder: Path) -> None:
             spent = await timed(label, work)
             print(f"{'':<44} ×{spent / reference:.2f} the reference")
     finally:
-        await rt.db.dispose()
+        await rt.close()
 
 
 def main() -> None:

@@ -59,7 +59,7 @@ async def import_all(path: Path, folder: Path) -> tuple[float, int]:
             state = await import_csv(rt, binary, consent_source="bench")
         return time.perf_counter() - start, state.imported
     finally:
-        await rt.db.dispose()
+        await rt.close()
 
 
 def main() -> None:

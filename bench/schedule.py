@@ -111,7 +111,7 @@ def settings_for(path: Path) -> Settings:
 async def tick_for(size: int, due: int, workdir: Path) -> tuple[float, float, float, float, float, int]:
     path = workdir / f"bench-{size}.db"
     started = await start_runtime(settings_for(path), FakeClock(START))
-    await started.runtime.db.dispose()
+    await started.runtime.close()
     fill(path, size, due)
     clock = FakeClock(START)
     started = await start_runtime(settings_for(path), clock)
@@ -180,14 +180,14 @@ async def tick_for(size: int, due: int, workdir: Path) -> tuple[float, float, fl
             due,
         )
     finally:
-        await rt.db.dispose()
+        await rt.close()
 
 
 async def events_p99(count: int, workdir: Path) -> tuple[list[float], list[float]]:
     path = workdir / "bench-events.db"
     clock = FakeClock(START)
     started = await start_runtime(settings_for(path), clock)
-    await started.runtime.db.dispose()
+    await started.runtime.close()
     fill(path, 1000, 0)
     started = await start_runtime(settings_for(path), clock)
     rt = started.runtime
@@ -203,7 +203,7 @@ async def events_p99(count: int, workdir: Path) -> tuple[list[float], list[float
                 await record_event(session, subscriber, "click", clock.now(), message_id=None, machine=False)
             timings.append(time.perf_counter() - t0)
     finally:
-        await rt.db.dispose()
+        await rt.close()
     facts = [EventFact(i, "click", START + dt.timedelta(hours=i), i % 3) for i in range(20)]
     pure = []
     for _ in range(count):

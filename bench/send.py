@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/send.py [--messages 20000] [--lanes 8] [--dkim rsa|ed25519|none]
                                    [--sink aiosmtpd|smtp-sink] [--database-url URL]
+                                   [--render-processes auto|N]
 
 A discarding SMTP sink runs in its own process (aiosmtpd's ``Sink`` handler, or Postfix's
 ``smtp-sink`` when asked for and installed). responder's real delivery worker sends N queued
@@ -233,6 +234,7 @@ async def main(args: argparse.Namespace) -> None:
             "RESPONDER_WORKER_LANES": str(args.lanes),
             "RESPONDER_WORKER_POLL_S": "0.05",
             "RESPONDER_WORKER_BATCH": str(args.batch),
+            "RESPONDER_RENDER_PROCESSES": args.render_processes,
             "RESPONDER_INBOUND": "127.0.0.1:1",  # Reply-To and mailto headers, as in production
         }
         if args.dkim != "none":
@@ -252,7 +254,7 @@ async def main(args: argparse.Namespace) -> None:
         ours, data, child_s = await run_responder(rt, args.messages, sink.pid)
         cpu1, sink1 = cpu_s(), process_cpu_s(sink.pid)
         ours_rss = peak_rss_mb()
-        await rt.db.dispose()
+        await rt.close()
         cpu2, sink2 = cpu_s(), process_cpu_s(sink.pid)
         bare = await run_bare(port, args.lanes, args.messages, data)
         cpu3, sink3 = cpu_s(), process_cpu_s(sink.pid)
@@ -281,6 +283,11 @@ if __name__ == "__main__":
     parser.add_argument("--lanes", type=int, default=8)
     parser.add_argument(
         "--batch", type=int, default=100, help="messages one worker has claimed at most (RESPONDER_WORKER_BATCH)"
+    )
+    parser.add_argument(
+        "--render-processes",
+        default="auto",
+        help="RESPONDER_RENDER_PROCESSES: auto (one per core) or a number; 0 renders in a thread",
     )
     parser.add_argument("--dkim", choices=("rsa", "ed25519", "none"), default="rsa")
     parser.add_argument("--sink", choices=("aiosmtpd", "smtp-sink"), default="aiosmtpd")

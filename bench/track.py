@@ -123,7 +123,7 @@ async def prepare(db_path: Path, messages: int) -> list[str]:
         session.add_all(rows)
         await session.flush()
         ids = [m.id for m in rows]
-    await rt.db.dispose()
+    await rt.close()
     tokens = Tokens(SECRET, SystemClock(), 3600)
     return [f"/o/{tokens.open(i)}" for i in ids]
 

@@ -251,7 +251,7 @@ async def _run(settings: Settings, *, http: bool, roles: frozenset[str]) -> int:
         log.info("stopping: no new requests; letting in-flight sends finish")
     finally:
         await runner.cleanup()
-        await rt.db.dispose()
+        await rt.close()
     return 0
 
 

@@ -110,7 +110,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"responder: error{where}: {exc.message}", file=sys.stderr)
         return 1
     finally:
-        await rt.db.dispose()
+        await rt.close()
 
 
 def _read_password(from_stdin: bool) -> str:

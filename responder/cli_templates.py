@@ -68,4 +68,4 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"responder: error: {exc.message}", file=sys.stderr)
         return 1
     finally:
-        await rt.db.dispose()
+        await rt.close()

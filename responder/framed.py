@@ -37,6 +37,7 @@ class FramedChild:
 
     gone: type[ChildGone] = ChildGone
     what = "helper process"
+    after_death = "working in process"  # what the owner does once the child is gone
 
     def __init__(self, module: str, *args: str, first: bytes | None = None) -> None:
         self._command = (sys.executable, "-m", module, *args)
@@ -99,7 +100,7 @@ class FramedChild:
                     future.set_result(answer)
         except (asyncio.IncompleteReadError, ConnectionError):
             if self._waiting:  # it died with work in hand; from now on the owner does it
-                log.error("%s stopped (exit %s); working in process", self.what, process.returncode)
+                log.error("%s stopped (exit %s); %s", self.what, process.returncode, self.after_death)
             self._failed = True
         finally:
             while self._waiting:

@@ -9,6 +9,7 @@ from .clock import Clock
 from .db import Database
 from .delivery.metrics import DeliveryMetrics
 from .settings import Settings
+from .templating.pool import Renderer
 from .tracking.tokens import Tokens
 
 
@@ -25,6 +26,16 @@ class Runtime:
     webhook_wake: asyncio.Event = field(default_factory=asyncio.Event)
     # The SHA-256 of the admin token generated on first start (None when one is configured).
     admin_token_hash: str | None = None
+    # Where uploaded templates render: child processes with hard limits (``templating.pool``).
+    renderer: Renderer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.renderer = Renderer.from_settings(self.settings)
+
+    async def close(self) -> None:
+        """End the render processes and close the database."""
+        await self.renderer.close()
+        await self.db.dispose()
 
     def wake_scheduler(self) -> None:
         self.scheduler_wake.set()

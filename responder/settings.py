@@ -145,6 +145,16 @@ def parse_track_writer(value: str) -> str:
     return value
 
 
+def parse_render_processes(value: str) -> int:
+    """``auto`` is one per core; 0 renders in a thread of the serving process (no hard limits)."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    number = parse_int(value)
+    if number < 0:
+        raise ConfigError(f"must be auto, 0 or more, not {value!r}")
+    return number
+
+
 def parse_float(value: str) -> float:
     try:
         return float(value)
@@ -280,6 +290,19 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("max_connections_per_ip", "256", "open HTTP connections one client address may hold", parse_int),
     Spec("form_write_timeout_s", "5", "seconds a form waits for the database before answering 503", parse_float),
+    Spec(
+        "render_processes",
+        "auto",
+        "child processes that render templates (auto: one per core; 0: in a thread of this process, no hard limits)",
+        parse_render_processes,
+    ),
+    Spec(
+        "render_time_limit_s",
+        "5",
+        "seconds one mail or one upload check may take to render before its render process is killed",
+        parse_float,
+    ),
+    Spec("render_memory_mb", "512", "address space of each render process, in MB (0: no limit)", parse_int),
     Spec("track_flush_ms", "250", "tracking events are written at least this often", parse_int),
     Spec("track_batch", "500", "tracking events written per transaction at most", parse_int),
     Spec(
@@ -370,6 +393,9 @@ class Settings:
     previous_secret_keys: tuple[str, ...] = ()
     max_connections_per_ip: int = 256
     form_write_timeout_s: float = 5.0
+    render_processes: int = 1
+    render_time_limit_s: float = 5.0
+    render_memory_mb: int = 512
     track_flush_ms: int = 250
     track_batch: int = 500
     track_queue_max: int = 20000
@@ -455,6 +481,9 @@ class Settings:
             header_timeout_s=parsed["header_timeout_s"],
             max_connections_per_ip=parsed["max_connections_per_ip"],
             form_write_timeout_s=parsed["form_write_timeout_s"],
+            render_processes=parsed["render_processes"],
+            render_time_limit_s=parsed["render_time_limit_s"],
+            render_memory_mb=parsed["render_memory_mb"],
             track_flush_ms=parsed["track_flush_ms"],
             track_batch=parsed["track_batch"],
             track_queue_max=parsed["track_queue_max"],
@@ -530,6 +559,9 @@ class Settings:
             "header_timeout_s": str(self.header_timeout_s),
             "max_connections_per_ip": str(self.max_connections_per_ip),
             "form_write_timeout_s": str(self.form_write_timeout_s),
+            "render_processes": str(self.render_processes),
+            "render_time_limit_s": str(self.render_time_limit_s),
+            "render_memory_mb": str(self.render_memory_mb),
             "track_flush_ms": str(self.track_flush_ms),
             "track_batch": str(self.track_batch),
             "track_queue_max": str(self.track_queue_max),

@@ -65,4 +65,4 @@ async def live(database_url: str, smtp: SmtpSink) -> AsyncIterator[LiveServer]:
         yield LiveServer(rt, url)
     finally:
         await server.close()
-        await rt.db.dispose()
+        await rt.close()

@@ -8,7 +8,6 @@ database ``test``); each run creates its own database and drops it at the end.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import re
 import socket
@@ -198,6 +197,10 @@ def make_settings(database_url: str, smtp_url: str, **env: str) -> Settings:
         "RESPONDER_SCHEDULER_POLL_S": "0.05",
         # A loaded CI machine can take seconds over a write; the 503 paths set their own.
         "RESPONDER_FORM_WRITE_TIMEOUT_S": "30",
+        # One render process per test server (each costs a start of ~0.2 s); the pool's own
+        # tests size it themselves. A loaded machine gets a looser render deadline.
+        "RESPONDER_RENDER_PROCESSES": "1",
+        "RESPONDER_RENDER_TIME_LIMIT_S": "20",
         **env,
     }
     return Settings.from_env(environ)
@@ -242,7 +245,7 @@ class running_app:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.client.close()
-        await self.rt.db.dispose()
+        await self.rt.close()
 
 
 # Public endpoints: an app with an opt-in forms file and a fast tracking flush.
@@ -285,8 +288,38 @@ def confirm_path(received: Received) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _collect_garbage_at_teardown() -> Iterator[None]:
-    """A connection a test leaves unreturned is collected (and reported) in that test's own
-    teardown, not in whichever test the collector happens to run in later."""
+def _checked_in_at_dispose(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[None]:
+    """DIAGNOSTIC: report a database disposed with a connection still checked out."""
+    import traceback
+
+    from sqlalchemy import event
+    from sqlalchemy.pool import Pool
+
+    from responder.db import Database
+
+    stacks: dict[int, str] = {}
+
+    def checkout(dbapi_conn: object, record: object, proxy: object) -> None:
+        stacks[id(record)] = "".join(traceback.format_stack(limit=40))
+
+    def checkin(dbapi_conn: object, record: object) -> None:
+        stacks.pop(id(record), None)
+
+    event.listen(Pool, "checkout", checkout)
+    event.listen(Pool, "checkin", checkin)
+    original = Database.dispose
+
+    async def dispose(self: Database) -> None:
+        for engine in {self.writer, self.reader}:
+            out = engine.pool.checkedout()  # type: ignore[attr-defined]
+            if out:
+                with open("/tmp/leakers.txt", "a") as f:
+                    f.write(f"{request.node.nodeid} {engine.url} {out}\n")
+                    for stack in stacks.values():
+                        f.write(stack + "\n-----\n")
+        await original(self)
+
+    monkeypatch.setattr(Database, "dispose", dispose)
     yield
-    gc.collect()
+    event.remove(Pool, "checkout", checkout)
+    event.remove(Pool, "checkin", checkin)

@@ -25,7 +25,7 @@ async def runtime_for(database_url: str, smtp_url: str, clock: Clock, **env: str
     try:
         yield started.runtime
     finally:
-        await started.runtime.db.dispose()
+        await started.runtime.close()
 
 
 @asynccontextmanager

@@ -30,7 +30,7 @@ async def rt(database_url: str, clock: FakeClock) -> AsyncIterator[Runtime]:
     try:
         yield started.runtime
     finally:
-        await started.runtime.db.dispose()
+        await started.runtime.close()
 
 
 async def make_subscriber(rt: Runtime, email: str, *, layer: int = 1, **fields: Any) -> Subscriber:

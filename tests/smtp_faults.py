@@ -13,10 +13,12 @@ MESSAGE_ID = re.compile(rb"^Message-ID:\s*(<[^>]+>)", re.MULTILINE | re.IGNORECA
 
 class FaultServer:
     """``mode``: ok | drop_at_data | drop_after_dot | close_after_accept | starttls_fails |
-    starttls_garbage."""
+    starttls_garbage. ``replies``: the answer to give a verb instead of the usual one (``MAIL``,
+    ``RCPT``, ``DATA``, or ``.`` for the reply after the final dot)."""
 
-    def __init__(self, mode: str = "ok") -> None:
+    def __init__(self, mode: str = "ok", replies: dict[str, str] | None = None) -> None:
         self.mode = mode
+        self.replies = replies or {}
         self.accepted: list[bytes] = []  # Message-IDs answered with 250
         self.kept: list[bytes] = []  # Message-IDs fully received, answered or not
         self.connections = 0
@@ -55,6 +57,8 @@ class FaultServer:
                         await writer.drain()
                         writer.close()
                         return
+                elif verb in self.replies:
+                    say(self.replies[verb])
                 elif verb == "DATA":
                     if self.mode == "drop_at_data":
                         writer.close()
@@ -67,6 +71,10 @@ class FaultServer:
                     if self.mode == "drop_after_dot":
                         writer.close()
                         return
+                    if "." in self.replies:
+                        say(self.replies["."])
+                        await writer.drain()
+                        continue
                     self.accepted.append(self.kept[-1])
                     say("250 2.0.0 queued")
                     if self.mode == "close_after_accept":  # an idle timeout on the server's side
@@ -87,8 +95,8 @@ class FaultServer:
 
 
 @asynccontextmanager
-async def fault_server(mode: str = "ok") -> AsyncIterator[FaultServer]:
-    server = FaultServer(mode)
+async def fault_server(mode: str = "ok", replies: dict[str, str] | None = None) -> AsyncIterator[FaultServer]:
+    server = FaultServer(mode, replies)
     listener = await asyncio.start_server(server._session, "127.0.0.1", 0)
     server.port = listener.sockets[0].getsockname()[1]
     try:

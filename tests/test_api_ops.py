@@ -116,5 +116,5 @@ async def test_healthz_fails_when_the_database_is_gone(app: App, tmp_path) -> No
         resp = await app.client.get("/healthz")
         assert resp.status == 503
     finally:
-        await app.rt.db.dispose()
+        await app.rt.close()
         app.rt.db = good

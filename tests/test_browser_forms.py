@@ -93,4 +93,4 @@ async def test_snippet_on_another_origin_subscribes_in_chromium(
         await smtp.wait_for(1, "grace@example.com")
     finally:
         await client.close()
-        await rt.db.dispose()
+        await rt.close()

@@ -24,7 +24,7 @@ from .delivery_fixtures import message
 async def rt(database_url: str, smtp: SmtpSink, clock: FakeClock) -> AsyncIterator[Runtime]:
     started = await start_runtime(make_settings(database_url, smtp.url), clock)
     yield started.runtime
-    await started.runtime.db.dispose()
+    await started.runtime.close()
 
 
 async def queue_confirmation(rt: Runtime, email: str) -> int:

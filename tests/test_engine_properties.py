@@ -65,7 +65,7 @@ async def play(actions: list[tuple[str, int]]) -> None:
         except AssertionError as exc:
             raise AssertionError(f"{exc}; actions {actions}") from None
         finally:
-            await rt.db.dispose()
+            await rt.close()
 
 
 async def check(rt: Runtime, actions: list[tuple[str, int]]) -> None:

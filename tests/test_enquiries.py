@@ -230,7 +230,7 @@ async def test_a_mail_claimed_by_a_worker_that_died_is_sent_once_its_lease_lapse
         await live.transport.close()
         await dead.transport.close()
     finally:
-        await rt.db.dispose()
+        await rt.close()
 
 
 async def test_a_deferred_mail_waits_for_its_backoff_and_gives_up_in_the_end(
@@ -274,4 +274,4 @@ async def test_a_deferred_mail_waits_for_its_backoff_and_gives_up_in_the_end(
         assert smtp.to("bob@example.com") == []
         await loop.transport.close()
     finally:
-        await rt.db.dispose()
+        await rt.close()

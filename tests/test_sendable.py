@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from responder.audience import preferences
 from responder.audience.enquiries import EnquiryIn, ack_context, open_enquiry
 from responder.audience.subscribers import SubscribeRequest, subscribe
 from responder.delivery.build import load_sources, message_context
@@ -49,6 +50,11 @@ async def real_contexts(rt: Runtime) -> dict[str, dict[str, Any]]:
         )
         await newsletters.advance(session, rt.clock.now(), domain="acme.example.com")
     enquiry_id = await open_enquiry(rt, EnquiryIn(email="q@example.com", body="When?", name="Quinn Asker"))
+    async with rt.db.read() as session:  # ann asks for the link to download or erase her data
+        ann_id = (
+            await session.execute(select(Subscriber.id).where(Subscriber.email == "ann@example.com"))
+        ).scalar_one()
+    await preferences.request_privacy_link(rt, rt.tokens.unsubscribe(ann_id))
     async with rt.db.transaction() as session:  # ann, silent for 24 days, is asked before her sunset
         layer = (await session.execute(select(Layer).where(Layer.position == 2))).scalar_one()
         layer.rule = {"sunset": {"inactive_for": "30d", "ask_before": "7d"}}
@@ -104,7 +110,7 @@ async def test_upload_checks_against_the_sample_of_its_kind(app: App) -> None:
     assert "'subscriber' is undefined" in await error_of(resp)
     resp = await upload(app, "confirm-2", '<a href="{{ links.confirm }}">Yes</a>', purpose="confirm")
     assert resp.status == 201
-    assert await count(app, Template) == 21 + 2  # the starter's, plus the two that render
+    assert await count(app, Template) == 22 + 2  # the starter's, plus the two that render
 
 
 async def test_a_newsletter_with_an_unsendable_template_is_refused(app: App) -> None:

@@ -218,7 +218,7 @@ async def test_worker_process_sends_without_http(tmp_path: Path) -> None:
     }
     started = await start_runtime(Settings.from_env(env))
     await subscribe(started.runtime, SubscribeRequest(email="ada@example.com"))
-    await started.runtime.db.dispose()
+    await started.runtime.close()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -513,8 +513,9 @@ async def test_queue_is_bounded(papp: App) -> None:
 async def write_lock(db: Database) -> AsyncIterator[None]:
     """Hold a write lock on the database from another connection for the block."""
     if db.is_sqlite:
-        conn = sqlite3.connect(db.url.split("///", 1)[1], timeout=10, isolation_level=None, check_same_thread=False)
-        conn.execute("BEGIN IMMEDIATE")
+        conn = sqlite3.connect(db.url.split("///", 1)[1], timeout=30, isolation_level=None, check_same_thread=False)
+        # Waited for in a thread: the app may be inside a write that needs this loop to finish.
+        await asyncio.to_thread(conn.execute, "BEGIN IMMEDIATE")
         try:
             yield
         finally:

@@ -40,7 +40,6 @@ from ..models import Enquiry, Subscriber
 from ..runtime import Runtime
 from ..settings import Settings
 from ..templating.context import enquiry_context
-from ..templating.render import render_mail
 from ..validation import clean_email, clean_name, clean_text
 
 MAX_BODY_LEN = 10_000
@@ -308,7 +307,7 @@ class EnquiryLoop(PollingLoop):
             try:
                 if template is None:
                     raise TemplateError("no template named 'enquiry-ack'")
-                mail = self.ack_mail(enquiry, template.subject, template.html, template.text)
+                mail = await self.ack_mail(enquiry, template.subject, template.html, template.text)
                 outcome = await self._send_leased(lease, mail)
             except TemplateError as exc:
                 log.error("enquiry %s: acknowledgement not rendered: %s", enquiry.id, exc.message)
@@ -318,19 +317,10 @@ class EnquiryLoop(PollingLoop):
             )
         return len(due)
 
-    def ack_mail(self, enquiry: Enquiry, subject: str, body: str, text: str | None) -> Mail:
+    async def ack_mail(self, enquiry: Enquiry, subject: str, body: str, text: str | None) -> Mail:
         rt = self.rt
-        s = rt.settings
-        context = ack_context(s, enquiry)
-        rendered = render_mail(
-            subject=subject,
-            html=body,
-            text=text,
-            context=context,
-            track_link=None,
-            open_pixel_url=None,
-            base_url=s.base_url,
-        )
+        context = ack_context(rt.settings, enquiry)
+        rendered = await rt.renderer.render(subject, body, text, context)  # no footer, links untracked
         return self._mail(enquiry, rendered.subject, rendered.html, rendered.text)
 
     def _mail(self, enquiry: Enquiry, subject: str, body: str, text: str) -> Mail:

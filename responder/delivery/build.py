@@ -13,7 +13,7 @@ from ..errors import TemplateError
 from ..models import Layer, Message, Subscriber, Template
 from ..runtime import Runtime
 from ..templating.context import recipient_context
-from ..templating.render import Footer, Rendered, render_mail
+from ..templating.render import Footer, Rendered, finish
 from ..tracking.links import TRAP, add_trap, safe_target
 from ..tracking.tokens import MAX_TOKEN_LEN
 from .mime import Mail
@@ -83,11 +83,8 @@ async def render_message(
         sources = await load_sources(session, message)
     subscriber, template = sources.subscriber, sources.template
     context = message_context(rt, message, sources)
-    rendered = render_mail(
-        subject=template.subject,
-        html=template.html,
-        text=template.text,
-        context=context,
+    rendered = finish(
+        await rt.renderer.render(template.subject, template.html, template.text, context),
         track_link=click_link(rt, message.id) if tracked else None,
         open_pixel_url=rt.url(f"/o/{rt.tokens.open(message.id)}") if tracked else None,
         base_url=rt.settings.base_url,

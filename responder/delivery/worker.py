@@ -40,7 +40,7 @@ from ..loop import PollingLoop
 from ..models import Layer, Message, Subscriber, Template
 from ..runtime import Runtime
 from . import outbox
-from .build import Sources, build_mail
+from .build import Built, Sources, build_mail
 from .dkim import DkimSigner, private_pem, sign_canonical, signer_from_settings
 from .mime import Envelope, compose
 from .ratelimit import SendLimits
@@ -327,6 +327,7 @@ class DeliveryWorker(PollingLoop):
         """Build and sign each mail and hand it to ``send``; the outcomes of those not sent."""
         rt = self.rt
         outcomes: list[Outcome | None] = []
+        builds: list[tuple[Claimed, asyncio.Future[Built]]] = []
         for message in batch:
             subscriber = message.subscriber
             if subscriber is None:
@@ -349,34 +350,41 @@ class DeliveryWorker(PollingLoop):
                 continue
             # The version recorded on the message (a retry), else the newest of its name.
             template = self._templates.get(message.template_id or message.newest_template_id or 0)
-            try:
-                if template is None:
-                    raise TemplateError(f"no template named {message.template_name!r}")
-                # Plain rows with the attributes rendering reads stand in for ORM objects.
-                sources = Sources(
-                    cast(Subscriber, subscriber), cast(Layer | None, message.layer), cast(Template, template)
-                )
-                built = await build_mail(rt, None, cast(Message, message), sources)
-                data = compose(built.mail)
-            except (TemplateError, ValidationError) as exc:
-                outcomes.append(
-                    Outcome(message.id, message.subscriber_id, {"state": "failed", "last_error": exc.message})
-                )
+            if template is None:
+                failed = {"state": "failed", "last_error": f"no template named {message.template_name!r}"}
+                outcomes.append(Outcome(message.id, message.subscriber_id, failed))
                 continue
-            except Exception:
-                log.exception(
-                    "message %s: cannot be built; it stays leased and is retried when the lease expires", message.id
-                )
-                continue
-            unsigned = None
-            if self.signer is not None:
-                timestamp = int(built.mail.date.timestamp())
-                if self._signing is not None:
-                    unsigned = self.signer.prepare(data, timestamp)
-                else:
-                    data = self.signer.sign(data, timestamp)
-            send(Ready(message, built.mail.envelope, data, built.template_id, unsigned))
-            await asyncio.sleep(0)  # let the lanes start on it
+            # Plain rows with the attributes rendering reads stand in for ORM objects.
+            sources = Sources(cast(Subscriber, subscriber), cast(Layer | None, message.layer), cast(Template, template))
+            # Started together, so the render processes work side by side; sent in claim order.
+            builds.append((message, asyncio.ensure_future(build_mail(rt, None, cast(Message, message), sources))))
+        try:
+            for message, build in builds:
+                try:
+                    built = await build
+                    data = compose(built.mail)
+                except (TemplateError, ValidationError) as exc:
+                    outcomes.append(
+                        Outcome(message.id, message.subscriber_id, {"state": "failed", "last_error": exc.message})
+                    )
+                    continue
+                except Exception:
+                    log.exception(
+                        "message %s: cannot be built; it stays leased and is retried when the lease expires", message.id
+                    )
+                    continue
+                unsigned = None
+                if self.signer is not None:
+                    timestamp = int(built.mail.date.timestamp())
+                    if self._signing is not None:
+                        unsigned = self.signer.prepare(data, timestamp)
+                    else:
+                        data = self.signer.sign(data, timestamp)
+                send(Ready(message, built.mail.envelope, data, built.template_id, unsigned))
+                await asyncio.sleep(0)  # let the lanes start on it
+        finally:
+            for _, build in builds:
+                build.cancel()
         return outcomes
 
     async def _signed(self, item: Ready) -> bytes:

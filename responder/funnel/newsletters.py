@@ -29,6 +29,7 @@ from ..delivery.outbox import enqueue_many, outbox_row
 from ..errors import Conflict, NotFound, ValidationError
 from ..models import Layer, Message, Newsletter, NewsletterRecipient, Subscriber
 from ..settings import Settings
+from ..templating.pool import Renderer
 from ..templating.sendable import sendable_template
 from ..validation import clean_text
 from .ledger import PACED, move_held_rows, read_ledger
@@ -101,7 +102,13 @@ def _tags(value: Any) -> list[str]:
     return sorted(set(value))
 
 
-async def create(session: AsyncSession, data: dict[str, Any], now: dt.datetime, settings: Settings) -> Newsletter:
+async def create(
+    session: AsyncSession,
+    data: dict[str, Any],
+    now: dt.datetime,
+    settings: Settings,
+    renderer: Renderer | None = None,
+) -> Newsletter:
     """A draft, or with ``send_at`` (or ``send_now: true``) a scheduled newsletter; refused
     (``TemplateError``, 422) if its template does not exist or does not render as a newsletter."""
     name = clean_text(data.get("name"), "name", max_len=200, required=True)
@@ -120,7 +127,7 @@ async def create(session: AsyncSession, data: dict[str, Any], now: dt.datetime, 
         cursor=0,
     )
     send_at = _parse_time(data.get("send_at"))
-    await sendable_template(session, settings, template, "newsletter")
+    await sendable_template(session, settings, template, "newsletter", renderer)
     if send_at is not None or data.get("send_now") is True:
         newsletter.state, newsletter.scheduled_at = "scheduled", send_at or now
     session.add(newsletter)

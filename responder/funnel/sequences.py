@@ -21,6 +21,7 @@ from ..dbutil import get_or_404
 from ..errors import Conflict, NotFound, ValidationError
 from ..models import Layer, Message, Sequence, Step
 from ..settings import Settings
+from ..templating.pool import Renderer
 from ..templating.sendable import sendable_template
 from ..validation import clean_text
 from .triggers import TRIGGERS
@@ -66,7 +67,7 @@ async def get_sequence(session: AsyncSession, sequence_id: int) -> Sequence:
 
 
 async def create_sequence(
-    session: AsyncSession, data: dict[str, Any], now: dt.datetime, settings: Settings
+    session: AsyncSession, data: dict[str, Any], now: dt.datetime, settings: Settings, renderer: Renderer | None = None
 ) -> Sequence:
     """A triggered sequence (layers' main sequences come with their layers), with its steps."""
     name = clean_text(data.get("name"), "name", max_len=120, required=True)
@@ -84,7 +85,7 @@ async def create_sequence(
     session.add(sequence)
     await session.flush()
     for step in data.get("steps") or []:
-        await add_step(session, sequence.id, step, settings)
+        await add_step(session, sequence.id, step, settings, renderer)
     return sequence
 
 
@@ -110,11 +111,13 @@ def _step_values(data: Any, *, partial: bool) -> dict[str, Any]:
     return values
 
 
-async def add_step(session: AsyncSession, sequence_id: int, data: Any, settings: Settings) -> Step:
+async def add_step(
+    session: AsyncSession, sequence_id: int, data: Any, settings: Settings, renderer: Renderer | None = None
+) -> Step:
     """Append a step (positions only grow, so enrollments never go back over a sent step)."""
     await get_sequence(session, sequence_id)
     values = _step_values(data, partial=False)
-    await sendable_template(session, settings, values["template_name"], "step")
+    await sendable_template(session, settings, values["template_name"], "step", renderer)
     last = (await session.execute(select(func.max(Step.position)).where(Step.sequence_id == sequence_id))).scalar()
     step = Step(sequence_id=sequence_id, position=(last or 0) + 1, **values)
     session.add(step)
@@ -129,11 +132,18 @@ async def _step(session: AsyncSession, sequence_id: int, step_id: int) -> Step:
     return step
 
 
-async def update_step(session: AsyncSession, sequence_id: int, step_id: int, data: Any, settings: Settings) -> Step:
+async def update_step(
+    session: AsyncSession,
+    sequence_id: int,
+    step_id: int,
+    data: Any,
+    settings: Settings,
+    renderer: Renderer | None = None,
+) -> Step:
     step = await _step(session, sequence_id, step_id)
     values = _step_values(data, partial=True)
     if "template_name" in values:
-        await sendable_template(session, settings, values["template_name"], "step")
+        await sendable_template(session, settings, values["template_name"], "step", renderer)
     for key, value in values.items():
         setattr(step, key, value)
     await session.flush()

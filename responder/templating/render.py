@@ -59,22 +59,41 @@ def render_mail(
     base_url: str,
     footer: Footer | None = None,
 ) -> Rendered:
-    """Render one mail for one recipient; ``track_link`` maps a target URL to its click URL.
+    """Render one mail for one recipient in this process (``finish(render_parts(…))``); the
+    server renders through ``pool.Renderer`` instead, which runs ``render_parts`` in a child."""
+    return finish(render_parts(subject, html, text, context), track_link, open_pixel_url, base_url, footer)
 
-    ``text`` is an explicit text body; without one the text part is generated from the HTML.
-    """
+
+def render_parts(subject: str, html: str, text: str | None, context: Mapping[str, Any]) -> Rendered:
+    """What the uploaded template decides, rendered in the sandbox: the subject, the HTML body
+    and the text part. ``text`` is an explicit text body; without one the text part is generated
+    from the HTML."""
     subject_out = " ".join(render_string(text_env(), subject, context, "subject").split())
     body = render_string(html_env(), html, context, "body")
     text_out = (
         render_string(text_env(), text, context, "text") if text is not None else generated_part(html, body, context)
     )
+    return Rendered(subject_out, body, text_out)
+
+
+def finish(
+    parts: Rendered,
+    track_link: Callable[[str], str | None] | None,
+    open_pixel_url: str | None,
+    base_url: str,
+    footer: Footer | None = None,
+) -> Rendered:
+    """What every mail gets from responder itself, in time linear in its size: the footer where
+    the template lacks one, tracked links (``track_link`` maps a target URL to its click URL)
+    and the open pixel."""
+    body, text_out = parts.html, parts.text
     if footer is not None:
         body, text_out = add_footer(body, text_out, footer)
     if track_link is not None:
         body = rewrite_links(body, track_link, base_url)
     if open_pixel_url:
         body = add_pixel(body, open_pixel_url)
-    return Rendered(subject_out, body, text_out)
+    return Rendered(parts.subject, body, text_out)
 
 
 def generated_part(html: str, body: str, context: Mapping[str, Any]) -> str:

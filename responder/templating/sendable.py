@@ -1,6 +1,6 @@
 """Whether a template can be sent as a kind of mail: it exists, and its newest version renders
 against that kind's sample context (``context.sample_context``) through the same sandboxed
-``render_mail`` the delivery worker uses.
+``render_parts`` the delivery worker uses, in a render process (``pool``).
 
 Newsletters and sequence steps check the template they name before they are written; an upload
 checks the new version against every kind of mail that sends its name now (``kinds_in_use``),
@@ -17,49 +17,39 @@ from ..errors import TemplateError
 from ..models import Newsletter, Step, Template
 from ..settings import Settings
 from .context import KIND_NAMES, sample_context
-from .render import render_mail
-from .sandbox import html_env, render_string, text_env
+from .pool import Renderer, run_job
 
 # A newsletter in these states will still render its template (the newest version at send time).
 UNFINISHED = ("draft", "scheduled", "sending", "paused")
 
 
-def check_renders(settings: Settings, template: Template, kind: str) -> None:
+async def check_renders(renderer: Renderer | None, settings: Settings, template: Template, kind: str) -> None:
     """Raise ``TemplateError`` (422) naming the template, the part and the problem if
-    ``template`` does not render as a ``kind`` mail."""
+    ``template`` does not render as a ``kind`` mail: in a render process (``pool``), or in this
+    process without a ``renderer`` (the command line)."""
     context = sample_context(settings, kind)
-    parts = (
-        ("subject", template.subject, text_env()),
-        ("body", template.source, html_env()),
-        ("text", template.text, text_env()),
-    )
+    args = (template.subject, template.source, template.text, template.html, context)
     try:
-        # The source first, as at upload, so a failure names the line the author wrote; then
-        # what sending renders.
-        for part, source, env in parts:
-            if source is not None:
-                render_string(env, source, context, part)
-        render_mail(
-            subject=template.subject,
-            html=template.html,
-            text=template.text,
-            context=context,
-            track_link=None,
-            open_pixel_url=None,
-            base_url=settings.base_url,
-        )
+        if renderer is not None:
+            await renderer.check(*args)
+        else:
+            answer = run_job("check", args)
+            if "error" in answer:
+                raise TemplateError(answer["error"], field=answer["field"])
     except TemplateError as exc:
         raise TemplateError(
             f"template {template.name!r} cannot be sent as {KIND_NAMES[kind]}: {exc.message}", field="template"
         ) from exc
 
 
-async def sendable_template(session: AsyncSession, settings: Settings, name: str, kind: str) -> Template:
+async def sendable_template(
+    session: AsyncSession, settings: Settings, name: str, kind: str, renderer: Renderer | None = None
+) -> Template:
     """The newest version of ``name`` if it renders as a ``kind`` mail, else ``TemplateError``."""
     template = await newest_template(session, name)
     if template is None:
         raise TemplateError(f"no template named {name!r}: upload it first", field="template")
-    check_renders(settings, template, kind)
+    await check_renders(renderer, settings, template, kind)
     return template
 
 

@@ -19,9 +19,9 @@ from ..errors import NotFound, TemplateError, ValidationError
 from ..models import Layer, Subscriber, Template
 from ..runtime import Runtime
 from ..validation import clean_email
-from .compile import Compiled, compile_template, detect_format
+from .compile import Compiled, detect_format
 from .context import recipient_context, sample_context, template_kinds
-from .render import NO_UNSUBSCRIBE_PURPOSES, Footer, Rendered, render_mail
+from .render import NO_UNSUBSCRIBE_PURPOSES, Footer, Rendered, finish
 from .sendable import check_renders, kinds_in_use
 from .store import add_version
 
@@ -71,13 +71,13 @@ def template_json(template: Template, *, versions: int | None = None, with_sourc
     return body
 
 
-def compile_upload(rt: Runtime, upload: Upload) -> Compiled:
+async def compile_upload(rt: Runtime, upload: Upload) -> Compiled:
     """Compile and render against the sample context of each kind of mail the template is for
     (``context.template_kinds``): raises ``TemplateError`` (422) if either fails, before
     anything is stored."""
     upload = upload.checked()
     samples = [sample_context(rt.settings, kind) for kind in template_kinds(upload.name, upload.purpose)]
-    return compile_template(upload.source, upload.subject, upload.source_format, upload.text, samples=samples)
+    return await rt.renderer.compile(upload.source, upload.subject, upload.source_format, upload.text, samples)
 
 
 async def store_version(rt: Runtime, session: AsyncSession, upload: Upload, compiled: Compiled) -> Template:
@@ -87,13 +87,13 @@ async def store_version(rt: Runtime, session: AsyncSession, upload: Upload, comp
     own = template_kinds(upload.name, upload.purpose)
     for kind in await kinds_in_use(session, upload.name):
         if kind not in own:
-            check_renders(rt.settings, template, kind)
+            await check_renders(rt.renderer, rt.settings, template, kind)
     return template
 
 
 async def upload_template(rt: Runtime, upload: Upload) -> dict[str, Any]:
     """Store a new version of ``upload.name``; versions count up from 1."""
-    compiled = compile_upload(rt, upload)
+    compiled = await compile_upload(rt, upload)
     async with rt.db.transaction() as session:
         return template_json(await store_version(rt, session, upload, compiled))
 
@@ -156,7 +156,7 @@ async def sync_folder(rt: Runtime, folder: Path) -> list[tuple[str, int, bool]]:
     compiled: list[tuple[Upload, Compiled]] = []
     for upload in uploads:
         try:
-            compiled.append((upload, compile_upload(rt, upload)))
+            compiled.append((upload, await compile_upload(rt, upload)))
         except TemplateError as exc:
             raise TemplateError(f"{upload.name}: {exc.message}", field=exc.field) from exc
     results: list[tuple[str, int, bool]] = []
@@ -232,11 +232,8 @@ async def render_preview(
                 raise NotFound(f"no subscriber with id {subscriber_id}")
             layer = await session.get(Layer, subscriber.layer_id) if subscriber.layer_id else None
             context = recipient_context(rt, subscriber, layer, kind)
-    rendered = render_mail(
-        subject=template.subject,
-        html=template.html,
-        text=template.text,
-        context=context,
+    rendered = finish(
+        await rt.renderer.render(template.subject, template.html, template.text, context),
         track_link=None,
         open_pixel_url=None,
         base_url=rt.settings.base_url,

@@ -60,7 +60,7 @@ async def test_old_links_verify_during_the_grace_period_and_not_after(tmp_path: 
     rt = (await start_runtime(settings, clock)).runtime
     old = issued(rt)
     until = await rotate_secret(rt.db, clock.now(), dt.timedelta(days=30))
-    await rt.db.dispose()
+    await rt.close()
     assert until == clock.now() + dt.timedelta(days=30)
 
     clock.advance(days=1)  # within the grace period (and within a confirm link's own 7 days)
@@ -71,7 +71,7 @@ async def test_old_links_verify_during_the_grace_period_and_not_after(tmp_path: 
         assert reads(rt, old) == dict.fromkeys(old, True)
         assert reads(rt, new) == dict.fromkeys(new, True)
     finally:
-        await rt.db.dispose()
+        await rt.close()
 
     clock.advance(days=30)  # past the grace period: only the new key is left
     rt = (await start_runtime(settings, clock)).runtime
@@ -80,7 +80,7 @@ async def test_old_links_verify_during_the_grace_period_and_not_after(tmp_path: 
         assert reads(rt, old) == dict.fromkeys(old, False)
         assert reads(rt, new)["unsubscribe"] and reads(rt, new)["reply"]
     finally:
-        await rt.db.dispose()
+        await rt.close()
 
 
 def test_the_command_refuses_a_key_given_in_the_environment(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ async def create_newsletter(request: web.Request) -> web.Response:
     rt = runtime(request)
     data = await read_input(request)
     async with rt.db.transaction() as session:
-        newsletter = await newsletters.create(session, data, rt.clock.now(), rt.settings)
+        newsletter = await newsletters.create(session, data, rt.clock.now(), rt.settings, rt.renderer)
         result = await newsletters.progress(session, newsletter)
     rt.wake_scheduler()
     return web.json_response(result, status=201)

@@ -314,7 +314,7 @@ async def create_sequence(request: web.Request) -> web.Response:
     rt = runtime(request)
     data = await read_input(request)
     async with rt.db.transaction() as session:
-        sequence = await sequences.create_sequence(session, data, rt.clock.now(), rt.settings)
+        sequence = await sequences.create_sequence(session, data, rt.clock.now(), rt.settings, rt.renderer)
         return web.json_response(await sequences.sequence_json(session, sequence), status=201)
 
 
@@ -350,7 +350,7 @@ async def add_step(request: web.Request) -> web.Response:
     rt = runtime(request)
     data = await read_input(request)
     async with rt.db.transaction() as session:
-        step = await sequences.add_step(session, path_int(request, "sequence"), data, rt.settings)
+        step = await sequences.add_step(session, path_int(request, "sequence"), data, rt.settings, rt.renderer)
         return web.json_response(sequences.step_json(step), status=201)
 
 
@@ -377,7 +377,7 @@ async def update_step(request: web.Request) -> web.Response:
     data = await read_input(request)
     async with rt.db.transaction() as session:
         step = await sequences.update_step(
-            session, path_int(request, "sequence"), path_int(request, "step"), data, rt.settings
+            session, path_int(request, "sequence"), path_int(request, "step"), data, rt.settings, rt.renderer
         )
         return web.json_response(sequences.step_json(step))
 

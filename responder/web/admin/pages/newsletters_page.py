@@ -158,11 +158,11 @@ async def compose(request: web.Request) -> web.Response:
         if "send_now" in data or "send_at" in data:
             async with rt.db.read() as session:
                 count = await newsletters.count_audience(session, data["layers"], data["tags"])
-                await sendable_template(session, rt.settings, str(data["template"] or ""), "newsletter")
+                await sendable_template(session, rt.settings, str(data["template"] or ""), "newsletter", rt.renderer)
             if form.get("confirmed") != "yes":
                 return _confirm(request, form, data, count)
         async with rt.db.transaction() as session:
-            newsletter = await newsletters.create(session, data, rt.clock.now(), rt.settings)
+            newsletter = await newsletters.create(session, data, rt.clock.now(), rt.settings, rt.renderer)
             newsletter_id = newsletter.id
     except (ValidationError, TemplateError) as exc:
         # Shown beside the form, which keeps what was typed: 400 for bad input, 422 for a

@@ -1,0 +1,145 @@
+"""Templates render in child processes with hard limits (issue 18, point 1): a render that runs
+past ``RESPONDER_RENDER_TIME_LIMIT_S`` or past ``RESPONDER_RENDER_MEMORY_MB`` kills only its
+child, fails with a reason (an upload 422 with nothing stored, a message ``failed``), and the
+server keeps answering throughout; the next render gets a fresh child."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import func, select
+
+from responder.clock import FakeClock
+from responder.errors import TemplateError
+from responder.models import Message, Template
+from responder.templating.pool import Renderer
+
+from ..admin_fixtures import make_subscriber
+from ..conftest import App, SmtpSink, running_app
+
+# Python-level loops: the sandbox's own watchdog would stop them after 2 s, the pool at 1 s.
+SLOW = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+# 70 different strings of two million 4-byte characters: 560 MB, each step within the size checks.
+GREEDY = (
+    "{% set a = '\U0001f600' * 2000000 %}{% set l = ["
+    + ",".join(f"a ~ '{n}'" for n in range(70))
+    + "] %}{{ l|length }}"
+)
+# Fast for the sample recipient every check renders for, slow for real subscribers.
+SLOW_FOR_REAL = '{% if subscriber.email != "sam.sample@example.com" %}' + SLOW + "{% endif %}<p>Hi</p>"
+
+
+@pytest.fixture
+async def lapp(database_url: str, smtp: SmtpSink, clock: FakeClock) -> AsyncIterator[App]:
+    env = {"RESPONDER_RENDER_TIME_LIMIT_S": "1", "RESPONDER_RENDER_MEMORY_MB": "400"}
+    async with running_app(database_url, smtp, clock, **env) as running:
+        yield running
+
+
+async def upload(app: App, name: str, body: str) -> tuple[int, str]:
+    resp = await app.client.post(
+        "/api/v1/templates",
+        headers=app.auth,
+        json={"name": name, "subject": "Hi", "body": body, "purpose": "offer"},
+    )
+    return resp.status, await resp.text()
+
+
+async def templates(app: App) -> int:
+    async with app.rt.db.read() as session:
+        return (await session.execute(select(func.count()).select_from(Template))).scalar_one()
+
+
+async def slowest_health_while(app: App, work: asyncio.Future[object]) -> float:
+    """The longest ``/healthz`` took, asked again and again until ``work`` is done."""
+    slowest = 0.0
+    while not work.done():
+        began = time.monotonic()
+        resp = await app.client.get("/healthz")
+        assert resp.status == 200
+        slowest = max(slowest, time.monotonic() - began)
+        await asyncio.sleep(0.05)
+    return slowest
+
+
+async def test_a_slow_upload_is_killed_at_the_limit_and_nothing_waits_for_it(lapp: App) -> None:
+    before = await templates(lapp)
+    began = time.monotonic()
+    work = asyncio.ensure_future(upload(lapp, "slow", f"<p>{SLOW}</p>"))
+    slowest = await slowest_health_while(lapp, work)
+    status, text = await work
+    assert status == 422 and "takes longer than 1 s to render" in text, text
+    assert time.monotonic() - began < 10  # killed at 1 s (the watchdog alone would need 2 s)
+    assert slowest < 0.5, slowest  # the event loop never waited on the render
+    assert lapp.rt.renderer.replaced == 1
+    # The next upload gets a fresh process.
+    assert (await upload(lapp, "fine", "<p>Hello {{ subscriber.first_name }}</p>"))[0] == 201
+    assert await templates(lapp) == before + 1
+
+
+async def test_a_greedy_upload_runs_out_of_its_own_memory_not_the_servers(
+    database_url: str, smtp: SmtpSink, clock: FakeClock
+) -> None:
+    env = {"RESPONDER_RENDER_TIME_LIMIT_S": "30", "RESPONDER_RENDER_MEMORY_MB": "400"}
+    async with running_app(database_url, smtp, clock, **env) as app:
+        status, text = await upload(app, "greedy", f"<p>{GREEDY}</p>")
+        assert status == 422 and "MemoryError" in text, text
+        assert (await upload(app, "fine", "<p>Hello</p>"))[0] == 201
+
+
+async def test_a_template_slow_only_for_real_subscribers_fails_its_messages_not_the_server(lapp: App) -> None:
+    for number in range(2):
+        await make_subscriber(lapp.rt, f"reader{number}@example.com", layer=2)
+    assert (await upload(lapp, "trap", SLOW_FOR_REAL))[0] == 201  # fine for the sample
+    resp = await lapp.client.post(
+        "/api/v1/newsletters",
+        headers=lapp.auth,
+        json={"name": "Trap", "template": "trap", "layers": [2], "send_now": True},
+    )
+    assert resp.status == 201, await resp.text()
+    lapp.rt.wake_scheduler()
+
+    async def failed() -> list[str]:
+        while True:
+            async with lapp.rt.db.read() as session:
+                rows = (
+                    (await session.execute(select(Message.last_error).where(Message.state == "failed"))).scalars().all()
+                )
+            if len(rows) == 2:
+                return [str(row) for row in rows]
+            await asyncio.sleep(0.1)
+
+    work = asyncio.ensure_future(asyncio.wait_for(failed(), 60))
+    slowest = await slowest_health_while(lapp, work)
+    assert all("takes longer than 1 s to render" in error for error in await work)
+    assert slowest < 0.5, slowest
+    assert lapp.smtp.received == [] and lapp.rt.renderer.replaced == 2
+
+
+async def test_jobs_run_side_by_side_and_a_killed_one_spares_the_others() -> None:
+    renderer = Renderer(2, 1.0, 400)
+    try:
+        slow = asyncio.ensure_future(renderer.render("Hi", SLOW, None, {}))
+        await asyncio.sleep(0.2)
+        began = time.monotonic()
+        fast = await renderer.render("Hi {{ name }}", "<p>{{ name }}</p>", None, {"name": "Ann"})
+        assert time.monotonic() - began < 0.9  # the other child, not behind the slow job
+        assert (fast.subject, fast.html, fast.text) == ("Hi Ann", "<p>Ann</p>", "Ann")
+        with pytest.raises(TemplateError, match="takes longer than 1 s"):
+            await slow
+        again = await renderer.render("Hi", "<p>{{ 6 * 7 }}</p>", None, {})
+        assert again.html == "<p>42</p>" and renderer.replaced == 1
+    finally:
+        await renderer.close()
+
+
+async def test_without_processes_templates_render_in_a_thread() -> None:
+    renderer = Renderer(0, 1.0, 400)
+    rendered = await renderer.render("Hi", "<p>{{ 6 * 7 }}</p>", None, {})
+    assert rendered.html == "<p>42</p>"
+    with pytest.raises(TemplateError, match="'nope' is undefined"):
+        await renderer.render("Hi", "<p>{{ nope }}</p>", None, {})
+    await renderer.close()
