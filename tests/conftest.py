@@ -300,7 +300,8 @@ def _checked_in_at_dispose(monkeypatch: pytest.MonkeyPatch, request: pytest.Fixt
     stacks: dict[int, str] = {}
 
     def checkout(dbapi_conn: object, record: object, proxy: object) -> None:
-        stacks[id(record)] = "".join(traceback.format_stack(limit=40))
+        frames = [f for f in traceback.format_stack() if "sqlalchemy" not in f]
+        stacks[id(record)] = "".join(frames[-25:])
 
     def checkin(dbapi_conn: object, record: object) -> None:
         stacks.pop(id(record), None)

@@ -221,3 +221,14 @@ async def test_previews_use_the_context_of_their_kind(app: App) -> None:
     for name, expected in (("enquiry-ack", "Ada"), ("confirm", "/confirm/sample"), ("layer5-referral", "Sam")):
         resp = await app.client.get(f"/api/v1/templates/{name}/preview", headers=app.auth)
         assert resp.status == 200 and expected in (await resp.json())["text"], name
+
+
+async def test_an_upload_must_render_for_recipients_unlike_the_sample(app: App) -> None:
+    """Real lists hold people with no name, long names in other scripts, plus addresses."""
+    resp = await upload(app, "initial", "<p>Dear {{ subscriber.name[0] }}.</p>")
+    assert "body, line 1" in await error_of(resp)
+    only_sam = '{% if subscriber.email == "sam.sample@example.com" %}Hi{% else %}{{ subscriber.nickname }}{% endif %}'
+    assert "'dict object' has no attribute 'nickname'" in await error_of(await upload(app, "only-sam", only_sam))
+    ack = "<p>{{ enquiry.subject[0] }}</p>"
+    assert "body, line 1" in await error_of(await upload(app, "enquiry-ack", ack, purpose="enquiry"))
+    assert (await upload(app, "fine", "<p>Dear {{ subscriber.first_name or 'reader' }}</p>")).status == 201

@@ -146,6 +146,31 @@ def sample_subscriber() -> tuple[Subscriber, Layer]:
     )
 
 
+def sample_contexts(settings: Settings, kind: str) -> list[dict[str, Any]]:
+    """``sample_context``, then recipients unlike it that real lists hold: one with no name at
+    all, one with a long name in another script, a plus address and the top layer. An upload
+    and the checks of newsletters and steps render against each, so a template that only works
+    for Sam Sample (``{{ subscriber.name[0] }}``, a branch on the sample's address) is refused."""
+    first = sample_context(settings, kind)
+    if kind == "enquiry-ack":
+        nameless = {**first, "enquiry": {**first["enquiry"], "name": "", "first_name": "", "subject": ""}}
+        return [first, nameless]
+    variants = [first]
+    for name, email, position, label in (
+        ("", "x@example.org", 1, "Welcome"),
+        ("Zoë Ångström-Nakamura 中村 " + "é" * 100, "long.name+tag@example.co.uk", 7, "Partner"),
+    ):
+        subscriber = {
+            **first["subscriber"],
+            "email": email,
+            "name": name,
+            "first_name": first_name(name),
+            "layer": {"position": position, "name": f"Layer {position}", "label": label},
+        }
+        variants.append({**first, "subscriber": subscriber})
+    return variants
+
+
 def sample_context(settings: Settings, kind: str) -> dict[str, Any]:
     """The context a ``kind`` mail gets, for a sample recipient: every variable a real one has,
     links to harmless pages. Uploads, previews and the checks of newsletters and steps all

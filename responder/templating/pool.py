@@ -50,14 +50,17 @@ def _render(subject: str, html: str, text: str | None, context: Mapping[str, Any
     return [parts.subject, parts.html, parts.text]
 
 
-def _check(subject: str, source: str | None, text: str | None, html: str, context: Mapping[str, Any]) -> None:
-    """Whether a stored template renders against ``context``: the source first, as at upload, so
-    a failure names the line the author wrote; then what sending renders."""
+def _check(
+    subject: str, source: str | None, text: str | None, html: str, contexts: Sequence[Mapping[str, Any]]
+) -> None:
+    """Whether a stored template renders against each of ``contexts``: the source first, as at
+    upload, so a failure names the line the author wrote; then what sending renders."""
     parts = (("subject", subject, text_env()), ("body", source, html_env()), ("text", text, text_env()))
-    for part, part_source, env in parts:
-        if part_source is not None:
-            render_string(env, part_source, context, part)
-    render_parts(subject, html, text, context)
+    for context in contexts:
+        for part, part_source, env in parts:
+            if part_source is not None:
+                render_string(env, part_source, context, part)
+        render_parts(subject, html, text, context)
 
 
 def _compile(
@@ -153,9 +156,9 @@ class Renderer:
         return Rendered(subject_out, html_out, text_out)
 
     async def check(
-        self, subject: str, source: str | None, text: str | None, html: str, context: Mapping[str, Any]
+        self, subject: str, source: str | None, text: str | None, html: str, contexts: Sequence[Mapping[str, Any]]
     ) -> None:
-        await self._run("check", (subject, source, text, html, dict(context)))
+        await self._run("check", (subject, source, text, html, [dict(context) for context in contexts]))
 
     async def compile(
         self,

@@ -16,7 +16,7 @@ from ..delivery.build import newest_template
 from ..errors import TemplateError
 from ..models import Newsletter, Step, Template
 from ..settings import Settings
-from .context import KIND_NAMES, sample_context
+from .context import KIND_NAMES, sample_contexts
 from .pool import Renderer, run_job
 
 # A newsletter in these states will still render its template (the newest version at send time).
@@ -27,8 +27,7 @@ async def check_renders(renderer: Renderer | None, settings: Settings, template:
     """Raise ``TemplateError`` (422) naming the template, the part and the problem if
     ``template`` does not render as a ``kind`` mail: in a render process (``pool``), or in this
     process without a ``renderer`` (the command line)."""
-    context = sample_context(settings, kind)
-    args = (template.subject, template.source, template.text, template.html, context)
+    args = (template.subject, template.source, template.text, template.html, sample_contexts(settings, kind))
     try:
         if renderer is not None:
             await renderer.check(*args)

@@ -20,7 +20,7 @@ from ..models import Layer, Subscriber, Template
 from ..runtime import Runtime
 from ..validation import clean_email
 from .compile import Compiled, detect_format
-from .context import recipient_context, sample_context, template_kinds
+from .context import recipient_context, sample_context, sample_contexts, template_kinds
 from .render import NO_UNSUBSCRIBE_PURPOSES, Footer, Rendered, finish
 from .sendable import check_renders, kinds_in_use
 from .store import add_version
@@ -76,7 +76,9 @@ async def compile_upload(rt: Runtime, upload: Upload) -> Compiled:
     (``context.template_kinds``): raises ``TemplateError`` (422) if either fails, before
     anything is stored."""
     upload = upload.checked()
-    samples = [sample_context(rt.settings, kind) for kind in template_kinds(upload.name, upload.purpose)]
+    samples = [
+        sample for kind in template_kinds(upload.name, upload.purpose) for sample in sample_contexts(rt.settings, kind)
+    ]
     return await rt.renderer.compile(upload.source, upload.subject, upload.source_format, upload.text, samples)
 
 
