@@ -100,8 +100,10 @@ class Database:
             self.writer = _postgresql_engine(url)
             self.reader = self.writer
         self._local_lock = asyncio.Lock()
-        self._write_sessions = async_sessionmaker(self.writer, expire_on_commit=False)
-        self._read_sessions = async_sessionmaker(self.reader, expire_on_commit=False)
+        # No autobegin: a session used after its block ends raises, instead of quietly taking a
+        # connection that nobody returns to the pool.
+        self._write_sessions = async_sessionmaker(self.writer, expire_on_commit=False, autobegin=False)
+        self._read_sessions = async_sessionmaker(self.reader, expire_on_commit=False, autobegin=False)
 
     @property
     def is_sqlite(self) -> bool:

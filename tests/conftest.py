@@ -197,9 +197,11 @@ def make_settings(database_url: str, smtp_url: str, **env: str) -> Settings:
         "RESPONDER_SCHEDULER_POLL_S": "0.05",
         # A loaded CI machine can take seconds over a write; the 503 paths set their own.
         "RESPONDER_FORM_WRITE_TIMEOUT_S": "30",
-        # One render process per test server (each costs a start of ~0.2 s); the pool's own
-        # tests size it themselves. A loaded machine gets a looser render deadline.
-        "RESPONDER_RENDER_PROCESSES": "1",
+        # Renders in a thread: a render process costs ~0.15 s of CPU to start, once per test
+        # server, which is two minutes over the suite. The pool's own tests
+        # (tests/hardening/test_render_pool.py) and every test that starts `responder serve` as
+        # a process (crash, scale-out, serve) render in processes, as production does.
+        "RESPONDER_RENDER_PROCESSES": "0",
         "RESPONDER_RENDER_TIME_LIMIT_S": "20",
         **env,
     }
@@ -285,42 +287,3 @@ def confirm_path(received: Received) -> str:
     match = re.search(r"/confirm/[\w.\-]+", text)
     assert match, text
     return match.group(0)
-
-
-@pytest.fixture(autouse=True)
-def _checked_in_at_dispose(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[None]:
-    """DIAGNOSTIC: report a database disposed with a connection still checked out."""
-    import traceback
-
-    from sqlalchemy import event
-    from sqlalchemy.pool import Pool
-
-    from responder.db import Database
-
-    stacks: dict[int, str] = {}
-
-    def checkout(dbapi_conn: object, record: object, proxy: object) -> None:
-        frames = [f for f in traceback.format_stack() if "sqlalchemy" not in f]
-        stacks[id(record)] = "".join(frames[-25:])
-
-    def checkin(dbapi_conn: object, record: object) -> None:
-        stacks.pop(id(record), None)
-
-    event.listen(Pool, "checkout", checkout)
-    event.listen(Pool, "checkin", checkin)
-    original = Database.dispose
-
-    async def dispose(self: Database) -> None:
-        for engine in {self.writer, self.reader}:
-            out = engine.pool.checkedout()  # type: ignore[attr-defined]
-            if out:
-                with open("/tmp/leakers.txt", "a") as f:
-                    f.write(f"{request.node.nodeid} {engine.url} {out}\n")
-                    for stack in stacks.values():
-                        f.write(stack + "\n-----\n")
-        await original(self)
-
-    monkeypatch.setattr(Database, "dispose", dispose)
-    yield
-    event.remove(Pool, "checkout", checkout)
-    event.remove(Pool, "checkin", checkin)

@@ -196,25 +196,26 @@ async def test_180_days_of_1000_subscribers_match_the_reference(database_url: st
             ).scalar_one()
         delivered = len(smtp.received)
         trace: dict[int, list[str]] = {}  # the story of one subscriber of each persona, in days
-        for sid in {min(i for i in persona if persona[i] == kind) for kind in ref.PERSONAS}:
-            days = lambda at: round((at - start).total_seconds() / ref.DAY, 3)  # noqa: E731
-            story = [
-                f"{days(h.created_at)} {h.kind} {h.from_position}->{h.to_position}"
-                for h in (
-                    await session.execute(select(LayerHistory).where(LayerHistory.subscriber_id == sid))
-                ).scalars()
-            ]
-            story += [
-                f"{days(m.sent_at)} mail {m.kind}"
-                for m in (await session.execute(select(Message).where(Message.subscriber_id == sid))).scalars()
-                if m.sent_at
-            ]
-            story += [
-                f"{days(e.created_at)} {e.type}{' machine' if e.machine else ''}"
-                for e in (await session.execute(select(Event).where(Event.subscriber_id == sid))).scalars()
-                if e.type in ("open", "click", "purchase")
-            ]
-            trace[sid] = sorted(story, key=lambda line: float(line.split()[0]))
+        async with app.rt.db.read() as session:  # a closed session would open a connection nobody returns
+            for sid in {min(i for i in persona if persona[i] == kind) for kind in ref.PERSONAS}:
+                days = lambda at: round((at - start).total_seconds() / ref.DAY, 3)  # noqa: E731
+                story = [
+                    f"{days(h.created_at)} {h.kind} {h.from_position}->{h.to_position}"
+                    for h in (
+                        await session.execute(select(LayerHistory).where(LayerHistory.subscriber_id == sid))
+                    ).scalars()
+                ]
+                story += [
+                    f"{days(m.sent_at)} mail {m.kind}"
+                    for m in (await session.execute(select(Message).where(Message.subscriber_id == sid))).scalars()
+                    if m.sent_at
+                ]
+                story += [
+                    f"{days(e.created_at)} {e.type}{' machine' if e.machine else ''}"
+                    for e in (await session.execute(select(Event).where(Event.subscriber_id == sid))).scalars()
+                    if e.type in ("open", "click", "purchase")
+                ]
+                trace[sid] = sorted(story, key=lambda line: float(line.split()[0]))
 
     ids = sorted(persona)
     got = {sid: (layer, status, mails.get(sid, 0)) for sid, layer, status in rows}

@@ -34,7 +34,7 @@ SLOW_FOR_REAL = '{% if subscriber.email.startswith("reader") %}' + SLOW + "{% en
 
 @pytest.fixture
 async def lapp(database_url: str, smtp: SmtpSink, clock: FakeClock) -> AsyncIterator[App]:
-    env = {"RESPONDER_RENDER_TIME_LIMIT_S": "1", "RESPONDER_RENDER_MEMORY_MB": "400"}
+    env = {"RESPONDER_RENDER_PROCESSES": "2", "RESPONDER_RENDER_TIME_LIMIT_S": "1", "RESPONDER_RENDER_MEMORY_MB": "400"}
     async with running_app(database_url, smtp, clock, **env) as running:
         yield running
 
@@ -83,7 +83,11 @@ async def test_a_slow_upload_is_killed_at_the_limit_and_nothing_waits_for_it(lap
 async def test_a_greedy_upload_runs_out_of_its_own_memory_not_the_servers(
     database_url: str, smtp: SmtpSink, clock: FakeClock
 ) -> None:
-    env = {"RESPONDER_RENDER_TIME_LIMIT_S": "30", "RESPONDER_RENDER_MEMORY_MB": "400"}
+    env = {
+        "RESPONDER_RENDER_PROCESSES": "1",
+        "RESPONDER_RENDER_TIME_LIMIT_S": "30",
+        "RESPONDER_RENDER_MEMORY_MB": "400",
+    }
     async with running_app(database_url, smtp, clock, **env) as app:
         status, text = await upload(app, "greedy", f"<p>{GREEDY}</p>")
         assert status == 422 and "MemoryError" in text, text
