@@ -23,13 +23,16 @@ a thread of the serving process instead: off the event loop, but without the har
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import json
 import logging
 import math
 import pickle
 import resource
 import signal
+import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
@@ -86,6 +89,58 @@ def run_job(name: str, args: tuple[Any, ...]) -> dict[str, Any]:
         return {"error": "the template needs more memory than a render may use", "field": "body", "retire": True}
 
 
+# A child keeps the sources of the templates it rendered last, so a mail's request carries only
+# its context; the parent mirrors each child's list (same size, same order of use) and sends the
+# sources again only when the child no longer has them.
+SOURCES_KEPT = 64
+_ANSWER_PARTS = struct.Struct(">III")
+
+
+class SourcesKept:
+    """The least recently used template sources, by key: the child's store, the parent's mirror."""
+
+    def __init__(self) -> None:
+        self._kept: collections.OrderedDict[int, Any] = collections.OrderedDict()
+
+    def has(self, key: int) -> bool:
+        """Whether ``key`` is kept; using it counts as a use, on both sides alike."""
+        if key in self._kept:
+            self._kept.move_to_end(key)
+            return True
+        return False
+
+    def keep(self, key: int, sources: Any) -> None:
+        self._kept[key] = sources
+        if len(self._kept) > SOURCES_KEPT:
+            self._kept.popitem(last=False)
+
+    def get(self, key: int) -> Any:
+        self._kept.move_to_end(key)
+        return self._kept[key]
+
+
+def encode_answer(name: str, answer: dict[str, Any]) -> bytes:
+    """A rendered mail as its three parts' UTF-8 bytes after their lengths (no JSON escaping of
+    the HTML both ways); everything else as JSON. Never pickle: a template's output could
+    influence it, and the parent must not unpickle what it does not trust."""
+    if name == "render" and "ok" in answer:
+        parts = [part.encode("utf-8", "surrogatepass") for part in answer["ok"]]
+        return b"R" + _ANSWER_PARTS.pack(*(len(part) for part in parts)) + b"".join(parts)
+    return b"J" + json.dumps(answer).encode()
+
+
+def decode_answer(raw: bytes) -> dict[str, Any]:
+    if raw[:1] == b"R":
+        sizes = _ANSWER_PARTS.unpack_from(raw, 1)
+        at, parts = 1 + _ANSWER_PARTS.size, []
+        for size in sizes:
+            parts.append(raw[at : at + size].decode("utf-8", "surrogatepass"))
+            at += size
+        return {"ok": parts}
+    answer: dict[str, Any] = json.loads(raw[1:])
+    return answer
+
+
 def _cpu_used() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -98,13 +153,19 @@ def _child(memory_mb: int, time_limit_s: float) -> None:
     if memory_mb > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_mb * MB, memory_mb * MB))
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    kept = SourcesKept()
     while (frame := read_frame(stdin)) is not None:
         # The kernel sends SIGXCPU (which ends the process) once this job has used its share.
         soft = math.ceil(_cpu_used() + time_limit_s) + 1
         resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
         name, args = pickle.loads(frame)
+        if name == "render":  # (key, sources or None, context)
+            key, sources, context = args
+            if sources is not None:
+                kept.keep(key, sources)
+            args = (*kept.get(key), context)
         answer = run_job(name, args)
-        write_frame(stdout, json.dumps(answer).encode())
+        write_frame(stdout, encode_answer(name, answer))
         if answer.get("retire"):
             return
 
@@ -122,6 +183,7 @@ class RenderProcess(FramedChild):
         super().__init__("responder.templating.pool", str(memory_mb), repr(time_limit_s))
         self.jobs = 0
         self.exit_status: int | None = None
+        self.kept = SourcesKept()  # the mirror of what the child keeps
 
     async def stop(self, *, kill: bool = False) -> None:
         process = self._process
@@ -145,6 +207,8 @@ class Renderer:
         self._slots: asyncio.Semaphore | None = None
         self._in_process = processes == 0
         self.replaced = 0  # children killed or lost with a job in hand
+        self._keys: dict[tuple[str, str, str | None], int] = {}  # template sources → their key
+        self._next_key = itertools.count(1)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Renderer:
@@ -152,7 +216,7 @@ class Renderer:
 
     async def render(self, subject: str, html: str, text: str | None, context: Mapping[str, Any]) -> Rendered:
         """``render.render_parts`` in a child."""
-        subject_out, html_out, text_out = await self._run("render", (subject, html, text, dict(context)))
+        subject_out, html_out, text_out = await self._run("render", (subject, html, text, context))
         return Rendered(subject_out, html_out, text_out)
 
     async def check(
@@ -176,12 +240,26 @@ class Renderer:
         if self._in_process:
             answer = await asyncio.to_thread(run_job, name, args)
         else:
-            answer = await self._in_child(name, pickle.dumps((name, args), protocol=pickle.HIGHEST_PROTOCOL))
+            answer = await self._in_child(name, args)
         if "error" in answer:
             raise TemplateError(str(answer["error"]), field=answer.get("field") or "body")
         return answer["ok"]
 
-    async def _in_child(self, name: str, payload: bytes) -> dict[str, Any]:
+    def _payload(self, child: RenderProcess, name: str, args: tuple[Any, ...]) -> bytes:
+        if name == "render":  # the sources once per child (while it keeps them), then their key
+            subject, html, text, context = args
+            sources = (subject, html, text)
+            key = self._keys.get(sources)
+            if key is None:
+                if len(self._keys) > 4 * SOURCES_KEPT:
+                    self._keys.clear()  # keys only grow, so a fresh key is never a stale one
+                key = self._keys[sources] = next(self._next_key)
+            args = (key, None if child.kept.has(key) else sources, dict(context))
+            if args[1] is not None:
+                child.kept.keep(key, sources)
+        return pickle.dumps((name, args), protocol=pickle.HIGHEST_PROTOCOL)
+
+    async def _in_child(self, name: str, args: tuple[Any, ...]) -> dict[str, Any]:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.processes)
         async with self._slots:
@@ -190,8 +268,8 @@ class Renderer:
                 self._busy.add(child)
                 keep = False
                 try:
-                    raw = await asyncio.wait_for(child.ask(payload), self.time_limit_s)
-                    answer: dict[str, Any] = json.loads(raw)
+                    raw = await asyncio.wait_for(child.ask(self._payload(child, name, args)), self.time_limit_s)
+                    answer = decode_answer(raw)
                     keep = not answer.get("retire")
                     return answer
                 except TimeoutError:
@@ -206,7 +284,7 @@ class Renderer:
                     if not exc.in_flight:  # no process can be started here: render in a thread
                         log.error("%s; rendering in a thread of this process, without hard limits", exc)
                         self._in_process = True
-                        return await asyncio.to_thread(run_job, name, pickle.loads(payload)[1])
+                        return await asyncio.to_thread(run_job, name, args)
                     self.replaced += 1
                     raise TemplateError(await self._death_reason(child), field="body") from None
                 finally:
