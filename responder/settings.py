@@ -291,6 +291,13 @@ SPECS: tuple[Spec, ...] = (
     Spec("max_connections_per_ip", "256", "open HTTP connections one client address may hold", parse_int),
     Spec("form_write_timeout_s", "5", "seconds a form waits for the database before answering 503", parse_float),
     Spec(
+        "soft_bounce_limit",
+        "3",
+        "different messages to one address refused for a full mailbox or without a reason before it is suppressed",
+        parse_int,
+    ),
+    Spec("soft_bounce_days", "30", "days over which soft bounces are counted", parse_int),
+    Spec(
         "render_processes",
         "auto",
         "child processes that render templates (auto: one per core; 0: in a thread of this process, no hard limits)",
@@ -393,6 +400,8 @@ class Settings:
     previous_secret_keys: tuple[str, ...] = ()
     max_connections_per_ip: int = 256
     form_write_timeout_s: float = 5.0
+    soft_bounce_limit: int = 3
+    soft_bounce_days: int = 30
     render_processes: int = 1
     render_time_limit_s: float = 5.0
     render_memory_mb: int = 512
@@ -481,6 +490,8 @@ class Settings:
             header_timeout_s=parsed["header_timeout_s"],
             max_connections_per_ip=parsed["max_connections_per_ip"],
             form_write_timeout_s=parsed["form_write_timeout_s"],
+            soft_bounce_limit=parsed["soft_bounce_limit"],
+            soft_bounce_days=parsed["soft_bounce_days"],
             render_processes=parsed["render_processes"],
             render_time_limit_s=parsed["render_time_limit_s"],
             render_memory_mb=parsed["render_memory_mb"],
@@ -559,6 +570,8 @@ class Settings:
             "header_timeout_s": str(self.header_timeout_s),
             "max_connections_per_ip": str(self.max_connections_per_ip),
             "form_write_timeout_s": str(self.form_write_timeout_s),
+            "soft_bounce_limit": str(self.soft_bounce_limit),
+            "soft_bounce_days": str(self.soft_bounce_days),
             "render_processes": str(self.render_processes),
             "render_time_limit_s": str(self.render_time_limit_s),
             "render_memory_mb": str(self.render_memory_mb),

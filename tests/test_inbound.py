@@ -152,7 +152,13 @@ async def test_soft_dsn_is_counted_only(inbound_app: App) -> None:
     )
     assert (await subscriber(inbound_app.rt, "bea@example.org")).status == "active"
     [bounce] = await events(inbound_app, "bounce")
-    assert bounce.data == {"hard": False, "status": "4.4.1", "source": "dsn"}
+    assert bounce.data == {
+        "hard": False,
+        "kind": "temporary",
+        "status": "4.4.1",
+        "source": "dsn",
+        "reply": "4.4.1 smtp; 451 4.4.1 no answer",
+    }
 
 
 async def test_arf_complaint_stops_all_mail(inbound_app: App) -> None:
@@ -336,10 +342,20 @@ def test_auto_reply_verdict(fields: dict[str, str], sender: str | None, reason: 
 def test_dsn_and_arf_parsing() -> None:
     report = classify(
         DSN.format(
-            to="t", rcpt="a@b.example", action="failed", status="5.2.2", diagnostic="552 full", message_id="<m@x>"
+            to="t",
+            rcpt="a@b.example",
+            action="failed",
+            status="5.1.1",
+            diagnostic="550 no such user",
+            message_id="<m@x>",
         ).encode()
     )
     assert report.kind == "dsn" and report.hard and report.original_message_id == "<m@x>"
+    for status, diagnostic in (("5.2.2", "552 mailbox full"), ("5.7.1", "554 blocked using zen.spamhaus.org")):
+        dsn = DSN.format(
+            to="t", rcpt="a@b.example", action="failed", status=status, diagnostic=diagnostic, message_id=""
+        )
+        assert not classify(dsn.encode()).hard  # a full mailbox, a blocklist: not the address's fault
     assert report.recipients[0].address == "a@b.example"
     arf = classify(ARF.format(to="t", message_id="<n@x>").encode())
     assert (arf.kind, arf.feedback_type, arf.original_message_id) == ("arf", "abuse", "<n@x>")

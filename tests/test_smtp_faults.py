@@ -29,7 +29,7 @@ from .smtp_faults import fault_server
         ("450 4.2.1 mailbox busy", "deferred"),
         ("451 4.3.0 local error", "deferred"),
         ("550 5.1.1 no such user", "bounced"),
-        ("552 5.2.2 mailbox full", "bounced"),
+        ("552 5.2.2 mailbox full", "deferred"),  # a full mailbox is retried (core/bounces.py)
         ("553 5.1.3 bad address", "bounced"),
     ],
 )

@@ -22,6 +22,9 @@ from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.utils import parseaddr
 
+from .bounces import Bounce
+from .bounces import classify as classify_bounce
+
 _STATUS = re.compile(r"\b([245])\.\d{1,3}\.\d{1,3}\b")
 AUTO_PRECEDENCE = {"auto_reply", "bulk", "junk", "list"}
 # Fields only automatic mail carries: the vacation programs' own, Exchange's request that
@@ -118,8 +121,14 @@ class Recipient:
     diagnostic: str = ""
 
     @property
+    def bounce(self) -> Bounce:
+        return classify_bounce(None, f"{self.status} {self.diagnostic}")
+
+    @property
     def hard(self) -> bool:
-        return self.action == "failed" and self.status.startswith("5")
+        """Failed, and for the address itself (``core.bounces``): a blocklist or policy refusal
+        reported in a DSN is not the address's fault."""
+        return self.action == "failed" and self.bounce.suppresses
 
 
 @dataclass(frozen=True)

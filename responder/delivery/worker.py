@@ -26,19 +26,22 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..core.bounces import SOFT, Bounce, classify
 from ..core.retry import next_attempt
 from ..errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
+from ..funnel import webhooks
 from ..funnel.events import record_event
 from ..funnel.facts import SENT_EVENTS
 from ..loop import PollingLoop
-from ..models import Layer, Message, Subscriber, Template
+from ..models import Event, Layer, Message, Subscriber, Template
 from ..runtime import Runtime
+from ..settings import Settings
 from . import outbox
 from .build import Built, Sources, build_mail
 from .dkim import DkimSigner, private_pem, sign_canonical, signer_from_settings
@@ -66,6 +69,8 @@ class Outcome:
     subscriber_id: int
     values: dict[str, Any]
     bounce: bool = False
+    # A refusal that is not the address's fault, or not only: recorded as a soft bounce.
+    soft: Bounce | None = None
 
     @property
     def state(self) -> str:
@@ -407,18 +412,40 @@ class DeliveryWorker(PollingLoop):
             started = time.perf_counter()
             try:
                 await self.transport.send(item.envelope, data)
-            except PermanentDeliveryError as exc:
-                return Outcome(
-                    message.id, message.subscriber_id, dict(base, state="bounced", last_error=exc.message), bounce=True
-                )
-            except TemporaryDeliveryError as exc:
-                return self._deferred(message, exc.message, base)
+            except (PermanentDeliveryError, TemporaryDeliveryError) as exc:
+                return self._refused(message, exc, base, domain)
             except Exception as exc:  # unknown transport trouble: retrying is the safe side
                 log.exception("message %s: unexpected error while sending", message.id)
                 return self._deferred(message, f"unexpected error: {exc!r}"[:500], base)
             finally:
                 self.metrics.send_seconds.observe(time.perf_counter() - started)
         return Outcome(message.id, message.subscriber_id, dict(base, state="sent", last_error=None))
+
+    def _refused(
+        self, message: Claimed, exc: PermanentDeliveryError | TemporaryDeliveryError, base: dict[str, Any], domain: str
+    ) -> Outcome:
+        """What a refusal means (``core.bounces``): only a refused address bounces and is
+        suppressed; a blocklist or policy refusal waits and is tried again, and says so."""
+        if exc.smtp_code is None:  # no answer at all: the connection, not the recipient
+            return self._deferred(message, exc.message, base)
+        bounce = classify(exc.smtp_code, exc.message)
+        permanent = isinstance(exc, PermanentDeliveryError)
+        if bounce.suppresses and permanent:
+            return Outcome(
+                message.id, message.subscriber_id, dict(base, state="bounced", last_error=exc.message), bounce=True
+            )
+        if bounce.kind == "policy":
+            log.warning(
+                "message %s to %s refused for the sender's reputation or policy, not the address: %s",
+                message.id,
+                domain,
+                exc.message,
+            )
+        soft = bounce if bounce.kind in ("full", "policy", "unknown", "message") else None
+        if permanent and bounce.kind in ("message", "unknown"):
+            values = dict(base, state="failed", last_error=exc.message)
+            return Outcome(message.id, message.subscriber_id, values, soft=soft)
+        return replace(self._deferred(message, exc.message, base), soft=soft)
 
     def _deferred(self, message: Claimed, error: str, base: dict[str, Any]) -> Outcome:
         now = self.rt.clock.now()
@@ -468,6 +495,16 @@ class DeliveryWorker(PollingLoop):
                             str(outcome.values.get("last_error", "")),
                             now,
                         )
+                    elif outcome.soft is not None:
+                        await soft_bounced(
+                            session,
+                            self.rt.settings,
+                            outcome.subscriber_id,
+                            outcome.message_pk,
+                            outcome.soft,
+                            str(outcome.values.get("last_error", "")),
+                            now,
+                        )
             if sent:  # one statement, the rows made from the outbox's
                 await session.execute(SENT_EVENTS, {"ids": sent, "now": now})
         for state, count in recorded.items():
@@ -488,3 +525,53 @@ async def suppress_bounced(
     if subscriber is not None:
         data = {"reply": reply[:500], "hard": True, "source": source}
         await record_event(session, subscriber, "bounce", now, message_id=message_pk, data=data)
+
+
+async def soft_bounced(
+    session: AsyncSession,
+    settings: Settings,
+    subscriber_id: int,
+    message_pk: int | None,
+    bounce: Bounce,
+    reply: str,
+    now: dt.datetime,
+    *,
+    source: str = "smtp",
+) -> None:
+    """A refusal that does not suppress by itself: recorded as a soft bounce with its kind. A
+    policy refusal is announced (webhook ``delivery.blocked``); the address is suppressed once
+    ``settings.soft_bounce_limit`` different messages to it met a full mailbox or an unexplained
+    refusal within ``settings.soft_bounce_days``."""
+    subscriber = await session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        return
+    data = {"reply": reply[:500], "hard": False, "kind": bounce.kind, "status": bounce.status, "source": source}
+    await record_event(session, subscriber, "bounce", now, message_id=message_pk, data=data)
+    if bounce.kind == "policy":
+        domain = subscriber.email.rpartition("@")[2].lower()
+        payload = {"domain": domain, "message_id": message_pk, "reply": reply[:500], "status": bounce.status}
+        await webhooks.emit(session, "delivery.blocked", payload, now)
+        return
+    if bounce.kind not in SOFT or subscriber.status != "active":
+        return
+    since = now - dt.timedelta(days=settings.soft_bounce_days)
+    kinds = Event.data["kind"].as_string()
+    messages = (
+        await session.execute(
+            select(func.count(func.distinct(Event.message_id))).where(
+                Event.subscriber_id == subscriber_id,
+                Event.type == "bounce",
+                Event.created_at >= since,
+                kinds.in_(SOFT),
+            )
+        )
+    ).scalar_one()
+    if messages >= settings.soft_bounce_limit:
+        await suppress_bounced(
+            session,
+            subscriber_id,
+            message_pk,
+            f"{messages} soft bounces in {settings.soft_bounce_days} days; the last: {reply}",
+            now,
+            source=source,
+        )

@@ -35,7 +35,7 @@ from ..runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_EVENTS = ("layer_changed", "purchase", "referral", "unsubscribed", "enquiry")
+WEBHOOK_EVENTS = ("layer_changed", "purchase", "referral", "unsubscribed", "enquiry", "delivery.blocked")
 MAX_ATTEMPTS = 8
 BASE_DELAY_S = 30
 TIMEOUT_S = 10.0

@@ -35,12 +35,13 @@ from ..audience.enquiries import EnquiryIn, add_enquiry
 from ..audience.subscribers import opt_out
 from ..core.inbound import Report, classify, one_line, plain_text
 from ..delivery.verp import Addresses, Tagged, addresses_for
-from ..delivery.worker import suppress_bounced
+from ..delivery.worker import soft_bounced, suppress_bounced
 from ..errors import Busy, MailUnavailable, ResponderError
 from ..funnel.events import record_event
 from ..funnel.holds import hold_for_reply
 from ..models import InboundMail, Message, Subscriber
 from ..runtime import Runtime
+from ..settings import Settings
 from .replies import Reply, handle_reply
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ async def _record(
         await _complaint(session, subscriber, message, report, now)
         return "complaint"
     if report.kind == "dsn":
-        return await _bounce(session, subscriber, message, report, now)
+        return await _bounce(session, rt.settings, subscriber, message, report, now)
     if report.kind == "auto":
         await handle_reply(session, Reply(subscriber, message, mail_from, report), now)
         return f"automatic reply ({report.auto_reason}), recorded as machine"
@@ -170,7 +171,9 @@ async def _complaint(session: AsyncSession, subscriber: Subscriber, message: Mes
     await record_event(session, subscriber, "complaint", now, message_id=message.id, data=data)
 
 
-async def _bounce(session: AsyncSession, subscriber: Subscriber, message: Message, report: Report, now: Any) -> str:
+async def _bounce(
+    session: AsyncSession, settings: Settings, subscriber: Subscriber, message: Message, report: Report, now: Any
+) -> str:
     failed = next((r for r in report.recipients if r.hard), None)
     if failed is not None:
         reply = f"{failed.status} {failed.diagnostic}".strip()
@@ -179,16 +182,14 @@ async def _bounce(session: AsyncSession, subscriber: Subscriber, message: Messag
             message.state = "bounced"
             message.last_error = reply
         return "hard bounce"
-    status = report.recipients[0].status if report.recipients else ""
-    await record_event(
-        session,
-        subscriber,
-        "bounce",
-        now,
-        message_id=message.id,
-        data={"hard": False, "status": status, "source": "dsn"},
-    )
-    return "soft bounce"
+    if not report.recipients:
+        data = {"hard": False, "status": "", "source": "dsn"}
+        await record_event(session, subscriber, "bounce", now, message_id=message.id, data=data)
+        return "soft bounce"
+    first = report.recipients[0]
+    reply = f"{first.status} {first.diagnostic}".strip()
+    await soft_bounced(session, settings, subscriber.id, message.id, first.bounce, reply, now, source="dsn")
+    return f"soft bounce ({first.bounce.kind})"
 
 
 async def start_inbound(rt: Runtime) -> asyncio.Server:
