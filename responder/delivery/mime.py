@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from email.header import Header
 from email.utils import format_datetime, formataddr
 
+import idna
+
 from ..errors import ValidationError
 
 # C0 and C1 controls, DEL and the Unicode line and paragraph separators: never in a header.
@@ -65,12 +67,32 @@ class Mail:
 
     @property
     def envelope(self) -> Envelope:
-        return Envelope(self.envelope_from or self.from_email, (self.to_email,))
+        return Envelope(wire_address(self.envelope_from or self.from_email), (wire_address(self.to_email),))
+
+
+def wire_address(email: str) -> str:
+    """The address as it travels, in the envelope and the headers: an internationalised domain
+    in IDNA (``xn--…``, RFC 5890), understood by every server. A local part outside ASCII
+    needs SMTPUTF8 (RFC 6531), which responder does not send: ``ValidationError``, so the
+    message fails at once with the reason instead of being tried again and again."""
+    if email.isascii():
+        return email
+    local, _, domain = email.rpartition("@")
+    if not local.isascii():
+        raise ValidationError(
+            f"{email!r} has non-ASCII characters before the @: it needs SMTPUTF8, which responder does not send",
+            field="email",
+        )
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError as exc:
+        raise ValidationError(f"the domain of {email!r} is not a valid internationalised name: {exc}") from exc
 
 
 def _address(display_name: str, email: str, header: str) -> str:
     check_header_value(header, display_name)
     check_header_value(header, email)
+    email = wire_address(email)
     if "=?" in display_name:
         # Text that looks like an encoded word is itself encoded, so a reader decodes it to the
         # literal text given (RFC 2047 6.2: decoded text is not decoded again), never to what

@@ -373,9 +373,14 @@ class DeliveryWorker(PollingLoop):
                         Outcome(message.id, message.subscriber_id, {"state": "failed", "last_error": exc.message})
                     )
                     continue
-                except Exception:
-                    log.exception(
-                        "message %s: cannot be built; it stays leased and is retried when the lease expires", message.id
+                except Exception as exc:
+                    # Building is deterministic (the sources are in hand): a failure now is one
+                    # at every try, so the message fails at once with the reason rather than
+                    # being claimed again at every lease's end.
+                    log.exception("message %s: cannot be built", message.id)
+                    reason = f"cannot be built: {exc.__class__.__name__}: {exc}"[:500]
+                    outcomes.append(
+                        Outcome(message.id, message.subscriber_id, {"state": "failed", "last_error": reason})
                     )
                     continue
                 unsigned = None

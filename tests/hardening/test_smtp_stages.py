@@ -8,7 +8,7 @@ import pytest
 
 from responder.clock import FakeClock
 
-from ..conftest import free_port
+from ..conftest import SmtpSink, free_port
 from ..delivery_fixtures import message, queue_newsletter, runtime_for, subscriber, worker_for
 from ..smtp_faults import fault_server
 
@@ -56,3 +56,19 @@ async def test_an_unreachable_relay_defers_and_loses_nothing(database_url: str, 
         assert [row.state for row in rows] == ["deferred", "deferred"], [row.last_error for row in rows]
         assert all(row.last_error for row in rows)
         assert (await subscriber(rt, "a@example.org")).status == "active"
+
+
+async def test_international_addresses_go_or_fail_at_once(database_url: str, smtp: SmtpSink, clock: FakeClock) -> None:
+    """An internationalised domain travels in IDNA; a non-ASCII local part (which needs SMTPUTF8)
+    fails at once with the reason, and is not claimed again when its lease runs out."""
+    async with runtime_for(database_url, smtp.url, clock, RESPONDER_LEASE_S="10") as rt, worker_for(rt) as worker:
+        [idn, utf8] = await queue_newsletter(rt, ["c1r@exämple.com", "üser@t.example"])
+        await worker.run_once()
+        [got] = smtp.received
+        assert got.rcpt_tos == ["c1r@xn--exmple-cua.com"] and "c1r@xn--exmple-cua.com" in got.message["To"]
+        assert (await message(rt, idn)).state == "sent"
+        row = await message(rt, utf8)
+        assert row.state == "failed" and "SMTPUTF8" in (row.last_error or "")
+        clock.advance(seconds=60)  # past the lease: nothing is claimed again
+        await worker.run_once()
+        assert (await message(rt, utf8)).attempts == row.attempts and len(smtp.received) == 1
