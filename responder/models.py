@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -441,3 +442,13 @@ class ImportJob(Base):
     # When the running import last wrote its progress (after every batch); a job silent far
     # longer than a batch takes belonged to a process that died (importer.STALE_AFTER).
     updated_at: Mapped[dt.datetime | None]
+
+
+class RateLimit(Base):
+    """Hits on one limit (``audience.limits``) in one fixed window: kept in the database so a
+    limit holds across restarts and across processes."""
+
+    __tablename__ = "rate_limits"
+    bucket: Mapped[str] = mapped_column(String(320), primary_key=True)
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hits: Mapped[int] = mapped_column(Integer)

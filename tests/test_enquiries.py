@@ -31,6 +31,7 @@ async def acknowledged(app: App, count: int) -> None:
 
 
 async def test_form_enquiry_is_acknowledged_with_the_question_quoted(papp: App) -> None:
+    await make_subscriber(papp, "ann@example.com")  # a stranger's question is not quoted (test_bombing)
     resp = await papp.client.post(
         "/enquiry",
         allow_redirects=False,

@@ -41,6 +41,8 @@ from ..runtime import Runtime
 from ..settings import Settings
 from ..templating.context import enquiry_context
 from ..validation import clean_email, clean_name, clean_text
+from . import limits
+from .limits import mailbox_key
 
 MAX_BODY_LEN = 10_000
 MAX_ACK_ATTEMPTS = 5
@@ -129,6 +131,10 @@ async def add_enquiry(session: AsyncSession, data: EnquiryIn, now: dt.datetime) 
         ack_attempts=0,
         created_at=now,
     )
+    if not automatic and (subscriber is None or subscriber.status != "active"):
+        # Someone typed this address into a form: one acknowledgement a day to its mailbox.
+        if await limits.hit(session, f"ack:{mailbox_key(data.email)}", now, limit=1, window_s=86400):
+            enquiry.ack_state = "skipped"
     session.add(enquiry)
     await session.flush()
     # A reply was already recorded as a ``reply`` event when it arrived: one signal, not two.
@@ -150,14 +156,17 @@ def answer_by(now: dt.datetime, hours: int) -> str:
     return f"{due:%A} {due.day} {due:%B} {due:%Y}"
 
 
-def ack_context(settings: Settings, enquiry: Enquiry) -> dict[str, Any]:
-    """What the acknowledgement of ``enquiry`` is rendered against (``templating.context``)."""
+def ack_context(settings: Settings, enquiry: Enquiry, *, quote: bool = True) -> dict[str, Any]:
+    """What the acknowledgement of ``enquiry`` is rendered against (``templating.context``).
+    Without ``quote`` (the sender is not an active subscriber) the question and its subject are
+    left out: anyone can type any address into a form, and the acknowledgement must not carry
+    their text or links into a stranger's inbox from the business's own domain."""
     return enquiry_context(
         settings,
-        name=enquiry.name,
+        name=enquiry.name if quote else "",
         email=enquiry.email,
-        subject=enquiry.subject,
-        body=enquiry.body,
+        subject=enquiry.subject if quote else "",
+        body=enquiry.body if quote else "",
         answer_by=answer_by(enquiry.created_at, settings.enquiry_answer_h),
     )
 
@@ -300,6 +309,14 @@ class EnquiryLoop(PollingLoop):
                 ).scalars()
             )
             template = await newest_template(session, "enquiry-ack")
+            subscriber_ids = {e.subscriber_id for e in due if e.subscriber_id}
+            active = set(
+                (
+                    await session.execute(
+                        select(Subscriber.id).where(Subscriber.id.in_(subscriber_ids), Subscriber.status == "active")
+                    )
+                ).scalars()
+            )
         for enquiry in due:
             lease = await self._claim("ack", enquiry.id)
             if lease is None:
@@ -307,7 +324,8 @@ class EnquiryLoop(PollingLoop):
             try:
                 if template is None:
                     raise TemplateError("no template named 'enquiry-ack'")
-                mail = await self.ack_mail(enquiry, template.subject, template.html, template.text)
+                quote = enquiry.subscriber_id in active
+                mail = await self.ack_mail(enquiry, template.subject, template.html, template.text, quote=quote)
                 outcome = await self._send_leased(lease, mail)
             except TemplateError as exc:
                 log.error("enquiry %s: acknowledgement not rendered: %s", enquiry.id, exc.message)
@@ -317,18 +335,22 @@ class EnquiryLoop(PollingLoop):
             )
         return len(due)
 
-    async def ack_mail(self, enquiry: Enquiry, subject: str, body: str, text: str | None) -> Mail:
+    async def ack_mail(
+        self, enquiry: Enquiry, subject: str, body: str, text: str | None, *, quote: bool = True
+    ) -> Mail:
         rt = self.rt
-        context = ack_context(rt.settings, enquiry)
+        context = ack_context(rt.settings, enquiry, quote=quote)
         rendered = await rt.renderer.render(subject, body, text, context)  # no footer, links untracked
-        return self._mail(enquiry, rendered.subject, rendered.html, rendered.text)
+        return self._mail(
+            enquiry, rendered.subject, rendered.html, rendered.text, to_name=enquiry.name if quote else ""
+        )
 
-    def _mail(self, enquiry: Enquiry, subject: str, body: str, text: str) -> Mail:
+    def _mail(self, enquiry: Enquiry, subject: str, body: str, text: str, *, to_name: str | None = None) -> Mail:
         s = self.rt.settings
         return Mail(
             from_name=s.from_name,
             from_email=s.from_email,
-            to_name=enquiry.name,
+            to_name=enquiry.name if to_name is None else to_name,
             to_email=enquiry.email,
             subject=subject,
             html=body,

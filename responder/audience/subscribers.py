@@ -20,6 +20,8 @@ from ..funnel.referrals import credit_referral, referrer_id
 from ..models import ConsentRecord, Layer, Message, Subscriber
 from ..runtime import Runtime
 from ..validation import clean_email, clean_form_id, clean_name, clean_text
+from . import limits
+from .limits import mailbox_key
 from .suppression import is_suppressed
 
 DAY = dt.timedelta(days=1)
@@ -127,7 +129,9 @@ async def subscribe(rt: Runtime, req: SubscribeRequest) -> None:
 
 async def send_confirmation(rt: Runtime, session: AsyncSession, subscriber_id: int, now: dt.datetime) -> bool:
     """Queue a confirmation mail unless the address had one within ``confirm_resend_s`` or
-    ``confirm_per_day`` of them in the last day (a subscription bomb gets little mail)."""
+    ``confirm_per_day`` of them in the last day, or its mailbox (``limits.mailbox_key``: every
+    ``+tag`` of it, every dotted spelling at Gmail) had ``confirm_per_day`` of them today: a
+    subscription bomb gets little mail, however the address is spelt."""
     settings = rt.settings
     times = list(
         (
@@ -141,6 +145,10 @@ async def send_confirmation(rt: Runtime, session: AsyncSession, subscriber_id: i
     if len(times) >= settings.confirm_per_day or any(
         t > now - dt.timedelta(seconds=settings.confirm_resend_s) for t in times
     ):
+        return False
+    email = (await session.execute(select(Subscriber.email).where(Subscriber.id == subscriber_id))).scalar_one()
+    bucket = f"confirm:{mailbox_key(email)}"
+    if await limits.hit(session, bucket, now, limit=settings.confirm_per_day, window_s=86400):
         return False
     await outbox.enqueue(
         session,

@@ -7,6 +7,7 @@ import datetime as dt
 
 from sqlalchemy import delete
 
+from ..audience import limits
 from ..db import Database
 from ..loop import PollingLoop
 from ..models import InboundMail
@@ -71,6 +72,7 @@ class Scheduler(PollingLoop):
                 await sweep(session, now, since=self.swept_at, domain=rt.settings.sender_domain)
                 # A mail delivered again is one the sender retried within days, not months.
                 await session.execute(delete(InboundMail).where(InboundMail.received_at < now - INBOUND_REMEMBERED))
+                await limits.prune(session, now)
             self.swept_at = now
         # Either order would do for these two: each plans with the other's mail, queued, due or coming.
         async with rt.db.transaction() as session:

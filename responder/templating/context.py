@@ -153,7 +153,8 @@ def sample_contexts(settings: Settings, kind: str) -> list[dict[str, Any]]:
     for Sam Sample (``{{ subscriber.name[0] }}``, a branch on the sample's address) is refused."""
     first = sample_context(settings, kind)
     if kind == "enquiry-ack":
-        nameless = {**first, "enquiry": {**first["enquiry"], "name": "", "first_name": "", "subject": ""}}
+        # Someone who is not a subscriber gets no quote of what they sent (``ack_context``).
+        nameless = {**first, "enquiry": {**first["enquiry"], "name": "", "first_name": "", "subject": "", "body": ""}}
         return [first, nameless]
     variants = [first]
     for name, email, position, label in (

@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from ...audience.limits import mailbox_key
 from ...errors import Busy, ResponderError, SlowBody, TooLarge, ValidationError
 from ...runtime import Runtime
 from ...tracking.batch import Tracker
@@ -57,7 +58,8 @@ class Public:
         return data, form, str(redirect)
 
     def limit_address(self, request: web.Request, email: str) -> None:
-        check(self.per_address, email, runtime(request).clock.now().timestamp(), "address")
+        # By mailbox: every +tag of an address, every dotted spelling at Gmail, is one inbox.
+        check(self.per_address, mailbox_key(email), runtime(request).clock.now().timestamp(), "address")
 
 
 PUBLIC = web.AppKey("public", Public)

@@ -1,0 +1,76 @@
+"""No subscription bombing, no reflection (issue 17, point 4): the limits count mailboxes, not
+spellings, and live in the database, so a restart does not reset them; the enquiry form mails a
+stranger one acknowledgement a day, without their text."""
+
+from __future__ import annotations
+
+import asyncio
+
+from responder.audience.limits import mailbox_key
+from responder.clock import FakeClock
+
+from .conftest import SmtpSink, running_app
+from .conftest import forms_file as make_forms_file
+from .public_fixtures import make_subscriber
+
+LOOSE = {  # the in-memory per-IP and per-address limits out of the way: the mailbox limit shows
+    "RESPONDER_SUBSCRIBE_PER_IP_PER_HOUR": "1000",
+    "RESPONDER_SUBSCRIBE_PER_ADDRESS_PER_HOUR": "1000",
+}
+SPAM = "CHEAP PILLS http://spam.example/buy"
+
+
+def test_a_mailbox_is_one_whatever_the_spelling() -> None:
+    assert mailbox_key("Victim+1@Example.com") == mailbox_key("victim+zz@example.com") == "victim@example.com"
+    assert mailbox_key("j.doe@gmail.com") == mailbox_key("JDoe+news@googlemail.com") == "jdoe@gmail.com"
+    assert mailbox_key("j.doe@example.com") != mailbox_key("jdoe@example.com")  # dots matter elsewhere
+
+
+async def confirmations(smtp: SmtpSink) -> int:
+    await asyncio.sleep(0.5)  # let the worker send what was queued
+    return len(smtp.received)
+
+
+async def test_plus_addresses_and_a_restart_do_not_multiply_confirmations(
+    database_url: str, smtp: SmtpSink, clock: FakeClock, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    env = {"RESPONDER_FORMS_FILE": make_forms_file(tmp_path), **LOOSE}
+    async with running_app(database_url, smtp, clock, **env) as app:
+        for number in range(15):
+            resp = await app.client.post(
+                "/subscribe", json={"email": f"victim+{number}@example.com", "form": "landing"}
+            )
+            assert resp.status == 202  # the same answer every time: nothing to enumerate
+        for spelling in ("j.doe@gmail.com", "jdoe@googlemail.com", "j.d.o.e+x@gmail.com", "jdoe+y@gmail.com"):
+            assert (await app.client.post("/subscribe", json={"email": spelling, "form": "landing"})).status == 202
+        app.rt.wake_outbox()
+        first = await confirmations(smtp)
+    async with running_app(database_url, smtp, clock, **env) as app:  # a restart
+        for number in range(15, 30):
+            await app.client.post("/subscribe", json={"email": f"victim+{number}@example.com", "form": "landing"})
+        app.rt.wake_outbox()
+        total = await confirmations(smtp)
+    victim = sum(1 for got in smtp.received if got.rcpt_tos[0].startswith("victim"))
+    assert victim == 3 and total == first == 6  # confirm_per_day (3) per mailbox, 30 posts, a restart
+
+
+async def test_an_enquiry_acknowledges_a_stranger_once_a_day_without_their_text(
+    database_url: str, smtp: SmtpSink, clock: FakeClock, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    env = {"RESPONDER_FORMS_FILE": make_forms_file(tmp_path), **LOOSE}
+    async with running_app(database_url, smtp, clock, **env) as app:
+        for _ in range(50):
+            resp = await app.client.post(
+                "/enquiry", json={"email": "stranger@example.net", "name": SPAM, "subject": SPAM, "question": SPAM}
+            )
+            assert resp.status == 202
+        [ack] = await smtp.wait_for(1, "stranger@example.net")
+        await asyncio.sleep(0.5)
+        assert len(smtp.to("stranger@example.net")) == 1
+        for part in (ack.message["Subject"], ack.data.decode(errors="replace")):
+            assert "PILLS" not in part and "spam.example" not in part
+        # A subscriber's acknowledgement still repeats the question.
+        await make_subscriber(app, "member@example.com")
+        await app.client.post("/enquiry", json={"email": "member@example.com", "question": "Do you ship to Norway?"})
+        [mine] = await smtp.wait_for(1, "member@example.com")
+        assert "Norway" in mine.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
