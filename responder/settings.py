@@ -155,6 +155,14 @@ def parse_render_processes(value: str) -> int:
     return number
 
 
+def parse_fbl_address(value: str) -> str:
+    address = value.strip().lower()
+    local, at, domain = address.partition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in address):
+        raise ConfigError(f"not an email address: {value!r}")
+    return address
+
+
 def parse_float(value: str) -> float:
     try:
         return float(value)
@@ -251,6 +259,13 @@ SPECS: tuple[Spec, ...] = (
         None,
         "HOST:PORT for the inbound SMTP server (bounces, complaints, replies); off when unset",
         parse_listen,
+    ),
+    Spec(
+        "fbl_address",
+        None,
+        "the feedback-loop address registered with mailbox providers (fbl@…, routed to the inbound server): "
+        "complaint reports sent there are matched to our mails",
+        parse_fbl_address,
     ),
     Spec(
         "trusted_proxies",
@@ -388,6 +403,7 @@ class Settings:
     dkim_domain: str | None = None
     dkim_key_file: Path | None = None
     inbound: tuple[str, int] | None = None
+    fbl_address: str | None = None
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     cors_origins: tuple[str, ...] = ()
     forms_file: Path | None = None
@@ -479,6 +495,7 @@ class Settings:
             dkim_domain=parsed["dkim_domain"],
             dkim_key_file=Path(parsed["dkim_key_file"]) if parsed["dkim_key_file"] else None,
             inbound=parsed["inbound"],
+            fbl_address=parsed["fbl_address"],
             trusted_proxies=parsed["trusted_proxies"],
             cors_origins=parsed["cors_origins"],
             forms_file=Path(raw["forms_file"]) if raw["forms_file"] else None,
@@ -559,6 +576,7 @@ class Settings:
             "dkim_domain": self.dkim_domain or self.sender_domain,
             "dkim_key_file": str(self.dkim_key_file or ""),
             "inbound": f"{self.inbound[0]}:{self.inbound[1]}" if self.inbound else "(off)",
+            "fbl_address": self.fbl_address or "",
             "trusted_proxies": ",".join(str(n) for n in self.trusted_proxies),
             "cors_origins": ",".join(self.cors_origins),
             "forms_file": str(self.forms_file or ""),

@@ -137,6 +137,8 @@ class Report:
     recipients: tuple[Recipient, ...] = ()
     feedback_type: str = ""
     original_message_id: str | None = None
+    # An ARF report's Original-Mail-From, else the reported mail's Return-Path: our VERP address.
+    original_mail_from: str | None = None
     subject: str = ""
     text: str = ""
     in_reply_to: tuple[str, ...] = field(default_factory=tuple)
@@ -254,6 +256,7 @@ def classify(data: bytes, *, sender: str | None = None) -> Report:
                 "arf",
                 feedback_type=_feedback_type(msg),
                 original_message_id=_original_message_id(msg),
+                original_mail_from=_original_mail_from(msg),
                 subject=subject,
                 message_id=own_id,
             )
@@ -308,6 +311,26 @@ def _feedback_type(msg: EmailMessage) -> str:
                 if value:
                     return str(value).strip().lower()
     return ""
+
+
+def _original_mail_from(msg: EmailMessage) -> str | None:
+    for part in msg.walk():
+        if part.get_content_type() == "message/feedback-report":
+            for block in _fields(part):
+                value = block.get("Original-Mail-From")
+                if value:
+                    return str(value).strip().strip("<>")
+    for part in msg.walk():
+        if part.get_content_type() in ("message/rfc822", "text/rfc822-headers"):
+            if part.get_content_type() == "message/rfc822":
+                payload = part.get_payload()
+                inner = payload[0] if isinstance(payload, list) else payload
+            else:
+                raw = part.get_payload(decode=True)
+                inner = parse(raw if isinstance(raw, bytes) else b"")
+            if isinstance(inner, Message) and inner.get("Return-Path"):
+                return str(inner["Return-Path"]).strip().strip("<>")
+    return None
 
 
 def _original_message_id(msg: EmailMessage) -> str | None:

@@ -56,8 +56,12 @@ class InboundHandler:
             rt.settings.secret_key, rt.settings.verp_domain, rt.settings.previous_secret_keys
         )
 
+    def _is_fbl(self, address: str) -> bool:
+        fbl = self.rt.settings.fbl_address
+        return fbl is not None and address.strip().lower() == fbl
+
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
-        if self.addresses.parse(address) is None:
+        if self.addresses.parse(address) is None and not self._is_fbl(address):
             return "550 5.1.1 no such mailbox here"
         envelope.rcpt_tos.append(address)
         return "250 OK"
@@ -67,9 +71,11 @@ class InboundHandler:
         try:
             for address in envelope.rcpt_tos:
                 tagged = self.addresses.parse(address)
-                assert tagged is not None
                 try:
-                    outcome = await process(self.rt, tagged, envelope.mail_from or "", data)
+                    if tagged is None:  # the feedback-loop address registered with providers
+                        outcome = await process_feedback(self.rt, self.addresses, envelope.mail_from or "", data)
+                    else:
+                        outcome = await process(self.rt, tagged, envelope.mail_from or "", data)
                 except (Busy, MailUnavailable):
                     raise
                 except ResponderError as exc:  # about the content: kept out, never refused
@@ -89,6 +95,26 @@ def read(data: bytes, mail_from: str) -> Report:
     except Exception:  # a parser fault must not refuse the mail forever
         log.exception("inbound mail could not be parsed; kept as a person's mail")
         return Report("human", text=plain_text(data.decode("utf-8", "replace")))
+
+
+async def process_feedback(rt: Runtime, addresses: Addresses, mail_from: str, data: bytes) -> str:
+    """A report sent to ``RESPONDER_FBL_ADDRESS``: an ARF report about one of our mails, found by
+    the VERP address it was sent from (``Original-Mail-From``, or the reported mail's
+    ``Return-Path``), else by its ``Message-ID``; then recorded as if it came to that mail's
+    own address."""
+    report = read(data, mail_from)
+    if report.kind != "arf":
+        return f"ignored at the feedback address ({report.kind})"
+    tagged = addresses.parse(report.original_mail_from) if report.original_mail_from else None
+    if tagged is None and report.original_message_id:
+        async with rt.db.read() as session:
+            found = (
+                await session.execute(select(Message.id).where(Message.message_id == report.original_message_id))
+            ).scalar_one_or_none()
+        tagged = Tagged("bounces", found) if found is not None else None
+    if tagged is None:
+        return "ignored at the feedback address (no mail of ours named)"
+    return await process(rt, tagged, mail_from, data)
 
 
 async def process(rt: Runtime, tagged: Tagged, mail_from: str, data: bytes) -> str:
@@ -132,6 +158,8 @@ async def _record(
     subscriber = await session.get(Subscriber, message.subscriber_id)
     assert subscriber is not None
     if report.kind == "arf":
+        if report.feedback_type == "not-spam":  # a reader marked it as not spam: no complaint
+            return "ignored (not-spam report)"
         await _complaint(session, subscriber, message, report, now)
         return "complaint"
     if report.kind == "dsn":
