@@ -51,15 +51,26 @@ class SubscribeRequest:
         default_consent: str = "",
         default_version: str | None = None,
     ) -> SubscribeRequest:
-        """Validate a subscribe body; consent falls back to the form's configured wording."""
+        """Validate a subscribe body. The consent on record is the form's, as configured on the
+        server: a page that sends another version (or other wording) showed the person something
+        else, and is refused rather than recorded as agreed."""
+        given_text = clean_text(data.get("consent"), "consent", max_len=2000)
+        given_version = clean_text(data.get("consent_version"), "consent_version", max_len=64)
+        if given_version and default_version is not None and given_version != default_version:
+            raise ValidationError(
+                f"this form's consent is version {default_version}, not {given_version}: reload the page",
+                field="consent_version",
+            )
+        if given_text and default_consent and " ".join(given_text.split()) != " ".join(default_consent.split()):
+            raise ValidationError("this is not the consent wording of this form: reload the page", field="consent")
         return cls(
             email=clean_email(data.get("email")),
             name=clean_name(data.get("name")),
             form=clean_form_id(data.get("form")),
-            consent_text=clean_text(data.get("consent"), "consent", max_len=2000) or default_consent,
+            consent_text=default_consent or given_text,
             ip=ip,
             user_agent=(user_agent or "")[:512] or None,
-            consent_version=clean_text(data.get("consent_version"), "consent_version", max_len=64) or default_version,
+            consent_version=default_version or given_version or None,
             attributes=clean_attributes(data, allowed_attributes),
             ref=data.get("ref") if isinstance(data.get("ref"), str) else None,  # type: ignore[arg-type]
         )
@@ -305,3 +316,27 @@ async def keep(rt: Runtime, token: str, ip: str | None, user_agent: str | None) 
         await record_event(session, subscriber, "keep", now, ip=ip, user_agent=user_agent)
     rt.wake_scheduler()
     return "revived" if was == "sunset" else "kept"
+
+
+def consent_json(record: ConsentRecord) -> dict[str, Any]:
+    """One consent record as the admin sees it: what was agreed (the form, the wording's
+    SHA-256 and version), when, and from which address and browser."""
+    return {
+        "action": record.action,
+        "form": record.form,
+        "wording_sha256": record.wording_sha256,
+        "consent_version": record.consent_version,
+        "ip": record.ip,
+        "user_agent": record.user_agent,
+        "at": record.created_at.isoformat(),
+    }
+
+
+async def consent_records(session: AsyncSession, subscriber_id: int) -> list[ConsentRecord]:
+    return list(
+        (
+            await session.execute(
+                select(ConsentRecord).where(ConsentRecord.subscriber_id == subscriber_id).order_by(ConsentRecord.id)
+            )
+        ).scalars()
+    )

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import func, select
 
+from ...audience.subscribers import consent_json, consent_records
 from ...dbutil import get_or_404
 from ...errors import Forbidden, NotFound, Unauthorized, ValidationError
 from ...funnel.events import API_EVENT_TYPES, record_event
@@ -133,6 +134,7 @@ async def get_subscriber(request: web.Request) -> web.Response:
         ).scalars()
         body = subscriber_json(subscriber, layer)
         body["layer_history"] = [history_json(h) for h in history]
+        body["consent"] = [consent_json(record) for record in await consent_records(session, subscriber.id)]
         body["enrollments"] = [
             {"sequence_id": e.sequence_id, "state": e.state, "next_position": e.next_position, "due_at": iso(e.due_at)}
             for e in enrollments

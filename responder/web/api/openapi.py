@@ -39,7 +39,7 @@ SUBSCRIBER = {
         "id": {"type": "integer"},
         "email": {"type": "string"},
         "name": {"type": "string"},
-        "status": {"enum": ["pending", "active", "unsubscribed", "bounced", "complained"]},
+        "status": {"enum": ["pending", "active", "unsubscribed", "bounced", "complained", "sunset"]},
         "layer": {"type": ["object", "null"]},
         "attributes": {"type": "object"},
         "tags": {"type": "array"},
@@ -48,6 +48,11 @@ SUBSCRIBER = {
         "unsubscribed_at": {"type": ["string", "null"]},
         "layer_history": {"type": "array"},
         "enrollments": {"type": "array"},
+        "consent": {
+            "type": "array",
+            "description": "the consent on record: subscribe and confirm, with form, wording hash, version, "
+            "time, address and browser",
+        },
     },
 }
 

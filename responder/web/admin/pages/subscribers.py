@@ -18,6 +18,7 @@ from ....audience.directory import (
     timeline,
 )
 from ....audience.importer import Enroll, add_one, get_job, job_json, spool
+from ....audience.subscribers import consent_records
 from ....errors import Conflict, ValidationError
 from ....models import Layer
 from ...api.subscribers import IMPORTS
@@ -87,6 +88,7 @@ async def detail(request: web.Request) -> web.Response:
     async with runtime(request).db.read() as session:
         subscriber = await get_subscriber(session, _id(request))
         items = await timeline(session, subscriber.id)
+        consent = await consent_records(session, subscriber.id)
     layers = await _layers(request)
     current = next((layer for layer in layers if layer.id == subscriber.layer_id), None)
     return render(
@@ -96,6 +98,7 @@ async def detail(request: web.Request) -> web.Response:
         layer=current,
         layers=layers,
         items=items,
+        consent=consent,
         preferred=PREFERRED in subscriber.tags,
         notice=request.query.get("notice"),
     )
