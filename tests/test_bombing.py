@@ -8,6 +8,7 @@ import asyncio
 
 from responder.audience.limits import mailbox_key
 from responder.clock import FakeClock
+from responder.web.public.pow import solve
 
 from .conftest import SmtpSink, running_app
 from .conftest import forms_file as make_forms_file
@@ -74,3 +75,13 @@ async def test_an_enquiry_acknowledges_a_stranger_once_a_day_without_their_text(
         await app.client.post("/enquiry", json={"email": "member@example.com", "question": "Do you ship to Norway?"})
         [mine] = await smtp.wait_for(1, "member@example.com")
         assert "Norway" in mine.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+async def test_the_enquiry_form_asks_the_same_proof_of_work(papp) -> None:  # type: ignore[no-untyped-def]
+    body = {"email": "q@example.com", "question": "Hi?", "form": "guarded"}
+    resp = await papp.client.post("/enquiry", json=body)
+    assert resp.status == 400 and (await resp.json())["error"]["field"] == "pow_nonce"
+    challenge = await (await papp.client.get("/subscribe/guarded/challenge")).json()
+    proof = {"pow_challenge": challenge["challenge"], "pow_nonce": solve(challenge["challenge"], challenge["bits"])}
+    assert (await papp.client.post("/enquiry", json={**body, **proof})).status == 202
+    await papp.smtp.wait_for(1, "q@example.com")

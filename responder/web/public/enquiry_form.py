@@ -17,7 +17,10 @@ routes.options("/enquiry")(preflight)
 
 @routes.post("/enquiry")
 async def enquiry_post(request: web.Request) -> web.StreamResponse:
-    data, _, redirect = await public(request).form_post(request)
+    state = public(request)
+    data, form, redirect = await state.form_post(request)
+    if form.pow_bits:  # the same proof of work as the form's subscribe posts
+        state.pow.verify(form.id, form.pow_bits, data.get("pow_challenge"), data.get("pow_nonce"))
     if not data.get(HONEYPOT):
         question = data.get("question", data.get("body"))
         if not isinstance(question, str):
