@@ -107,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config":
             for env, value, help_text in settings.describe():
                 print(f"{env}={value}    # {help_text}")
+            for warning in settings.identity_warnings():
+                print(f"WARNING: {warning}")
             return 0
         if args.command in cli_funnel.COMMANDS:
             return asyncio.run(cli_funnel.run(args, settings))
@@ -273,6 +275,7 @@ def _banner(started, *, http: bool, roles: frozenset[str]) -> None:  # type: ign
         lines.append("first start: seeded the five default trust layers and starter templates")
     if "secret_key" in started.generated:
         lines.append("WARNING: no RESPONDER_SECRET_KEY set; generated one and stored it in the database")
+    lines += [f"WARNING: {warning}" for warning in s.identity_warnings()]
     if http:
         if "admin_token" in started.generated:  # shown this once: only its digest is stored
             lines.append(f"admin token: {s.admin_token} (generated now and shown once: keep it)")

@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import formataddr, parseaddr
@@ -542,6 +543,41 @@ class Settings:
     def verp_domain(self) -> str:
         """Where bounces, replies and mailto unsubscribes are addressed."""
         return self.bounce_domain or self.sender_domain
+
+    def identity_warnings(self) -> list[str]:
+        """What mailbox providers will hold against this configuration (Gmail's and Yahoo's 2024
+        rules, Outlook.com's of 2025): said by ``responder config`` and at every start. A local
+        address (localhost, 127.0.0.1) is a trial run and gets no warning about the base URL."""
+        warnings = []
+        host = (urllib.parse.urlsplit(self.base_url).hostname or "").lower()
+        local = host in ("localhost", "::1") or host.startswith("127.") or host.endswith(".localhost")
+        if self.base_url.startswith("http://") and not local:
+            warnings.append(
+                "RESPONDER_BASE_URL is http://: the one-click unsubscribe link (RFC 8058) must be https "
+                "for Gmail and Yahoo to show it, and readers' browsers warn on http links"
+            )
+        from_domain = self.sender_domain.lower()
+        dkim_domain = (self.dkim_domain or self.sender_domain).lower()
+        if self.dkim_key_file is not None and not (
+            from_domain == dkim_domain
+            or from_domain.endswith("." + dkim_domain)
+            or dkim_domain.endswith("." + from_domain)
+        ):
+            warnings.append(
+                f"DKIM signs for {dkim_domain} but mail is From {from_domain}: not aligned, so DMARC fails "
+                "and Gmail, Yahoo and Outlook.com reject or junk bulk mail"
+            )
+        if self.dkim_key_file is None and not local and not self.smtp.is_file:
+            warnings.append(
+                "no DKIM key (RESPONDER_DKIM_KEY_FILE): Gmail, Yahoo and Outlook.com require signed bulk mail; "
+                "`responder dkim keygen --out FILE` makes one"
+            )
+        if not self.postal_address.strip():
+            warnings.append(
+                "RESPONDER_POSTAL_ADDRESS is empty: the law in many countries (CAN-SPAM, for one) wants the "
+                "sender's postal address in every list mail"
+            )
+        return warnings
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(environment variable, effective value with secrets masked, help) for ``responder config``."""

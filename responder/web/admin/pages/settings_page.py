@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ....settings import mask_url_password
+from ....delivery.dkim import dns_record, load_key
+from ....errors import ConfigError
+from ....settings import Settings, mask_url_password
 from ...api.tokens import create_token, list_tokens, revoke_token
 from ...http import runtime
 from ..auth import see_other
@@ -13,7 +15,20 @@ from ..render import render
 
 NAV = NavItem("Settings", "/admin/settings", 90)
 routes = web.RouteTableDef()
-DKIM_SELECTOR = "responder"
+
+
+def dkim_records(settings: Settings) -> tuple[str, str | None, str | None]:
+    """The DKIM record to publish as configured: (name, value, problem). The name is the real
+    selector under the signing domain; the value comes from the key file (None, with the
+    reason, when there is no key or it cannot be read)."""
+    domain = settings.dkim_domain or settings.sender_domain
+    name = f"{settings.dkim_selector or 'SELECTOR'}._domainkey.{domain}"
+    if settings.dkim_key_file is None:
+        return name, None, "no signing key is configured (RESPONDER_DKIM_KEY_FILE): mail goes out unsigned"
+    try:
+        return name, dns_record(load_key(settings.dkim_key_file)), None
+    except ConfigError as exc:
+        return name, None, exc.message
 
 
 async def _page(request: web.Request, new_token: str | None = None, new_token_name: str | None = None) -> web.Response:
@@ -26,7 +41,8 @@ async def _page(request: web.Request, new_token: str | None = None, new_token_na
         base_url=s.base_url,
         mail=mask_url_password(s.smtp_url),
         domain=s.sender_domain,
-        dkim_name=f"{DKIM_SELECTOR}._domainkey.{s.sender_domain}",
+        dkim=dkim_records(s),
+        warnings=s.identity_warnings(),
         tokens=await list_tokens(rt),
         new_token=new_token,
         new_token_name=new_token_name,
