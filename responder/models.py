@@ -452,3 +452,14 @@ class RateLimit(Base):
     bucket: Mapped[str] = mapped_column(String(320), primary_key=True)
     window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     hits: Mapped[int] = mapped_column(Integer)
+
+
+class DomainPause(Base):
+    """A recipient domain not mailed until ``until``: it refused our mail for policy or
+    reputation reasons again and again (``delivery.worker.soft_bounced``)."""
+
+    __tablename__ = "domain_pauses"
+    domain: Mapped[str] = mapped_column(String(255), primary_key=True)
+    until: Mapped[dt.datetime]
+    reason: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[dt.datetime]

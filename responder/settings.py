@@ -314,6 +314,13 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("soft_bounce_days", "30", "days over which soft bounces are counted", parse_int),
     Spec(
+        "blocked_pause_after",
+        "5",
+        "policy or blocklist refusals from one recipient domain within an hour before that domain is paused",
+        parse_int,
+    ),
+    Spec("blocked_pause_s", "3600", "seconds a recipient domain stays paused after that", parse_int),
+    Spec(
         "render_processes",
         "auto",
         "child processes that render templates (auto: one per core; 0: in a thread of this process, no hard limits)",
@@ -419,6 +426,8 @@ class Settings:
     form_write_timeout_s: float = 5.0
     soft_bounce_limit: int = 3
     soft_bounce_days: int = 30
+    blocked_pause_after: int = 5
+    blocked_pause_s: int = 3600
     render_processes: int = 1
     render_time_limit_s: float = 5.0
     render_memory_mb: int = 512
@@ -510,6 +519,8 @@ class Settings:
             form_write_timeout_s=parsed["form_write_timeout_s"],
             soft_bounce_limit=parsed["soft_bounce_limit"],
             soft_bounce_days=parsed["soft_bounce_days"],
+            blocked_pause_after=parsed["blocked_pause_after"],
+            blocked_pause_s=parsed["blocked_pause_s"],
             render_processes=parsed["render_processes"],
             render_time_limit_s=parsed["render_time_limit_s"],
             render_memory_mb=parsed["render_memory_mb"],
@@ -626,6 +637,8 @@ class Settings:
             "form_write_timeout_s": str(self.form_write_timeout_s),
             "soft_bounce_limit": str(self.soft_bounce_limit),
             "soft_bounce_days": str(self.soft_bounce_days),
+            "blocked_pause_after": str(self.blocked_pause_after),
+            "blocked_pause_s": str(self.blocked_pause_s),
             "render_processes": str(self.render_processes),
             "render_time_limit_s": str(self.render_time_limit_s),
             "render_memory_mb": str(self.render_memory_mb),

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 import pytest
@@ -11,9 +12,11 @@ from sqlalchemy import select
 
 from responder.clock import FakeClock
 from responder.delivery import outbox
+from responder.delivery.worker import pause_domain, paused_domains
 from responder.funnel import webhooks
 from responder.models import Event, WebhookDelivery
 
+from .admin_fixtures import signed_in
 from .conftest import SmtpSink
 from .delivery_fixtures import message, queue_newsletter, runtime_for, subscriber, worker_for
 
@@ -107,3 +110,49 @@ async def test_each_kind_from_a_real_server(
         await worker.run_once()
         assert (await message(rt, pk)).state == state
         assert (await subscriber(rt, "ann@example.org")).status == status
+
+
+async def test_a_domain_that_keeps_refusing_is_paused_and_the_admin_sees_it(
+    database_url: str, smtp: SmtpSink, clock: FakeClock
+) -> None:
+    people = [f"p{n}@blocked.example" for n in range(3)]
+    for address in people:
+        smtp.handler.replies[address] = BLOCKED
+    env = {"RESPONDER_BLOCKED_PAUSE_AFTER": "2", "RESPONDER_BLOCKED_PAUSE_S": "3600"}
+    async with runtime_for(database_url, smtp.url, clock, **env) as rt, worker_for(rt) as worker:
+        first = await queue_newsletter(rt, people)
+        await worker.run_once()  # three refusals: the domain is paused from the next claim
+        assert {(await message(rt, pk)).state for pk in first} == {"deferred"}
+        async with rt.db.read() as session:
+            [pause] = (await paused_domains(session, clock.now())).values()
+        assert pause.domain == "blocked.example" and "spamhaus" in pause.reason
+        for address in people:  # off the blocklist already, but the pause holds
+            del smtp.handler.replies[address]
+        clock.advance(minutes=30)
+        async with rt.db.transaction() as session:
+            held = await outbox.enqueue(
+                session,
+                subscriber_id=(await subscriber(rt, people[0])).id,
+                kind="step",
+                template_name="layer1-welcome",
+                now=clock.now(),
+                domain="acme.example.com",
+            )
+        await worker.run_once()
+        row = await message(rt, held)
+        assert row.state == "deferred" and (row.last_error or "").startswith("blocked.example is paused until")
+        assert smtp.received == [] and row.next_attempt_at == pause.until
+        assert [(await subscriber(rt, address)).status for address in people] == ["active"] * 3
+        clock.advance(minutes=31)  # the pause is over: everything held goes
+        await worker.run_once()
+        assert {(await message(rt, pk)).state for pk in [*first, held]} == {"sent"}
+
+
+async def test_the_dashboard_names_a_paused_domain(app) -> None:  # type: ignore[no-untyped-def]
+    now = app.clock.now()
+    async with app.rt.db.transaction() as session:
+        await pause_domain(session, "blocked.example", now + dt.timedelta(hours=1), BLOCKED, now)
+        await pause_domain(session, "over.example", now - dt.timedelta(minutes=1), BLOCKED, now)  # ended
+    browser = await signed_in(app.rt, app.client)
+    html = await (await browser.get("/admin/")).text()
+    assert 'id="paused-blocked.example"' in html and "zen.spamhaus.org" in html and "over.example" not in html

@@ -32,6 +32,7 @@ from typing import Any, cast
 from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..audience import limits
 from ..core.bounces import SOFT, Bounce, classify
 from ..core.retry import next_attempt
 from ..errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
@@ -39,7 +40,7 @@ from ..funnel import webhooks
 from ..funnel.events import record_event
 from ..funnel.facts import SENT_EVENTS
 from ..loop import PollingLoop
-from ..models import Event, Layer, Message, Subscriber, Template
+from ..models import DomainPause, Event, Layer, Message, Subscriber, Template
 from ..runtime import Runtime
 from ..settings import Settings
 from . import outbox
@@ -252,6 +253,7 @@ class DeliveryWorker(PollingLoop):
         # Template versions are never changed once stored: rows kept by id, a batch's newest
         # version of each name looked up with the claim.
         self._templates: dict[int, Any] = {}
+        self._paused: dict[str, DomainPause] = {}  # recipient domains not mailed for now
 
     async def run(self) -> None:
         try:
@@ -303,6 +305,8 @@ class DeliveryWorker(PollingLoop):
             )
             layers: dict[int, _Layer] = {}
             batch = [_claimed(row, layers) for row in rows]
+            if batch:
+                self._paused = await paused_domains(session, rt.clock.now())
             wanted = {m.template_id or m.newest_template_id for m in batch} - {None}
             missing = wanted - self._templates.keys()
             if missing:
@@ -413,6 +417,11 @@ class DeliveryWorker(PollingLoop):
         data = await self._signed(item)
         domain = item.envelope.recipients[0].rpartition("@")[2].lower()
         base = {"template_id": item.template_id}
+        pause = self._paused.get(domain)
+        if pause is not None and pause.until > self.rt.clock.now():  # not even tried: it would refuse
+            values = dict(base, state="deferred", next_attempt_at=pause.until)
+            values["last_error"] = f"{domain} is paused until {pause.until:%Y-%m-%d %H:%M} UTC: {pause.reason}"[:500]
+            return Outcome(message.id, message.subscriber_id, values)
         async with self.limits.slot(domain), self._lanes:
             started = time.perf_counter()
             try:
@@ -554,7 +563,16 @@ async def soft_bounced(
     await record_event(session, subscriber, "bounce", now, message_id=message_pk, data=data)
     if bounce.kind == "policy":
         domain = subscriber.email.rpartition("@")[2].lower()
-        payload = {"domain": domain, "message_id": message_pk, "reply": reply[:500], "status": bounce.status}
+        payload: dict[str, Any] = {"domain": domain, "message_id": message_pk, "reply": reply[:500]}
+        payload["status"] = bounce.status
+        over = await limits.hit(
+            session, f"blocked:{domain}", now, limit=max(settings.blocked_pause_after - 1, 0), window_s=3600
+        )
+        if over:  # again and again: stop mailing the domain for a while, say so
+            until = now + dt.timedelta(seconds=settings.blocked_pause_s)
+            await pause_domain(session, domain, until, reply, now)
+            payload["paused_until"] = until.isoformat()
+            log.warning("recipient domain %s paused until %s: it keeps refusing our mail (%s)", domain, until, reply)
         await webhooks.emit(session, "delivery.blocked", payload, now)
         return
     if bounce.kind not in SOFT or subscriber.status != "active":
@@ -580,3 +598,16 @@ async def soft_bounced(
             now,
             source=source,
         )
+
+
+async def pause_domain(session: AsyncSession, domain: str, until: dt.datetime, reason: str, now: dt.datetime) -> None:
+    pause = await session.get(DomainPause, domain)
+    if pause is None:
+        session.add(DomainPause(domain=domain, until=until, reason=reason[:500], created_at=now))
+    elif pause.until < until:
+        pause.until, pause.reason = until, reason[:500]
+
+
+async def paused_domains(session: AsyncSession, now: dt.datetime) -> dict[str, DomainPause]:
+    rows = await session.execute(select(DomainPause).where(DomainPause.until > now))
+    return {pause.domain: pause for pause in rows.scalars()}

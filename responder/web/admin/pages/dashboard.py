@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ....delivery.worker import paused_domains
 from ....funnel.dashboard import dashboard_stats, unsubscribes_per_step
 from ...http import runtime
 from ..charts import Bar, funnel, hbars, stacked, up_down_columns
@@ -20,11 +21,13 @@ async def dashboard(request: web.Request) -> web.Response:
     async with rt.db.read() as session:
         stats = await dashboard_stats(session, rt.clock.now())
         leaving = await unsubscribes_per_step(session)
+        paused = sorted((await paused_domains(session, rt.clock.now())).values(), key=lambda p: p.domain)
     layers = stats.layers
     return render(
         request,
         "dashboard.html",
         stats=stats,
+        paused=paused,
         funnel=funnel(
             [Bar(f"{layer.position} {layer.label}", layer.subscribers, f"{layer.subscribers:,}") for layer in layers]
         ),
