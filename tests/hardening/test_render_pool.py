@@ -73,7 +73,7 @@ async def test_a_slow_upload_is_killed_at_the_limit_and_nothing_waits_for_it(lap
     status, text = await work
     assert status == 422 and "takes longer than 1 s to render" in text, text
     assert time.monotonic() - began < 10  # killed at 1 s (the watchdog alone would need 2 s)
-    assert slowest < 0.5, slowest  # the event loop never waited on the render
+    assert slowest < 0.9, slowest  # a loop waiting on the render would wait the whole 1 s (loose: CI is busy)
     assert lapp.rt.renderer.replaced == 1
     # The next upload gets a fresh process.
     assert (await upload(lapp, "fine", "<p>Hello {{ subscriber.first_name }}</p>"))[0] == 201
@@ -119,7 +119,7 @@ async def test_a_template_slow_only_for_real_subscribers_fails_its_messages_not_
     work = asyncio.ensure_future(asyncio.wait_for(failed(), 60))
     slowest = await slowest_health_while(lapp, work)
     assert all("takes longer than 1 s to render" in error for error in await work)
-    assert slowest < 0.5, slowest
+    assert slowest < 0.9, slowest  # each render runs 1 s before it is killed: a waiting loop would show it
     assert lapp.smtp.received == [] and lapp.rt.renderer.replaced == 2
 
 
