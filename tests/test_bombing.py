@@ -27,15 +27,21 @@ def test_a_mailbox_is_one_whatever_the_spelling() -> None:
     assert mailbox_key("j.doe@example.com") != mailbox_key("jdoe@example.com")  # dots matter elsewhere
 
 
-async def confirmations(smtp: SmtpSink) -> int:
-    await asyncio.sleep(0.5)  # let the worker send what was queued
+async def confirmations(smtp: SmtpSink, expected: int) -> int:
+    """How many confirmations arrived: waits for ``expected``, then a moment for any extra."""
+    await smtp.wait_for(expected)
+    await asyncio.sleep(0.5)
     return len(smtp.received)
+
+
+def loose_env(tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {"RESPONDER_FORMS_FILE": make_forms_file(tmp_path), **LOOSE}
 
 
 async def test_plus_addresses_and_a_restart_do_not_multiply_confirmations(
     database_url: str, smtp: SmtpSink, clock: FakeClock, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    env = {"RESPONDER_FORMS_FILE": make_forms_file(tmp_path), **LOOSE}
+    env = loose_env(tmp_path)
     async with running_app(database_url, smtp, clock, **env) as app:
         for number in range(15):
             resp = await app.client.post(
@@ -45,12 +51,12 @@ async def test_plus_addresses_and_a_restart_do_not_multiply_confirmations(
         for spelling in ("j.doe@gmail.com", "jdoe@googlemail.com", "j.d.o.e+x@gmail.com", "jdoe+y@gmail.com"):
             assert (await app.client.post("/subscribe", json={"email": spelling, "form": "landing"})).status == 202
         app.rt.wake_outbox()
-        first = await confirmations(smtp)
+        first = await confirmations(smtp, 6)
     async with running_app(database_url, smtp, clock, **env) as app:  # a restart
         for number in range(15, 30):
             await app.client.post("/subscribe", json={"email": f"victim+{number}@example.com", "form": "landing"})
         app.rt.wake_outbox()
-        total = await confirmations(smtp)
+        total = await confirmations(smtp, 6)
     victim = sum(1 for got in smtp.received if got.rcpt_tos[0].startswith("victim"))
     assert victim == 3 and total == first == 6  # confirm_per_day (3) per mailbox, 30 posts, a restart
 
@@ -58,7 +64,7 @@ async def test_plus_addresses_and_a_restart_do_not_multiply_confirmations(
 async def test_an_enquiry_acknowledges_a_stranger_once_a_day_without_their_text(
     database_url: str, smtp: SmtpSink, clock: FakeClock, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    env = {"RESPONDER_FORMS_FILE": make_forms_file(tmp_path), **LOOSE}
+    env = loose_env(tmp_path)
     async with running_app(database_url, smtp, clock, **env) as app:
         for _ in range(50):
             resp = await app.client.post(

@@ -14,14 +14,12 @@ scheduler's sweep (``prune``).
 from __future__ import annotations
 
 import datetime as dt
-import math
 
 from sqlalchemy import delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..errors import RateLimited
 from ..models import RateLimit
 
 # Providers known to deliver every dotted spelling of a local part to the same inbox.
@@ -52,13 +50,6 @@ async def hit(session: AsyncSession, bucket: str, now: dt.datetime, *, limit: in
     ).returning(RateLimit.hits)
     hits = (await session.execute(upsert)).scalar_one()
     return 0.0 if hits <= limit else float(start + window_s - at)
-
-
-async def check(session: AsyncSession, bucket: str, now: dt.datetime, *, limit: int, window_s: int, what: str) -> None:
-    """``hit``, raising ``RateLimited`` (429 with ``Retry-After``) past the limit."""
-    wait = await hit(session, bucket, now, limit=limit, window_s=window_s)
-    if wait > 0:
-        raise RateLimited(f"too many requests for this {what}; try again later", retry_after_s=max(1, math.ceil(wait)))
 
 
 async def prune(session: AsyncSession, now: dt.datetime) -> None:

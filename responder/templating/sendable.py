@@ -17,7 +17,10 @@ from ..errors import TemplateError
 from ..models import Newsletter, Step, Template
 from ..settings import Settings
 from .context import KIND_NAMES, sample_contexts
-from .pool import Renderer, run_job
+from .pool import Renderer
+
+# Without a server's pool (the command line): the same jobs, in a thread of this process.
+IN_PROCESS = Renderer(0, 0.0, 0)
 
 # A newsletter in these states will still render its template (the newest version at send time).
 UNFINISHED = ("draft", "scheduled", "sending", "paused")
@@ -29,12 +32,7 @@ async def check_renders(renderer: Renderer | None, settings: Settings, template:
     process without a ``renderer`` (the command line)."""
     args = (template.subject, template.source, template.text, template.html, sample_contexts(settings, kind))
     try:
-        if renderer is not None:
-            await renderer.check(*args)
-        else:
-            answer = run_job("check", args)
-            if "error" in answer:
-                raise TemplateError(answer["error"], field=answer["field"])
+        await (renderer or IN_PROCESS).check(*args)
     except TemplateError as exc:
         raise TemplateError(
             f"template {template.name!r} cannot be sent as {KIND_NAMES[kind]}: {exc.message}", field="template"
