@@ -109,6 +109,8 @@ class ConsentRecord(Base):
     consent_version: Mapped[str | None] = mapped_column(String(64))
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(512))
+    # The page the form was on (the Referer of the post, without its query or fragment).
+    page_url: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[dt.datetime]
 
 
@@ -463,3 +465,32 @@ class DomainPause(Base):
     until: Mapped[dt.datetime]
     reason: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[dt.datetime]
+
+
+class GovernorState(Base):
+    """What the complaint governor (``core.governor``) last said of one layer's mail at one
+    mailbox provider; ``layer_id`` 0 is the provider's mail as a whole. A ``paused`` row holds
+    newsletters and drip steps to that layer at that provider until an admin resumes it."""
+
+    __tablename__ = "governor_states"
+    layer_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    provider: Mapped[str] = mapped_column(String(16), primary_key=True)
+    level: Mapped[str] = mapped_column(String(8))  # ok | warn | paused
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    day_sent: Mapped[int] = mapped_column(Integer, default=0)
+    day_complaints: Mapped[int] = mapped_column(Integer, default=0)
+    week_sent: Mapped[int] = mapped_column(Integer, default=0)
+    week_complaints: Mapped[int] = mapped_column(Integer, default=0)
+    changed_at: Mapped[dt.datetime]
+    resumed_at: Mapped[dt.datetime | None]
+    resumed_by: Mapped[str | None] = mapped_column(String(120))
+
+
+class MailDomain(Base):
+    """The mailbox provider behind a recipient domain not known by name, found from its MX
+    hosts (``core.governor.MX_PATTERNS``) and kept for a month."""
+
+    __tablename__ = "mail_domains"
+    domain: Mapped[str] = mapped_column(String(255), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    checked_at: Mapped[dt.datetime]

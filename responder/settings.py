@@ -171,6 +171,13 @@ def parse_float(value: str) -> float:
         raise ConfigError(f"not a number: {value!r}") from exc
 
 
+def parse_switch(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
+        raise ConfigError(f"must be on or off, not {value!r}")
+    return lowered in ("on", "1", "true", "yes")
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -321,6 +328,36 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("blocked_pause_s", "3600", "seconds a recipient domain stays paused after that", parse_int),
     Spec(
+        "governor_warn_rate",
+        "0.001",
+        "complaint rate (per layer and mailbox provider, over a day or a week) that warns (0.001 = 0.1 %)",
+        parse_float,
+    ),
+    Spec(
+        "governor_pause_rate",
+        "0.003",
+        "complaint rate that holds newsletters and drip steps to that layer and provider until an admin resumes",
+        parse_float,
+    ),
+    Spec(
+        "governor_min_sent",
+        "100",
+        "mails a window must hold before its complaint rate counts",
+        parse_int,
+    ),
+    Spec(
+        "governor_every_s",
+        "300",
+        "seconds between the complaint governor's counts (and at every new complaint)",
+        parse_int,
+    ),
+    Spec(
+        "governor_mx_lookup",
+        "on",
+        "look up the MX of recipient domains not known by name, to tell their mailbox provider (on | off)",
+        parse_switch,
+    ),
+    Spec(
         "render_processes",
         "auto",
         "child processes that render templates (auto: one per core; 0: in a thread of this process, no hard limits)",
@@ -428,6 +465,11 @@ class Settings:
     soft_bounce_days: int = 30
     blocked_pause_after: int = 5
     blocked_pause_s: int = 3600
+    governor_warn_rate: float = 0.001
+    governor_pause_rate: float = 0.003
+    governor_min_sent: int = 100
+    governor_every_s: int = 300
+    governor_mx_lookup: bool = True
     render_processes: int = 1
     render_time_limit_s: float = 5.0
     render_memory_mb: int = 512
@@ -521,6 +563,11 @@ class Settings:
             soft_bounce_days=parsed["soft_bounce_days"],
             blocked_pause_after=parsed["blocked_pause_after"],
             blocked_pause_s=parsed["blocked_pause_s"],
+            governor_warn_rate=parsed["governor_warn_rate"],
+            governor_pause_rate=parsed["governor_pause_rate"],
+            governor_min_sent=parsed["governor_min_sent"],
+            governor_every_s=parsed["governor_every_s"],
+            governor_mx_lookup=parsed["governor_mx_lookup"],
             render_processes=parsed["render_processes"],
             render_time_limit_s=parsed["render_time_limit_s"],
             render_memory_mb=parsed["render_memory_mb"],
@@ -639,6 +686,11 @@ class Settings:
             "soft_bounce_days": str(self.soft_bounce_days),
             "blocked_pause_after": str(self.blocked_pause_after),
             "blocked_pause_s": str(self.blocked_pause_s),
+            "governor_warn_rate": str(self.governor_warn_rate),
+            "governor_pause_rate": str(self.governor_pause_rate),
+            "governor_min_sent": str(self.governor_min_sent),
+            "governor_every_s": str(self.governor_every_s),
+            "governor_mx_lookup": "on" if self.governor_mx_lookup else "off",
             "render_processes": str(self.render_processes),
             "render_time_limit_s": str(self.render_time_limit_s),
             "render_memory_mb": str(self.render_memory_mb),

@@ -169,6 +169,7 @@ async def export(rt: Runtime, subscriber_id: int) -> dict[str, Any]:
                     "consent_version": c.consent_version,
                     "ip": c.ip,
                     "user_agent": c.user_agent,
+                    "page_url": c.page_url,
                     "at": _iso(c.created_at),
                 }
                 for c in consents

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ class SubscribeRequest:
     consent_version: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
     ref: str | None = None  # a referral token (see ``referrals``)
+    page_url: str | None = None  # where the form was: the post's Referer, query and fragment cut
 
     @classmethod
     def from_input(
@@ -47,6 +49,7 @@ class SubscribeRequest:
         ip: str | None,
         user_agent: str | None,
         *,
+        referer: str | None = None,
         allowed_attributes: tuple[str, ...] = (),
         default_consent: str = "",
         default_version: str | None = None,
@@ -73,7 +76,24 @@ class SubscribeRequest:
             consent_version=default_version or given_version or None,
             attributes=clean_attributes(data, allowed_attributes),
             ref=data.get("ref") if isinstance(data.get("ref"), str) else None,  # type: ignore[arg-type]
+            page_url=page_url(referer),
         )
+
+
+def page_url(referer: str | None) -> str | None:
+    """The page a form was posted from, for the consent record: an http(s) Referer without its
+    query and fragment (they can carry someone's address or a token); None when there is none
+    or it is not a plain web address."""
+    if not referer or len(referer) > 2000 or not referer.isprintable() or " " in referer:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(referer)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return f"{parts.scheme}://{host}{parts.path or '/'}"[:500]
 
 
 def clean_attributes(data: dict[str, object], allowed: tuple[str, ...]) -> dict[str, str]:
@@ -131,6 +151,7 @@ async def subscribe(rt: Runtime, req: SubscribeRequest) -> None:
                 consent_version=req.consent_version,
                 ip=req.ip,
                 user_agent=req.user_agent,
+                page_url=req.page_url,
                 created_at=now,
             )
         )
@@ -328,6 +349,7 @@ def consent_json(record: ConsentRecord) -> dict[str, Any]:
         "consent_version": record.consent_version,
         "ip": record.ip,
         "user_agent": record.user_agent,
+        "page_url": record.page_url,
         "at": record.created_at.isoformat(),
     }
 

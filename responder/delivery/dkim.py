@@ -151,13 +151,47 @@ def load_key(path: Path) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
     return key
 
 
-def signer_from_settings(settings: Settings) -> DkimSigner | None:
-    if not settings.dkim_selector and not settings.dkim_key_file:
-        return None
-    if not (settings.dkim_selector and settings.dkim_key_file):
+@dataclass(frozen=True)
+class KeyConfig:
+    """One configured signing key: ``SELECTOR._domainkey.DOMAIN`` publishes the public half of
+    the PEM file at ``path``."""
+
+    selector: str
+    domain: str
+    path: Path
+
+    @property
+    def record_name(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}"
+
+
+def configured_keys(settings: Settings) -> list[KeyConfig]:
+    """The keys mail is signed with, in order. ``RESPONDER_DKIM_SELECTOR`` and
+    ``RESPONDER_DKIM_KEY_FILE`` each take one value or a comma-separated list of the same length
+    (e.g. an RSA-2048 and an Ed25519 key, RFC 8463, under two selectors)."""
+    selectors = [s.strip() for s in (settings.dkim_selector or "").split(",") if s.strip()]
+    files = [f.strip() for f in str(settings.dkim_key_file or "").split(",") if f.strip()]
+    if not selectors and not files:
+        return []
+    if not (selectors and files):
         raise ConfigError("DKIM needs both RESPONDER_DKIM_SELECTOR and RESPONDER_DKIM_KEY_FILE")
-    key = load_key(settings.dkim_key_file)
-    return DkimSigner(DkimKey(settings.dkim_selector, settings.dkim_domain or settings.sender_domain, key))
+    if len(selectors) != len(files):
+        raise ConfigError(
+            f"RESPONDER_DKIM_SELECTOR names {len(selectors)} selector(s) but RESPONDER_DKIM_KEY_FILE "
+            f"{len(files)} key file(s): give one selector per key, in the same order"
+        )
+    if len(set(selectors)) != len(selectors):
+        raise ConfigError("RESPONDER_DKIM_SELECTOR names a selector twice")
+    domain = settings.dkim_domain or settings.sender_domain
+    return [KeyConfig(selector, domain, Path(path)) for selector, path in zip(selectors, files, strict=True)]
+
+
+def signer_from_settings(settings: Settings) -> DkimSigner | None:
+    keys = configured_keys(settings)
+    if not keys:
+        return None
+    first = keys[0]
+    return DkimSigner(DkimKey(first.selector, first.domain, load_key(first.path)))
 
 
 def generate_key(algorithm: str = "rsa") -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:

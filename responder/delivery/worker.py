@@ -36,9 +36,10 @@ from ..audience import limits
 from ..core.bounces import SOFT, Bounce, classify
 from ..core.retry import next_attempt
 from ..errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
-from ..funnel import webhooks
+from ..funnel import governor, webhooks
 from ..funnel.events import record_event
 from ..funnel.facts import SENT_EVENTS
+from ..funnel.ledger import COUNTED_KINDS
 from ..loop import PollingLoop
 from ..models import DomainPause, Event, Layer, Message, Subscriber, Template
 from ..runtime import Runtime
@@ -254,6 +255,10 @@ class DeliveryWorker(PollingLoop):
         # version of each name looked up with the claim.
         self._templates: dict[int, Any] = {}
         self._paused: dict[str, DomainPause] = {}  # recipient domains not mailed for now
+        # (layer id, provider) pairs whose newsletters and steps the complaint governor holds,
+        # and the providers of the batch's domains while any is held.
+        self._governed: set[tuple[int, str]] = set()
+        self._providers: dict[str, str] = {}
 
     async def run(self) -> None:
         try:
@@ -307,6 +312,10 @@ class DeliveryWorker(PollingLoop):
             batch = [_claimed(row, layers) for row in rows]
             if batch:
                 self._paused = await paused_domains(session, rt.clock.now())
+                self._governed = await governor.paused_groups(session)
+                if self._governed:
+                    domains = {m.subscriber.email.rpartition("@")[2].lower() for m in batch if m.subscriber}
+                    self._providers = await governor.providers(session, domains)
             wanted = {m.template_id or m.newest_template_id for m in batch} - {None}
             missing = wanted - self._templates.keys()
             if missing:
@@ -357,6 +366,16 @@ class DeliveryWorker(PollingLoop):
                     )
                 )
                 continue
+            if self._governed and message.kind in COUNTED_KINDS and message.layer is not None:
+                provider = self._providers.get(subscriber.email.rpartition("@")[2].lower(), "other")
+                if (message.layer.id, provider) in self._governed:
+                    held = {
+                        "state": "deferred",
+                        "next_attempt_at": rt.clock.now() + governor.HOLD,
+                        "last_error": governor.held_reason(provider, message.layer.name),
+                    }
+                    outcomes.append(Outcome(message.id, message.subscriber_id, held))
+                    continue
             # The version recorded on the message (a retry), else the newest of its name.
             template = self._templates.get(message.template_id or message.newest_template_id or 0)
             if template is None:

@@ -78,6 +78,9 @@ class Stats:
     complaints: int
     complaint_rate: float
     complaint_alarm: bool
+    bounces: int = 0  # hard: the address refused, suppressed
+    soft_bounces: int = 0  # full mailboxes, policy refusals, …: retried
+    bounce_rate: float = 0.0
     window_days: int = WINDOW_DAYS
     alarm_threshold: float = field(default=COMPLAINT_ALARM_RATE)
 
@@ -167,6 +170,14 @@ async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
             per_type[type_] = per_type.get(type_, 0) + count
     sent = by_type.get(("sent", False), 0) + by_type.get(("sent", True), 0)
     complaints = by_type.get(("complaint", False), 0) + by_type.get(("complaint", True), 0)
+    hard = Event.data["hard"].as_boolean()
+    bounced: dict[bool | None, int] = dict(
+        (
+            await session.execute(
+                select(hard, func.count()).where(Event.type == "bounce", Event.created_at >= since).group_by(hard)
+            )
+        ).all()
+    )
     return Stats(
         layers=figures,
         moves=weekly_moves(moves, now),
@@ -177,6 +188,9 @@ async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
         complaints=complaints,
         complaint_rate=rate(complaints, sent),
         complaint_alarm=complaint_alarm(complaints, sent),
+        bounces=bounced.get(True, 0),
+        soft_bounces=sum(count for is_hard, count in bounced.items() if not is_hard),
+        bounce_rate=rate(bounced.get(True, 0), sent),
     )
 
 

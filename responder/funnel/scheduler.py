@@ -3,7 +3,10 @@ and runs the sweep when it is due. One scheduler at a time per database (an advi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import logging
 
 from sqlalchemy import delete
 
@@ -12,12 +15,15 @@ from ..db import Database
 from ..loop import PollingLoop
 from ..models import InboundMail
 from ..runtime import Runtime
-from . import newsletters
+from . import governor, newsletters
 from .judge import Judged
 from .stepper import run_due_steps
 from .sweep import sweep
 
+log = logging.getLogger(__name__)
+
 SCHEDULER_LOCK = 0x72657370  # advisory lock key shared by every scheduler of one database
+GOVERNOR_LOCK = 0x72657371  # one complaint governor at a time
 
 
 async def sweep_on_demand(db: Database, now: dt.datetime, domain: str) -> list[Judged]:
@@ -54,6 +60,9 @@ class Scheduler(PollingLoop):
         self.rt = rt
         self.batch_size = batch_size
         self.swept_at: dt.datetime | None = None  # this process's last sweep
+        self.governed_at: dt.datetime | None = None  # the complaint governor's last count
+        self.complaint_seen = -1  # the newest complaint it counted
+        self._governing: asyncio.Task[None] | None = None
 
     async def run_once(self) -> int:
         # Many `responder worker` processes may share one PostgreSQL: their ticks take turns,
@@ -81,5 +90,42 @@ class Scheduler(PollingLoop):
             done = await run_due_steps(session, now, limit=self.batch_size, domain=rt.settings.sender_domain)
         if done.queued or batches:
             rt.wake_outbox()
+        await self._govern(now)
         rt.wake_webhooks()
         return done.processed + batches
+
+    async def _govern(self, now: dt.datetime) -> None:
+        """Start the complaint governor when its time has come or a complaint is new; it runs
+        beside the ticks (its MX look-ups can take seconds), one run at a time."""
+        if self._governing is not None and not self._governing.done():
+            return
+        async with self.rt.db.read() as session:
+            newest = await governor.latest_complaint(session)
+        every = dt.timedelta(seconds=self.rt.settings.governor_every_s)
+        if newest == self.complaint_seen and self.governed_at is not None and now < self.governed_at + every:
+            return
+        self.governed_at, self.complaint_seen = now, newest
+        self._governing = asyncio.create_task(self._run_governor(now))
+
+    async def _run_governor(self, now: dt.datetime) -> None:
+        db = self.rt.db
+        # SQLite has one scheduler (this one, which runs one count at a time); PostgreSQL many.
+        lock = contextlib.nullcontext() if db.is_sqlite else db.exclusive(GOVERNOR_LOCK)
+        try:
+            async with lock:
+                await governor.run(db, self.rt.settings, now)
+        except Exception:  # counted again at the next turn
+            log.exception("the complaint governor could not count")
+        self.rt.wake_webhooks()
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._governing is not None:
+            self._governing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._governing

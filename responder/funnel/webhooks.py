@@ -35,7 +35,17 @@ from ..runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_EVENTS = ("layer_changed", "purchase", "referral", "unsubscribed", "enquiry", "delivery.blocked")
+WEBHOOK_EVENTS = (
+    "layer_changed",
+    "purchase",
+    "referral",
+    "unsubscribed",
+    "enquiry",
+    "delivery.blocked",
+    "governor.warning",
+    "governor.paused",
+    "governor.resumed",
+)
 MAX_ATTEMPTS = 8
 BASE_DELAY_S = 30
 TIMEOUT_S = 10.0

@@ -54,6 +54,8 @@ async def subscribe_form(request: web.Request) -> web.Response:
         f"script-src 'nonce-{nonce}'; connect-src 'self' {rt.settings.base_url}; "
         f"form-action 'self' {rt.settings.base_url}; frame-ancestors 'none'; base-uri 'none'"
     )
+    # The post names this page (Referer) for the consent record, and carries this origin.
+    response.headers["Referrer-Policy"] = "same-origin"
     return response
 
 
@@ -78,6 +80,7 @@ async def subscribe_post(request: web.Request) -> web.StreamResponse:
             data,
             client_ip(request),
             request.headers.get("User-Agent"),
+            referer=request.headers.get("Referer"),
             allowed_attributes=form.attributes,
             default_consent=form.consent,
             default_version=form.consent_version,

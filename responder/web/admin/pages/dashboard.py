@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ....core.governor import PROVIDERS
 from ....delivery.worker import paused_domains
+from ....errors import NotFound, ValidationError
+from ....funnel import governor
 from ....funnel.dashboard import dashboard_stats, unsubscribes_per_step
 from ...http import runtime
+from ..auth import see_other
 from ..charts import Bar, funnel, hbars, stacked, up_down_columns
 from ..nav import NavItem
-from ..render import render
+from ..render import SIGNED_IN, render
 
 NAV = NavItem("Dashboard", "/admin/", 10)
 routes = web.RouteTableDef()
@@ -22,12 +26,15 @@ async def dashboard(request: web.Request) -> web.Response:
         stats = await dashboard_stats(session, rt.clock.now())
         leaving = await unsubscribes_per_step(session)
         paused = sorted((await paused_domains(session, rt.clock.now())).values(), key=lambda p: p.domain)
+        governed = await governor.states(session)
     layers = stats.layers
     return render(
         request,
         "dashboard.html",
         stats=stats,
         paused=paused,
+        governed=governed,
+        governor_settings=rt.settings,
         funnel=funnel(
             [Bar(f"{layer.position} {layer.label}", layer.subscribers, f"{layer.subscribers:,}") for layer in layers]
         ),
@@ -75,3 +82,21 @@ async def dashboard(request: web.Request) -> web.Response:
             [("opens", stats.opens.human, stats.opens.machine), ("clicks", stats.clicks.human, stats.clicks.machine)]
         ),
     )
+
+
+@routes.post("/governor/resume")
+async def resume_governed(request: web.Request) -> web.Response:
+    """Resume what the complaint governor held for one layer at one provider."""
+    rt = runtime(request)
+    form = await request.post()
+    layer_id, provider = str(form.get("layer_id", "")), str(form.get("provider", ""))
+    if not layer_id.isdigit() or provider not in PROVIDERS:
+        raise ValidationError("choose a held layer and provider to resume")
+    signed = request.get(SIGNED_IN)
+    by = signed.username if signed is not None else "admin"
+    async with rt.db.transaction() as session:
+        if not await governor.resume(session, int(layer_id), provider, rt.clock.now(), by):
+            raise NotFound(f"mail to {provider} in layer {layer_id} is not held")
+    rt.wake_outbox()
+    rt.wake_webhooks()
+    return see_other("/admin/#governor")
