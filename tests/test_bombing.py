@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
-from responder.audience.limits import mailbox_key
+from sqlalchemy import select
+
+from responder.audience.limits import client_key, mailbox_key
 from responder.clock import FakeClock
+from responder.models import Subscriber
 from responder.web.public.pow import solve
 
 from .conftest import SmtpSink, running_app
@@ -91,3 +94,32 @@ async def test_the_enquiry_form_asks_the_same_proof_of_work(papp) -> None:  # ty
     proof = {"pow_challenge": challenge["challenge"], "pow_nonce": solve(challenge["challenge"], challenge["bits"])}
     assert (await papp.client.post("/enquiry", json={**body, **proof})).status == 202
     await papp.smtp.wait_for(1, "q@example.com")
+
+
+def test_a_client_is_its_ipv4_address_or_its_ipv6_64() -> None:
+    assert client_key("192.0.2.7") == "192.0.2.7"
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+
+
+async def test_the_per_ip_limit_holds_across_a_restart(sqlite_url: str, smtp: SmtpSink, clock: FakeClock) -> None:
+    """Three subscribe and enquiry posts an hour from one address: the fourth is refused, and
+    still refused by a new process on the same database (its in-memory limiter knows nothing)."""
+    env = {"RESPONDER_SUBSCRIBE_PER_IP_PER_HOUR": "3", "RESPONDER_SUBSCRIBE_PER_ADDRESS_PER_HOUR": "1000"}
+    async with running_app(sqlite_url, smtp, clock, **env) as app:
+        for i in range(2):
+            resp = await app.client.post("/subscribe", json={"email": f"p{i}@example.org"})
+            assert resp.status == 202, await resp.text()
+        resp = await app.client.post("/enquiry", json={"email": "q@example.org", "question": "Price?"})
+        assert resp.status == 202, await resp.text()
+    async with running_app(sqlite_url, smtp, clock, **env) as app:
+        resp = await app.client.post("/subscribe", json={"email": "p9@example.org"})
+        assert resp.status == 429 and int(resp.headers["Retry-After"]) > 0
+        resp = await app.client.post("/enquiry", json={"email": "q9@example.org", "question": "Price?"})
+        assert resp.status == 429
+        async with app.rt.db.read() as session:
+            emails = set((await session.execute(select(Subscriber.email))).scalars())
+        assert emails == {"p0@example.org", "p1@example.org"}  # the refused post stored nothing
+        clock.advance(hours=1)
+        resp = await app.client.post("/subscribe", json={"email": "p9@example.org"})
+        assert resp.status == 202

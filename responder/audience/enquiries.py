@@ -61,6 +61,7 @@ class EnquiryIn:
     subscriber_id: int | None = None
     message_id: int | None = None  # the outbox row a reply answers
     headers: Mapping[str, str] = field(default_factory=dict)  # of an inbound reply
+    ip: str | None = None  # of a form's poster, for the per-address limit
 
 
 def clean_enquiry(data: EnquiryIn) -> EnquiryIn:
@@ -96,6 +97,7 @@ async def open_enquiry(rt: Runtime, data: EnquiryIn) -> int | None:
     """
     now = rt.clock.now()
     async with rt.db.transaction() as session:
+        await limits.per_ip(session, data.ip, now, limit=rt.settings.subscribe_per_ip_per_hour)
         enquiry_id, moved = await add_enquiry(session, data, now)
     if moved:
         rt.wake_scheduler()

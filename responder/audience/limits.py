@@ -1,5 +1,7 @@
 """Limits that must hold across restarts and processes, kept in the database: how often one
-mailbox may be subscribed or sent an acknowledgement.
+mailbox may be subscribed or sent an acknowledgement, and how many forms one client address may
+post in an hour (``per_ip``; the in-memory limiter in ``web.ratelimit`` turns a flood away first,
+without touching the database).
 
 A mailbox is the address as its owner receives it (``mailbox_key``): ``victim+1@`` and
 ``victim+2@`` are one inbox, and so are ``j.doe@gmail.com`` and ``jdoe@googlemail.com``. Counting
@@ -14,12 +16,15 @@ scheduler's sweep (``prune``).
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import math
 
 from sqlalchemy import delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..errors import RateLimited
 from ..models import RateLimit
 
 # Providers known to deliver every dotted spelling of a local part to the same inbox.
@@ -50,6 +55,30 @@ async def hit(session: AsyncSession, bucket: str, now: dt.datetime, *, limit: in
     ).returning(RateLimit.hits)
     hits = (await session.execute(upsert)).scalar_one()
     return 0.0 if hits <= limit else float(start + window_s - at)
+
+
+def client_key(ip: str) -> str:
+    """Whom a client address stands for: itself (IPv4), or its /64 (IPv6: one subscriber line
+    gets a whole /64 and can pick a new address in it for every post)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip[:64]
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+async def per_ip(session: AsyncSession, ip: str | None, now: dt.datetime, *, limit: int) -> None:
+    """Count one form post from ``ip`` in the hour; ``RateLimited`` past ``limit`` (raised inside
+    the caller's transaction, so the refused post is neither stored nor counted)."""
+    if not ip:
+        return
+    wait = await hit(session, f"ip:{client_key(ip)}", now, limit=limit, window_s=3600)
+    if wait:
+        raise RateLimited(
+            "too many requests for this IP address; try again later", retry_after_s=max(1, math.ceil(wait))
+        )
 
 
 async def prune(session: AsyncSession, now: dt.datetime) -> None:

@@ -117,6 +117,7 @@ async def subscribe(rt: Runtime, req: SubscribeRequest) -> None:
     now = rt.clock.now()
     assert rt.settings.secret_key is not None
     async with rt.db.transaction() as session:
+        await limits.per_ip(session, req.ip, now, limit=rt.settings.subscribe_per_ip_per_hour)
         if await is_suppressed(session, rt.settings.secret_key, req.email):
             return  # erased on request: never stored or mailed again
         subscriber = (

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from ...audience.enquiries import EnquiryIn, open_enquiry
 from ...errors import ValidationError
-from ..http import runtime, wants_json
+from ..http import client_ip, runtime, wants_json
 from ..pages import render_page
 from .common import preflight, public, with_deadline
 from .forms import HONEYPOT
@@ -38,6 +38,7 @@ async def enquiry_post(request: web.Request) -> web.StreamResponse:
                     subject=data.get("subject") or "",
                     body=question,
                     source="form",
+                    ip=client_ip(request),
                 ),
             ),
         )
