@@ -87,6 +87,28 @@ def build_parser() -> argparse.ArgumentParser:
         default="rsa",
         help="rsa (2048 bits, understood everywhere) or ed25519 (RFC 8463)",
     )
+    doctor = sub.add_parser(
+        "doctor", help="check the DNS records deliverability needs: SPF, DKIM, DMARC, the bounce MX, PTR"
+    )
+    doctor.add_argument("domain", nargs="?", help="the From domain (default: the sender's, RESPONDER_FROM)")
+    doctor.add_argument(
+        "--nameserver",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="the name server to ask; repeatable (default: the system's)",
+    )
+    doctor.add_argument(
+        "--ip",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="a sending IP; repeatable: SPF must pass it, its PTR confirm it",
+    )
+    doctor.add_argument(
+        "--selector", action="append", default=[], help="a DKIM selector to find without its key here (a relay's)"
+    )
+    doctor.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per answer (default 5)")
     forms = sub.add_parser("forms", help="opt-in forms for landing pages")
     forms_sub = forms.add_subparsers(dest="forms_command", required=True)
     snippet = forms_sub.add_parser("snippet", help="print the HTML snippet of a form to paste")
@@ -129,6 +151,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return dkim_keygen(
                 settings, out=args.out, selector=args.selector, domain=args.domain, algorithm=args.algorithm
+            )
+        if args.command == "doctor":
+            from .doctor import doctor_command
+
+            return doctor_command(
+                settings,
+                domain=args.domain,
+                nameservers=args.nameserver,
+                ips=args.ip,
+                selectors=args.selector,
+                timeout_s=args.timeout,
             )
         if args.command == "forms":
             return _forms_snippet(settings, args.form)
