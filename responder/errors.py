@@ -48,6 +48,11 @@ class PermanentDeliveryError(DeliveryError):
     """5xx reply for the recipient: the address bounces."""
 
 
+class RelayCannotCarry(PermanentDeliveryError):
+    """The relay lacks an extension this message needs (SMTPUTF8 for a non-ASCII address), so
+    nothing was sent: no retry through it can help, and the address itself is not refused."""
+
+
 class Forbidden(ResponderError):
     """The caller is known but may not do this (read-scope token, cross-origin or CSRF failure)."""
 

@@ -146,6 +146,12 @@ def parse_track_writer(value: str) -> str:
     return value
 
 
+def parse_log_format(value: str) -> str:
+    if value not in ("text", "json"):
+        raise ConfigError(f"must be text or json, not {value!r}")
+    return value
+
+
 def parse_render_processes(value: str) -> int:
     """``auto`` is one per core; 0 renders in a thread of the serving process (no hard limits)."""
     if value == "auto":
@@ -258,10 +264,25 @@ SPECS: tuple[Spec, ...] = (
         "seconds a deferred message keeps being retried before it fails (Postfix: 5 days)",
         parse_int,
     ),
+    Spec(
+        "retry_first_s",
+        "300",
+        "seconds before a deferred message's first retry; each later one waits twice as long, up to 4 hours",
+        parse_float,
+    ),
     Spec("bounce_domain", None, "domain of the VERP bounce, reply and unsubscribe addresses (default: the sender's)"),
-    Spec("dkim_selector", None, "DKIM selector; signing is on when it and the key file are set"),
+    Spec(
+        "dkim_selector",
+        None,
+        "DKIM selector, or several comma-separated, one per key file; signing is on when it and the key file are set",
+    ),
     Spec("dkim_domain", None, "DKIM signing domain (default: the sender's domain)"),
-    Spec("dkim_key_file", None, "PEM private key (RSA or Ed25519) for DKIM signing"),
+    Spec(
+        "dkim_key_file",
+        None,
+        "PEM private key (RSA or Ed25519) for DKIM signing, or several comma-separated (e.g. RSA and Ed25519, "
+        "RFC 8463): each mail gets one signature per key",
+    ),
     Spec(
         "inbound",
         None,
@@ -410,6 +431,13 @@ SPECS: tuple[Spec, ...] = (
     Spec("enquiry_digest_every_s", "86400", "seconds between two digests", parse_int),
     Spec("admin_session_s", "43200", "seconds an admin web UI sign-in lasts", parse_int),
     Spec("import_max_bytes", "104857600", "largest CSV file accepted by a subscriber import", parse_int),
+    Spec(
+        "log_format",
+        "text",
+        "text: one line per record; json: one JSON object per line (time, level, logger, message, exception,"
+        " extra fields), the access log included",
+        parse_log_format,
+    ),
 )
 
 _FIELD_NAMES = {spec.field: spec for spec in SPECS}
@@ -443,10 +471,11 @@ class Settings:
     domain_concurrency: int = 0
     domain_rate_per_min: int = 0
     message_lifetime_s: int = 432000
+    retry_first_s: float = 300.0
     bounce_domain: str | None = None
     dkim_selector: str | None = None
     dkim_domain: str | None = None
-    dkim_key_file: Path | None = None
+    dkim_key_file: str | None = None  # one path, or several comma-separated (delivery.dkim.configured_keys)
     inbound: tuple[str, int] | None = None
     fbl_address: str | None = None
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -486,6 +515,7 @@ class Settings:
     enquiry_digest_every_s: int = 86400
     admin_session_s: int = 43200
     import_max_bytes: int = 104857600
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -542,10 +572,11 @@ class Settings:
             domain_concurrency=parsed["domain_concurrency"],
             domain_rate_per_min=parsed["domain_rate_per_min"],
             message_lifetime_s=parsed["message_lifetime_s"],
+            retry_first_s=parsed["retry_first_s"],
             bounce_domain=parsed["bounce_domain"],
             dkim_selector=parsed["dkim_selector"],
             dkim_domain=parsed["dkim_domain"],
-            dkim_key_file=Path(parsed["dkim_key_file"]) if parsed["dkim_key_file"] else None,
+            dkim_key_file=parsed["dkim_key_file"],
             inbound=parsed["inbound"],
             fbl_address=parsed["fbl_address"],
             trusted_proxies=parsed["trusted_proxies"],
@@ -584,6 +615,7 @@ class Settings:
             enquiry_digest_every_s=parsed["enquiry_digest_every_s"],
             admin_session_s=parsed["admin_session_s"],
             import_max_bytes=parsed["import_max_bytes"],
+            log_format=parsed["log_format"],
         )
 
     def replace(self, **changes: Any) -> Settings:
@@ -665,10 +697,11 @@ class Settings:
             "domain_concurrency": str(self.domain_concurrency),
             "domain_rate_per_min": str(self.domain_rate_per_min),
             "message_lifetime_s": str(self.message_lifetime_s),
+            "retry_first_s": str(self.retry_first_s),
             "bounce_domain": self.verp_domain,
             "dkim_selector": self.dkim_selector or "(not set: mail is not signed)",
             "dkim_domain": self.dkim_domain or self.sender_domain,
-            "dkim_key_file": str(self.dkim_key_file or ""),
+            "dkim_key_file": self.dkim_key_file or "",
             "inbound": f"{self.inbound[0]}:{self.inbound[1]}" if self.inbound else "(off)",
             "fbl_address": self.fbl_address or "",
             "trusted_proxies": ",".join(str(n) for n in self.trusted_proxies),
@@ -707,6 +740,7 @@ class Settings:
             "enquiry_digest_every_s": str(self.enquiry_digest_every_s),
             "admin_session_s": str(self.admin_session_s),
             "import_max_bytes": str(self.import_max_bytes),
+            "log_format": self.log_format,
         }
         return [(spec.env, values[spec.field], spec.help) for spec in SPECS]
 
@@ -747,5 +781,6 @@ def mask_url_password(url: str) -> str:
 
 
 def default_templates_dir() -> Path:
-    """The starter templates shipped beside the package in a source checkout."""
-    return Path(__file__).resolve().parent.parent / "templates" / "email"
+    """The starter templates, shipped inside the package (``responder/starter/``) so that an
+    installed wheel finds them as a source checkout does."""
+    return Path(__file__).resolve().parent / "starter"

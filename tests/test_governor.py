@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -200,7 +201,8 @@ async def _newsletter(app: App, readers: dict[int, list[str]], name: str) -> lis
 
 async def _settled(app: App, ids: list[int]) -> dict[int, Message]:
     """Wait until no message of ``ids`` is queued or in flight; their rows."""
-    for _ in range(1000):
+    deadline = time.monotonic() + 60  # a loaded CI machine
+    while time.monotonic() < deadline:
         async with app.rt.db.read() as session:
             rows = (await session.execute(select(Message).where(Message.id.in_(ids)))).scalars().all()
         if all(row.state not in ("queued", "sending") for row in rows):
@@ -210,7 +212,9 @@ async def _settled(app: App, ids: list[int]) -> dict[int, Message]:
 
 
 async def _state(app: App, layer_id: int, provider: str, wanted: str) -> GovernorState:
-    for _ in range(500):
+    state = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         async with app.rt.db.read() as session:
             state = await session.get(GovernorState, (layer_id, provider))
         if state is not None and state.level == wanted:
@@ -246,7 +250,7 @@ async def test_complaints_hold_one_layer_at_one_provider_until_an_admin_resumes(
         gmail_loyal = [f"loyal{i}@gmail.com" for i in range(10)]
         readers = {1: gmail_new + others_new, 2: gmail_loyal}
         first = await _newsletter(app, readers, "first")
-        await smtp.wait_for(30)
+        await smtp.wait_for(30, timeout_s=60)
         await _settled(app, first)
 
         # Two new Gmail readers report it as spam, through the provider's feedback loop.
@@ -271,7 +275,7 @@ async def test_complaints_hold_one_layer_at_one_provider_until_an_admin_resumes(
 
         # The next newsletter: the held group waits, everyone else gets it.
         second = await _newsletter(app, readers, "second")
-        await smtp.wait_for(50)
+        await smtp.wait_for(50, timeout_s=60)
         rows = await _settled(app, second)
         held = [row for row in rows.values() if row.state == "deferred"]
         assert len(held) == 8 and all(row.last_error.startswith(governor.HELD) for row in held)  # type: ignore[union-attr]
@@ -288,7 +292,7 @@ async def test_complaints_hold_one_layer_at_one_provider_until_an_admin_resumes(
         body = await answer.json()
         [resumed] = [s for s in body["states"] if s["layer_id"] == layer_ids[1] and s["provider"] == "gmail"]
         assert resumed["level"] == "warn" and resumed["resumed_by"] == "api"
-        await smtp.wait_for(58)
+        await smtp.wait_for(58, timeout_s=60)
         rows = await _settled(app, second)
         assert sorted(row.state for row in rows.values()) == ["sent"] * 28
         assert all(len(smtp.to(a)) == 2 for a in gmail_new[2:]) and len(smtp.received) == 58

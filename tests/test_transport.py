@@ -14,7 +14,7 @@ from aiosmtpd.smtp import AuthResult
 from responder.delivery.mime import Envelope
 from responder.delivery.ratelimit import SendLimits
 from responder.delivery.transport import SmtpTransport, in_wire_form, transact
-from responder.errors import TemporaryDeliveryError
+from responder.errors import RelayCannotCarry, TemporaryDeliveryError
 from responder.settings import parse_smtp_url
 
 from .conftest import RecordingHandler, free_port
@@ -145,5 +145,37 @@ async def test_transact_matches_aiosmtplib_sendmail_on_the_wire() -> None:
         await transact(client, "b@acme.example.com", ["a@example.org"], messages[0])  # RSET done
         await client.quit()
         assert handler.received[-1].data == messages[0]
+    finally:
+        controller.stop()
+
+
+@pytest.mark.parametrize("offered", [True, False])
+async def test_transact_with_smtputf8(offered: bool) -> None:
+    """A UTF-8 envelope goes as aiosmtplib's sendmail sends it with SMTPUTF8, when the server
+    offers it; otherwise no command is sent, ``RelayCannotCarry``, and the connection goes on."""
+    import aiosmtplib
+
+    handler = OptionsHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=offered)
+    controller.start()
+    data = "To: <üser@t.example>\r\nSubject: hi\r\n\r\nhi\r\n".encode()
+    try:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await client.connect()
+        if not offered:
+            with pytest.raises(RelayCannotCarry):
+                await transact(client, "b@acme.example.com", ["üser@t.example"], data, smtputf8=True)
+            assert handler.received == []
+            await transact(client, "b@acme.example.com", ["a@example.org"], b"Subject: hi\r\n\r\nhi\r\n")
+            assert handler.received[0].rcpt_tos == ["a@example.org"]
+        else:
+            await client.sendmail("b@acme.example.com", ["üser@t.example"], data, mail_options=["SMTPUTF8"])
+            await transact(client, "b@acme.example.com", ["üser@t.example"], data, smtputf8=True)
+            by_sendmail, by_transact = handler.received
+            assert by_transact == by_sendmail and by_transact.rcpt_tos == ["üser@t.example"]
+            assert [o.upper() for o in handler.mail_options[1]] == [o.upper() for o in handler.mail_options[0]]
+            assert "SMTPUTF8" in handler.mail_options[1]
+        await client.quit()
     finally:
         controller.stop()

@@ -267,7 +267,12 @@ class EnquiryLoop(PollingLoop):
         retry_at = None
         if outcome == "due":
             retry_at = next_attempt(
-                attempts, now, since, jitter=random.random(), lifetime_s=rt.settings.message_lifetime_s
+                attempts,
+                now,
+                since,
+                jitter=random.random(),
+                lifetime_s=rt.settings.message_lifetime_s,
+                first_s=rt.settings.retry_first_s,
             )
             if retry_at is None or (most is not None and attempts >= most):
                 outcome, retry_at = "failed", None

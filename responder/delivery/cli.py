@@ -39,14 +39,29 @@ def dkim_keygen(settings: Settings, *, out: str, selector: str, domain: str | No
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(private_pem(key))
-    domain = domain or settings.dkim_domain or settings.sender_domain
+    signing_domain = settings.dkim_domain or settings.sender_domain
+    domain = domain or signing_domain
     record = dns_record(key)
     # TXT strings are at most 255 characters each; resolvers join them.
     chunks = " ".join(f'"{record[i : i + 250]}"' for i in range(0, len(record), 250))
     print(f"wrote {path} ({algorithm}); publish this DNS record:\n")
     print(f"{selector}._domainkey.{domain}. IN TXT ( {chunks} )\n")
+    if settings.dkim_selector and settings.dkim_key_file and domain == signing_domain:  # beside the keys set
+        print(
+            f"then list it after the key(s) already set, to sign with each: "
+            f"RESPONDER_DKIM_SELECTOR={settings.dkim_selector},{selector} "
+            f"RESPONDER_DKIM_KEY_FILE={settings.dkim_key_file},{path.resolve()}"
+        )
+        return 0
     print(
         f"then set RESPONDER_DKIM_SELECTOR={selector} RESPONDER_DKIM_KEY_FILE={path.resolve()}"
         + (f" RESPONDER_DKIM_DOMAIN={domain}" if domain != settings.sender_domain else "")
+    )
+    other = "ed25519" if algorithm == "rsa" else "rsa"
+    print(
+        f"\nA second key signs beside it (one DKIM-Signature each; Ed25519 is small and fast, but not every "
+        f"verifier knows it yet, so RSA stays): `responder dkim keygen --algorithm {other} --selector "
+        f"{selector}-{other} --out FILE`, then list both, comma-separated in the same order, in "
+        f"RESPONDER_DKIM_SELECTOR and RESPONDER_DKIM_KEY_FILE."
     )
     return 0

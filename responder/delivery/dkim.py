@@ -1,8 +1,11 @@
 """DKIM signing (RFC 6376, relaxed/relaxed) with the ``cryptography`` package.
 
 dkimpy would do the RSA step in pure Python (~145 signatures/s per core); OpenSSL through
-``cryptography`` signs RSA-2048 some 25× faster and Ed25519 (RFC 8463) faster still. The key is
-parsed once. dkimpy stays the reference verifier in the tests.
+``cryptography`` signs RSA-2048 some 25× faster and Ed25519 (RFC 8463) faster still. The keys
+are parsed once. dkimpy stays the reference verifier in the tests.
+
+Mail can be signed with several keys under their own selectors, typically RSA-2048 and Ed25519:
+Ed25519 is small and fast, but not every verifier knows it yet, so RSA stays beside it.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,20 +90,33 @@ class DkimKey:
 
     @property
     def algorithm(self) -> str:
-        return "ed25519-sha256" if isinstance(self.private_key, ed25519.Ed25519PrivateKey) else "rsa-sha256"
+        return "rsa-sha256" if self.is_rsa else "ed25519-sha256"
+
+    @property
+    def is_rsa(self) -> bool:
+        return isinstance(self.private_key, rsa.RSAPrivateKey)
 
 
 class DkimSigner:
-    def __init__(self, key: DkimKey) -> None:
-        self.key = key
+    """Signs with each key in turn, one ``DKIM-Signature`` per key, each prepended (the last
+    key's ends on top). No signature covers another (``DKIM-Signature`` is not signed), so all
+    are made from the same bytes: the body is hashed and the headers canonicalised once."""
+
+    def __init__(self, *keys: DkimKey) -> None:
+        if not keys:
+            raise ValueError("a DkimSigner needs at least one key")
+        self.keys = keys
 
     def sign(self, data: bytes, timestamp: int) -> bytes:
-        """``data`` with a ``DKIM-Signature`` header prepended."""
-        head, hashed = self.prepare(data, timestamp)
-        return self.assemble(head, self._sign(hashed), data)
+        """``data`` with a ``DKIM-Signature`` header prepended for each key."""
+        unsigned = self.prepare(data, timestamp)
+        signatures = [
+            sign_canonical(key.private_key, hashed) for key, (_, hashed) in zip(self.keys, unsigned, strict=True)
+        ]
+        return self.assemble(unsigned, signatures, data)
 
-    def prepare(self, data: bytes, timestamp: int) -> tuple[bytes, bytes]:
-        """The signature header up to ``b=``, and the canonical bytes the key signs."""
+    def prepare(self, data: bytes, timestamp: int) -> list[tuple[bytes, bytes]]:
+        """For each key: its signature header up to ``b=``, and the canonical bytes it signs."""
         fields, body = split_message(data)
         body_hash = base64.b64encode(hashlib.sha256(canonical_body(body)).digest()).decode()
         # Each signed name is taken from the bottom up, as a verifier does (RFC 6376 5.4.2).
@@ -107,32 +124,31 @@ class DkimSigner:
         for raw_name, raw_value in fields:
             present.setdefault(raw_name.strip().lower(), []).append(raw_value)
         names = [n for n in SIGNED_HEADERS if n.encode() in present] + ["from"]
-        tags = (
-            f"v=1; a={self.key.algorithm}; c=relaxed/relaxed; d={self.key.domain};\r\n"
-            f" s={self.key.selector}; t={timestamp};\r\n h={':'.join(names)};\r\n"
-            f" bh={body_hash};\r\n b="
-        )
-        hashed = bytearray()
+        headers = bytearray()
         remaining = {field: list(found) for field, found in present.items()}
         for name in names:
             left = remaining.get(name.encode())
             if left:  # an absent (or exhausted) name adds nothing: it signs its absence
-                hashed += canonical_header(name.encode(), left.pop()) + b"\r\n"
-        hashed += canonical_header(b"dkim-signature", tags.encode())
-        return b"DKIM-Signature: " + tags.encode(), bytes(hashed)
+                headers += canonical_header(name.encode(), left.pop()) + b"\r\n"
+        unsigned = []
+        for key in self.keys:
+            tags = (
+                f"v=1; a={key.algorithm}; c=relaxed/relaxed; d={key.domain};\r\n"
+                f" s={key.selector}; t={timestamp};\r\n h={':'.join(names)};\r\n"
+                f" bh={body_hash};\r\n b="
+            ).encode()
+            unsigned.append((b"DKIM-Signature: " + tags, bytes(headers + canonical_header(b"dkim-signature", tags))))
+        return unsigned
 
     @staticmethod
-    def assemble(head: bytes, signature: bytes, data: bytes) -> bytes:
-        encoded = base64.b64encode(signature)
-        folded = b"\r\n ".join(encoded[i : i + 72] for i in range(0, len(encoded), 72))
-        return head + folded + b"\r\n" + data
-
-    @property
-    def is_rsa(self) -> bool:
-        return isinstance(self.key.private_key, rsa.RSAPrivateKey)
-
-    def _sign(self, hashed: bytes) -> bytes:
-        return sign_canonical(self.key.private_key, hashed)
+    def assemble(unsigned: Sequence[tuple[bytes, bytes]], signatures: Sequence[bytes], data: bytes) -> bytes:
+        """``data`` with the headers ``prepare`` began, each completed by its signature."""
+        signed = []
+        for (head, _), signature in zip(unsigned, signatures, strict=True):
+            encoded = base64.b64encode(signature)
+            folded = b"\r\n ".join(encoded[i : i + 72] for i in range(0, len(encoded), 72))
+            signed.append(head + folded + b"\r\n")
+        return b"".join(reversed(signed)) + data
 
 
 def sign_canonical(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey, hashed: bytes) -> bytes:
@@ -170,7 +186,7 @@ def configured_keys(settings: Settings) -> list[KeyConfig]:
     ``RESPONDER_DKIM_KEY_FILE`` each take one value or a comma-separated list of the same length
     (e.g. an RSA-2048 and an Ed25519 key, RFC 8463, under two selectors)."""
     selectors = [s.strip() for s in (settings.dkim_selector or "").split(",") if s.strip()]
-    files = [f.strip() for f in str(settings.dkim_key_file or "").split(",") if f.strip()]
+    files = [f.strip() for f in (settings.dkim_key_file or "").split(",") if f.strip()]
     if not selectors and not files:
         return []
     if not (selectors and files):
@@ -187,11 +203,12 @@ def configured_keys(settings: Settings) -> list[KeyConfig]:
 
 
 def signer_from_settings(settings: Settings) -> DkimSigner | None:
+    """A signer holding every configured key, or None when DKIM is off; ``ConfigError`` for a
+    configuration that cannot sign (see ``configured_keys``, ``load_key``)."""
     keys = configured_keys(settings)
     if not keys:
         return None
-    first = keys[0]
-    return DkimSigner(DkimKey(first.selector, first.domain, load_key(first.path)))
+    return DkimSigner(*(DkimKey(key.selector, key.domain, load_key(key.path)) for key in keys))
 
 
 def generate_key(algorithm: str = "rsa") -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:

@@ -44,6 +44,9 @@ def new_message_id(domain: str) -> str:
 class Envelope:
     mail_from: str
     recipients: tuple[str, ...]
+    # An address with a local part outside ASCII, in the envelope or the headers: the mail goes
+    # only with SMTPUTF8 (RFC 6531, 6532), to a relay that offers it.
+    smtputf8: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,22 +70,26 @@ class Mail:
 
     @property
     def envelope(self) -> Envelope:
-        return Envelope(wire_address(self.envelope_from or self.from_email), (wire_address(self.to_email),))
+        sender = self.envelope_from or self.from_email
+        utf8 = needs_smtputf8(self.to_email) or needs_smtputf8(sender) or needs_smtputf8(self.from_email)
+        return Envelope(wire_address(sender), (wire_address(self.to_email),), utf8)
+
+
+def needs_smtputf8(email: str) -> bool:
+    """A local part outside ASCII, which only SMTPUTF8 carries (a domain travels in IDNA)."""
+    return not email.isascii() and not email.rpartition("@")[0].isascii()
 
 
 def wire_address(email: str) -> str:
     """The address as it travels, in the envelope and the headers: an internationalised domain
-    in IDNA (``xn--…``, RFC 5890), understood by every server. A local part outside ASCII
-    needs SMTPUTF8 (RFC 6531), which responder does not send: ``ValidationError``, so the
-    message fails at once with the reason instead of being tried again and again."""
+    in IDNA (``xn--…``, RFC 5890), understood by every server. A local part outside ASCII stays
+    UTF-8 (``needs_smtputf8``): the transport sends such a mail only to a relay offering
+    SMTPUTF8, and fails it at once elsewhere."""
     if email.isascii():
         return email
     local, _, domain = email.rpartition("@")
-    if not local.isascii():
-        raise ValidationError(
-            f"{email!r} has non-ASCII characters before the @: it needs SMTPUTF8, which responder does not send",
-            field="email",
-        )
+    if domain.isascii():
+        return email
     try:
         return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
     except idna.IDNAError as exc:
@@ -99,6 +106,12 @@ def _address(display_name: str, email: str, header: str) -> str:
         # the look-alike says (a CR LF, another header).
         encoded = Header(display_name, "utf-8").encode(linesep="\r\n", maxlinelen=76)
         return f"{encoded} <{email}>"
+    if not email.isascii():
+        # RFC 6532: the address as UTF-8. formataddr refuses it, so it quotes or encodes the name
+        # beside an ASCII stand-in, which the address then replaces.
+        if not display_name:
+            return email
+        return formataddr((display_name, "@"), charset="utf-8").removesuffix("<@>") + f"<{email}>"
     # formataddr quotes specials and turns a non-ASCII name into an RFC 2047 encoded word.
     return formataddr((display_name, email), charset="utf-8")
 

@@ -51,15 +51,21 @@ def outbox_row(
     step_id: int | None = None,
     newsletter_id: int | None = None,
     send_at: dt.datetime | None = None,
+    variant_id: int | None = None,
+    template_id: int | None = None,
 ) -> dict[str, object]:
     """One outbox row: the only place one is built (one mail now, or a batch of steps or a
-    newsletter's recipients through ``enqueue_many``)."""
+    newsletter's recipients through ``enqueue_many``). An A/B test's mail carries its variant
+    and, for a variant with its own subject, the template version made for it
+    (``funnel.abtests``); other mail renders the newest version of ``template_name`` when sent."""
     return {
         "subscriber_id": subscriber_id,
         "kind": kind,
         "step_id": step_id,
         "newsletter_id": newsletter_id,
+        "variant_id": variant_id,
         "template_name": template_name,
+        "template_id": template_id,
         "state": "queued",
         "attempts": 0,
         "next_attempt_at": send_at or now,

@@ -1,7 +1,8 @@
 """Transports: where composed mail goes. SMTP through aiosmtplib, or a folder of ``.eml`` files.
 
 A transport's ``send`` returns on acceptance and raises ``TemporaryDeliveryError`` (try again
-later) or ``PermanentDeliveryError`` (the recipient bounces).
+later), ``PermanentDeliveryError`` (the recipient bounces) or ``RelayCannotCarry`` (the relay
+lacks SMTPUTF8, which an envelope with a non-ASCII address needs; nothing was sent).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Protocol
 
 import aiosmtplib
 
-from ..errors import PermanentDeliveryError, TemporaryDeliveryError
+from ..errors import PermanentDeliveryError, RelayCannotCarry, TemporaryDeliveryError
 from ..settings import Settings, SmtpTarget
 from .mime import Envelope
 
@@ -81,7 +82,12 @@ class SmtpTransport:
         async with self._slots:
             client = await self._checkout()
             try:
-                errors = await transact(client, envelope.mail_from, envelope.recipients, data)
+                errors = await transact(
+                    client, envelope.mail_from, envelope.recipients, data, smtputf8=envelope.smtputf8
+                )
+            except RelayCannotCarry:
+                await self._checkin(client)
+                raise
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 await self._checkin(client)
                 refusal = exc.recipients[0]
@@ -146,8 +152,11 @@ def in_wire_form(data: bytes) -> bool:
     return data.count(b"\r") == pairs == data.count(b"\n") and data.endswith(b"\r\n")
 
 
+NO_SMTPUTF8 = "the relay does not offer SMTPUTF8, which a non-ASCII address needs"
+
+
 async def transact(
-    client: aiosmtplib.SMTP, mail_from: str, recipients: Sequence[str], data: bytes
+    client: aiosmtplib.SMTP, mail_from: str, recipients: Sequence[str], data: bytes, *, smtputf8: bool = False
 ) -> dict[str, aiosmtplib.SMTPResponse]:
     """``client.sendmail`` for a message already in wire form, without its text passes.
 
@@ -156,10 +165,10 @@ async def transact(
     building it. A message in wire form needs neither, and its dot-stuffing is one replace.
     The commands, replies and exceptions are aiosmtplib's own (MAIL and RCPT through its
     methods, RSET after a refusal as ``sendmail`` does). Anything else goes to ``sendmail``.
+
+    ``smtputf8``: MAIL carries ``SMTPUTF8`` and the addresses go as UTF-8 (RFC 6531); a relay
+    whose EHLO does not offer it gets no command at all, ``RelayCannotCarry``.
     """
-    if not in_wire_form(data) or client.protocol is None:
-        errors, _ = await client.sendmail(mail_from, list(recipients), data)
-        return errors
     if client.is_ehlo_or_helo_needed:  # as sendmail: EHLO, or HELO for a server without it
         try:
             await client.ehlo()
@@ -167,13 +176,24 @@ async def transact(
             if not client.is_connected:
                 raise
             await client.helo()
+    if smtputf8 and not client.supports_extension("smtputf8"):
+        raise RelayCannotCarry(NO_SMTPUTF8)
+    if not in_wire_form(data) or client.protocol is None:
+        errors, _ = await client.sendmail(
+            mail_from, list(recipients), data, mail_options=["SMTPUTF8"] if smtputf8 else None
+        )
+        return errors
     options = [f"SIZE={len(data)}"] if client.supports_extension("size") else []
+    encoding = "ascii"
+    if smtputf8:
+        options.append("SMTPUTF8")
+        encoding = "utf-8"
     try:
-        await client.mail(mail_from, options=options)
+        await client.mail(mail_from, options=options, encoding=encoding)
         refused: list[aiosmtplib.SMTPRecipientRefused] = []
         for recipient in recipients:
             try:
-                await client.rcpt(recipient)
+                await client.rcpt(recipient, encoding=encoding)
             except aiosmtplib.SMTPRecipientRefused as exc:
                 refused.append(exc)
         if len(refused) == len(recipients):

@@ -2,7 +2,9 @@
 ``reply+{token}@domain`` (Reply-To) and ``unsubscribe+{token}@domain`` (mailto opt-out).
 
 A token is the row id in base 36 and a short HMAC, lowercase only: some servers fold the case
-of local parts, and every character is legal in an unquoted local part.
+of local parts, and every character is legal in an unquoted local part. No address is encoded
+in it, so a recipient with a non-ASCII local part (sent with SMTPUTF8) still gets an ASCII
+return path.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..audience import limits
 from ..core.bounces import SOFT, Bounce, classify
 from ..core.retry import next_attempt
-from ..errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
+from ..errors import PermanentDeliveryError, RelayCannotCarry, TemplateError, TemporaryDeliveryError, ValidationError
 from ..funnel import governor, webhooks
 from ..funnel.events import record_event
 from ..funnel.facts import SENT_EVENTS
@@ -46,7 +46,7 @@ from ..runtime import Runtime
 from ..settings import Settings
 from . import outbox
 from .build import Built, Sources, build_mail
-from .dkim import DkimSigner, private_pem, sign_canonical, signer_from_settings
+from .dkim import DkimSigner, sign_canonical, signer_from_settings
 from .mime import Envelope, compose
 from .ratelimit import SendLimits
 from .signing import SigningProcess, SigningUnavailable
@@ -124,7 +124,8 @@ class Ready:
     envelope: Envelope
     data: bytes
     template_id: int
-    unsigned: tuple[bytes, bytes] | None = None  # DKIM header head and signed bytes, signature due
+    # Per DKIM key: its header up to ``b=`` and the bytes it signs, the signatures still due.
+    unsigned: list[tuple[bytes, bytes]] | None = None
 
 
 _s = cast(Table, Subscriber.__table__).c
@@ -238,10 +239,11 @@ class DeliveryWorker(PollingLoop):
         self.claim_size = self.batch_size // self.pipelines
         self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{id(self) & 0xFFFFFF:x}"
         self.signer = signer or signer_from_settings(settings)
-        # RSA signatures are made by a child process beside the event loop (see signing.py).
+        # RSA signatures are made by a child process beside the event loop (see signing.py),
+        # Ed25519 ones in process.
         self._signing = (
-            SigningProcess(private_pem(self.signer.key.private_key))
-            if self.signer is not None and self.signer.is_rsa
+            SigningProcess(self.signer.keys)
+            if self.signer is not None and any(key.is_rsa for key in self.signer.keys)
             else None
         )
         self.limits = SendLimits(
@@ -424,12 +426,14 @@ class DeliveryWorker(PollingLoop):
         if item.unsigned is None:
             return item.data
         assert self.signer is not None and self._signing is not None
-        head, hashed = item.unsigned
-        try:
-            signature = await self._signing.sign(hashed)
-        except SigningUnavailable:
-            signature = sign_canonical(self.signer.key.private_key, hashed)
-        return DkimSigner.assemble(head, signature, item.data)
+        signatures = []
+        for index, (key, (_, hashed)) in enumerate(zip(self.signer.keys, item.unsigned, strict=True)):
+            signature = None
+            if key.is_rsa:
+                with contextlib.suppress(SigningUnavailable):
+                    signature = await self._signing.sign(index, hashed)
+            signatures.append(signature or sign_canonical(key.private_key, hashed))
+        return DkimSigner.assemble(item.unsigned, signatures, item.data)
 
     async def _send(self, item: Ready) -> Outcome:
         message = item.message
@@ -459,6 +463,8 @@ class DeliveryWorker(PollingLoop):
     ) -> Outcome:
         """What a refusal means (``core.bounces``): only a refused address bounces and is
         suppressed; a blocklist or policy refusal waits and is tried again, and says so."""
+        if isinstance(exc, RelayCannotCarry):  # the same at every try: fails now, with the reason
+            return Outcome(message.id, message.subscriber_id, dict(base, state="failed", last_error=exc.message))
         if exc.smtp_code is None:  # no answer at all: the connection, not the recipient
             return self._deferred(message, exc.message, base)
         bounce = classify(exc.smtp_code, exc.message)
@@ -488,6 +494,7 @@ class DeliveryWorker(PollingLoop):
             message.created_at,
             jitter=random.random(),
             lifetime_s=self.rt.settings.message_lifetime_s,
+            first_s=self.rt.settings.retry_first_s,
         )
         if retry_at is None:
             return Outcome(

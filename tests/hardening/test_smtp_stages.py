@@ -4,11 +4,23 @@ the recipient itself suppresses the address."""
 
 from __future__ import annotations
 
+import email
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email import policy
+from pathlib import Path
+from typing import Any
+
+import dkim
 import pytest
+from aiosmtpd.controller import Controller
 
 from responder.clock import FakeClock
+from responder.delivery.dkim import dns_record, generate_key, private_pem
+from responder.delivery.transport import NO_SMTPUTF8
 
-from ..conftest import SmtpSink, free_port
+from ..conftest import RecordingHandler, SmtpSink, free_port
 from ..delivery_fixtures import message, queue_newsletter, runtime_for, subscriber, worker_for
 from ..smtp_faults import fault_server
 
@@ -58,17 +70,76 @@ async def test_an_unreachable_relay_defers_and_loses_nothing(database_url: str, 
         assert (await subscriber(rt, "a@example.org")).status == "active"
 
 
-async def test_international_addresses_go_or_fail_at_once(database_url: str, smtp: SmtpSink, clock: FakeClock) -> None:
-    """An internationalised domain travels in IDNA; a non-ASCII local part (which needs SMTPUTF8)
-    fails at once with the reason, and is not claimed again when its lease runs out."""
-    async with runtime_for(database_url, smtp.url, clock, RESPONDER_LEASE_S="10") as rt, worker_for(rt) as worker:
-        [idn, utf8] = await queue_newsletter(rt, ["c1r@exämple.com", "üser@t.example"])
-        await worker.run_once()
-        [got] = smtp.received
-        assert got.rcpt_tos == ["c1r@xn--exmple-cua.com"] and "c1r@xn--exmple-cua.com" in got.message["To"]
-        assert (await message(rt, idn)).state == "sent"
-        row = await message(rt, utf8)
-        assert row.state == "failed" and "SMTPUTF8" in (row.last_error or "")
-        clock.advance(seconds=60)  # past the lease: nothing is claimed again
-        await worker.run_once()
-        assert (await message(rt, utf8)).attempts == row.attempts and len(smtp.received) == 1
+@dataclass
+class MailCommands(RecordingHandler):
+    """Also keeps each MAIL command's address and parameters (SMTPUTF8, SIZE)."""
+
+    mails: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        self.mails.append((address, list(options)))
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+
+@contextmanager
+def relay(*, smtputf8: bool) -> Iterator[tuple[SmtpSink, MailCommands]]:
+    """A real aiosmtpd server whose EHLO offers SMTPUTF8 or not."""
+    handler = MailCommands()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=smtputf8)
+    controller.start()
+    try:
+        yield SmtpSink(handler, port), handler
+    finally:
+        controller.stop()
+
+
+async def test_international_addresses_go_by_smtputf8(database_url: str, clock: FakeClock, tmp_path: Path) -> None:
+    """A non-ASCII local part goes with SMTPUTF8 (RFC 6531) to a relay offering it: UTF-8 in
+    the envelope and in To (RFC 6532), DKIM-signed over those bytes. ASCII mail beside it is
+    sent as ever, without the parameter; an internationalised domain travels in IDNA."""
+    key = generate_key("ed25519")
+    (tmp_path / "k.pem").write_bytes(private_pem(key))
+    dkim_env = {"RESPONDER_DKIM_SELECTOR": "s1", "RESPONDER_DKIM_KEY_FILE": str(tmp_path / "k.pem")}
+    with relay(smtputf8=True) as (smtp, handler):
+        async with runtime_for(database_url, smtp.url, clock, **dkim_env) as rt, worker_for(rt) as worker:
+            pks = await queue_newsletter(rt, ["üser@t.example", "ann@example.org", "jörg@exämple.com"])
+            await worker.run_once()
+            assert [(await message(rt, pk)).state for pk in pks] == ["sent"] * 3
+        [utf8] = smtp.to("üser@t.example")
+        [ascii_] = smtp.to("ann@example.org")
+        [both] = smtp.to("jörg@xn--exmple-cua.com")
+        options = {address: opts for address, opts in handler.mails}
+        assert "SMTPUTF8" in options[utf8.mail_from] and "SMTPUTF8" in options[both.mail_from]
+        assert "SMTPUTF8" not in options[ascii_.mail_from] and utf8.mail_from.isascii()  # VERP: a row id, no address
+        parsed = email.message_from_string(utf8.data.decode("utf-8"), policy=policy.default)
+        assert parsed["To"].addresses[0].addr_spec == "üser@t.example"
+        assert "To: Reader 0 <üser@t.example>\r\n".encode() in utf8.data
+        assert ascii_.data.isascii() and b"To: Reader 1 <ann@example.org>\r\n" in ascii_.data
+        for got in (utf8, ascii_, both):
+            assert dkim.verify(got.data, dnsfunc=lambda name, timeout=5: dns_record(key).encode())
+
+
+async def test_international_addresses_fail_at_once_without_smtputf8(database_url: str, clock: FakeClock) -> None:
+    """A relay without SMTPUTF8 gets no command for a non-ASCII local part: the message fails at
+    once with the reason, and is not claimed again when its lease runs out. An internationalised
+    domain needs no SMTPUTF8 (IDNA) and goes."""
+    with relay(smtputf8=False) as (smtp, handler):
+        async with (
+            runtime_for(database_url, smtp.url, clock, RESPONDER_LEASE_S="10") as rt,
+            worker_for(rt) as worker,
+        ):
+            [idn, utf8] = await queue_newsletter(rt, ["c1r@exämple.com", "üser@t.example"])
+            await worker.run_once()
+            [got] = smtp.received
+            assert got.rcpt_tos == ["c1r@xn--exmple-cua.com"] and "c1r@xn--exmple-cua.com" in got.message["To"]
+            assert (await message(rt, idn)).state == "sent"
+            row = await message(rt, utf8)
+            assert row.state == "failed" and row.last_error == NO_SMTPUTF8
+            assert len(handler.mails) == 1  # none for it
+            clock.advance(seconds=60)  # past the lease: nothing is claimed again
+            await worker.run_once()
+            assert (await message(rt, utf8)).attempts == row.attempts and len(smtp.received) == 1
+            assert (await subscriber(rt, "üser@t.example")).status == "active"  # not the address's fault

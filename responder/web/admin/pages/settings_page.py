@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ....delivery.dkim import dns_record, load_key
+from ....delivery.dkim import configured_keys, dns_record, load_key
 from ....errors import ConfigError
 from ....settings import Settings, mask_url_password
 from ...api.tokens import create_token, list_tokens, revoke_token
@@ -17,18 +17,25 @@ NAV = NavItem("Settings", "/admin/settings", 90)
 routes = web.RouteTableDef()
 
 
-def dkim_records(settings: Settings) -> tuple[str, str | None, str | None]:
-    """The DKIM record to publish as configured: (name, value, problem). The name is the real
-    selector under the signing domain; the value comes from the key file (None, with the
-    reason, when there is no key or it cannot be read)."""
-    domain = settings.dkim_domain or settings.sender_domain
-    name = f"{settings.dkim_selector or 'SELECTOR'}._domainkey.{domain}"
-    if settings.dkim_key_file is None:
-        return name, None, "no signing key is configured (RESPONDER_DKIM_KEY_FILE): mail goes out unsigned"
+def dkim_records(settings: Settings) -> list[tuple[str, str | None, str | None]]:
+    """The DKIM records to publish as configured, one per key: (name, value, problem). The name
+    is the key's selector under the signing domain; the value comes from its key file (None,
+    with the reason, when there is no key, the configuration is wrong or the file cannot be
+    read)."""
+    unnamed = f"SELECTOR._domainkey.{settings.dkim_domain or settings.sender_domain}"
     try:
-        return name, dns_record(load_key(settings.dkim_key_file)), None
+        keys = configured_keys(settings)
     except ConfigError as exc:
-        return name, None, exc.message
+        return [(unnamed, None, exc.message)]
+    if not keys:
+        return [(unnamed, None, "no signing key is configured (RESPONDER_DKIM_KEY_FILE): mail goes out unsigned")]
+    records: list[tuple[str, str | None, str | None]] = []
+    for key in keys:
+        try:
+            records.append((key.record_name, dns_record(load_key(key.path)), None))
+        except ConfigError as exc:
+            records.append((key.record_name, None, exc.message))
+    return records
 
 
 async def _page(request: web.Request, new_token: str | None = None, new_token_name: str | None = None) -> web.Response:
