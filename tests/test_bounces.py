@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from responder.core.bounces import KINDS, classify
+from responder.core.inbound import classify as classify_mail
 
 TABLE = [
     # bad address: suppressed at once
@@ -68,3 +69,20 @@ def test_every_reply_has_one_kind_and_only_an_address_kind_suppresses(code: int,
     assert bounce.suppresses == (bounce.kind == "address")
     if str(code).startswith("4") and bounce.status is None:
         assert not bounce.suppresses  # a temporary reply never suppresses
+
+
+def test_a_report_on_mail_to_a_utf8_address_is_read_too() -> None:
+    """RFC 6533: the report on an SMTPUTF8 mail is message/global-delivery-status, in UTF-8."""
+    raw = (
+        "From: MAILER-DAEMON@t.example\r\nTo: bounces+x@acme.example.com\r\nSubject: failed\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=global-delivery-status; boundary="B"\r\n'
+        "\r\n--B\r\nContent-Type: text/plain\r\n\r\nfailed\r\n--B\r\n"
+        "Content-Type: message/global-delivery-status\r\n\r\nReporting-MTA: dns; t.example\r\n\r\n"
+        "Final-Recipient: rfc822; üser@t.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        "Diagnostic-Code: smtp; 550 5.1.1 unknown user\r\n\r\n--B--\r\n"
+    ).encode()
+    report = classify_mail(raw, sender="")
+    assert report.kind == "dsn"
+    [recipient] = report.recipients
+    assert (recipient.address, recipient.action, recipient.status) == ("üser@t.example", "failed", "5.1.1")
+    assert recipient.hard

@@ -243,7 +243,7 @@ def classify(data: bytes, *, sender: str | None = None) -> Report:
     references = tuple(re.findall(r"<[^<>\s]+>", f"{msg.get('In-Reply-To', '')} {msg.get('References', '')}"))
     if msg.get_content_type() == "multipart/report":
         report_type = str(msg.get_param("report-type", "")).lower()
-        if report_type == "delivery-status":
+        if report_type in ("delivery-status", "global-delivery-status"):  # RFC 3464, RFC 6533
             return Report(
                 "dsn",
                 tuple(_dsn_recipients(msg)),
@@ -277,7 +277,15 @@ def _fields(part: Message) -> list[Message]:
     """The field blocks of a message/delivery-status or message/feedback-report part."""
     payload = part.get_payload()
     if isinstance(payload, list):
-        return [p for p in payload if isinstance(p, Message)]
+        blocks = [p for p in payload if isinstance(p, Message)]
+        if part.get_content_type() == "message/global-delivery-status" and len(blocks) == 1:
+            # RFC 6533 (a report on mail to a UTF-8 address): the parser takes it for a message,
+            # the first block as its header and the recipients' blocks as a UTF-8 body.
+            body = blocks[0].get_payload(decode=True)
+            text = body.decode("utf-8", "replace") if isinstance(body, bytes) else ""
+            rest = text.replace("\r\n", "\n").split("\n\n")
+            return [blocks[0], *(parse(block.encode()) for block in rest if block.strip())]
+        return blocks
     blocks = str(payload).replace("\r\n", "\n").split("\n\n")
     return [parse(block.encode()) for block in blocks if block.strip()]
 
@@ -285,7 +293,7 @@ def _fields(part: Message) -> list[Message]:
 def _dsn_recipients(msg: EmailMessage) -> list[Recipient]:
     recipients = []
     for part in msg.walk():
-        if part.get_content_type() != "message/delivery-status":
+        if part.get_content_type() not in ("message/delivery-status", "message/global-delivery-status"):
             continue
         for block in _fields(part)[1:]:
             action = str(block.get("Action", "")).strip().lower()
