@@ -22,6 +22,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from .core.dnsauth import Status, alignment
 from .errors import ConfigError
 
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -648,11 +649,9 @@ class Settings:
             )
         from_domain = self.sender_domain.lower()
         dkim_domain = (self.dkim_domain or self.sender_domain).lower()
-        if self.dkim_key_file is not None and not (
-            from_domain == dkim_domain
-            or from_domain.endswith("." + dkim_domain)
-            or dkim_domain.endswith("." + from_domain)
-        ):
+        # Relaxed alignment: one under the other, or siblings under a common parent (which
+        # aligns when that parent is the organisation's domain, not a public suffix).
+        if self.dkim_key_file is not None and alignment(dkim_domain, from_domain, strict=False) == Status.WRONG:
             warnings.append(
                 f"DKIM signs for {dkim_domain} but mail is From {from_domain}: not aligned, so DMARC fails "
                 "and Gmail, Yahoo and Outlook.com reject or junk bulk mail"

@@ -34,6 +34,9 @@ def test_a_sound_configuration_has_no_warning(tmp_path: Path) -> None:
     # relaxed alignment: the From domain under the signing domain
     assert warnings(tmp_path, RESPONDER_BASE_URL="https://n.example.com", RESPONDER_DKIM_DOMAIN="example.com") == []
     assert warnings(tmp_path, RESPONDER_BASE_URL="http://127.0.0.1:8080") == []  # a trial run
+    # siblings under the organisation's domain align under relaxed DMARC too
+    sibling = {"RESPONDER_FROM": "Acme <news@shop.acme.example.com>", "RESPONDER_DKIM_DOMAIN": "mail.acme.example.com"}
+    assert warnings(tmp_path, RESPONDER_BASE_URL="https://news.acme.example.com", **sibling) == []
 
 
 def test_each_problem_is_named(tmp_path: Path) -> None:
