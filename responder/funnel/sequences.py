@@ -5,6 +5,9 @@ once, and an enrollment only moves forward by position, so a changed delay, temp
 condition applies to who has not had the step yet and nobody gets a step twice. A step that was
 sent to someone cannot be deleted (the outbox points at it); change it instead. A step names a
 template that exists and renders as a step (``templating.sendable``), or it is not written.
+Moving a step swaps its position with its neighbour's and nothing else: a step moved up reaches
+those who have not passed its new place, and one moved down past someone who had it is not sent
+to them again.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.pacing import validate_condition, validate_window
-from ..core.schedule import format_duration, parse_duration
+from ..core.schedule import StepPlan, advance, format_duration, parse_duration
 from ..dbutil import get_or_404
 from ..errors import Conflict, NotFound, ValidationError
-from ..models import Layer, Message, Sequence, Step
+from ..models import Enrollment, Layer, Message, Sequence, Step
 from ..settings import Settings
 from ..templating.pool import Renderer
 from ..templating.sendable import sendable_template
@@ -27,6 +30,8 @@ from ..validation import clean_text
 from .triggers import TRIGGERS
 
 PURPOSES = ("seed", "educate", "case_study", "sample", "offer", "referral")
+# Ten years: far beyond any drip, and within the 32-bit column that holds it.
+MAX_DELAY_S = 3650 * 86400
 
 
 def step_json(step: Step) -> dict[str, Any]:
@@ -97,7 +102,12 @@ def _step_values(data: Any, *, partial: bool) -> dict[str, Any]:
         delay = data.get("delay", "0s")
         if not isinstance(delay, str):
             raise ValidationError("delay must be a duration such as 90s, 2h, 3d", field="delay")
-        values["delay_s"] = parse_duration(delay)
+        try:
+            values["delay_s"] = parse_duration(delay)
+        except ValidationError as exc:
+            raise ValidationError(exc.message, field="delay") from exc
+        if values["delay_s"] > MAX_DELAY_S:
+            raise ValidationError("delay must be at most 3650d (ten years)", field="delay")
     if not partial or "template" in data:
         values["template_name"] = clean_text(data.get("template"), "template", max_len=120, required=True)
     if not partial or "purpose" in data:
@@ -125,7 +135,7 @@ async def add_step(
     return step
 
 
-async def _step(session: AsyncSession, sequence_id: int, step_id: int) -> Step:
+async def get_step(session: AsyncSession, sequence_id: int, step_id: int) -> Step:
     step = await session.get(Step, step_id)
     if step is None or step.sequence_id != sequence_id:
         raise NotFound("no such step in this sequence")
@@ -140,7 +150,7 @@ async def update_step(
     settings: Settings,
     renderer: Renderer | None = None,
 ) -> Step:
-    step = await _step(session, sequence_id, step_id)
+    step = await get_step(session, sequence_id, step_id)
     values = _step_values(data, partial=True)
     if "template_name" in values:
         await sendable_template(session, settings, values["template_name"], "step", renderer)
@@ -151,13 +161,65 @@ async def update_step(
 
 
 async def delete_step(session: AsyncSession, sequence_id: int, step_id: int) -> None:
-    step = await _step(session, sequence_id, step_id)
+    step = await get_step(session, sequence_id, step_id)
     used = (
         await session.execute(select(func.count()).select_from(Message).where(Message.step_id == step.id))
     ).scalar_one()
     if used:
         raise Conflict(
-            f"step {step.position} was already sent {used} times; change its "
-            "template or condition instead of deleting it"
+            f"this step was already sent {used} times; change its template or condition instead of deleting it"
         )
     await session.delete(step)
+
+
+async def move_step(session: AsyncSession, sequence_id: int, step_id: int, direction: str) -> Step:
+    """Swap a step with the one before it (``up``) or after it (``down``). Enrollments keep
+    their next position, so who gets what follows from the new order (module docstring)."""
+    if direction not in ("up", "down"):
+        raise ValidationError("direction must be up or down", field="direction")
+    step = await get_step(session, sequence_id, step_id)
+    query = select(Step).where(Step.sequence_id == sequence_id)
+    if direction == "up":
+        query = query.where(Step.position < step.position).order_by(Step.position.desc())
+    else:
+        query = query.where(Step.position > step.position).order_by(Step.position)
+    neighbour = (await session.execute(query.limit(1))).scalar_one_or_none()
+    if neighbour is None:
+        raise ValidationError(f"this step is already the {'first' if direction == 'up' else 'last'}", field="direction")
+    mine, theirs = step.position, neighbour.position
+    # One row at a time, through a free position: (sequence, position) is unique at every
+    # statement on PostgreSQL, not only at commit.
+    step.position = -mine
+    await session.flush()
+    neighbour.position = mine
+    await session.flush()
+    step.position = theirs
+    await session.flush()
+    return step
+
+
+async def enrolled_now(session: AsyncSession, now: dt.datetime) -> tuple[dict[int, int], dict[int, int]]:
+    """How many people each sequence has running now (by sequence id), and how many of them
+    wait for each step (by step id): the step the stepper sends them next (``advance``)."""
+    running = (
+        await session.execute(
+            select(Enrollment.sequence_id, Enrollment.next_position, func.count())
+            .where(Enrollment.state == "active")
+            .group_by(Enrollment.sequence_id, Enrollment.next_position)
+        )
+    ).all()
+    positions: dict[int, dict[int, int]] = {}
+    for step_id, sequence_id, position in (
+        await session.execute(select(Step.id, Step.sequence_id, Step.position))
+    ).all():
+        positions.setdefault(sequence_id, {})[position] = step_id
+    per_sequence: dict[int, int] = {}
+    per_step: dict[int, int] = {}
+    for sequence_id, next_position, count in running:
+        per_sequence[sequence_id] = per_sequence.get(sequence_id, 0) + count
+        own = positions.get(sequence_id, {})
+        plan = advance([StepPlan(position, 0) for position in own], next_position, now)
+        if plan is not None:
+            waited = own[plan.send_position]
+            per_step[waited] = per_step.get(waited, 0) + count
+    return per_sequence, per_step
