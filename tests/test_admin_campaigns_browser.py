@@ -38,6 +38,8 @@ async def test_newsletter_for_layer_2_reaches_100_percent(
     await page.select_option("#n-template", "layer2-quick-wins")
     # The picker shows subjects as people read them, not as Jinja.
     assert "{{" not in (await page.locator("#n-template").inner_text())
+    offered = await page.locator("#n-template option").evaluate_all("options => options.map(o => o.value)")
+    assert "layer2-quick-wins" in offered and not {"base", "unsubscribed", "confirm", "enquiry-ack"} & set(offered)
     await expect(page.locator("input[name=when][value=draft]")).to_be_checked()  # nothing goes by default
     await expect(page.locator("#n-audience")).to_have_text("Choose at least one layer.")
     await page.check("#n-layers input[value='2']")

@@ -101,6 +101,7 @@ async def test_create_add_change_move_and_remove_steps(app: App) -> None:
     assert "Sequence created." in page and "After a purchase of “course-101”" in page
     # The picker offers list mail only: not the confirmation or the acknowledgement.
     assert 'value="layer3-sample"' in page and 'value="confirm"' not in page and 'value="enquiry-ack"' not in page
+    assert 'value="base"' not in page and 'value="unsubscribed"' not in page  # the layout, the goodbye
     assert 'id="s-preview" href="/admin/templates/' in page and 'id="step-variants"' in page
 
     resp = await browser.post(f"/admin/sequences/{sequence_id}/steps", STEP)

@@ -41,6 +41,15 @@ def first_name(name: str) -> str:
     return name.split()[0] if name.strip() else ""
 
 
+# Templates no list mail is written with: the layout others extend, the goodbye page's mail.
+NOT_PICKED = ("layout", "unsubscribe")
+
+
+def pickable(name: str, purpose: str, kind: str) -> bool:
+    """Whether a template belongs in the picker of ``kind`` (``step``, ``newsletter``) mail."""
+    return purpose not in NOT_PICKED and kind in template_kinds(name, purpose)
+
+
 def template_kinds(name: str, purpose: str) -> tuple[str, ...]:
     """The kinds of mail a template is written for: the confirmation and the acknowledgement by
     their names (what sends them) or purposes, any other template for list mail."""

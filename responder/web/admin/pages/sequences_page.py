@@ -26,7 +26,7 @@ from ....funnel.dashboard import StepFigures, step_figures
 from ....funnel.triggers import TRIGGERS
 from ....models import Layer, Sequence, Step
 from ....templating import service
-from ....templating.context import template_kinds
+from ....templating.context import pickable
 from ...http import runtime
 from ..auth import see_other
 from ..nav import NavItem
@@ -332,7 +332,7 @@ async def _editor(
     first = step_view["first"] if step_view else not view["steps"]
     values = form or _form_of(step, first=first)
     # Only templates written for list mail: not the confirmation or the acknowledgement.
-    templates = [t for t in await service.list_templates(rt) if "step" in template_kinds(t["name"], t["purpose"])]
+    templates = [t for t in await service.list_templates(rt) if pickable(t["name"], t["purpose"], "step")]
     if values.get("template") and all(t["name"] != values["template"] for t in templates):
         templates.append({"name": values["template"], "subject": ""})
     if not values.get("template") and templates:
