@@ -166,6 +166,7 @@ async def post_event(request: web.Request) -> web.Response:
             "event": {"id": event.id, "type": event.type, "at": iso(event.created_at)},
             "promoted_to": recorded.promoted_to,
         }
-    if recorded.history is not None:
-        rt.wake_scheduler()
+    # A move up, or a purchase, enquiry or referral that started a triggered sequence: its first
+    # step goes now, not at the next poll.
+    rt.wake_scheduler()
     return web.json_response(body, status=201)
