@@ -286,8 +286,8 @@ def _fields(part: Message) -> list[Message]:
             rest = text.replace("\r\n", "\n").split("\n\n")
             return [blocks[0], *(parse(block.encode()) for block in rest if block.strip())]
         return blocks
-    blocks = str(payload).replace("\r\n", "\n").split("\n\n")
-    return [parse(block.encode()) for block in blocks if block.strip()]
+    texts = str(payload).replace("\r\n", "\n").split("\n\n")
+    return [parse(block.encode()) for block in texts if block.strip()]
 
 
 def _dsn_recipients(msg: EmailMessage) -> list[Recipient]:
