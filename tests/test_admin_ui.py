@@ -202,7 +202,7 @@ def test_throttle_window(failures: int, ago_s: int, wait_s: int) -> None:
     assert throttle.wait_s("ada", start) == 0
 
 
-async def test_layers_page_shows_each_steps_figures(app: App) -> None:
+async def test_sequences_page_shows_each_steps_figures(app: App) -> None:
     browser = await signed_in(app.rt, app.client)
     now = app.clock.now()
     ids = [await make_subscriber(app.rt, f"s{i}@example.com") for i in range(4)]
@@ -232,6 +232,6 @@ async def test_layers_page_shows_each_steps_figures(app: App) -> None:
                 await record_event(session, subscriber, "click", now, message_id=message.id)
             if i == 3:  # a scanner's fetch is not a person
                 await record_event(session, subscriber, "click", now, message_id=message.id, machine=True)
-    page = await (await browser.get("/admin/layers")).text()
-    row = page.split(f'<tr id="step-{step.id}">')[1].split("</tr>")[0]
-    assert "<td>4</td><td>2 (50%)</td><td>1 (25%)</td>" in row
+    page = await (await browser.get("/admin/sequences")).text()
+    row = page.split(f'<li id="step-{step.id}">')[1].split("</li>")[0]
+    assert "Sent 4 · opened by people 2 (50%) · clicked by people 1 (25%)" in row

@@ -7,6 +7,8 @@ and when the layer's steps were sent to them; with no human event yet, silence c
 joining the list: confirming, or being imported, whose consent may be years older) are read in
 a few queries for the whole lot; the decision is ``core.promotion.evaluate`` with the same
 ``now``; the outcome is written by the functions that own it (``enrollments.move_layer``, ``enrollments.sunset``).
+``what_if`` reads the same facts for a layer and asks the same decision of a candidate rule,
+writing nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.promotion import PROMOTING_TYPES, Decision, EventFact, evaluate, needs_step_times
@@ -25,6 +27,14 @@ from ..models import Sequence as DripSequence
 from .enrollments import move_layer, sunset
 
 CHUNK = 500  # subscribers judged per round of queries
+FACT_COLUMNS = (
+    Subscriber.id,
+    Subscriber.layer_id,
+    Subscriber.layer_entered_at,
+    Subscriber.created_at,
+    Subscriber.confirmed_at,
+    Subscriber.last_human_at,
+)
 
 
 @dataclass(frozen=True)
@@ -48,14 +58,7 @@ async def judge(session: AsyncSession, subscriber_ids: Iterable[int], now: dt.da
     for start in range(0, len(ids), CHUNK):
         rows = (
             await session.execute(
-                select(
-                    Subscriber.id,
-                    Subscriber.layer_id,
-                    Subscriber.layer_entered_at,
-                    Subscriber.created_at,
-                    Subscriber.confirmed_at,
-                    Subscriber.last_human_at,
-                ).where(
+                select(*FACT_COLUMNS).where(
                     Subscriber.id.in_(ids[start : start + CHUNK]),
                     Subscriber.status == "active",
                     Subscriber.layer_id.in_(layers),
@@ -69,16 +72,7 @@ async def judge(session: AsyncSession, subscriber_ids: Iterable[int], now: dt.da
         step_times = await _step_times(session, [r for r in rows if needs_step_times(layers[r.layer_id].rule or {})])
         for row in rows:
             layer = layers[row.layer_id]
-            decision = evaluate(
-                layer.rule or {},
-                position=layer.position,
-                top_position=top,
-                entered_at=row.layer_entered_at or row.created_at,
-                events=events.get(row.id, []),
-                now=now,
-                step_sent_at=step_times.get(row.id, {}),
-                last_human_at=row.last_human_at or max(row.confirmed_at or row.created_at, row.created_at),
-            )
+            decision = _decide(row, layer.rule or {}, layer.position, top, events, step_times, now)
             if not decision.moves:
                 continue
             if decision.sunset:
@@ -94,6 +88,73 @@ async def judge(session: AsyncSession, subscriber_ids: Iterable[int], now: dt.da
             moved.append(Judged(row.id, decision, history))
         await sunset(session, sunsets, now)
     return moved
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """What a candidate rule would decide now for a layer's active subscribers."""
+
+    judged: int
+    up: int
+    down: int
+    sunset: int
+
+    @property
+    def stay(self) -> int:
+        return self.judged - self.up - self.down - self.sunset
+
+
+async def what_if(session: AsyncSession, layer: Layer, rule: dict[str, Any], now: dt.datetime) -> WhatIf:
+    """Judge every active subscriber of ``layer`` at ``now`` as if ``rule`` (validated) were its
+    rule, on the facts and with the decision ``judge`` uses, writing nothing: the admin's check
+    before saving a rule."""
+    top = (await session.execute(select(func.max(Layer.position)).where(Layer.removed_at.is_(None)))).scalar() or 0
+    judged = up = down = sunsets = 0
+    last_id = 0
+    while True:
+        rows = (
+            await session.execute(
+                select(*FACT_COLUMNS)
+                .where(Subscriber.layer_id == layer.id, Subscriber.status == "active", Subscriber.id > last_id)
+                .order_by(Subscriber.id)
+                .limit(CHUNK)
+            )
+        ).all()
+        if not rows:
+            break
+        events = await _human_events(session, rows)
+        step_times = await _step_times(session, rows) if needs_step_times(rule) else {}
+        for row in rows:
+            decision = _decide(row, rule, layer.position, top, events, step_times, now)
+            judged += 1
+            sunsets += decision.sunset
+            if decision.target_position is not None:
+                up += decision.target_position > layer.position
+                down += decision.target_position < layer.position
+        last_id = rows[-1].id
+    return WhatIf(judged, up, down, sunsets)
+
+
+def _decide(
+    row: Any,
+    rule: dict[str, Any],
+    position: int,
+    top: int,
+    events: dict[int, list[EventFact]],
+    step_times: dict[int, dict[int, dt.datetime]],
+    now: dt.datetime,
+) -> Decision:
+    """``core.promotion.evaluate`` over one subscriber's facts (a row of ``FACT_COLUMNS``)."""
+    return evaluate(
+        rule,
+        position=position,
+        top_position=top,
+        entered_at=row.layer_entered_at or row.created_at,
+        events=events.get(row.id, []),
+        now=now,
+        step_sent_at=step_times.get(row.id, {}),
+        last_human_at=row.last_human_at or max(row.confirmed_at or row.created_at, row.created_at),
+    )
 
 
 async def _human_events(session: AsyncSession, rows: Sequence[Any]) -> dict[int, list[EventFact]]:

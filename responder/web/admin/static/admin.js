@@ -98,3 +98,40 @@ for (const time of document.querySelectorAll("time[datetime]")) {
     time.title = `${time.getAttribute("datetime")} (UTC)`;
   }
 }
+
+// The step editor's preview link follows the chosen template.
+const stepTemplate = document.getElementById("s-template");
+const stepPreview = document.getElementById("s-preview");
+if (stepTemplate && stepPreview) {
+  stepTemplate.addEventListener("change", () => {
+    stepPreview.href = `/admin/templates/${encodeURIComponent(stepTemplate.value)}`;
+  });
+}
+
+// A layer's rule: the sentence summing it up follows its form (or its JSON) as they change. The
+// server words it (POST …/rule/words, core/rule_words.py), so page and sentence never disagree;
+// the words form also refreshes the JSON shown to experts.
+const ruleSentence = document.getElementById("rule-sentence");
+for (const form of document.querySelectorAll("form[data-words-url]")) {
+  let asked = 0;
+  let timer;
+  const word = async () => {
+    const mine = ++asked;
+    const response = await fetch(form.dataset.wordsUrl, {
+      method: "POST",
+      body: new URLSearchParams(new FormData(form)),
+      headers: { Accept: "application/json" },
+    });
+    if (!response.ok || mine !== asked) return;
+    const answer = await response.json();
+    ruleSentence.classList.toggle("invalid", Boolean(answer.error));
+    ruleSentence.textContent = answer.error ? `Not a rule yet: ${answer.error}` : answer.sentence;
+    if (answer.json && form.id === "rule-form") document.getElementById("rule-json").value = answer.json;
+  };
+  const soon = () => {
+    clearTimeout(timer);
+    timer = setTimeout(word, 150);
+  };
+  form.addEventListener("input", soon);
+  form.addEventListener("change", soon);
+}
