@@ -59,6 +59,8 @@ async def test_bad_bodies(papp: App) -> None:
     cases = [
         (b"{not json", "application/json", 400),
         (b"[1, 2]", "application/json", 400),
+        (b"[" * 20_000, "application/json", 400),
+        (b'{"email": "a@example.com", "x": NaN}', "application/json", 400),
         (b"\xff\xfe", "application/json", 400),
         (b"email=a%40example.com", "text/plain", 400),
         ("&".join(f"f{i}=x" for i in range(100)).encode(), "application/x-www-form-urlencoded", 400),
@@ -170,3 +172,19 @@ async def test_confirm_is_idempotent_and_an_expired_link_offers_a_new_one(papp: 
             await session.execute(select(func.count()).select_from(Event).where(Event.type == "confirm"))
         ).scalar_one()
     assert (enrollments, confirm_events) == (1, 1)  # the second press changed nothing
+
+
+async def test_api_bodies_that_are_not_json_are_400(papp: App) -> None:
+    """Nesting past the parser's depth, and NaN or Infinity (Python's parser takes them, JSON
+    has no such numbers), are refused like any other bad JSON, never a 500 or a stored NaN."""
+    headers = {**papp.auth, "Content-Type": "application/json"}
+    for body in (
+        b"[" * 100_000,
+        b'{"position": 1, "rule": {"preferred": {"purchase_value": NaN}}}',
+        b'{"x": -Infinity}',
+    ):
+        resp = await papp.client.patch("/api/v1/layers/1", data=body, headers=headers)
+        assert resp.status in (400, 413), (body[:30], resp.status)
+        assert resp.status == 413 or "not valid JSON" in (await resp.json())["error"]["message"]
+    layer = await (await papp.client.get("/api/v1/layers", headers=papp.auth)).json()
+    assert "NaN" not in str(layer)

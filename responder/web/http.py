@@ -115,12 +115,18 @@ def secure_headers(response: web.StreamResponse) -> None:
         headers["Content-Security-Policy"] = HTML_CSP
 
 
+def no_json_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259), though Python's parser takes them: a value
+    stored from them would not be JSON either, and PostgreSQL refuses it."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
 async def read_input(request: web.Request) -> dict[str, Any]:
     """A form or JSON body as a flat dict; the size is capped by the app's ``client_max_size``."""
     if request.content_type == "application/json":
         try:
-            data = json.loads(await request.read() or b"{}")
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = json.loads(await request.read() or b"{}", parse_constant=no_json_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nested past the parser's depth
             raise ValidationError("body is not valid JSON") from exc
         if not isinstance(data, dict):
             raise ValidationError("body must be a JSON object")

@@ -20,7 +20,7 @@ from ...errors import Busy, ResponderError, SlowBody, TooLarge, ValidationError
 from ...runtime import Runtime
 from ...tracking.batch import Tracker
 from ...validation import clean_form_id
-from ..http import client_ip, runtime
+from ..http import client_ip, no_json_constant, runtime
 from ..ratelimit import SlidingWindow, check
 from .forms import Form, Forms, load_forms
 from .pow import ProofOfWork
@@ -192,8 +192,8 @@ async def read_body(request: web.Request) -> dict[str, Any]:
         raise ValidationError("the form body cannot be read") from exc
     if is_json:
         try:
-            data = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = json.loads(raw or b"{}", parse_constant=no_json_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ValidationError("body is not valid JSON") from exc
         if not isinstance(data, dict):
             raise ValidationError("body must be a JSON object")
