@@ -15,13 +15,12 @@ import datetime as dt
 import time
 import tomllib
 from collections.abc import Callable
-from pathlib import Path
 
 import jinja2
 
 from responder.clock import SystemClock
 from responder.delivery.mime import Mail, compose
-from responder.settings import Settings
+from responder.settings import Settings, default_templates_dir
 from responder.templating.compile import compile_template, generated_text
 from responder.templating.context import sample_context
 from responder.templating.render import Footer, add_footer, add_pixel, render_mail, rewrite_links
@@ -29,7 +28,7 @@ from responder.templating.sandbox import html_env, render_string, text_env
 from responder.tracking.links import add_trap
 from responder.tracking.tokens import Tokens
 
-STARTER = Path(__file__).resolve().parent.parent / "templates" / "email"
+STARTER = default_templates_dir()
 BASE = "https://news.example.com"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from . import cli_admin, cli_funnel
+from . import cli_admin, cli_funnel, logs
 from . import cli_templates as templates_commands
 from .app import ROLES, CappedSite, init_app, start_runner, start_runtime
 from .errors import ConfigError
@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser("upgrade", help="apply schema migrations")
     _add_common(upgrade)
+    backup = sub.add_parser(
+        "backup", help="copy the SQLite database to FILE while responder runs (PostgreSQL: prints the pg_dump command)"
+    )
+    backup.add_argument("file", help="the backup file (written to FILE.tmp, then renamed)")
+    backup.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    _add_common(backup)
     rotate = sub.add_parser(
         "rotate-secret", help="replace the stored secret key; links already mailed keep working for a grace period"
     )
@@ -119,13 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     if args.command == "config" and args.reference:
         print(reference_markdown(), end="")
         return 0
     try:
         settings = _settings(args)
+        logs.configure(settings.log_format)
         if args.command == "config":
             for env, value, help_text in settings.describe():
                 print(f"{env}={value}    # {help_text}")
@@ -138,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(cli_admin.run(args, settings))
         if args.command == "db":
             return asyncio.run(_db_upgrade(settings))
+        if args.command == "backup":
+            from .backup import backup_command
+
+            return backup_command(settings, args.file, force=args.force)
         if args.command == "rotate-secret":
             return asyncio.run(_rotate_secret(settings, args.grace_days))
         if args.command == "templates":

@@ -1,5 +1,5 @@
 """First start: generate missing secrets, and seed the default trust layers with their starter
-sequences and templates (``templates/email/starter.toml``)."""
+sequences and templates (``responder/starter/starter.toml``)."""
 
 from __future__ import annotations
 

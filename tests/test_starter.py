@@ -1,4 +1,4 @@
-"""The starter content in templates/email/: every template compiles and renders for every
+"""The starter content in responder/starter/: every template compiles and renders for every
 default layer, reads well as text, and lays out at 375 px in headless Chromium."""
 
 from __future__ import annotations
@@ -7,16 +7,15 @@ import os
 import tempfile
 import tomllib
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from responder.settings import Settings
+from responder.settings import Settings, default_templates_dir
 from responder.templating.compile import compile_template
 from responder.templating.context import sample_context, template_kinds
 from responder.templating.render import NO_UNSUBSCRIBE_PURPOSES, Footer, Rendered, render_mail
 
-STARTER = Path(__file__).resolve().parent.parent / "templates" / "email"
+STARTER = default_templates_dir()
 MANIFEST = tomllib.loads((STARTER / "starter.toml").read_text())
 SETTINGS = Settings.from_env(
     {

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from responder.cli import main
 from responder.models import Layer, Message, Subscriber, Template
+from responder.settings import default_templates_dir
 
 from .conftest import BASE_URL, App, SmtpSink
 
@@ -245,7 +246,7 @@ def test_cli_add_and_sync(database_url: str, tmp_path: Path, cli_env: None, caps
     assert "hello: version 1 stored" in capsys.readouterr().out
     assert main(["templates", "sync", str(folder), *db]) == 0  # unchanged: no new version
     assert "hello: version 1 unchanged" in capsys.readouterr().out
-    starter = Path(__file__).parent.parent / "templates" / "email"
+    starter = default_templates_dir()
     assert main(["templates", "sync", str(starter), *db]) == 0
     out = capsys.readouterr().out
     assert "newsletter: version 1 unchanged" in out and "stored" not in out
