@@ -124,7 +124,9 @@ async def test_preferences_name_frequency_export_and_erase(papp: App) -> None:
     assert resp.headers["Content-Disposition"].startswith("attachment")
     data = json.loads(await resp.text())
     assert data["subscriber"]["email"] == "grace@example.com"
-    assert {"consent", "events", "enquiries"} <= set(data)
+    assert {"consent", "events", "enquiries", "messages", "layer_history"} <= set(data)
+    # the privacy mail just sent is among their messages, with its end
+    assert ("privacy", "sent") in [(m["kind"], m["state"]) for m in data["messages"]]
 
     assert (await papp.client.post(link + "/erase", data={})).status == 400
     assert (

@@ -147,6 +147,14 @@ async def export(rt: Runtime, subscriber_id: int) -> dict[str, Any]:
         enquiries = (
             await session.execute(select(Enquiry).where(Enquiry.subscriber_id == s.id).order_by(Enquiry.id))
         ).scalars()
+        messages = (
+            await session.execute(select(Message).where(Message.subscriber_id == s.id).order_by(Message.id))
+        ).scalars()
+        moves = (
+            await session.execute(
+                select(LayerHistory).where(LayerHistory.subscriber_id == s.id).order_by(LayerHistory.id)
+            )
+        ).scalars()
         return {
             "subscriber": {
                 "email": s.email,
@@ -187,6 +195,30 @@ async def export(rt: Runtime, subscriber_id: int) -> dict[str, Any]:
             ],
             "enquiries": [
                 {"subject": q.subject, "body": q.body, "state": q.state, "at": _iso(q.created_at)} for q in enquiries
+            ],
+            # The mail we queued for them and how each ended, and every change of layer with its reason.
+            "messages": [
+                {
+                    "kind": m.kind,
+                    "template": m.template_name,
+                    "message_id": m.message_id,
+                    "state": m.state,
+                    "queued_at": _iso(m.created_at),
+                    "sent_at": _iso(m.sent_at),
+                }
+                for m in messages
+            ],
+            "layer_history": [
+                {
+                    "kind": h.kind,
+                    "from": h.from_name,
+                    "to": h.to_name,
+                    "from_position": h.from_position,
+                    "to_position": h.to_position,
+                    "reason": h.reason,
+                    "at": _iso(h.created_at),
+                }
+                for h in moves
             ],
         }
 
