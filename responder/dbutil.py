@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, TypeVar
 
-from sqlalchemy import Boolean, Integer, String, bindparam
+from sqlalchemy import Boolean, Float, Integer, String, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
@@ -86,3 +86,32 @@ def _hours_since_sqlite(element: hours_since, compiler: SQLCompiler, **kw: Any) 
 def _hours_since_postgresql(element: hours_since, compiler: SQLCompiler, **kw: Any) -> str:
     column, start = (compiler.process(clause, **kw) for clause in element.clauses)
     return f"CAST(FLOOR(EXTRACT(EPOCH FROM ({column} - {start})) / 3600) AS INTEGER)"
+
+
+class days_between(FunctionElement[float]):
+    """Days (with fractions) from ``earlier`` to ``later``, two datetime columns: a window after
+    a time, compared by the database (``julianday`` on SQLite, ``EXTRACT(EPOCH …)`` on
+    PostgreSQL)."""
+
+    type = Float()
+    name = "days_between"
+    inherit_cache = True
+
+    def __init__(
+        self,
+        later: ColumnElement[Any] | InstrumentedAttribute[Any],
+        earlier: ColumnElement[Any] | InstrumentedAttribute[Any],
+    ) -> None:
+        super().__init__(later, earlier)
+
+
+@compiles(days_between, "sqlite")
+def _days_between_sqlite(element: days_between, compiler: SQLCompiler, **kw: Any) -> str:
+    later, earlier = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"(julianday({later}) - julianday({earlier}))"
+
+
+@compiles(days_between, "postgresql")
+def _days_between_postgresql(element: days_between, compiler: SQLCompiler, **kw: Any) -> str:
+    later, earlier = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"(EXTRACT(EPOCH FROM ({later} - {earlier})) / 86400.0)"

@@ -191,6 +191,49 @@ class Newsletter(Base):
     finished_at: Mapped[dt.datetime | None]
 
 
+class AbTest(Base):
+    """An A/B test of one newsletter or one drip step (``funnel.abtests``): how it splits,
+    where a newsletter's test stands, and the winner once there is one."""
+
+    __tablename__ = "ab_tests"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    newsletter_id: Mapped[int | None] = mapped_column(ForeignKey("newsletters.id", ondelete="CASCADE"), unique=True)
+    step_id: Mapped[int | None] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), unique=True)
+    # Newsletters: the share of the audience (percent) split between the variants; the rest get
+    # the winner ``wait_s`` after the test share was queued, or when an admin picks one.
+    share_pct: Mapped[int] = mapped_column(Integer, default=100)
+    wait_s: Mapped[int] = mapped_column(Integer, default=0)
+    # Newsletters, when the wait ends without a winner: ``best`` (send the leader) | ``wait`` (an admin picks).
+    on_no_winner: Mapped[str] = mapped_column(String(8), default="best")
+    # Steps: once every variant has this many deliveries and the verdict names a winner, keep it.
+    keep_after: Mapped[int | None] = mapped_column(Integer)
+    # Newsletters: test (queueing the test share) | wait (for the winner) | pick (the wait ended
+    # without a winner: an admin picks) | rest (queueing the rest, or done).
+    phase: Mapped[str] = mapped_column(String(8), default="test")
+    tested_at: Mapped[dt.datetime | None]  # when the test share had all been queued
+    winner_id: Mapped[int | None] = mapped_column(Integer)  # one of this test's variants
+    decided_by: Mapped[str | None] = mapped_column(String(8))  # verdict | leader | admin
+    decided_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime]
+
+
+class AbVariant(Base):
+    """One variant of an A/B test: its own subject and/or template, and its weight in the split.
+    A subject of its own is sent through a template version of its own (``derived_template_id``,
+    made from ``derived_from_id``), which the delivery worker renders like any other."""
+
+    __tablename__ = "ab_variants"
+    __table_args__ = (UniqueConstraint("test_id", "label"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    test_id: Mapped[int] = mapped_column(ForeignKey("ab_tests.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(1))  # A, B, C, D
+    subject: Mapped[str | None] = mapped_column(String(998))
+    template_name: Mapped[str | None] = mapped_column(String(120))
+    weight: Mapped[int] = mapped_column(Integer)
+    derived_template_id: Mapped[int | None] = mapped_column(ForeignKey("templates.id"))
+    derived_from_id: Mapped[int | None] = mapped_column(Integer)
+
+
 # Messages in these states wait for their next attempt (see ``delivery/outbox.py``), as the
 # literal SQL of the partial index ``ix_messages_due_order`` and of the claim that uses it (a bound
 # parameter cannot prove an index's predicate). On SQLite a unary "+" keeps ``ix_messages_due``
@@ -218,6 +261,13 @@ class Message(Base):
             sqlite_where=sql_text(MESSAGES_DUE_STATES_SQL["sqlite"]),
             postgresql_where=sql_text(MESSAGES_DUE_STATES_SQL["postgresql"]),
         ),
+        # The per-variant figures of A/B tests; most rows have no variant.
+        Index(
+            "ix_messages_variant",
+            "variant_id",
+            sqlite_where=sql_text("variant_id IS NOT NULL"),
+            postgresql_where=sql_text("variant_id IS NOT NULL"),
+        ),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
@@ -236,6 +286,8 @@ class Message(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime]
     sent_at: Mapped[dt.datetime | None]
+    # The A/B variant this mail was given when it was queued (``funnel.abtests``); NULL outside tests.
+    variant_id: Mapped[int | None] = mapped_column(ForeignKey("ab_variants.id"))
 
 
 class Event(Base):

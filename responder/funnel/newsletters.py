@@ -12,6 +12,9 @@ the subscriber's own choice of fewer mails allow (held, never dropped). A subscr
 their mail is skipped by a newsletter that reaches them during the pause.
 A newsletter names a template that exists and renders as a newsletter (``templating.sendable``),
 or it is not written.
+An A/B newsletter (``abtests``) walks its audience twice: first the test share, each with their
+variant, then — once the winner is known — the rest, with the winner. Between the walks it stays
+``sending``, its cursor past everyone, waiting.
 """
 
 from __future__ import annotations
@@ -23,15 +26,17 @@ from typing import Any
 from sqlalchemy import Integer, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..core.abtest import in_test_share
 from ..core.pacing import Held, skips_newsletter
 from ..dbutil import get_or_404, has_element
 from ..delivery.outbox import enqueue_many, outbox_row
 from ..errors import Conflict, NotFound, ValidationError
-from ..models import Layer, Message, Newsletter, NewsletterRecipient, Subscriber
+from ..models import AbTest, Layer, Message, Newsletter, NewsletterRecipient, Subscriber
 from ..settings import Settings
 from ..templating.pool import Renderer
 from ..templating.sendable import sendable_template
-from ..validation import clean_text
+from ..validation import MAX_ID, clean_text
+from . import abtests
 from .ledger import PACED, move_held_rows, read_ledger
 
 BATCH = 500
@@ -55,7 +60,7 @@ async def _target_layers(session: AsyncSession, positions: Any) -> list[Layer]:
     if (
         not isinstance(positions, list)
         or not positions
-        or not all(isinstance(p, int) and not isinstance(p, bool) for p in positions)
+        or not all(isinstance(p, int) and not isinstance(p, bool) and abs(p) <= MAX_ID for p in positions)
     ):
         raise ValidationError(
             "layers is required: a list of layer positions (there is no 'everyone' default)", field="layers"
@@ -110,7 +115,8 @@ async def create(
     renderer: Renderer | None = None,
 ) -> Newsletter:
     """A draft, or with ``send_at`` (or ``send_now: true``) a scheduled newsletter; refused
-    (``TemplateError``, 422) if its template does not exist or does not render as a newsletter."""
+    (``TemplateError``, 422) if its template does not exist or does not render as a newsletter.
+    With ``ab`` (``abtests.put_newsletter_test``'s input) it is an A/B newsletter."""
     name = clean_text(data.get("name"), "name", max_len=200, required=True)
     template = clean_text(data.get("template"), "template", max_len=120, required=True)
     layers = await _target_layers(session, data.get("layers"))
@@ -132,6 +138,8 @@ async def create(
         newsletter.state, newsletter.scheduled_at = "scheduled", send_at or now
     session.add(newsletter)
     await session.flush()
+    if data.get("ab") is not None:
+        await abtests.put_newsletter_test(session, newsletter, data["ab"], now, settings, renderer)
     return newsletter
 
 
@@ -293,14 +301,41 @@ async def advance(session: AsyncSession, now: dt.datetime, *, domain: str, batch
         .scalars()
         .all()
     )
+    tests = await abtests.newsletter_tests(session, [n.id for n in sending])
+    walked = 0
     for newsletter in sending:
-        await send_batch(session, newsletter, now, domain=domain, batch=batch)
-    return len(sending)
+        test = tests.get(newsletter.id)
+        if test is not None and test.phase in ("wait", "pick"):
+            if not await abtests.ready_for_rest(session, test, now):
+                continue  # waiting for its winner: not work done, so the scheduler idles
+            newsletter.cursor = 0  # the second walk: the rest, with the winner
+        await send_batch(session, newsletter, now, domain=domain, batch=batch, test=test)
+        walked += 1
+    return walked
+
+
+def _walked(newsletter: Newsletter, test: AbTest | None, now: dt.datetime) -> None:
+    """The walk over the audience is done: the newsletter is sent, or an A/B newsletter's test
+    share is queued and it waits for its winner (unless the test took everyone)."""
+    if test is not None and test.phase == "test":
+        test.tested_at = now
+        if test.share_pct < 100:
+            test.phase = "wait"
+            return
+        test.phase = "rest"
+    newsletter.state, newsletter.finished_at = "sent", now
 
 
 async def send_batch(
-    session: AsyncSession, newsletter: Newsletter, now: dt.datetime, *, domain: str, batch: int = BATCH
+    session: AsyncSession,
+    newsletter: Newsletter,
+    now: dt.datetime,
+    *,
+    domain: str,
+    batch: int = BATCH,
+    test: AbTest | None = None,
 ) -> int:
+    split = await abtests.split_for(session, test, newsletter.template_name, now) if test is not None else None
     rows = (
         await session.execute(
             select(*PACED)
@@ -311,10 +346,13 @@ async def send_batch(
         )
     ).all()
     if not rows:
-        newsletter.state, newsletter.finished_at = "sent", now
+        _walked(newsletter, test, now)
         return 0
     # Left since the audience was fixed, or paused now: skipped (a pause does not hold it).
     reached = {r.id: r for r in rows if r.status == "active" and not skips_newsletter(r.paused_until, now)}
+    if test is not None:  # this walk's part of the audience: the test share, or the rest
+        testing = test.phase == "test"
+        reached = {i: r for i, r in reached.items() if in_test_share(test.id, i, test.share_pct) == testing}
     ledger = await read_ledger(session, reached, now, walking=newsletter.id)
     queue = []
     moves = []
@@ -322,15 +360,19 @@ async def send_batch(
     for subscriber_id, book in ledger.books.items():
         book.waiting[key] = Held("newsletter", now)
         times = book.plan(now)
+        template_name, variant = (
+            split.row(subscriber_id) if split is not None else (newsletter.template_name, dict[str, Any]())
+        )
         queue.append(
             outbox_row(
                 subscriber_id,
                 "newsletter",
-                newsletter.template_name,
+                template_name,
                 now,
                 domain,
                 newsletter_id=newsletter.id,
                 send_at=times[key],
+                **variant,
             )
         )
         moves += book.moved(times)
@@ -338,5 +380,5 @@ async def send_batch(
     await move_held_rows(session, moves)
     newsletter.cursor = rows[-1].id
     if len(rows) < batch:
-        newsletter.state, newsletter.finished_at = "sent", now
+        _walked(newsletter, test, now)
     return queued

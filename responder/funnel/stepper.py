@@ -5,7 +5,7 @@ held until the moment it fits (never dropped).
 
 No step is sent twice: the outbox keeps a (subscriber, step) pair once, so an enrollment that
 reaches a step its subscriber already got (after a demotion and a promotion, or an edit) just
-moves on.
+moves on. A step with an A/B test (``abtests``) is queued as the subscriber's variant of it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ..core.pacing import Sent, condition_holds
 from ..core.schedule import Advance, StepPlan, advance
 from ..delivery.outbox import enqueue_many, outbox_row
 from ..models import Enrollment, Event, Subscriber
+from .abtests import step_splits
 from .ledger import PACED, Ledger, move_held_rows, read_ledger
 
 
@@ -121,6 +122,7 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
             sending[subscriber.id].append((enrollment, plan, step.template_name, step.id))
         else:
             _move_on(ledger, enrollment, plan, now)
+    splits = await step_splits(session, {step_id: name for due in sending.values() for _, _, name, step_id in due}, now)
     rows: list[dict[str, object]] = []
     moves: list[tuple[int, dt.datetime]] = []
     for subscriber_id, book in ledger.books.items():
@@ -129,7 +131,9 @@ async def run_due_steps(session: AsyncSession, now: dt.datetime, *, limit: int, 
         held = []
         for enrollment, plan, template_name, step_id in due:
             if times[("enrollment", enrollment.id)] <= now:
-                rows.append(outbox_row(subscriber_id, "step", template_name, now, domain, step_id=step_id))
+                split = splits.get(step_id)
+                name, variant = split.row(subscriber_id) if split else (template_name, {})
+                rows.append(outbox_row(subscriber_id, "step", name, now, domain, step_id=step_id, **variant))
                 book.sent.append(Sent(now, "step"))
                 _move_on(ledger, enrollment, plan, now)
             else:

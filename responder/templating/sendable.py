@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..delivery.build import newest_template
 from ..errors import TemplateError
-from ..models import Newsletter, Step, Template
+from ..models import AbTest, AbVariant, Newsletter, Step, Template
 from ..settings import Settings
 from .context import KIND_NAMES, sample_contexts
 from .pool import Renderer
@@ -52,11 +52,22 @@ async def sendable_template(
 
 async def kinds_in_use(session: AsyncSession, name: str) -> list[str]:
     """The kinds of list mail that send template ``name``: a step names it, or a newsletter not
-    yet finished."""
+    yet finished, or an A/B variant of either."""
     kinds = []
-    if (await session.execute(select(Step.id).where(Step.template_name == name).limit(1))).first():
+    variant_steps = (
+        select(AbTest.step_id).join(AbVariant, AbVariant.test_id == AbTest.id).where(AbVariant.template_name == name)
+    )
+    steps = select(Step.id).where((Step.template_name == name) | Step.id.in_(variant_steps))
+    if (await session.execute(steps.limit(1))).first():
         kinds.append("step")
-    unfinished = select(Newsletter.id).where(Newsletter.template_name == name, Newsletter.state.in_(UNFINISHED))
+    variant_newsletters = (
+        select(AbTest.newsletter_id)
+        .join(AbVariant, AbVariant.test_id == AbTest.id)
+        .where(AbVariant.template_name == name)
+    )
+    unfinished = select(Newsletter.id).where(
+        (Newsletter.template_name == name) | Newsletter.id.in_(variant_newsletters), Newsletter.state.in_(UNFINISHED)
+    )
     if (await session.execute(unfinished.limit(1))).first():
         kinds.append("newsletter")
     return kinds

@@ -176,8 +176,11 @@ async def sync_folder(rt: Runtime, folder: Path) -> list[tuple[str, int, bool]]:
 
 async def list_templates(rt: Runtime) -> list[dict[str, Any]]:
     async with rt.db.read() as session:
+        # Names starting with "~" are never uploaded: they are versions the server made itself
+        # (an A/B variant's own subject, ``funnel.abtests``), not templates to pick.
         newest = (
             select(Template.name, func.max(Template.version).label("version"), func.count().label("versions"))
+            .where(~Template.name.startswith("~"))
             .group_by(Template.name)
             .subquery()
         )

@@ -1,7 +1,8 @@
 """The admin web UI under /admin/ and the admin API modules, attached to the app in one call.
 
 Each area of the UI is a page module in ``pages/`` with its ``routes`` and ``NAV`` entry;
-add a module to ``PAGES`` to give it a place in the menu.
+add a module to ``PAGES`` to give it a place in the menu. A page reached only from another page
+(a step's variants, from the Sequences page) has no ``NAV``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .pages import (
     referrals_page,
     sequences_page,
     settings_page,
+    step_variants_page,
     subscribers,
     templates_page,
     webhooks_page,
@@ -41,6 +43,7 @@ PAGES = (
     enquiries_page,
     referrals_page,
     webhooks_page,
+    step_variants_page,
 )
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -56,7 +59,7 @@ def setup_admin(app: web.Application) -> None:
     ui[RUNTIME] = app[RUNTIME]
     ui[subscribers_api.IMPORTS] = jobs
     ui[auth.THROTTLE] = app[auth.THROTTLE] = auth.SignInThrottle()
-    ui[NAV] = sorted((page.NAV for page in PAGES), key=lambda item: item.order)
+    ui[NAV] = sorted((page.NAV for page in PAGES if hasattr(page, "NAV")), key=lambda item: item.order)
     ui.add_routes(auth.routes)
     for page in PAGES:
         ui.add_routes(page.routes)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy import select
 
-from ...funnel import newsletters
+from ...funnel import abtests, newsletters
 from ...funnel.analytics import funnel_stats
 from ...funnel.reports import newsletter_report
 from ...funnel.webhooks import WEBHOOK_EVENTS, create_webhook, delete_webhook, delivery_json
@@ -15,7 +15,7 @@ from ...validation import clean_since
 from ..http import read_input, runtime
 from .funnel import OBJECT, body, params, path_int
 from .handlers import PREFIX
-from .openapi import describe, error, json_body
+from .openapi import AB_TEST_REF, AB_WINNER_IN, NEWSLETTER_AB_IN, describe, error, json_body
 
 routes = web.RouteTableDef()
 PROGRESS = {
@@ -60,13 +60,16 @@ describe(
                     "tags": {"type": "array", "items": {"type": "string"}},
                     "send_now": {"type": "boolean"},
                     "send_at": {"type": "string", "format": "date-time"},
+                    "ab": {**NEWSLETTER_AB_IN, "description": "make it an A/B newsletter (see PUT …/ab)"},
                 },
             }
         ),
         "responses": {
             "201": json_body(PROGRESS),
             "400": error("invalid input"),
-            "422": error("no such template, or it does not render as a newsletter; nothing written"),
+            "422": error(
+                "no such template, or it (or an A/B variant) does not render as a newsletter; nothing written"
+            ),
         },
     },
 )
@@ -165,6 +168,109 @@ describe(
         "sending started, machine hits by verdict, and human opens and clicks hour by hour",
         "parameters": params("id"),
         "responses": {"200": json_body(REPORT), "404": error("no such newsletter")},
+    },
+)
+
+
+@routes.get(PREFIX + "/newsletters/{id}/ab")
+async def get_newsletter_ab(request: web.Request) -> web.Response:
+    async with runtime(request).db.read() as session:
+        newsletter = await newsletters.get(session, path_int(request, "id"))
+        test = await abtests.test_of(session, newsletter_id=newsletter.id)
+        return web.json_response(await abtests.test_json(session, test))
+
+
+describe(
+    PREFIX + "/newsletters/{id}/ab",
+    "get",
+    {
+        "summary": "A newsletter's A/B test: per variant sent, human opens and clicks, unsubscribes, complaints "
+        "and conversions, the probability each is best on human clicks, the verdict in words, the winner",
+        "parameters": params("id"),
+        "responses": {"200": json_body(AB_TEST_REF), "404": error("no such newsletter, or it has no A/B test")},
+    },
+)
+
+
+@routes.put(PREFIX + "/newsletters/{id}/ab")
+async def put_newsletter_ab(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    data = await read_input(request)
+    async with rt.db.transaction() as session:
+        newsletter = await newsletters.get(session, path_int(request, "id"))
+        test = await abtests.put_newsletter_test(session, newsletter, data, rt.clock.now(), rt.settings, rt.renderer)
+        result = await abtests.test_json(session, test)
+    return web.json_response(result)
+
+
+describe(
+    PREFIX + "/newsletters/{id}/ab",
+    "put",
+    {
+        "summary": "Make a draft or scheduled newsletter an A/B test (or replace its test): 2-4 variants split "
+        "test_share % of the audience; wait after their mails were queued, the rest get the winner",
+        "parameters": params("id"),
+        "requestBody": body(NEWSLETTER_AB_IN),
+        "responses": {
+            "200": json_body(AB_TEST_REF),
+            "404": error("no such newsletter"),
+            "409": error("the newsletter has started sending"),
+            "422": error("a variant's template or subject does not render as a newsletter; nothing written"),
+        },
+    },
+)
+
+
+@routes.delete(PREFIX + "/newsletters/{id}/ab")
+async def delete_newsletter_ab(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    async with rt.db.transaction() as session:
+        newsletter = await newsletters.get(session, path_int(request, "id"))
+        await abtests.remove_test(session, await abtests.test_of(session, newsletter_id=newsletter.id))
+    return web.json_response({"deleted": True})
+
+
+describe(
+    PREFIX + "/newsletters/{id}/ab",
+    "delete",
+    {
+        "summary": "Remove the A/B test of a newsletter that has not started sending",
+        "parameters": params("id"),
+        "responses": {
+            "200": json_body(OBJECT),
+            "404": error("no such newsletter, or it has no A/B test"),
+            "409": error("the newsletter has started sending"),
+        },
+    },
+)
+
+
+@routes.post(PREFIX + "/newsletters/{id}/ab/winner")
+async def pick_newsletter_winner(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    data = await read_input(request)
+    async with rt.db.transaction() as session:
+        newsletter = await newsletters.get(session, path_int(request, "id"))
+        test = await abtests.test_of(session, newsletter_id=newsletter.id)
+        await abtests.pick_winner(session, test, data.get("variant"), rt.clock.now())
+        result = await abtests.test_json(session, test)
+    rt.wake_scheduler()
+    return web.json_response(result)
+
+
+describe(
+    PREFIX + "/newsletters/{id}/ab/winner",
+    "post",
+    {
+        "summary": "Send this variant to the rest of the audience now (once the test share has been queued), "
+        "without waiting for the verdict",
+        "parameters": params("id"),
+        "requestBody": body(AB_WINNER_IN),
+        "responses": {
+            "200": json_body(AB_TEST_REF),
+            "404": error("no such newsletter, or it has no A/B test"),
+            "409": error("not started, cancelled, all in the test, or a winner was chosen already"),
+        },
     },
 )
 

@@ -12,6 +12,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from ...errors import NotFound
+from ...funnel import abtests
 from ...funnel import layers as layers
 from ...funnel import sequences as sequences
 from ...funnel.scheduler import moves_json, sweep_on_demand
@@ -19,7 +20,7 @@ from ...models import LayerHistory
 from ...validation import MAX_ID, parse_id
 from ..http import read_input, runtime
 from .handlers import PREFIX, history_json, layer_json
-from .openapi import describe, error, json_body
+from .openapi import AB_TEST_REF, AB_VARIANTS_IN, AB_WINNER_IN, describe, error, json_body
 
 routes = web.RouteTableDef()
 ID = {"type": "integer", "minimum": 1}
@@ -417,6 +418,118 @@ describe(
             "200": json_body(OBJECT),
             "404": error("no such step"),
             "409": error("the step was already sent"),
+        },
+    },
+)
+
+
+STEP_AB_IN = {
+    "type": "object",
+    "required": ["variants"],
+    "properties": {
+        "variants": AB_VARIANTS_IN,
+        "keep_winner_after": {
+            "type": ["integer", "null"],
+            "minimum": 100,
+            "description": "once every variant was delivered this many times and the verdict names a winner, "
+            "the step sends the winner only",
+        },
+    },
+}
+
+
+@routes.get(PREFIX + "/steps/{id}/ab")
+async def get_step_ab(request: web.Request) -> web.Response:
+    async with runtime(request).db.read() as session:
+        test = await abtests.test_of(session, step_id=path_int(request, "id"))
+        return web.json_response(await abtests.test_json(session, test))
+
+
+describe(
+    PREFIX + "/steps/{id}/ab",
+    "get",
+    {
+        "summary": "A drip step's A/B test: per variant sent, human opens and clicks, unsubscribes, complaints "
+        "and conversions, the probability each is best on human clicks, the verdict in words, the winner",
+        "parameters": params("id"),
+        "responses": {"200": json_body(AB_TEST_REF), "404": error("no such step, or it has no A/B test")},
+    },
+)
+
+
+@routes.put(PREFIX + "/steps/{id}/ab")
+async def put_step_ab(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    data = await read_input(request)
+    async with rt.db.transaction() as session:
+        test = await abtests.put_step_test(
+            session, path_int(request, "id"), data, rt.clock.now(), rt.settings, rt.renderer
+        )
+        return web.json_response(await abtests.test_json(session, test))
+
+
+describe(
+    PREFIX + "/steps/{id}/ab",
+    "put",
+    {
+        "summary": "Give a drip step 2-4 variants: each subscriber reaching it gets one, by the split's weights "
+        "(replaces a test that has sent nothing yet)",
+        "parameters": params("id"),
+        "requestBody": body(STEP_AB_IN),
+        "responses": {
+            "200": json_body(AB_TEST_REF),
+            "404": error("no such step"),
+            "409": error("the step's test has sent mail already"),
+            "422": error("a variant's template or subject does not render as a step; nothing written"),
+        },
+    },
+)
+
+
+@routes.delete(PREFIX + "/steps/{id}/ab")
+async def delete_step_ab(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    async with rt.db.transaction() as session:
+        await abtests.remove_test(session, await abtests.test_of(session, step_id=path_int(request, "id")))
+    return web.json_response({"deleted": True})
+
+
+describe(
+    PREFIX + "/steps/{id}/ab",
+    "delete",
+    {
+        "summary": "Remove a step's A/B test that has sent nothing yet",
+        "parameters": params("id"),
+        "responses": {
+            "200": json_body(OBJECT),
+            "404": error("no such step, or it has no A/B test"),
+            "409": error("the test has sent mail already"),
+        },
+    },
+)
+
+
+@routes.post(PREFIX + "/steps/{id}/ab/winner")
+async def pick_step_winner(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    data = await read_input(request)
+    async with rt.db.transaction() as session:
+        test = await abtests.test_of(session, step_id=path_int(request, "id"))
+        await abtests.pick_winner(session, test, data.get("variant"), rt.clock.now())
+        return web.json_response(await abtests.test_json(session, test))
+
+
+describe(
+    PREFIX + "/steps/{id}/ab/winner",
+    "post",
+    {
+        "summary": "Keep this variant: from now on the step sends it only",
+        "parameters": params("id"),
+        "requestBody": body(AB_WINNER_IN),
+        "responses": {
+            "200": json_body(AB_TEST_REF),
+            "404": error("no such step, or it has no A/B test"),
+            "409": error("a winner was chosen already"),
         },
     },
 )

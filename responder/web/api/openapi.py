@@ -57,8 +57,130 @@ SUBSCRIBER = {
 }
 
 
+_COUNT = {"type": "integer", "minimum": 0}
+_RATE = {"type": ["number", "null"]}
+AB_TEST = {
+    "type": "object",
+    "description": "An A/B test: its variants with their figures and probability of being best, and the "
+    "verdict (see docs/rules.md, A/B tests)",
+    "required": ["id", "variants", "verdict", "winner", "thresholds"],
+    "properties": {
+        "id": {"type": "integer"},
+        "newsletter_id": {"type": ["integer", "null"]},
+        "step_id": {"type": ["integer", "null"]},
+        "variants": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["label", "weight", "figures", "p_best"],
+                "properties": {
+                    "label": {"enum": ["A", "B", "C", "D"]},
+                    "subject": {"type": ["string", "null"]},
+                    "template": {"type": ["string", "null"]},
+                    "weight": {"type": "integer"},
+                    "share": {"type": "number"},
+                    "figures": {
+                        "type": "object",
+                        "description": "queued mails; sent (delivered); of those, opened and clicked by a person "
+                        "(machine hits excluded), unsubscribed, complained, converted (a purchase or a move up "
+                        "within conversion_window after delivery)",
+                        "properties": {
+                            **{
+                                name: _COUNT
+                                for name in (
+                                    "queued",
+                                    "sent",
+                                    "opened",
+                                    "clicked",
+                                    "unsubscribed",
+                                    "complained",
+                                    "converted",
+                                )
+                            },
+                            **{
+                                name: _RATE
+                                for name in (
+                                    "open_rate",
+                                    "click_rate",
+                                    "unsubscribe_rate",
+                                    "complaint_rate",
+                                    "conversion_rate",
+                                )
+                            },
+                        },
+                    },
+                    "p_best": {"type": "number", "description": "probability of the best human click rate"},
+                },
+            },
+        },
+        "verdict": {
+            "type": "object",
+            "required": ["status", "sentence", "leader"],
+            "properties": {
+                "status": {"enum": ["too_early", "undecided", "winner"]},
+                "sentence": {"type": "string"},
+                "leader": {"type": "string"},
+                "winner": {"type": ["string", "null"]},
+            },
+        },
+        "winner": {"type": ["string", "null"], "description": "the variant chosen; all later mail is it"},
+        "decided_by": {"enum": ["verdict", "leader", "admin", None]},
+        "decided_at": {"type": ["string", "null"], "format": "date-time"},
+        "conversion_window": {"type": "string"},
+        "thresholds": {"type": "object"},
+        "test_share": {"type": "integer"},
+        "wait": {"type": "string"},
+        "on_no_winner": {"enum": ["best", "wait"]},
+        "phase": {
+            "enum": ["test", "wait", "pick", "rest"],
+            "description": "test: queueing the test share; wait: for the winner; pick: the wait ended "
+            "without a clear winner, an admin picks; rest: the rest get the winner",
+        },
+        "tested_at": {"type": ["string", "null"], "format": "date-time"},
+        "rest_at": {"type": ["string", "null"], "format": "date-time"},
+        "keep_winner_after": {"type": ["integer", "null"]},
+    },
+}
+AB_VARIANTS_IN = {
+    "type": "array",
+    "minItems": 2,
+    "maxItems": 4,
+    "description": "variants A, B, … in order: each a subject and/or a template of its own (neither: the "
+    "mail as written) and a weight in the split (default 1 each)",
+    "items": {
+        "type": "object",
+        "properties": {
+            "subject": {"type": ["string", "null"], "maxLength": 998},
+            "template": {"type": ["string", "null"], "maxLength": 120},
+            "weight": {"type": "integer", "minimum": 1, "maximum": 100},
+        },
+    },
+}
+NEWSLETTER_AB_IN = {
+    "type": "object",
+    "required": ["variants"],
+    "properties": {
+        "variants": AB_VARIANTS_IN,
+        "test_share": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 100,
+            "description": "percent of the audience split between the variants (default 20); the rest get the winner",
+        },
+        "wait": {"type": "string", "examples": ["4h"], "description": "after the test share was queued (default 4h)"},
+        "on_no_winner": {
+            "enum": ["best", "wait"],
+            "description": "when the wait ends without a winner: send the variant most likely best (default), "
+            "or wait for an admin to pick",
+        },
+    },
+}
+AB_WINNER_IN = {"type": "object", "required": ["variant"], "properties": {"variant": {"enum": ["A", "B", "C", "D"]}}}
+
+
 PATHS: dict[str, dict[str, Any]] = {}
-SCHEMAS: dict[str, Any] = {"Error": ERROR, "Layer": LAYER, "Subscriber": SUBSCRIBER}
+SCHEMAS: dict[str, Any] = {"Error": ERROR, "Layer": LAYER, "Subscriber": SUBSCRIBER, "AbTest": AB_TEST}
+AB_TEST_REF = {"$ref": "#/components/schemas/AbTest"}
 
 
 def describe(path: str, method: str, operation: dict[str, Any]) -> None:

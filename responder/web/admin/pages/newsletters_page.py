@@ -1,8 +1,10 @@
 """Newsletters: the list with state and progress, compose from a template for chosen layers
 (required) and tags with the audience counted as they are chosen, keep as a draft (the default),
 send now or at a time in the admin's own time zone — both only after a page naming how many it
-will reach; one newsletter's live progress and its pause / resume / cancel buttons. Calls the
-same service functions as the API."""
+will reach; one newsletter's live progress and its pause / resume / cancel buttons. A newsletter
+may be an A/B test (variants, split, test share, wait): its page shows the variants' figures and
+the verdict, with a button sending the winner to the rest. Calls the same service functions as
+the API."""
 
 from __future__ import annotations
 
@@ -14,14 +16,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 from sqlalchemy import select
 
-from ....errors import Conflict, TemplateError, ValidationError
-from ....funnel import newsletters
+from ....errors import Conflict, NotFound, TemplateError, ValidationError
+from ....funnel import abtests, newsletters
 from ....funnel.reports import HOURS, newsletter_report
 from ....models import Layer
 from ....templating import service
-from ....templating.context import template_kinds
+from ....templating.context import pickable
 from ....templating.sendable import sendable_template
 from ...http import runtime
+from .. import abform
 from ..auth import see_other
 from ..charts import HUMAN, UP, paired_columns
 from ..nav import NavItem
@@ -96,6 +99,9 @@ def compose_input(form: Any) -> dict[str, Any]:
             except ValueError as exc:
                 raise ValidationError("the time to send at is not a date and time", field="send_at") from exc
             data["send_at"] = local.astimezone(dt.UTC).isoformat()
+    ab = abform.newsletter_input(form)
+    if ab is not None:
+        data["ab"] = ab
     return data
 
 
@@ -105,6 +111,7 @@ KEPT = ("name", "template", "tags", "when", "send_at", "tz")
 def _kept(form: Any) -> dict[str, Any]:
     kept: dict[str, Any] = {k: str(form.get(k, "")) for k in KEPT}
     kept["layers"] = [str(p) for p in form.getall("layers", [])]
+    kept |= abform.kept(form, abform.NEWSLETTER_FIELDS)
     return kept
 
 
@@ -125,9 +132,7 @@ async def _list(
         layers=layers,
         # Only templates written for list mail: not the confirmation or the acknowledgement.
         templates=[
-            t
-            for t in await service.list_templates(runtime(request))
-            if "newsletter" in template_kinds(t["name"], t["purpose"])
+            t for t in await service.list_templates(runtime(request)) if pickable(t["name"], t["purpose"], "newsletter")
         ],
         form=form or {"layers": [], "when": "draft"},
     )
@@ -181,6 +186,7 @@ def _confirm(request: web.Request, form: Any, data: dict[str, Any], count: int) 
         request,
         "newsletter_confirm.html",
         form=_kept(form),
+        ab_fields=abform.NEWSLETTER_FIELDS,
         count=count,
         zone=str(zone),
         local=when_utc.astimezone(zone).strftime("%Y-%m-%d %H:%M") if when_utc else None,
@@ -196,10 +202,16 @@ async def _progress(request: web.Request) -> dict[str, Any]:
 
 async def _report_context(request: web.Request) -> dict[str, Any]:
     async with runtime(request).db.read() as session:
-        report = await newsletter_report(session, await newsletters.get(session, _id(request)))
+        newsletter = await newsletters.get(session, _id(request))
+        report = await newsletter_report(session, newsletter)
+        try:
+            test = await abtests.test_of(session, newsletter_id=newsletter.id)
+            ab: dict[str, Any] | None = await abtests.test_json(session, test)
+        except NotFound:
+            ab = None
     rows = [(f"{row['hour']}h", row["open"], row["click"]) for row in report["hourly"]]
     chart = paired_columns(rows, (HUMAN, UP), "human opens and clicks by the hour", every=max(1, len(rows) // 12))
-    return {"report": report, "hourly_chart": chart, "hours": HOURS}
+    return {"report": report, "hourly_chart": chart, "hours": HOURS, "ab": ab, "decided_by": abform.DECIDED_BY}
 
 
 @routes.get("/newsletters/{id:\\d+}")
@@ -221,20 +233,24 @@ async def progress_json(request: web.Request) -> web.Response:
     return web.json_response(await _progress(request), headers={"Cache-Control": "no-store"})
 
 
-@routes.post("/newsletters/{id:\\d+}/{action:schedule|pause|resume|cancel}")
+@routes.post("/newsletters/{id:\\d+}/{action:schedule|pause|resume|cancel|winner}")
 async def action(request: web.Request) -> web.Response:
     rt = runtime(request)
     name = request.match_info["action"]
     try:
         async with rt.db.transaction() as session:
-            await newsletters.act(session, _id(request), name, rt.clock.now())
-    except Conflict as exc:
+            if name == "winner":  # send the chosen variant to the rest
+                test = await abtests.test_of(session, newsletter_id=_id(request))
+                await abtests.pick_winner(session, test, (await request.post()).get("variant"), rt.clock.now())
+            else:
+                await newsletters.act(session, _id(request), name, rt.clock.now())
+    except (Conflict, ValidationError) as exc:
         progress = await _progress(request)
         progress["layers"] = _layer_names(progress)
         return render(
             request,
             "newsletter.html",
-            status=409,
+            status=exc.status,
             news=progress,
             error=exc.message,
             notice=None,
