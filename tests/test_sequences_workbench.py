@@ -245,6 +245,9 @@ async def test_every_sequence_form_needs_the_csrf_token(app: App) -> None:
         page = await (await browser.get(path)).text()
         assert "csrf=" not in page
         assert page.count(browser.csrf) == page.count(f'name="csrf" value="{browser.csrf}"') > 0
+    step_page = await (await browser.get(f"/admin/sequences/{sequence_id}/steps/{step_id}")).text()
+    assert f'href="/admin/steps/{step_id}/variants"' in step_page  # its A/B test
+    assert (await browser.get(f"/admin/steps/{step_id}/variants")).status == 200
 
 
 async def test_a_moved_step_reaches_who_has_not_passed_it_and_nobody_gets_one_twice(app: App) -> None:
