@@ -16,8 +16,10 @@ MJML = """<mjml><mj-body><mj-section><mj-column>
 </mj-column></mj-section></mj-body></mjml>"""
 
 
-def upload_form(body: str, subject: str, name: str = "spring-news") -> FormData:
+def upload_form(body: str, subject: str, name: str = "spring-news", csrf: str = "") -> FormData:
     form = FormData()
+    if csrf:
+        form.add_field("csrf", csrf)  # first, as the page's form sends it
     form.add_field("name", name)
     form.add_field("subject", subject)
     form.add_field("purpose", "newsletter")
@@ -28,9 +30,9 @@ def upload_form(body: str, subject: str, name: str = "spring-news") -> FormData:
 async def test_upload_preview_and_test_send(app: App) -> None:
     browser = await signed_in(app.rt, app.client)
     resp = await app.client.post(
-        f"/admin/templates?csrf={browser.csrf}",
+        "/admin/templates",
         headers=browser.headers,
-        data=upload_form(MJML, "Spring for {{ subscriber.first_name }}"),
+        data=upload_form(MJML, "Spring for {{ subscriber.first_name }}", csrf=browser.csrf),
         allow_redirects=False,
     )
     assert resp.status == 303, await resp.text()
@@ -56,9 +58,9 @@ async def test_upload_preview_and_test_send(app: App) -> None:
 async def test_a_broken_template_is_refused_beside_the_form(app: App) -> None:
     browser = await signed_in(app.rt, app.client)
     resp = await app.client.post(
-        f"/admin/templates?csrf={browser.csrf}",
+        "/admin/templates",
         headers=browser.headers,
-        data=upload_form(MJML.replace("first_name or", "first_name |"), "Kept <subject>"),
+        data=upload_form(MJML.replace("first_name or", "first_name |"), "Kept <subject>", csrf=browser.csrf),
         allow_redirects=False,
     )
     assert resp.status == 422
@@ -73,3 +75,20 @@ async def test_a_broken_template_is_refused_beside_the_form(app: App) -> None:
         "/admin/templates", headers=browser.headers, data=upload_form(MJML, "x"), allow_redirects=False
     )
     assert resp.status == 403
+
+
+async def test_an_upload_needs_its_token_in_the_form_never_in_the_address(app: App) -> None:
+    browser = await signed_in(app.rt, app.client)
+    page = await (await browser.get("/admin/templates")).text()
+    assert "csrf=" not in page  # the form's address carries no token
+    for path, form in (
+        (f"/admin/templates?csrf={browser.csrf}", upload_form(MJML, "Hi")),  # in the address: refused
+        ("/admin/templates", upload_form(MJML, "Hi", csrf="forged")),
+        ("/admin/templates", upload_form(MJML, "Hi")),
+    ):
+        resp = await app.client.post(path, headers=browser.headers, data=form, allow_redirects=False)
+        assert resp.status == 403, path
+    async with app.rt.db.read() as session:
+        assert (
+            await session.execute(select(func.count()).select_from(Template).where(Template.name == "spring-news"))
+        ).scalar_one() == 0

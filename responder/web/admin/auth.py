@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import secrets
 
-from aiohttp import web
+from aiohttp import BodyPartReader, MultipartReader, web
 
 from ...errors import Forbidden
 from ..http import Handler, runtime, same_origin
@@ -40,14 +40,33 @@ def _cookie_options(request: web.Request) -> dict[str, object]:
     return {"httponly": True, "samesite": "Strict", "secure": secure, "path": "/admin"}
 
 
+# A multipart form (an upload) whose first field was the token: the reader, past that field,
+# for the handler to go on with (``form_parts``).
+MULTIPART = web.RequestKey("admin_multipart", MultipartReader)
+
+
 async def _given_token(request: web.Request) -> str:
+    """The token from the ``X-CSRF-Token`` header or the form's ``csrf`` field; an upload form
+    sends it as its first field, read here without holding the file in memory. Never from the
+    address: a token in a URL stays in the address bar, the history and the logs."""
     header = request.headers.get("X-CSRF-Token")
     if header:
         return header
     if request.content_type == "application/x-www-form-urlencoded":
         value = (await request.post()).get("csrf")
         return value if isinstance(value, str) else ""
-    return request.query.get("csrf", "")
+    if request.content_type == "multipart/form-data":
+        reader = await request.multipart()
+        first = await reader.next()
+        request[MULTIPART] = reader
+        if isinstance(first, BodyPartReader) and first.name == "csrf":
+            return (await first.read(decode=True))[:256].decode("ascii", "replace")
+    return ""
+
+
+async def form_parts(request: web.Request) -> MultipartReader:
+    """The rest of an upload form, after its token (see ``_given_token``)."""
+    return request.get(MULTIPART) or await request.multipart()
 
 
 def tokens_match(given: str, expected: str) -> bool:

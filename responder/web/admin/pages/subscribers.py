@@ -23,7 +23,7 @@ from ....errors import Conflict, ValidationError
 from ....models import Layer
 from ...api.subscribers import IMPORTS
 from ...http import runtime
-from ..auth import see_other
+from ..auth import form_parts, see_other
 from ..nav import NavItem
 from ..render import render
 
@@ -126,7 +126,7 @@ async def import_form(request: web.Request) -> web.Response:
 @routes.post("/imports")
 async def start_import(request: web.Request) -> web.Response:
     rt = runtime(request)
-    reader = await request.multipart()
+    reader = await form_parts(request)
     source: str | None = None
     fields: dict[str, str] = {}
     path = None

@@ -9,7 +9,7 @@ from ....errors import DeliveryError, TemplateError, ValidationError
 from ....templating import service
 from ...api.templates import read_multipart_fields
 from ...http import runtime
-from ..auth import see_other
+from ..auth import form_parts, see_other
 from ..nav import NavItem
 from ..render import render
 
@@ -44,7 +44,7 @@ async def templates(request: web.Request) -> web.Response:
 
 @routes.post("/templates")
 async def upload(request: web.Request) -> web.Response:
-    fields = await read_multipart_fields(await request.multipart())
+    fields = await read_multipart_fields(await form_parts(request))
     name = fields.get("name") or fields.get("_filename", "").rsplit(".", 1)[0].lower()
     try:
         if not fields.get("subject"):
