@@ -194,6 +194,11 @@ async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
     )
 
 
+async def dashboard_page_figures(session: AsyncSession, now: dt.datetime) -> tuple[Stats, list[StepLeaving]]:
+    """The dashboard page's list-sized figures, built together (``funnel.apart``)."""
+    return await dashboard_stats(session, now), await unsubscribes_per_step(session)
+
+
 def reason_counts(by_reason: dict[tuple[str, bool], dict[str, int]]) -> list[ReasonCount]:
     """(reason, machine) → {type: count} as rows: machine reasons first, most events first."""
     rows = [

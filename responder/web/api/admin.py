@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from ...audience.directory import decode_cursor, encode_cursor, parse_int
 from ...errors import ValidationError
+from ...funnel.apart import build_apart
 from ...funnel.dashboard import dashboard_stats
 from ...funnel.events import EVENT_TYPES
 from ...models import Event
@@ -120,8 +121,8 @@ describe(
 @routes.get(PREFIX + "/dashboard")
 async def stats(request: web.Request) -> web.Response:
     rt = runtime(request)
-    async with rt.db.read() as session:
-        figures = await dashboard_stats(session, rt.clock.now())
+    now = rt.clock.now()
+    figures = await build_apart(rt.db, ("dashboard",), dashboard_stats, now)
     return web.json_response(figures.json())
 
 

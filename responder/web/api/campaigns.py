@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from ...funnel import abtests, newsletters
 from ...funnel.analytics import funnel_stats
+from ...funnel.apart import build_apart
 from ...funnel.reports import newsletter_report
 from ...funnel.webhooks import WEBHOOK_EVENTS, create_webhook, delete_webhook, delivery_json
 from ...models import Webhook, WebhookDelivery
@@ -426,8 +427,8 @@ async def stats(request: web.Request) -> web.Response:
     rt = runtime(request)
     now = rt.clock.now()
     since = clean_since(request.query.get("since"), now)
-    async with rt.db.read() as session:
-        return web.json_response(await funnel_stats(session, now, since))
+    figures = await build_apart(rt.db, ("stats", since), funnel_stats, now, since)
+    return web.json_response(figures)
 
 
 describe(

@@ -8,7 +8,8 @@ from ....core.governor import PROVIDERS
 from ....delivery.worker import paused_domains
 from ....errors import NotFound, ValidationError
 from ....funnel import governor
-from ....funnel.dashboard import dashboard_stats, unsubscribes_per_step
+from ....funnel.apart import build_apart
+from ....funnel.dashboard import dashboard_page_figures
 from ...http import runtime
 from ..auth import see_other
 from ..charts import Bar, funnel, hbars, stacked, up_down_columns
@@ -22,9 +23,10 @@ routes = web.RouteTableDef()
 @routes.get("/")
 async def dashboard(request: web.Request) -> web.Response:
     rt = runtime(request)
+    now = rt.clock.now()
+
+    stats, leaving = await build_apart(rt.db, ("dashboard page",), dashboard_page_figures, now)
     async with rt.db.read() as session:
-        stats = await dashboard_stats(session, rt.clock.now())
-        leaving = await unsubscribes_per_step(session)
         paused = sorted((await paused_domains(session, rt.clock.now())).values(), key=lambda p: p.domain)
         governed = await governor.states(session)
     layers = stats.layers
