@@ -7,6 +7,7 @@ Nothing else in responder reads ``os.environ``: the CLI builds a ``Settings`` wi
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ipaddress
 import os
 import re
@@ -23,6 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .core.dnsauth import Status, alignment
+from .core.warmup import Schedule, parse_caps
 from .errors import ConfigError
 
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -183,6 +185,20 @@ def parse_switch(value: str) -> bool:
     if lowered not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
         raise ConfigError(f"must be on or off, not {value!r}")
     return lowered in ("on", "1", "true", "yes")
+
+
+def parse_date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise ConfigError(f"not a date like 2026-12-01: {value!r}") from exc
+
+
+def parse_warmup_caps(value: str) -> tuple[int, ...]:
+    try:
+        return parse_caps(value)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}, not {value!r}") from exc
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -374,6 +390,19 @@ SPECS: tuple[Spec, ...] = (
         parse_int,
     ),
     Spec(
+        "warmup_start",
+        None,
+        "first day (UTC) of the warm-up schedule for a new sending IP, e.g. 2026-12-01 (off when unset)",
+        parse_date,
+    ),
+    Spec(
+        "warmup_schedule",
+        None,
+        "list mail each mailbox provider may get per day from the warm-up start: caps for day 1, 2, …, "
+        "e.g. 50,100,500,1000,5000,10000,20000,50000; no cap after the last day (off when unset)",
+        parse_warmup_caps,
+    ),
+    Spec(
         "governor_mx_lookup",
         "on",
         "look up the MX of recipient domains not known by name, to tell their mailbox provider (on | off)",
@@ -500,6 +529,8 @@ class Settings:
     governor_min_sent: int = 100
     governor_every_s: int = 300
     governor_mx_lookup: bool = True
+    warmup_start: dt.date | None = None
+    warmup_schedule: tuple[int, ...] | None = None
     render_processes: int = 1
     render_time_limit_s: float = 5.0
     render_memory_mb: int = 512
@@ -600,6 +631,8 @@ class Settings:
             governor_min_sent=parsed["governor_min_sent"],
             governor_every_s=parsed["governor_every_s"],
             governor_mx_lookup=parsed["governor_mx_lookup"],
+            warmup_start=parsed["warmup_start"],
+            warmup_schedule=parsed["warmup_schedule"],
             render_processes=parsed["render_processes"],
             render_time_limit_s=parsed["render_time_limit_s"],
             render_memory_mb=parsed["render_memory_mb"],
@@ -625,6 +658,13 @@ class Settings:
     @property
     def sender(self) -> str:
         return formataddr((self.from_name, self.from_email))
+
+    @property
+    def warmup(self) -> Schedule | None:
+        """The warm-up schedule when both its start and its caps are set."""
+        if self.warmup_start is None or not self.warmup_schedule:
+            return None
+        return Schedule(self.warmup_start, self.warmup_schedule)
 
     @property
     def sender_domain(self) -> str:
@@ -723,6 +763,8 @@ class Settings:
             "governor_min_sent": str(self.governor_min_sent),
             "governor_every_s": str(self.governor_every_s),
             "governor_mx_lookup": "on" if self.governor_mx_lookup else "off",
+            "warmup_start": str(self.warmup_start or "(off)"),
+            "warmup_schedule": ",".join(map(str, self.warmup_schedule or ())) or "(off)",
             "render_processes": str(self.render_processes),
             "render_time_limit_s": str(self.render_time_limit_s),
             "render_memory_mb": str(self.render_memory_mb),

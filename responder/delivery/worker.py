@@ -33,6 +33,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..audience import limits
+from ..core import warmup as core_warmup
 from ..core.bounces import SOFT, Bounce, classify
 from ..core.retry import next_attempt
 from ..errors import PermanentDeliveryError, RelayCannotCarry, TemplateError, TemporaryDeliveryError, ValidationError
@@ -44,7 +45,7 @@ from ..loop import PollingLoop
 from ..models import DomainPause, Event, Layer, Message, Subscriber, Template
 from ..runtime import Runtime
 from ..settings import Settings
-from . import outbox
+from . import outbox, warmup
 from .build import Built, Sources, build_mail
 from .dkim import DkimSigner, sign_canonical, signer_from_settings
 from .mime import Envelope, compose
@@ -261,6 +262,8 @@ class DeliveryWorker(PollingLoop):
         # and the providers of the batch's domains while any is held.
         self._governed: set[tuple[int, str]] = set()
         self._providers: dict[str, str] = {}
+        # Messages of the batch over their provider's warm-up cap today: when they may go, and why.
+        self._warmup_held: dict[int, tuple[dt.datetime, str]] = {}
 
     async def run(self) -> None:
         try:
@@ -315,9 +318,12 @@ class DeliveryWorker(PollingLoop):
             if batch:
                 self._paused = await paused_domains(session, rt.clock.now())
                 self._governed = await governor.paused_groups(session)
-                if self._governed:
+                schedule = rt.settings.warmup
+                warming = schedule is not None and schedule.cap(rt.clock.now()) is not None
+                if self._governed or warming:
                     domains = {m.subscriber.email.rpartition("@")[2].lower() for m in batch if m.subscriber}
                     self._providers = await governor.providers(session, domains)
+                self._warmup_held = await self._warmup(session, batch) if warming else {}
             wanted = {m.template_id or m.newest_template_id for m in batch} - {None}
             missing = wanted - self._templates.keys()
             if missing:
@@ -327,6 +333,22 @@ class DeliveryWorker(PollingLoop):
                 for template in await session.execute(select(*_t).where(_t.id.in_(missing))):
                     self._templates[template.id] = template
         return batch
+
+    async def _warmup(self, session: AsyncSession, batch: list[Claimed]) -> dict[int, tuple[dt.datetime, str]]:
+        """Count the batch's list mail against today's warm-up cap of its provider; those over
+        it, with when they may go and why."""
+        schedule = self.rt.settings.warmup
+        assert schedule is not None
+        now = self.rt.clock.now()
+        held: dict[int, tuple[dt.datetime, str]] = {}
+        for message in batch:
+            if message.kind not in COUNTED_KINDS or message.subscriber is None:
+                continue
+            provider = self._providers.get(message.subscriber.email.rpartition("@")[2].lower(), "other")
+            verdict = await warmup.count(session, schedule, provider, now)
+            if verdict.held_until is not None:
+                held[message.id] = (verdict.held_until, verdict.reason)
+        return held
 
     async def _renew(self, ids: list[int], done: asyncio.Event) -> None:
         """Keep extending the batch's lease while it is in flight (a slow server or a rate
@@ -378,6 +400,18 @@ class DeliveryWorker(PollingLoop):
                     }
                     outcomes.append(Outcome(message.id, message.subscriber_id, held))
                     continue
+            if message.id in self._warmup_held:
+                # Not an attempt: the count taken at the claim is given back, so a wait of days
+                # never brings a message nearer to giving up.
+                until, reason = self._warmup_held[message.id]
+                held = {
+                    "state": "deferred",
+                    "next_attempt_at": until,
+                    "last_error": reason,
+                    "attempts": message.attempts - 1,
+                }
+                outcomes.append(Outcome(message.id, message.subscriber_id, held))
+                continue
             # The version recorded on the message (a retry), else the newest of its name.
             template = self._templates.get(message.template_id or message.newest_template_id or 0)
             if template is None:
@@ -491,7 +525,9 @@ class DeliveryWorker(PollingLoop):
         retry_at = next_attempt(
             message.attempts,
             now,
-            message.created_at,
+            core_warmup.lifetime_start(self.rt.settings.warmup, message.created_at, now)
+            if message.kind in COUNTED_KINDS
+            else message.created_at,
             jitter=random.random(),
             lifetime_s=self.rt.settings.message_lifetime_s,
             first_s=self.rt.settings.retry_first_s,

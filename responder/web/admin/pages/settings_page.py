@@ -1,9 +1,11 @@
-"""Settings: the sender, where mail goes, the DNS records to publish, API tokens."""
+"""Settings: the sender, where mail goes, the DNS records to publish, the warm-up schedule, API
+tokens."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from ....delivery import warmup
 from ....delivery.dkim import configured_keys, dns_record, load_key
 from ....errors import ConfigError
 from ....settings import Settings, mask_url_password
@@ -41,6 +43,10 @@ def dkim_records(settings: Settings) -> list[tuple[str, str | None, str | None]]
 async def _page(request: web.Request, new_token: str | None = None, new_token_name: str | None = None) -> web.Response:
     rt = runtime(request)
     s = rt.settings
+    warming = None
+    if s.warmup is not None:
+        async with rt.db.read() as session:
+            warming = await warmup.status(session, s.warmup, rt.clock.now())
     return render(
         request,
         "settings.html",
@@ -50,6 +56,7 @@ async def _page(request: web.Request, new_token: str | None = None, new_token_na
         domain=s.sender_domain,
         dkim=dkim_records(s),
         warnings=s.identity_warnings(),
+        warmup=warming,
         tokens=await list_tokens(rt),
         new_token=new_token,
         new_token_name=new_token_name,
