@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from .clock import Clock
 from .db import Database
@@ -29,11 +31,25 @@ class Runtime:
     # Where uploaded templates render: child processes with hard limits (``templating.pool``).
     renderer: Renderer = field(init=False)
 
+    # Work started beside the loops (the complaint governor's counts): ended before the
+    # database closes, so none is left holding a connection.
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
     def __post_init__(self) -> None:
         self.renderer = Renderer.from_settings(self.settings)
 
+    def start_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
     async def close(self) -> None:
-        """End the render processes and close the database."""
+        """End background work and the render processes, and close the database."""
+        for task in list(self.background):
+            task.cancel()
+        if self.background:
+            await asyncio.gather(*self.background, return_exceptions=True)
         await self.renderer.close()
         await self.db.dispose()
 

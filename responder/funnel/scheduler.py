@@ -105,7 +105,7 @@ class Scheduler(PollingLoop):
         if newest == self.complaint_seen and self.governed_at is not None and now < self.governed_at + every:
             return
         self.governed_at, self.complaint_seen = now, newest
-        self._governing = asyncio.create_task(self._run_governor(now))
+        self._governing = self.rt.start_background(self._run_governor(now))
 
     async def _run_governor(self, now: dt.datetime) -> None:
         db = self.rt.db
