@@ -17,10 +17,11 @@ serve: $(BIN)/.installed
 deps:
 	scripts/test-deps
 
-# Two processes (the suite waits on SMTP, databases and browsers more than it computes); a
-# test that hangs fails after 10 minutes with every thread's stack instead of stalling CI.
+# Two processes (the suite waits on SMTP, databases and browsers more than it computes), each
+# given the next test when it is free, the long ones first (tests/conftest.py); a test that
+# hangs fails after 10 minutes with every thread's stack instead of stalling CI.
 test: $(BIN)/.installed deps
-	$(BIN)/pytest -n 2 --timeout 600
+	$(BIN)/pytest -n 2 --maxschedchunk 1 --timeout 600
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check responder tests bench

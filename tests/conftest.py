@@ -33,8 +33,20 @@ from responder.clock import FakeClock
 from responder.runtime import Runtime
 from responder.settings import Settings
 
+from .db_template import connect, migrated, park_or_drop_public
+
 PG_URL = os.environ.get("RESPONDER_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 BASE_URL = "https://news.example.com"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: runs for tens of seconds; started before the others")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long tests first: with `-n 2` one started last would be the run's last minute alone,
+    started first they run beside the short ones (the Makefile hands tests out one at a time)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def free_port() -> int:
@@ -153,12 +165,10 @@ def pg_database() -> Iterator[str]:
 
 
 async def reset_pg(database_url: str) -> None:
-    url = make_url(database_url)
-    conn = await asyncpg.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password, database=url.database
-    )
+    """An empty public schema; a used one is kept aside for ``migrated`` (tests/db_template.py)."""
+    conn = await connect(database_url)
     try:
-        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        await park_or_drop_public(conn)
     finally:
         await conn.close()
 
@@ -237,6 +247,7 @@ class running_app:
         self.smtp, self.clock = smtp, clock
 
     async def __aenter__(self) -> App:
+        await migrated(self.settings.database_url)
         started = await start_runtime(self.settings, self.clock)
         self.rt = started.runtime
         self.client = TestClient(TestServer(init_app(self.rt)))

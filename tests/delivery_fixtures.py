@@ -17,10 +17,12 @@ from responder.models import Layer, Message, Newsletter, Subscriber
 from responder.runtime import Runtime
 
 from .conftest import make_settings
+from .db_template import migrated
 
 
 @asynccontextmanager
 async def runtime_for(database_url: str, smtp_url: str, clock: Clock, **env: str) -> AsyncIterator[Runtime]:
+    await migrated(database_url)
     started = await start_runtime(make_settings(database_url, smtp_url, **env), clock)
     try:
         yield started.runtime

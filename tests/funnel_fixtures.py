@@ -21,11 +21,13 @@ from responder.runtime import Runtime
 from responder.templating.service import Upload, upload_template
 
 from .conftest import App, make_settings
+from .db_template import migrated
 
 
 @pytest.fixture
 async def rt(database_url: str, clock: FakeClock) -> AsyncIterator[Runtime]:
     """A seeded database and runtime; nothing runs in the background."""
+    await migrated(database_url)
     started = await start_runtime(make_settings(database_url, "file:///tmp/unused-outbox"), clock)
     try:
         yield started.runtime

@@ -208,6 +208,7 @@ async def test_a_step_and_a_newsletter_due_within_a_day(
     assert [(a.kind, (a.at - start) / HOUR) for a in arrivals[:3]] == [("step", 0), *expected]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("collision", ["step_waits", "newsletter_waits"])
 async def test_weeks_of_steps_and_newsletters_within_the_caps(app: App, collision: str) -> None:
     await set_caps(app, {**CAPS, "collision": collision})

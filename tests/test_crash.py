@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from responder.clock import SystemClock
@@ -49,6 +50,7 @@ async def wait_until(predicate, timeout_s: float = 20) -> None:  # type: ignore[
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.slow
 async def test_sigkill_mid_send_loses_nothing(sqlite_url: str, smtp: SmtpSink, tmp_path: Path) -> None:
     async with runtime_for(sqlite_url, smtp.url, SystemClock()) as rt:
         await queue_newsletter(rt, [f"reader{i}@example.org" for i in range(MESSAGES)])

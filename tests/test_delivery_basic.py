@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import select, update
 
-from responder.app import start_runtime
 from responder.clock import FakeClock
 from responder.delivery import outbox
 from responder.delivery.transport import make_transport
@@ -16,15 +15,14 @@ from responder.delivery.worker import DeliveryWorker
 from responder.models import Event, Message, Step, Subscriber
 from responder.runtime import Runtime
 
-from .conftest import SmtpSink, make_settings
-from .delivery_fixtures import message
+from .conftest import SmtpSink
+from .delivery_fixtures import message, runtime_for
 
 
 @pytest.fixture
 async def rt(database_url: str, smtp: SmtpSink, clock: FakeClock) -> AsyncIterator[Runtime]:
-    started = await start_runtime(make_settings(database_url, smtp.url), clock)
-    yield started.runtime
-    await started.runtime.close()
+    async with runtime_for(database_url, smtp.url, clock) as runtime:
+        yield runtime
 
 
 async def queue_confirmation(rt: Runtime, email: str) -> int:

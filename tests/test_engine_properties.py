@@ -11,6 +11,7 @@ import datetime as dt
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, update
@@ -25,6 +26,7 @@ from responder.models import Layer, LayerHistory, Message, Subscriber
 from responder.runtime import Runtime
 
 from .conftest import make_settings
+from .db_template import migrated
 from .funnel_fixtures import make_subscriber
 
 DAY = dt.timedelta(days=1)
@@ -59,6 +61,7 @@ async def deliver(rt: Runtime, scheduler: Scheduler) -> None:
 async def play(actions: list[tuple[str, int]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite+aiosqlite:///{Path(tmp) / 'p.db'}"
+        await migrated(url)
         rt = (await start_runtime(make_settings(url, "file:///tmp/unused-outbox"), FakeClock())).runtime
         try:
             await check(rt, actions)
@@ -153,6 +156,7 @@ async def check(rt: Runtime, actions: list[tuple[str, int]]) -> None:
             entered = row.created_at
 
 
+@pytest.mark.slow
 @settings(
     max_examples=20,
     deadline=None,

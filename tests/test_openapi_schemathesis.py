@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from .admin_fixtures import make_subscriber
 from .conftest import App
 
@@ -26,6 +28,7 @@ async def test_openapi_document_lists_every_admin_route(app: App) -> None:
     assert routes - {("/api/v1/openapi.json", "GET")} == documented
 
 
+@pytest.mark.slow
 async def test_schemathesis_finds_no_failures(app: App, tmp_path: Path) -> None:
     await make_subscriber(app.rt, "ada@example.com", name="Ada")
     base = str(app.client.make_url("")).rstrip("/")

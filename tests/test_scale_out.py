@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy import delete, func, select
 
 from responder.clock import SystemClock
@@ -24,6 +25,8 @@ from responder.models import Layer, Message, Newsletter
 
 from .conftest import BASE_URL, SmtpSink, reset_pg
 from .delivery_fixtures import queue_newsletter, runtime_for
+
+pytestmark = pytest.mark.slow
 
 MESSAGES = 5000
 WORKERS = 4

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from .conftest import SmtpSink, free_port
 
@@ -44,6 +45,7 @@ async def stop(proc: asyncio.subprocess.Process) -> int:
     return await asyncio.wait_for(proc.wait(), timeout=15)
 
 
+@pytest.mark.slow
 async def test_first_start_with_embedded_defaults(tmp_path: Path) -> None:
     port = free_port()
     proc, lines = await start(tmp_path, {}, port)

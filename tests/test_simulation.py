@@ -9,6 +9,7 @@ import datetime as dt
 import random
 from collections import defaultdict
 
+import pytest
 from sqlalchemy import func, insert, select, update
 
 from responder.funnel import newsletters
@@ -87,6 +88,7 @@ async def populate(rt: Runtime, rng: random.Random) -> None:
         )
 
 
+@pytest.mark.slow
 async def test_simulation_invariants(rt: Runtime) -> None:
     rng = random.Random(6)
     await populate(rt, rng)

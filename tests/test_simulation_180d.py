@@ -131,6 +131,7 @@ async def act(app: App, start: dt.datetime, persona: dict[int, str], seen: int) 
     return arrived[-1][0] if arrived else seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", DATABASES, indirect=True)
 async def test_180_days_of_1000_subscribers_match_the_reference(database_url: str, smtp, clock) -> None:  # type: ignore[no-untyped-def]
     expected = ref.run()
