@@ -64,7 +64,7 @@ def _has_element_postgresql(element: has_element, compiler: SQLCompiler, **kw: A
 
 
 class hours_since(FunctionElement[int]):
-    """Whole hours from ``start`` (an aware datetime) to ``column``: the bucket of a figure over
+    """Whole hours from ``start`` (an aware datetime, or a column) to ``column``: the bucket of a figure over
     time, counted by the database (``julianday`` on SQLite, ``EXTRACT(EPOCH …)`` on
     PostgreSQL) so a report never carries its rows into the process."""
 
@@ -72,8 +72,15 @@ class hours_since(FunctionElement[int]):
     name = "hours_since"
     inherit_cache = True
 
-    def __init__(self, column: ColumnElement[Any] | InstrumentedAttribute[Any], start: dt.datetime) -> None:
-        super().__init__(column, bindparam(None, start, type_=UTCDateTime()))
+    def __init__(
+        self,
+        column: ColumnElement[Any] | InstrumentedAttribute[Any],
+        start: dt.datetime | ColumnElement[Any] | InstrumentedAttribute[Any],
+    ) -> None:
+        # ``start`` may also be a column: each row's own start (a newsletter's, in a roll-up).
+        super().__init__(
+            column, bindparam(None, start, type_=UTCDateTime()) if isinstance(start, dt.datetime) else start
+        )
 
 
 @compiles(hours_since, "sqlite")

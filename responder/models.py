@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -262,6 +263,21 @@ class Message(Base):
             postgresql_where=sql_text(MESSAGES_DUE_STATES_SQL["postgresql"]),
         ),
         # The per-variant figures of A/B tests; most rows have no variant.
+        # Per step and per newsletter, how their mails ended: counted from the index alone.
+        Index(
+            "ix_messages_step_state",
+            "step_id",
+            "state",
+            sqlite_where=sql_text("step_id IS NOT NULL"),
+            postgresql_where=sql_text("step_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_messages_newsletter_state",
+            "newsletter_id",
+            "state",
+            sqlite_where=sql_text("newsletter_id IS NOT NULL"),
+            postgresql_where=sql_text("newsletter_id IS NOT NULL"),
+        ),
         Index(
             "ix_messages_variant",
             "variant_id",
@@ -292,7 +308,11 @@ class Message(Base):
 
 class Event(Base):
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_subscriber_time", "subscriber_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_events_subscriber_time", "subscriber_id", "created_at"),
+        # The roll-up's ranges and the reports' tail since the last roll-up (``funnel.rollup``).
+        Index("ix_events_created_at", "created_at"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"))
     message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), index=True)
@@ -546,3 +566,40 @@ class MailDomain(Base):
     domain: Mapped[str] = mapped_column(String(255), primary_key=True)
     provider: Mapped[str] = mapped_column(String(16))
     checked_at: Mapped[dt.datetime]
+
+
+class RolledFigure(Base):
+    """One figure of one day, counted once from events and outbox rows (``funnel.rollup``):
+    the dashboard and the reports add these to what happened since the last roll-up instead of
+    scanning every row, and they outlive the rows the retention period deletes. ``scope`` is
+    ``all`` (``scope_id`` 0), ``step`` or ``newsletter``; ``layer_id`` is a newsletter
+    recipient's layer when sending started (0: none or unknown)."""
+
+    __tablename__ = "rolled_figures"
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(12), primary_key=True)
+    scope_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    layer_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    metric: Mapped[str] = mapped_column(String(48), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RollupState(Base):
+    """Where the roll-up stands (one row): events created before ``rolled_until`` are in
+    ``rolled_figures``; rows older than ``pruned_before`` have been deleted."""
+
+    __tablename__ = "rollup_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    rolled_until: Mapped[dt.datetime | None]
+    pruned_before: Mapped[dt.datetime | None]
+    pruned_messages: Mapped[int] = mapped_column(BigInteger, default=0)
+    pruned_events: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class SentStep(Base):
+    """A drip step a subscriber was sent whose outbox row the retention period deleted: what
+    keeps the step from being sent to them a second time."""
+
+    __tablename__ = "sent_steps"
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), primary_key=True)
+    step_id: Mapped[int] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), primary_key=True)

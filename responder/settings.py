@@ -390,6 +390,18 @@ SPECS: tuple[Spec, ...] = (
         parse_int,
     ),
     Spec(
+        "retention_days",
+        "400",
+        "days events and sent mail are kept; older ones are rolled up into daily figures and deleted (0: kept)",
+        parse_int,
+    ),
+    Spec(
+        "rollup_every_s",
+        "60",
+        "seconds between roll-ups of new events into the daily figures the reports read",
+        parse_int,
+    ),
+    Spec(
         "warmup_start",
         None,
         "first day (UTC) of the warm-up schedule for a new sending IP, e.g. 2026-12-01 (off when unset)",
@@ -529,6 +541,8 @@ class Settings:
     governor_min_sent: int = 100
     governor_every_s: int = 300
     governor_mx_lookup: bool = True
+    retention_days: int = 400
+    rollup_every_s: int = 60
     warmup_start: dt.date | None = None
     warmup_schedule: tuple[int, ...] | None = None
     render_processes: int = 1
@@ -631,6 +645,8 @@ class Settings:
             governor_min_sent=parsed["governor_min_sent"],
             governor_every_s=parsed["governor_every_s"],
             governor_mx_lookup=parsed["governor_mx_lookup"],
+            retention_days=parsed["retention_days"],
+            rollup_every_s=parsed["rollup_every_s"],
             warmup_start=parsed["warmup_start"],
             warmup_schedule=parsed["warmup_schedule"],
             render_processes=parsed["render_processes"],
@@ -763,6 +779,8 @@ class Settings:
             "governor_min_sent": str(self.governor_min_sent),
             "governor_every_s": str(self.governor_every_s),
             "governor_mx_lookup": "on" if self.governor_mx_lookup else "off",
+            "retention_days": str(self.retention_days or "(kept)"),
+            "rollup_every_s": str(self.rollup_every_s),
             "warmup_start": str(self.warmup_start or "(off)"),
             "warmup_schedule": ",".join(map(str, self.warmup_schedule or ())) or "(off)",
             "render_processes": str(self.render_processes),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -31,7 +31,7 @@ from sqlalchemy.sql.dml import ReturningUpdate
 
 from ..db import Database
 from ..dbutil import insert_ignore
-from ..models import MESSAGES_DUE_STATES_SQL, DeliveryControl, Message
+from ..models import MESSAGES_DUE_STATES_SQL, DeliveryControl, Message, SentStep
 from .controls import PAUSED
 from .mime import new_message_id
 
@@ -74,9 +74,28 @@ def outbox_row(
     }
 
 
+async def steps_sent_before(session: AsyncSession, pairs: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Of these (subscriber, step) pairs, those whose mail went and was pruned since."""
+    wanted = set(pairs)
+    if not wanted:
+        return set()
+    found = await session.execute(
+        select(SentStep.subscriber_id, SentStep.step_id).where(
+            SentStep.subscriber_id.in_({subscriber for subscriber, _ in wanted})
+        )
+    )
+    return {(s, step) for s, step in found} & wanted
+
+
 async def enqueue_many(session: AsyncSession, rows: list[dict[str, object]]) -> int:
     """Queue many messages in one statement; pairs already queued are skipped (the outbox's
-    unique keys). The number of rows queued."""
+    unique keys), and so are drip steps a subscriber was sent before their row was pruned
+    (``funnel.rollup``). The number of rows queued."""
+    steps = [(r["subscriber_id"], r["step_id"]) for r in rows if r.get("step_id") is not None]
+    if steps:
+        gone = await steps_sent_before(session, steps)  # type: ignore[arg-type]
+        if gone:
+            rows = [r for r in rows if (r["subscriber_id"], r.get("step_id")) not in gone]
     if not rows:
         return 0
     insert = sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
@@ -99,6 +118,8 @@ async def enqueue(
     newsletter_id: int | None = None,
 ) -> int | None:
     """Queue one message; None if this subscriber already has this step or newsletter."""
+    if step_id is not None and await steps_sent_before(session, [(subscriber_id, step_id)]):
+        return None
     row = outbox_row(subscriber_id, kind, template_name, now, domain, step_id=step_id, newsletter_id=newsletter_id)
     return await insert_ignore(session, Message, row)
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import distinct, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.flow import CHURN_KINDS, LayerFlow
 from ..core.flow import ratio as _ratio
-from ..models import Event, Layer, Message, Newsletter, Step, Subscriber
+from ..models import Layer, Message, Newsletter, Step, Subscriber
+from . import rollup
 from .flow import layer_flow
 
 # How each way of leaving is named in the figures.
@@ -37,9 +38,10 @@ def churn_json(flow: LayerFlow) -> dict[str, Any]:
     }
 
 
-async def _rates(session: AsyncSession, key: Any) -> dict[int, dict[str, Any]]:
+async def _rates(session: AsyncSession, key: Any, scope: str) -> dict[int, dict[str, Any]]:
     """Sent count and human open/click rates per value of ``key`` (Message.step_id or
-    Message.newsletter_id)."""
+    Message.newsletter_id, ``scope`` "step" or "newsletter"): the outbox's sent mail and the
+    pruned, and the mails a person opened or clicked, from the roll-up (``funnel.rollup``)."""
     sent: dict[int, int] = dict(
         (
             await session.execute(
@@ -47,21 +49,18 @@ async def _rates(session: AsyncSession, key: Any) -> dict[int, dict[str, Any]]:
             )
         ).all()
     )
-    out: dict[int, dict[str, Any]] = {}
-    for type_ in ("open", "click"):
-        rows: dict[int, int] = dict(
-            (
-                await session.execute(
-                    select(key, func.count(distinct(Event.message_id)))
-                    .join(Message, Message.id == Event.message_id)
-                    .where(key.is_not(None), Event.type == type_, Event.machine.is_(False))
-                    .group_by(key)
-                )
-            ).all()
-        )
-        for k, total in sent.items():
-            out.setdefault(k, {"sent": total})[f"{type_}_rate"] = _ratio(rows.get(k, 0), total)
-    return out
+    engaged: dict[tuple[int, str], int] = {}
+    for (_, scope_id, _, metric), count in (await rollup.figures(session, scope)).items():
+        kind, _, what = metric.partition(":")
+        if kind == "state" and what == "sent":
+            sent[scope_id] = sent.get(scope_id, 0) + count
+        elif kind == "mails" and what in ("open", "click", "open:0", "click:0"):
+            type_ = what.split(":")[0]
+            engaged[scope_id, type_] = engaged.get((scope_id, type_), 0) + count  # a newsletter's: every layer's
+    return {
+        k: {"sent": total, **{f"{t}_rate": _ratio(engaged.get((k, t), 0), total) for t in ("open", "click")}}
+        for k, total in sent.items()
+    }
 
 
 async def funnel_stats(session: AsyncSession, now: dt.datetime, since: dt.datetime | None = None) -> dict[str, Any]:
@@ -96,9 +95,9 @@ async def funnel_stats(session: AsyncSession, now: dt.datetime, since: dt.dateti
                 "churn": churn_json(figures),
             }
         )
-    step_rates = await _rates(session, Message.step_id)
+    step_rates = await _rates(session, Message.step_id, "step")
     steps = (await session.execute(select(Step.id, Step.sequence_id, Step.position, Step.template_name))).all()
-    newsletter_rates = await _rates(session, Message.newsletter_id)
+    newsletter_rates = await _rates(session, Message.newsletter_id, "newsletter")
     names = dict((await session.execute(select(Newsletter.id, Newsletter.name))).all())
     return {
         "since": since.isoformat() if since else None,

@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.flow import CHURN_KINDS, LayerFlow, week_start
 from ..core.machine import HUMAN, HUMAN_REASONS, REASONS
-from ..models import Event, Layer, LayerHistory, Message, Sequence, Step, Subscriber
+from ..models import Layer, LayerHistory, Message, Sequence, Step, Subscriber
+from . import rollup
 from .flow import layer_flow
 
 WEEKS = 8
@@ -156,28 +157,25 @@ async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
             )
         )
     ).all()
+    # Opens, clicks, mail and complaints from the start of the window's first day: the daily
+    # roll-up and the events since it (``funnel.rollup``), never a scan of the window.
     by_type: dict[tuple[str, bool], int] = {}
     by_reason: dict[tuple[str, bool], dict[str, int]] = {}
-    for type_, machine, verdict, count in await session.execute(
-        select(Event.type, Event.machine, Event.verdict, func.count())
-        .where(Event.created_at >= since, Event.type.in_(("open", "click", "sent", "complaint")))
-        .group_by(Event.type, Event.machine, Event.verdict)
-    ):
-        by_type[type_, bool(machine)] = by_type.get((type_, bool(machine)), 0) + count
+    bounced: dict[bool, int] = {}
+    for (_, _, _, metric), count in (await rollup.figures(session, "all", since=since)).items():
+        kind, _, rest = metric.partition(":")
+        if kind == "bounce":
+            bounced[rest == "hard"] = bounced.get(rest == "hard", 0) + count
+            continue
+        type_, flag, verdict = rest.split(":", 2)
+        machine = flag == "1"
+        by_type[type_, machine] = by_type.get((type_, machine), 0) + count
         if type_ in ("open", "click"):
             reason = verdict or ("unknown" if machine else HUMAN)  # recorded without a verdict
-            per_type = by_reason.setdefault((reason, bool(machine)), {})
+            per_type = by_reason.setdefault((reason, machine), {})
             per_type[type_] = per_type.get(type_, 0) + count
     sent = by_type.get(("sent", False), 0) + by_type.get(("sent", True), 0)
     complaints = by_type.get(("complaint", False), 0) + by_type.get(("complaint", True), 0)
-    hard = Event.data["hard"].as_boolean()
-    bounced: dict[bool | None, int] = dict(
-        (
-            await session.execute(
-                select(hard, func.count()).where(Event.type == "bounce", Event.created_at >= since).group_by(hard)
-            )
-        ).all()
-    )
     return Stats(
         layers=figures,
         moves=weekly_moves(moves, now),
@@ -265,31 +263,23 @@ async def unsubscribes_per_step(session: AsyncSession, most: int = 10) -> list[S
 
 
 async def step_figures(session: AsyncSession) -> dict[int, StepFigures]:
-    """Per sequence step: messages sent, and how many of them a person opened or clicked."""
-    sent = dict(
-        (
-            await session.execute(
-                select(Message.step_id, func.count())
-                .where(Message.step_id.is_not(None), Message.state == "sent")
-                .group_by(Message.step_id)
-            )
-        ).all()
-    )
-    engaged: dict[tuple[int | None, str], int] = {
-        (step_id, type_): count
-        for step_id, type_, count in (
-            await session.execute(
-                select(Message.step_id, Event.type, func.count(func.distinct(Event.message_id)))
-                .join(Message, Message.id == Event.message_id)
-                .where(
-                    Message.step_id.is_not(None),
-                    Event.type.in_(("open", "click", "unsubscribe")),
-                    Event.machine.is_(False),
-                )
-                .group_by(Message.step_id, Event.type)
-            )
-        ).all()
-    }
+    """Per sequence step: messages sent (the outbox's, and those pruned since), and how many of
+    them a person opened or clicked or unsubscribed from (``funnel.rollup``)."""
+    sent: dict[int, int] = {}
+    for step_id, count in await session.execute(
+        select(Message.step_id, func.count())
+        .where(Message.step_id.is_not(None), Message.state == "sent")
+        .group_by(Message.step_id)
+    ):
+        if step_id is not None:
+            sent[step_id] = count
+    engaged: dict[tuple[int, str], int] = {}
+    for (_, step_id, _, metric), count in (await rollup.figures(session, "step")).items():
+        kind, _, what = metric.partition(":")
+        if kind == "state" and what == "sent":
+            sent[step_id] = sent.get(step_id, 0) + count
+        elif kind == "mails":
+            engaged[step_id, what] = count
     return {
         step_id: StepFigures(
             count,
@@ -298,5 +288,4 @@ async def step_figures(session: AsyncSession) -> dict[int, StepFigures]:
             engaged.get((step_id, "unsubscribe"), 0),
         )
         for step_id, count in sent.items()
-        if step_id is not None
     }

@@ -1,11 +1,12 @@
 """One newsletter's report: what became of its mails (delivered, bounced, failed, waiting),
 what people did with them (human opens and clicks, as distinct mails; unsubscribes; complaints),
 what machines did (their hits by verdict), all of it per layer the recipients were in when
-sending started, and human opens and clicks hour by hour since it started. And an A/B test's
-figures per variant (``variant_figures``), counted the same way.
+sending started, and hour by hour since it started the mails a person first opened or
+clicked. And an A/B test's figures per variant (``variant_figures``).
 
-Every figure is counted by the database in a handful of grouped queries over this newsletter's
-rows; nothing is carried into the process per recipient.
+How the mails ended is counted by the database from the outbox (plus those the retention period
+pruned); what was done with them comes from the roll-up and the events since
+(``funnel.rollup``). Nothing is carried into the process per recipient.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from typing import Any
 from sqlalchemy import and_, distinct, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..dbutil import days_between, hours_since
+from ..dbutil import days_between
 from ..models import Event, Layer, LayerHistory, Message, Newsletter, NewsletterRecipient
+from . import rollup
+from .rollup import HOURS
 
-HOURS = 72  # the chart's span; later hits are counted in its last column's "later" figure
 ACTIVITY = ("open", "click", "unsubscribe", "complaint")
 DELIVERY = {"sent": "delivered", "bounced": "bounced", "failed": "failed"}
 
@@ -93,44 +95,28 @@ async def newsletter_report(session: AsyncSession, newsletter: Newsletter) -> di
     for layer_id, state, count in states:
         report.total.add_state(state, count)
         report.layers.setdefault(layer_id, Figures()).add_state(state, count)
-    activity = await session.execute(
-        select(
-            NewsletterRecipient.layer_id,
-            Event.type,
-            Event.machine,
-            func.count(),
-            func.count(distinct(Event.message_id)),
-        )
-        .select_from(Event)
-        .join(Message, Message.id == Event.message_id)
-        .outerjoin(NewsletterRecipient, layer_of)
-        .where(Message.newsletter_id == newsletter.id, Event.type.in_(ACTIVITY))
-        .group_by(NewsletterRecipient.layer_id, Event.type, Event.machine)
-    )
-    for layer_id, type_, machine, hits, mails in activity:
-        # A mail counts once per kind of activity in the total; per layer, in its own layer.
-        _add_activity(report.layers.setdefault(layer_id, Figures()), type_, machine, hits, mails)
-        _add_activity(report.total, type_, machine, hits, mails)
-    verdicts = await session.execute(
-        select(Event.verdict, func.count())
-        .join(Message, Message.id == Event.message_id)
-        .where(Message.newsletter_id == newsletter.id, Event.machine.is_(True), Event.type.in_(("open", "click")))
-        .group_by(Event.verdict)
-    )
-    report.machine_by_verdict = {verdict or "unknown": count for verdict, count in verdicts}
+    # What people and machines did, from the roll-up and the events since (``funnel.rollup``).
+    # A mail counts once per kind of activity in the total; per layer, in its own layer.
+    hours = {"open": [0] * (HOURS + 1), "click": [0] * (HOURS + 1)}
+    for (_, _, layer, metric), count in (await rollup.figures(session, "newsletter", scope_id=newsletter.id)).items():
+        layer_id = layer or None
+        kind, _, what = metric.partition(":")
+        if kind == "state":
+            report.total.add_state(what, count)
+            report.layers.setdefault(layer_id, Figures()).add_state(what, count)
+        elif kind in ("hits", "mails"):
+            type_, flag = what.split(":")
+            hits, mails = (count, 0) if kind == "hits" else (0, count)
+            _add_activity(report.layers.setdefault(layer_id, Figures()), type_, flag == "1", hits, mails)
+            _add_activity(report.total, type_, flag == "1", hits, mails)
+        elif kind == "verdict":
+            report.machine_by_verdict[what] = report.machine_by_verdict.get(what, 0) + count
+        elif kind == "hour":
+            hour, type_ = what.split(":")
+            hours[type_][int(hour)] += count
     if newsletter.started_at is not None:
-        hour = hours_since(Event.created_at, newsletter.started_at)
-        hourly = await session.execute(
-            select(hour, Event.type, func.count(distinct(Event.message_id)))
-            .join(Message, Message.id == Event.message_id)
-            .where(Message.newsletter_id == newsletter.id, Event.machine.is_(False), Event.type.in_(("open", "click")))
-            .group_by(hour, Event.type)
-        )
-        buckets = [{"hour": h, "open": 0, "click": 0} for h in range(HOURS)]
-        report.later = {"open": 0, "click": 0}
-        for h, type_, count in hourly:
-            target = buckets[max(h, 0)] if h < HOURS else report.later
-            target[type_] += count
+        buckets = [{"hour": h, "open": hours["open"][h], "click": hours["click"][h]} for h in range(HOURS)]
+        report.later = {"open": hours["open"][HOURS], "click": hours["click"][HOURS]}
         last = max((b["hour"] for b in buckets if b["open"] or b["click"]), default=-1)
         report.hourly = buckets[: max(last + 1, 1)]
     names = {

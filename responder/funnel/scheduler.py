@@ -15,7 +15,7 @@ from ..db import Database
 from ..loop import PollingLoop
 from ..models import InboundMail
 from ..runtime import Runtime
-from . import governor, newsletters
+from . import governor, newsletters, rollup
 from .judge import Judged
 from .stepper import run_due_steps
 from .sweep import sweep
@@ -62,6 +62,7 @@ class Scheduler(PollingLoop):
         self.swept_at: dt.datetime | None = None  # this process's last sweep
         self.governed_at: dt.datetime | None = None  # the complaint governor's last count
         self.complaint_seen = -1  # the newest complaint it counted
+        self.rolled_at: dt.datetime | None = None  # the last roll-up
         self._governing: asyncio.Task[None] | None = None
 
     async def run_once(self) -> int:
@@ -91,8 +92,22 @@ class Scheduler(PollingLoop):
         if done.queued or batches:
             rt.wake_outbox()
         await self._govern(now)
+        await self._roll_up(now)
         rt.wake_webhooks()
         return done.processed + batches
+
+    async def _roll_up(self, now: dt.datetime) -> None:
+        """Count new events into the daily figures and prune what the retention period no
+        longer keeps, every ``rollup_every_s`` (``funnel.rollup``); a failure waits for the next."""
+        every = dt.timedelta(seconds=self.rt.settings.rollup_every_s)
+        if self.rolled_at is not None and now < self.rolled_at + every:
+            return
+        self.rolled_at = now
+        try:
+            await rollup.roll(self.rt.db, now)
+            await rollup.prune(self.rt.db, self.rt.settings, now)
+        except Exception:
+            log.exception("the roll-up could not count")
 
     async def _govern(self, now: dt.datetime) -> None:
         """Start the complaint governor when its time has come or a complaint is new; it runs
