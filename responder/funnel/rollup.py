@@ -9,11 +9,12 @@ since (``figures``): the same function counts both, so a report reads the same b
 a roll-up, and it never scans more than the last minutes of events.
 
 Once a day's events are rolled, rows older than ``retention_days`` can go (``prune``): sent,
-failed and bounced outbox rows with their events, in batches of ``PRUNE_BATCH``. How each of
+failed and bounced outbox rows with their sends, opens and clicks, in batches of ``PRUNE_BATCH``. How each of
 them ended is added to the figures first (``state:*`` metrics), and a drip step's pair
 (subscriber, step) is kept in ``sent_steps``, so the step is never sent to them twice. Events
-that are not about a mail (purchases, referrals, confirmations, enquiries, moves) are the
-subscriber's record and stay, as consent records do.
+that are not about a mail (purchases, referrals, confirmations, enquiries, moves) and those
+that changed a subscriber's standing (unsubscribes, complaints, bounces) are their record and
+stay, as consent records do.
 
 The metrics (``Key`` is scope, scope id, layer id, metric):
 - ``all``: ``ev:{type}:{machine 0/1}:{verdict}`` for opens, clicks, sent and complaints;
@@ -34,7 +35,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, case, delete, exists, func, select
+from sqlalchemy import Table, and_, case, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -52,6 +53,7 @@ HOURS = 72  # a newsletter report's chart: mails first opened in each hour since
 ACTIVITY = ("open", "click", "unsubscribe", "complaint")
 DASHBOARD_TYPES = ("open", "click", "sent", "complaint")
 FINAL_STATES = ("sent", "failed", "bounced")
+MAIL_EVENTS = ("sent", "open", "click")  # what pruning a mail deletes of its events
 PRUNE_BATCH = 1000
 PRUNE_EVERY = dt.timedelta(hours=1)
 
@@ -328,7 +330,10 @@ async def _prune_batch(session: AsyncSession, cutoff: dt.datetime, rolled: dt.da
         )
         .on_conflict_do_nothing()
     )
-    gone = (await session.execute(delete(Event).where(Event.message_id.in_(ids)))).rowcount  # type: ignore[attr-defined]
+    gone = (await session.execute(delete(Event).where(Event.message_id.in_(ids), Event.type.in_(MAIL_EVENTS)))).rowcount  # type: ignore[attr-defined]
+    # An unsubscribe, a complaint, a bounce or a reply stays in the subscriber's record (the
+    # layer flow counts who left and how), no longer pointing at the mail.
+    await session.execute(update(Event).where(Event.message_id.in_(ids)).values(message_id=None))
     await session.execute(delete(Message).where(Message.id.in_(ids)))
     return len(ids), int(gone or 0)
 
