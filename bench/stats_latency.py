@@ -5,7 +5,10 @@ EVENTS opens, clicks and sends of the last 30 days (default: 2 per subscriber).
 Reference measured in the same run: the same reports built the way the handlers did before,
 on the server's own event loop and reader pool, with ``/healthz`` probed every 20 ms alike.
 
-    .venv/bin/python bench/stats_latency.py [SUBSCRIBERS] [EVENTS]
+    .venv/bin/python bench/stats_latency.py [SUBSCRIBERS] [EVENTS] [--not-rolled]
+
+The events are rolled up first (``funnel.rollup``), as the scheduler does every minute;
+``--not-rolled`` measures the reports counting every event instead.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from sqlalchemy import select
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the test's data generator
 
 from responder.app import init_app, start_runtime  # noqa: E402
+from responder.funnel import rollup  # noqa: E402
 from responder.funnel.analytics import funnel_stats  # noqa: E402
 from responder.funnel.dashboard import dashboard_stats  # noqa: E402
 from responder.models import Layer  # noqa: E402
@@ -44,7 +48,7 @@ async def probed(client: TestClient, work: Callable[[], Awaitable[object]]) -> t
     return time.perf_counter() - started, slowest
 
 
-async def run(subscribers: int, events: int, folder: Path) -> None:
+async def run(subscribers: int, events: int, folder: Path, rolled_up: bool) -> None:
     path = folder / "bench.db"
     settings = Settings.from_env(
         {
@@ -63,6 +67,11 @@ async def run(subscribers: int, events: int, folder: Path) -> None:
         started = time.perf_counter()
         await asyncio.to_thread(fill, str(path), now, layer_ids, subscribers, events)
         print(f"subscribers: {subscribers:,}, events: {events:,} (written in {time.perf_counter() - started:.1f} s)")
+        if rolled_up:  # as the scheduler does every minute: the reports then read the figures
+            started = time.perf_counter()
+            while await rollup.roll(rt.db, now + rollup.LAG):
+                pass
+            print(f"rolled up into the daily figures in {time.perf_counter() - started:.1f} s")
         await client.start_server()
         auth = {"Authorization": "Bearer bench"}
 
@@ -100,10 +109,11 @@ async def run(subscribers: int, events: int, folder: Path) -> None:
 
 
 def main() -> None:
-    subscribers = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    events = int(sys.argv[2]) if len(sys.argv) > 2 else 2 * subscribers
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    subscribers = int(args[0]) if args else 100_000
+    events = int(args[1]) if len(args) > 1 else 2 * subscribers
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run(subscribers, events, Path(tmp)))
+        asyncio.run(run(subscribers, events, Path(tmp), "--not-rolled" not in sys.argv))
 
 
 if __name__ == "__main__":

@@ -151,3 +151,25 @@ async def test_a_builder_that_died_is_replaced(app: App) -> None:
     again = await app.client.get("/api/v1/stats", headers=app.auth)
     assert again.status == 200 and await again.json() == await first.json()
     assert apart._builders() is not pool
+
+
+async def test_a_slow_report_is_served_at_once_while_it_is_rebuilt(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report that took long to build is kept: the next request gets it without waiting, and
+    sets off a new build when it is older than REFRESH_S; the one after gets the new build."""
+    monkeypatch.setattr(apart, "SLOW_S", 0.2)
+    monkeypatch.setattr(apart, "REFRESH_S", 0.0)
+    first = await build_apart(rt.db, "slow", started_at, 0.3)
+    asked = time.perf_counter()
+    again = await build_apart(rt.db, "slow", started_at, 0.3)
+    assert again == first and time.perf_counter() - asked < 0.1  # the kept one, at once
+    under_way = apart._under_way[rt.db]["slow"]  # …and a new build started behind it
+    await under_way
+    newer = await build_apart(rt.db, "slow", started_at, 0.3)
+    assert newer > first
+    monkeypatch.setattr(apart, "SLOW_S", 5.0)  # built fast again: not kept, built for each request
+    await apart._under_way[rt.db]["slow"]
+    fresh = await build_apart(rt.db, "slow", started_at, 0.0)
+    assert fresh > newer
+    assert await build_apart(rt.db, "slow", started_at, 0.0) > fresh

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any, cast
@@ -48,7 +49,6 @@ from ..settings import Settings
 log = logging.getLogger(__name__)
 
 LAG = dt.timedelta(seconds=120)  # events younger than this may belong to a transaction still open
-SPAN = dt.timedelta(hours=1)  # one transaction rolls at most this much time
 HOURS = 72  # a newsletter report's chart: mails first opened in each hour since it started
 ACTIVITY = ("open", "click", "unsubscribe", "complaint")
 DASHBOARD_TYPES = ("open", "click", "sent", "complaint")
@@ -202,12 +202,13 @@ def _next_midnight(at: dt.datetime) -> dt.datetime:
     return dt.datetime.combine(at.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
 
 
-async def roll(db: Database, now: dt.datetime, *, most: int = 24) -> int:
-    """Count the events created since the last roll-up into the daily figures, at most
-    ``most`` spans (of up to an hour, never across midnight) of them, each in its own
-    transaction; the spans rolled."""
+async def roll(db: Database, now: dt.datetime, *, budget_s: float = 5.0) -> int:
+    """Count the events created since the last roll-up into the daily figures, a day at most
+    (never across midnight) per transaction, for about ``budget_s`` seconds (a roll-up behind by
+    months catches up over the next turns); the spans rolled."""
     rolled = 0
-    for _ in range(most):
+    started = time.monotonic()
+    while time.monotonic() - started < budget_s:
         async with db.transaction() as session:
             state = await _state(session, lock=not db.is_sqlite)
             start = state.rolled_until
@@ -215,7 +216,7 @@ async def roll(db: Database, now: dt.datetime, *, most: int = 24) -> int:
                 oldest = (await session.execute(select(func.min(Event.created_at)))).scalar_one()
                 state.rolled_until = min(oldest, now - LAG) if oldest is not None else now - LAG
                 continue
-            end = min(now - LAG, start + SPAN, _next_midnight(start))
+            end = min(now - LAG, _next_midnight(start))
             if end <= start:
                 break
             await _add(session, start.date(), await count_events(session, start, end))
