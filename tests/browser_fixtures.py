@@ -17,7 +17,7 @@ from responder.clock import FakeClock
 from responder.runtime import Runtime
 
 from .conftest import SmtpSink, free_port, make_settings
-from .db_template import migrated
+from .db_template import seeded
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
@@ -59,8 +59,9 @@ async def live(database_url: str, smtp: SmtpSink) -> AsyncIterator[LiveServer]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = make_settings(database_url, smtp.url, RESPONDER_BASE_URL=url)
-    await migrated(database_url)
-    rt = (await start_runtime(settings, FakeClock())).runtime
+    clock = FakeClock()
+    await seeded(settings, clock.now())
+    rt = (await start_runtime(settings, clock)).runtime
     server = TestServer(init_app(rt), host="127.0.0.1", port=port)
     await server.start_server()
     try:

@@ -33,7 +33,7 @@ from responder.clock import FakeClock
 from responder.runtime import Runtime
 from responder.settings import Settings
 
-from .db_template import connect, migrated, park_or_drop_public
+from .db_template import connect, park_or_drop_public, seeded
 
 PG_URL = os.environ.get("RESPONDER_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 BASE_URL = "https://news.example.com"
@@ -247,7 +247,7 @@ class running_app:
         self.smtp, self.clock = smtp, clock
 
     async def __aenter__(self) -> App:
-        await migrated(self.settings.database_url)
+        await seeded(self.settings, self.clock.now())
         started = await start_runtime(self.settings, self.clock)
         self.rt = started.runtime
         self.client = TestClient(TestServer(init_app(self.rt)))

@@ -1,17 +1,21 @@
-"""Empty databases at the newest migration without running every migration for every test.
+"""Empty databases at the newest migration, and the starter seeded as on a first start, without
+running every migration and compiling every starter template for every test.
 
-Alembic takes ~0.3 s to bring an empty SQLite file to head and ~1 s on PostgreSQL, once per test
-that starts the server: a fifth of the suite. The fixtures that start a runtime call
-``migrated(url)`` first. On an empty database it puts what the migrations left the first time
-they ran in this process: on SQLite the file's bytes; on PostgreSQL the schema the previous test
-used, which ``reset_pg`` parks aside instead of dropping, emptied to the rows the migrations
-wrote, when its structure is exactly that of a freshly migrated schema. Anything else (a
-database in use, a schema a test changed, a failure) is left for ``start_runtime`` to migrate as
-before. Tests of the migrations and of commands migrating a new database never call this.
+Alembic takes ~0.3 s to bring an empty SQLite file to head and ~1 s on PostgreSQL, and seeding
+the starter ~0.2 s, once per test that starts the server: a third of the suite. The fixtures that
+start a runtime call ``migrated(url)`` first, or ``seeded(settings, now)`` for what
+``start_runtime`` would seed at ``now``. On an empty database these put what the migrations and
+``seed_defaults`` left the first time they ran in this process for that folder and time: on
+SQLite the file's bytes; on PostgreSQL the schema the previous test used, which ``reset_pg`` parks
+aside instead of dropping, emptied and given those rows back, when its structure is exactly that
+of a freshly migrated schema. Anything else (a database in use, a schema a test changed, a
+failure) is left for ``start_runtime`` to migrate and seed as before. Tests of the migrations, of
+seeding and of commands starting on a new database never call this.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,8 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from responder.db import Database
+from responder.seed import seed_defaults
+from responder.settings import Settings
 
 PARKED = "parked_public"  # the previous test's schema, kept by reset_pg for the next one
 
@@ -68,39 +74,51 @@ SELECT md5(string_agg(line, E'\n' ORDER BY line)) FROM (
 class PgTemplate:
     structure: str  # STRUCTURE of a freshly migrated schema
     tables: tuple[str, ...]
-    rows: dict[str, str]  # table -> its rows as JSON, for the tables migrations wrote rows to
+    rows: dict[str, str]  # table -> its rows as JSON, for the tables that have rows
     sequences: dict[str, tuple[int, bool]]  # sequence -> (last_value, is_called)
 
 
-_sqlite_template: bytes | None = None
-_pg_template: PgTemplate | None = None
+Starter = tuple[Path, dt.datetime]  # the starter templates' folder, and when they were seeded
+_sqlite_templates: dict[Starter | None, bytes] = {}
+_pg_templates: dict[Starter | None, PgTemplate] = {}
 
 
-async def migrated(database_url: str) -> None:
-    """Bring an empty database to the state a first migration leaves, cheaply; a database that
-    is not empty is left as it is."""
+async def seeded(settings: Settings, now: dt.datetime) -> None:
+    """``migrated``, and the starter seeded at ``now`` as ``start_runtime`` seeds it."""
+    await migrated(settings.database_url, (settings.templates_dir, now))
+
+
+async def migrated(database_url: str, starter: Starter | None = None) -> None:
+    """Bring an empty database to the state migrating it (and seeding ``starter``) leaves,
+    cheaply; a database that is not empty is left as it is."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
-        await _sqlite(Path(url.database or ""), database_url)
+        await _sqlite(Path(url.database or ""), database_url, starter)
     else:
-        await _postgresql(database_url)
+        await _postgresql(database_url, starter)
 
 
-async def _sqlite(path: Path, database_url: str) -> None:
-    global _sqlite_template
-    if path.exists() or not path.is_absolute():
-        return
-    if _sqlite_template is not None:
-        path.write_bytes(_sqlite_template)
-        return
+async def _first_time(database_url: str, starter: Starter | None) -> None:
+    """What a template is made of: Alembic's migrations and the starter's real seeding."""
     db = Database(database_url)
     try:
         await db.migrate()
+        if starter is not None:
+            await seed_defaults(db, *starter)
     finally:
         await db.dispose()
+
+
+async def _sqlite(path: Path, database_url: str, starter: Starter | None) -> None:
+    if path.exists() or not path.is_absolute():
+        return
+    if starter in _sqlite_templates:
+        path.write_bytes(_sqlite_templates[starter])
+        return
+    await _first_time(database_url, starter)
     wal = path.with_name(path.name + "-wal")
     if not wal.exists() or wal.stat().st_size == 0:  # all of it is in the file (closing checkpoints)
-        _sqlite_template = path.read_bytes()
+        _sqlite_templates[starter] = path.read_bytes()
 
 
 async def connect(database_url: str) -> asyncpg.Connection:
@@ -125,20 +143,15 @@ class _NotReusable(Exception):
     pass
 
 
-async def _postgresql(database_url: str) -> None:
-    global _pg_template
+async def _postgresql(database_url: str, starter: Starter | None) -> None:
     conn = await connect(database_url)
     try:
         if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = 'public'::regnamespace)"):
             return
-        template = _pg_template
+        template = _pg_templates.get(starter)
         if template is None:
-            db = Database(database_url)
-            try:
-                await db.migrate()
-            finally:
-                await db.dispose()
-            _pg_template = await _describe(conn)
+            await _first_time(database_url, starter)
+            _pg_templates[starter] = await _describe(conn)
             return
         if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", PARKED):
             return
@@ -147,7 +160,7 @@ async def _postgresql(database_url: str) -> None:
                 await conn.execute(f"DROP SCHEMA public; ALTER SCHEMA {PARKED} RENAME TO public;")
                 if await conn.fetchval(STRUCTURE) != template.structure:
                     raise _NotReusable
-                await _empty(conn, template)
+                await _refill(conn, template)
         except (_NotReusable, asyncpg.PostgresError):
             return
     finally:
@@ -173,15 +186,18 @@ async def _describe(conn: asyncpg.Connection) -> PgTemplate:
     return PgTemplate(await conn.fetchval(STRUCTURE), tables, rows, sequences)
 
 
-async def _empty(conn: asyncpg.Connection, template: PgTemplate) -> None:
-    """Every row out in one statement (foreign keys are checked at its end, so the order of the
-    tables does not matter), then the migrations' own rows and sequence positions back."""
+async def _refill(conn: asyncpg.Connection, template: PgTemplate) -> None:
+    """Every row out, then the template's rows in, each in one statement (foreign keys are
+    checked at a statement's end, so the order of the tables does not matter), and the
+    sequences where the template left them."""
     deletes = ", ".join(f'd{n} AS (DELETE FROM public."{table}")' for n, table in enumerate(template.tables))
     await conn.execute(f"WITH {deletes} SELECT 1")
-    for table, data in template.rows.items():
-        await conn.execute(
-            f'INSERT INTO public."{table}" SELECT * FROM json_populate_recordset(NULL::public."{table}", $1::json)',
-            data,
+    if template.rows:
+        inserts = ", ".join(
+            f'i{n} AS (INSERT INTO public."{table}"'
+            f' SELECT * FROM json_populate_recordset(NULL::public."{table}", ${n + 1}::json))'
+            for n, table in enumerate(template.rows)
         )
+        await conn.execute(f"WITH {inserts} SELECT 1", *template.rows.values())
     for name, (last_value, is_called) in template.sequences.items():
         await conn.execute("SELECT setval($1::regclass, $2, $3)", f'public."{name}"', last_value, is_called)

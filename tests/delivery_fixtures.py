@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from sqlalchemy import select
 
 from responder.app import start_runtime
-from responder.clock import Clock
+from responder.clock import Clock, FakeClock
 from responder.delivery import outbox
 from responder.delivery.transport import make_transport
 from responder.delivery.worker import DeliveryWorker
@@ -17,13 +17,17 @@ from responder.models import Layer, Message, Newsletter, Subscriber
 from responder.runtime import Runtime
 
 from .conftest import make_settings
-from .db_template import migrated
+from .db_template import migrated, seeded
 
 
 @asynccontextmanager
 async def runtime_for(database_url: str, smtp_url: str, clock: Clock, **env: str) -> AsyncIterator[Runtime]:
-    await migrated(database_url)
-    started = await start_runtime(make_settings(database_url, smtp_url, **env), clock)
+    settings = make_settings(database_url, smtp_url, **env)
+    if isinstance(clock, FakeClock):
+        await seeded(settings, clock.now())
+    else:  # what it would seed at depends on when it starts
+        await migrated(database_url)
+    started = await start_runtime(settings, clock)
     try:
         yield started.runtime
     finally:

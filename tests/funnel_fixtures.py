@@ -21,14 +21,15 @@ from responder.runtime import Runtime
 from responder.templating.service import Upload, upload_template
 
 from .conftest import App, make_settings
-from .db_template import migrated
+from .db_template import seeded
 
 
 @pytest.fixture
 async def rt(database_url: str, clock: FakeClock) -> AsyncIterator[Runtime]:
     """A seeded database and runtime; nothing runs in the background."""
-    await migrated(database_url)
-    started = await start_runtime(make_settings(database_url, "file:///tmp/unused-outbox"), clock)
+    settings = make_settings(database_url, "file:///tmp/unused-outbox")
+    await seeded(settings, clock.now())
+    started = await start_runtime(settings, clock)
     try:
         yield started.runtime
     finally:

@@ -1,6 +1,6 @@
 """The test harness's cheap fresh databases (tests/db_template.py) are exactly what migrating an
-empty database gives: the same tables, indexes and constraints, the same rows, the same
-sequence positions; after a test that wrote to every corner of it."""
+empty database, and seeding the starter, gives: the same tables, indexes and constraints, the
+same rows, the same sequence positions; on PostgreSQL after a test that wrote to it."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy.engine import make_url
 
+from responder.clock import FakeClock
 from responder.db import Database
+from responder.seed import seed_defaults
 
-from . import db_template
-from .conftest import SmtpSink, reset_pg, running_app
-from .db_template import PARKED, STRUCTURE, connect, migrated
-from .public_fixtures import make_subscriber
+from .conftest import SmtpSink, make_settings, reset_pg
+from .db_template import PARKED, STRUCTURE, connect, migrated, seeded
 
 
 async def sqlite_state(path: Path) -> dict[str, Any]:
@@ -71,36 +72,53 @@ async def state(database_url: str) -> dict[str, Any]:
     return await pg_state(database_url)
 
 
-async def test_a_cheap_fresh_database_is_a_migrated_empty_one(
-    database_url: str, smtp: SmtpSink, clock, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
-    async def migrate(url: str) -> None:
+@pytest.mark.parametrize("starter", [False, True], ids=["migrated", "seeded"])
+async def test_a_cheap_fresh_database_is_what_migrating_and_seeding_give(
+    database_url: str, smtp: SmtpSink, clock: FakeClock, tmp_path: Path, starter: bool
+) -> None:
+    settings = make_settings(database_url, smtp.url)
+
+    async def cheap(url: str) -> None:
+        if starter:
+            await seeded(settings.replace(database_url=url), clock.now())
+        else:
+            await migrated(url)
+
+    async def the_real_thing(url: str) -> None:
         db = Database(url)
         try:
             await db.migrate()
+            if starter:
+                await seed_defaults(db, settings.templates_dir, clock.now())
         finally:
             await db.dispose()
 
-    # A used database (seeded, a subscriber and a mail) ...
-    async with running_app(database_url, smtp, clock) as app:
-        await make_subscriber(app)
     if database_url.startswith("sqlite"):
         reused, fresh = (f"sqlite+aiosqlite:///{tmp_path / name}" for name in ("reused.db", "fresh.db"))
-        await migrated(reused)  # the bytes the first migration in this process left
-        assert db_template._sqlite_template is not None
-        await migrate(fresh)
+        await cheap(f"sqlite+aiosqlite:///{tmp_path / 'first.db'}")  # the template, if this process had none
+        await cheap(reused)
+        await the_real_thing(fresh)
         assert await state(reused) == await state(fresh)
         return
-    # ... set aside by the next test's reset and brought back empty, against Alembic's own run.
+    # A used schema (a row, a sequence moved), set aside by the next test's reset and brought back
+    # as a fresh one, against Alembic's and the seeding's own run on an empty schema.
+    await cheap(database_url)
+    conn = await connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO app_secrets (name, value) VALUES ('left', 'over'); SELECT nextval('subscribers_id_seq')"
+        )
+    finally:
+        await conn.close()
     await reset_pg(database_url)
-    await migrated(database_url)
+    await cheap(database_url)
     conn = await connect(database_url)
     try:
         assert not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", PARKED)
     finally:
         await conn.close()
     reused = await state(database_url)
-    assert reused["rows"]["subscribers"] is None
+    assert reused["rows"]["app_secrets"] is None and (reused["rows"]["layers"] is not None) == starter
     await reset_pg(database_url)
-    await migrate(database_url)
+    await the_real_thing(database_url)
     assert reused == await state(database_url)

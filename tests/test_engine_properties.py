@@ -26,7 +26,7 @@ from responder.models import Layer, LayerHistory, Message, Subscriber
 from responder.runtime import Runtime
 
 from .conftest import make_settings
-from .db_template import migrated
+from .db_template import seeded
 from .funnel_fixtures import make_subscriber
 
 DAY = dt.timedelta(days=1)
@@ -61,8 +61,9 @@ async def deliver(rt: Runtime, scheduler: Scheduler) -> None:
 async def play(actions: list[tuple[str, int]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite+aiosqlite:///{Path(tmp) / 'p.db'}"
-        await migrated(url)
-        rt = (await start_runtime(make_settings(url, "file:///tmp/unused-outbox"), FakeClock())).runtime
+        settings, clock = make_settings(url, "file:///tmp/unused-outbox"), FakeClock()
+        await seeded(settings, clock.now())
+        rt = (await start_runtime(settings, clock)).runtime
         try:
             await check(rt, actions)
         except AssertionError as exc:
