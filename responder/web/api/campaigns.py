@@ -9,7 +9,7 @@ from sqlalchemy import select
 from ...funnel import abtests, newsletters
 from ...funnel.analytics import funnel_stats
 from ...funnel.apart import build_apart
-from ...funnel.reports import newsletter_report
+from ...funnel.reports import report_of
 from ...funnel.webhooks import WEBHOOK_EVENTS, create_webhook, delete_webhook, delivery_json
 from ...models import Webhook, WebhookDelivery
 from ...validation import clean_since
@@ -155,9 +155,9 @@ REPORT = {
 
 @routes.get(PREFIX + "/newsletters/{id}/report")
 async def get_newsletter_report(request: web.Request) -> web.Response:
-    async with runtime(request).db.read() as session:
-        newsletter = await newsletters.get(session, path_int(request, "id"))
-        return web.json_response(await newsletter_report(session, newsletter))
+    newsletter_id = path_int(request, "id")
+    db = runtime(request).db
+    return web.json_response(await build_apart(db, ("newsletter report", newsletter_id), report_of, newsletter_id))
 
 
 describe(

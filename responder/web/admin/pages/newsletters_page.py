@@ -18,7 +18,8 @@ from sqlalchemy import select
 
 from ....errors import Conflict, NotFound, TemplateError, ValidationError
 from ....funnel import abtests, newsletters
-from ....funnel.reports import HOURS, newsletter_report
+from ....funnel.apart import build_apart
+from ....funnel.reports import HOURS, report_of
 from ....models import Layer
 from ....templating import service
 from ....templating.context import pickable
@@ -201,9 +202,10 @@ async def _progress(request: web.Request) -> dict[str, Any]:
 
 
 async def _report_context(request: web.Request) -> dict[str, Any]:
-    async with runtime(request).db.read() as session:
+    db = runtime(request).db
+    report = await build_apart(db, ("newsletter report", _id(request)), report_of, _id(request))
+    async with db.read() as session:
         newsletter = await newsletters.get(session, _id(request))
-        report = await newsletter_report(session, newsletter)
         try:
             test = await abtests.test_of(session, newsletter_id=newsletter.id)
             ab: dict[str, Any] | None = await abtests.test_json(session, test)
