@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test deps lint
+.PHONY: serve test deps lint bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,9 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check responder tests bench
 	$(BIN)/ruff format --check responder tests bench
 	$(BIN)/mypy responder
+
+# Every benchmark, ~10-15 minutes on two cores (BENCH_ARGS=--full for the big sizes): rewrites
+# the generated section at the top of docs/benchmarks.md and the charts in docs/bench/.
+bench: $(BIN)/.installed
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)

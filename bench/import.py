@@ -3,17 +3,21 @@
 Reference measured in the same run: reading and validating the same rows without touching the
 database (``parse_row`` only), so the ratio shows what the inserts cost on top.
 
-    .venv/bin/python bench/import.py [ROWS]
+    .venv/bin/python bench/import.py [ROWS] [--json PATH]
+
+``--json PATH`` writes the figures as rows of ``bench/suite.py``'s contract.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from suite import write_rows
 
 from responder.app import start_runtime
 from responder.audience.importer import parse_row
@@ -63,7 +67,11 @@ async def import_all(path: Path, folder: Path) -> tuple[float, int]:
 
 
 def main() -> None:
-    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("rows", nargs="?", type=int, default=100_000)
+    parser.add_argument("--json", help="write the figures to this file (bench/suite.py's rows)")
+    args = parser.parse_args()
+    rows = args.rows
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path = folder / "people.csv"
@@ -75,6 +83,24 @@ def main() -> None:
     print(f"reference (read + validate only): {reference_s:.2f} s, {rows / reference_s:,.0f} rows/s")
     print(f"import into SQLite:               {import_s:.2f} s, {rows / import_s:,.0f} rows/s")
     print(f"ratio import / reference: {import_s / reference_s:.2f}")
+    if args.json:
+        write_rows(
+            args.json,
+            [
+                {
+                    "name": f"CSV import of {rows:,} rows into SQLite vs read + validate only",
+                    "value": rows / import_s,
+                    "unit": "rows/s",
+                    "value_name": "import_csv into SQLite",
+                    "reference": rows / reference_s,
+                    "reference_name": "read + validate only",
+                    "ratio": reference_s / import_s,
+                    "target": None,
+                    "seconds": import_s,
+                    "reference_seconds": reference_s,
+                }
+            ],
+        )
 
 
 if __name__ == "__main__":

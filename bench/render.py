@@ -1,8 +1,11 @@
 """Renders per second per core of one starter newsletter through the whole per-recipient
-pipeline (sandboxed render, tracked links, open pixel, footer, text part, MIME bytes) against a
-bare ``jinja2.Template.render`` of the same compiled HTML, measured in the same run.
+pipeline (sandboxed render, tracked links, open pixel, footer, text part, MIME bytes) against
+the same mail built the way most Python code does it, measured in the same run: ``jinja2``
+renders of the same HTML and text templates, an ``email.message.EmailMessage`` with both parts
+and the same headers, ``as_bytes()`` (target: ours ≥ 8×). A bare ``jinja2.Template.render`` of
+the compiled HTML alone is printed for scale.
 
-    .venv/bin/python bench/render.py [--seconds 2]
+    .venv/bin/python bench/render.py [--seconds 2] [--json PATH]
 
 CSS inlining and MJML compilation happen once at upload and are not part of the per-recipient
 cost; their one-off time is printed too.
@@ -12,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import email.utils
 import time
 import tomllib
 from collections.abc import Callable
+from email.message import EmailMessage
 
 import jinja2
+from suite import write_rows
 
 from responder.clock import SystemClock
 from responder.delivery.mime import Mail, compose
@@ -47,6 +53,7 @@ def rate(fn: Callable[[], object], seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    parser.add_argument("--json", help="write the figures to this file (bench/suite.py's rows)")
     args = parser.parse_args()
     settings = Settings.from_env(
         {
@@ -60,11 +67,11 @@ def main() -> None:
     )
     source = (STARTER / entry["file"]).read_text()
     tokens = Tokens("bench-secret", SystemClock(), 3600)
-    context = sample_context(settings)
+    context = sample_context(settings, "newsletter")
     context["subscriber"]["layer"] = {"position": 3, "name": "Mastery", "label": "Expert"}
 
     started = time.perf_counter()
-    compiled = compile_template(source, entry["subject"], sample=context)
+    compiled = compile_template(source, entry["subject"], samples=[context])
     compile_ms = (time.perf_counter() - started) * 1000
     text_template = generated_text(compiled.html)
     assert text_template is not None
@@ -114,6 +121,26 @@ def main() -> None:
             )
         )
 
+    plain_html = jinja2.Environment(autoescape=True).from_string(compiled.html)
+    plain_text = jinja2.Environment().from_string(text_template)
+    plain_subject = jinja2.Environment().from_string(compiled.subject)
+
+    def typical() -> bytes:
+        """The mail as most Python code builds it: the same templates, context and headers."""
+        ctx = {**context, "links": links()}
+        message = EmailMessage()
+        message["From"] = email.utils.formataddr((settings.from_name, settings.from_email))
+        message["To"] = email.utils.formataddr(("Sam Sample", "sam@example.com"))
+        message["Subject"] = plain_subject.render(ctx)
+        message["Date"] = email.utils.format_datetime(now)
+        message["Message-ID"] = "<42@acme.example.com>"
+        message["List-Unsubscribe"] = f"<{BASE}/unsubscribe/x>"
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        message["List-Id"] = "<layer3.acme.example.com>"
+        message.set_content(plain_text.render(ctx))
+        message.add_alternative(plain_html.render(ctx), subtype="html")
+        return message.as_bytes()
+
     body = render_string(html_env(), compiled.html, context, "body")
     one = rendered()
     one_mail = Mail(
@@ -140,6 +167,7 @@ def main() -> None:
 
     seconds = args.seconds
     bare_rate = rate(lambda: bare.render(context), seconds)
+    typical_rate = rate(typical, seconds)
     full_rate = rate(full, seconds)
     no_mime_rate = rate(rendered, seconds)
     print(
@@ -147,15 +175,55 @@ def main() -> None:
         f"{len(full()):,} bytes as MIME; compile once (MJML + css-inline + checks): "
         f"{compile_ms:.1f} ms"
     )
-    print(f"bare jinja2.Template.render       {bare_rate:9,.0f} renders/s per core  (reference)")
+    print(f"jinja2 + EmailMessage.as_bytes()  {typical_rate:9,.0f} mails/s per core    (reference)")
+    print(f"bare jinja2.Template.render       {bare_rate:9,.0f} renders/s per core  (HTML only, for scale)")
     print(
         f"full pipeline to MIME bytes       {full_rate:9,.0f} renders/s per core  "
-        f"ratio {full_rate / bare_rate:.2f}x (target >= 0.5x)"
+        f"ratio {full_rate / typical_rate:.2f}x the EmailMessage build (target >= 8x), "
+        f"{full_rate / bare_rate:.2f}x the bare render"
     )
     print(
         f"pipeline without MIME composition {no_mime_rate:9,.0f} renders/s per core  "
-        f"ratio {no_mime_rate / bare_rate:.2f}x"
+        f"ratio {no_mime_rate / bare_rate:.2f}x the bare render"
     )
+    if args.json:
+        size = f"starter newsletter, {len(full()):,} bytes"
+        write_rows(
+            args.json,
+            [
+                {
+                    "name": f"render to MIME bytes ({size}) vs jinja2 + EmailMessage",
+                    "value": full_rate,
+                    "unit": "mails/s per core",
+                    "value_name": "responder pipeline",
+                    "reference": typical_rate,
+                    "reference_name": "jinja2 + EmailMessage.as_bytes()",
+                    "ratio": full_rate / typical_rate,
+                    "target": ">= 8",
+                },
+                {
+                    "name": f"render to MIME bytes ({size}) vs bare HTML render, for scale",
+                    "value": full_rate,
+                    "unit": "mails/s per core",
+                    "value_name": "responder pipeline",
+                    "reference": bare_rate,
+                    "reference_name": "bare jinja2.Template.render (HTML only)",
+                    "ratio": full_rate / bare_rate,
+                    "target": None,
+                },
+                {
+                    "name": "render without MIME composition vs bare HTML render",
+                    "value": no_mime_rate,
+                    "unit": "mails/s per core",
+                    "value_name": "pipeline without MIME",
+                    "reference": bare_rate,
+                    "reference_name": "bare jinja2.Template.render (HTML only)",
+                    "ratio": no_mime_rate / bare_rate,
+                    "target": None,
+                    "compile_once_ms": compile_ms,
+                },
+            ],
+        )
     print("where a full render's time goes (each stage alone, µs per call):")
     costs = {name: 1e6 / rate(fn, seconds / 4) for name, fn in stages.items()}
     total = sum(costs.values())

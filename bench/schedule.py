@@ -1,6 +1,6 @@
 """Scheduler and rule-evaluation benchmark (SQLite).
 
-    .venv/bin/python bench/schedule.py [--sizes 10000,1000000] [--due 1000] [--events 1000]
+    .venv/bin/python bench/schedule.py [--sizes 10000,1000000] [--due 1000] [--events 1000] [--json PATH]
 
 For each size: a fresh SQLite file with that many active enrollments (and subscribers), each
 with three drip mails sent in the week before (what the caps read), of which ``--due`` are due
@@ -12,7 +12,8 @@ its wall time: on a shared machine it moves less. The cost of a tick should foll
 rows, not all rows, so the ratio against the smallest size (the reference, measured in the same
 run) should stay near 1. Then the p50/p99
 time to record one human click and evaluate the layer rules on it, as the tracking endpoint
-does (one transaction per event), against the pure rule function alone.
+does (one transaction per event), against the pure rule function alone. ``--json PATH`` writes
+the figures as rows of ``bench/suite.py``'s contract.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 from sqlalchemy import func, select, text
+from suite import write_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -155,7 +157,10 @@ async def tick_for(size: int, due: int, workdir: Path) -> tuple[float, float, fl
         idle_s = time.perf_counter() - t0
         async with rt.db.transaction() as session:
             await newsletters.create(
-                session, {"name": "bench", "template": "layer1-welcome", "layers": [1], "send_now": True}, clock.now()
+                session,
+                {"name": "bench", "template": "layer1-welcome", "layers": [1], "send_now": True},
+                clock.now(),
+                rt.settings,
             )
         walks, walk_cpu = [], []
         for _ in range(NEWSLETTER_TICKS):
@@ -224,7 +229,9 @@ async def main() -> None:
     parser.add_argument("--sizes", default="10000,1000000")
     parser.add_argument("--due", type=int, default=1000)
     parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--json", help="write the figures to this file (bench/suite.py's rows)")
     args = parser.parse_args()
+    rows = []
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -235,6 +242,29 @@ async def main() -> None:
             tick_s, tick_cpu_s, idle_s, walk_s, walk_cpu_s, processed = await tick_for(size, args.due, workdir)
             setup_s = time.perf_counter() - t0
             reference = reference or (tick_s, walk_s)
+            rows += [
+                {
+                    "name": f"scheduler tick, {args.due} due of {size:,} enrollments (SQLite)",
+                    "value": tick_s * 1000,
+                    "unit": "ms",
+                    "reference": reference[0] * 1000,
+                    "reference_name": f"the same tick at {sizes[0]:,}",
+                    "ratio": tick_s / reference[0],
+                    "target": None,
+                    "cpu_ms": tick_cpu_s * 1000,
+                    "idle_tick_ms": idle_s * 1000,
+                },
+                {
+                    "name": f"newsletter tick, {newsletters.BATCH} of {size:,} subscribers (SQLite)",
+                    "value": walk_s * 1000,
+                    "unit": "ms",
+                    "reference": reference[1] * 1000,
+                    "reference_name": f"the same tick at {sizes[0]:,}",
+                    "ratio": walk_s / reference[1],
+                    "target": None,
+                    "cpu_ms": walk_cpu_s * 1000,
+                },
+            ]
             print(
                 f"  {size:>9,} enrollments: tick {tick_s * 1000:7.1f} ms (CPU {tick_cpu_s * 1000:.1f}) for "
                 f"{processed} due (x{tick_s / reference[0]:.2f} vs {sizes[0]:,}), idle tick "
@@ -251,6 +281,20 @@ async def main() -> None:
             f"  reference, the pure rule alone: p50 {pct(pure, 50) * 1e6:.1f} µs, "
             f"p99 {pct(pure, 99) * 1e6:.1f} µs (x{pct(timings, 99) / pct(pure, 99):.0f})"
         )
+        rows.append(
+            {
+                "name": f"record one human click + evaluate the rules, p99 of {args.events}",
+                "value": pct(timings, 99) * 1000,
+                "unit": "ms",
+                "reference": pct(pure, 99) * 1000,
+                "reference_name": "the pure rule alone",
+                "ratio": pct(timings, 99) / pct(pure, 99),
+                "target": None,
+                "p50_ms": pct(timings, 50) * 1000,
+            }
+        )
+    if args.json:
+        write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

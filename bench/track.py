@@ -1,7 +1,7 @@
 """Open-pixel throughput: a real ``responder serve`` against a bare aiohttp handler, same run.
 
-    .venv/bin/python bench/track.py [--seconds 10] [--rounds 3] [--connections 64] [--threads 2]
-                                    [--messages 1000] [--prefill 0]
+    .venv/bin/python bench/track.py [--seconds 10] [--rounds 5] [--connections 64] [--threads 2]
+                                    [--messages 1000] [--prefill 0] [--json PATH]
 
 Needs ``wrk`` (Debian package ``wrk``). Builds a fresh SQLite database with ``--messages`` sent
 mails (one subscriber each), starts ``responder serve`` on it, and runs wrk over their ``/o/``
@@ -11,7 +11,8 @@ against a bare aiohttp process answering the same 43-byte GIF. The two alternate
 it prints each round, the median ratio (target >= 0.6), p99 latencies, errors, and how long
 after each load stopped every recorded event was on disk (target <= 1 s). ``--prefill N`` writes
 N earlier opens first, spread over the mails, to measure against a table of a long-running list
-(index inserts cost more as the table grows).
+(index inserts cost more as the table grows). ``--json PATH`` writes the median round as rows of
+``bench/suite.py``'s contract.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from suite import write_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -204,11 +207,12 @@ def tracking_dropped(url: str) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--prefill", type=int, default=0, help="earlier events already stored")
+    parser.add_argument("--json", help="write the figures to this file (bench/suite.py's rows)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("bench/track.py needs wrk: apt-get install wrk", file=sys.stderr)
@@ -301,6 +305,39 @@ def main() -> int:
     )
     shutil.rmtree(work, ignore_errors=True)
     ok = ratio >= 0.6 and errors == 0 and dropped == 0 and all_on_disk and slowest <= 1
+    if args.json:
+        setup = f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, median of {args.rounds} rounds"
+        write_rows(
+            args.json,
+            [
+                {
+                    "name": f"open pixel /o/ under load ({setup})",
+                    "value": ours["rps"],
+                    "unit": "req/s",
+                    "value_name": "responder serve /o/",
+                    "reference": reference["rps"],
+                    "reference_name": "bare aiohttp GIF handler",
+                    "ratio": ratio,
+                    "target": ">= 0.6",
+                    "rounds": [r[1]["rps"] / r[0]["rps"] for r in rounds],
+                    "p99_ms": ours["p99_ms"],
+                    "reference_p99_ms": reference["p99_ms"],
+                },
+                {
+                    "name": "open events on disk after the load stopped (slowest round)",
+                    "value": slowest * 1000 if all_on_disk else float("inf"),
+                    "unit": "ms",
+                    "reference": None,
+                    "ratio": None,
+                    "target": "<= 1000 ms, none dropped, no errors",
+                    "met": all_on_disk and slowest <= 1 and errors == 0 and dropped == 0,
+                    "requests": requested,
+                    "recorded": recorded,
+                    "dropped": dropped,
+                    "errors": errors,
+                },
+            ],
+        )
     return 0 if ok else 1
 
 
