@@ -9,7 +9,7 @@ active is in the layer they were in all along, which one grouped count says.
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -92,15 +92,23 @@ async def layer_flow(session: AsyncSession, now: dt.datetime, since: dt.datetime
     )
     async for changes in _grouped(rows.partitions(BATCH), leaving):
         tally.add(changes)
-    # Active subscribers with nothing to read were in their layer the whole period.
-    steady = select(Subscriber.layer_id, func.count()).where(
+    # Active subscribers with nothing to read were in their layer the whole period: all the
+    # active ones, less those read above (a count of the few, not a scan excluding them).
+    active = select(Subscriber.layer_id, func.count()).where(
         Subscriber.status == "active", Subscriber.layer_id.is_not(None)
     )
+    steady: Counter[int | None] = Counter()
     if touched is not None:
-        steady = steady.where(Subscriber.id.not_in(touched))
+        for layer_id, count in (await session.execute(active.group_by(Subscriber.layer_id))).all():
+            steady[layer_id] += count
+        read = active.where(Subscriber.id.in_(touched))
+        for layer_id, count in (await session.execute(read.group_by(Subscriber.layer_id))).all():
+            steady[layer_id] -= count
     else:
-        steady = steady.where(~select(LayerHistory.id).where(LayerHistory.subscriber_id == Subscriber.id).exists())
-    for layer_id, count in (await session.execute(steady.group_by(Subscriber.layer_id))).all():
-        if layer_id is not None:
+        no_history = ~select(LayerHistory.id).where(LayerHistory.subscriber_id == Subscriber.id).exists()
+        for layer_id, count in (await session.execute(active.where(no_history).group_by(Subscriber.layer_id))).all():
+            steady[layer_id] += count
+    for layer_id, count in steady.items():
+        if layer_id is not None and count:
             tally.add_present(layer_id, count)
     return tally
