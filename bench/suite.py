@@ -91,7 +91,7 @@ class Bench:
 
 BENCHES = (
     Bench("render", ("--seconds", "2"), ("--seconds", "5")),
-    Bench("send", ("--messages", "8000"), ("--messages", "20000")),
+    Bench("send", ("--messages", "20000"), ("--messages", "100000")),
     Bench("track", ("--rounds", "5", "--seconds", "10"), ("--rounds", "5", "--seconds", "20")),
     Bench("schedule", ("--sizes", "10000,100000"), ("--sizes", "10000,1000000")),
     Bench("import", ("100000",), ("1000000",)),
@@ -267,12 +267,17 @@ def table_rows(outcome: Outcome) -> list[str]:
             if row.get("reference_name"):
                 shown_reference += f" ({row['reference_name']})"
         ratio = row.get("ratio")
-        shown_ratio = f"{ratio:.2f}×" if isinstance(ratio, int | float) else "—"
+        shown_ratio = "—"
+        if isinstance(ratio, int | float):
+            shown_ratio = f"{ratio:.2f}×" if ratio < 100 else f"{ratio:,.0f}×"
+        target = str(row.get("target") or "—")
+        if bound := TARGET.fullmatch(target):
+            target = f"{'≥' if bound.group(1) in ('>=', '≥') else '≤'} {bound.group(2)}×"
         verdict = {True: "yes", False: "**no**", None: "—"}[row.get("met")]
         name = row["name"] + (f" ({row['note']})" if row.get("note") else "")
         lines.append(
             f"| {cell(name)} | {fmt(row['value'])} {cell(row['unit'])} | {cell(shown_reference)} | {shown_ratio} "
-            f"| {cell(str(row.get('target') or '—'))} | {verdict} | {command} |"
+            f"| {cell(target)} | {verdict} | {command} |"
         )
     return lines
 
