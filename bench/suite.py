@@ -36,8 +36,8 @@ an object with
 Rows shaped like ``bench/newsletter_size.py``'s (``database``, ``subscribers``, ``seconds``,
 ``per_subscriber_us``, ``rss_mb``, ``reference_seconds``, ``ratio``, endpoint timings) are read
 as such without ``name``/``value``. The benches that other files provide (``newsletter_size``,
-``workers``, ``promotion``) are run with ``--json PATH`` alone, and with ``--full`` added under
-``--full``; their default sizes should finish in a few minutes.
+``promotion``) are run with ``--json PATH`` alone, and with ``--full`` added under ``--full``
+(``workers``: ``--messages 50000``); their default sizes should finish in a few minutes.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ BENCHES = (
     Bench("schedule", ("--sizes", "10000,100000"), ("--sizes", "10000,1000000")),
     Bench("import", ("100000",), ("1000000",)),
     Bench("newsletter_size", (), ("--full",), provided=True),
-    Bench("workers", (), ("--full",), provided=True),
+    Bench("workers", (), ("--messages", "50000"), provided=True),
     Bench("promotion", (), ("--full",), provided=True),
 )
 
@@ -373,42 +373,23 @@ def charts(outcomes: list[Outcome], folder: Path) -> list[Path]:
     sized = [row for rows in by_name.values() for row in rows if {"subscribers", "database", "seconds"} <= row.keys()]
     if sized:
         fig, ax = plt.subplots(figsize=(9, 5))
-        for database in sorted({str(row["database"]) for row in sized}):
-            mine = sorted(
-                (row for row in sized if str(row["database"]) == database), key=lambda row: row["subscribers"]
-            )
-            line = ax.plot([r["subscribers"] for r in mine], [r["seconds"] for r in mine], marker="o", label=database)
-            references = [r for r in mine if isinstance(r.get("reference_seconds"), int | float)]
-            if references:
-                ax.plot(
-                    [r["subscribers"] for r in references],
-                    [r["reference_seconds"] for r in references],
-                    linestyle="--",
-                    color=line[0].get_color(),
-                    label=f"{database}, reference",
-                )
+        lines(ax, sized, "subscribers", "seconds", "reference_seconds")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("subscribers")
         ax.set_ylabel("enqueue time, s")
         ax.set_title("Newsletter enqueue time against list size")
-        ax.legend()
         save(fig, "newsletter_size")
 
     workers = [row for rows in by_name.values() for row in rows if "workers" in row]
     if workers:
         fig, ax = plt.subplots(figsize=(9, 5))
-        for database in sorted({str(row.get("database", "")) for row in workers}):
-            points = sorted(
-                (row["workers"], row["value"]) for row in workers if str(row.get("database", "")) == database
-            )
-            ax.plot(*zip(*points, strict=True), marker="o", label=database or None)
+        lines(ax, workers, "workers", "value", "reference")
         ax.set_xlabel("worker processes")
         ax.set_ylabel(workers[0]["unit"])
         ax.set_xticks(sorted({row["workers"] for row in workers}))
-        ax.set_title("Send rate against worker processes")
-        if any(row.get("database") for row in workers):
-            ax.legend()
+        ax.set_ylim(bottom=0)
+        ax.set_title("Send rate against worker processes (dashed: the reference measured beside each)")
         save(fig, "workers")
 
     # Each ratio as a share of its target, so targets of 0.6× and 8× read on one axis: 1 is the target.
@@ -433,6 +414,25 @@ def charts(outcomes: list[Outcome], folder: Path) -> list[Path]:
         ax.set_title("Ratios against their targets")
         save(fig, "ratios")
     return written
+
+
+def lines(ax: Any, rows: list[dict[str, Any]], x: str, y: str, reference: str) -> None:
+    """One line per database of ``y`` against ``x``, and its reference dashed in the same colour."""
+    for database in sorted({str(row.get("database", "")) for row in rows}):
+        mine = sorted((row for row in rows if str(row.get("database", "")) == database), key=lambda row: row[x])
+        line = ax.plot([row[x] for row in mine], [row[y] for row in mine], marker="o", label=database or "responder")
+        references = [row for row in mine if isinstance(row.get(reference), int | float)]
+        if references:
+            name = str(references[0].get("reference_name") or "reference")
+            ax.plot(
+                [row[x] for row in references],
+                [row[reference] for row in references],
+                linestyle="--",
+                marker="x",
+                color=line[0].get_color(),
+                label=textwrap.fill(f"{database}: {name}" if database else name, 60),
+            )
+    ax.legend(fontsize=8)
 
 
 def main() -> int:
