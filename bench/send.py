@@ -304,6 +304,7 @@ async def main(args: argparse.Namespace) -> None:
                     "signing_process": child_s * per,
                     "sink": (sink1 - sink0) * per,
                     "bare_sender": bare_cpu_ms,
+                    "bare_signing_sender": (cpu4 - cpu3) * per if signing is not None else None,
                 },
                 "peak_rss_mb": ours_rss,
             }

@@ -1,7 +1,7 @@
 """Every benchmark in one run: ``make bench`` writes docs/benchmarks.md's figures and charts.
 
     .venv/bin/python bench/suite.py [--full] [--only render,send] [--timeout-s 1200]
-                                    [--doc docs/benchmarks.md] [--charts docs/bench]
+                                    [--doc docs/benchmarks.md] [--charts docs/bench] [--pg-url URL]
 
 Runs each bench below as its own subprocess with ``--json PATH``, collects the rows they write,
 and rewrites the section of ``docs/benchmarks.md`` between ``<!-- bench:begin -->`` and
@@ -35,9 +35,10 @@ an object with
 
 Rows shaped like ``bench/newsletter_size.py``'s (``database``, ``subscribers``, ``seconds``,
 ``per_subscriber_us``, ``rss_mb``, ``reference_seconds``, ``ratio``, endpoint timings) are read
-as such without ``name``/``value``. The benches that other files provide (``newsletter_size``,
-``promotion``) are run with ``--json PATH`` alone, and with ``--full`` added under ``--full``
-(``workers``: ``--messages 50000``); their default sizes should finish in a few minutes.
+as such without ``name``/``value``; their endpoint timings (keys ending in ``_ms``, or a dict
+of them such as ``http_ms``) are shown beside the figure. ``promotion`` is run with ``--json PATH``
+alone and ``--full`` added under ``--full``, ``newsletter_size`` with ``--database-url`` (the
+PostgreSQL server, ``--pg-url``) too, ``workers`` with ``--messages 50000`` under ``--full``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 REQUIRED = ("name", "value", "unit")
+PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"  # the test suite's server (scripts/test-deps)
 
 
 def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> None:
@@ -85,8 +87,8 @@ class Bench:
     def script(self) -> Path:
         return ROOT / "bench" / f"{self.name}.py"
 
-    def argv(self, full: bool) -> list[str]:
-        return list(self.full_args if full else self.args)
+    def argv(self, full: bool, pg_url: str) -> list[str]:
+        return [arg.replace("{pg}", pg_url) for arg in (self.full_args if full else self.args)]
 
 
 BENCHES = (
@@ -95,7 +97,7 @@ BENCHES = (
     Bench("track", ("--rounds", "5", "--seconds", "10"), ("--rounds", "5", "--seconds", "20")),
     Bench("schedule", ("--sizes", "10000,100000"), ("--sizes", "10000,1000000")),
     Bench("import", ("100000",), ("1000000",)),
-    Bench("newsletter_size", (), ("--full",), provided=True),
+    Bench("newsletter_size", ("--database-url", "{pg}"), ("--full", "--database-url", "{pg}"), provided=True),
     Bench("workers", (), ("--messages", "50000"), provided=True),
     Bench("promotion", (), ("--full",), provided=True),
 )
@@ -111,13 +113,13 @@ class Outcome:
     stderr_tail: str = ""
 
 
-def run(bench: Bench, full: bool, timeout_s: float, workdir: Path) -> Outcome:
-    shown = " ".join([".venv/bin/python", f"bench/{bench.name}.py", *bench.argv(full)])
+def run(bench: Bench, full: bool, pg_url: str, timeout_s: float, workdir: Path) -> Outcome:
+    shown = " ".join([".venv/bin/python", f"bench/{bench.name}.py", *bench.argv(full, pg_url)])
     if not bench.script.exists():
         return Outcome(bench, shown, [], 0.0, "not present")
     out = workdir / f"{bench.name}.json"
     err = workdir / f"{bench.name}.stderr"
-    argv = [sys.executable, str(bench.script), *bench.argv(full), "--json", str(out)]
+    argv = [sys.executable, str(bench.script), *bench.argv(full, pg_url), "--json", str(out)]
     print(f"== {shown}", flush=True)
     started = time.monotonic()
     with err.open("wb") as stderr:
@@ -151,14 +153,18 @@ def normalise(row: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise TypeError(f"a row is {type(row).__name__}, not an object")
     if "name" not in row and {"subscribers", "seconds"} <= row.keys():
-        known = {"database", "subscribers", "seconds", "per_subscriber_us", "rss_mb", "reference_seconds", "ratio"}
-        extra = ", ".join(f"{key} {fmt(value)}" for key, value in row.items() if key not in known and scalar(value))
+        # Endpoint timings shown beside the figure: keys ending in _ms, or a dict of them.
+        timings = {key: value for key, value in row.items() if key.endswith("_ms") and scalar(value)}
+        for key, value in row.items():
+            if key.endswith("_ms") and isinstance(value, dict):
+                timings |= {name: ms for name, ms in value.items() if scalar(ms)}
+        extra = ", ".join(f"{name} {fmt(ms)} ms" for name, ms in timings.items())
         row = {
             "name": f"newsletter enqueue, {row.get('database', '?')}, {row['subscribers']:,} subscribers",
             "value": row["seconds"],
             "unit": "s",
             "reference": row.get("reference_seconds"),
-            "reference_name": "reference",
+            "reference_name": "bare INSERT … SELECT of as many rows",
             "note": "; ".join(
                 part
                 for part in (
@@ -440,6 +446,9 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="the big sizes (an hour or more)")
     parser.add_argument("--only", help="comma-separated bench names (default: all)")
     parser.add_argument("--timeout-s", type=float, default=1200, help="per bench")
+    parser.add_argument(
+        "--pg-url", default=PG_URL, help="the PostgreSQL server benches measure on (they make their own databases)"
+    )
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--charts", type=Path, default=ROOT / "docs" / "bench")
     args = parser.parse_args()
@@ -447,7 +456,7 @@ def main() -> int:
     started, start_load = dt.datetime.now(dt.UTC), load()
     box = machine()
     with tempfile.TemporaryDirectory(prefix="responder-suite-") as tmp:
-        outcomes = [run(bench, args.full, args.timeout_s, Path(tmp)) for bench in chosen]
+        outcomes = [run(bench, args.full, args.pg_url, args.timeout_s, Path(tmp)) for bench in chosen]
     drawn = [os.path.relpath(path, args.doc.resolve().parent) for path in charts(outcomes, args.charts.resolve())]
     print("charts: " + ", ".join(drawn))
     write_section(args.doc, section(outcomes, box, started, (start_load, load()), args.full, drawn))
