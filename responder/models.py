@@ -243,6 +243,12 @@ MESSAGES_DUE_STATES_SQL = {
     "sqlite": "+state IN ('queued', 'deferred')",
     "postgresql": "state IN ('queued', 'deferred')",
 }
+# The same for the mail that goes ahead of newsletters (confirmations, drip steps, privacy mail):
+# ``ix_messages_due_first``, so a confirmation queued behind a million newsletter rows is claimed
+# by the next claim instead of after them.
+MESSAGES_DUE_FIRST_SQL = {
+    dialect: f"{states} AND kind <> 'newsletter'" for dialect, states in MESSAGES_DUE_STATES_SQL.items()
+}
 
 
 class Message(Base):
@@ -261,6 +267,13 @@ class Message(Base):
             "id",
             sqlite_where=sql_text(MESSAGES_DUE_STATES_SQL["sqlite"]),
             postgresql_where=sql_text(MESSAGES_DUE_STATES_SQL["postgresql"]),
+        ),
+        Index(
+            "ix_messages_due_first",
+            "next_attempt_at",
+            "id",
+            sqlite_where=sql_text(MESSAGES_DUE_FIRST_SQL["sqlite"]),
+            postgresql_where=sql_text(MESSAGES_DUE_FIRST_SQL["postgresql"]),
         ),
         # The per-variant figures of A/B tests; most rows have no variant.
         # Per step and per newsletter, how their mails ended: counted from the index alone.

@@ -14,7 +14,7 @@ from responder.app import BACKGROUND
 from responder.delivery import outbox
 from responder.delivery.dkim import dns_record, generate_key, private_pem
 from responder.delivery.verp import addresses_for
-from responder.models import Event
+from responder.models import Event, Message
 
 from .conftest import App, SmtpSink
 from .delivery_fixtures import message, queue_newsletter, runtime_for, subscriber, worker_for
@@ -279,3 +279,25 @@ async def test_each_batch_sends_the_newest_template_version_through_a_full_cache
         "max@example.org": "A two",
         "ned@example.org": "B one",
     }
+
+
+async def test_mail_that_is_not_a_newsletter_is_claimed_ahead_of_a_newsletter_queued_before_it(
+    database_url, smtp, clock
+) -> None:
+    """A confirmation or a drip step queued while a newsletter's rows wait goes with the next
+    claim, not after them; the newsletter's rows then go oldest first."""
+    async with runtime_for(database_url, smtp.url, clock) as rt:
+        news = await queue_newsletter(rt, [f"n{i}@example.org" for i in range(30)])
+        clock.advance(60)
+        later = []
+        async with rt.db.transaction() as session:
+            for kind, name in (("step", "layer1-welcome"), ("confirm", "confirm")):
+                who = (await session.execute(select(Message.subscriber_id).where(Message.id == news[0]))).scalar_one()
+                pk = await outbox.enqueue(
+                    session, subscriber_id=who, kind=kind, template_name=name, now=clock.now(), domain="example.org"
+                )
+                assert pk is not None
+                later.append(pk)
+        first = await outbox.claim(rt.db, owner="w", now=clock.now(), limit=5, lease_s=60)
+        assert first == [*later, *news[:3]]
+        assert await outbox.claim(rt.db, owner="w", now=clock.now(), limit=5, lease_s=60) == news[3:8]

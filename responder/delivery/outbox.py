@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     exists,
+    func,
     literal_column,
     select,
     union_all,
@@ -27,11 +28,11 @@ from sqlalchemy import (
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.sql.dml import Insert, ReturningInsert, ReturningUpdate
 
 from ..db import Database
 from ..dbutil import insert_ignore
-from ..models import MESSAGES_DUE_STATES_SQL, DeliveryControl, Message, SentStep
+from ..models import MESSAGES_DUE_FIRST_SQL, MESSAGES_DUE_STATES_SQL, DeliveryControl, Message, SentStep
 from .controls import PAUSED
 from .mime import new_message_id
 
@@ -98,12 +99,35 @@ async def enqueue_many(session: AsyncSession, rows: list[dict[str, object]]) -> 
             rows = [r for r in rows if (r["subscriber_id"], r.get("step_id")) not in gone]
     if not rows:
         return 0
-    insert = sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
-    # One compiled statement, executed for many parameter sets (batched by SQLAlchemy's
-    # "insertmanyvalues"): far cheaper than compiling one huge VALUES list per batch.
-    table: Table = Message.__table__  # type: ignore[assignment]
-    result = await session.execute(insert(table).on_conflict_do_nothing().returning(table.c.id), rows)
+    if session.get_bind().dialect.name == "sqlite":
+        # One compiled statement executed for every row by sqlite3's own loop; its row count is
+        # the rows inserted (a conflict inserts none).
+        result = await session.execute(_sqlite_insert(), rows)
+        return int(result.rowcount)  # type: ignore[attr-defined]
+    # PostgreSQL: one statement whatever the batch, its columns sent as arrays and unnested by
+    # the server; a VALUES list (or an executemany) costs three times as much per row.
+    keys = tuple(rows[0])
+    columns = {key: [row[key] for row in rows] for key in keys}
+    result = await session.execute(_postgresql_insert(keys), columns)
     return len(result.all())
+
+
+@functools.cache
+def _sqlite_insert() -> Insert:
+    return sqlite.insert(MESSAGES).on_conflict_do_nothing()
+
+
+@functools.cache
+def _postgresql_insert(keys: tuple[str, ...]) -> ReturningInsert[tuple[int]]:
+    """``enqueue_many``'s statement on PostgreSQL for rows with these keys, built once."""
+    arrays = func.unnest(*(bindparam(key, type_=postgresql.ARRAY(_m[key].type)) for key in keys))
+    rows = arrays.table_valued(*keys).render_derived(name="row")
+    return (
+        postgresql.insert(MESSAGES)
+        .from_select(list(keys), select(*(rows.c[key] for key in keys)))
+        .on_conflict_do_nothing()
+        .returning(_m.id)
+    )
 
 
 async def enqueue(
@@ -135,9 +159,12 @@ def _claim_select(dialect: str, limit: int, shape: Shape | None) -> AnySelect:
     keeps its compiled form's cache key instead of building and hashing it on every claim."""
     controls = cast(Table, DeliveryControl.__table__).c
     not_paused = ~exists().where(controls.name == PAUSED, controls.value == "1")
+
     # The partial index's predicate, qualified: literal SQL, as a bound value cannot prove it.
-    states = MESSAGES_DUE_STATES_SQL.get(dialect, MESSAGES_DUE_STATES_SQL["postgresql"])
-    due = sql_text(states.replace("state IN", "messages.state IN"))
+    def qualified(states: dict[str, str]) -> Any:
+        sql = states.get(dialect, states["postgresql"])
+        return sql_text(sql.replace("state IN", "messages.state IN").replace("kind <>", "messages.kind <>"))
+
     now = bindparam("now", type_=_m.next_attempt_at.type)
     picks = [
         select(_m.id)
@@ -147,12 +174,13 @@ def _claim_select(dialect: str, limit: int, shape: Shape | None) -> AnySelect:
         .with_for_update(skip_locked=True)
         .subquery(name)
         for name, where in (
-            ("due", (due, _m.next_attempt_at <= now)),
+            ("first", (qualified(MESSAGES_DUE_FIRST_SQL), _m.next_attempt_at <= now)),
+            ("due", (qualified(MESSAGES_DUE_STATES_SQL), _m.next_attempt_at <= now)),
             ("expired", (_m.state == "sending", _m.lease_expires_at < now)),
         )
     ]
     picked = union_all(*(select(pick.c.id) for pick in picks)).subquery("picked")
-    query: AnySelect = select(_m.id, _m.next_attempt_at, _m.attempts).select_from(
+    query: AnySelect = select(_m.id, _m.next_attempt_at, _m.attempts, _m.kind).select_from(
         picked.join(MESSAGES, _m.id == picked.c.id)
     )
     return shape(query) if shape is not None else query
@@ -168,8 +196,8 @@ _CLAIM_UPDATE = (
 
 
 async def claim(db: Database, *, owner: str, now: dt.datetime, limit: int, lease_s: int) -> list[int]:
-    """Lease up to ``limit`` due messages to ``owner``; their ids, oldest first. None while
-    sending is paused."""
+    """Lease up to ``limit`` due messages to ``owner``; their ids, in claim order (``claim_in``).
+    None while sending is paused."""
     async with db.transaction() as session:
         rows = await claim_in(session, owner=owner, now=now, limit=limit, lease_s=lease_s)
     return [row.id for row in rows]
@@ -184,21 +212,26 @@ async def claim_in(
     lease_s: int,
     shape: Shape | None = None,
 ) -> list[AnyRow]:
-    """``claim`` inside the caller's transaction, returning rows, oldest first: ``id``,
-    ``next_attempt_at``, ``attempts`` (before this attempt is counted) and whatever ``shape``
+    """``claim`` inside the caller's transaction, returning rows in claim order: ``id``,
+    ``next_attempt_at``, ``attempts`` (before this attempt is counted), ``kind`` and whatever ``shape``
     adds to the select of ``messages`` (columns, outer joins; one row per message). ``shape``
     is called once per limit and dialect, its select kept.
 
-    Two index walks pick the rows, each stopping after ``limit``: the due states in claim order
-    (a partial index) and expired leases (in-flight rows only). The picks are subqueries of
+    Three index walks pick the rows, each stopping after ``limit``: the due mail that goes ahead
+    of newsletters (confirmations, drip steps, privacy mail: a partial index), every due row in
+    claim order (another), and expired leases (in-flight rows only). The batch takes the first
+    kind before any newsletter, then the oldest: a promotion's first step does not wait behind
+    a newsletter's million rows queued before it. The picks are subqueries of
     their own, so the planner cannot trade the ordered walk for a sort of the whole backlog to
     suit what ``shape`` joins. The pause flag is read in the same statement: once a pause is
     committed, claims find nothing.
     """
     query = _claim_select(session.get_bind().dialect.name, limit, shape)
     rows: list[AnyRow] = list((await session.execute(query, {"now": now})).all())
-    # Oldest first across both picks; rows locked beyond the batch are let go at commit.
-    rows = sorted(rows, key=lambda row: (row.next_attempt_at, row.id))[:limit]
+    # Mail that is not a newsletter first, then oldest first across the picks (a row two picks
+    # found, once); rows locked beyond the batch are let go at commit.
+    unique = {row.id: row for row in rows}.values()
+    rows = sorted(unique, key=lambda row: (row.kind == "newsletter", row.next_attempt_at, row.id))[:limit]
     if rows:
         await session.execute(
             _CLAIM_UPDATE,

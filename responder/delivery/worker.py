@@ -138,7 +138,7 @@ _m = outbox.MESSAGES.c
 def _claim_shape(query: outbox.AnySelect) -> outbox.AnySelect:
     """What the claim reads besides the outbox row: the subscriber, the layer and the newest
     version of the template's name, joined, so a batch needs no query per message. The
-    columns' order is ``_claimed``'s."""
+    columns' order is ``_claimed``'s (after ``claim_in``'s id, next attempt, attempts and kind)."""
     versions = cast(Table, Template.__table__).alias("versions")
     newest = (
         select(versions.c.id)
@@ -150,7 +150,6 @@ def _claim_shape(query: outbox.AnySelect) -> outbox.AnySelect:
     return (
         query.add_columns(
             _m.subscriber_id,
-            _m.kind,
             _m.step_id,
             _m.newsletter_id,
             _m.template_name,
@@ -180,8 +179,8 @@ def _claimed(row: Any, layers: dict[int, _Layer]) -> Claimed:
         pk,
         _next_attempt_at,
         attempts,
-        subscriber_id,
         kind,
+        subscriber_id,
         step_id,
         newsletter_id,
         template_name,

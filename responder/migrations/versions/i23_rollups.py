@@ -1,5 +1,6 @@
 """Roll-ups and retention: daily figures the reports read, where the roll-up stands, the drip
-steps whose outbox rows were deleted, and the indexes the roll-up and the reports count from
+steps whose outbox rows were deleted, the indexes the roll-up and the reports count from, and
+the claim's index of the mail that goes ahead of newsletters
 
 Revision ID: i23_rollups
 Revises: i22_ab_tests
@@ -56,9 +57,18 @@ def upgrade() -> None:
             sqlite_where=sa.text(f"{column} IS NOT NULL"),
             postgresql_where=sa.text(f"{column} IS NOT NULL"),
         )
+    op.create_index(
+        "ix_messages_due_first",
+        "messages",
+        ["next_attempt_at", "id"],
+        unique=False,
+        sqlite_where=sa.text("+state IN ('queued', 'deferred') AND kind <> 'newsletter'"),
+        postgresql_where=sa.text("state IN ('queued', 'deferred') AND kind <> 'newsletter'"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_messages_due_first", table_name="messages")
     op.drop_index("ix_messages_newsletter_state", table_name="messages")
     op.drop_index("ix_messages_step_state", table_name="messages")
     op.drop_index("ix_events_created_at", table_name="events")
