@@ -97,6 +97,25 @@ class Book:
 class Ledger:
     books: dict[int, Book]
     steps: dict[int, list[Step]]  # each sequence's steps, by position
+    # Plans already made in this ledger, by everything ``Book.plan`` reads (``plan`` is pure).
+    _plans: dict[tuple[Any, ...], list[dt.datetime]] = field(default_factory=dict)
+
+    def plan(self, book: Book, now: dt.datetime) -> dict[Key, dt.datetime]:
+        """``book.plan(now)``, made once for books that count and wait alike: most of a
+        newsletter's batch has the same layer, choice and pause, nothing sent within the
+        lookback and only the newsletter waiting, so a batch plans a handful of times, not once
+        per subscriber. (A layer's caps are the same dict for every book of one ledger; a mail
+        in a send window is not hashable, and is planned on its own.)"""
+        held = tuple(book.waiting.values())
+        for mail in held:
+            if mail.window is not None:
+                return book.plan(now)
+        s = book.subscriber
+        key = (now, s.layer_id, s.frequency, s.paused_until, s.held_until, tuple(book.sent), held)
+        times = self._plans.get(key)
+        if times is None:
+            times = self._plans[key] = list(book.plan(now).values())
+        return dict(zip(book.waiting, times, strict=True))
 
     def next_step(self, sequence_id: int, position: int) -> Step | None:
         """The step an enrollment sends next: the first at or after ``position``."""

@@ -39,7 +39,10 @@ from ..validation import MAX_ID, clean_text
 from . import abtests
 from .ledger import PACED, move_held_rows, read_ledger
 
-BATCH = 500
+# Recipients per batch: a batch's own queries and commit cost as much as planning some 250
+# recipients (measured at 100,000: 500 a batch took 12 s, 2,000 took 9 s); a batch of 2,000
+# holds SQLite's writer for some 0.15 s.
+BATCH = 2000
 TAG = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 STATES = ("draft", "scheduled", "sending", "paused", "sent", "cancelled")
 
@@ -336,18 +339,30 @@ async def send_batch(
     test: AbTest | None = None,
 ) -> int:
     split = await abtests.split_for(session, test, newsletter.template_name, now) if test is not None else None
-    rows = (
-        await session.execute(
-            select(*PACED)
-            .join(NewsletterRecipient, NewsletterRecipient.subscriber_id == Subscriber.id)
-            .where(NewsletterRecipient.newsletter_id == newsletter.id, Subscriber.id > newsletter.cursor)
-            .order_by(Subscriber.id)
-            .limit(batch)
-        )
-    ).all()
-    if not rows:
+    # The next batch is read from the recipients' primary key alone, then its subscribers by
+    # theirs: as one join, SQLite ranged over every remaining recipient and sorted them, and
+    # PostgreSQL hashed the whole subscribers table for each batch.
+    ids = list(
+        (
+            await session.execute(
+                select(NewsletterRecipient.subscriber_id)
+                .where(
+                    NewsletterRecipient.newsletter_id == newsletter.id,
+                    NewsletterRecipient.subscriber_id > newsletter.cursor,
+                )
+                .order_by(NewsletterRecipient.subscriber_id)
+                .limit(batch)
+            )
+        ).scalars()
+    )
+    if not ids:
         _walked(newsletter, test, now)
         return 0
+    rows = (
+        await session.execute(
+            select(*PACED).where(Subscriber.id.between(ids[0], ids[-1]), Subscriber.id.in_(ids)).order_by(Subscriber.id)
+        )
+    ).all()
     # Left since the audience was fixed, or paused now: skipped (a pause does not hold it).
     reached = {r.id: r for r in rows if r.status == "active" and not skips_newsletter(r.paused_until, now)}
     if test is not None:  # this walk's part of the audience: the test share, or the rest
@@ -356,13 +371,12 @@ async def send_batch(
     ledger = await read_ledger(session, reached, now, walking=newsletter.id)
     queue = []
     moves = []
-    key = ("newsletter", newsletter.id)
+    key, held = ("newsletter", newsletter.id), Held("newsletter", now)
+    newsletter_id, template = newsletter.id, newsletter.template_name
     for subscriber_id, book in ledger.books.items():
-        book.waiting[key] = Held("newsletter", now)
-        times = book.plan(now)
-        template_name, variant = (
-            split.row(subscriber_id) if split is not None else (newsletter.template_name, dict[str, Any]())
-        )
+        book.waiting[key] = held
+        times = ledger.plan(book, now)
+        template_name, variant = split.row(subscriber_id) if split is not None else (template, dict[str, Any]())
         queue.append(
             outbox_row(
                 subscriber_id,
@@ -370,7 +384,7 @@ async def send_batch(
                 template_name,
                 now,
                 domain,
-                newsletter_id=newsletter.id,
+                newsletter_id=newsletter_id,
                 send_at=times[key],
                 **variant,
             )
@@ -378,7 +392,7 @@ async def send_batch(
         moves += book.moved(times)
     queued = await enqueue_many(session, queue)
     await move_held_rows(session, moves)
-    newsletter.cursor = rows[-1].id
-    if len(rows) < batch:
+    newsletter.cursor = ids[-1]
+    if len(ids) < batch:
         _walked(newsletter, test, now)
     return queued
