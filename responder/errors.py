@@ -32,6 +32,11 @@ class TemplateError(ResponderError):
     status = 422
 
 
+class RenderTimedOut(TemplateError):
+    """A render ran past its time limit: a runaway template, or a machine too busy to give it
+    the time. An upload is refused; a mail being sent is tried again later, not failed."""
+
+
 class DeliveryError(ResponderError):
     """Sending one message failed; subclasses say whether a retry can help."""
 

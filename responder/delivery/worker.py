@@ -36,7 +36,14 @@ from ..audience import limits
 from ..core import warmup as core_warmup
 from ..core.bounces import SOFT, Bounce, classify
 from ..core.retry import next_attempt
-from ..errors import PermanentDeliveryError, RelayCannotCarry, TemplateError, TemporaryDeliveryError, ValidationError
+from ..errors import (
+    PermanentDeliveryError,
+    RelayCannotCarry,
+    RenderTimedOut,
+    TemplateError,
+    TemporaryDeliveryError,
+    ValidationError,
+)
 from ..funnel import governor, webhooks
 from ..funnel.events import record_event
 from ..funnel.facts import SENT_EVENTS
@@ -426,6 +433,9 @@ class DeliveryWorker(PollingLoop):
                 try:
                     built = await build
                     data = compose(built.mail)
+                except RenderTimedOut as exc:  # a busy machine as often as a runaway template
+                    outcomes.append(self._deferred(message, exc.message, {}))
+                    continue
                 except (TemplateError, ValidationError) as exc:
                     outcomes.append(
                         Outcome(message.id, message.subscriber_id, {"state": "failed", "last_error": exc.message})

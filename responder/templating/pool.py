@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from ..errors import TemplateError
+from ..errors import RenderTimedOut, TemplateError
 from ..framed import ChildGone, FramedChild, child_signals, read_frame, write_frame
 from .compile import Compiled, compile_template
 from .render import Rendered, render_parts
@@ -275,7 +275,7 @@ class Renderer:
                 except TimeoutError:
                     self.replaced += 1
                     log.warning("a %s job ran past %g s: its render process was killed", name, self.time_limit_s)
-                    raise TemplateError(
+                    raise RenderTimedOut(
                         f"the template takes longer than {self.time_limit_s:g} s to render", field="body"
                     ) from None
                 except RenderGone as exc:
