@@ -21,8 +21,9 @@ time of each buyer's.
 
 Prints p50, p99 and the slowest of both, the newsletter's own rate, and how much of it was still
 to go when the last purchase was made. The engine wakes the scheduler at once; the step mail is
-then one more row in the outbox, which workers claim oldest-due first, so under load a
-promotion's mail waits behind the newsletter rows queued before it. ``--json PATH`` writes
+then one more row in the outbox, which workers claim ahead of the newsletter's rows (mail
+that is not a newsletter goes first), so under load it waits for a claim, not for the
+newsletter. ``--json PATH`` writes
 ``bench/suite.py``'s rows; ``--full`` is ``--messages 100000 --promotions 1000``.
 """
 
