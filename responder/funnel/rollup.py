@@ -17,7 +17,8 @@ that changed a subscriber's standing (unsubscribes, complaints, bounces) are the
 stay, as consent records do.
 
 The metrics (``Key`` is scope, scope id, layer id, metric):
-- ``all``: ``ev:{type}:{machine 0/1}:{verdict}`` for opens, clicks, sent and complaints;
+- ``all``: ``ev:{type}:{machine 0/1}:{verdict}`` for every type of event but bounces (the
+  dashboard's opens, clicks, mail and complaints; ``/metrics``' events by type);
   ``bounce:hard`` and ``bounce:soft``.
 - ``step``: ``mails:{open|click|unsubscribe}``, mails with a human one (each mail once).
 - ``newsletter``, per layer: ``hits:{type}:{m}`` and ``mails:{type}:{m}`` for opens, clicks,
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 LAG = dt.timedelta(seconds=120)  # events younger than this may belong to a transaction still open
 HOURS = 72  # a newsletter report's chart: mails first opened in each hour since it started
 ACTIVITY = ("open", "click", "unsubscribe", "complaint")
-DASHBOARD_TYPES = ("open", "click", "sent", "complaint")
 FINAL_STATES = ("sent", "failed", "bounced")
 MAIL_EVENTS = ("sent", "open", "click")  # what pruning a mail deletes of its events
 PRUNE_BATCH = 1000
@@ -133,7 +133,7 @@ async def count_events(
         counts += fold_all(
             await session.execute(
                 select(Event.type, Event.machine, Event.verdict, hard, func.count())
-                .where(*span, type_.in_((*DASHBOARD_TYPES, "bounce")))
+                .where(*span)
                 .group_by(Event.type, Event.machine, Event.verdict, hard)
             )
         )
