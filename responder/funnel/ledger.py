@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, bindparam, case, func, or_, select, type_coerce, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, case, func, or_, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.pacing import COLLISION_GAP, WEEK, Held, Sent, plan, skips_newsletter, zone
@@ -141,6 +141,16 @@ def lookback(layers: Iterable[Layer]) -> dt.timedelta:
     return max([WEEK, COLLISION_GAP, *gaps])
 
 
+def among(column: Any, ids: Collection[int]) -> ColumnElement[bool]:
+    """``column IN ids``, bounded by the ids' range as well: with statistics that lag behind a
+    table growing fast (the outbox while a big newsletter is queued) PostgreSQL took the IN
+    list for most of a table it thought small and scanned all of it, each batch; the range
+    keeps it on the index (1.7 ms instead of 120 ms for 2,000 ids among 600,000 rows)."""
+    if not ids:
+        return column.in_(ids)  # type: ignore[no-any-return]
+    return and_(column.between(min(ids), max(ids)), column.in_(ids))
+
+
 async def read_ledger(
     session: AsyncSession, subscribers: Mapping[int, Any], now: dt.datetime, *, walking: int | None = None
 ) -> Ledger:
@@ -152,7 +162,7 @@ async def read_ledger(
     since = now - lookback(layers)
     for row in await session.execute(
         select(Message.id, Message.subscriber_id, Message.kind, Message.state, MAIL_AT, QUEUED_AT).where(
-            Message.subscriber_id.in_(ids),
+            among(Message.subscriber_id, ids),
             Message.kind.in_(COUNTED_KINDS),
             Message.state.not_in(NOT_RECEIVED),
             or_(Message.sent_at.is_(None), Message.sent_at > since),
@@ -173,7 +183,7 @@ async def read_ledger(
                 Enrollment.next_position,
                 Enrollment.due_at,
                 Enrollment.waiting_since,
-            ).where(Enrollment.subscriber_id.in_(ids), Enrollment.state == "active")
+            ).where(among(Enrollment.subscriber_id, ids), Enrollment.state == "active")
         )
     ).all()
     steps: dict[int, list[Step]] = defaultdict(list)
@@ -212,7 +222,7 @@ async def _coming_newsletters(
         .where(
             Newsletter.state == "sending",
             Newsletter.id != (walking or 0),
-            NewsletterRecipient.subscriber_id.in_(set(books)),
+            among(NewsletterRecipient.subscriber_id, set(books)),
             NewsletterRecipient.subscriber_id > Newsletter.cursor,
         )
     ):
