@@ -39,9 +39,10 @@ def stamp(at: dt.datetime) -> str:
 
 
 def on_disk(path: Path) -> int:
-    """The database's bytes: the file and its write-ahead log."""
-    wal = path.with_name(path.name + "-wal")
-    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    """The database's bytes once its write-ahead log is folded back into the file."""
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path.stat().st_size
 
 
 def fill(path: Path, now: dt.datetime, layer_id: int, step_ids: list[int], messages: int) -> int:
@@ -114,11 +115,11 @@ async def run(messages: int, folder: Path) -> dict[str, Any]:
         pruned_messages, pruned_events = await rollup.prune(rt.db, settings, now, batches=10**9)
         prune_s = time.perf_counter() - started
         pruned, pruned_report_s = await report()
-        with sqlite3.connect(path) as db:
-            db.execute("VACUUM")
-        size_after = on_disk(path)
     finally:
         await rt.close()
+    with sqlite3.connect(path) as db:
+        db.execute("VACUUM")
+    size_after = on_disk(path)
     assert scanned == rolled == pruned, "the report changed"
     return {
         "messages": messages,
