@@ -87,8 +87,9 @@ async def test_a_full_mailbox_suppresses_only_after_the_limit(
         assert statuses == ["active", "active", "bounced"]
         kinds = [(b["hard"], b.get("kind")) for b in await bounces(rt, "max@example.org")]
         # Six refusals (each day's retries of the earlier messages too), three messages: the
-        # messages are counted, not the tries.
-        assert kinds.count((False, "full")) == 6 and kinds[-1] == (True, None)
+        # messages are counted, not the tries. The third day's new message goes first (a drip
+        # step is claimed ahead of newsletter retries), so its suppression is not the last row.
+        assert kinds.count((False, "full")) == 6 and kinds.count((True, None)) == 1
 
 
 @pytest.mark.parametrize(
