@@ -76,7 +76,7 @@ class Subscriber(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)
     name: Mapped[str] = mapped_column(String(200), default="")
-    # pending | active | unsubscribed | bounced | complained
+    # pending | active | unsubscribed | bounced | complained | sunset
     status: Mapped[str] = mapped_column(String(16), index=True)
     layer_id: Mapped[int | None] = mapped_column(ForeignKey("layers.id"), index=True)
     layer_entered_at: Mapped[dt.datetime | None]
