@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +55,12 @@ class LiveServer:
     url: str
 
 
-@pytest.fixture
-async def live(database_url: str, smtp: SmtpSink) -> AsyncIterator[LiveServer]:
+@asynccontextmanager
+async def serving(database_url: str, smtp: SmtpSink, **env: str) -> AsyncIterator[LiveServer]:
+    """The whole server on a free port of 127.0.0.1, on a fake clock, with ``env`` set."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    settings = make_settings(database_url, smtp.url, RESPONDER_BASE_URL=url)
+    settings = make_settings(database_url, smtp.url, RESPONDER_BASE_URL=url, **env)
     clock = FakeClock()
     await seeded(settings, clock.now())
     rt = (await start_runtime(settings, clock)).runtime
@@ -69,3 +71,9 @@ async def live(database_url: str, smtp: SmtpSink) -> AsyncIterator[LiveServer]:
     finally:
         await server.close()
         await rt.close()
+
+
+@pytest.fixture
+async def live(database_url: str, smtp: SmtpSink) -> AsyncIterator[LiveServer]:
+    async with serving(database_url, smtp) as server:
+        yield server

@@ -18,45 +18,60 @@ from .public_fixtures import flushed
 from .test_tracking import BROWSER, click_path, judged, open_path
 
 
-async def test_a_newsletter_report_counts_people_and_machines_per_layer(papp: App) -> None:
+async def winter_newsletter_read(app: App, arriving: int = 4) -> tuple[int, dict[int, int]]:
+    """Layers 2 and 3 (ann, bot, cat, dan) sent the "Winter" newsletter through the SMTP sink
+    (``arriving`` mails in all reach it); then ann opens and clicks, a scanner fetches bot's
+    pixel, cat opens twice and dan unsubscribes in one click, all through the real tracker.
+    The newsletter's id, and each reader's name → their mail's id."""
     people = {}
     for layer, name in ((2, "ann"), (2, "bot"), (3, "cat"), (3, "dan")):
-        people[name] = await make_subscriber(papp.rt, f"{name}@example.com", layer=layer)
-    resp = await papp.client.post(
+        people[name] = await make_subscriber(app.rt, f"{name}@example.com", layer=layer)
+    resp = await app.client.post(
         "/api/v1/newsletters",
         json={"name": "Winter", "template": "layer2-quick-wins", "layers": [2, 3], "send_now": True},
-        headers=papp.auth,
+        headers=app.auth,
     )
     assert resp.status == 201, await resp.text()
     newsletter_id = (await resp.json())["id"]
-    await settle(papp)
-    received = await papp.smtp.wait_for(4)
-    async with papp.rt.db.read() as session:
+    await settle(app)
+    received = await app.smtp.wait_for(arriving)
+    async with app.rt.db.read() as session:
         mail = dict(
-            (await session.execute(select(Message.subscriber_id, Message.id).where(Message.state == "sent"))).all()
+            (
+                await session.execute(
+                    select(Message.subscriber_id, Message.id).where(
+                        Message.newsletter_id == newsletter_id, Message.state == "sent"
+                    )
+                )
+            ).all()
         )
     assert set(mail) == set(people.values())
 
-    papp.clock.advance(60)
-    client = papp.client
-    await client.get(open_path(papp, mail[people["ann"]]), headers=BROWSER)
-    papp.clock.advance(15)
+    app.clock.advance(60)
+    client = app.client
+    await client.get(open_path(app, mail[people["ann"]]), headers=BROWSER)
+    app.clock.advance(15)
     click = await client.get(
-        click_path(papp, mail[people["ann"]], "https://acme.example.com/"), headers=BROWSER, allow_redirects=False
+        click_path(app, mail[people["ann"]], "https://acme.example.com/"), headers=BROWSER, allow_redirects=False
     )
     assert click.status == 302
-    await client.get(open_path(papp, mail[people["bot"]]), headers={"User-Agent": "python-requests/2.32"})
+    await client.get(open_path(app, mail[people["bot"]]), headers={"User-Agent": "python-requests/2.32"})
     for _ in range(2):  # two opens of one mail: one mail opened
-        papp.clock.advance(15)
-        await client.get(open_path(papp, mail[people["cat"]]), headers=BROWSER)
+        app.clock.advance(15)
+        await client.get(open_path(app, mail[people["cat"]]), headers=BROWSER)
     dans = next(r for r in received if "dan@example.com" in r.rcpt_tos)
     unsubscribe = re.search(r"<(https://[^>]+)>", dans.message["List-Unsubscribe"])
     assert unsubscribe
-    resp = await client.post(papp.path(unsubscribe.group(1)), data="List-Unsubscribe=One-Click")
+    resp = await client.post(app.path(unsubscribe.group(1)), data="List-Unsubscribe=One-Click")
     assert resp.status == 200
-    await judged(papp)
-    await flushed(papp)
+    await judged(app)
+    await flushed(app)
+    return newsletter_id, {name: mail[subscriber_id] for name, subscriber_id in people.items()}
 
+
+async def test_a_newsletter_report_counts_people_and_machines_per_layer(papp: App) -> None:
+    newsletter_id, _ = await winter_newsletter_read(papp)
+    client = papp.client
     resp = await client.get(f"/api/v1/newsletters/{newsletter_id}/report", headers=papp.auth)
     assert resp.status == 200, await resp.text()
     report = await resp.json()

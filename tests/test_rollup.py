@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 from collections import Counter
 from typing import Any
 
@@ -18,12 +17,11 @@ from responder.delivery.outbox import enqueue, enqueue_many, outbox_row
 from responder.funnel import rollup
 from responder.models import Event, Message, RolledFigure, SentStep
 
-from .admin_fixtures import make_subscriber
 from .conftest import App
 from .funnel_fixtures import make_subscriber as enrolled_subscriber
-from .funnel_fixtures import settle
 from .public_fixtures import flushed
-from .test_tracking import BROWSER, click_path, judged, open_path
+from .test_newsletter_report import winter_newsletter_read
+from .test_tracking import BROWSER, click_path, open_path
 
 
 async def reports(app: App, newsletter_id: int) -> dict[str, Any]:
@@ -54,43 +52,7 @@ async def read(app: App, scope: str) -> Counter[rollup.Key]:
 
 async def test_reports_read_the_same_before_and_after_a_roll_up_and_a_prune(papp: App) -> None:
     await enrolled_subscriber(papp.rt, "eve@example.com")  # sent layer 1's welcome step
-    people = {}
-    for layer, name in ((2, "ann"), (2, "bot"), (3, "cat"), (3, "dan")):
-        people[name] = await make_subscriber(papp.rt, f"{name}@example.com", layer=layer)
-    resp = await papp.client.post(
-        "/api/v1/newsletters",
-        json={"name": "Winter", "template": "layer2-quick-wins", "layers": [2, 3], "send_now": True},
-        headers=papp.auth,
-    )
-    assert resp.status == 201, await resp.text()
-    newsletter_id = (await resp.json())["id"]
-    await settle(papp)
-    received = await papp.smtp.wait_for(5)
-    async with papp.rt.db.read() as session:
-        mail = dict(
-            (
-                await session.execute(
-                    select(Message.subscriber_id, Message.id).where(Message.newsletter_id == newsletter_id)
-                )
-            ).all()
-        )
-    client = papp.client
-    papp.clock.advance(60)
-    await client.get(open_path(papp, mail[people["ann"]]), headers=BROWSER)
-    papp.clock.advance(15)
-    await client.get(
-        click_path(papp, mail[people["ann"]], "https://acme.example.com/"), headers=BROWSER, allow_redirects=False
-    )
-    await client.get(open_path(papp, mail[people["bot"]]), headers={"User-Agent": "python-requests/2.32"})
-    for _ in range(2):
-        papp.clock.advance(15)
-        await client.get(open_path(papp, mail[people["cat"]]), headers=BROWSER)
-    dans = next(r for r in received if "dan@example.com" in r.rcpt_tos)
-    unsubscribe = re.search(r"<(https://[^>]+)>", dans.message["List-Unsubscribe"])
-    assert unsubscribe
-    assert (await client.post(papp.path(unsubscribe.group(1)), data="List-Unsubscribe=One-Click")).status == 200
-    await judged(papp)
-    await flushed(papp)
+    newsletter_id, mail = await winter_newsletter_read(papp, arriving=5)
     papp.clock.advance(600)  # past the roll-up's lag
     now = papp.clock.now()
 
@@ -115,10 +77,10 @@ async def test_reports_read_the_same_before_and_after_a_roll_up_and_a_prune(papp
     # Activity after the roll-up: a second open of a mail already opened adds a hit, not a
     # mail; a first click of another mail is one more clicked mail.
     papp.clock.advance(60)
-    await client.get(open_path(papp, mail[people["ann"]]), headers=BROWSER)
+    await papp.client.get(open_path(papp, mail["ann"]), headers=BROWSER)
     papp.clock.advance(15)
-    await client.get(
-        click_path(papp, mail[people["cat"]], "https://acme.example.com/"), headers=BROWSER, allow_redirects=False
+    await papp.client.get(
+        click_path(papp, mail["cat"], "https://acme.example.com/"), headers=BROWSER, allow_redirects=False
     )
     await flushed(papp)
     after = await reports(papp, newsletter_id)

@@ -6,15 +6,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp.test_utils import TestServer
 from playwright.async_api import BrowserContext, expect
 
-from responder.app import init_app, start_runtime
 from responder.clock import FakeClock
 
-from .browser_fixtures import SCREENSHOTS, LiveServer, chromium, free_port  # noqa: F401
-from .conftest import SmtpSink, make_settings
-from .db_template import migrated
+from .browser_fixtures import SCREENSHOTS, LiveServer, chromium, serving  # noqa: F401
+from .conftest import SmtpSink
 from .delivery_fixtures import queue_newsletter
 from .test_admin_browser import sign_in
 
@@ -23,24 +20,11 @@ pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 @pytest.fixture
 async def warming(database_url: str, smtp: SmtpSink) -> AsyncIterator[LiveServer]:
-    port, clock = free_port(), FakeClock()
-    url = f"http://127.0.0.1:{port}"
-    settings = make_settings(
-        database_url,
-        smtp.url,
-        RESPONDER_BASE_URL=url,
-        RESPONDER_WARMUP_START=clock.now().date().isoformat(),
-        RESPONDER_WARMUP_SCHEDULE="2,20,200",
-    )
-    await migrated(database_url)
-    rt = (await start_runtime(settings, clock)).runtime
-    server = TestServer(init_app(rt), host="127.0.0.1", port=port)
-    await server.start_server()
-    try:
-        yield LiveServer(rt, url)
-    finally:
-        await server.close()
-        await rt.close()
+    today = FakeClock().now().date().isoformat()  # the day the server's fake clock starts on
+    async with serving(
+        database_url, smtp, RESPONDER_WARMUP_START=today, RESPONDER_WARMUP_SCHEDULE="2,20,200"
+    ) as server:
+        yield server
 
 
 async def test_the_warmup_section_at_375_px(

@@ -114,10 +114,15 @@ def fold_mail(rows: Iterable[tuple[Any, ...]]) -> Counter[Key]:
 
 
 async def count_events(
-    session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, *, newsletter_id: int | None = None
+    session: AsyncSession,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    *,
+    scope: str | None = None,
+    newsletter_id: int | None = None,
 ) -> Counter[Key]:
     """Every metric of the events created in [start, end) (open ends: unbounded), counted by the
-    database; only one newsletter's mails with ``newsletter_id``."""
+    database; only ``scope``'s with a scope, only one newsletter's mails with ``newsletter_id``."""
     span = []
     if start is not None:
         span.append(Event.created_at >= start)
@@ -128,7 +133,7 @@ async def count_events(
     # expression no index answers.
     type_ = Event.type + "" if start is not None else Event.type
     counts: Counter[Key] = Counter()
-    if newsletter_id is None:
+    if scope in (None, "all") and newsletter_id is None:
         hard = Event.data["hard"].as_boolean()
         counts += fold_all(
             await session.execute(
@@ -137,6 +142,8 @@ async def count_events(
                 .group_by(Event.type, Event.machine, Event.verdict, hard)
             )
         )
+    if scope == "all":
+        return counts
     scoped = [Message.newsletter_id == newsletter_id] if newsletter_id is not None else []
     rows = (
         select(
@@ -255,7 +262,9 @@ async def figures(
     if since_day is not None:
         day_start = dt.datetime.combine(since_day, dt.time(), tzinfo=dt.UTC)
         start = max(start, day_start) if start is not None else day_start
-    tail = await count_events(session, start, None, newsletter_id=scope_id if scope == "newsletter" else None)
+    tail = await count_events(
+        session, start, None, scope=scope, newsletter_id=scope_id if scope == "newsletter" else None
+    )
     counts.update({key: value for key, value in tail.items() if key[0] == scope and (scope_id in (None, key[1]))})
     return counts
 
