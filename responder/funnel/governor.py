@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.governor import PROVIDERS, Counts, Decision, Group, Thresholds, govern, known_provider, provider_of
@@ -49,24 +49,39 @@ def email_domain(dialect: str) -> ColumnElement[str]:
     return func.lower(func.substr(Subscriber.email, func.instr(Subscriber.email, "@") + 1))
 
 
-async def _counts(
-    session: AsyncSession, since: dt.datetime
-) -> dict[tuple[int, str], tuple[dict[str, int], dt.datetime | None]]:
-    """(layer id, domain) → ({"sent": n, "complaint": n}, newest complaint) since ``since``."""
+Found = dict[tuple[int, str], tuple[dict[str, int], dt.datetime | None]]
+
+
+async def _counts(session: AsyncSession, now: dt.datetime) -> tuple[Found, Found]:
+    """(layer id, domain) → ({"sent": n, "complaint": n}, newest complaint), over the last day
+    and over the last week. One statement counts both, so the week always holds the day (two
+    reads could see a complaint land between them)."""
     domain = email_domain(session.get_bind().dialect.name)
+    in_day = case((Event.created_at >= now - DAY, 1), else_=0)
     rows = await session.execute(
-        select(Subscriber.layer_id, domain, Event.type, func.count(), func.max(Event.created_at))
+        select(
+            Subscriber.layer_id,
+            domain,
+            Event.type,
+            func.count(),
+            func.coalesce(func.sum(in_day), 0),
+            func.max(Event.created_at),
+        )
         .join(Subscriber, Subscriber.id == Event.subscriber_id)
-        .where(Event.type.in_(("sent", "complaint")), Event.created_at >= since, Subscriber.layer_id.is_not(None))
+        .where(Event.type.in_(("sent", "complaint")), Event.created_at >= now - WEEK, Subscriber.layer_id.is_not(None))
         .group_by(Subscriber.layer_id, domain, Event.type)
     )
-    found: dict[tuple[int, str], tuple[dict[str, int], dt.datetime | None]] = {}
-    for layer_id, name, type_, count, newest in rows:
+    week: Found = {}
+    day: Found = {}
+    for layer_id, name, type_, count, in_last_day, newest in rows:
         key = (int(layer_id or 0), name or "")
-        counts, last = found.get(key, ({}, None))
-        counts[type_] = count
-        found[key] = (counts, newest if type_ == "complaint" else last)
-    return found
+        for found, n in ((week, count), (day, int(in_last_day))):
+            if not n:
+                continue
+            counts, last = found.get(key, ({}, None))
+            counts[type_] = n
+            found[key] = (counts, newest if type_ == "complaint" else last)  # a complaint in the day is its newest
+    return day, week
 
 
 async def providers(session: AsyncSession, domains: Iterable[str]) -> dict[str, str]:
@@ -125,12 +140,12 @@ async def learn_providers(db: Database, now: dt.datetime, domains: Iterable[str]
 
 async def run(db: Database, settings: Settings, now: dt.datetime) -> Decision:
     """Count, decide, record and announce; the decision."""
-    async with db.read() as session:
-        week = await _counts(session, now - WEEK)
     if settings.governor_mx_lookup:
-        await learn_providers(db, now, {domain for _, domain in week})
+        async with db.read() as session:
+            _, before = await _counts(session, now)
+        await learn_providers(db, now, {domain for _, domain in before})
     async with db.transaction() as session:
-        day = await _counts(session, now - DAY)
+        day, week = await _counts(session, now)
         by_domain = await providers(session, {domain for _, domain in week})
         positions = dict(
             (await session.execute(select(Layer.id, Layer.position).where(Layer.removed_at.is_(None)))).all()
