@@ -142,8 +142,8 @@ async def run(db: Database, settings: Settings, now: dt.datetime) -> Decision:
     """Count, decide, record and announce; the decision."""
     if settings.governor_mx_lookup:
         async with db.read() as session:
-            _, before = await _counts(session, now)
-        await learn_providers(db, now, {domain for _, domain in before})
+            _, seen_this_week = await _counts(session, now)
+        await learn_providers(db, now, {domain for _, domain in seen_this_week})
     async with db.transaction() as session:
         day, week = await _counts(session, now)
         by_domain = await providers(session, {domain for _, domain in week})
