@@ -599,11 +599,13 @@ class RolledFigure(Base):
 
 class RollupState(Base):
     """Where the roll-up stands (one row): events created before ``rolled_until`` are in
-    ``rolled_figures``; rows older than ``pruned_before`` have been deleted."""
+    ``rolled_figures``, and so are the layer flow's day counts of what happened before
+    ``flow_rolled_until``; rows older than ``pruned_before`` have been deleted."""
 
     __tablename__ = "rollup_state"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     rolled_until: Mapped[dt.datetime | None]
+    flow_rolled_until: Mapped[dt.datetime | None]
     pruned_before: Mapped[dt.datetime | None]
     pruned_messages: Mapped[int] = mapped_column(BigInteger, default=0)
     pruned_events: Mapped[int] = mapped_column(BigInteger, default=0)

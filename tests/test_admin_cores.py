@@ -20,12 +20,9 @@ def at(days_ago: float) -> dt.datetime:
     return NOW - dt.timedelta(days=days_ago)
 
 
-def test_weekly_moves_buckets_by_monday_and_ignores_first_placements() -> None:
-    weeks = weekly_moves(
-        [(at(0), 1, 2), (at(1), 2, 3), (at(2), 3, 1), (at(3), None, 1), (at(7), 1, 2), (at(100), 1, 2)], NOW, weeks=3
-    )
+def test_weekly_moves_gives_every_week_oldest_first() -> None:
+    weeks = weekly_moves({dt.date(2026, 3, 2): {"up": 1}, dt.date(2026, 3, 9): {"up": 2, "down": 1}}, NOW, weeks=3)
     assert [w.week_start for w in weeks] == [dt.date(2026, 2, 23), dt.date(2026, 3, 2), dt.date(2026, 3, 9)]
-    # Monday 9 March: two up, one down; the placement on Sunday 8 March is not a move.
     assert [(w.up, w.down) for w in weeks] == [(0, 0), (1, 0), (2, 1)]
 
 

@@ -139,8 +139,8 @@ async def test_sunset_and_revival_are_in_the_layer_history(app: App) -> None:
         "revive layer 1 (New customer): revived: reply after no human event for 100 days",
         "sunset layer 1 (New customer): sunset: no human event for 91 days",
     ]
-    # Revived, sam entered layer 1 again.
-    assert (await get(app, "/api/v1/stats"))["layers"][0]["entered"] == 1
+    # Revived, sam entered layer 1 again: a second stay there.
+    assert (await get(app, "/api/v1/stats"))["layers"][0]["entered"] == 2
     since = (app.clock.now() - dt.timedelta(days=1)).isoformat()
     resp = await app.client.get("/api/v1/stats", params={"since": since}, headers=app.auth)
     assert (await resp.json())["layers"][0]["entered"] == 1

@@ -1,8 +1,8 @@
 """Funnel analytics: where subscribers are, how they move, and what they open and click.
 
 Counts are aggregated in the database; the layer flow (entries, conversion to the next layer,
-time in layer, moves per week, churn per layer and month) is read subscriber by subscriber by
-``flow.layer_flow`` and added up by ``core.flow``. Rates count human events only.
+time in layer, moves per week, churn per layer and month) comes from the day counts that
+``flow.layer_flow`` reads, kept by the roll-up. Rates count human events only.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.flow import CHURN_KINDS, LayerFlow
 from ..core.flow import ratio as _ratio
-from ..models import Layer, Message, Newsletter, Step, Subscriber
+from ..models import Layer, Message, Newsletter, Step
 from . import rollup
-from .flow import layer_flow
+from .flow import layer_flow, open_stays
 
 # How each way of leaving is named in the figures.
 LEFT_AS = {"unsubscribe": "unsubscribed", "bounce": "bounced", "complaint": "complained", "sunset": "sunset"}
@@ -68,16 +68,8 @@ async def funnel_stats(session: AsyncSession, now: dt.datetime, since: dt.dateti
     layers = list(
         (await session.execute(select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position))).scalars()
     )
-    active = dict(
-        (
-            await session.execute(
-                select(Subscriber.layer_id, func.count())
-                .where(Subscriber.status == "active")
-                .group_by(Subscriber.layer_id)
-            )
-        ).all()
-    )
-    flow = await layer_flow(session, now, since)
+    active = await open_stays(session)
+    flow = await layer_flow(session, now, since, open_now=active)
     position = {layer.id: layer.position for layer in layers}
     per_layer = []
     for layer in layers:
@@ -105,7 +97,7 @@ async def funnel_stats(session: AsyncSession, now: dt.datetime, since: dt.dateti
         "layers": per_layer,
         "moves_per_week": [
             {"week": _week(monday), "up": moves["up"], "down": moves["down"]}
-            for monday, moves in sorted(flow.moves.items())
+            for monday, moves in sorted(flow.moves().items())
         ],
         "churn_per_month": [
             {

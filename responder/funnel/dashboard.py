@@ -4,13 +4,13 @@ verdicts, complaint rate with its alarm.
 
 The arithmetic is pure (``weekly_moves``, ``rate``, ``complaint_alarm``, and ``core.flow`` for
 conversion and churn); ``dashboard_stats`` reads its inputs with a few grouped queries and the
-history of the subscribers who changed layer or left in the window (``flow.layer_flow``).
+layer flow's day counts (``flow.layer_flow``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.flow import CHURN_KINDS, LayerFlow, week_start
 from ..core.machine import HUMAN, HUMAN_REASONS, REASONS
-from ..models import Layer, LayerHistory, Message, Sequence, Step, Subscriber
+from ..models import Layer, Message, Sequence, Step
 from . import rollup
-from .flow import layer_flow
+from .flow import layer_flow, open_stays
 
 WEEKS = 8
 WINDOW_DAYS = 30
@@ -91,21 +91,16 @@ class Stats:
         return body
 
 
-def weekly_moves(
-    moves: Iterable[tuple[dt.datetime, int | None, int | None]], now: dt.datetime, weeks: int = WEEKS
-) -> list[WeekMoves]:
-    """(when, from position, to position) → up/down counts for each of the last ``weeks``
-    weeks (Monday starts), oldest first. A first placement (no from) is not a move, nor is one
-    whose positions are not known."""
+def weekly_moves(moves: Mapping[dt.date, Mapping[str, int]], now: dt.datetime, weeks: int = WEEKS) -> list[WeekMoves]:
+    """Moves up and down per week (its Monday: ``Flow.moves``) → each of the last ``weeks``
+    weeks, oldest first, those without a move too."""
     current = week_start(now.date())
     starts = [current - dt.timedelta(weeks=weeks - 1 - i) for i in range(weeks)]
-    counts = {start: [0, 0] for start in starts}
-    for at, start, end in moves:
-        bucket = counts.get(week_start(at.date()))
-        if bucket is None or start is None or end is None or start == end:
-            continue
-        bucket[0 if end > start else 1] += 1
-    return [WeekMoves(start, *counts[start]) for start in starts]
+    empty: Mapping[str, int] = {}
+    return [
+        WeekMoves(start, moves.get(start, empty).get("up", 0), moves.get(start, empty).get("down", 0))
+        for start in starts
+    ]
 
 
 def rate(part: int, whole: int) -> float:
@@ -121,18 +116,13 @@ async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
     layers = list(
         (await session.execute(select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position))).scalars()
     )
-    active = dict(
-        (
-            await session.execute(
-                select(Subscriber.layer_id, func.count())
-                .where(Subscriber.status == "active")
-                .group_by(Subscriber.layer_id)
-            )
-        ).all()
+    active = await open_stays(session)
+    # Churn counts the stays that ended in the window, in the layer they were in, out of all
+    # stays in that layer at some time in the window.
+    weeks_from = week_start(now.date()) - dt.timedelta(weeks=WEEKS - 1)
+    flow = await layer_flow(
+        session, now, since, open_now=active, read_from=dt.datetime.combine(weeks_from, dt.time(), tzinfo=dt.UTC)
     )
-    # Churn counts those who left in the window, in the layer they were in then, out of all who
-    # were in that layer at some time in the window.
-    flow = await layer_flow(session, now, since)
     figures = []
     for layer in layers:
         counts = flow.layers.get(layer.id, LayerFlow())
@@ -149,14 +139,6 @@ async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
                 {kind: counts.left.get(kind, 0) for kind in CHURN_KINDS},
             )
         )
-    # Which way a move went is as recorded then: removing or reordering layers since changes nothing.
-    moves = (
-        await session.execute(
-            select(LayerHistory.created_at, LayerHistory.from_position, LayerHistory.to_position).where(
-                LayerHistory.kind == "move", LayerHistory.created_at >= now - dt.timedelta(weeks=WEEKS)
-            )
-        )
-    ).all()
     # Opens, clicks, mail and complaints from the start of the window's first day: the daily
     # roll-up and the events since it (``funnel.rollup``), never a scan of the window.
     by_type: dict[tuple[str, bool], int] = {}
@@ -178,7 +160,7 @@ async def dashboard_stats(session: AsyncSession, now: dt.datetime) -> Stats:
     complaints = by_type.get(("complaint", False), 0) + by_type.get(("complaint", True), 0)
     return Stats(
         layers=figures,
-        moves=weekly_moves(moves, now),
+        moves=weekly_moves(flow.moves(weeks_from), now),
         opens=Engagement(by_type.get(("open", False), 0), by_type.get(("open", True), 0)),
         clicks=Engagement(by_type.get(("click", False), 0), by_type.get(("click", True), 0)),
         reasons=reason_counts(by_reason),

@@ -1,23 +1,25 @@
-"""Reads layer history and the events with which subscribers left, subscriber by subscriber,
-into ``core.flow``'s tally: the one source of the conversion, churn and weekly-move figures of
-``responder stats``, the API and the dashboard.
+"""Reads layer history and the events with which subscribers left into ``core.flow``'s day
+counts, and the day counts into figures: the one source of the conversion, churn and
+weekly-move figures of ``responder stats``, the API and the dashboard.
 
-Only subscribers with a change since the period began are read row by row; everyone else
-active is in the layer they were in all along, which one grouped count says.
+``count_flow`` reads the history of the subscribers with a change in a span of time; the
+roll-up (``funnel.rollup``) keeps its day counts for every span up to its last minutes, so a
+report (``layer_flow``) reads the kept day counts and folds only the few subscribers changed
+since, however long the list.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import func, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..core.flow import Change, FlowTally
-from ..models import Event, LayerHistory, Subscriber
+from ..core.flow import Change, DayKey, Flow, assemble, fold
+from ..models import Event, LayerHistory, RolledFigure, RollupState, Subscriber
 
 LEAVING_EVENTS = ("unsubscribe", "bounce", "complaint")
 BATCH = 5000
@@ -34,20 +36,16 @@ def _up(from_position: int | None, to_position: int | None) -> bool | None:
     return to_position > from_position
 
 
-async def _grouped(
-    batches: AsyncIterator[Sequence[Any]], leaving: dict[int, list[Change]]
-) -> AsyncIterator[list[Change]]:
-    """Batches of history rows ordered by subscriber → each subscriber's changes in time order.
-    (Batches, not rows: an async step per row cost more than the rest of the work.)"""
+def _grouped(rows: Sequence[Any], leaving: dict[int, list[Change]]) -> Iterator[list[Change]]:
+    """History rows ordered by subscriber → each subscriber's changes in time order."""
     current: int | None = None
     changes: list[Change] = []
-    async for batch in batches:
-        for row in batch:
-            if row.subscriber_id != current:
-                if current is not None:
-                    yield _merge(changes, leaving.pop(current, []))
-                current, changes = row.subscriber_id, []
-            changes.append(Change(row.created_at, row.kind, row.to_layer_id, _up(row.from_position, row.to_position)))
+    for row in rows:
+        if row.subscriber_id != current:
+            if current is not None:
+                yield _merge(changes, leaving.pop(current, []))
+            current, changes = row.subscriber_id, []
+        changes.append(Change(row.created_at, row.kind, row.to_layer_id, _up(row.from_position, row.to_position)))
     if current is not None:
         yield _merge(changes, leaving.pop(current, []))
 
@@ -57,58 +55,104 @@ def _merge(history: list[Change], leaving: list[Change]) -> list[Change]:
     return sorted(history + leaving, key=lambda c: c.at) if leaving else history
 
 
-async def layer_flow(session: AsyncSession, now: dt.datetime, since: dt.datetime | None = None) -> FlowTally:
-    """The flow figures from ``since`` (None: the first row) to ``now``."""
-    tally = FlowTally(since, now)
-    touched = None
-    if since is not None:
-        recent = union(
-            select(LayerHistory.subscriber_id).where(LayerHistory.created_at >= since),
-            select(Event.subscriber_id).where(Event.type.in_(LEAVING_EVENTS), Event.created_at >= since),
-        ).subquery()
-        touched = select(recent.c.subscriber_id)
-    events = select(Event.subscriber_id, Event.type, Event.data, Event.created_at).where(Event.type.in_(LEAVING_EVENTS))
-    history = select(
-        LayerHistory.subscriber_id,
-        LayerHistory.created_at,
-        LayerHistory.kind,
-        LayerHistory.to_layer_id,
-        LayerHistory.from_position,
-        LayerHistory.to_position,
-    )
-    if touched is not None:
-        events = events.where(Event.subscriber_id.in_(touched))
-        history = history.where(LayerHistory.subscriber_id.in_(touched))
-    # Departures are few (one or two per subscriber who left), so they are held while the
-    # history, ordered by subscriber, streams past.
-    leaving: dict[int, list[Change]] = defaultdict(list)
-    for subscriber_id, type_, data, at in (await session.execute(events.order_by(Event.created_at, Event.id))).all():
-        if _leaving(type_, data):
-            leaving[subscriber_id].append(Change(at, type_))
-    rows = await session.stream(
-        history.order_by(LayerHistory.subscriber_id, LayerHistory.created_at, LayerHistory.id).execution_options(
-            yield_per=BATCH
+async def count_flow(session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None) -> Counter[DayKey]:
+    """The day counts (``core.flow.fold``) of what happened in [start, end) (None: unbounded):
+    the history of each subscriber with a change or a departure in it is read, in batches."""
+    history_span, event_span = [], []
+    if start is not None:
+        history_span.append(LayerHistory.created_at >= start)
+        event_span.append(Event.created_at >= start)
+    if end is not None:
+        history_span.append(LayerHistory.created_at < end)
+        event_span.append(Event.created_at < end)
+    # A span is read by its time (the type compared as an expression no index answers).
+    type_ = Event.type + "" if start is not None else Event.type
+    touched = union(
+        select(LayerHistory.subscriber_id).where(*history_span),
+        select(Event.subscriber_id).where(type_.in_(LEAVING_EVENTS), *event_span),
+    ).subquery()
+    ids = sorted(i for i in (await session.execute(select(touched.c.subscriber_id))).scalars() if i is not None)
+    counts: Counter[DayKey] = Counter()
+    for first in range(0, len(ids), BATCH):
+        chunk = ids[first : first + BATCH]
+        leaving: dict[int, list[Change]] = defaultdict(list)
+        departures = await session.execute(
+            select(Event.subscriber_id, Event.type, Event.data, Event.created_at)
+            .where(Event.subscriber_id.in_(chunk), Event.type.in_(LEAVING_EVENTS))
+            .order_by(Event.created_at, Event.id)
         )
+        for subscriber_id, kind, data, at in departures:
+            if _leaving(kind, data):
+                leaving[subscriber_id].append(Change(at, kind))
+        rows = await session.execute(
+            select(
+                LayerHistory.subscriber_id,
+                LayerHistory.created_at,
+                LayerHistory.kind,
+                LayerHistory.to_layer_id,
+                LayerHistory.from_position,
+                LayerHistory.to_position,
+            )
+            .where(LayerHistory.subscriber_id.in_(chunk))
+            .order_by(LayerHistory.subscriber_id, LayerHistory.created_at, LayerHistory.id)
+        )
+        for changes in _grouped(rows.all(), leaving):
+            counts.update(fold(changes, start, end))
+    return counts
+
+
+async def open_stays(session: AsyncSession) -> dict[int, int]:
+    """Active subscribers per layer: the stays open now."""
+    rows = await session.execute(
+        select(Subscriber.layer_id, func.count())
+        .where(Subscriber.status == "active", Subscriber.layer_id.is_not(None))
+        .group_by(Subscriber.layer_id)
     )
-    async for changes in _grouped(rows.partitions(BATCH), leaving):
-        tally.add(changes)
-    # Active subscribers with nothing to read were in their layer the whole period: all the
-    # active ones, less those read above (a count of the few, not a scan excluding them).
-    active = select(Subscriber.layer_id, func.count()).where(
-        Subscriber.status == "active", Subscriber.layer_id.is_not(None)
+    return {int(layer_id or 0): int(count) for layer_id, count in rows}
+
+
+async def layer_flow(
+    session: AsyncSession,
+    now: dt.datetime,
+    since: dt.datetime | None = None,
+    *,
+    open_now: dict[int, int] | None = None,
+    read_from: dt.datetime | None = None,
+) -> Flow:
+    """The flow figures from the day of ``since`` (None: all time) to ``now``: the day counts
+    rolled up (``funnel.rollup``) plus those of the changes since, counted the same way. The day
+    counts are read from the day of ``read_from`` (default ``since``: earlier for weeks of moves).
+    ``open_now``: the active subscribers per layer, when the caller has counted them."""
+    since_day = since.date() if since is not None else None
+    first = since if read_from is None or since is None else min(read_from, since)
+    first_day = first.date() if first is not None else None
+    figures = select(RolledFigure.day, RolledFigure.layer_id, RolledFigure.metric, RolledFigure.value).where(
+        RolledFigure.scope == "flow", ~RolledFigure.metric.startswith("stay:")
     )
-    steady: Counter[int | None] = Counter()
-    if touched is not None:
-        for layer_id, count in (await session.execute(active.group_by(Subscriber.layer_id))).all():
-            steady[layer_id] += count
-        read = active.where(Subscriber.id.in_(touched))
-        for layer_id, count in (await session.execute(read.group_by(Subscriber.layer_id))).all():
-            steady[layer_id] -= count
-    else:
-        no_history = ~select(LayerHistory.id).where(LayerHistory.subscriber_id == Subscriber.id).exists()
-        for layer_id, count in (await session.execute(active.where(no_history).group_by(Subscriber.layer_id))).all():
-            steady[layer_id] += count
-    for layer_id, count in steady.items():
-        if layer_id is not None and count:
-            tally.add_present(layer_id, count)
-    return tally
+    if first_day is not None:
+        figures = figures.where(RolledFigure.day >= first_day)
+    by_day: Counter[DayKey] = Counter()
+    for day, layer_id, metric, value in await session.execute(figures):
+        by_day[day, layer_id, metric] += int(value)
+    lengths = select(RolledFigure.layer_id, RolledFigure.metric, func.sum(RolledFigure.value)).where(
+        RolledFigure.scope == "flow", RolledFigure.metric.startswith("stay:")
+    )
+    if since_day is not None:
+        lengths = lengths.where(RolledFigure.day >= since_day)
+    stays_ended: Counter[tuple[int, int]] = Counter()
+    for layer_id, metric, value in await session.execute(lengths.group_by(RolledFigure.layer_id, RolledFigure.metric)):
+        stays_ended[layer_id, int(metric.removeprefix("stay:"))] += int(value)
+    rolled = (
+        await session.execute(select(RollupState.flow_rolled_until).where(RollupState.id == 1))
+    ).scalar_one_or_none()
+    for (day, layer_id, metric), value in (await count_flow(session, rolled, None)).items():
+        if metric.startswith("stay:"):
+            if since_day is None or day >= since_day:
+                stays_ended[layer_id, int(metric.removeprefix("stay:"))] += value
+        elif first_day is None or day >= first_day:
+            by_day[day, layer_id, metric] += value
+    if open_now is None:
+        open_now = await open_stays(session)
+    return assemble(
+        by_day, [(layer_id, bucket, n) for (layer_id, bucket), n in stays_ended.items()], open_now, since_day
+    )

@@ -26,6 +26,9 @@ The metrics (``Key`` is scope, scope id, layer id, metric):
   ``hour:{h}:{open|click}`` for mails first opened (clicked) by a person ``h`` hours after
   sending started (``HOURS``: later).
 - ``step`` and ``newsletter``: ``state:{state}`` for the outbox rows pruned.
+- ``flow``, per layer: the layer flow's day counts (``core.flow.fold``: stays begun, ended and
+  how, converted, their lengths, moves up and down), rolled up to ``flow_rolled_until`` from
+  the layer history and the departures, which are never pruned.
 """
 
 from __future__ import annotations
@@ -44,8 +47,19 @@ from sqlalchemy.orm import aliased
 
 from ..db import Database
 from ..dbutil import hours_since
-from ..models import Enquiry, Event, Message, Newsletter, NewsletterRecipient, RolledFigure, RollupState, SentStep
+from ..models import (
+    Enquiry,
+    Event,
+    LayerHistory,
+    Message,
+    Newsletter,
+    NewsletterRecipient,
+    RolledFigure,
+    RollupState,
+    SentStep,
+)
 from ..settings import Settings
+from .flow import count_flow
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +194,9 @@ async def _state(session: AsyncSession, *, lock: bool = False) -> RollupState:
     query = select(RollupState).where(RollupState.id == 1)
     state = (await session.execute(query.with_for_update() if lock else query)).scalar_one_or_none()
     if state is None:
-        state = RollupState(id=1, rolled_until=None, pruned_before=None, pruned_messages=0, pruned_events=0)
+        state = RollupState(
+            id=1, rolled_until=None, flow_rolled_until=None, pruned_before=None, pruned_messages=0, pruned_events=0
+        )
         session.add(state)
         await session.flush()
     return state
@@ -233,7 +249,37 @@ async def roll(db: Database, now: dt.datetime, *, budget_s: float = 5.0) -> int:
             await _add(session, start.date(), await count_events(session, start, end))
             state.rolled_until = end
             rolled += 1
+    while time.monotonic() - started < budget_s and await _roll_flow(db, now):
+        rolled += 1
     return rolled
+
+
+async def _roll_flow(db: Database, now: dt.datetime) -> bool:
+    """Add the layer flow's day counts of the next span (a day at most) to the figures; False
+    when there is none yet. The histories are read outside the transaction that adds them."""
+    async with db.transaction() as session:
+        state = await _state(session, lock=not db.is_sqlite)
+        start = state.flow_rolled_until
+        if start is None:  # the first roll-up starts at the first change there is
+            oldest = (await session.execute(select(func.min(LayerHistory.created_at)))).scalar_one()
+            state.flow_rolled_until = min(oldest, now - LAG) if oldest is not None else now - LAG
+            return True
+    end = min(now - LAG, _next_midnight(start))
+    if end <= start:
+        return False
+    async with db.read() as session:
+        counts = await count_flow(session, start, end)
+    async with db.transaction() as session:
+        state = await _state(session, lock=not db.is_sqlite)
+        if state.flow_rolled_until != start:  # rolled meanwhile (by a scheduler that took over)
+            return True
+        by_day: dict[dt.date, Counter[Key]] = {}
+        for (day, layer_id, metric), count in counts.items():
+            by_day.setdefault(day, Counter())["flow", 0, layer_id, metric] += count
+        for day, day_counts in sorted(by_day.items()):
+            await _add(session, day, day_counts)
+        state.flow_rolled_until = end
+    return True
 
 
 async def figures(
