@@ -221,8 +221,11 @@ async def reference(rt: Runtime, subscribers: int) -> float:
     return seconds
 
 
-async def time_http(rt: Runtime, newsletter_id: int, subscribers: int) -> dict[str, float]:
-    """Median milliseconds of three requests to each report a big list makes slow."""
+async def time_http(
+    rt: Runtime, newsletter_id: int, subscribers: int, *, extra: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Median milliseconds of three requests to each report a big list makes slow (and to the
+    ``extra`` paths by label, as the API's client asks them)."""
     await create_user(rt, "bench", PASSWORD)
     cookie = await sign_in(rt, "bench", PASSWORD)
     client = TestClient(TestServer(init_app(rt, background=False)))
@@ -236,7 +239,7 @@ async def time_http(rt: Runtime, newsletter_id: int, subscribers: int) -> dict[s
         "/api/v1/subscribers (first page)": ("/api/v1/subscribers", api),
         "/api/v1/subscribers (deep page)": (f"/api/v1/subscribers?cursor={encode_cursor(subscribers // 10)}", api),
         "/admin/ (dashboard page)": ("/admin/", admin),
-    }
+    } | {label: (path, api) for label, path in (extra or {}).items()}
     timings: dict[str, float] = {}
     try:
         for label, (url, headers) in urls.items():
