@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -26,15 +27,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import text as sql_text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.dml import Insert, ReturningInsert, ReturningUpdate
+from sqlalchemy.sql.dml import Insert, ReturningUpdate
 
 from ..db import Database
 from ..dbutil import insert_ignore
 from ..models import MESSAGES_DUE_FIRST_SQL, MESSAGES_DUE_STATES_SQL, DeliveryControl, Message, SentStep
 from .controls import PAUSED
-from .mime import new_message_id
+from .mime import new_message_id, new_message_ids
 
 DUE_STATES = ("queued", "deferred")
 
@@ -88,6 +89,37 @@ async def steps_sent_before(session: AsyncSession, pairs: Iterable[tuple[int, in
     return {(s, step) for s, step in found} & wanted
 
 
+def outbox_columns(
+    subscriber_ids: list[int],
+    kind: str,
+    template_name: str | list[str],
+    now: dt.datetime,
+    domain: str,
+    *,
+    step_id: int | None = None,
+    newsletter_id: int | None = None,
+    send_at: list[dt.datetime] | None = None,
+    variant_id: int | list[int | None] | None = None,
+    template_id: int | list[int | None] | None = None,
+) -> dict[str, object]:
+    """``outbox_row``'s rows for many subscribers at once, as columns for ``enqueue_columns``:
+    each value a list (one item a subscriber) or one value for all of them."""
+    return {
+        "subscriber_id": subscriber_ids,
+        "kind": kind,
+        "step_id": step_id,
+        "newsletter_id": newsletter_id,
+        "variant_id": variant_id,
+        "template_name": template_name,
+        "template_id": template_id,
+        "state": "queued",
+        "attempts": 0,
+        "next_attempt_at": now if send_at is None else send_at,
+        "message_id": new_message_ids(domain, len(subscriber_ids)),
+        "created_at": now,
+    }
+
+
 async def enqueue_many(session: AsyncSession, rows: list[dict[str, object]]) -> int:
     """Queue many messages in one statement; pairs already queued are skipped (the outbox's
     unique keys), and so are drip steps a subscriber was sent before their row was pruned
@@ -99,35 +131,56 @@ async def enqueue_many(session: AsyncSession, rows: list[dict[str, object]]) -> 
             rows = [r for r in rows if (r["subscriber_id"], r.get("step_id")) not in gone]
     if not rows:
         return 0
-    if session.get_bind().dialect.name == "sqlite":
-        # One compiled statement executed for every row by sqlite3's own loop; its row count is
-        # the rows inserted (a conflict inserts none).
-        result = await session.execute(_sqlite_insert(), rows)
-        return int(result.rowcount)  # type: ignore[attr-defined]
-    # PostgreSQL: one statement whatever the batch, its columns sent as arrays and unnested by
-    # the server, instead of VALUES lists of a thousand rows rendered and bound one by one.
-    keys = tuple(rows[0])
-    columns = {key: [row[key] for row in rows] for key in keys}
-    result = await session.execute(_postgresql_insert(keys), columns)
-    return len(result.all())
+    return await enqueue_columns(session, {key: [row[key] for row in rows] for key in rows[0]})
+
+
+async def enqueue_columns(session: AsyncSession, columns: dict[str, object]) -> int:
+    """Queue the rows these columns make (``outbox_columns``: lists of one item a row, or one
+    value for every row) in one statement, written below SQLAlchemy's per-row parameter
+    processing; pairs already queued are skipped (the outbox's unique keys; drip steps sent
+    before their row was pruned are ``enqueue_many``'s to leave out). The number queued."""
+    count = len(cast(list[object], columns["subscriber_id"]))
+    if not count:
+        return 0
+    varying = tuple(key for key, value in columns.items() if isinstance(value, list))
+    fixed = tuple(key for key in columns if key not in varying)
+    dialect = session.get_bind().dialect
+    if dialect.name == "sqlite":
+        # One executemany of plain tuples, the times already in the text SQLite stores (each
+        # distinct time converted once): sqlite3 loops over the rows itself.
+        values = [_sqlite_values(dialect, key, cast(list[object], columns[key])) for key in varying]
+        constants = [_sqlite_values(dialect, key, [columns[key]])[0] for key in fixed]
+        rows = list(zip(*values, *(itertools.repeat(c, count) for c in constants), strict=False))
+        conn = await session.connection()
+        inserted = await conn.exec_driver_sql(_sqlite_insert(varying + fixed), rows)
+        return int(inserted.rowcount)
+    # PostgreSQL: one statement whatever the batch, the varying columns sent as arrays and
+    # unnested by the server, the others as one parameter each.
+    result = await session.execute(_postgresql_insert(varying, fixed), columns)
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _sqlite_values(dialect: Any, key: str, values: list[object]) -> list[object]:
+    process = _m[key].type.dialect_impl(dialect).bind_processor(dialect)
+    if process is None:
+        return values
+    return list(map(functools.cache(process), values))
 
 
 @functools.cache
-def _sqlite_insert() -> Insert:
-    return sqlite.insert(MESSAGES).on_conflict_do_nothing()
+def _sqlite_insert(keys: tuple[str, ...]) -> str:
+    if not set(keys) <= set(_m.keys()):
+        raise ValueError(f"not columns of the outbox: {sorted(set(keys) - set(_m.keys()))}")
+    return f"INSERT INTO messages ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))}) ON CONFLICT DO NOTHING"
 
 
 @functools.cache
-def _postgresql_insert(keys: tuple[str, ...]) -> ReturningInsert[tuple[int]]:
-    """``enqueue_many``'s statement on PostgreSQL for rows with these keys, built once."""
-    arrays = func.unnest(*(bindparam(key, type_=postgresql.ARRAY(_m[key].type)) for key in keys))
-    rows = arrays.table_valued(*keys).render_derived(name="row")
-    return (
-        postgresql.insert(MESSAGES)
-        .from_select(list(keys), select(*(rows.c[key] for key in keys)))
-        .on_conflict_do_nothing()
-        .returning(_m.id)
-    )
+def _postgresql_insert(varying: tuple[str, ...], fixed: tuple[str, ...]) -> Insert:
+    """``enqueue_columns``' statement on PostgreSQL for these columns, built once."""
+    arrays = func.unnest(*(bindparam(key, type_=postgresql.ARRAY(_m[key].type)) for key in varying))
+    rows = arrays.table_valued(*varying).render_derived(name="row")
+    picked = [rows.c[key] for key in varying] + [bindparam(key, type_=_m[key].type) for key in fixed]
+    return postgresql.insert(MESSAGES).from_select(list(varying + fixed), select(*picked)).on_conflict_do_nothing()
 
 
 async def enqueue(
