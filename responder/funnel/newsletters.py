@@ -370,13 +370,25 @@ async def send_batch(
     send_at: list[dt.datetime] = []
     moves: list[tuple[int, dt.datetime]] = []
     key, held = ("newsletter", newsletter.id), Held("newsletter", now)
+    # Most of a batch has nothing else counted nor waiting: their copy's time depends on their
+    # layer (its caps), their choice of frequency, their pause and their hold alone, and is
+    # planned once for each such combination (the ledger's plans are keyed by the whole book).
+    alone: dict[tuple[Any, ...], dt.datetime] = {}
     for subscriber_id, book in ledger.books.items():
-        book.waiting[key] = held
-        times = ledger.plan(book, now)
-        subscriber_ids.append(subscriber_id)
-        send_at.append(times[key])
-        if book.rows_at:
+        if not book.sent and not book.waiting:  # (a held outbox row waits in ``waiting`` too)
+            s = book.subscriber
+            inputs = (s.layer_id, s.frequency, s.paused_until, s.held_until)
+            at = alone.get(inputs)
+            if at is None:
+                book.waiting[key] = held
+                at = alone[inputs] = ledger.plan(book, now)[key]
+        else:
+            book.waiting[key] = held
+            times = ledger.plan(book, now)
+            at = times[key]
             moves += book.moved(times)
+        subscriber_ids.append(subscriber_id)
+        send_at.append(at)
     columns = outbox_columns(
         subscriber_ids,
         "newsletter",
