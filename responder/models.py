@@ -611,6 +611,17 @@ class RollupState(Base):
     pruned_events: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class SubscriberCount(Base):
+    """Subscribers per (layer, status), kept by triggers on ``subscribers`` (migration
+    ``i24_counts``): every insert, update and delete, by whatever path, moves the counts, so a
+    report reads a few rows instead of counting the list. ``layer_id`` 0: in no layer."""
+
+    __tablename__ = "subscriber_counts"
+    layer_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class SentStep(Base):
     """A drip step a subscriber was sent whose outbox row the retention period deleted: what
     keeps the step from being sent to them a second time."""

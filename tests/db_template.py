@@ -189,7 +189,9 @@ async def _describe(conn: asyncpg.Connection) -> PgTemplate:
 async def _refill(conn: asyncpg.Connection, template: PgTemplate) -> None:
     """Every row out, then the template's rows in, each in one statement (foreign keys are
     checked at a statement's end, so the order of the tables does not matter), and the
-    sequences where the template left them."""
+    sequences where the template left them. Triggers are off meanwhile: the rows put back
+    include what the triggers kept (``subscriber_counts``) when the template was made."""
+    await conn.execute("SET session_replication_role = replica")
     deletes = ", ".join(f'd{n} AS (DELETE FROM public."{table}")' for n, table in enumerate(template.tables))
     await conn.execute(f"WITH {deletes} SELECT 1")
     if template.rows:
@@ -201,3 +203,4 @@ async def _refill(conn: asyncpg.Connection, template: PgTemplate) -> None:
         await conn.execute(f"WITH {inserts} SELECT 1", *template.rows.values())
     for name, (last_value, is_called) in template.sequences.items():
         await conn.execute("SELECT setval($1::regclass, $2, $3)", f'public."{name}"', last_value, is_called)
+    await conn.execute("SET session_replication_role = origin")

@@ -19,7 +19,7 @@ from sqlalchemy import func, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.flow import Change, DayKey, Flow, assemble, fold
-from ..models import Event, LayerHistory, RolledFigure, RollupState, Subscriber
+from ..models import Event, LayerHistory, RolledFigure, RollupState, SubscriberCount
 
 LEAVING_EVENTS = ("unsubscribe", "bounce", "complaint")
 BATCH = 5000
@@ -102,13 +102,13 @@ async def count_flow(session: AsyncSession, start: dt.datetime | None, end: dt.d
 
 
 async def open_stays(session: AsyncSession) -> dict[int, int]:
-    """Active subscribers per layer: the stays open now."""
+    """Active subscribers per layer (the stays open now), from the counts the triggers keep."""
     rows = await session.execute(
-        select(Subscriber.layer_id, func.count())
-        .where(Subscriber.status == "active", Subscriber.layer_id.is_not(None))
-        .group_by(Subscriber.layer_id)
+        select(SubscriberCount.layer_id, SubscriberCount.n).where(
+            SubscriberCount.status == "active", SubscriberCount.layer_id != 0, SubscriberCount.n != 0
+        )
     )
-    return {int(layer_id or 0): int(count) for layer_id, count in rows}
+    return {int(layer_id): int(count) for layer_id, count in rows}
 
 
 async def layer_flow(

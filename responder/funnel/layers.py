@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.promotion import DEFAULT_RULE, validate_rule
@@ -20,6 +20,7 @@ from ..errors import NotFound, ValidationError
 from ..models import Layer, Sequence, Subscriber
 from ..validation import clean_text
 from .enrollments import move_layer
+from .flow import open_stays
 
 MIN_LAYERS, MAX_LAYERS = 4, 7
 PARKED = 1000
@@ -43,12 +44,8 @@ async def layer_at(session: AsyncSession, position: Any) -> Layer:
 
 
 async def counts(session: AsyncSession) -> dict[int, int]:
-    rows = (
-        await session.execute(
-            select(Subscriber.layer_id, func.count()).where(Subscriber.status == "active").group_by(Subscriber.layer_id)
-        )
-    ).all()
-    return {layer_id: count for layer_id, count in rows if layer_id is not None}
+    """Active subscribers per layer id (kept by triggers, not counted)."""
+    return await open_stays(session)
 
 
 def _fields(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select
 
 from ..funnel import rollup
-from ..models import Message, Subscriber
+from ..models import Message, SubscriberCount
 from .http import runtime
 from .public.common import add_tracking_metrics
 
@@ -48,7 +48,8 @@ async def metrics(request: web.Request) -> web.Response:
                 by_type[type_, flag == "1"] += count
         for (type_, machine), count in sorted(by_type.items()):
             events.labels(type_, str(machine).lower()).set(count)
-        for status, count in await session.execute(select(Subscriber.status, func.count()).group_by(Subscriber.status)):
+        by_status = select(SubscriberCount.status, func.sum(SubscriberCount.n)).group_by(SubscriberCount.status)
+        for status, count in await session.execute(by_status):
             subscribers.labels(status).set(count)
     add_tracking_metrics(request, registry)
     response = web.Response(body=generate_latest(registry) + runtime(request).delivery_metrics.exposition())

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from ...audience.subscribers import consent_json, consent_records
 from ...dbutil import get_or_404
 from ...errors import Forbidden, NotFound, Unauthorized, ValidationError
 from ...funnel.events import API_EVENT_TYPES, record_event
+from ...funnel.flow import open_stays
 from ...funnel.holds import hold_for_reply
 from ...models import Enrollment, Event, Layer, LayerHistory, Subscriber
 from ...validation import clean_email, parse_id
@@ -62,15 +63,7 @@ async def openapi(request: web.Request) -> web.Response:
 @routes.get(PREFIX + "/layers")
 async def list_layers(request: web.Request) -> web.Response:
     async with runtime(request).db.read() as session:
-        counts = dict(
-            (
-                await session.execute(
-                    select(Subscriber.layer_id, func.count())
-                    .where(Subscriber.status == "active")
-                    .group_by(Subscriber.layer_id)
-                )
-            ).all()
-        )
+        counts = await open_stays(session)
         layers = (
             await session.execute(select(Layer).where(Layer.removed_at.is_(None)).order_by(Layer.position))
         ).scalars()

@@ -36,7 +36,7 @@ from ....core.schedule import format_duration
 from ....errors import ValidationError
 from ....funnel import layers as service
 from ....funnel.judge import WhatIf, judge, what_if
-from ....models import Layer, Sequence, Step, Subscriber
+from ....models import Layer, Sequence, Step, Subscriber, SubscriberCount
 from ...http import runtime
 from ..auth import see_other
 from ..nav import NavItem
@@ -204,9 +204,7 @@ async def _remove_page(
         by_status = dict(
             (
                 await session.execute(
-                    select(Subscriber.status, func.count())
-                    .where(Subscriber.layer_id == layer.id)
-                    .group_by(Subscriber.status)
+                    select(SubscriberCount.status, SubscriberCount.n).where(SubscriberCount.layer_id == layer.id)
                 )
             ).all()
         )
