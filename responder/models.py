@@ -622,6 +622,24 @@ class SubscriberCount(Base):
     n: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class MailCount(Base):
+    """Outbox rows per drip step, and per newsletter and recipient layer, by state, kept by
+    triggers on ``messages`` (migration ``i24_counts``), so the reports read a few rows instead
+    of counting a newsletter's million mails. ``scope`` is ``step`` (``layer_id`` 0) or
+    ``newsletter``; on PostgreSQL the counts are spread over ``slot`` (the row's id modulo
+    ``MAIL_COUNT_SLOTS``) so that workers recording sends at once do not wait on one row.
+    A migration that rebuilds ``messages`` or ``subscribers`` on SQLite (``batch_alter_table``)
+    drops their triggers and must create them again."""
+
+    __tablename__ = "mail_counts"
+    scope: Mapped[str] = mapped_column(String(12), primary_key=True)
+    scope_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    layer_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    state: Mapped[str] = mapped_column(String(16), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class SentStep(Base):
     """A drip step a subscriber was sent whose outbox row the retention period deleted: what
     keeps the step from being sent to them a second time."""

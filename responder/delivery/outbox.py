@@ -33,7 +33,7 @@ from sqlalchemy.sql.dml import Insert, ReturningUpdate
 
 from ..db import Database
 from ..dbutil import insert_ignore
-from ..models import MESSAGES_DUE_FIRST_SQL, MESSAGES_DUE_STATES_SQL, DeliveryControl, Message, SentStep
+from ..models import MESSAGES_DUE_FIRST_SQL, MESSAGES_DUE_STATES_SQL, DeliveryControl, MailCount, Message, SentStep
 from .controls import PAUSED
 from .mime import new_message_id, new_message_ids
 
@@ -339,3 +339,18 @@ async def renew(db: Database, message_ids: list[int], owner: str, *, now: dt.dat
             .values(lease_expires_at=now + dt.timedelta(seconds=lease_s))
         )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def kept_counts(
+    session: AsyncSession, scope: str, scope_id: int | None = None
+) -> dict[tuple[int, int, str], int]:
+    """The outbox's rows of a ``scope`` (``step`` or ``newsletter``; one of them with
+    ``scope_id``) per (scope id, recipient layer id (0: none), state), as the triggers keep them
+    (``MailCount``): read from a few rows, never counted."""
+    query = select(MailCount.scope_id, MailCount.layer_id, MailCount.state, func.sum(MailCount.n)).where(
+        MailCount.scope == scope
+    )
+    if scope_id is not None:
+        query = query.where(MailCount.scope_id == scope_id)
+    rows = await session.execute(query.group_by(MailCount.scope_id, MailCount.layer_id, MailCount.state))
+    return {(scope_id, layer_id, state): int(n) for scope_id, layer_id, state, n in rows if n}

@@ -10,12 +10,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..core.flow import CHURN_KINDS, LayerFlow
 from ..core.flow import ratio as _ratio
-from ..models import Layer, Message, Newsletter, Step
+from ..delivery.outbox import kept_counts
+from ..models import Layer, Newsletter, Step
 from . import rollup
 from .flow import layer_flow, open_stays
 
@@ -38,17 +39,14 @@ def churn_json(flow: LayerFlow) -> dict[str, Any]:
     }
 
 
-async def _rates(session: AsyncSession, key: Any, scope: str) -> dict[int, dict[str, Any]]:
-    """Sent count and human open/click rates per value of ``key`` (Message.step_id or
-    Message.newsletter_id, ``scope`` "step" or "newsletter"): the outbox's sent mail and the
-    pruned, and the mails a person opened or clicked, from the roll-up (``funnel.rollup``)."""
-    sent: dict[int, int] = dict(
-        (
-            await session.execute(
-                select(key, func.count()).where(key.is_not(None), Message.state == "sent").group_by(key)
-            )
-        ).all()
-    )
+async def _rates(session: AsyncSession, scope: str) -> dict[int, dict[str, Any]]:
+    """Sent count and human open/click rates per step or newsletter (``scope`` "step" or
+    "newsletter"): the outbox's sent mail as the triggers count it and the pruned, and the mails
+    a person opened or clicked, from the roll-up (``funnel.rollup``)."""
+    sent: dict[int, int] = {}
+    for (scope_id, _, state), count in (await kept_counts(session, scope)).items():
+        if state == "sent":
+            sent[scope_id] = sent.get(scope_id, 0) + count
     engaged: dict[tuple[int, str], int] = {}
     for (_, scope_id, _, metric), count in (await rollup.figures(session, scope)).items():
         kind, _, what = metric.partition(":")
@@ -87,9 +85,9 @@ async def funnel_stats(session: AsyncSession, now: dt.datetime, since: dt.dateti
                 "churn": churn_json(figures),
             }
         )
-    step_rates = await _rates(session, Message.step_id, "step")
+    step_rates = await _rates(session, "step")
     steps = (await session.execute(select(Step.id, Step.sequence_id, Step.position, Step.template_name))).all()
-    newsletter_rates = await _rates(session, Message.newsletter_id, "newsletter")
+    newsletter_rates = await _rates(session, "newsletter")
     names = dict((await session.execute(select(Newsletter.id, Newsletter.name))).all())
     return {
         "since": since.isoformat() if since else None,

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..core.abtest import in_test_share
 from ..core.pacing import Held, skips_newsletter
 from ..dbutil import get_or_404, has_element
-from ..delivery.outbox import enqueue_columns, outbox_columns
+from ..delivery.outbox import enqueue_columns, kept_counts, outbox_columns
 from ..errors import Conflict, NotFound, ValidationError
 from ..models import AbTest, Layer, Message, Newsletter, NewsletterRecipient, Subscriber
 from ..settings import Settings
@@ -191,15 +191,9 @@ async def cancel(session: AsyncSession, newsletter_id: int, now: dt.datetime) ->
 
 
 async def progress(session: AsyncSession, newsletter: Newsletter) -> dict[str, Any]:
-    counts = dict(
-        (
-            await session.execute(
-                select(Message.state, func.count())
-                .where(Message.newsletter_id == newsletter.id)
-                .group_by(Message.state)
-            )
-        ).all()
-    )
+    counts: dict[str, int] = {}
+    for (_, _, state), count in (await kept_counts(session, "newsletter", newsletter.id)).items():
+        counts[state] = counts.get(state, 0) + count
     queued = sum(counts.values())
     return {
         "id": newsletter.id,

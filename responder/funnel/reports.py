@@ -4,8 +4,8 @@ what machines did (their hits by verdict), all of it per layer the recipients we
 sending started, and hour by hour since it started the mails a person first opened or
 clicked. And an A/B test's figures per variant (``variant_figures``).
 
-How the mails ended is counted by the database from the outbox (plus those the retention period
-pruned); what was done with them comes from the roll-up and the events since
+How the mails ended is read from the counts the outbox's triggers keep (plus those the
+retention period pruned); what was done with them comes from the roll-up and the events since
 (``funnel.rollup``). Nothing is carried into the process per recipient.
 """
 
@@ -16,11 +16,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, distinct, exists, func, or_, select
+from sqlalchemy import distinct, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..dbutil import days_between, get_or_404
-from ..models import Event, Layer, LayerHistory, Message, Newsletter, NewsletterRecipient
+from ..delivery.outbox import kept_counts
+from ..models import Event, Layer, LayerHistory, Message, Newsletter
 from . import rollup
 from .rollup import HOURS
 
@@ -82,19 +83,9 @@ def _add_activity(figures: Figures, type_: str, machine: bool, hits: int, mails:
 
 async def newsletter_report(session: AsyncSession, newsletter: Newsletter) -> dict[str, Any]:
     report = Report()
-    layer_of = and_(
-        NewsletterRecipient.newsletter_id == newsletter.id, NewsletterRecipient.subscriber_id == Message.subscriber_id
-    )
-    states = await session.execute(
-        select(NewsletterRecipient.layer_id, Message.state, func.count())
-        .select_from(Message)
-        .outerjoin(NewsletterRecipient, layer_of)
-        .where(Message.newsletter_id == newsletter.id)
-        .group_by(NewsletterRecipient.layer_id, Message.state)
-    )
-    for layer_id, state, count in states:
+    for (_, layer, state), count in (await kept_counts(session, "newsletter", newsletter.id)).items():
         report.total.add_state(state, count)
-        report.layers.setdefault(layer_id, Figures()).add_state(state, count)
+        report.layers.setdefault(layer or None, Figures()).add_state(state, count)
     # What people and machines did, from the roll-up and the events since (``funnel.rollup``).
     # A mail counts once per kind of activity in the total; per layer, in its own layer.
     hours = {"open": [0] * (HOURS + 1), "click": [0] * (HOURS + 1)}
