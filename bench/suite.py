@@ -100,6 +100,7 @@ BENCHES = (
     Bench("newsletter_size", ("--database-url", "{pg}"), ("--full", "--database-url", "{pg}"), provided=True),
     Bench("workers", (), ("--messages", "50000"), provided=True),
     Bench("promotion", (), ("--full",), provided=True),
+    Bench("reports_size", ("--database-url", "{pg}"), ("--subscribers", "1000000", "--database-url", "{pg}")),
     Bench("retention", ("50000",), ("1000000",)),
 )
 
