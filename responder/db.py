@@ -98,7 +98,11 @@ class Database:
             self.reader = _sqlite_engine(url, begin="BEGIN", pool_size=4)
         else:
             self.writer = _postgresql_engine(url)
-            self.reader = self.writer
+            # A read is one snapshot (PostgreSQL's default gives each statement its own): a report
+            # that reads the rolled-up figures, then where the roll-up stands, then the rows
+            # since, must not see a roll-up commit between two of those reads. The level rides
+            # on the BEGIN (asyncpg), so it costs no round trip.
+            self.reader = self.writer.execution_options(isolation_level="REPEATABLE READ")
         self._local_lock = asyncio.Lock()
         # No autobegin: a session used after its block ends raises, instead of quietly taking a
         # connection that nobody returns to the pool.

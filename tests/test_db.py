@@ -196,3 +196,24 @@ async def test_verdicts_move_from_data_to_their_column_on_upgrade(database_url: 
         ]
     finally:
         await database.dispose()
+
+
+async def test_a_read_sees_one_snapshot_while_others_commit(db: Database) -> None:
+    """A report reads the rolled-up figures, then where the roll-up stands, then the rows since:
+    a roll-up committing between two of its reads must change none of them (on PostgreSQL a
+    statement would otherwise see every commit before it)."""
+    async with db.transaction() as session:
+        await session.execute(text("INSERT INTO rollup_state (id, pruned_messages, pruned_events) VALUES (1, 0, 0)"))
+    async with db.read() as reading:
+        mark = "SELECT count(*) FROM rolled_figures WHERE scope = 'all'"
+        assert (await reading.execute(text(mark))).scalar_one() == 0
+        async with db.transaction() as session:
+            await session.execute(
+                text(
+                    "INSERT INTO rolled_figures (day, scope, scope_id, layer_id, metric, value)"
+                    " VALUES ('2026-01-01', 'all', 0, 0, 'ev:open:0:', 5)"
+                )
+            )
+        assert (await reading.execute(text(mark))).scalar_one() == 0
+    async with db.read() as reading:
+        assert (await reading.execute(text(mark))).scalar_one() == 1
