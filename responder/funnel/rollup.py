@@ -158,7 +158,9 @@ async def count_events(
         )
     if scope == "all":
         return counts
-    scoped = [Message.newsletter_id == newsletter_id] if newsletter_id is not None else []
+    # The same for one newsletter's: its mails are not walked to find the last minutes' events.
+    newsletter = Message.newsletter_id + 0 if start is not None else Message.newsletter_id
+    scoped = [newsletter == newsletter_id] if newsletter_id is not None else []
     rows = (
         select(
             Message.step_id,
