@@ -157,7 +157,7 @@ def _qp(text: str) -> bytes:
 
     Text in a non-Latin script (many bytes to escape) goes through ``b2a_qp`` itself.
     """
-    return _within_76(_qp_lines(text))
+    return _qp_lines(text)
 
 
 # A line b2a_qp makes 77 or 78 characters long: up to 75, then an escaped space or tab that
@@ -209,13 +209,17 @@ def _qp_lines(text: str) -> bytes:
                 pieces[-2:] = [pieces[-2] + pieces[-1]]
             line = b"=\r\n".join(pieces)
         if end == 32 or end == 9:
-            line = line[:-1] + _QP_WHITESPACE[end]
+            # Escaped after cutting: where that would take the last piece past 76 characters,
+            # the escape moves to a line of its own (``_within_76``, without searching the body).
+            body = line[:-1]
+            piece = len(body) - body.rfind(b"\n") - 1
+            line = body + (b"=\r\n" if piece >= 74 else b"") + _QP_WHITESPACE[end]
         lines[i] = line
     return b"\r\n".join(lines)
 
 
 def _qp_binascii(data: bytes) -> bytes:
-    return binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n")
+    return _within_76(binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n"))
 
 
 def compose(mail: Mail) -> bytes:
