@@ -79,3 +79,26 @@ def test_plain_data_renders_normally() -> None:
         "body",
     )
     assert out == "XY 003.1    7 1024 &lt;b&gt;"
+
+
+def test_a_timeout_swallowed_mid_render_is_raised_again() -> None:
+    """The watchdog's exception may land in a callback the garbage collector ran mid-render,
+    which swallows it: it comes again until the render is over."""
+    from responder.templating import sandbox
+
+    entry = sandbox._watchdog.add(time.monotonic() + 0.05)
+    swallowed = 0
+    started = time.monotonic()
+    try:
+        with pytest.raises(sandbox.RenderTimeout):
+            while time.monotonic() - started < 5:
+                try:
+                    while time.monotonic() - started < 5:
+                        pass
+                except sandbox.RenderTimeout:
+                    swallowed += 1  # as a weak reference's callback would
+                    if swallowed == 2:
+                        raise
+    finally:
+        sandbox._watchdog.remove(entry)
+    assert swallowed == 2 and time.monotonic() - started < 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -213,20 +214,33 @@ def compiled(env: MailEnvironment, source: str) -> Template:
 
 
 class _Watchdog:
-    """One daemon thread that interrupts renders running past their deadline."""
+    """One daemon thread that interrupts renders running past their deadline.
+
+    The exception lands between two bytecodes of whatever Python code the rendering thread runs,
+    which may be a callback the garbage collector started mid-render (a weak reference's), where
+    it is swallowed ("Exception ignored in …"). So it is raised again every ``REFIRE_S`` until the
+    render is over, and a swallowed one is not reported (``_unraisable``)."""
 
     POLL_S = 0.02
+    REFIRE_S = 0.1
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._running: dict[int, list[Any]] = {}  # thread id → [deadline, fired]
+        self._running: dict[int, list[Any]] = {}  # thread id → [deadline, fired, next firing]
         self._thread: threading.Thread | None = None
 
     def add(self, deadline: float) -> list[Any]:
-        entry = [deadline, False]
+        entry = [deadline, False, deadline]
         with self._lock:
             self._running[threading.get_ident()] = entry
             if self._thread is None:
+                previous = sys.unraisablehook
+
+                def _unraisable(unraisable: Any) -> None:
+                    if unraisable.exc_type is not RenderTimeout:  # else: raised again shortly
+                        previous(unraisable)
+
+                sys.unraisablehook = _unraisable
                 self._thread = threading.Thread(target=self._run, name="render-watchdog", daemon=True)
                 self._thread.start()
         return entry
@@ -246,8 +260,8 @@ class _Watchdog:
             now = time.monotonic()
             with self._lock:
                 for tid, entry in self._running.items():
-                    if not entry[1] and now > entry[0]:
-                        entry[1] = True
+                    if now > entry[2]:
+                        entry[1], entry[2] = True, now + self.REFIRE_S
                         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(RenderTimeout))
 
 
