@@ -171,7 +171,7 @@ class Database:
 
     async def dispose(self) -> None:
         await self.writer.dispose()
-        if self.reader is not self.writer:
+        if self.is_sqlite:  # PostgreSQL's reader is the writer's pool with another isolation level
             await self.reader.dispose()
 
 

@@ -60,6 +60,23 @@ def outbox_row(
     newsletter's recipients through ``enqueue_many``). An A/B test's mail carries its variant
     and, for a variant with its own subject, the template version made for it
     (``funnel.abtests``); other mail renders the newest version of ``template_name`` when sent."""
+    return _queued(
+        subscriber_id, kind, step_id, newsletter_id, variant_id, template_name, template_id, send_at or now, now
+    ) | {"message_id": new_message_id(domain)}
+
+
+def _queued(
+    subscriber_id: object,
+    kind: str,
+    step_id: int | None,
+    newsletter_id: int | None,
+    variant_id: object,
+    template_name: object,
+    template_id: object,
+    next_attempt_at: object,
+    now: dt.datetime,
+) -> dict[str, object]:
+    """A queued outbox row's columns but its Message-ID: each one value, or a list of them."""
     return {
         "subscriber_id": subscriber_id,
         "kind": kind,
@@ -70,8 +87,7 @@ def outbox_row(
         "template_id": template_id,
         "state": "queued",
         "attempts": 0,
-        "next_attempt_at": send_at or now,
-        "message_id": new_message_id(domain),
+        "next_attempt_at": next_attempt_at,
         "created_at": now,
     }
 
@@ -104,20 +120,17 @@ def outbox_columns(
 ) -> dict[str, object]:
     """``outbox_row``'s rows for many subscribers at once, as columns for ``enqueue_columns``:
     each value a list (one item a subscriber) or one value for all of them."""
-    return {
-        "subscriber_id": subscriber_ids,
-        "kind": kind,
-        "step_id": step_id,
-        "newsletter_id": newsletter_id,
-        "variant_id": variant_id,
-        "template_name": template_name,
-        "template_id": template_id,
-        "state": "queued",
-        "attempts": 0,
-        "next_attempt_at": now if send_at is None else send_at,
-        "message_id": new_message_ids(domain, len(subscriber_ids)),
-        "created_at": now,
-    }
+    return _queued(
+        subscriber_ids,
+        kind,
+        step_id,
+        newsletter_id,
+        variant_id,
+        template_name,
+        template_id,
+        now if send_at is None else send_at,
+        now,
+    ) | {"message_id": new_message_ids(domain, len(subscriber_ids))}
 
 
 async def enqueue_many(session: AsyncSession, rows: list[dict[str, object]]) -> int:

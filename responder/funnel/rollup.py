@@ -227,6 +227,11 @@ async def _add(session: AsyncSession, day: dt.date, counts: Counter[Key]) -> Non
     )
 
 
+def _first_mark(oldest: dt.datetime | None, now: dt.datetime) -> dt.datetime:
+    """Where a first roll-up starts: at the oldest row there is, and never later than its lag."""
+    return min(oldest, now - LAG) if oldest is not None else now - LAG
+
+
 def _next_midnight(at: dt.datetime) -> dt.datetime:
     return dt.datetime.combine(at.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
 
@@ -243,7 +248,7 @@ async def roll(db: Database, now: dt.datetime, *, budget_s: float = 5.0) -> int:
             start = state.rolled_until
             if start is None:  # the first roll-up starts at the first event there is
                 oldest = (await session.execute(select(func.min(Event.created_at)))).scalar_one()
-                state.rolled_until = min(oldest, now - LAG) if oldest is not None else now - LAG
+                state.rolled_until = _first_mark(oldest, now)
                 continue
             end = min(now - LAG, _next_midnight(start))
             if end <= start:
@@ -264,7 +269,7 @@ async def _roll_flow(db: Database, now: dt.datetime) -> bool:
         start = state.flow_rolled_until
         if start is None:  # the first roll-up starts at the first change there is
             oldest = (await session.execute(select(func.min(LayerHistory.created_at)))).scalar_one()
-            state.flow_rolled_until = min(oldest, now - LAG) if oldest is not None else now - LAG
+            state.flow_rolled_until = _first_mark(oldest, now)
             return True
     end = min(now - LAG, _next_midnight(start))
     if end <= start:

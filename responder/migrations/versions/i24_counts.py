@@ -7,6 +7,8 @@ Revises: i23_rollups
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -37,28 +39,44 @@ SQLITE = [
 # PostgreSQL: one trigger per statement over its transition tables, so an import of a million
 # rows adds its counts once; a statement that moves no count (most updates) writes nothing and
 # takes no lock on a count.
-_APPLY = """CREATE FUNCTION subscriber_counts_{op}() RETURNS trigger LANGUAGE plpgsql AS $$
+_REFERENCING = {
+    "insert": "NEW TABLE AS new_rows",
+    "delete": "OLD TABLE AS old_rows",
+    "update": "OLD TABLE AS old_rows NEW TABLE AS new_rows",
+}
+
+
+def _postgresql(table: str, counts: str, keys: str, rows: Callable[[str, int], str]) -> list[str]:
+    """The functions and statement triggers keeping ``counts`` (``keys``, then ``n``) for
+    ``table``; ``rows(transition table, ±1)`` selects ``keys`` and ``d`` from its rows."""
+    old, new = rows("old_rows", -1), rows("new_rows", 1)
+    moved = {"insert": new, "delete": old, "update": f"{old} UNION ALL {new}"}
+    return [
+        f"""CREATE FUNCTION {counts}_{op}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO subscriber_counts (layer_id, status, n)
-    SELECT layer_id, status, sum(d) FROM ({rows}) AS moved
-    GROUP BY layer_id, status HAVING sum(d) <> 0
-    ON CONFLICT (layer_id, status) DO UPDATE SET n = subscriber_counts.n + excluded.n;
+    INSERT INTO {counts} ({keys}, n)
+    SELECT {keys}, sum(d) FROM ({moved[op]}) AS moved GROUP BY {keys} HAVING sum(d) <> 0
+    ON CONFLICT ({keys}) DO UPDATE SET n = {counts}.n + excluded.n;
     RETURN NULL;
 END $$"""
-_OLD = "SELECT coalesce(layer_id, 0) AS layer_id, status, -1 AS d FROM old_rows"
-_NEW = "SELECT coalesce(layer_id, 0) AS layer_id, status, 1 AS d FROM new_rows"
-POSTGRESQL = [
-    _APPLY.format(op="insert", rows=_NEW),
-    _APPLY.format(op="delete", rows=_OLD),
-    _APPLY.format(op="update", rows=f"{_OLD} UNION ALL {_NEW}"),
-    "CREATE TRIGGER subscriber_counts_insert AFTER INSERT ON subscribers REFERENCING NEW TABLE AS new_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION subscriber_counts_insert()",
-    "CREATE TRIGGER subscriber_counts_delete AFTER DELETE ON subscribers REFERENCING OLD TABLE AS old_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION subscriber_counts_delete()",
-    "CREATE TRIGGER subscriber_counts_update AFTER UPDATE ON subscribers"
-    " REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION subscriber_counts_update()",
-]
+        for op in _REFERENCING
+    ] + [
+        f"CREATE TRIGGER {counts}_{op} AFTER {op.upper()} ON {table} REFERENCING {referencing}"
+        f" FOR EACH STATEMENT EXECUTE FUNCTION {counts}_{op}()"
+        for op, referencing in _REFERENCING.items()
+    ]
+
+
+def _count(counts: str, keys: str, rows: str) -> str:
+    """The statement starting ``counts`` from the ``rows`` there are."""
+    return f"INSERT INTO {counts} ({keys}, n) SELECT {keys}, sum(d) FROM ({rows}) AS found GROUP BY {keys}"
+
+
+SUBSCRIBER_KEYS = "layer_id, status"
+
+
+def _subscriber_rows(table: str, d: int) -> str:
+    return f"SELECT coalesce(layer_id, 0) AS layer_id, status, {d} AS d FROM {table}"
 
 
 # The outbox: a step's rows and a newsletter's per recipient layer, by state.
@@ -90,34 +108,22 @@ SQLITE_MAIL = [
 ]
 
 MAIL_SLOTS = 8
-_MAIL_ROWS = (
-    "SELECT 'step' AS scope, step_id AS scope_id, 0 AS layer_id, state, id % {slots} AS slot, {d} AS d"
-    " FROM {table} WHERE step_id IS NOT NULL"
-    " UNION ALL SELECT 'newsletter', m.newsletter_id, coalesce(r.layer_id, 0), m.state, m.id % {slots}, {d}"
-    " FROM {table} m LEFT JOIN newsletter_recipients r"
-    " ON r.newsletter_id = m.newsletter_id AND r.subscriber_id = m.subscriber_id WHERE m.newsletter_id IS NOT NULL"
+MAIL_KEYS = "scope, scope_id, layer_id, state, slot"
+
+
+def _mail_rows(table: str, d: int, slots: int = MAIL_SLOTS) -> str:
+    return (
+        f"SELECT 'step' AS scope, step_id AS scope_id, 0 AS layer_id, state, id % {slots} AS slot, {d} AS d"
+        f" FROM {table} WHERE step_id IS NOT NULL"
+        f" UNION ALL SELECT 'newsletter', m.newsletter_id, coalesce(r.layer_id, 0), m.state, m.id % {slots}, {d}"
+        f" FROM {table} m LEFT JOIN newsletter_recipients r"
+        " ON r.newsletter_id = m.newsletter_id AND r.subscriber_id = m.subscriber_id WHERE m.newsletter_id IS NOT NULL"
+    )
+
+
+POSTGRESQL = _postgresql("subscribers", "subscriber_counts", SUBSCRIBER_KEYS, _subscriber_rows) + _postgresql(
+    "messages", "mail_counts", MAIL_KEYS, _mail_rows
 )
-_MAIL_APPLY = """CREATE FUNCTION mail_counts_{op}() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO mail_counts (scope, scope_id, layer_id, state, slot, n)
-    SELECT scope, scope_id, layer_id, state, slot, sum(d) FROM ({rows}) AS moved
-    GROUP BY scope, scope_id, layer_id, state, slot HAVING sum(d) <> 0
-    ON CONFLICT (scope, scope_id, layer_id, state, slot) DO UPDATE SET n = mail_counts.n + excluded.n;
-    RETURN NULL;
-END $$"""
-_MAIL_OLD = _MAIL_ROWS.format(slots=MAIL_SLOTS, d=-1, table="old_rows")
-_MAIL_NEW = _MAIL_ROWS.format(slots=MAIL_SLOTS, d=1, table="new_rows")
-POSTGRESQL_MAIL = [
-    _MAIL_APPLY.format(op="insert", rows=_MAIL_NEW),
-    _MAIL_APPLY.format(op="delete", rows=_MAIL_OLD),
-    _MAIL_APPLY.format(op="update", rows=f"{_MAIL_OLD} UNION ALL {_MAIL_NEW}"),
-    "CREATE TRIGGER mail_counts_insert AFTER INSERT ON messages REFERENCING NEW TABLE AS new_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION mail_counts_insert()",
-    "CREATE TRIGGER mail_counts_delete AFTER DELETE ON messages REFERENCING OLD TABLE AS old_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION mail_counts_delete()",
-    "CREATE TRIGGER mail_counts_update AFTER UPDATE ON messages REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION mail_counts_update()",
-]
 
 
 def upgrade() -> None:
@@ -143,19 +149,10 @@ def upgrade() -> None:
     # The tables are locked while the counts start, so no change slips between count and trigger.
     if not _sqlite():
         op.execute("LOCK TABLE subscribers, messages IN SHARE ROW EXCLUSIVE MODE")
-    for statement in SQLITE + SQLITE_MAIL if _sqlite() else POSTGRESQL + POSTGRESQL_MAIL:
+    for statement in SQLITE + SQLITE_MAIL if _sqlite() else POSTGRESQL:
         op.execute(statement)
-    op.execute(
-        "INSERT INTO subscriber_counts (layer_id, status, n)"
-        " SELECT coalesce(layer_id, 0), status, count(*) FROM subscribers GROUP BY coalesce(layer_id, 0), status"
-    )
-    slots = 1 if _sqlite() else MAIL_SLOTS
-    op.execute(
-        "INSERT INTO mail_counts (scope, scope_id, layer_id, state, slot, n)"
-        " SELECT scope, scope_id, layer_id, state, slot, count(*) FROM ("
-        + _MAIL_ROWS.format(slots=slots, d=1, table="messages")
-        + ") AS mail GROUP BY scope, scope_id, layer_id, state, slot"
-    )
+    op.execute(_count("subscriber_counts", SUBSCRIBER_KEYS, _subscriber_rows("subscribers", 1)))
+    op.execute(_count("mail_counts", MAIL_KEYS, _mail_rows("messages", 1, 1 if _sqlite() else MAIL_SLOTS)))
 
 
 def downgrade() -> None:
