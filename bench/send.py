@@ -40,7 +40,6 @@ sys.path.insert(0, str(ROOT))
 from responder.app import start_runtime  # noqa: E402
 from responder.delivery.build import build_mail  # noqa: E402
 from responder.delivery.dkim import DkimSigner, generate_key, private_pem  # noqa: E402
-from responder.delivery.mime import compose  # noqa: E402
 from responder.delivery.transport import make_transport  # noqa: E402
 from responder.delivery.worker import DeliveryWorker  # noqa: E402
 from responder.models import Layer, Message, Newsletter, Subscriber  # noqa: E402
@@ -92,7 +91,7 @@ def process_cpu_s(pid: int) -> float:
 
 
 def children_cpu_s(but: int) -> float:
-    """CPU seconds of this process's live children but one (the sink): the DKIM signer."""
+    """CPU seconds of this process's live children but one (the sink): the render processes."""
     pids = set()
     for task in Path("/proc/self/task").iterdir():
         pids.update(int(pid) for pid in (task / "children").read_text().split())
@@ -183,13 +182,13 @@ def recorded_sent(worker: DeliveryWorker) -> float:
 
 async def run_responder(rt, count: int, sink_pid: int):  # type: ignore[no-untyped-def]
     """Our rate, the message as the worker signed it, the unsigned message, the signer (None
-    without DKIM) and the signing child's CPU seconds."""
+    without DKIM) and the render processes' CPU seconds (they render, assemble and sign)."""
     async with rt.db.read() as session:  # one message as the bare loop will send it
         sample = (await session.execute(select(Message).limit(1))).scalar_one()
         built = await build_mail(rt, session, sample)
     transport = make_transport(rt.settings)
     worker = DeliveryWorker(rt, transport)
-    unsigned = data = compose(built.mail)
+    unsigned = data = built.data
     if worker.signer is not None:
         data = worker.signer.sign(unsigned, int(time.time()))
     child0 = children_cpu_s(but=sink_pid)
@@ -202,7 +201,7 @@ async def run_responder(rt, count: int, sink_pid: int):  # type: ignore[no-untyp
         if task.done():
             task.result()
     elapsed = time.perf_counter() - started
-    child_s = children_cpu_s(but=sink_pid) - child0  # read while the signing process still runs
+    child_s = children_cpu_s(but=sink_pid) - child0  # read while the render processes still run
     worker.stop()
     await task
     await transport.close()
@@ -286,7 +285,7 @@ async def main(args: argparse.Namespace) -> None:
             )
             print(f"ratio                  {ours / signing:>8.2f}x  (target ≥ 0.9x)")
         print(
-            f"CPU per message, ms    responder: sender {ours_cpu_ms:.2f} + signing process "
+            f"CPU per message, ms    responder: sender {ours_cpu_ms:.2f} + render processes "
             f"{child_s * per:.2f} + sink {(sink1 - sink0) * per:.2f};  "
             f"bare: sender {bare_cpu_ms:.2f} + sink {(sink3 - sink2) * per:.2f}"
         )
@@ -301,7 +300,7 @@ async def main(args: argparse.Namespace) -> None:
                 "message_bytes": len(data),
                 "cpu_ms_per_msg": {
                     "sender": ours_cpu_ms,
-                    "signing_process": child_s * per,
+                    "render_processes": child_s * per,
                     "sink": (sink1 - sink0) * per,
                     "bare_sender": bare_cpu_ms,
                     "bare_signing_sender": (cpu4 - cpu3) * per if signing is not None else None,

@@ -49,10 +49,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from responder.app import start_runtime  # noqa: E402
-from responder.delivery.build import build_mail  # noqa: E402
+from responder.delivery.build import build_mail, setup_of  # noqa: E402
 from responder.delivery.controls import set_paused  # noqa: E402
 from responder.delivery.dkim import generate_key, private_pem, signer_from_settings  # noqa: E402
-from responder.delivery.mime import compose  # noqa: E402
 from responder.models import Message  # noqa: E402
 from responder.settings import Settings  # noqa: E402
 
@@ -123,10 +122,7 @@ async def sample_bytes(rt) -> bytes:  # type: ignore[no-untyped-def]
     """One of the queued mails, built and signed as a worker would: what the bare loop sends."""
     async with rt.db.read() as session:
         message = (await session.execute(select(Message).limit(1))).scalar_one()
-        built = await build_mail(rt, session, message)
-    data = compose(built.mail)
-    signer = signer_from_settings(rt.settings)
-    return signer.sign(data, int(time.time())) if signer is not None else data
+        return (await build_mail(rt, session, message, setup=setup_of(rt, signer_from_settings(rt.settings)))).data
 
 
 def spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

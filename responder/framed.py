@@ -1,5 +1,6 @@
 """A helper child process spoken to in frames: requests on its stdin, answers on its stdout,
-one answer per request, in order. The DKIM signer and the SQLite tracking writer are two.
+one answer per request (or a number of them the request says), in order. The render processes
+and the SQLite tracking writer are two.
 
     frame := 4-byte big-endian length, then that many bytes
 
@@ -77,17 +78,24 @@ class FramedChild:
         process.stdin.write(LENGTH.pack(len(payload)) + payload)
 
     async def ask(self, payload: bytes) -> bytes:
+        return await (await self.ask_many(payload, 1))[0]
+
+    async def ask_many(self, payload: bytes, answers: int) -> list[asyncio.Future[bytes]]:
+        """Send one request that the child answers with ``answers`` frames, in order: a future
+        for each."""
         process = await self._start()
         if self._failed or self._reader is None or self._reader.done():
             raise self.gone(f"the {self.what} stopped")
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting.append(future)
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[bytes]] = [loop.create_future() for _ in range(answers)]
+        self._waiting.extend(futures)
         try:
             self._send(process, payload)
         except (ConnectionError, RuntimeError) as exc:
-            self._waiting.remove(future)
+            for future in futures:
+                self._waiting.remove(future)
             raise self.gone(str(exc)) from exc
-        return await future
+        return futures
 
     async def _read(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None

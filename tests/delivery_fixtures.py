@@ -41,7 +41,6 @@ async def worker_for(rt: Runtime) -> AsyncIterator[DeliveryWorker]:
     try:
         yield worker
     finally:
-        await worker.close()
         await transport.close()
 
 

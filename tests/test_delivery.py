@@ -208,27 +208,31 @@ async def test_dkim_signature_verifies_at_the_receiving_server(
         assert not dkim.verify(got.data.replace(b"Subject: ", b"Subject: X"), dnsfunc=dns)
 
 
-async def test_rsa_signatures_come_from_a_child_process_and_survive_its_death(
+async def test_mail_is_signed_in_a_render_process_and_survives_its_death(
     database_url: str, smtp: SmtpSink, clock, tmp_path: Path
 ) -> None:
+    """The render process renders, assembles and signs; killed between batches, a fresh one
+    takes its place and the next mail is signed as well."""
     key = generate_key("rsa")
     key_file = tmp_path / "rsa.pem"
     key_file.write_bytes(private_pem(key))
     record = dns_record(key).encode()
-    async with (
-        runtime_for(
-            database_url, smtp.url, clock, RESPONDER_DKIM_SELECTOR="s1", RESPONDER_DKIM_KEY_FILE=str(key_file)
-        ) as rt,
-        worker_for(rt) as worker,
-    ):
-        await queue_newsletter(rt, ["first@example.org", "second@example.org"])
-        assert await worker.run_once() == 2
-        signing = worker._signing
-        assert signing is not None and signing._process is not None  # the child made those
-        signing._process.kill()
-        await signing._process.wait()
-        await queue_newsletter(rt, ["third@example.org"])
-        assert await worker.run_once() == 1  # signed in process now
+    env = {"RESPONDER_DKIM_SELECTOR": "s1", "RESPONDER_DKIM_KEY_FILE": str(key_file)}
+    async with runtime_for(database_url, smtp.url, clock, RESPONDER_RENDER_PROCESSES="1", **env) as rt:
+        async with worker_for(rt) as worker:
+            await queue_newsletter(rt, ["first@example.org", "second@example.org"])
+            assert await worker.run_once() == 2
+            [child] = rt.renderer._idle
+            assert child._process is not None and child.jobs == 2  # the child made both mails
+            child._process.kill()
+            await child._process.wait()
+            await queue_newsletter(rt, ["third@example.org"])
+            assert await worker.run_once() == 1
+            [fresh] = rt.renderer._idle
+            assert fresh is not child and fresh.jobs == 1
+        async with rt.db.read() as session:
+            states = list((await session.execute(select(Message.state))).scalars())
+    assert states == ["sent"] * 3
     for address in ("first@example.org", "second@example.org", "third@example.org"):
         [got] = smtp.to(address)
         assert dkim.verify(got.data, dnsfunc=lambda name, timeout=5: record), address

@@ -49,13 +49,16 @@ async def test_rsa_and_ed25519_both_sign_and_both_verify(
 ) -> None:
     files, records = key_files(tmp_path, BOTH)
     env = {"RESPONDER_DKIM_SELECTOR": "rsa2026, ed2026", "RESPONDER_DKIM_KEY_FILE": files}
-    async with runtime_for(database_url, smtp.url, clock, **env) as rt, worker_for(rt) as worker:
+    async with (
+        runtime_for(database_url, smtp.url, clock, RESPONDER_RENDER_PROCESSES="1", **env) as rt,
+        worker_for(rt) as worker,
+    ):
         await queue_newsletter(rt, ["first@example.org", "second@example.org"])
         assert await worker.run_once() == 2
-        signing = worker._signing
-        assert signing is not None and signing._process is not None  # the RSA step went to the child
-        signing._process.kill()  # gone: both keys sign in process from now on
-        await signing._process.wait()
+        [child] = rt.renderer._idle  # both keys signed in the render process
+        assert child._process is not None and child.jobs == 2
+        child._process.kill()  # gone: a fresh one signs the next mail
+        await child._process.wait()
         await queue_newsletter(rt, ["third@example.org"])
         assert await worker.run_once() == 1
     for address in ("first@example.org", "second@example.org", "third@example.org"):

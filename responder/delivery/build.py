@@ -1,9 +1,10 @@
-"""From an outbox row to a ready ``Mail``: pick the template version, render, add list headers."""
+"""From an outbox row to a mail ready to send: pick the template version, decide the headers, render
+and assemble it in a render process (``delivery.assemble``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+import asyncio
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from sqlalchemy import select
@@ -13,16 +14,20 @@ from ..errors import TemplateError
 from ..models import Layer, Message, Subscriber, Template
 from ..runtime import Runtime
 from ..templating.context import recipient_context
-from ..templating.render import Footer, Rendered, finish
-from ..tracking.links import TRAP, add_trap, safe_target
-from ..tracking.tokens import MAX_TOKEN_LEN
-from .mime import Mail
+from ..templating.render import Footer, Rendered
+from .assemble import Plan, Setup, finished
+from .dkim import DkimSigner
+from .mime import Envelope, Mail
 from .verp import addresses_for
 
 
 @dataclass(frozen=True)
 class Built:
-    mail: Mail
+    """A mail ready to send: where it goes, its bytes (signed when the setup has DKIM keys) and
+    the template version it was made from."""
+
+    envelope: Envelope
+    data: bytes
     template_id: int
 
 
@@ -78,26 +83,26 @@ async def render_message(
     tracked: bool,
     sources: Sources | None = None,
 ) -> RenderedMessage:
+    """The message rendered and finished in this process, as it was sent (the view-online page)."""
     if sources is None:
         assert session is not None
         sources = await load_sources(session, message)
     subscriber, template = sources.subscriber, sources.template
     context = message_context(rt, message, sources)
-    rendered = finish(
+    rendered = finished(
         await rt.renderer.render(template.subject, template.html, template.text, context),
-        track_link=click_link(rt, message.id) if tracked else None,
-        open_pixel_url=rt.url(f"/o/{rt.tokens.open(message.id)}") if tracked else None,
-        base_url=rt.settings.base_url,
-        footer=Footer(
-            rt.settings.from_name,
-            rt.settings.postal_address,
-            context["links"]["unsubscribe"] if message.kind not in UNTRACKED else None,
-        ),
+        message.id,
+        tracked,
+        footer(rt, message, context["links"]),
+        rt.tokens,
+        rt.settings.base_url,
     )
-    if tracked:  # a hidden link only scanners follow (see tracking/machine.py)
-        trap_url = rt.url(f"/c/{rt.tokens.click(message.id, TRAP)}")
-        rendered = replace(rendered, html=add_trap(rendered.html, trap_url))
     return RenderedMessage(rendered, template, subscriber, context["links"])
+
+
+def footer(rt: Runtime, message: Message, links: dict[str, str]) -> Footer:
+    unsubscribe = links["unsubscribe"] if message.kind not in UNTRACKED else None
+    return Footer(rt.settings.from_name, rt.settings.postal_address, unsubscribe)
 
 
 # Mails someone asked for, not list mail: no tracking, no list headers, no unsubscribe footer.
@@ -109,27 +114,80 @@ def message_context(rt: Runtime, message: Message, sources: Sources) -> dict[str
     return recipient_context(rt, sources.subscriber, sources.layer, message.kind, message_pk=message.id)
 
 
-def click_link(rt: Runtime, message_pk: int) -> Callable[[str], str | None]:
-    """The tracked URL of a link in message ``message_pk``, or None to leave the link as the
-    author wrote it: a target ``/c/`` would refuse to redirect to (not plain http(s), over 4096
-    characters), or one whose token outgrows what ``/c/`` reads (a long URL in a non-Latin
-    script: its UTF-8 compresses poorly). Tracking such a link would break it for the reader."""
+def setup_of(rt: Runtime, signer: DkimSigner | None = None) -> Setup:
+    """What every mail's assembly needs besides the mail: unsigned without ``signer``."""
+    settings = rt.settings
+    assert settings.secret_key is not None
+    return Setup.of(settings.secret_key, settings.previous_secret_keys, settings.base_url, signer)
 
-    def track(url: str) -> str | None:
-        if not safe_target(url):
-            return None
-        token = rt.tokens.click(message_pk, url)
-        return None if len(token) > MAX_TOKEN_LEN else rt.url(f"/c/{token}")
 
-    return track
+@dataclass(frozen=True)
+class MailJob:
+    """A message made ready for a render process: its template's sources, the context they
+    render against, and everything else about the mail (``Plan``)."""
+
+    template: Template
+    context: dict[str, Any]
+    plan: Plan
+    envelope: Envelope
+
+    @property
+    def render(self) -> tuple[str, str, str | None, dict[str, Any], Plan]:
+        return (self.template.subject, self.template.html, self.template.text, self.context, self.plan)
+
+
+def mail_job(rt: Runtime, message: Message, sources: Sources) -> MailJob:
+    """``ValidationError`` for an address the mail cannot go to (an invalid internationalised
+    domain)."""
+    context = message_context(rt, message, sources)
+    plan = mail_plan(rt, message, sources.subscriber, context["links"])
+    return MailJob(sources.template, context, plan, plan.mail.envelope)
+
+
+def build_mails(rt: Runtime, jobs: list[MailJob], setup: Setup) -> list[asyncio.Future[Built]]:
+    """Each job's mail, rendered, assembled and signed (with the keys of ``setup``) in the
+    render processes, side by side: a future each, done as that mail is."""
+    futures = rt.renderer.mails([job.render for job in jobs], setup)
+    return [_built(job, future) for job, future in zip(jobs, futures, strict=True)]
+
+
+def _built(job: MailJob, rendering: asyncio.Future[bytes]) -> asyncio.Future[Built]:
+    built: asyncio.Future[Built] = asyncio.get_running_loop().create_future()
+
+    def done(future: asyncio.Future[bytes]) -> None:
+        if built.done():
+            return
+        if future.cancelled():
+            built.cancel()
+        elif (error := future.exception()) is not None:
+            built.set_exception(error)
+        else:
+            built.set_result(Built(job.envelope, future.result(), job.template.id))
+
+    rendering.add_done_callback(done)
+    return built
 
 
 async def build_mail(
-    rt: Runtime, session: AsyncSession | None, message: Message, sources: Sources | None = None
+    rt: Runtime,
+    session: AsyncSession | None,
+    message: Message,
+    sources: Sources | None = None,
+    *,
+    setup: Setup | None = None,
 ) -> Built:
-    """``sources`` already loaded, or read through ``session``."""
+    """The mail of one message (``build_mails``), unsigned without ``setup``; ``sources``
+    already loaded, or read through ``session``."""
+    if sources is None:
+        assert session is not None
+        sources = await load_sources(session, message)
+    [built] = build_mails(rt, [mail_job(rt, message, sources)], setup or setup_of(rt))
+    return await built
+
+
+def mail_plan(rt: Runtime, message: Message, subscriber: Subscriber, links: dict[str, str]) -> Plan:
+    """Everything about the mail of ``message`` but what its template renders."""
     tracked = message.kind not in UNTRACKED
-    rendered, template, subscriber, links = await render_message(rt, session, message, tracked=tracked, sources=sources)
     settings = rt.settings
     layer_part = f"layer{subscriber.layer_id}" if subscriber.layer_id else message.kind
     list_part = f"newsletter{message.newsletter_id}" if message.newsletter_id else layer_part
@@ -142,9 +200,9 @@ async def build_mail(
         from_email=settings.from_email,
         to_name=subscriber.name,
         to_email=subscriber.email,
-        subject=rendered.subject,
-        html=rendered.html,
-        text=rendered.text,
+        subject="",
+        html="",
+        text="",
         message_id=message.message_id,
         date=rt.clock.now(),
         unsubscribe_url=links["unsubscribe"] if tracked else None,  # the link the mail shows
@@ -158,4 +216,4 @@ async def build_mail(
         feedback_id=f"{message.newsletter_id or message.step_id or 0}:{list_part}:"
         f"{message.kind}:{settings.sender_domain}",
     )
-    return Built(mail, template.id)
+    return Plan(message.id, tracked, footer(rt, message, links), mail)

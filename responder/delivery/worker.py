@@ -53,11 +53,10 @@ from ..models import DomainPause, Event, Layer, Message, Subscriber, Template
 from ..runtime import Runtime
 from ..settings import Settings
 from . import outbox, warmup
-from .build import Built, Sources, build_mail
-from .dkim import DkimSigner, sign_canonical, signer_from_settings
-from .mime import Envelope, compose
+from .build import MailJob, Sources, build_mails, mail_job, setup_of
+from .dkim import DkimSigner, signer_from_settings
+from .mime import Envelope
 from .ratelimit import SendLimits
-from .signing import SigningProcess, SigningUnavailable
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -132,8 +131,6 @@ class Ready:
     envelope: Envelope
     data: bytes
     template_id: int
-    # Per DKIM key: its header up to ``b=`` and the bytes it signs, the signatures still due.
-    unsigned: list[tuple[bytes, bytes]] | None = None
 
 
 _s = cast(Table, Subscriber.__table__).c
@@ -246,13 +243,9 @@ class DeliveryWorker(PollingLoop):
         self.claim_size = self.batch_size // self.pipelines
         self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{id(self) & 0xFFFFFF:x}"
         self.signer = signer or signer_from_settings(settings)
-        # RSA signatures are made by a child process beside the event loop (see signing.py),
-        # Ed25519 ones in process.
-        self._signing = (
-            SigningProcess(self.signer.keys)
-            if self.signer is not None and any(key.is_rsa for key in self.signer.keys)
-            else None
-        )
+        # Mails are rendered, assembled and signed in the render processes (``delivery.assemble``):
+        # this process claims, sends and records.
+        self.setup = setup_of(rt, self.signer)
         self.limits = SendLimits(
             rate_per_s=settings.send_rate_per_s,
             domain_concurrency=settings.domain_concurrency,
@@ -272,14 +265,7 @@ class DeliveryWorker(PollingLoop):
         self._warmup_held: dict[int, tuple[dt.datetime, str]] = {}
 
     async def run(self) -> None:
-        try:
-            await asyncio.gather(*(super(DeliveryWorker, self).run() for _ in range(self.pipelines)))
-        finally:
-            await self.close()
-
-    async def close(self) -> None:
-        if self._signing is not None:
-            await self._signing.close()
+        await asyncio.gather(*(super(DeliveryWorker, self).run() for _ in range(self.pipelines)))
 
     async def run_once(self) -> int:
         """Claim one batch and deliver it; the number of messages claimed."""
@@ -375,7 +361,7 @@ class DeliveryWorker(PollingLoop):
         """Build and sign each mail and hand it to ``send``; the outcomes of those not sent."""
         rt = self.rt
         outcomes: list[Outcome | None] = []
-        builds: list[tuple[Claimed, asyncio.Future[Built]]] = []
+        jobs: list[tuple[Claimed, MailJob]] = []
         for message in batch:
             subscriber = message.subscriber
             if subscriber is None:
@@ -426,61 +412,43 @@ class DeliveryWorker(PollingLoop):
                 continue
             # Plain rows with the attributes rendering reads stand in for ORM objects.
             sources = Sources(cast(Subscriber, subscriber), cast(Layer | None, message.layer), cast(Template, template))
-            # Started together, so the render processes work side by side; sent in claim order.
-            builds.append((message, asyncio.ensure_future(build_mail(rt, None, cast(Message, message), sources))))
+            try:
+                jobs.append((message, mail_job(rt, cast(Message, message), sources)))
+            except Exception as exc:
+                outcomes.append(self._unbuildable(message, exc))
+        # Started together, so the render processes work side by side; sent in claim order.
+        builds = list(zip(jobs, build_mails(rt, [job for _, job in jobs], self.setup), strict=True))
         try:
-            for message, build in builds:
+            for (message, _), build in builds:
                 try:
                     built = await build
-                    data = compose(built.mail)
                 except RenderTimedOut as exc:  # a busy machine as often as a runaway template
                     outcomes.append(self._deferred(message, exc.message, {}))
                     continue
-                except (TemplateError, ValidationError) as exc:
-                    outcomes.append(
-                        Outcome(message.id, message.subscriber_id, {"state": "failed", "last_error": exc.message})
-                    )
-                    continue
                 except Exception as exc:
-                    # Building is deterministic (the sources are in hand): a failure now is one
-                    # at every try, so the message fails at once with the reason rather than
-                    # being claimed again at every lease's end.
-                    log.exception("message %s: cannot be built", message.id)
-                    reason = f"cannot be built: {exc.__class__.__name__}: {exc}"[:500]
-                    outcomes.append(
-                        Outcome(message.id, message.subscriber_id, {"state": "failed", "last_error": reason})
-                    )
+                    outcomes.append(self._unbuildable(message, exc))
                     continue
-                unsigned = None
-                if self.signer is not None:
-                    timestamp = int(built.mail.date.timestamp())
-                    if self._signing is not None:
-                        unsigned = self.signer.prepare(data, timestamp)
-                    else:
-                        data = self.signer.sign(data, timestamp)
-                send(Ready(message, built.mail.envelope, data, built.template_id, unsigned))
+                send(Ready(message, built.envelope, built.data, built.template_id))
                 await asyncio.sleep(0)  # let the lanes start on it
         finally:
             for _, build in builds:
                 build.cancel()
         return outcomes
 
-    async def _signed(self, item: Ready) -> bytes:
-        if item.unsigned is None:
-            return item.data
-        assert self.signer is not None and self._signing is not None
-        signatures = []
-        for index, (key, (_, hashed)) in enumerate(zip(self.signer.keys, item.unsigned, strict=True)):
-            signature = None
-            if key.is_rsa:
-                with contextlib.suppress(SigningUnavailable):
-                    signature = await self._signing.sign(index, hashed)
-            signatures.append(signature or sign_canonical(key.private_key, hashed))
-        return DkimSigner.assemble(item.unsigned, signatures, item.data)
+    @staticmethod
+    def _unbuildable(message: Claimed, exc: Exception) -> Outcome:
+        """Building is deterministic (the sources are in hand): a failure now is one at every
+        try, so the message fails at once with the reason rather than being claimed again at
+        every lease's end."""
+        if isinstance(exc, (TemplateError, ValidationError)):
+            reason = exc.message
+        else:
+            log.exception("message %s: cannot be built", message.id, exc_info=exc)
+            reason = f"cannot be built: {exc.__class__.__name__}: {exc}"[:500]
+        return Outcome(message.id, message.subscriber_id, {"state": "failed", "last_error": reason})
 
     async def _send(self, item: Ready) -> Outcome:
         message = item.message
-        data = await self._signed(item)
         domain = item.envelope.recipients[0].rpartition("@")[2].lower()
         base = {"template_id": item.template_id}
         pause = self._paused.get(domain)
@@ -491,7 +459,7 @@ class DeliveryWorker(PollingLoop):
         async with self.limits.slot(domain), self._lanes:
             started = time.perf_counter()
             try:
-                await self.transport.send(item.envelope, data)
+                await self.transport.send(item.envelope, item.data)
             except (PermanentDeliveryError, TemporaryDeliveryError) as exc:
                 return self._refused(message, exc, base, domain)
             except Exception as exc:  # unknown transport trouble: retrying is the safe side

@@ -14,10 +14,11 @@ process renders. So the server renders in a pool of ``RESPONDER_RENDER_PROCESSES
   marked ``failed`` with the reason), while every other job goes on in the other children.
 
 A job is a call of one of ``JOBS``: the parent pickles ``(name, args)`` (it trusts itself), the
-child answers JSON (the parent does not unpickle what a template could have influenced). What
-responder adds to every mail itself (footer, tracked links, the open pixel: ``render.finish``)
-stays in the parent, linear in the mail's size. With ``RESPONDER_RENDER_PROCESSES=0`` jobs run in
-a thread of the serving process instead: off the event loop, but without the hard limits.
+child answers JSON, or bytes (the parent does not unpickle what a template could have
+influenced). The delivery worker's job is ``mail``: the render, then what responder adds to
+every mail itself, the MIME bytes and the DKIM signatures (``delivery.assemble``), so the sending
+process only sends. With ``RESPONDER_RENDER_PROCESSES=0`` jobs run in a thread of the serving
+process instead: off the event loop, but without the hard limits.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ import resource
 import signal
 import struct
 import sys
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from ..errors import RenderTimedOut, TemplateError
+from ..delivery.assemble import Plan, Setup, assembler
+from ..errors import RenderTimedOut, TemplateError, ValidationError
 from ..framed import ChildGone, FramedChild, child_signals, read_frame, write_frame
 from .compile import Compiled, compile_template
 from .render import Rendered, render_parts
@@ -72,12 +75,18 @@ def _compile(
     return asdict(compile_template(source, subject, source_format, text, samples=samples))
 
 
-JOBS: dict[str, Callable[..., Any]] = {"render": _render, "check": _check, "compile": _compile}
+def _mail(subject: str, html: str, text: str | None, context: Mapping[str, Any], setup: Setup, plan: Plan) -> bytes:
+    """One mail's bytes, signed: ``render_parts``, then ``delivery.assemble``."""
+    return assembler(setup).bytes(render_parts(subject, html, text, context), plan)
+
+
+JOBS: dict[str, Callable[..., Any]] = {"render": _render, "check": _check, "compile": _compile, "mail": _mail}
 
 
 def run_job(name: str, args: tuple[Any, ...]) -> dict[str, Any]:
     """One job, answered as the child answers it: ``{"ok": result}`` or ``{"error", "field"}``
-    (and ``"retire": true`` when the process should not be trusted with another job)."""
+    (with ``"invalid": true`` for bad input, such as a control character in a name, and
+    ``"retire": true`` when the process should not be trusted with another job)."""
     try:
         return {"ok": JOBS[name](*args)}
     except TemplateError as exc:
@@ -85,8 +94,13 @@ def run_job(name: str, args: tuple[Any, ...]) -> dict[str, Any]:
         if isinstance(exc.__cause__, MemoryError):
             answer["retire"] = True
         return answer
+    except ValidationError as exc:
+        return {"error": exc.message, "field": exc.field, "invalid": True}
     except MemoryError:
         return {"error": "the template needs more memory than a render may use", "field": "body", "retire": True}
+    except Exception as exc:  # a fault of ours, not the template's: said, and the process kept
+        traceback.print_exc()
+        return {"error": f"cannot be built: {exc.__class__.__name__}: {exc}"[:500], "field": "body"}
 
 
 # A child keeps the sources of the templates it rendered last, so a mail's request carries only
@@ -120,9 +134,12 @@ class SourcesKept:
 
 
 def encode_answer(name: str, answer: dict[str, Any]) -> bytes:
-    """A rendered mail as its three parts' UTF-8 bytes after their lengths (no JSON escaping of
-    the HTML both ways); everything else as JSON. Never pickle: a template's output could
-    influence it, and the parent must not unpickle what it does not trust."""
+    """A mail's bytes as they are; a rendered mail as its three parts' UTF-8 bytes after their
+    lengths (no JSON escaping of the HTML both ways); everything else as JSON. Never pickle: a
+    template's output could influence it, and the parent must not unpickle what it does not
+    trust."""
+    if name == "mail" and "ok" in answer:
+        return b"M" + answer["ok"]
     if name == "render" and "ok" in answer:
         parts = [part.encode("utf-8", "surrogatepass") for part in answer["ok"]]
         return b"R" + _ANSWER_PARTS.pack(*(len(part) for part in parts)) + b"".join(parts)
@@ -130,6 +147,8 @@ def encode_answer(name: str, answer: dict[str, Any]) -> bytes:
 
 
 def decode_answer(raw: bytes) -> dict[str, Any]:
+    if raw[:1] == b"M":
+        return {"ok": raw[1:]}
     if raw[:1] == b"R":
         sizes = _ANSWER_PARTS.unpack_from(raw, 1)
         at, parts = 1 + _ANSWER_PARTS.size, []
@@ -154,20 +173,28 @@ def _child(memory_mb: int, time_limit_s: float) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_mb * MB, memory_mb * MB))
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     kept = SourcesKept()
+    setups: dict[int, Any] = {}
     while (frame := read_frame(stdin)) is not None:
-        # The kernel sends SIGXCPU (which ends the process) once this job has used its share.
-        soft = math.ceil(_cpu_used() + time_limit_s) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
-        name, args = pickle.loads(frame)
-        if name == "render":  # (key, sources or None, context)
-            key, sources, context = args
-            if sources is not None:
-                kept.keep(key, sources)
-            args = (*kept.get(key), context)
-        answer = run_job(name, args)
-        write_frame(stdout, encode_answer(name, answer))
-        if answer.get("retire"):
-            return
+        name, jobs = pickle.loads(frame)
+        for args in jobs:  # one answer each, in order
+            # The kernel sends SIGXCPU (which ends the process) once this job has used its share.
+            soft = math.ceil(_cpu_used() + time_limit_s) + 1
+            limit = soft if hard == resource.RLIM_INFINITY else min(soft, hard)
+            resource.setrlimit(resource.RLIMIT_CPU, (limit, hard))
+            if name in ("render", "mail"):  # (key, sources or None, context[, setup key, setup or None, plan])
+                key, sources, context, *mail = args
+                if sources is not None:
+                    kept.keep(key, sources)
+                args = (*kept.get(key), context)
+                if mail:
+                    setup_key, setup, plan = mail
+                    if setup is not None:
+                        setups[setup_key] = setup
+                    args = (*args, setups[setup_key], plan)
+            answer = run_job(name, args)
+            write_frame(stdout, encode_answer(name, answer))
+            if answer.get("retire"):
+                return
 
 
 class RenderGone(ChildGone):
@@ -184,6 +211,7 @@ class RenderProcess(FramedChild):
         self.jobs = 0
         self.exit_status: int | None = None
         self.kept = SourcesKept()  # the mirror of what the child keeps
+        self.setups: set[int] = set()  # the keys of the mail setups it was sent
 
     async def stop(self, *, kill: bool = False) -> None:
         process = self._process
@@ -193,6 +221,12 @@ class RenderProcess(FramedChild):
         await self.close()
         if process is not None:
             self.exit_status = process.returncode
+
+
+# A worker's batch goes to the children in chunks of at most this many mails, one frame each way
+# per chunk and one answer frame per mail: a child works through a chunk without waiting on the
+# parent between mails, and the first mails can be sent while the rest are built.
+CHUNK = 16
 
 
 class Renderer:
@@ -209,6 +243,8 @@ class Renderer:
         self.replaced = 0  # children killed or lost with a job in hand
         self._keys: dict[tuple[str, str, str | None], int] = {}  # template sources → their key
         self._next_key = itertools.count(1)
+        self._setups: dict[Setup, int] = {}  # mail setups → their key, the same in every child
+        self._chunks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Any) -> Renderer:
@@ -218,6 +254,16 @@ class Renderer:
         """``render.render_parts`` in a child."""
         subject_out, html_out, text_out = await self._run("render", (subject, html, text, context))
         return Rendered(subject_out, html_out, text_out)
+
+    def mails(
+        self, jobs: Sequence[tuple[str, str, str | None, Mapping[str, Any], Plan]], setup: Setup
+    ) -> list[asyncio.Future[bytes]]:
+        """Each mail's bytes, rendered from ``(subject, html, text, context, plan)``, assembled
+        and signed in a child (``delivery.assemble``), as a future resolved when that mail is
+        done. A template's fault raises ``TemplateError`` (``RenderTimedOut`` past the time
+        limit); a header the mail cannot carry (a control character in a name),
+        ``ValidationError``."""
+        return self._start("mail", [(*job[:4], setup, job[4]) for job in jobs])
 
     async def check(
         self, subject: str, source: str | None, text: str | None, html: str, contexts: Sequence[Mapping[str, Any]]
@@ -237,64 +283,135 @@ class Renderer:
         return Compiled(**await self._run("compile", args))
 
     async def _run(self, name: str, args: tuple[Any, ...]) -> Any:
-        if self._in_process:
-            answer = await asyncio.to_thread(run_job, name, args)
-        else:
-            answer = await self._in_child(name, args)
+        return await self._start(name, [args])[0]
+
+    def _start(self, name: str, jobs: Sequence[tuple[Any, ...]]) -> list[asyncio.Future[Any]]:
+        """A future per job; the jobs spread over the children in chunks, side by side."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in jobs]
+        size = min(CHUNK, max(1, math.ceil(len(jobs) / max(self.processes, 1))))
+        for at in range(0, len(jobs), size):
+            chunk = list(zip(jobs[at : at + size], futures[at : at + size], strict=True))
+            task = asyncio.create_task(self._chunk(name, chunk))
+            self._chunks.add(task)
+            task.add_done_callback(self._chunks.discard)
+        return futures
+
+    @staticmethod
+    def _settle(future: asyncio.Future[Any], answer: dict[str, Any]) -> None:
+        if future.done():  # the caller gave up on it
+            return
         if "error" in answer:
-            raise TemplateError(str(answer["error"]), field=answer.get("field") or "body")
-        return answer["ok"]
+            error: Exception = (
+                ValidationError(str(answer["error"]), field=answer.get("field"))
+                if answer.get("invalid")
+                else TemplateError(str(answer["error"]), field=answer.get("field") or "body")
+            )
+            future.set_exception(error)
+        else:
+            future.set_result(answer["ok"])
 
-    def _payload(self, child: RenderProcess, name: str, args: tuple[Any, ...]) -> bytes:
-        if name == "render":  # the sources once per child (while it keeps them), then their key
-            subject, html, text, context = args
-            sources = (subject, html, text)
-            key = self._keys.get(sources)
-            if key is None:
-                if len(self._keys) > 4 * SOURCES_KEPT:
-                    self._keys.clear()  # keys only grow, so a fresh key is never a stale one
-                key = self._keys[sources] = next(self._next_key)
-            args = (key, None if child.kept.has(key) else sources, dict(context))
-            if args[1] is not None:
-                child.kept.keep(key, sources)
-        return pickle.dumps((name, args), protocol=pickle.HIGHEST_PROTOCOL)
+    @staticmethod
+    def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+        if not future.done():
+            future.set_exception(error)
 
-    async def _in_child(self, name: str, args: tuple[Any, ...]) -> dict[str, Any]:
+    async def _chunk(self, name: str, pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        try:
+            if self._in_process:
+                await self._in_thread(name, pending)
+            else:
+                await self._in_child(name, pending)
+        except BaseException as exc:  # cancelled (closing) or a fault of ours: no job is left waiting
+            for _, future in pending:
+                self._fail(future, exc if isinstance(exc, Exception) else TemplateError("the render was stopped"))
+            raise
+
+    async def _in_thread(self, name: str, pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        for args, future in pending:
+            if not future.done():
+                self._settle(future, await asyncio.to_thread(run_job, name, args))
+
+    def _payload(self, child: RenderProcess, name: str, jobs: list[tuple[Any, ...]]) -> bytes:
+        """One frame for ``jobs``: each template's sources and each mail setup only the first
+        time this child sees them (while it keeps them), their keys after that."""
+        sent = []
+        for args in jobs:
+            if name in ("render", "mail"):
+                subject, html, text, context, *mail = args
+                sources = (subject, html, text)
+                key = self._keys.get(sources)
+                if key is None:
+                    if len(self._keys) > 4 * SOURCES_KEPT:
+                        self._keys.clear()  # keys only grow, so a fresh key is never a stale one
+                    key = self._keys[sources] = next(self._next_key)
+                args = (key, None if child.kept.has(key) else sources, dict(context))
+                if args[1] is not None:
+                    child.kept.keep(key, sources)
+                if mail:
+                    setup, plan = mail
+                    setup_key = self._setups.get(setup)
+                    if setup_key is None:
+                        setup_key = self._setups[setup] = next(self._next_key)
+                    args += (setup_key, None if setup_key in child.setups else setup, plan)
+                    child.setups.add(setup_key)
+            sent.append(args)
+        return pickle.dumps((name, sent), protocol=pickle.HIGHEST_PROTOCOL)
+
+    async def _in_child(self, name: str, pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        """Answer ``pending`` in one child, in order. A job that runs past the time limit, or
+        whose child dies, fails with the reason and costs that child; the jobs after it had not
+        started, and go on in a fresh one."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.processes)
         async with self._slots:
-            for attempt in range(2):
+            fresh_tries = 0
+            while pending:
                 child = self._idle.pop() if self._idle else RenderProcess(self.memory_mb, self.time_limit_s)
                 self._busy.add(child)
                 keep = False
+                done = 0
                 try:
-                    raw = await asyncio.wait_for(child.ask(self._payload(child, name, args)), self.time_limit_s)
-                    answer = decode_answer(raw)
-                    keep = not answer.get("retire")
-                    return answer
+                    answers = await child.ask_many(self._payload(child, name, [a for a, _ in pending]), len(pending))
+                    for answer_future, (_, future) in zip(answers, pending, strict=True):
+                        # Each job's time runs from the answer before it: the child works in order.
+                        answer = decode_answer(await asyncio.wait_for(answer_future, self.time_limit_s))
+                        child.jobs += 1
+                        done += 1
+                        self._settle(future, answer)
+                        if answer.get("retire"):
+                            break
+                    else:
+                        keep = True
                 except TimeoutError:
                     self.replaced += 1
                     log.warning("a %s job ran past %g s: its render process was killed", name, self.time_limit_s)
-                    raise RenderTimedOut(
-                        f"the template takes longer than {self.time_limit_s:g} s to render", field="body"
-                    ) from None
+                    self._fail(
+                        pending[done][1],
+                        RenderTimedOut(
+                            f"the template takes longer than {self.time_limit_s:g} s to render", field="body"
+                        ),
+                    )
+                    done += 1
                 except RenderGone as exc:
-                    if not exc.in_flight and attempt == 0 and child.jobs:
+                    if not exc.in_flight and fresh_tries == 0 and child.jobs:
+                        fresh_tries += 1
                         continue  # it had ended since its last job (a retired child, say): a fresh one
                     if not exc.in_flight:  # no process can be started here: render in a thread
                         log.error("%s; rendering in a thread of this process, without hard limits", exc)
                         self._in_process = True
-                        return await asyncio.to_thread(run_job, name, args)
+                        await self._in_thread(name, pending)
+                        return
                     self.replaced += 1
-                    raise TemplateError(await self._death_reason(child), field="body") from None
+                    self._fail(pending[done][1], TemplateError(await self._death_reason(child), field="body"))
+                    done += 1
                 finally:
                     self._busy.discard(child)
-                    child.jobs += 1
                     if keep:
                         self._idle.append(child)
                     else:
                         await child.stop(kill=True)
-            raise AssertionError("unreachable")
+                pending = pending[done:]
 
     async def _death_reason(self, child: RenderProcess) -> str:
         await child.stop(kill=True)
@@ -306,6 +423,10 @@ class Renderer:
         )
 
     async def close(self) -> None:
+        for task in list(self._chunks):
+            task.cancel()
+        if self._chunks:
+            await asyncio.gather(*self._chunks, return_exceptions=True)
         children, self._idle = self._idle + list(self._busy), []
         self._busy.clear()
         for child in children:
