@@ -185,9 +185,9 @@ def test_quoted_printable_is_what_binascii_writes_within_76_characters_a_line(
         "aaaaaaaaaaaaaaaa=é \t.\n\r\x01\x7f€😀",
     ]
     overlong = 0
-    for _ in range(4000):
+    for _ in range(6000):
         alphabet = rnd.choice(alphabets)
-        size = rnd.choice([1, 2, 5, 74, 75, 76, 77, 78, 150, 151, 152, 153, 400])
+        size = rnd.choice([1, 2, 5, 74, 75, 76, 77, 78, 150, 151, 152, 153, 400, 700, 2000])
         text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(max(0, size - 4), size + 4)))
         _check_qp(text)
         overlong += max(len(line) for line in _b2a_qp(text).split(b"\r\n")) > 76

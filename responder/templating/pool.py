@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import pickle
 import resource
 import signal
@@ -434,4 +435,7 @@ class Renderer:
 
 
 if __name__ == "__main__":
-    _child(int(sys.argv[1]), float(sys.argv[2]))
+    try:
+        _child(int(sys.argv[1]), float(sys.argv[2]))
+    except BrokenPipeError:  # the parent is gone (killed, say) with a chunk in hand: nobody to answer
+        os._exit(0)

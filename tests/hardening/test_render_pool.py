@@ -6,8 +6,12 @@ server keeps answering throughout; the next render gets a fresh child."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -150,3 +154,35 @@ async def test_without_processes_templates_render_in_a_thread() -> None:
     with pytest.raises(TemplateError, match="'nope' is undefined"):
         await renderer.render("Hi", "<p>{{ nope }}</p>", None, {})
     await renderer.close()
+
+
+def test_a_render_process_whose_parent_dies_mid_chunk_ends_quietly(tmp_path: Path) -> None:
+    """A worker killed (SIGKILL) while its render process works through a chunk: the process
+    finds nobody to answer and ends, without a traceback in the worker's log."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, os
+            from responder.templating.pool import Renderer
+
+            async def main():
+                renderer = Renderer(1, 30, 400)
+                slow = "{% for i in range(30000) %}{{ i }}{% endfor %}"
+                jobs = renderer._start("render", [("s", slow, None, {})] * 16)
+                while not jobs[0].done():
+                    await asyncio.sleep(0.01)
+                print(next(iter(renderer._idle or renderer._busy))._process.pid, flush=True)
+                os._exit(0)  # as SIGKILL would: the chunk's other answers have nowhere to go
+
+            asyncio.run(main())
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True)
+    child = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child}").exists() and "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]:
+        assert time.monotonic() < deadline, "the render process outlived its parent"
+        time.sleep(0.05)
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
