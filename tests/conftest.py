@@ -298,3 +298,21 @@ def confirm_path(received: Received) -> str:
     match = re.search(r"/confirm/[\w.\-]+", text)
     assert match, text
     return match.group(0)
+
+
+async def sent_recorded(rt: Runtime, count: int = 1, **where: object) -> None:
+    """Wait until ``count`` messages (those whose columns equal ``where``) are recorded as sent.
+    The worker records a batch's outcomes after its sends: a mail at the SMTP sink may still be
+    ``sending`` for a moment, and what a test does next (a click, an export) may depend on it."""
+    from sqlalchemy import func, select
+
+    from responder.models import Message
+
+    query = select(func.count()).select_from(Message).where(Message.sent_at.is_not(None))
+    query = query.where(*(getattr(Message, column) == value for column, value in where.items()))
+    for _ in range(1000):
+        async with rt.db.read() as session:
+            if (await session.execute(query)).scalar_one() >= count:
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"expected {count} messages recorded as sent ({where or 'any'})")

@@ -12,8 +12,7 @@ from sqlalchemy import func, select
 from responder.clock import FakeClock
 from responder.models import Enrollment, Event, Message, Subscriber
 
-from .conftest import App, SmtpSink, running_app
-from .test_flow import recorded_sent
+from .conftest import App, SmtpSink, running_app, sent_recorded
 
 
 async def subscribers(app: App) -> int:
@@ -147,7 +146,7 @@ async def test_confirm_is_idempotent_and_an_expired_link_offers_a_new_one(papp: 
     assert link
     # Recorded before the clock moves: eight days on, the send's lease would have run out and
     # the mail been claimed and sent again.
-    await recorded_sent(papp, 1)
+    await sent_recorded(papp.rt, 1)
     papp.clock.advance(days=8)
     for method in ("GET", "POST"):
         resp = await papp.client.request(method, link.group(0))

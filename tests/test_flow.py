@@ -4,7 +4,6 @@ unsubscribe → silence. The clock moves; nothing sleeps for the drip delays."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 from sqlalchemy import func, select
@@ -12,7 +11,7 @@ from sqlalchemy import func, select
 from responder.funnel.scheduler import Scheduler
 from responder.models import Event, LayerHistory, Message, Subscriber
 
-from .conftest import App
+from .conftest import App, sent_recorded
 from .public_fixtures import flushed
 
 LINK = re.compile(r'href="([^"]+)"')
@@ -24,21 +23,6 @@ def html_part(received) -> str:  # type: ignore[no-untyped-def]
 
 def text_part(received) -> str:  # type: ignore[no-untyped-def]
     return received.message.get_body(("plain",)).get_content()
-
-
-async def recorded_sent(app: App, count: int) -> None:
-    """Wait until ``count`` messages are recorded as sent: the worker writes ``sent_at`` just after
-    the SMTP server has the mail, and a click timed from a clock moved before that write would
-    look like a scanner's click right after delivery."""
-    for _ in range(500):
-        async with app.rt.db.read() as session:
-            sent = (
-                await session.execute(select(func.count()).select_from(Message).where(Message.state == "sent"))
-            ).scalar_one()
-        if sent >= count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"expected {count} sent messages")
 
 
 async def test_whole_loop(app: App) -> None:
@@ -64,7 +48,7 @@ async def test_whole_loop(app: App) -> None:
 
     # Layer 1's first step is due at once: it arrives without moving the clock.
     welcome = (await smtp.wait_for(2, "ada@example.com"))[1]
-    await recorded_sent(app, 2)
+    await sent_recorded(app.rt, 2)
     msg = welcome.message
     assert msg["Subject"] == "Welcome to Acme & Sons, Ada"
     assert msg["Message-ID"] and msg["Date"]
@@ -101,7 +85,7 @@ async def test_whole_loop(app: App) -> None:
     second = (await smtp.wait_for(3, "ada@example.com"))[2]
     assert second.message["Subject"] == "The one thing to try first"
     second_click = next(u for u in LINK.findall(html_part(second)) if "/c/" in u)
-    await recorded_sent(app, 3)
+    await sent_recorded(app.rt, 3)
     app.clock.advance(60)
     resp = await client.get(
         app.path(second_click.replace("&amp;", "&")), allow_redirects=False, headers={"User-Agent": "Mozilla/5.0"}

@@ -566,7 +566,7 @@ async def test_a_link_a_click_token_cannot_carry_is_left_as_written(papp: App) -
     import random
     import re
 
-    from responder.delivery.build import click_link
+    from responder.delivery.assemble import click_link
     from responder.templating.render import rewrite_links
 
     _, message = await make_subscriber(papp)
@@ -583,7 +583,10 @@ async def test_a_link_a_click_token_cannot_carry_is_left_as_written(papp: App) -
     hrefs = [
         html.unescape(h)
         for h in re.findall(
-            r'href="([^"]*)"', rewrite_links(body, click_link(papp.rt, message), "https://news.example.com")
+            r'href="([^"]*)"',
+            rewrite_links(
+                body, click_link(papp.rt.tokens, papp.rt.settings.base_url, message), "https://news.example.com"
+            ),
         )
     ]
     assert hrefs[2:] == [cjk, too_long, spaced]

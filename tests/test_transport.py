@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from responder.delivery import transport
 from responder.delivery.mime import Envelope
 from responder.delivery.ratelimit import SendLimits
 from responder.delivery.transport import SmtpTransport, in_wire_form, transact
@@ -179,3 +182,36 @@ async def test_transact_with_smtputf8(offered: bool) -> None:
         await client.quit()
     finally:
         controller.stop()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.from_regex(transport._PLAIN_ADDRESS, fullmatch=True))
+def test_a_plain_address_is_written_as_aiosmtplib_writes_it(address: str) -> None:
+    """MAIL and RCPT skip aiosmtplib's address parser only for addresses it would leave as
+    they are inside the angle brackets."""
+    from aiosmtplib.email import quote_address
+
+    assert quote_address(address) == f"<{address}>"
+
+
+async def test_addresses_that_need_quoting_go_through_aiosmtplib() -> None:
+    import aiosmtplib
+
+    handler = OptionsHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await client.connect()
+        for recipient in ('"ann smith"@example.org', "o'brien@example.org", "x{y}+z@example.org"):
+            await transact(client, "bounce+1-ab@acme.example.com", [recipient], b"Subject: hi\r\n\r\nhi\r\n")
+        await client.quit()
+    finally:
+        controller.stop()
+    assert [r.rcpt_tos for r in handler.received] == [
+        ['"ann smith"@example.org'],
+        ["o'brien@example.org"],
+        ["x{y}+z@example.org"],
+    ]
+    assert {r.mail_from for r in handler.received} == {"bounce+1-ab@acme.example.com"}

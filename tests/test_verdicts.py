@@ -6,18 +6,17 @@ mails); the same clicks made like a person do."""
 
 from __future__ import annotations
 
-import asyncio
 import html
 import re
 from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from responder.models import LayerHistory, Message
+from responder.models import LayerHistory
 from responder.tracking.links import TRAP
 
 from .admin_fixtures import signed_in
-from .conftest import App, confirm_path
+from .conftest import App, confirm_path, sent_recorded
 from .public_fixtures import another_message, events, flushed, make_subscriber
 
 CHROME = {
@@ -51,17 +50,6 @@ def read_mail(app: App, received) -> Mail:  # type: ignore[no-untyped-def]
     return Mail(message_pk, app.path(pixel.group(1)), links, trap)
 
 
-async def recorded_sent(app: App, message_pk: int) -> None:
-    """Wait until the mail is recorded as sent: a hit before that is judged without its send."""
-    for _ in range(500):
-        async with app.rt.db.read() as session:
-            message = await session.get(Message, message_pk)
-        if message is not None and message.sent_at is not None:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the mail was not recorded as sent")
-
-
 async def two_mails(app: App, email: str) -> tuple[Mail, Mail]:
     """Subscribe and confirm ``email``; the first two starter mails of layer 1, as received."""
     resp = await app.client.post("/subscribe", data={"email": email, "name": "Ada"}, allow_redirects=False)
@@ -69,11 +57,11 @@ async def two_mails(app: App, email: str) -> tuple[Mail, Mail]:
     [confirmation] = await app.smtp.wait_for(1, email)
     assert (await app.client.post(confirm_path(confirmation))).status == 200
     first = read_mail(app, (await app.smtp.wait_for(2, email))[1])
-    await recorded_sent(app, first.message_pk)
+    await sent_recorded(app.rt, id=first.message_pk)
     app.clock.advance(days=2)
     app.rt.wake_scheduler()
     second = read_mail(app, (await app.smtp.wait_for(3, email))[2])
-    await recorded_sent(app, second.message_pk)
+    await sent_recorded(app.rt, id=second.message_pk)
     return first, second
 
 

@@ -189,11 +189,11 @@ async def transact(
         options.append("SMTPUTF8")
         encoding = "utf-8"
     try:
-        await client.mail(mail_from, options=options, encoding=encoding)
+        await _mail(client, mail_from, options, encoding)
         refused: list[aiosmtplib.SMTPRecipientRefused] = []
         for recipient in recipients:
             try:
-                await client.rcpt(recipient, encoding=encoding)
+                await _rcpt(client, recipient, encoding)
             except aiosmtplib.SMTPRecipientRefused as exc:
                 refused.append(exc)
         if len(refused) == len(recipients):
@@ -206,6 +206,32 @@ async def transact(
             pass
         raise
     return {exc.recipient: aiosmtplib.SMTPResponse(exc.code, exc.message) for exc in refused}
+
+
+# An address that needs no quoting in MAIL or RCPT: ``<address>`` as it is. aiosmtplib's own
+# commands run every address through ``email.utils.parseaddr`` (some 15 µs a command); ours are
+# validated when stored, and any other goes through aiosmtplib.
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
+
+
+async def _mail(client: aiosmtplib.SMTP, sender: str, options: list[str], encoding: str) -> None:
+    """``client.mail``: the same command, reply check and error."""
+    if encoding != "ascii" or not _PLAIN_ADDRESS.fullmatch(sender):
+        await client.mail(sender, options=options, encoding=encoding)
+        return
+    reply = await client.execute_command(b"MAIL", b"FROM:<%s>" % sender.encode(), *(o.encode() for o in options))
+    if reply.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+
+
+async def _rcpt(client: aiosmtplib.SMTP, recipient: str, encoding: str) -> None:
+    """``client.rcpt``: the same command, reply check and error."""
+    if encoding != "ascii" or not _PLAIN_ADDRESS.fullmatch(recipient):
+        await client.rcpt(recipient, encoding=encoding)
+        return
+    reply = await client.execute_command(b"RCPT", b"TO:<%s>" % recipient.encode())
+    if reply.code not in (250, 251):
+        raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
 
 
 async def _data(client: aiosmtplib.SMTP, data: bytes) -> None:
