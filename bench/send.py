@@ -344,7 +344,10 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--lanes", type=int, default=8)
     parser.add_argument(
-        "--batch", type=int, default=100, help="messages one worker has claimed at most (RESPONDER_WORKER_BATCH)"
+        "--batch",
+        type=int,
+        default=Settings.worker_batch,
+        help="messages one worker has claimed at most (RESPONDER_WORKER_BATCH)",
     )
     parser.add_argument(
         "--render-processes",

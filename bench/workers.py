@@ -403,7 +403,7 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--workers", default="1,2,4", help="worker counts to run, comma-separated")
     parser.add_argument("--lanes", type=int, default=8, help="SMTP connections per worker (RESPONDER_WORKER_LANES)")
-    parser.add_argument("--batch", type=int, default=100, help="RESPONDER_WORKER_BATCH")
+    parser.add_argument("--batch", type=int, default=Settings.worker_batch, help="RESPONDER_WORKER_BATCH")
     parser.add_argument("--render-processes", default="auto", help="RESPONDER_RENDER_PROCESSES of each worker")
     parser.add_argument("--dkim", choices=("rsa", "ed25519", "none"), default="rsa")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432", help="server; databases are made")

@@ -262,7 +262,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("confirm_max_age_s", "604800", "seconds a confirmation link stays valid", parse_int),
     Spec(
         "worker_batch",
-        "100",
+        "200",
         "messages one worker process has claimed at most (its two pipelines claim half each); "
         "also the most a killed worker can send twice",
         parse_int,
@@ -508,7 +508,7 @@ class Settings:
     smtp_timeout_s: float
     max_body_bytes: int
     confirm_max_age_s: int
-    worker_batch: int = 100
+    worker_batch: int = 200
     send_rate_per_s: float = 0.0
     domain_concurrency: int = 0
     domain_rate_per_min: int = 0
