@@ -1,9 +1,10 @@
 """The delivery worker: one loop that claims due messages, sends them, and records the outcome.
 
     poll for due work → claim a batch with a lease, reading its subscribers, layers and newest
-    template versions in the same statement → build, sign → send each in a lane under the rate
-    limits → record every outcome of the batch in one transaction:
-    sent | deferred | failed | bounced
+    template versions in the same statement → render, assemble and sign each mail in the render
+    processes (``delivery.assemble``), the batch in chunks side by side → send each in a lane
+    under the rate limits as it comes back → record every outcome of the batch in one
+    transaction: sent | deferred | failed | bounced
 
 A batch costs two transactions and four statements, whatever its size: the claim's select and
 update, then one update per outcome group and one insert of the sent events.
