@@ -9,10 +9,12 @@ A discarding SMTP sink runs in its own process: Postfix's ``smtp-sink`` when it 
 would be what is measured above that. responder's real delivery worker sends N queued
 newsletter mails to N subscribers — claim, render, MIME, DKIM, SMTP over the lanes, outbox
 states. Two references then use the same number of connections to the same sink: a bare loop
-sending N copies of one pre-built, pre-signed message (target ≥ 0.8×), and a bare signing loop
-that DKIM-signs each copy of the pre-built, unsigned message with the same key and
-``DkimSigner`` (canonicalisation, body hash, signature, all in process) before sending it: what
-signing costs done the plain way (target ≥ 0.9×). Prints the rates, the ratios and peak RSS;
+sending N copies of one pre-built, pre-signed message (target ≥ 0.8× for unsigned mail, for
+scale with DKIM), and a bare signing loop that DKIM-signs each copy of the pre-built, unsigned
+message with the same key and ``DkimSigner`` (canonicalisation, body hash, signature, all in
+process) before sending it: what signing costs done the plain way (target ≥ 0.9×). responder
+renders, assembles and signs in its render processes (one per core), side by side with the
+sending process. Prints the rates, the ratios and peak RSS;
 ``--json PATH`` writes them as rows of ``bench/suite.py``'s contract.
 """
 
@@ -277,7 +279,10 @@ async def main(args: argparse.Namespace) -> None:
             f"responder end to end   {ours:>8.0f} msg/s   {ours_cpu_ms:.2f} ms CPU/msg   (peak RSS {ours_rss:.0f} MB)"
         )
         print(f"bare aiosmtplib loop   {bare:>8.0f} msg/s   {bare_cpu_ms:.2f} ms CPU/msg")
-        print(f"ratio                  {ours / bare:>8.2f}x  (target ≥ 0.8x)")
+        print(
+            f"ratio                  {ours / bare:>8.2f}x  "
+            + ("(target ≥ 0.8x)" if args.dkim == "none" else "(for scale)")
+        )
         if signing is not None:
             print(
                 f"bare signing loop      {signing:>8.0f} msg/s   {(cpu4 - cpu3) * per:.2f} ms CPU/msg  "
@@ -315,7 +320,9 @@ async def main(args: argparse.Namespace) -> None:
                     "reference": bare,
                     "reference_name": "bare aiosmtplib loop, pre-signed",
                     "ratio": ours / bare,
-                    "target": ">= 0.8",
+                    # Against unsigned bytes the target holds for unsigned mail only; signed
+                    # mail is judged against the signing loop below, this row gives the scale.
+                    "target": ">= 0.8" if args.dkim == "none" else None,
                     **extra,
                 }
             ]

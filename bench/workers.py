@@ -17,10 +17,10 @@ The database's share, per mail: ``pg_stat_database`` deltas (commits, rows inser
 fetched), WAL bytes (``pg_current_wal_lsn``; server-wide), and the CPU of the PostgreSQL
 processes from ``/proc`` — the backends of the workers' connections and the background
 processes (WAL writer, checkpointer, autovacuum…) — beside the CPU of the workers themselves
-(each worker with its render and signing children). Divided into a core, the database CPU per
+(each worker with its render processes, which also sign). Divided into a core, the database CPU per
 mail says how many mails/s one PostgreSQL could carry for many hosts of workers.
 
-On a 2-core machine the workers, their render and signing children, PostgreSQL and the sink
+On a 2-core machine the workers, their render processes, PostgreSQL and the sink
 share two cores: K=4 cannot be 4× K=1, and K=2 shows what spreading rendering over the second
 core buys, not how far many hosts go. ``--json PATH`` writes ``bench/suite.py``'s rows.
 """
@@ -60,7 +60,7 @@ STATS = ("xact_commit", "xact_rollback", "tup_inserted", "tup_updated", "tup_fet
 
 
 def tree_cpu_s(pid: int) -> float:
-    """CPU seconds of a process and all its live descendants (render and signing children)."""
+    """CPU seconds of a process and all its live descendants (its render processes)."""
     total, pending = 0.0, [pid]
     while pending:
         current = pending.pop()
@@ -308,7 +308,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict
         f"of this work, 8 cores ~{8000 / pg_ms:,.0f} mails/s (CPU only; WAL and disk are apart)"
     )
     print(
-        f"2 cores here: the workers, their render and signing children, PostgreSQL and the sink share them; "
+        f"2 cores here: the workers, their render processes, PostgreSQL and the sink share them; "
         f"K workers cannot go K times as fast (bare loop {results[-1]['bare']:,.0f} msg/s over "
         f"{results[-1]['workers'] * args.lanes} connections is the machine's ceiling for SMTP alone)"
     )
@@ -342,7 +342,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict
                 "reference": r["bare"],
                 "reference_name": f"bare aiosmtplib loop, pre-signed, {k * args.lanes} connections",
                 "ratio": r["rate"] / r["bare"],
-                "target": ">= 0.8",
+                # Pre-signed bytes are the scale for signed mail, a target for unsigned mail.
+                "target": ">= 0.8" if args.dkim == "none" else None,
                 **extra,
             }
         )
@@ -365,7 +366,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict
                 "value": r["pg_cpu_ms"],
                 "unit": "ms",
                 "reference": r["workers_cpu_ms"],
-                "reference_name": "the workers' own CPU per mail (with render and signing children)",
+                "reference_name": "the workers' own CPU per mail (with their render processes)",
                 "ratio": r["pg_cpu_ms"] / r["workers_cpu_ms"],
                 "target": None,
                 "value_name": "PostgreSQL",

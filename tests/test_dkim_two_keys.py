@@ -13,10 +13,12 @@ from pathlib import Path
 
 import dkim
 import pytest
+from sqlalchemy import select
 
 from responder.clock import FakeClock
 from responder.delivery.dkim import dns_record, generate_key, private_pem, signer_from_settings
 from responder.errors import ConfigError
+from responder.models import Enquiry
 
 from .admin_fixtures import signed_in
 from .conftest import SmtpSink, make_settings, running_app
@@ -146,3 +148,37 @@ async def test_the_settings_page_shows_a_record_per_key(
     assert html.count("cannot read DKIM key") == 1 and "ed2026._domainkey.acme.example.com" in html
     assert records[b"rsa2026._domainkey.acme.example.com."].decode() in html
     assert records[b"ed2026._domainkey.acme.example.com."].decode() not in html
+
+
+async def test_mail_sent_beside_the_worker_is_signed_too(
+    database_url: str, smtp: SmtpSink, clock: FakeClock, tmp_path: Path
+) -> None:
+    """An enquiry's acknowledgement and its answer, and a template's test send, leave through
+    the transport directly, not the delivery worker: each carries both signatures too."""
+    files, records = key_files(tmp_path, BOTH)
+    env = {"RESPONDER_DKIM_SELECTOR": "rsa2026, ed2026", "RESPONDER_DKIM_KEY_FILE": files}
+    async with running_app(database_url, smtp, clock, **env) as app:
+        resp = await app.client.post(
+            "/enquiry",
+            allow_redirects=False,
+            data={"email": "ann@example.com", "name": "Ann", "subject": "Pricing", "question": "Do you ship?"},
+        )
+        assert resp.status == 303, await resp.text()
+        async with app.rt.db.read() as session:
+            enquiry = (await session.execute(select(Enquiry.id))).scalar_one()
+        [ack] = await smtp.wait_for(1, "ann@example.com")
+        resp = await app.client.post(
+            f"/api/v1/enquiries/{enquiry}/answer", headers=app.auth, json={"answer": "Yes, to Norway too."}
+        )
+        assert resp.status == 200, await resp.text()
+        _, reply = await smtp.wait_for(2, "ann@example.com")
+        resp = await app.client.post(
+            "/api/v1/templates/layer1-welcome/test", headers=app.auth, json={"email": "me@example.com"}
+        )
+        assert resp.status == 202, await resp.text()
+        [test] = await smtp.wait_for(1, "me@example.com")
+    assert ack.message["Auto-Submitted"] == "auto-replied" and "Norway too" in reply.data.decode()
+    for got in (ack, reply, test):
+        assert signatures(got.data) == ["ed25519-sha256/ed2026", "rsa-sha256/rsa2026"]
+        for idx in (0, 1):
+            assert dkim.DKIM(got.data).verify(idx=idx, dnsfunc=lambda name, timeout=5: records[name])

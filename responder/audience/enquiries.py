@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..core.inbound import auto_reply
 from ..core.retry import next_attempt
 from ..delivery.build import newest_template
+from ..delivery.dkim import sign_with_settings
 from ..delivery.mime import Mail, compose, new_message_id
 from ..delivery.transport import Transport
 from ..errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
@@ -296,7 +297,8 @@ class EnquiryLoop(PollingLoop):
 
     async def _send(self, mail: Mail) -> str:
         try:
-            await self.transport.send(mail.envelope, compose(mail))
+            data = sign_with_settings(self.rt.settings, compose(mail), int(mail.date.timestamp()))
+            await self.transport.send(mail.envelope, data)
         except TemporaryDeliveryError as exc:
             log.warning("enquiry mail to %s deferred: %s", mail.to_email, exc.message)
             return "due"

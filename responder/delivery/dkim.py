@@ -11,6 +11,7 @@ Ed25519 is small and fast, but not every verifier knows it yet, so RSA stays bes
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -185,8 +186,12 @@ def configured_keys(settings: Settings) -> list[KeyConfig]:
     """The keys mail is signed with, in order. ``RESPONDER_DKIM_SELECTOR`` and
     ``RESPONDER_DKIM_KEY_FILE`` each take one value or a comma-separated list of the same length
     (e.g. an RSA-2048 and an Ed25519 key, RFC 8463, under two selectors)."""
-    selectors = [s.strip() for s in (settings.dkim_selector or "").split(",") if s.strip()]
-    files = [f.strip() for f in (settings.dkim_key_file or "").split(",") if f.strip()]
+    return _key_configs(settings.dkim_selector, settings.dkim_key_file, settings.dkim_domain or settings.sender_domain)
+
+
+def _key_configs(selector_setting: str | None, key_file_setting: str | None, domain: str) -> list[KeyConfig]:
+    selectors = [s.strip() for s in (selector_setting or "").split(",") if s.strip()]
+    files = [f.strip() for f in (key_file_setting or "").split(",") if f.strip()]
     if not selectors and not files:
         return []
     if not (selectors and files):
@@ -198,7 +203,6 @@ def configured_keys(settings: Settings) -> list[KeyConfig]:
         )
     if len(set(selectors)) != len(selectors):
         raise ConfigError("RESPONDER_DKIM_SELECTOR names a selector twice")
-    domain = settings.dkim_domain or settings.sender_domain
     return [KeyConfig(selector, domain, Path(path)) for selector, path in zip(selectors, files, strict=True)]
 
 
@@ -206,6 +210,22 @@ def signer_from_settings(settings: Settings) -> DkimSigner | None:
     """A signer holding every configured key, or None when DKIM is off; ``ConfigError`` for a
     configuration that cannot sign (see ``configured_keys``, ``load_key``)."""
     keys = configured_keys(settings)
+    if not keys:
+        return None
+    return DkimSigner(*(DkimKey(key.selector, key.domain, load_key(key.path)) for key in keys))
+
+
+def sign_with_settings(settings: Settings, data: bytes, timestamp: int) -> bytes:
+    """``data`` signed with every configured key, or as it is when DKIM is off: for the few
+    mails that do not go through the delivery worker (enquiry acknowledgements and answers, a
+    template's test send). Keys are read once per configuration."""
+    signer = _signer(settings.dkim_selector, settings.dkim_key_file, settings.dkim_domain or settings.sender_domain)
+    return data if signer is None else signer.sign(data, timestamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _signer(selector: str | None, key_file: str | None, domain: str) -> DkimSigner | None:
+    keys = _key_configs(selector, key_file, domain)
     if not keys:
         return None
     return DkimSigner(*(DkimKey(key.selector, key.domain, load_key(key.path)) for key in keys))
