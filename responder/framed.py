@@ -107,7 +107,7 @@ class FramedChild:
                 if not future.done():
                     future.set_result(answer)
         except (asyncio.IncompleteReadError, ConnectionError):
-            if self._waiting:  # it died with work in hand; from now on the owner does it
+            if any(not future.done() for future in self._waiting):  # died with work in hand (not given up)
                 log.error("%s stopped (exit %s); %s", self.what, process.returncode, self.after_death)
             self._failed = True
         finally:

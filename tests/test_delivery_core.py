@@ -228,3 +228,16 @@ def test_inbound_listen_address(value: str, parsed: tuple[str, int]) -> None:
 def test_bad_inbound_listen_address(value: str) -> None:
     with pytest.raises(ConfigError):
         parse_listen(value)
+
+
+def test_a_mail_setup_keeps_its_secrets_out_of_its_repr() -> None:
+    """What a worker sends each render process once holds the secret keys and the DKIM private
+    keys: a traceback or a log line that shows it must not show them."""
+    from responder.delivery.assemble import Setup
+    from responder.delivery.dkim import DkimKey, DkimSigner, generate_key
+
+    signer = DkimSigner(DkimKey("s1", "acme.example.com", generate_key("ed25519")))
+    setup = Setup.of("the-secret-key", ("an-older-secret",), "https://news.example.com", signer)
+    shown = repr(setup) + str(setup)
+    assert "https://news.example.com" in shown
+    assert not any(secret in shown for secret in ("the-secret-key", "an-older-secret", "PRIVATE KEY"))

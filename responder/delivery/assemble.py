@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from cryptography.hazmat.primitives import serialization
 
@@ -33,11 +33,11 @@ from .mime import Mail, compose
 class Setup:
     """What assembling any of a worker's mails needs besides the mail: made once per worker."""
 
-    secret_key: str
-    previous_keys: tuple[str, ...]
+    secret_key: str = field(repr=False)
+    previous_keys: tuple[str, ...] = field(repr=False)
     base_url: str
     # (selector, domain, private key PEM) of each DKIM key, in signing order; empty: unsigned.
-    dkim: tuple[tuple[str, str, bytes], ...] = ()
+    dkim: tuple[tuple[str, str, bytes], ...] = field(default=(), repr=False)
 
     @classmethod
     def of(cls, secret_key: str, previous_keys: tuple[str, ...], base_url: str, signer: DkimSigner | None) -> Setup:

@@ -155,7 +155,9 @@ def _built(job: MailJob, rendering: asyncio.Future[bytes]) -> asyncio.Future[Bui
     built: asyncio.Future[Built] = asyncio.get_running_loop().create_future()
 
     def done(future: asyncio.Future[bytes]) -> None:
-        if built.done():
+        if built.done():  # given up on: its error, if any, is not worth a "never retrieved"
+            if not future.cancelled():
+                future.exception()
             return
         if future.cancelled():
             built.cancel()

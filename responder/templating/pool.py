@@ -324,8 +324,9 @@ class Renderer:
             else:
                 await self._in_child(name, pending)
         except BaseException as exc:  # cancelled (closing) or a fault of ours: no job is left waiting
+            stopped = RenderTimedOut("the render processes were stopped before this render was done", field="body")
             for _, future in pending:
-                self._fail(future, exc if isinstance(exc, Exception) else TemplateError("the render was stopped"))
+                self._fail(future, exc if isinstance(exc, Exception) else stopped)
             raise
 
     async def _in_thread(self, name: str, pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
@@ -366,12 +367,12 @@ class Renderer:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.processes)
         async with self._slots:
-            fresh_tries = 0
             while pending:
                 child = self._idle.pop() if self._idle else RenderProcess(self.memory_mb, self.time_limit_s)
                 self._busy.add(child)
                 keep = False
                 done = 0
+                answers: list[asyncio.Future[bytes]] = []
                 try:
                     answers = await child.ask_many(self._payload(child, name, [a for a, _ in pending]), len(pending))
                     for answer_future, (_, future) in zip(answers, pending, strict=True):
@@ -395,10 +396,9 @@ class Renderer:
                     )
                     done += 1
                 except RenderGone as exc:
-                    if not exc.in_flight and fresh_tries == 0 and child.jobs:
-                        fresh_tries += 1
-                        continue  # it had ended since its last job (a retired child, say): a fresh one
-                    if not exc.in_flight:  # no process can be started here: render in a thread
+                    if not exc.in_flight and child.jobs:
+                        continue  # an idle child that had ended since its last job: the next, or a fresh one
+                    if not exc.in_flight:  # a new process cannot be started here: render in a thread
                         log.error("%s; rendering in a thread of this process, without hard limits", exc)
                         self._in_process = True
                         await self._in_thread(name, pending)
@@ -407,6 +407,10 @@ class Renderer:
                     self._fail(pending[done][1], TemplateError(await self._death_reason(child), field="body"))
                     done += 1
                 finally:
+                    for unanswered in answers[done:]:  # their jobs go to a fresh child
+                        if unanswered.done() and not unanswered.cancelled():
+                            unanswered.exception()  # the child's death, said once above
+                        unanswered.cancel()
                     self._busy.discard(child)
                     if keep:
                         self._idle.append(child)

@@ -6,6 +6,7 @@ server keeps answering throughout; the next render gets a fresh child."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 import textwrap
@@ -186,3 +187,42 @@ def test_a_render_process_whose_parent_dies_mid_chunk_ends_quietly(tmp_path: Pat
         assert time.monotonic() < deadline, "the render process outlived its parent"
         time.sleep(0.05)
     assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
+
+
+async def test_a_job_past_its_limit_mid_chunk_fails_alone_and_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """A chunk of six with a runaway second: the first answers, the second times out, the four
+    after it go on in a fresh child; no unread error is left behind and no process "stopped"
+    error is logged for a kill the pool made on purpose."""
+    loop = asyncio.get_running_loop()
+    unread: list[object] = []
+    loop.set_exception_handler(lambda _, context: unread.append(context.get("message")))
+    renderer = Renderer(1, 0.7, 400)
+    try:
+        jobs = [("s", f"<p>{n}</p>", None, {}) for n in range(6)]
+        jobs[1] = ("s", SLOW, None, {})
+        results = await asyncio.gather(*renderer._start("render", jobs), return_exceptions=True)
+        gc.collect()
+        await asyncio.sleep(0.1)
+    finally:
+        await renderer.close()
+    assert [r if isinstance(r, Exception) else r[1] for r in results][2:] == [f"<p>{n}</p>" for n in range(2, 6)]
+    assert results[0][1] == "<p>0</p>" and "longer than 0.7 s" in str(results[1])
+    assert unread == [] and renderer.replaced == 1
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+async def test_dead_idle_children_are_replaced_not_given_up_for_a_thread() -> None:
+    """Render processes that died while idle (killed by an operator, the OOM killer) are
+    replaced by fresh ones; rendering never falls back to the unguarded thread for them."""
+    renderer = Renderer(2, 2.0, 400)
+    try:
+        await asyncio.gather(*renderer._start("render", [("s", "<p>a</p>", None, {}), ("s", "<p>b</p>", None, {})]))
+        assert len(renderer._idle) == 2
+        for child in renderer._idle:
+            assert child._process is not None
+            child._process.kill()
+            await child._process.wait()
+        [rendered] = await asyncio.gather(*renderer._start("render", [("s", "<p>{{ 6 * 7 }}</p>", None, {})]))
+        assert rendered[1] == "<p>42</p>" and not renderer._in_process
+    finally:
+        await renderer.close()
