@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-from sqlalchemy.engine import make_url
+from alembic import command
+from sqlalchemy.engine import Connection, make_url
 
-from responder.db import Database
+from responder.db import Database, alembic_config
 from responder.seed import seed_defaults
 from responder.settings import Settings
 
@@ -204,3 +205,15 @@ async def _refill(conn: asyncpg.Connection, template: PgTemplate) -> None:
     for name, (last_value, is_called) in template.sequences.items():
         await conn.execute("SELECT setval($1::regclass, $2, $3)", f'public."{name}"', last_value, is_called)
     await conn.execute("SET session_replication_role = origin")
+
+
+def upgrade_to(revision: str):  # type: ignore[no-untyped-def]
+    """For ``connection.run_sync``: migrate that connection's database up to ``revision`` only,
+    where an upgrade test writes the rows the next migrations must carry over."""
+
+    def run(connection: Connection) -> None:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, revision)
+
+    return run

@@ -12,6 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from responder.db import Database, alembic_config
 from responder.models import ConsentRecord, Event, Subscriber
 
+from .db_template import upgrade_to
+
 
 @pytest.fixture
 async def db(database_url: str):  # type: ignore[no-untyped-def]
@@ -102,19 +104,8 @@ async def test_exclusive_blocks_run_one_at_a_time(database_url: str) -> None:
 async def test_enquiry_mails_stuck_sending_before_leases_fail_on_upgrade(database_url: str) -> None:
     """Before i10 a worker that died mid-send left an enquiry mail 'sending' with no lease;
     the upgrade marks those failed rather than mailing them again, maybe months later."""
-    from alembic import command
-
     database = Database(database_url)
     try:
-
-        def upgrade_to(target: str) -> object:
-            def run(connection: object) -> None:
-                cfg = alembic_config()
-                cfg.attributes["connection"] = connection
-                command.upgrade(cfg, target)
-
-            return run
-
         async with database.writer.begin() as conn:
             await conn.run_sync(upgrade_to("i9_claim_index"))
             await conn.execute(
@@ -146,19 +137,8 @@ async def test_verdicts_move_from_data_to_their_column_on_upgrade(database_url: 
     """i16 keeps each open's and click's verdict reason in ``events.verdict``: machine reasons
     leave ``data``, the old ``burst`` is a ``sweep``, human ones are ``human``, and opens through
     Gmail's and Yahoo's image proxies, once counted machine, become the human opens they are."""
-    from alembic import command
-
     database = Database(database_url)
     try:
-
-        def upgrade_to(target: str) -> object:
-            def run(connection: object) -> None:
-                cfg = alembic_config()
-                cfg.attributes["connection"] = connection
-                command.upgrade(cfg, target)
-
-            return run
-
         async with database.writer.begin() as conn:
             await conn.run_sync(upgrade_to("i11_import_heartbeat"))
             await conn.execute(

@@ -16,8 +16,8 @@ from responder.funnel.flow import open_stays
 from responder.models import Layer, Message, Newsletter, NewsletterRecipient, Step, Subscriber, SubscriberCount
 from responder.runtime import Runtime
 
+from .db_template import upgrade_to
 from .funnel_fixtures import make_subscriber, rt  # noqa: F401
-from .test_layer_identity_migration import upgrade_to
 
 STATUSES = ("active", "unsubscribed", "bounced", "sunset", "pending")
 

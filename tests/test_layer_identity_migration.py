@@ -6,23 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from alembic import command
 from sqlalchemy import select, text
-from sqlalchemy.engine import Connection
 
-from responder.db import Database, alembic_config
+from responder.db import Database
 from responder.models import LayerHistory, Newsletter
 
+from .db_template import upgrade_to
+
 T = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-
-
-def upgrade_to(target: str):  # type: ignore[no-untyped-def]
-    def run(connection: Connection) -> None:
-        cfg = alembic_config()
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, target)
-
-    return run
 
 
 BEFORE = [

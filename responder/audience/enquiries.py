@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..core.inbound import auto_reply
 from ..core.retry import next_attempt
 from ..delivery.build import newest_template
-from ..delivery.dkim import sign_with_settings
-from ..delivery.mime import Mail, compose, new_message_id
+from ..delivery.dkim import signed_mail
+from ..delivery.mime import Mail, new_message_id
 from ..delivery.transport import Transport
 from ..errors import PermanentDeliveryError, TemplateError, TemporaryDeliveryError, ValidationError
 from ..funnel.events import record_event
@@ -297,8 +297,7 @@ class EnquiryLoop(PollingLoop):
 
     async def _send(self, mail: Mail) -> str:
         try:
-            data = sign_with_settings(self.rt.settings, compose(mail), int(mail.date.timestamp()))
-            await self.transport.send(mail.envelope, data)
+            await self.transport.send(mail.envelope, signed_mail(self.rt.settings, mail))
         except TemporaryDeliveryError as exc:
             log.warning("enquiry mail to %s deferred: %s", mail.to_email, exc.message)
             return "due"

@@ -3,7 +3,6 @@ and assemble it in a render process (``delivery.assemble``)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -144,32 +143,6 @@ def mail_job(rt: Runtime, message: Message, sources: Sources) -> MailJob:
     return MailJob(sources.template, context, plan, plan.mail.envelope)
 
 
-def build_mails(rt: Runtime, jobs: list[MailJob], setup: Setup) -> list[asyncio.Future[Built]]:
-    """Each job's mail, rendered, assembled and signed (with the keys of ``setup``) in the
-    render processes, side by side: a future each, done as that mail is."""
-    futures = rt.renderer.mails([job.render for job in jobs], setup)
-    return [_built(job, future) for job, future in zip(jobs, futures, strict=True)]
-
-
-def _built(job: MailJob, rendering: asyncio.Future[bytes]) -> asyncio.Future[Built]:
-    built: asyncio.Future[Built] = asyncio.get_running_loop().create_future()
-
-    def done(future: asyncio.Future[bytes]) -> None:
-        if built.done():  # given up on: its error, if any, is not worth a "never retrieved"
-            if not future.cancelled():
-                future.exception()
-            return
-        if future.cancelled():
-            built.cancel()
-        elif (error := future.exception()) is not None:
-            built.set_exception(error)
-        else:
-            built.set_result(Built(job.envelope, future.result(), job.template.id))
-
-    rendering.add_done_callback(done)
-    return built
-
-
 async def build_mail(
     rt: Runtime,
     session: AsyncSession | None,
@@ -178,13 +151,15 @@ async def build_mail(
     *,
     setup: Setup | None = None,
 ) -> Built:
-    """The mail of one message (``build_mails``), unsigned without ``setup``; ``sources``
-    already loaded, or read through ``session``."""
+    """The mail of one message, rendered, assembled and signed (with the keys of ``setup``;
+    unsigned without one) in a render process; ``sources`` already loaded, or read through
+    ``session``. The delivery worker sends a whole batch's ``mail_job``s at once instead."""
     if sources is None:
         assert session is not None
         sources = await load_sources(session, message)
-    [built] = build_mails(rt, [mail_job(rt, message, sources)], setup or setup_of(rt))
-    return await built
+    job = mail_job(rt, message, sources)
+    [data] = rt.renderer.mails([job.render], setup or setup_of(rt))
+    return Built(job.envelope, await data, job.template.id)
 
 
 def mail_plan(rt: Runtime, message: Message, subscriber: Subscriber, links: dict[str, str]) -> Plan:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from ..errors import ConfigError
 from ..settings import Settings
+from .mime import Mail, compose
 
 # Signed when present; From is signed twice so a second From cannot be added unnoticed.
 SIGNED_HEADERS = (
@@ -208,19 +209,9 @@ def _key_configs(selector_setting: str | None, key_file_setting: str | None, dom
 
 def signer_from_settings(settings: Settings) -> DkimSigner | None:
     """A signer holding every configured key, or None when DKIM is off; ``ConfigError`` for a
-    configuration that cannot sign (see ``configured_keys``, ``load_key``)."""
-    keys = configured_keys(settings)
-    if not keys:
-        return None
-    return DkimSigner(*(DkimKey(key.selector, key.domain, load_key(key.path)) for key in keys))
-
-
-def sign_with_settings(settings: Settings, data: bytes, timestamp: int) -> bytes:
-    """``data`` signed with every configured key, or as it is when DKIM is off: for the few
-    mails that do not go through the delivery worker (enquiry acknowledgements and answers, a
-    template's test send). Keys are read once per configuration."""
-    signer = _signer(settings.dkim_selector, settings.dkim_key_file, settings.dkim_domain or settings.sender_domain)
-    return data if signer is None else signer.sign(data, timestamp)
+    configuration that cannot sign (see ``configured_keys``, ``load_key``). The keys are read
+    once per configuration."""
+    return _signer(settings.dkim_selector, settings.dkim_key_file, settings.dkim_domain or settings.sender_domain)
 
 
 @functools.lru_cache(maxsize=4)
@@ -229,6 +220,15 @@ def _signer(selector: str | None, key_file: str | None, domain: str) -> DkimSign
     if not keys:
         return None
     return DkimSigner(*(DkimKey(key.selector, key.domain, load_key(key.path)) for key in keys))
+
+
+def signed_mail(settings: Settings, mail: Mail) -> bytes:
+    """The bytes of ``mail``, signed with every configured key (as they are when DKIM is off):
+    for the few mails that do not go through the delivery worker, whose render processes sign
+    (enquiry acknowledgements and answers, a template's test send)."""
+    data = compose(mail)
+    signer = signer_from_settings(settings)
+    return data if signer is None else signer.sign(data, int(mail.date.timestamp()))
 
 
 def generate_key(algorithm: str = "rsa") -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:

@@ -54,7 +54,7 @@ from ..models import DomainPause, Event, Layer, Message, Subscriber, Template
 from ..runtime import Runtime
 from ..settings import Settings
 from . import outbox, warmup
-from .build import MailJob, Sources, build_mails, mail_job, setup_of
+from .build import MailJob, Sources, mail_job, setup_of
 from .dkim import DkimSigner, signer_from_settings
 from .mime import Envelope
 from .ratelimit import SendLimits
@@ -418,18 +418,18 @@ class DeliveryWorker(PollingLoop):
             except Exception as exc:
                 outcomes.append(self._unbuildable(message, exc))
         # Started together, so the render processes work side by side; sent in claim order.
-        builds = list(zip(jobs, build_mails(rt, [job for _, job in jobs], self.setup), strict=True))
+        builds = list(zip(jobs, rt.renderer.mails([job.render for _, job in jobs], self.setup), strict=True))
         try:
-            for (message, _), build in builds:
+            for (message, job), build in builds:
                 try:
-                    built = await build
+                    data = await build
                 except RenderTimedOut as exc:  # a busy machine as often as a runaway template
                     outcomes.append(self._deferred(message, exc.message, {}))
                     continue
                 except Exception as exc:
                     outcomes.append(self._unbuildable(message, exc))
                     continue
-                send(Ready(message, built.envelope, built.data, built.template_id))
+                send(Ready(message, job.envelope, data, job.template.id))
                 await asyncio.sleep(0)  # let the lanes start on it
         finally:
             for _, build in builds:

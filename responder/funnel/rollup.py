@@ -43,7 +43,7 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, case, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from ..db import Database
 from ..dbutil import hours_since
@@ -227,8 +227,12 @@ async def _add(session: AsyncSession, day: dt.date, counts: Counter[Key]) -> Non
     )
 
 
-def _first_mark(oldest: dt.datetime | None, now: dt.datetime) -> dt.datetime:
-    """Where a first roll-up starts: at the oldest row there is, and never later than its lag."""
+async def _first_mark(
+    session: AsyncSession, created_at: InstrumentedAttribute[dt.datetime], now: dt.datetime
+) -> dt.datetime:
+    """Where a first roll-up starts: at the oldest row there is (the least ``created_at``), and
+    never later than its lag."""
+    oldest = (await session.execute(select(func.min(created_at)))).scalar_one()
     return min(oldest, now - LAG) if oldest is not None else now - LAG
 
 
@@ -247,8 +251,7 @@ async def roll(db: Database, now: dt.datetime, *, budget_s: float = 5.0) -> int:
             state = await _state(session, lock=not db.is_sqlite)
             start = state.rolled_until
             if start is None:  # the first roll-up starts at the first event there is
-                oldest = (await session.execute(select(func.min(Event.created_at)))).scalar_one()
-                state.rolled_until = _first_mark(oldest, now)
+                state.rolled_until = await _first_mark(session, Event.created_at, now)
                 continue
             end = min(now - LAG, _next_midnight(start))
             if end <= start:
@@ -268,8 +271,7 @@ async def _roll_flow(db: Database, now: dt.datetime) -> bool:
         state = await _state(session, lock=not db.is_sqlite)
         start = state.flow_rolled_until
         if start is None:  # the first roll-up starts at the first change there is
-            oldest = (await session.execute(select(func.min(LayerHistory.created_at)))).scalar_one()
-            state.flow_rolled_until = _first_mark(oldest, now)
+            state.flow_rolled_until = await _first_mark(session, LayerHistory.created_at, now)
             return True
     end = min(now - LAG, _next_midnight(start))
     if end <= start:

@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..delivery.build import newest_template
-from ..delivery.dkim import sign_with_settings
-from ..delivery.mime import Mail, compose, new_message_id
+from ..delivery.dkim import signed_mail
+from ..delivery.mime import Mail, new_message_id
 from ..delivery.transport import Transport, make_transport
 from ..errors import NotFound, TemplateError, ValidationError
 from ..models import Layer, Subscriber, Template
@@ -289,7 +289,7 @@ async def test_send(
         message_id=new_message_id(settings.sender_domain),
         date=rt.clock.now(),
     )
-    data = sign_with_settings(settings, compose(mail), int(mail.date.timestamp()))
+    data = signed_mail(settings, mail)
     own = transport is None
     transport = transport or make_transport(settings)
     try:
